@@ -207,8 +207,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(config: dict, script: str) -> dict | None:
-    """Run the experiment; return the results dict (on the main process) and write the run directory."""
+def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
+    """Run the experiment; return the results dict (on the main process) and write the run directory.
+
+    `callbacks` are extra TrainerCallbacks (the tests use one to SIGKILL a run at a chosen step).
+    """
     import data as sst2
     import models
 
@@ -245,7 +248,7 @@ def run(config: dict, script: str) -> dict | None:
     trainer_kwargs = dict(model=model, args=args, train_dataset=encoded["train"],
                           eval_dataset=encoded["validation"], processing_class=tokenizer,
                           data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
-                          callbacks=[StopOnNonFiniteLoss()])
+                          callbacks=[StopOnNonFiniteLoss(), *callbacks])
     if issubclass(config["TRAINER"], PruningTrainer):
         trainer_kwargs["pruning"] = pruning
     trainer = config["TRAINER"](**trainer_kwargs)
@@ -276,6 +279,7 @@ def run(config: dict, script: str) -> dict | None:
         "total_params": total_params, "nonzero_params": nonzero_params,
         **sparsity_of({n: p.detach() for n, p in params.items()}),
         "wall_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
+        "cost": cost_figures(model, trainer, encoded, final),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
     }
@@ -295,6 +299,21 @@ def run(config: dict, script: str) -> dict | None:
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     print_summary(results, run_dir)
     return results
+
+
+def cost_figures(model, trainer, encoded, final: dict) -> dict:
+    """Training FLOPs (HF's 6 x non-embedding params x tokens estimate), inference FLOPs of the final
+    model on the dev set (2 x Linear weights x tokens; attention scores left out), and throughput.
+
+    Dense kernels multiply the zeros too: `inference_flops_dense` is what this model really costs;
+    `inference_flops_nonzero` is what a sparse kernel would need at best."""
+    dev_tokens = int(sum(encoded["validation"]["length"]))
+    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    dense = sum(w.numel() for w in linears)
+    nonzero = sum(int((w != 0).sum()) for w in linears)
+    return {"train_flos": float(trainer.state.total_flos), "dev_tokens": dev_tokens,
+            "inference_flops_dense": 2 * dense * dev_tokens, "inference_flops_nonzero": 2 * nonzero * dev_tokens,
+            "dev_sentences_per_second": final.get("eval_samples_per_second")}
 
 
 def _metrics(evals: dict) -> dict:

