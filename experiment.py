@@ -129,6 +129,9 @@ def validate(config: dict) -> PruningConfig:
     for key in ("BATCH_SIZE", "MAX_LENGTH", "SAVE_EVERY", "LOG_EVERY"):
         if config[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+    if config["SAVE_EVERY"] % config["LOG_EVERY"]:
+        raise ConfigError(f"SAVE_EVERY ({config['SAVE_EVERY']}) must be a multiple of LOG_EVERY ({config['LOG_EVERY']}): "
+                          "the loss is checked for NaN at each log, so that no checkpoint holds a diverged model")
     if config["TRAIN_SUBSET"] < 0:
         raise ConfigError(f"TRAIN_SUBSET must be >= 0 (0 = all rows), got {config['TRAIN_SUBSET']}")
     if not config["LEARNING_RATE"] > 0:
@@ -177,21 +180,33 @@ def compute_metrics(eval_pred) -> dict:
     return {"accuracy": float((preds == labels).mean()), "f1": f1}
 
 
-class StopOnNonFiniteLoss(TrainerCallback):
-    """A NaN/inf loss ends the run at the next log, before anything is saved over the last good checkpoint."""
+class StopOnDivergence(TrainerCallback):
+    """A NaN/inf loss or weight ends the run before it is saved over the last good checkpoint.
+
+    The loss is checked at every log; the weights at every step that is about to be checkpointed
+    (the step's update may have broken them after its loss was computed)."""
+
+    @staticmethod
+    def _stop(what, state, args):
+        raise FloatingPointError(
+            f"training diverged: {what} by step {state.global_step}; stopped without saving. The last good "
+            f"checkpoint (if any) is in {args.output_dir}. Lower LEARNING_RATE or check the data.")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss} by step {state.global_step}; stopped without saving. The last good "
-                f"checkpoint (if any) is in {args.output_dir}. Lower LEARNING_RATE or check the data.")
+            self._stop(f"the loss became {loss}", state, args)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save and model is not None and \
+                not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            self._stop("the weights became non-finite", state, args)
 
 
 # --- the run ---------------------------------------------------------------------------------------
 def _distributed_main_process() -> tuple[bool, int]:
     from accelerate import PartialState
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, torchrun on CPU trains each rank alone
     return state.is_main_process, state.num_processes
 
 
@@ -205,6 +220,35 @@ def _broadcast(obj):
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encoded, output_dir, callbacks=()):
+    """The configured Trainer (dense or pruning) over tokenized train/validation splits."""
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=pruning.total_epochs,  # the dense baseline gets the same total budget
+        per_device_train_batch_size=config["BATCH_SIZE"], per_device_eval_batch_size=128,
+        learning_rate=config["LEARNING_RATE"], weight_decay=config["WEIGHT_DECAY"],
+        warmup_steps=config["WARMUP_RATIO"], lr_scheduler_type="linear",
+        optim="adamw_torch_fused",  # one fused kernel: ~7x faster optimizer step than the foreach AdamW on CPU
+        train_sampling_strategy="group_by_length", length_column_name="length",
+        seed=config["SEED"], data_seed=config["SEED"],
+        logging_steps=config["LOG_EVERY"], logging_nan_inf_filter=False,
+        save_strategy="steps", save_steps=config["SAVE_EVERY"], save_total_limit=2,
+        eval_strategy="no", report_to="none", disable_tqdm=False,
+        # transformers 5 scales the loss by the world size when averaging tokens across devices,
+        # which doubles a sequence classifier's loss and gradients under DDP.
+        average_tokens_across_devices=False,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer_kwargs = dict(model=model, args=args, train_dataset=encoded["train"],
+                          eval_dataset=encoded["validation"], processing_class=tokenizer,
+                          data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
+                          callbacks=[StopOnDivergence(), *callbacks])
+    if issubclass(config["TRAINER"], PruningTrainer):
+        trainer_kwargs["pruning"] = pruning
+    return config["TRAINER"](**trainer_kwargs)
 
 
 def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
@@ -228,30 +272,7 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
                             tokenizer, config["MAX_LENGTH"])
 
     name = trainer_name(config["TRAINER"])
-    args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
-        num_train_epochs=pruning.total_epochs,  # the dense baseline gets the same total budget
-        per_device_train_batch_size=config["BATCH_SIZE"], per_device_eval_batch_size=128,
-        learning_rate=config["LEARNING_RATE"], weight_decay=config["WEIGHT_DECAY"],
-        warmup_steps=config["WARMUP_RATIO"], lr_scheduler_type="linear",
-        optim="adamw_torch_fused",  # one fused kernel: ~7x faster optimizer step than the foreach AdamW on CPU
-        train_sampling_strategy="group_by_length", length_column_name="length",
-        seed=config["SEED"], data_seed=config["SEED"],
-        logging_steps=config["LOG_EVERY"], logging_nan_inf_filter=False,
-        save_strategy="steps", save_steps=config["SAVE_EVERY"], save_total_limit=2,
-        eval_strategy="no", report_to="none", disable_tqdm=False,
-        # transformers 5 scales the loss by the world size when averaging tokens across devices,
-        # which doubles a sequence classifier's loss and gradients under DDP.
-        average_tokens_across_devices=False,
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
-    )
-    trainer_kwargs = dict(model=model, args=args, train_dataset=encoded["train"],
-                          eval_dataset=encoded["validation"], processing_class=tokenizer,
-                          data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
-                          callbacks=[StopOnNonFiniteLoss(), *callbacks])
-    if issubclass(config["TRAINER"], PruningTrainer):
-        trainer_kwargs["pruning"] = pruning
-    trainer = config["TRAINER"](**trainer_kwargs)
+    trainer = build_trainer(config, pruning, model, tokenizer, encoded, run_dir / "checkpoints", callbacks)
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -261,27 +282,29 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
 
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if config["RESUME"] else None)
+    train_seconds = time.perf_counter() - started  # this process's share, when resumed
     final = trainer.evaluate()
-    train_seconds = time.perf_counter() - started
+    trainer.save_model(str(run_dir / "model"))  # on every rank: HF decides which one writes
     if not is_main:
         return None
 
-    trainer.save_model(str(run_dir / "model"))
     params = prunable_parameters(model)
     total_params = sum(p.numel() for p in model.parameters())
     nonzero_params = sum(int((p != 0).sum()) for p in model.parameters())
     results = {
-        "script": Path(script).name, "trainer": name, "model": model_description, "model_source": config["MODEL"],
+        "script": Path(script).name, "run_dir": str(run_dir), "trainer": name, "model": model_description,
+        "model_source": config["MODEL"],
         "data": data_source, "train_rows": len(train_rows), "dev_rows": len(datasets["validation"]),
         "config": {k: (trainer_name(v) if k == "TRAINER" else v) for k, v in config.items()},
         "world_size": world, "optimizer_steps": trainer.state.global_step,
         "metrics": {"final": _metrics(final)},
         "total_params": total_params, "nonzero_params": nonzero_params,
         **sparsity_of({n: p.detach() for n, p in params.items()}),
-        "wall_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
+        "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
         "cost": cost_figures(model, trainer, encoded, final),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+        "log_history": trainer.state.log_history,
     }
     if isinstance(trainer, PruningTrainer):
         summary = trainer.pruning_summary()
@@ -345,14 +368,17 @@ def print_summary(results: dict, run_dir: Path) -> None:
     print(f"  results: {run_dir / 'results.json'}\n")
 
 
-def main(namespace: dict) -> None:
+def main(namespace: dict, argv: list[str] | None = None, callbacks: tuple = ()) -> None:
     """Entry point of bert.py / roberta.py: one clear line on bad input instead of a traceback."""
     import data as sst2
     import models
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        config = configure(namespace)
-        run(config, namespace.get("__file__", "script.py"))
+        config = configure(namespace, argv)
+        run(config, namespace.get("__file__", "script.py"), callbacks)
     except (ConfigError, sst2.DataError, models.ModelError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except FloatingPointError as e:  # training diverged
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(3) from None

@@ -155,7 +155,7 @@ def keep_masks(scores: dict[str, torch.Tensor], rate: float, scope: str = "globa
         raise ValueError(f"unknown threshold scope {scope!r}; choose one of {SCOPES}")
     for name, s in scores.items():
         if not torch.isfinite(s).all():
-            raise FloatingPointError(f"non-finite importance scores in {name}: training has diverged")
+            raise FloatingPointError(f"training diverged: non-finite importance scores in {name}")
     if scope == "layerwise":
         return {n: _keep_flat(s.detach().flatten().float(), round(rate * s.numel())).view(s.shape)
                 for n, s in scores.items()}
@@ -167,6 +167,17 @@ def keep_masks(scores: dict[str, torch.Tensor], rate: float, scope: str = "globa
 
 def flat_mask(masks: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([m.flatten() for m in masks.values()])
+
+
+def assert_same_on_all_ranks(fingerprint: str, what: str) -> None:
+    """All processes must hold the same mask: compare fingerprints and stop loudly if they differ."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    prints = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(prints, fingerprint)
+    if len(set(prints)) != 1:
+        raise RuntimeError(f"ranks computed different {what} masks (fingerprints {prints}); "
+                           "their weights or gradients have diverged")
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -229,16 +240,6 @@ class EarlyBirdPruning(TrainerCallback):
             self.record["phase_seconds"][phase] += now - self._clock
         self._clock = now
 
-    def _agree_across_ranks(self, fingerprint: str, what: str) -> None:
-        """All ranks must hold the same mask: compare fingerprints and stop loudly if not."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return
-        prints = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(prints, fingerprint)
-        if len(set(prints)) != 1:
-            raise RuntimeError(f"ranks computed different {what} masks (fingerprints {prints}); "
-                               "their weights or gradients have diverged")
-
     def lr_factor(self, step: int, warmup: int, total: int) -> float:
         """Linear warm-up and decay over the whole budget (as the dense run); after pruning, the
         rest decays linearly to zero at the end of the retrain phase."""
@@ -280,7 +281,7 @@ class EarlyBirdPruning(TrainerCallback):
                 masks = keep_masks(self.criterion.scores(), self.config.rate, self.config.scope)
                 flat = flat_mask(masks)
                 fingerprint = mask_fingerprint(pack_mask(flat))
-                self._agree_across_ranks(fingerprint, f"step-{step}")
+                assert_same_on_all_ranks(fingerprint, f"step-{step}")
                 found = self.detector.update(flat, step)
                 self.detector.history[-1]["fingerprint"] = fingerprint
                 self.criterion.reset()
@@ -321,7 +322,7 @@ class EarlyBirdPruning(TrainerCallback):
         self.masks = masks
         self._mul_masks = [masks[n].to(p.dtype) for n, p in self.params.items()]
         fingerprint = mask_fingerprint(pack_mask(flat_mask(masks)))
-        self._agree_across_ranks(fingerprint, "pruning")
+        assert_same_on_all_ranks(fingerprint, "pruning")
         self.record["mask_fingerprint"] = fingerprint
 
     @torch.no_grad()

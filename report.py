@@ -1,0 +1,193 @@
+"""Tables and plots of a sweep directory: results.csv, results.md and three PNGs.
+
+    python report.py sweeps/bert
+"""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+CRITERIA = ("magnitude", "gradient", "undecayed")
+COLUMNS = ["run", "trainer", "rate", "seed", "sparsity", "acc_before_prune", "acc_after_prune", "acc_final",
+           "f1_final", "eb_found", "eb_step", "eb_fraction_of_dense_steps", "optimizer_steps",
+           "search_s", "prune_s", "retrain_s", "total_s", "time_vs_dense", "peak_rss_mb",
+           "prunable_nonzero", "prunable_params", "train_pflos", "inference_gflops_dense",
+           "inference_gflops_nonzero", "dev_sentences_per_s"]
+
+
+def load(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*/results.json"))]
+
+
+def rows_of(results: list[dict]) -> list[dict]:
+    dense = {r["config"]["SEED"]: r for r in results if r["trainer"] == "dense"}
+    rows = []
+    for r in results:
+        seed, p, m, cost = r["config"]["SEED"], r.get("pruning") or {}, r["metrics"], r.get("cost", {})
+        base = dense.get(seed)
+        total = sum(r["phase_seconds"].values())
+        rows.append({
+            "run": Path(r.get("run_dir", "")).name or f"{r['trainer']}-{seed}", "trainer": r["trainer"],
+            "rate": p.get("rate", 0.0), "seed": seed, "sparsity": r["sparsity"],
+            "acc_before_prune": (m.get("before_prune") or {}).get("accuracy"),
+            "acc_after_prune": (m.get("after_prune") or {}).get("accuracy"),
+            "acc_final": m["final"]["accuracy"], "f1_final": m["final"]["f1"],
+            "eb_found": p.get("eb_found"), "eb_step": p.get("eb_step"),
+            "eb_fraction_of_dense_steps": (p["eb_step"] / base["optimizer_steps"]
+                                           if base and p.get("eb_step") is not None else None),
+            "optimizer_steps": r["optimizer_steps"],
+            "search_s": r["phase_seconds"].get("search"), "prune_s": r["phase_seconds"].get("prune"),
+            "retrain_s": r["phase_seconds"].get("retrain"), "total_s": total,
+            "time_vs_dense": total / sum(base["phase_seconds"].values()) if base else None,
+            "peak_rss_mb": r["peak_rss_mb"], "prunable_nonzero": r["prunable_nonzero"],
+            "prunable_params": r["prunable_params"], "train_pflos": cost.get("train_flos", 0) / 1e15,
+            "inference_gflops_dense": cost.get("inference_flops_dense", 0) / 1e9,
+            "inference_gflops_nonzero": cost.get("inference_flops_nonzero", 0) / 1e9,
+            "dev_sentences_per_s": cost.get("dev_sentences_per_second"),
+        })
+    return sorted(rows, key=lambda x: (x["trainer"] != "dense", x["trainer"], x["rate"], x["seed"]))
+
+
+def _fmt(x, digits=4):
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| trainer | rate | seed | sparsity | acc before prune | acc after prune | acc final | F1 final | "
+             "EB step | EB / dense steps | steps | search s | prune s | retrain s | total s | time vs dense | "
+             "peak RSS MB | nonzero prunable | train PFLOs | infer GFLOPs dense / nonzero | dev sent/s |",
+             "|" + "---|" * 21]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["trainer"], _fmt(r["rate"], 1), str(r["seed"]), _fmt(r["sparsity"]), _fmt(r["acc_before_prune"]),
+            _fmt(r["acc_after_prune"]), _fmt(r["acc_final"]), _fmt(r["f1_final"]),
+            _fmt(r["eb_step"]) + ("" if r["eb_found"] in (True, None) else " (none)"),
+            _fmt(r["eb_fraction_of_dense_steps"], 3), str(r["optimizer_steps"]), _fmt(r["search_s"], 0),
+            _fmt(r["prune_s"], 0), _fmt(r["retrain_s"], 0), _fmt(r["total_s"], 0), _fmt(r["time_vs_dense"], 2),
+            _fmt(r["peak_rss_mb"], 0), f"{r['prunable_nonzero']:,} / {r['prunable_params']:,}",
+            _fmt(r["train_pflos"], 3), f"{r['inference_gflops_dense']:.1f} / {r['inference_gflops_nonzero']:.1f}",
+            _fmt(r["dev_sentences_per_s"], 0)]) + " |")
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["trainer"], r["rate"])].append(r)
+    if any(len(g) > 1 for g in groups.values()):
+        lines += ["", "Mean ± std over seeds:", "",
+                  "| trainer | rate | seeds | acc after prune | acc final | F1 final |", "|---|---|---|---|---|---|"]
+        for (trainer, rate), g in groups.items():
+            lines.append(f"| {trainer} | {rate:g} | {len(g)} | {_mean_std([r['acc_after_prune'] for r in g])} | "
+                         f"{_mean_std([r['acc_final'] for r in g])} | {_mean_std([r['f1_final'] for r in g])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: list[dict], rows: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    colors = {"magnitude": "tab:blue", "gradient": "tab:orange", "undecayed": "tab:green"}
+
+    # 1. accuracy vs sparsity
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=90)
+    dense = [r["acc_final"] for r in rows if r["trainer"] == "dense"]
+    if dense:
+        ax.axhline(statistics.mean(dense), color="black", ls="--", lw=1, label="dense baseline")
+    for c in CRITERIA:
+        by_rate = defaultdict(list)
+        for r in rows:
+            if r["trainer"] == c:
+                by_rate[r["sparsity"]].append(r)
+        if not by_rate:
+            continue
+        xs = sorted(by_rate)
+        ax.plot(xs, [statistics.mean(r["acc_final"] for r in by_rate[x]) for x in xs], "o-", color=colors[c],
+                label=f"{c}, after retraining")
+        ax.plot(xs, [statistics.mean(r["acc_after_prune"] for r in by_rate[x]) for x in xs], "x:", color=colors[c],
+                alpha=0.7, label=f"{c}, right after pruning")
+    ax.set_xlabel("sparsity of prunable weights")
+    ax.set_ylabel("SST-2 dev accuracy")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_sparsity.png")
+    plt.close(fig)
+
+    # 2. mask distance vs step, one panel per criterion, one line per rate
+    pruned = [r for r in results if r.get("pruning")]
+    if pruned:
+        fig, axes = plt.subplots(1, len(CRITERIA), figsize=(12, 3.5), dpi=90, sharey=True)
+        for ax, c in zip(axes, CRITERIA):
+            for r in sorted((r for r in pruned if r["trainer"] == c), key=lambda r: r["pruning"]["rate"]):
+                p = r["pruning"]
+                hist = [h for h in p["distance_history"] if h["max_distance"] is not None]
+                line, = ax.plot([h["step"] for h in hist], [h["max_distance"] for h in hist], ".-", lw=1,
+                                label=f"rate {p['rate']:g}, seed {r['config']['SEED']}")
+                if p["eb_step"] is not None:
+                    d = next(h["max_distance"] for h in hist if h["step"] == p["eb_step"])
+                    ax.plot([p["eb_step"]], [d], "*", ms=12, color=line.get_color())
+            ax.axhline(pruned[0]["pruning"]["detector"]["epsilon"], color="red", ls="--", lw=1, label="epsilon")
+            ax.set_title(c)
+            ax.set_xlabel("optimizer step")
+            ax.set_yscale("symlog", linthresh=1e-3)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        axes[0].set_ylabel("max Hamming distance in FIFO (★ = early bird)")
+        fig.tight_layout()
+        fig.savefig(out / "mask_distance.png")
+        plt.close(fig)
+
+    # 3. where the training time went
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4), dpi=90)
+    labels = [f"{r['trainer']}\n{r['rate']:g}" if r["trainer"] != "dense" else "dense" for r in rows]
+    bottom = [0.0] * len(rows)
+    for phase, color in (("search_s", "tab:blue"), ("prune_s", "tab:red"), ("retrain_s", "tab:green")):
+        vals = [r[phase] if r[phase] is not None else (r["total_s"] if phase == "search_s" and r["trainer"] == "dense"
+                                                        else 0.0) for r in rows]
+        ax.bar(range(len(rows)), vals, bottom=bottom, color=color,
+               label={"search_s": "search (dense: all training)", "prune_s": "pruning + 2 evals",
+                      "retrain_s": "retrain"}[phase])
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("wall seconds")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "time_breakdown.png")
+    plt.close(fig)
+
+
+def write(out: Path) -> list[dict]:
+    out = Path(out)
+    results = load(out)
+    if not results:
+        print(f"no finished runs under {out}")
+        return []
+    rows = rows_of(results)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "results.md").write_text(markdown(rows))
+    plots(results, rows, out)
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'} and plots ({len(rows)} runs)")
+    return rows
+
+
+if __name__ == "__main__":
+    write(Path(sys.argv[1] if len(sys.argv) > 1 else "sweeps/bert"))

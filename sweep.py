@@ -1,0 +1,78 @@
+"""The sweep: {dense, magnitude, gradient, undecayed} x pruning rates x seeds, then the report.
+
+    python sweep.py                                      # the grid below, full SST-2
+    python sweep.py --train_subset=8000 --eb_check_every=10 --out_dir=sweeps/small
+
+Every cell is one `python bert.py --run_name=CELL ...` in its own process (the same experiment code,
+not a copy). A cell with results.json is skipped, a cell killed midway resumes from its checkpoint,
+so the sweep can be stopped and re-run at any time. Any --key=value that is not a sweep setting below
+is handed to every cell (see `python bert.py --help`). At the end, report.py writes results.csv,
+results.md and the plots into OUT_DIR.
+"""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+import experiment
+import report
+
+SCRIPT = "bert.py"                              # the experiment each cell runs
+TRAINERS = "dense,magnitude,gradient,undecayed" # comma-separated; dense runs once per seed
+RATES = "0.3,0.5,0.7,0.9"                       # comma-separated pruning rates
+SEEDS = "42"                                    # comma-separated seeds
+OUT_DIR = "sweeps/bert"                         # one sub-directory per cell, plus the report
+
+
+def cells(trainers, rates, seeds):
+    for seed in seeds:
+        for trainer in trainers:
+            for rate in ([None] if trainer == "dense" else rates):
+                name = f"{trainer}-s{seed}" if rate is None else f"{trainer}-r{rate:g}-s{seed}"
+                args = [f"--trainer={trainer}", f"--seed={seed}"] + ([] if rate is None else [f"--pruning_rate={rate}"])
+                yield name, args
+
+
+def main():
+    own = {k: v for k, v in globals().items() if k in ("SCRIPT", "TRAINERS", "RATES", "SEEDS", "OUT_DIR")}
+    own_keys = {f"--{k.lower()}" for k in own}
+    sweep_args = [a for a in sys.argv[1:] if a.split("=")[0] in own_keys or a in ("-h", "--help")]
+    passed_on = [a for a in sys.argv[1:] if a not in sweep_args]
+    config = experiment.configure({**own, "__file__": __file__}, sweep_args)
+    trainers = [t.strip() for t in config["TRAINERS"].split(",") if t.strip()]
+    for t in trainers:
+        if t not in experiment.TRAINERS:
+            raise SystemExit(f"error: unknown trainer {t!r} in --trainers; choose from {', '.join(experiment.TRAINERS)}")
+    rates = [float(r) for r in config["RATES"].split(",")]
+    seeds = [int(s) for s in config["SEEDS"].split(",")]
+    out = Path(config["OUT_DIR"])
+    grid = list(cells(trainers, rates, seeds))
+    failed = []
+    with tqdm(grid, desc="sweep", unit="run") as bar:
+        for name, args in bar:
+            run_dir = out / name
+            if (run_dir / "results.json").exists():
+                continue
+            bar.set_postfix_str(name)
+            resume = []
+            if run_dir.exists():
+                if any((run_dir / "checkpoints").glob("checkpoint-*")):
+                    resume = ["--resume=true"]
+                else:  # killed before its first checkpoint: nothing to keep
+                    shutil.rmtree(run_dir)
+            cmd = [sys.executable, config["SCRIPT"], f"--out_dir={out}", f"--run_name={name}", *args, *passed_on, *resume]
+            with open(out.mkdir(parents=True, exist_ok=True) or out / f"{name}.log", "a") as log:
+                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+                    failed.append(name)
+                    tqdm.write(f"{name} failed; see {out / (name + '.log')}")
+                else:  # finished: the final model is in model/, the checkpoints only take disk space
+                    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    report.write(out)
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

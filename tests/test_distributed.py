@@ -1,0 +1,66 @@
+"""Two processes (torchrun, gloo on CPU): identical masks on every rank, one writer, unscaled loss."""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import REPO, only_run_dir, tiny_args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes(tiny_bert_config, sst2_slice, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "bert.py", *tiny_args(tiny_bert_config, sst2_slice, tmp_path, trainer="gradient", batch_size=8)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = only_run_dir(tmp_path)          # rank 1 wrote no second run directory
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["world_size"] == 2
+    # 320 rows, 8 per rank and step: 20 steps an epoch, EB at step 6, like the single-process run.
+    assert res["pruning"]["eb_step"] == 6 and res["optimizer_steps"] == 26
+    # Every check compared the ranks' mask fingerprints (a mismatch stops the run); each check has one.
+    assert all(len(h["fingerprint"]) == 16 for h in res["pruning"]["distance_history"])
+    assert res["prunable_nonzero"] == res["prunable_params"] - round(0.5 * res["prunable_params"])
+    # The loss of a 2-class model at random init is ln 2, not 2 ln 2 (no world-size scaling).
+    first_loss = next(h["loss"] for h in res["log_history"] if "loss" in h)
+    assert abs(first_loss - math.log(2)) < 0.15, first_loss
+    assert proc.stdout.count("results:") == 1
+
+
+def _disagree(rank, port, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    from pruning import assert_same_on_all_ranks
+    try:
+        assert_same_on_all_ranks(f"print-{rank}", "test")
+        queue.put((rank, "agreed"))
+    except RuntimeError as e:
+        queue.put((rank, str(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_with_different_masks_stop_loudly():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_disagree, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    answers = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(60)
+    assert all("ranks computed different test masks" in a for a in answers.values()), answers
