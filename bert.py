@@ -28,6 +28,7 @@ UNDECAYED_EPSILON = 0.01           # epsilon of the undecayed score |-w*g + epsi
 EB_CHECK_EVERY = 50                # optimizer steps between mask checks
 EB_WINDOW = 5                      # masks in the FIFO (the newest is compared with the others)
 EB_EPSILON = 0.1                   # early bird when every distance to the newest mask is below this
+EB_SKIP_WARMUP = True              # start checking when the learning-rate warm-up ends
 SEARCH_EPOCHS = 1.0                # dense search budget; pruned at its end if no early bird appears
 RETRAIN_EPOCHS = 1.0               # training after pruning, with the mask held fixed
 # --- optimization
@@ -42,6 +43,7 @@ RUN_NAME = ""                      # "" = a fresh time-stamped name; set it to n
 RESUME = False                     # continue RUN_NAME from its newest checkpoint
 SAVE_EVERY = 500                   # optimizer steps between checkpoints
 LOG_EVERY = 50                     # optimizer steps between loss logs
+EVAL_EVERY = 0                     # optimizer steps between dev evaluations during training; 0 = none
 
 if __name__ == "__main__":
     experiment.main(globals())

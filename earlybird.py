@@ -59,6 +59,9 @@ class EarlyBirdDetector:
         self.masks: deque[np.ndarray] = deque(maxlen=window)
         self.history: list[dict] = []  # one entry per check: {"step", "distances", "max_distance"}
         self.found_step: int | None = None
+        # Optional mask to measure drift against (the mask of the pretrained weights, for magnitude):
+        # it shows how far the mask has moved since training began, which the FIFO cannot.
+        self.reference: np.ndarray | None = None
 
     @property
     def found(self) -> bool:
@@ -67,6 +70,9 @@ class EarlyBirdDetector:
     @property
     def newest(self) -> np.ndarray | None:
         return self.masks[-1] if self.masks else None
+
+    def set_reference(self, mask: torch.Tensor | np.ndarray) -> None:
+        self.reference = pack_mask(mask)
 
     def update(self, mask: torch.Tensor | np.ndarray, step: int) -> bool:
         """Push the flat keep-mask of this check; return True once the early bird is found."""
@@ -81,6 +87,8 @@ class EarlyBirdDetector:
         distances = [hamming_distance(mask, old, numel) for old in older]
         self.history.append({"step": int(step), "distances": distances,
                              "max_distance": max(distances) if distances else None})
+        if self.reference is not None:
+            self.history[-1]["distance_to_reference"] = hamming_distance(mask, self.reference, numel)
         if self.found_step is None and len(self.masks) == self.window and max(distances) < self.epsilon:
             self.found_step = int(step)
         return self.found
@@ -89,7 +97,7 @@ class EarlyBirdDetector:
     def state_dict(self) -> dict:
         return {"window": self.window, "epsilon": self.epsilon, "numel": self.numel,
                 "masks": [m.copy() for m in self.masks], "history": [dict(h) for h in self.history],
-                "found_step": self.found_step}
+                "found_step": self.found_step, "reference": self.reference}
 
     def load_state_dict(self, state: dict) -> None:
         if state["window"] != self.window or state["epsilon"] != self.epsilon:
@@ -99,6 +107,8 @@ class EarlyBirdDetector:
         self.masks = deque((np.asarray(m, dtype=np.uint8) for m in state["masks"]), maxlen=self.window)
         self.history = [dict(h) for h in state["history"]]
         self.found_step = state["found_step"]
+        ref = state.get("reference")
+        self.reference = None if ref is None else np.asarray(ref, dtype=np.uint8)
 
 
 def plot_distances(history: list[dict], epsilon: float, path, *, title: str = "",
@@ -117,6 +127,9 @@ def plot_distances(history: list[dict], epsilon: float, path, *, title: str = ""
             ax.plot(*zip(*pts), lw=0.8, alpha=0.5, label=f"lag {lag}")
         ax.plot([h["step"] for h in checks], [h["max_distance"] for h in checks], "k.-", lw=1.5,
                 label="max (the detector's test)")
+    ref = [(h["step"], h["distance_to_reference"]) for h in history if "distance_to_reference" in h]
+    if ref:
+        ax.plot(*zip(*ref), "b--", lw=1, label="distance to the mask at step 0")
     ax.axhline(epsilon, color="red", ls="--", lw=1, label=f"epsilon = {epsilon:g}")
     if eb_step is not None:
         ax.axvline(eb_step, color="green", lw=1, label=f"early bird @ step {eb_step}")

@@ -114,7 +114,8 @@ def pruning_config(config: dict) -> PruningConfig:
     return PruningConfig(rate=config["PRUNING_RATE"], scope=config["THRESHOLD"],
                          search_epochs=config["SEARCH_EPOCHS"], retrain_epochs=config["RETRAIN_EPOCHS"],
                          check_every=config["EB_CHECK_EVERY"], window=config["EB_WINDOW"],
-                         epsilon=config["EB_EPSILON"], criterion_options=options)
+                         epsilon=config["EB_EPSILON"], skip_warmup=config["EB_SKIP_WARMUP"],
+                         criterion_options=options)
 
 
 def validate(config: dict) -> PruningConfig:
@@ -129,6 +130,8 @@ def validate(config: dict) -> PruningConfig:
     for key in ("BATCH_SIZE", "MAX_LENGTH", "SAVE_EVERY", "LOG_EVERY"):
         if config[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+    if config["EVAL_EVERY"] < 0:
+        raise ConfigError(f"EVAL_EVERY must be >= 0 (0 = no evaluation during training), got {config['EVAL_EVERY']}")
     if config["SAVE_EVERY"] % config["LOG_EVERY"]:
         raise ConfigError(f"SAVE_EVERY ({config['SAVE_EVERY']}) must be a multiple of LOG_EVERY ({config['LOG_EVERY']}): "
                           "the loss is checked for NaN at each log, so that no checkpoint holds a diverged model")
@@ -203,6 +206,32 @@ class StopOnDivergence(TrainerCallback):
             self._stop("the weights became non-finite", state, args)
 
 
+class AccuracyTimeline(TrainerCallback):
+    """(step, training seconds so far without evaluation time, dev accuracy) at every evaluation, so a
+    pruned run's cost can be set against the time the dense run needed to reach the same accuracy."""
+
+    def __init__(self):
+        self.points, self._start, self._eval_seconds, self._last_step_end = [], None, 0.0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._last_step_end = time.perf_counter()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._start = None  # the final evaluation after training is not part of the timeline
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self._start is None or self._last_step_end is None:
+            return
+        self.points.append({"step": state.global_step,
+                            "train_seconds": self._last_step_end - self._start - self._eval_seconds,
+                            "accuracy": (metrics or {}).get("eval_accuracy")})
+        self._eval_seconds += time.perf_counter() - self._last_step_end
+        self._last_step_end = time.perf_counter()  # a second evaluation at the same step (pruning) counts too
+
+
 # --- the run ---------------------------------------------------------------------------------------
 def _distributed_main_process() -> tuple[bool, int]:
     from accelerate import PartialState
@@ -235,7 +264,8 @@ def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encode
         seed=config["SEED"], data_seed=config["SEED"],
         logging_steps=config["LOG_EVERY"], logging_nan_inf_filter=False,
         save_strategy="steps", save_steps=config["SAVE_EVERY"], save_total_limit=2,
-        eval_strategy="no", report_to="none", disable_tqdm=False,
+        eval_strategy="steps" if config["EVAL_EVERY"] else "no", eval_steps=config["EVAL_EVERY"] or None,
+        report_to="none", disable_tqdm=False,
         # transformers 5 scales the loss by the world size when averaging tokens across devices,
         # which doubles a sequence classifier's loss and gradients under DDP.
         average_tokens_across_devices=False,
@@ -272,7 +302,9 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
                             tokenizer, config["MAX_LENGTH"])
 
     name = trainer_name(config["TRAINER"])
-    trainer = build_trainer(config, pruning, model, tokenizer, encoded, run_dir / "checkpoints", callbacks)
+    timeline = AccuracyTimeline()
+    trainer = build_trainer(config, pruning, model, tokenizer, encoded, run_dir / "checkpoints",
+                            (timeline, *callbacks))
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +336,7 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         "cost": cost_figures(model, trainer, encoded, final),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
-        "log_history": trainer.state.log_history,
+        "log_history": trainer.state.log_history, "accuracy_timeline": timeline.points,
     }
     if isinstance(trainer, PruningTrainer):
         summary = trainer.pruning_summary()

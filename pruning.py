@@ -190,6 +190,7 @@ class PruningConfig:
     check_every: int = 50           # optimizer steps between Early-Bird checks
     window: int = 5                 # masks in the detector's FIFO
     epsilon: float = 0.1            # distance below which the mask counts as settled
+    skip_warmup: bool = True        # no checks (and no score accumulation) during the LR warm-up
     criterion_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -227,7 +228,7 @@ class EarlyBirdPruning(TrainerCallback):
         self.masks: dict[str, torch.Tensor] | None = None   # set once pruned
         self._mul_masks: list[torch.Tensor] = []            # the masks in the weights' dtype
         self.record = {"phase": "search", "eb_found": None, "eb_step": None, "prune_step": None,
-                       "stop_step": None, "search_steps": None, "retrain_steps": None,
+                       "stop_step": None, "search_steps": None, "retrain_steps": None, "first_check_after": 0,
                        "steps_per_epoch": None, "evals": {}, "mask_fingerprint": None,
                        "phase_seconds": {"search": 0.0, "prune": 0.0, "retrain": 0.0}}
         self._clock = None
@@ -259,11 +260,18 @@ class EarlyBirdPruning(TrainerCallback):
         self.record["search_steps"] = max(1, math.ceil(self.config.search_epochs * steps_per_epoch - 1e-6))
         self.record["retrain_steps"] = state.max_steps - self.record["search_steps"] if \
             self.config.retrain_epochs else 0
+        # While the learning rate warms up the weights have hardly moved, so a mask that "settles"
+        # there says nothing; the detector starts watching when the warm-up ends.
+        self.record["first_check_after"] = args.get_warmup_steps(state.max_steps) if self.config.skip_warmup else 0
+        if state.global_step == 0 and not isinstance(self.criterion, AccumulatedCriterion):
+            self.detector.set_reference(flat_mask(keep_masks(self.criterion.scores(), self.config.rate,
+                                                             self.config.scope)))
         self._clock = time.perf_counter()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.record["phase"] == "search":
-            self.criterion.observe()
+            if state.global_step >= self.record["first_check_after"]:  # global_step = steps finished
+                self.criterion.observe()
         elif self._mul_masks:  # keep the optimizer's momentum of pruned weights at zero
             grads = [p.grad for p in self.params.values()]
             if all(g is not None for g in grads):
@@ -277,7 +285,8 @@ class EarlyBirdPruning(TrainerCallback):
         step = state.global_step
         if self.record["phase"] == "search":
             last = step >= self.record["search_steps"]
-            if step % self.config.check_every == 0 or last:
+            due = step % self.config.check_every == 0 and step > self.record["first_check_after"]
+            if due or last:
                 masks = keep_masks(self.criterion.scores(), self.config.rate, self.config.scope)
                 flat = flat_mask(masks)
                 fingerprint = mask_fingerprint(pack_mask(flat))
@@ -335,6 +344,9 @@ class EarlyBirdPruning(TrainerCallback):
         det = self.detector.state_dict()
         for i, m in enumerate(det.pop("masks")):
             tensors[f"detector/mask/{i}"] = torch.from_numpy(m)
+        reference = det.pop("reference")
+        if reference is not None:
+            tensors["detector/reference"] = torch.from_numpy(reference)
         if self.masks is not None:
             tensors["keep_mask"] = torch.from_numpy(pack_mask(flat_mask(self.masks)))
         meta = {"record": self.record, "detector": det, "config": asdict(self.config),
@@ -367,6 +379,7 @@ class EarlyBirdPruning(TrainerCallback):
         det = meta["detector"]
         det["masks"] = [tensors[f"detector/mask/{i}"].numpy() for i in range(len(
             [k for k in tensors if k.startswith("detector/mask/")]))]
+        det["reference"] = tensors["detector/reference"].numpy() if "detector/reference" in tensors else None
         self.detector.load_state_dict(det)
         self.record = meta["record"]
         if "keep_mask" in tensors:

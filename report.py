@@ -14,7 +14,8 @@ from pathlib import Path
 CRITERIA = ("magnitude", "gradient", "undecayed")
 COLUMNS = ["run", "trainer", "rate", "seed", "sparsity", "acc_before_prune", "acc_after_prune", "acc_final",
            "f1_final", "eb_found", "eb_step", "eb_fraction_of_dense_steps", "optimizer_steps",
-           "search_s", "prune_s", "retrain_s", "total_s", "time_vs_dense", "peak_rss_mb",
+           "search_s", "prune_s", "retrain_s", "total_s", "time_vs_dense", "search_retrain_s",
+           "dense_s_to_same_acc", "b3_ratio", "peak_rss_mb",
            "prunable_nonzero", "prunable_params", "train_pflos", "inference_gflops_dense",
            "inference_gflops_nonzero", "dev_sentences_per_s"]
 
@@ -43,6 +44,7 @@ def rows_of(results: list[dict]) -> list[dict]:
             "search_s": r["phase_seconds"].get("search"), "prune_s": r["phase_seconds"].get("prune"),
             "retrain_s": r["phase_seconds"].get("retrain"), "total_s": total,
             "time_vs_dense": total / sum(base["phase_seconds"].values()) if base else None,
+            **b3_figures(r, base),
             "peak_rss_mb": r["peak_rss_mb"], "prunable_nonzero": r["prunable_nonzero"],
             "prunable_params": r["prunable_params"], "train_pflos": cost.get("train_flos", 0) / 1e15,
             "inference_gflops_dense": cost.get("inference_flops_dense", 0) / 1e9,
@@ -50,6 +52,19 @@ def rows_of(results: list[dict]) -> list[dict]:
             "dev_sentences_per_s": cost.get("dev_sentences_per_second"),
         })
     return sorted(rows, key=lambda x: (x["trainer"] != "dense", x["trainer"], x["rate"], x["seed"]))
+
+
+def b3_figures(r: dict, dense: dict | None) -> dict:
+    """Search + retrain seconds against the training seconds the dense run needed to first reach this
+    run's final accuracy (from its accuracy timeline, evaluation time left out)."""
+    if not r.get("pruning") or not dense:
+        return {"search_retrain_s": None, "dense_s_to_same_acc": None, "b3_ratio": None}
+    spent = r["phase_seconds"]["search"] + r["phase_seconds"]["retrain"]
+    target = r["metrics"]["final"]["accuracy"]
+    reached = [p["train_seconds"] for p in dense.get("accuracy_timeline", []) if p["accuracy"] >= target]
+    dense_s = reached[0] if reached else None
+    return {"search_retrain_s": spent, "dense_s_to_same_acc": dense_s,
+            "b3_ratio": spent / dense_s if dense_s else None}
 
 
 def _fmt(x, digits=4):
@@ -74,8 +89,9 @@ def _mean_std(values):
 def markdown(rows: list[dict]) -> str:
     lines = ["| trainer | rate | seed | sparsity | acc before prune | acc after prune | acc final | F1 final | "
              "EB step | EB / dense steps | steps | search s | prune s | retrain s | total s | time vs dense | "
+             "dense s to same acc | B3: (search+retrain) / that | "
              "peak RSS MB | nonzero prunable | train PFLOs | infer GFLOPs dense / nonzero | dev sent/s |",
-             "|" + "---|" * 21]
+             "|" + "---|" * 23]
     for r in rows:
         lines.append("| " + " | ".join([
             r["trainer"], _fmt(r["rate"], 1), str(r["seed"]), _fmt(r["sparsity"]), _fmt(r["acc_before_prune"]),
@@ -83,6 +99,8 @@ def markdown(rows: list[dict]) -> str:
             _fmt(r["eb_step"]) + ("" if r["eb_found"] in (True, None) else " (none)"),
             _fmt(r["eb_fraction_of_dense_steps"], 3), str(r["optimizer_steps"]), _fmt(r["search_s"], 0),
             _fmt(r["prune_s"], 0), _fmt(r["retrain_s"], 0), _fmt(r["total_s"], 0), _fmt(r["time_vs_dense"], 2),
+            (_fmt(r["dense_s_to_same_acc"], 0) if r["dense_s_to_same_acc"] is not None else
+             ("never" if r["search_retrain_s"] is not None else "–")), _fmt(r["b3_ratio"], 2),
             _fmt(r["peak_rss_mb"], 0), f"{r['prunable_nonzero']:,} / {r['prunable_params']:,}",
             _fmt(r["train_pflos"], 3), f"{r['inference_gflops_dense']:.1f} / {r['inference_gflops_nonzero']:.1f}",
             _fmt(r["dev_sentences_per_s"], 0)]) + " |")

@@ -91,3 +91,15 @@ def test_rejects_masks_of_different_sizes():
     det.update(np.ones(10, dtype=bool), 1)
     with pytest.raises(ValueError, match="11 weights"):
         det.update(np.ones(11, dtype=bool), 2)
+
+
+def test_distance_to_reference_is_recorded_and_survives_a_state_round_trip():
+    base = np.zeros(200, dtype=bool)
+    det = EarlyBirdDetector(window=2, epsilon=0.1)
+    det.set_reference(base)
+    det.update(flip(base, 20), 1)
+    assert det.history[-1]["distance_to_reference"] == pytest.approx(0.1)
+    again = EarlyBirdDetector(window=2, epsilon=0.1)
+    again.load_state_dict(det.state_dict())
+    again.update(flip(base, 50), 2)
+    assert again.history[-1]["distance_to_reference"] == pytest.approx(0.25)

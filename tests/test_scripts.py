@@ -48,11 +48,16 @@ def test_roberta_script_uses_the_real_roberta_tokenizer(tiny_roberta_config, sst
 
 
 def test_dense_baseline_trains_the_same_total_budget(tiny_bert_config, sst2_slice, tmp_path):
-    proc = run_script("bert.py", tiny_args(tiny_bert_config, sst2_slice, tmp_path, trainer="Trainer"))
+    proc = run_script("bert.py", tiny_args(tiny_bert_config, sst2_slice, tmp_path, trainer="Trainer", eval_every=10))
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
     assert res["trainer"] == "dense" and "pruning" not in res
     assert res["optimizer_steps"] == 40 and res["sparsity"] == 0.0
+    timeline = res["accuracy_timeline"]
+    assert [p["step"] for p in timeline] == [10, 20, 30, 40]
+    seconds = [p["train_seconds"] for p in timeline]
+    assert 0 < seconds[0] < seconds[1] < seconds[2] < seconds[3] <= res["train_seconds"]
+    assert all(0 <= p["accuracy"] <= 1 for p in timeline)
 
 
 def test_no_early_bird_prunes_at_the_end_of_the_search_budget_and_says_so(tiny_bert_config, sst2_slice, tmp_path):

