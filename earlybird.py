@@ -138,6 +138,7 @@ def plot_distances(history: list[dict], epsilon: float, path, *, title: str = ""
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("normalized Hamming distance")
     ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -164,6 +164,7 @@ def plots(results: list[dict], rows: list[dict], out: Path) -> None:
             ax.set_title(c)
             ax.set_xlabel("optimizer step")
             ax.set_yscale("symlog", linthresh=1e-3)
+            ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
         axes[0].set_ylabel("max Hamming distance in FIFO (★ = early bird)")

@@ -24,19 +24,22 @@ TRAINERS = "dense,magnitude,gradient,undecayed" # comma-separated; dense runs on
 RATES = "0.3,0.5,0.7,0.9"                       # comma-separated pruning rates
 SEEDS = "42"                                    # comma-separated seeds
 OUT_DIR = "sweeps/bert"                         # one sub-directory per cell, plus the report
+DENSE_EVAL_EVERY = 50                           # dense runs evaluate this often (the time-to-accuracy curve for B3)
 
 
-def cells(trainers, rates, seeds):
+def cells(trainers, rates, seeds, dense_eval_every):
     for seed in seeds:
         for trainer in trainers:
             for rate in ([None] if trainer == "dense" else rates):
                 name = f"{trainer}-s{seed}" if rate is None else f"{trainer}-r{rate:g}-s{seed}"
-                args = [f"--trainer={trainer}", f"--seed={seed}"] + ([] if rate is None else [f"--pruning_rate={rate}"])
+                args = [f"--trainer={trainer}", f"--seed={seed}"]
+                args += [f"--eval_every={dense_eval_every}"] if rate is None else [f"--pruning_rate={rate}"]
                 yield name, args
 
 
 def main():
-    own = {k: v for k, v in globals().items() if k in ("SCRIPT", "TRAINERS", "RATES", "SEEDS", "OUT_DIR")}
+    own = {k: v for k, v in globals().items()
+           if k in ("SCRIPT", "TRAINERS", "RATES", "SEEDS", "OUT_DIR", "DENSE_EVAL_EVERY")}
     own_keys = {f"--{k.lower()}" for k in own}
     sweep_args = [a for a in sys.argv[1:] if a.split("=")[0] in own_keys or a in ("-h", "--help")]
     passed_on = [a for a in sys.argv[1:] if a not in sweep_args]
@@ -48,7 +51,7 @@ def main():
     rates = [float(r) for r in config["RATES"].split(",")]
     seeds = [int(s) for s in config["SEEDS"].split(",")]
     out = Path(config["OUT_DIR"])
-    grid = list(cells(trainers, rates, seeds))
+    grid = list(cells(trainers, rates, seeds, config["DENSE_EVAL_EVERY"]))
     failed = []
     with tqdm(grid, desc="sweep", unit="run") as bar:
         for name, args in bar:
