@@ -1,0 +1,64 @@
+"""The sweep report on synthetic results: rows, the B3 ratio, mean ± std over seeds, the plots."""
+import csv
+import json
+
+import pytest
+
+import report
+import sweep
+
+
+def result(trainer, seed, acc, rate=None, eb=None, search=0.0, retrain=0.0, timeline=()):
+    r = {"trainer": trainer, "run_dir": f"x/{trainer}-{rate}-{seed}", "config": {"SEED": seed},
+         "sparsity": rate or 0.0, "optimizer_steps": 1000 if rate is None else 700,
+         "metrics": {"final": {"accuracy": acc, "f1": acc}}, "peak_rss_mb": 100.0,
+         "prunable_nonzero": 10, "prunable_params": 20, "accuracy_timeline": list(timeline),
+         "cost": {"train_flos": 1e15, "inference_flops_dense": 2e9, "inference_flops_nonzero": 1e9,
+                  "dev_sentences_per_second": 100.0}}
+    if rate is None:
+        r["phase_seconds"] = {"train": 100.0}
+    else:
+        r["phase_seconds"] = {"search": search, "prune": 5.0, "retrain": retrain}
+        r["metrics"].update(before_prune={"accuracy": 0.8}, after_prune={"accuracy": 0.7})
+        r["pruning"] = {"rate": rate, "eb_found": eb is not None, "eb_step": eb, "detector": {"epsilon": 0.1},
+                        "distance_history": [{"step": 50, "distances": [], "max_distance": None},
+                                             {"step": 100, "distances": [0.05], "max_distance": 0.05}]}
+    return r
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    timeline = [{"step": 100, "train_seconds": 10.0, "accuracy": 0.80},
+                {"step": 200, "train_seconds": 20.0, "accuracy": 0.88}]
+    runs = [result("dense", 1, 0.90, timeline=timeline), result("dense", 2, 0.90, timeline=timeline),
+            result("magnitude", 1, 0.86, rate=0.5, eb=100, search=4.0, retrain=8.0),
+            result("magnitude", 2, 0.88, rate=0.5, eb=100, search=4.0, retrain=8.0),
+            result("gradient", 1, 0.95, rate=0.5, eb=None, search=30.0, retrain=30.0)]
+    for i, r in enumerate(runs):
+        (tmp_path / f"run{i}").mkdir()
+        (tmp_path / f"run{i}" / "results.json").write_text(json.dumps(r))
+    return tmp_path
+
+
+def test_report_rows_b3_and_files(sweep_dir):
+    rows = {(r["trainer"], r["seed"]): r for r in report.write(sweep_dir)}
+    mag = rows[("magnitude", 1)]
+    # 0.86 is first reached by the dense run at 20 s; search + retrain = 12 s (pruning evals left out).
+    assert mag["dense_s_to_same_acc"] == 20.0 and mag["b3_ratio"] == pytest.approx(0.6)
+    assert mag["eb_fraction_of_dense_steps"] == pytest.approx(0.1)
+    assert mag["time_vs_dense"] == pytest.approx(17 / 100)
+    assert rows[("gradient", 1)]["dense_s_to_same_acc"] is None  # the dense run never got to 0.95
+    with open(sweep_dir / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5
+    md = (sweep_dir / "results.md").read_text()
+    assert "| gradient | 0.5 | 1 |" in md and "never" in md
+    assert "| magnitude | 0.5 | 2 | 0.7000 ± 0.0000 | 0.8700 ± 0.0141 |" in md   # mean ± std over the two seeds
+    for png in ("accuracy_vs_sparsity.png", "mask_distance.png", "time_breakdown.png"):
+        assert (sweep_dir / png).stat().st_size > 5000
+
+
+def test_sweep_grid_runs_dense_once_per_seed():
+    grid = list(sweep.cells(["dense", "magnitude"], [0.3, 0.5], [1, 2], 50))
+    assert [name for name, _ in grid] == ["dense-s1", "magnitude-r0.3-s1", "magnitude-r0.5-s1",
+                                          "dense-s2", "magnitude-r0.3-s2", "magnitude-r0.5-s2"]
+    assert "--eval_every=50" in grid[0][1] and "--pruning_rate=0.3" in grid[1][1]
