@@ -129,12 +129,31 @@ class AccumulatedCriterion(Criterion):
 
 
 # --- scores -> masks -------------------------------------------------------------------------------
+def kth_smallest(x: torch.Tensor, k: int, sample_size: int = 200_000) -> torch.Tensor:
+    """Exactly `x.kthvalue(k).values` for a flat tensor, but several times faster on large x.
+
+    A fixed-seed sample brackets the k-th value; only the few elements inside the bracket are
+    selected from. If the bracket misses (it is 10 standard errors wide), fall back to kthvalue.
+    """
+    n = x.numel()
+    if n <= 4 * sample_size:
+        return x.kthvalue(k).values
+    sample = x[torch.randint(n, (sample_size,), generator=torch.Generator().manual_seed(0))]
+    q, margin = k / n, 10 * math.sqrt(0.25 / sample_size)
+    lo, hi = torch.quantile(sample.float(), torch.tensor([max(0.0, q - margin), min(1.0, q + margin)])).to(x.dtype)
+    below = int((x < lo).sum())
+    inside = x[(x >= lo) & (x <= hi)]
+    if below < k <= below + inside.numel():
+        return inside.kthvalue(k - below).values
+    return x.kthvalue(k).values
+
+
 def _keep_flat(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     """Keep-mask that prunes exactly the `n_prune` lowest scores (ties broken by position)."""
     keep = torch.ones(scores.numel(), dtype=torch.bool)
     if n_prune == 0:
         return keep
-    threshold = scores.kthvalue(n_prune).values
+    threshold = kth_smallest(scores, n_prune)
     prune = scores < threshold
     missing = n_prune - int(prune.sum())
     if missing > 0:  # ties at the threshold: take the first ones so the count is exact and deterministic

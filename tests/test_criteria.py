@@ -119,3 +119,15 @@ def test_prunable_set_is_the_encoder_linears_only(cls, config):
                  "intermediate.dense", "output.dense"]
     prefix = cls.base_model_prefix
     assert names == sorted(f"{prefix}.encoder.layer.{i}.{p}.weight" for i in range(2) for p in per_layer)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "ties", "heavy-tail"])
+def test_fast_kth_smallest_is_exactly_kthvalue(kind):
+    from pruning import kth_smallest
+    g = torch.Generator().manual_seed(3)
+    n = 1_000_003
+    x = {"uniform": torch.rand(n, generator=g),
+         "ties": torch.randint(0, 50, (n,), generator=g).float(),
+         "heavy-tail": torch.randn(n, generator=g).exp() ** 4}[kind]
+    for k in (1, 17, n // 10, n // 2, n - 5, n):
+        assert kth_smallest(x, k, sample_size=20_000) == x.kthvalue(k).values, k
