@@ -211,7 +211,7 @@ class AccuracyTimeline(TrainerCallback):
     pruned run's cost can be set against the time the dense run needed to reach the same accuracy."""
 
     def __init__(self):
-        self.points, self._start, self._eval_seconds, self._last_step_end = [], None, 0.0, None
+        self.points, self._start, self.eval_seconds, self._last_step_end = [], None, 0.0, None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
@@ -226,9 +226,9 @@ class AccuracyTimeline(TrainerCallback):
         if self._start is None or self._last_step_end is None:
             return
         self.points.append({"step": state.global_step,
-                            "train_seconds": self._last_step_end - self._start - self._eval_seconds,
+                            "train_seconds": self._last_step_end - self._start - self.eval_seconds,
                             "accuracy": (metrics or {}).get("eval_accuracy")})
-        self._eval_seconds += time.perf_counter() - self._last_step_end
+        self.eval_seconds += time.perf_counter() - self._last_step_end
         self._last_step_end = time.perf_counter()  # a second evaluation at the same step (pruning) counts too
 
 
@@ -292,7 +292,8 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     pruning = validate(config)
     is_main, world = _distributed_main_process()
     run_dir = Path(_broadcast(str(run_directory(config, script)) if is_main else None))
-    # Data and model next: both fail with a clear message before any training.
+    # Model names first (seconds), then data, then the model itself: all fail before any training.
+    models.resolve(config["MODEL"], "model", MODEL_HINT)
     datasets, data_source = sst2.load_sst2(config["DATA_DIR"])
     set_seed(config["SEED"])  # before building the model, so a random init is reproducible
     model, tokenizer, model_description = models.load_model_and_tokenizer(
@@ -349,8 +350,8 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         plot_distances(summary["distance_history"], summary["detector"]["epsilon"], run_dir / "mask_distance.png",
                        title=f"{model_description} · {summary['criterion']} · rate {summary['rate']:g}",
                        eb_step=summary["eb_step"], prune_step=summary["prune_step"])
-    else:
-        results["phase_seconds"] = {"train": train_seconds}
+    else:  # periodic dev evaluations (EVAL_EVERY) are not training time
+        results["phase_seconds"] = {"train": train_seconds - timeline.eval_seconds}
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     print_summary(results, run_dir)
     return results

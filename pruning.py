@@ -138,9 +138,11 @@ def kth_smallest(x: torch.Tensor, k: int, sample_size: int = 200_000) -> torch.T
     n = x.numel()
     if n <= 4 * sample_size:
         return x.kthvalue(k).values
-    sample = x[torch.randint(n, (sample_size,), generator=torch.Generator().manual_seed(0))]
+    index = torch.randint(n, (sample_size,), generator=torch.Generator().manual_seed(0)).to(x.device)
+    sample = x[index].float()
     q, margin = k / n, 10 * math.sqrt(0.25 / sample_size)
-    lo, hi = torch.quantile(sample.float(), torch.tensor([max(0.0, q - margin), min(1.0, q + margin)])).to(x.dtype)
+    bounds = torch.tensor([max(0.0, q - margin), min(1.0, q + margin)], device=x.device)
+    lo, hi = torch.quantile(sample, bounds).to(x.dtype)
     below = int((x < lo).sum())
     inside = x[(x >= lo) & (x <= hi)]
     if below < k <= below + inside.numel():
@@ -150,7 +152,7 @@ def kth_smallest(x: torch.Tensor, k: int, sample_size: int = 200_000) -> torch.T
 
 def _keep_flat(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     """Keep-mask that prunes exactly the `n_prune` lowest scores (ties broken by position)."""
-    keep = torch.ones(scores.numel(), dtype=torch.bool)
+    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
     if n_prune == 0:
         return keep
     threshold = kth_smallest(scores, n_prune)
@@ -348,7 +350,7 @@ class EarlyBirdPruning(TrainerCallback):
 
     def _set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         self.masks = masks
-        self._mul_masks = [masks[n].to(p.dtype) for n, p in self.params.items()]
+        self._mul_masks = [masks[n].to(device=p.device, dtype=p.dtype) for n, p in self.params.items()]
         fingerprint = mask_fingerprint(pack_mask(flat_mask(masks)))
         assert_same_on_all_ranks(fingerprint, "pruning")
         self.record["mask_fingerprint"] = fingerprint

@@ -30,7 +30,7 @@ def rows_of(results: list[dict]) -> list[dict]:
     for r in results:
         seed, p, m, cost = r["config"]["SEED"], r.get("pruning") or {}, r["metrics"], r.get("cost", {})
         base = dense.get(seed)
-        total = sum(r["phase_seconds"].values())
+        total = training_seconds(r)
         rows.append({
             "run": Path(r.get("run_dir", "")).name or f"{r['trainer']}-{seed}", "trainer": r["trainer"],
             "rate": p.get("rate", 0.0), "seed": seed, "sparsity": r["sparsity"],
@@ -43,7 +43,7 @@ def rows_of(results: list[dict]) -> list[dict]:
             "optimizer_steps": r["optimizer_steps"],
             "search_s": r["phase_seconds"].get("search"), "prune_s": r["phase_seconds"].get("prune"),
             "retrain_s": r["phase_seconds"].get("retrain"), "total_s": total,
-            "time_vs_dense": total / sum(base["phase_seconds"].values()) if base else None,
+            "time_vs_dense": total / training_seconds(base) if base else None,
             **b3_figures(r, base),
             "peak_rss_mb": r["peak_rss_mb"], "prunable_nonzero": r["prunable_nonzero"],
             "prunable_params": r["prunable_params"], "train_pflos": cost.get("train_flos", 0) / 1e15,
@@ -52,6 +52,14 @@ def rows_of(results: list[dict]) -> list[dict]:
             "dev_sentences_per_s": cost.get("dev_sentences_per_second"),
         })
     return sorted(rows, key=lambda x: (x["trainer"] != "dense", x["trainer"], x["rate"], x["seed"]))
+
+
+def training_seconds(r: dict) -> float:
+    """Wall seconds of training, without the dense run's periodic dev evaluations (which only
+    draw its accuracy timeline); a pruned run's two evaluations at pruning stay in its prune phase."""
+    if r.get("pruning") is None and r.get("accuracy_timeline"):
+        return r["accuracy_timeline"][-1]["train_seconds"]
+    return sum(r["phase_seconds"].values())
 
 
 def b3_figures(r: dict, dense: dict | None) -> dict:
@@ -116,6 +124,47 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+B1_ALLOWED_DROP = {0.5: 0.005, 0.7: 0.010, 0.9: 0.025}  # accuracy the best criterion may lose vs dense
+
+
+def targets(rows: list[dict]) -> str:
+    """B1-B3 read off the rows (means over seeds), each as met or missed with its figure."""
+    dense = [r["acc_final"] for r in rows if r["trainer"] == "dense"]
+    if not dense:
+        return ""
+    dense_acc = statistics.mean(dense)
+    pruned = [r for r in rows if r["trainer"] != "dense"]
+    lines = ["| target | figure | verdict |", "|---|---|---|"]
+    for rate, allowed in B1_ALLOWED_DROP.items():
+        by_c = defaultdict(list)
+        for r in pruned:
+            if abs(r["rate"] - rate) < 1e-9:
+                by_c[r["trainer"]].append(r["acc_final"])
+        if not by_c:
+            continue
+        best, accs = max(by_c.items(), key=lambda kv: statistics.mean(kv[1]))
+        drop = dense_acc - statistics.mean(accs)
+        lines.append(f"| B1 accuracy kept at {rate:.0%} sparsity (≤ {100 * allowed:.1f} points under dense) | "
+                     f"best: {best} {statistics.mean(accs):.4f} vs dense {dense_acc:.4f}: {100 * drop:+.2f} points "
+                     f"under | {'met' if drop <= allowed else 'missed'} |")
+    fractions = [r["eb_fraction_of_dense_steps"] for r in pruned if r["eb_fraction_of_dense_steps"] is not None]
+    not_found = sum(1 for r in pruned if r["eb_found"] is False)
+    if pruned:
+        worst = max(fractions) if fractions else None
+        lines.append(f"| B2 early bird within 20% of the dense run's steps | found in {len(fractions)} of {len(pruned)} "
+                     f"runs, at {_fmt(min(fractions) if fractions else None, 3)}–{_fmt(worst, 3)} of the dense steps"
+                     f"{f'; {not_found} not found' if not_found else ''} | "
+                     f"{'met' if not not_found and worst is not None and worst <= 0.2 else 'missed'} |")
+    ratios = [r["b3_ratio"] for r in pruned if r["b3_ratio"] is not None]
+    never = sum(1 for r in pruned if r["search_retrain_s"] is not None and r["dense_s_to_same_acc"] is None)
+    if pruned:
+        lines.append(f"| B3 (search + retrain) / dense time to the same accuracy ≤ 0.6 | "
+                     f"{_fmt(min(ratios) if ratios else None, 2)}–{_fmt(max(ratios) if ratios else None, 2)} over "
+                     f"{len(ratios)} runs{f'; {never} runs beat every dense evaluation' if never else ''} | "
+                     f"{'met' if ratios and max(ratios) <= 0.6 else 'missed' if ratios else 'n/a'} |")
+    return "\n".join(lines) + "\n"
+
+
 def plots(results: list[dict], rows: list[dict], out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -174,16 +223,15 @@ def plots(results: list[dict], rows: list[dict], out: Path) -> None:
 
     # 3. where the training time went
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4), dpi=90)
-    labels = [f"{r['trainer']}\n{r['rate']:g}" if r["trainer"] != "dense" else "dense" for r in rows]
+    labels = [f"{r['trainer']} {r['rate']:g}" if r["trainer"] != "dense" else "dense" for r in rows]
     bottom = [0.0] * len(rows)
     for phase, color in (("search_s", "tab:blue"), ("prune_s", "tab:red"), ("retrain_s", "tab:green")):
-        vals = [r[phase] if r[phase] is not None else (r["total_s"] if phase == "search_s" and r["trainer"] == "dense"
-                                                        else 0.0) for r in rows]
+        vals = [r[phase] if r[phase] is not None else (r["total_s"] if phase == "search_s" else 0.0) for r in rows]
         ax.bar(range(len(rows)), vals, bottom=bottom, color=color,
                label={"search_s": "search (dense: all training)", "prune_s": "pruning + 2 evals",
                       "retrain_s": "retrain"}[phase])
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=60)
     ax.set_ylabel("wall seconds")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -202,7 +250,7 @@ def write(out: Path) -> list[dict]:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.md").write_text(markdown(rows))
+    (out / "results.md").write_text(markdown(rows) + "\n" + targets(rows))
     plots(results, rows, out)
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'} and plots ({len(rows)} runs)")
     return rows

@@ -46,13 +46,18 @@ def test_report_rows_b3_and_files(sweep_dir):
     # 0.86 is first reached by the dense run at 20 s; search + retrain = 12 s (pruning evals left out).
     assert mag["dense_s_to_same_acc"] == 20.0 and mag["b3_ratio"] == pytest.approx(0.6)
     assert mag["eb_fraction_of_dense_steps"] == pytest.approx(0.1)
-    assert mag["time_vs_dense"] == pytest.approx(17 / 100)
+    assert mag["time_vs_dense"] == pytest.approx(17 / 20)  # dense: training seconds without its evaluations
     assert rows[("gradient", 1)]["dense_s_to_same_acc"] is None  # the dense run never got to 0.95
     with open(sweep_dir / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 5
     md = (sweep_dir / "results.md").read_text()
     assert "| gradient | 0.5 | 1 |" in md and "never" in md
     assert "| magnitude | 0.5 | 2 | 0.7000 ± 0.0000 | 0.8700 ± 0.0141 |" in md   # mean ± std over the two seeds
+    # B1 at 50%: the best criterion (gradient, 0.95) beats dense (0.90); B3 over the magnitude runs only.
+    assert "| B1 accuracy kept at 50% sparsity (≤ 0.5 points under dense) | best: gradient 0.9500 vs dense " \
+           "0.9000: -5.00 points under | met |" in md
+    assert "B3 (search + retrain) / dense time to the same accuracy ≤ 0.6 | 0.60–0.60 over 2 runs; " \
+           "1 runs beat every dense evaluation | met |" in md
     for png in ("accuracy_vs_sparsity.png", "mask_distance.png", "time_breakdown.png"):
         assert (sweep_dir / png).stat().st_size > 5000
 
