@@ -22,13 +22,12 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from earlybird import EarlyBirdDetector, mask_fingerprint, pack_mask
+from earlybird import EarlyBirdDetector, mask_fingerprint, pack_mask, unpack_mask
 
 PRUNING_STATE_FILE = "pruning_state.safetensors"
 SCOPES = ("global", "layerwise")
@@ -405,7 +404,7 @@ class EarlyBirdPruning(TrainerCallback):
         self.record = meta["record"]
         if "keep_mask" in tensors:
             numel = sum(p.numel() for p in self.params.values())
-            flat = torch.from_numpy(np.unpackbits(tensors["keep_mask"].numpy(), count=numel).astype(bool))
+            flat = unpack_mask(tensors["keep_mask"].numpy(), numel)
             sizes = [p.numel() for p in self.params.values()]
             self._set_masks({n: m.view(p.shape) for (n, p), m in zip(self.params.items(), flat.split(sizes))})
 

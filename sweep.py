@@ -52,6 +52,7 @@ def main():
     seeds = [int(s) for s in config["SEEDS"].split(",")]
     out = Path(config["OUT_DIR"])
     grid = list(cells(trainers, rates, seeds, config["DENSE_EVAL_EVERY"]))
+    out.mkdir(parents=True, exist_ok=True)
     failed = []
     with tqdm(grid, desc="sweep", unit="run") as bar:
         for name, args in bar:
@@ -66,7 +67,7 @@ def main():
                 else:  # killed before its first checkpoint: nothing to keep
                     shutil.rmtree(run_dir)
             cmd = [sys.executable, config["SCRIPT"], f"--out_dir={out}", f"--run_name={name}", *args, *passed_on, *resume]
-            with open(out.mkdir(parents=True, exist_ok=True) or out / f"{name}.log", "a") as log:
+            with open(out / f"{name}.log", "a") as log:
                 if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
                     failed.append(name)
                     tqdm.write(f"{name} failed; see {out / (name + '.log')}")
