@@ -21,23 +21,25 @@ def free_port() -> int:
 
 
 def test_torchrun_two_processes(tiny_bert_config, sst2_slice, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+    # --standalone: torchrun picks a free rendezvous port itself (no window for another process to take it).
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "bert.py", *tiny_args(tiny_bert_config, sst2_slice, tmp_path, trainer="gradient", batch_size=8)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run_dir = only_run_dir(tmp_path)          # rank 1 wrote no second run directory
     res = json.loads((run_dir / "results.json").read_text())
-    assert res["world_size"] == 2
+    context = proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert res["world_size"] == 2, context
     # 320 rows, 8 per rank and step: 20 steps an epoch, EB at step 6, like the single-process run.
-    assert res["pruning"]["eb_step"] == 6 and res["optimizer_steps"] == 26
+    assert (res["pruning"]["eb_step"], res["optimizer_steps"]) == (6, 26), context
     # Every check compared the ranks' mask fingerprints (a mismatch stops the run); each check has one.
     assert all(len(h["fingerprint"]) == 16 for h in res["pruning"]["distance_history"])
     assert res["prunable_nonzero"] == res["prunable_params"] - round(0.5 * res["prunable_params"])
     # The loss of a 2-class model at random init is ln 2, not 2 ln 2 (no world-size scaling).
     first_loss = next(h["loss"] for h in res["log_history"] if "loss" in h)
     assert abs(first_loss - math.log(2)) < 0.15, first_loss
-    assert proc.stdout.count("results:") == 1
+    assert proc.stdout.count("results:") == 1, context
 
 
 def _disagree(rank, port, queue):
