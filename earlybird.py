@@ -107,36 +107,38 @@ class EarlyBirdDetector:
         self.reference = None if ref is None else np.asarray(ref, dtype=np.uint8)
 
 
-def plot_distances(history: list[dict], epsilon: float, path, *, title: str = "",
+def plot_distances(histories: dict[str, list[dict]], epsilon: float, path, *, title: str = "",
                    eb_step: int | None = None, prune_step: int | None = None) -> None:
-    """Plot the max mask distance (and each lag) against the optimizer step."""
+    """Plot the max mask distance (and each lag) against the optimizer step: one panel per detector
+    (weights; or heads and neurons)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    checks = [h for h in history if h["distances"]]
-    if checks:
-        lags = max(len(h["distances"]) for h in checks)
-        for lag in range(1, lags + 1):
-            pts = [(h["step"], h["distances"][-lag]) for h in checks if len(h["distances"]) >= lag]
-            ax.plot(*zip(*pts), lw=0.8, alpha=0.5, label=f"lag {lag}")
-        ax.plot([h["step"] for h in checks], [h["max_distance"] for h in checks], "k.-", lw=1.5,
-                label="max (the detector's test)")
-    ref = [(h["step"], h["distance_to_reference"]) for h in history if "distance_to_reference" in h]
-    if ref:
-        ax.plot(*zip(*ref), "b--", lw=1, label="distance to the mask at step 0")
-    ax.axhline(epsilon, color="red", ls="--", lw=1, label=f"epsilon = {epsilon:g}")
-    if eb_step is not None:
-        ax.axvline(eb_step, color="green", lw=1, label=f"early bird @ step {eb_step}")
-    elif prune_step is not None:
-        ax.axvline(prune_step, color="orange", lw=1, label=f"no early bird; pruned @ {prune_step}")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("normalized Hamming distance")
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_ylim(bottom=0)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(histories), figsize=(6 * len(histories), 3.5), dpi=100, squeeze=False)
+    for ax, (kind, history) in zip(axes[0], histories.items()):
+        checks = [h for h in history if h["distances"]]
+        if checks:
+            lags = max(len(h["distances"]) for h in checks)
+            for lag in range(1, lags + 1):
+                pts = [(h["step"], h["distances"][-lag]) for h in checks if len(h["distances"]) >= lag]
+                ax.plot(*zip(*pts), lw=0.8, alpha=0.5, label=f"lag {lag}")
+            ax.plot([h["step"] for h in checks], [h["max_distance"] for h in checks], "k.-", lw=1.5,
+                    label="max (the detector's test)")
+        ref = [(h["step"], h["distance_to_reference"]) for h in history if "distance_to_reference" in h]
+        if ref:
+            ax.plot(*zip(*ref), "b--", lw=1, label="distance to the mask at step 0")
+        ax.axhline(epsilon, color="red", ls="--", lw=1, label=f"epsilon = {epsilon:g}")
+        if eb_step is not None:
+            ax.axvline(eb_step, color="green", lw=1, label=f"early bird @ step {eb_step}")
+        elif prune_step is not None:
+            ax.axvline(prune_step, color="orange", lw=1, label=f"no early bird; pruned @ {prune_step}")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"normalized Hamming distance ({kind})")
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{title} · {kind} mask" if title else f"{kind} mask", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

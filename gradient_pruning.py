@@ -1,5 +1,8 @@
-"""Gradient pruning: the first-order Taylor estimate |w * g| of the loss change when w is removed,
-summed over the optimizer steps since the last Early-Bird check."""
+"""Gradient pruning: the first-order Taylor estimate of the loss change when a unit is removed,
+summed over the optimizer steps since the last Early-Bird check. A weight scores |w * g|; a head or
+FFN neuron scores |sum of w * g over its output-projection weights|, which is |dL/dc| for a gate c on
+its output (Michel et al. 2019 for heads, Molchanov et al. 2019 for neurons), taken per optimizer
+step on the batch gradient."""
 import torch
 
 from pruning import AccumulatedCriterion, PruningTrainer
@@ -9,7 +12,7 @@ class GradientCriterion(AccumulatedCriterion):
     name = "gradient"
 
     def step_score(self, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return torch.mul(w, g).abs_()
+        return torch.mul(w, g)
 
 
 class GradientPruningTrainer(PruningTrainer):

@@ -1,4 +1,6 @@
-"""Magnitude pruning: a weight's importance is |w|."""
+"""Magnitude pruning: a weight scores |w|; a head or FFN neuron scores the L2 norm of all its weights
+(Q/K/V rows and output-projection columns; intermediate row and output column), the group-lasso
+norm that structured magnitude pruning uses (e.g. Torch-Pruning's group magnitude importance)."""
 import torch
 
 from pruning import Criterion, PruningTrainer
@@ -8,7 +10,7 @@ class MagnitudeCriterion(Criterion):
     name = "magnitude"
 
     def scores(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().abs() for n, p in self.params.items()}
+        return self.units.norm({n: p.detach() for n, p in self.params.items()})
 
 
 class MagnitudePruningTrainer(PruningTrainer):

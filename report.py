@@ -201,9 +201,12 @@ def plots(results: list[dict], rows: list[dict], out: Path) -> None:
     if pruned:
         fig, axes = plt.subplots(1, len(CRITERIA), figsize=(12, 3.5), dpi=90, sharey=True)
         for ax, c in zip(axes, CRITERIA):
-            for r in sorted((r for r in pruned if r["trainer"] == c), key=lambda r: r["pruning"]["rate"]):
+            for r in sorted((r for r in pruned if r["trainer"] == c), key=lambda r: r["pruning"]["rate"] or 0):
                 p = r["pruning"]
-                hist = [h for h in p["distance_history"] if h["max_distance"] is not None]
+                history = p["distance_history"]
+                if isinstance(history, dict):  # one history per detector; a sweep plots the weights' (or the first)
+                    history = history.get("weights") or next(iter(history.values()))
+                hist = [h for h in history if h["max_distance"] is not None]
                 line, = ax.plot([h["step"] for h in hist], [h["max_distance"] for h in hist], ".-", lw=1,
                                 label=f"rate {p['rate']:g}, seed {r['config']['SEED']}")
                 if p["eb_step"] is not None:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import experiment
+import bert  # noqa: F401  (defines every trainer a cell may name)
 import report
+from pruning import experiment
 
 SCRIPT = "bert.py"                              # the experiment each cell runs
 TRAINERS = "dense,magnitude,gradient,undecayed" # comma-separated; dense runs once per seed
@@ -46,8 +47,8 @@ def main():
     config = experiment.configure({**own, "__file__": __file__}, sweep_args)
     trainers = [t.strip() for t in config["TRAINERS"].split(",") if t.strip()]
     for t in trainers:
-        if t not in experiment.TRAINERS:
-            raise SystemExit(f"error: unknown trainer {t!r} in --trainers; choose from {', '.join(experiment.TRAINERS)}")
+        if t not in experiment.trainers():
+            raise SystemExit(f"error: unknown trainer {t!r} in --trainers; choose from {', '.join(experiment.trainers())}")
     rates = [float(r) for r in config["RATES"].split(",")]
     seeds = [int(s) for s in config["SEEDS"].split(",")]
     out = Path(config["OUT_DIR"])

@@ -1,7 +1,10 @@
 """Undecayed pruning (Good et al., NeurIPS 2022, "Recall Distortion in Neural Network Pruning and
 the Undecayed Pruning Algorithm"): |-w * g + epsilon * w^2|, summed over the optimizer steps since
-the last Early-Bird check. The epsilon * w^2 term puts back the weight decay's share of the
-gradient, so weights that decay is shrinking are not mistaken for unimportant ones."""
+the last Early-Bird check; a head or FFN neuron sums -w * g + epsilon * w^2 over its output-projection
+weights before the absolute value, as the gradient criterion does. The epsilon * w^2 term puts back
+the weight decay's share of the gradient, so weights that decay is shrinking are not mistaken for
+unimportant ones. Our default epsilon is 0.01, the AdamW weight decay of these runs, which is what the
+term stands for; Good et al.'s own code uses 5e-4."""
 import torch
 
 from pruning import AccumulatedCriterion, PruningTrainer
@@ -10,15 +13,19 @@ from pruning import AccumulatedCriterion, PruningTrainer
 class UndecayedCriterion(AccumulatedCriterion):
     name = "undecayed"
 
-    def __init__(self, params, epsilon: float = 0.01):
-        if not epsilon >= 0:
-            raise ValueError(f"undecayed epsilon must be >= 0, got {epsilon!r}")
-        super().__init__(params)
+    def __init__(self, units, epsilon: float = 0.01):
+        self.check_options(epsilon)
+        super().__init__(units)
         self.epsilon = float(epsilon)
 
+    @classmethod
+    def check_options(cls, epsilon: float = 0.01) -> None:
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon >= 0:
+            raise ValueError(f"undecayed epsilon must be >= 0, got {epsilon!r}")
+
     def step_score(self, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        # |-w*g + eps*w^2| = |w * (g - eps*w)|
-        return torch.mul(w, torch.add(g, w, alpha=-self.epsilon)).abs_()
+        # -w*g + eps*w^2 = -(w * (g - eps*w)); the sign goes with the absolute value
+        return torch.mul(w, torch.add(g, w, alpha=-self.epsilon))
 
 
 class UndecayedPruningTrainer(PruningTrainer):

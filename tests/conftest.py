@@ -55,7 +55,7 @@ def tiny_args(config: Path, data: Path, out: Path, tokenizer: str = "gt-all-mini
     settings = {"model": config, "tokenizer": tokenizer, "data_dir": data, "out_dir": out,
                 "eb_check_every": 2, "eb_window": 3, "eb_epsilon": 0.5, "search_epochs": 1.0,
                 "retrain_epochs": 1.0, "batch_size": 16, "save_every": 1000, "log_every": 1,
-                "learning_rate": 1e-3, "warmup_ratio": 0.0, **overrides}
+                "learning_rate": 1e-3, "warmup_ratio": 0.0, "measure_speed": False, **overrides}
     return [f"--{k}={v}" for k, v in settings.items()]
 
 

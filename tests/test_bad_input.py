@@ -5,9 +5,8 @@ import time
 import pytest
 
 import bert
-import data as sst2
-import experiment
-import models
+from pruning import data as sst2
+from pruning import experiment, models
 from conftest import SST2, tiny_args, write_slice
 
 
@@ -27,7 +26,7 @@ def run(config):
     ("--eb_window=1", "window must be an integer >= 2"),
     ("--eb_check_every=0", "check_every must be a positive"),
     ("--threshold=per-row", "unknown threshold scope"),
-    ("--trainer=movement", "unknown trainer 'movement'; choose one of magnitude, gradient, undecayed, dense"),
+    ("--trainer=movement", "unknown trainer 'movement'; choose one of dense, gradient, magnitude, slimming, undecayed"),
     ("--pruning_rat=0.5", "unknown setting --pruning_rat"),
     ("--pruning_rate=half", "--pruning_rate='half': expected float"),
     ("--eb_window=2.5", "expected int"),

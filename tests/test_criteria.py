@@ -6,7 +6,7 @@ from transformers import BertConfig, BertForSequenceClassification, RobertaConfi
 
 from gradient_pruning import GradientCriterion
 from magnitude_pruning import MagnitudeCriterion
-from pruning import keep_masks, prunable_parameters
+from pruning import PrunableUnits, keep_masks, prunable_parameters
 from undecayed_pruning import UndecayedCriterion
 
 W = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
@@ -17,12 +17,12 @@ G2 = torch.tensor([[-1.0, 0.25], [2.0, 0.0]])
 def layer_with(w):
     layer = nn.Linear(2, 2, bias=False)
     layer.weight.data.copy_(w)
-    return {"layer.weight": layer.weight}
+    return PrunableUnits.of_parameters({"layer.weight": layer.weight})
 
 
-def feed(criterion, params, grads):
+def feed(criterion, units, grads):
     for g in grads:
-        params["layer.weight"].grad = g.clone()
+        units.params["layer.weight"].grad = g.clone()
         criterion.observe()
 
 
@@ -51,7 +51,7 @@ def test_undecayed_is_abs_of_minus_wg_plus_eps_w_squared():
     # -w*g + 0.5*w^2: [[-0.5 + 0.5, 1 + 2], [2 + 0.125, -3 + 4.5]]
     assert torch.allclose(crit.scores()["layer.weight"], torch.tensor([[0.0, 3.0], [2.125, 1.5]]))
     crit2 = UndecayedCriterion(layer_with(W), epsilon=0.0)
-    feed(crit2, crit2.params, [G1])
+    feed(crit2, crit2.units, [G1])
     assert torch.allclose(crit2.scores()["layer.weight"], (W * G1).abs())  # epsilon 0 is the gradient score
 
 

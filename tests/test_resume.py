@@ -12,6 +12,8 @@ from pruning import PRUNING_STATE_FILE
 
 # 20 steps an epoch; checks every 2 steps, EB at step 6, retraining to step 26; a checkpoint every 3 steps.
 SETTINGS = dict(trainer="gradient", save_every=3)
+# Heads + neurons: at step 6 the smaller model is checkpointed and training continues from that checkpoint.
+STRUCTURED = dict(SETTINGS, granularity="heads+neurons", head_rate=0.5)
 
 
 def finished(out, name):
@@ -32,12 +34,20 @@ def same_run(a, b):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_bert_config, sst2_slice, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference")
-    proc = run_script("bert.py", tiny_args(tiny_bert_config, sst2_slice, out, run_name="ref", **SETTINGS))
+def reference_run(config, data, out, settings):
+    proc = run_script("bert.py", tiny_args(config, data, out, run_name="ref", **settings))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return finished(out, "ref")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bert_config, sst2_slice, tmp_path_factory):
+    return reference_run(tiny_bert_config, sst2_slice, tmp_path_factory.mktemp("reference"), SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def structured_reference(tiny_bert_config, sst2_slice, tmp_path_factory):
+    return reference_run(tiny_bert_config, sst2_slice, tmp_path_factory.mktemp("structured"), STRUCTURED)
 
 
 def test_same_seed_and_config_rerun_is_identical(reference, tiny_bert_config, sst2_slice, tmp_path):
@@ -46,18 +56,19 @@ def test_same_seed_and_config_rerun_is_identical(reference, tiny_bert_config, ss
     same_run(reference, finished(tmp_path, "again"))
 
 
-@pytest.mark.parametrize("kill_at,resumes_from,phase", [
+KILLS = [
     (5, 3, "search"),      # killed during the search: FIFO of 1 mask and 1 step of accumulated scores
     (7, 6, "retrain"),     # killed right after pruning at step 6, before any retraining step was saved
     (17, 15, "retrain"),   # killed during retraining
-])
-def test_resume_after_sigkill_matches_the_uninterrupted_run(reference, kill_at, resumes_from, phase,
-                                                            tiny_bert_config, sst2_slice, tmp_path):
-    args = tiny_args(tiny_bert_config, sst2_slice, tmp_path, run_name="crash", **SETTINGS)
+]
+
+
+def kill_and_resume(config, data, out, settings, kill_at, resumes_from, phase):
+    args = tiny_args(config, data, out, run_name="crash", **settings)
     killed = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "sigkill", str(kill_at), *args],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-3000:]
-    checkpoints = tmp_path / "crash" / "checkpoints"
+    checkpoints = out / "crash" / "checkpoints"
     newest = max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert newest.name == f"checkpoint-{resumes_from}"
     from safetensors import safe_open
@@ -65,7 +76,26 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(reference, kill_at, 
         assert json.loads(f.metadata()["json"])["record"]["phase"] == phase
     proc = run_script("bert.py", args + ["--resume=true"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    same_run(reference, finished(tmp_path, "crash"))
+    return finished(out, "crash")
+
+
+@pytest.mark.parametrize("kill_at,resumes_from,phase", KILLS)
+def test_resume_after_sigkill_matches_the_uninterrupted_run(reference, kill_at, resumes_from, phase,
+                                                            tiny_bert_config, sst2_slice, tmp_path):
+    same_run(reference, kill_and_resume(tiny_bert_config, sst2_slice, tmp_path, SETTINGS, kill_at, resumes_from, phase))
+
+
+@pytest.mark.parametrize("kill_at,resumes_from,phase", [
+    (5, 3, "search"),
+    (9, 8, "retrain"),     # the head masks settle one check later (step 8): resumes from the pruning checkpoint
+    (17, 15, "retrain"),
+])
+def test_structured_resume_rebuilds_the_smaller_model_and_matches(structured_reference, kill_at, resumes_from, phase,
+                                                                  tiny_bert_config, sst2_slice, tmp_path):
+    assert structured_reference[0]["pruning"]["prune_step"] == 8
+    resumed = kill_and_resume(tiny_bert_config, sst2_slice, tmp_path, STRUCTURED, kill_at, resumes_from, phase)
+    same_run(structured_reference, resumed)
+    assert resumed[0]["pruning"]["structure"] == structured_reference[0]["pruning"]["structure"]
 
 
 def test_checkpoint_without_pruning_state_is_an_error_not_a_dense_model(tiny_bert_config, sst2_slice, tmp_path):

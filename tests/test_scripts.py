@@ -23,7 +23,7 @@ def test_bert_script_end_to_end(tiny_bert_config, sst2_slice, tmp_path):
     # 320 rows / 16 = 20 steps an epoch; EB at the third check (step 6), then one epoch of retraining.
     assert p["eb_found"] is True and p["eb_step"] == 6 and p["eb_epoch"] == pytest.approx(0.3)
     assert res["optimizer_steps"] == 26
-    assert [h["step"] for h in p["distance_history"]] == [2, 4, 6]
+    assert [h["step"] for h in p["distance_history"]["weights"]] == [2, 4, 6]
     assert res["prunable_nonzero"] == res["prunable_params"] - round(0.7 * res["prunable_params"])
     for stage in ("before_prune", "after_prune", "final"):
         assert 0 <= res["metrics"][stage]["accuracy"] <= 1 and res["metrics"][stage]["f1"] is not None
@@ -83,7 +83,7 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
     proc = run_script("bert.py", ["--pruning_rate=1.0", f"--out_dir={tmp_path}"])
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: pruning rate must be a number in [0, 1), got 1.0 (it is the fraction of prunable weights set to zero)"]
+        "error: pruning rate must be a number in [0, 1) (or one such number per layer), got 1.0"]
     assert not any(tmp_path.iterdir())
 
 

@@ -6,12 +6,13 @@ import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification,
                           DataCollatorWithPadding, TrainerCallback, TrainingArguments)
 
-import data as sst2
-import models
-from experiment import compute_metrics
+from pruning import data as sst2
+from pruning import models
+from pruning.experiment import compute_metrics
 from gradient_pruning import GradientPruningTrainer
 from magnitude_pruning import MagnitudePruningTrainer
-from pruning import PruningConfig, prunable_parameters, sparsity_of
+from pruning import PruningConfig, prunable_parameters
+from pruning.results import sparsity_of
 from undecayed_pruning import UndecayedPruningTrainer
 
 
@@ -22,12 +23,12 @@ class RecordPrunedWeights(TrainerCallback):
         self.trainer, self.worst_weight, self.worst_momentum, self.steps = trainer, 0.0, 0.0, 0
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        masks = self.trainer.early_bird.masks
+        masks = self.trainer.masks
         if masks is None:
             return
         self.steps += 1
         opt = getattr(optimizer, "optimizer", optimizer)
-        for name, p in self.trainer.early_bird.params.items():
+        for name, p in self.trainer.units.params.items():
             pruned = ~masks[name]
             self.worst_weight = max(self.worst_weight, float(p.detach()[pruned].abs().max()))
             self.worst_momentum = max(self.worst_momentum, float(opt.state[p]["exp_avg"][pruned].abs().max()))
@@ -102,9 +103,9 @@ def test_detector_starts_watching_when_the_warmup_ends(cls, tmp_path, sst2_slice
     trainer, _, _ = make_trainer(cls, tmp_path, sst2_slice, warmup=5)
     trainer.train()
     summary = trainer.pruning_summary()
-    steps = [h["step"] for h in summary["distance_history"]]
+    steps = [h["step"] for h in summary["distance_history"]["weights"]]
     assert steps == [6, 8, 10] and summary["eb_step"] == 10
     # Gradient scores of the first check cover steps 6 only (nothing accumulated during warm-up) ...
     # ... and magnitude, whose scores exist before training, also reports drift from the step-0 mask.
-    has_reference = ["distance_to_reference" in h for h in summary["distance_history"]]
+    has_reference = ["distance_to_reference" in h for h in summary["distance_history"]["weights"]]
     assert has_reference == [cls is MagnitudePruningTrainer] * 3

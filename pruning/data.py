@@ -15,7 +15,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv"}
-REPO_SHARED_SST2 = Path(__file__).resolve().parent.parent / "shared" / "sst2"
+REPO_SHARED_SST2 = Path(__file__).resolve().parents[2] / "shared" / "sst2"  # ../shared beside the repository
 
 
 class DataError(ValueError):

@@ -7,6 +7,7 @@ never writes into a directory that holds another run's results.
 from __future__ import annotations
 
 import datetime
+import inspect
 import json
 import math
 import os
@@ -21,13 +22,12 @@ import torch
 from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
                           set_seed)
 
-from gradient_pruning import GradientPruningTrainer
-from magnitude_pruning import MagnitudePruningTrainer
-from pruning import PruningConfig, PruningTrainer, prunable_parameters, sparsity_of
-from undecayed_pruning import UndecayedPruningTrainer
-
-TRAINERS = {"magnitude": MagnitudePruningTrainer, "gradient": GradientPruningTrainer,
-            "undecayed": UndecayedPruningTrainer, "dense": Trainer}
+from pruning import results as run_results
+from pruning import state as state_io
+from pruning.config import PruningConfig
+from pruning.state import MASKS_FILE
+from pruning.trainer import SNAPSHOT_FILE, PruningTrainer, read_masks, write_masks
+from pruning.units import PrunableUnits, prunable_parameters
 
 
 MODEL_HINT = ("Set --model to a local checkpoint directory, or build the architecture from a config with random "
@@ -39,24 +39,48 @@ class ConfigError(ValueError):
 
 
 # --- configuration ---------------------------------------------------------------------------------
+def trainers() -> dict[str, type]:
+    """Every trainer a run can use, by name: the dense baseline and each PruningTrainer subclass that
+    has been defined (imported by the script, or written in it) — no registry to edit."""
+    found, todo = {}, list(PruningTrainer.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        todo += cls.__subclasses__()
+        found.setdefault(trainer_name(cls), cls)
+    return {"dense": Trainer, **dict(sorted(found.items()))}
+
+
 def trainer_name(trainer) -> str:
-    for name, cls in TRAINERS.items():
-        if trainer is cls:
-            return name
-    raise ConfigError(f"unknown TRAINER {trainer!r}; use one of {', '.join(c.__name__ for c in TRAINERS.values())}")
+    if trainer is Trainer:
+        return "dense"
+    if isinstance(trainer, type) and issubclass(trainer, PruningTrainer):
+        name = trainer.criterion_class.name
+        return name if name != "criterion" else trainer.__name__.removesuffix("PruningTrainer").lower()
+    raise ConfigError(f"unknown TRAINER {trainer!r}: it must be transformers.Trainer (the dense baseline) or a "
+                      "subclass of pruning.PruningTrainer")
 
 
 def _parse_trainer(text: str):
-    for name, cls in TRAINERS.items():
+    known = trainers()
+    for name, cls in known.items():
         if text.lower() in (name, cls.__name__.lower()):
             return cls
-    raise ConfigError(f"unknown trainer {text!r}; choose one of {', '.join(TRAINERS)} "
-                      f"(or the class names {', '.join(c.__name__ for c in TRAINERS.values())})")
+    raise ConfigError(f"unknown trainer {text!r}; choose one of {', '.join(known)} "
+                      f"(or the class names {', '.join(c.__name__ for c in known.values())})")
+
+
+RATE_KEYS = ("PRUNING_RATE", "HEAD_RATE", "NEURON_RATE")
 
 
 def _parse_value(key: str, text: str, default):
     if key == "TRAINER":
         return _parse_trainer(text)
+    if key in RATE_KEYS and "," in text:  # one rate per encoder layer
+        try:
+            return tuple(float(t) for t in text.split(","))
+        except ValueError:
+            raise ConfigError(f"--{key.lower()}={text!r}: expected a number or one number per layer, "
+                              "comma-separated") from None
     try:
         if isinstance(default, bool):
             if text.lower() in ("1", "true", "yes"):
@@ -109,24 +133,57 @@ def configure(namespace: dict, argv: list[str] | None = None) -> dict:
     return config
 
 
+def criterion_options(config: dict) -> dict:
+    """The criterion's own settings, by naming convention: constructor argument `epsilon` of the
+    criterion named "undecayed" is the constant UNDECAYED_EPSILON (likewise SLIMMING_L1)."""
+    trainer = config["TRAINER"]
+    if not (isinstance(trainer, type) and issubclass(trainer, PruningTrainer)):
+        return {}
+    criterion = trainer.criterion_class
+    names = list(inspect.signature(criterion.__init__).parameters)[2:]  # after self, units
+    return {n: config[f"{criterion.name}_{n}".upper()] for n in names if f"{criterion.name}_{n}".upper() in config}
+
+
 def pruning_config(config: dict) -> PruningConfig:
-    options = {"epsilon": config["UNDECAYED_EPSILON"]} if config["TRAINER"] is UndecayedPruningTrainer else {}
-    return PruningConfig(rate=config["PRUNING_RATE"], scope=config["THRESHOLD"],
-                         search_epochs=config["SEARCH_EPOCHS"], retrain_epochs=config["RETRAIN_EPOCHS"],
-                         check_every=config["EB_CHECK_EVERY"], window=config["EB_WINDOW"],
-                         epsilon=config["EB_EPSILON"], skip_warmup=config["EB_SKIP_WARMUP"],
-                         criterion_options=options)
+    get = config.get
+    return PruningConfig(granularity=get("GRANULARITY", "weights"), rate=config["PRUNING_RATE"],
+                         head_rate=get("HEAD_RATE", 1 / 3), neuron_rate=get("NEURON_RATE", 0.4),
+                         scope=config["THRESHOLD"], search_epochs=config["SEARCH_EPOCHS"],
+                         retrain_epochs=config["RETRAIN_EPOCHS"], check_every=config["EB_CHECK_EVERY"],
+                         window=config["EB_WINDOW"], epsilon=config["EB_EPSILON"],
+                         skip_warmup=config["EB_SKIP_WARMUP"], mask_from=get("MASK_FROM", ""),
+                         rewind_to=get("REWIND_TO", "pretrained"), criterion_options=criterion_options(config))
 
 
 def validate(config: dict) -> PruningConfig:
     """Every check that needs no data or model. Raises ConfigError with one clear message."""
-    trainer_name(config["TRAINER"])
+    name = trainer_name(config["TRAINER"])
     try:
         pruning = pruning_config(config)
-        if config["TRAINER"] is UndecayedPruningTrainer and not config["UNDECAYED_EPSILON"] >= 0:
-            raise ValueError(f"undecayed epsilon must be >= 0, got {config['UNDECAYED_EPSILON']}")
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if name != "dense":
+        criterion = config["TRAINER"].criterion_class
+        if pruning.granularity not in criterion.granularities:
+            raise ConfigError(f"TRAINER {config['TRAINER'].__name__} prunes {' or '.join(criterion.granularities)}, "
+                              f"not {pruning.granularity!r}: set --granularity={criterion.granularities[0]}")
+        try:  # the criterion's own settings (e.g. UNDECAYED_EPSILON) fail here, not after loading data
+            criterion.check_options(**pruning.criterion_options)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if pruning.mask_from:
+        if name == "dense":
+            raise ConfigError("MASK_FROM trains a fixed mask: it needs a PruningTrainer, not the dense Trainer")
+        if not os.path.isfile(os.path.join(pruning.mask_from, MASKS_FILE)):
+            raise ConfigError(f"MASK_FROM={pruning.mask_from}: no {MASKS_FILE} there; point it at the directory of a "
+                              "finished pruning run (runs/NAME)")
+        source = state_io.read(os.path.join(pruning.mask_from, MASKS_FILE))[1]
+        if source["granularity"] != pruning.granularity:
+            raise ConfigError(f"MASK_FROM={pruning.mask_from} holds a {source['granularity']!r} mask; this run's "
+                              f"granularity is {pruning.granularity!r}: set GRANULARITY to match the source run")
+        if pruning.rewind_to == "early_bird" and not os.path.isfile(os.path.join(pruning.mask_from, SNAPSHOT_FILE)):
+            raise ConfigError(f"REWIND_TO=early_bird needs {os.path.join(pruning.mask_from, SNAPSHOT_FILE)}: run the "
+                              "source with --save_eb_weights=true")
     for key in ("BATCH_SIZE", "MAX_LENGTH", "SAVE_EVERY", "LOG_EVERY"):
         if config[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {config[key]}")
@@ -160,8 +217,10 @@ def run_directory(config: dict, script: str) -> Path:
         return run_dir
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"{Path(script).stem}-{trainer_name(config['TRAINER'])}"
-    if config["TRAINER"] is not Trainer:
-        name += f"-r{config['PRUNING_RATE']:g}"
+    if config["TRAINER"] is not Trainer and config.get("GRANULARITY", "weights") == "weights":
+        name += f"-r{_rate_text(config['PRUNING_RATE'])}"
+    elif config["TRAINER"] is not Trainer:
+        name += f"-h{_rate_text(config['HEAD_RATE'])}-n{_rate_text(config['NEURON_RATE'])}"
     base = out / f"{name}-s{config['SEED']}-{stamp}"
     run_dir, n = base, 1
     while run_dir.exists():
@@ -212,18 +271,23 @@ class AccuracyTimeline(TrainerCallback):
 
     def __init__(self):
         self.points, self._start, self.eval_seconds, self._last_step_end = [], None, 0.0, None
+        self._training = False
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
+        # A structured run continues in a second train() call from its pruning checkpoint; the time
+        # between the two calls (writing and loading that checkpoint) is training cost too.
+        if self._start is None:
+            self._start = time.perf_counter()
+        self._training = True
 
     def on_step_end(self, args, state, control, **kwargs):
         self._last_step_end = time.perf_counter()
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._start = None  # the final evaluation after training is not part of the timeline
+        self._training = False  # the final evaluation after training is not part of the timeline
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self._start is None or self._last_step_end is None:
+        if not self._training or self._last_step_end is None:
             return
         self.points.append({"step": state.global_step,
                             "train_seconds": self._last_step_end - self._start - self.eval_seconds,
@@ -286,8 +350,8 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
 
     `callbacks` are extra TrainerCallbacks (the tests use one to SIGKILL a run at a chosen step).
     """
-    import data as sst2
-    import models
+    from pruning import data as sst2
+    from pruning import models
 
     pruning = validate(config)
     is_main, world = _distributed_main_process()
@@ -301,8 +365,20 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     train_rows = sst2.subset(datasets["train"], config["TRAIN_SUBSET"], config["SEED"])
     encoded = sst2.tokenize(sst2.DatasetDict(train=train_rows, validation=datasets["validation"]),
                             tokenizer, config["MAX_LENGTH"])
+    dense_split = run_results.parameter_split(model)
+    if config.get("SAVE_EB_WEIGHTS"):
+        pruning.snapshot_path = str(run_dir / SNAPSHOT_FILE)
 
     name = trainer_name(config["TRAINER"])
+    if name != "dense":
+        try:  # settings that need the model: a head rate that empties a layer, an unsupported architecture,
+            # a fixed mask for another model. Checked before the Trainer creates any directory.
+            units = PrunableUnits(model, pruning.granularity)
+            pruning.check_model(units)
+            if pruning.mask_from:
+                read_masks(pruning.mask_from, units)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     timeline = AccuracyTimeline()
     trainer = build_trainer(config, pruning, model, tokenizer, encoded, run_dir / "checkpoints",
                             (timeline, *callbacks))
@@ -311,19 +387,27 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"run directory: {run_dir}\nmodel: {model_description}\ndata: {data_source} "
               f"({len(train_rows):,} train / {len(datasets['validation']):,} dev sentences)\ntrainer: {name}"
-              + (f", pruning rate {pruning.rate:g} ({pruning.scope})" if name != "dense" else ""), flush=True)
+              + (f", {describe(pruning)}" if name != "dense" else ""), flush=True)
 
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if config["RESUME"] else None)
     train_seconds = time.perf_counter() - started  # this process's share, when resumed
     final = trainer.evaluate()
+    pruned = isinstance(trainer, PruningTrainer)
+    speed = None
+    if is_main and pruned and config.get("MEASURE_SPEED", False):  # a dense run would time itself against itself
+        speed = run_results.measure_speed(model, encoded["validation"].to_list(),
+                                          encoded["train"].select(range(min(160, len(encoded["train"])))).to_list(),
+                                          DataCollatorWithPadding(tokenizer))
+    if pruned and pruning.granularity != "weights":
+        from pruning.pruned_model import as_pruned_model
+        as_pruned_model(model, run_results.structure(trainer)["heads_kept"])  # saves with its per-layer shapes
     trainer.save_model(str(run_dir / "model"))  # on every rank: HF decides which one writes
     if not is_main:
         return None
 
     params = prunable_parameters(model)
-    total_params = sum(p.numel() for p in model.parameters())
-    nonzero_params = sum(int((p != 0).sum()) for p in model.parameters())
+    lengths = encoded["validation"]["length"]
     results = {
         "script": Path(script).name, "run_dir": str(run_dir), "trainer": name, "model": model_description,
         "model_source": config["MODEL"],
@@ -331,45 +415,59 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         "config": {k: (trainer_name(v) if k == "TRAINER" else v) for k, v in config.items()},
         "world_size": world, "optimizer_steps": trainer.state.global_step,
         "metrics": {"final": _metrics(final)},
-        "total_params": total_params, "nonzero_params": nonzero_params,
-        **sparsity_of({n: p.detach() for n, p in params.items()}),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),
+        "parameters": {"dense": dense_split, "final": run_results.parameter_split(model)},
+        **run_results.sparsity_of({n: p.detach() for n, p in params.items()}),
         "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
-        "cost": cost_figures(model, trainer, encoded, final),
+        "cost": {"train_flos": float(trainer.state.total_flos), "dev_tokens": int(sum(lengths)),
+                 "inference_flops_dense": run_results.forward_flops(model, lengths),
+                 "inference_flops_nonzero": run_results.forward_flops(model, lengths, count_zeros=False),
+                 "dev_sentences_per_second": final.get("eval_samples_per_second")},
+        "speed": speed,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "log_history": trainer.state.log_history, "accuracy_timeline": timeline.points,
     }
-    if isinstance(trainer, PruningTrainer):
+    if pruned:
         summary = trainer.pruning_summary()
         evals = summary.pop("evals")
         results["metrics"] = {"before_prune": _metrics(evals.get("before_prune", {})),
                               "after_prune": _metrics(evals.get("after_prune", {})), "final": _metrics(final)}
         results["pruning"] = summary
         results["phase_seconds"] = summary["phase_seconds"]
+        write_masks(trainer, str(run_dir), model_description)
         from earlybird import plot_distances
-        plot_distances(summary["distance_history"], summary["detector"]["epsilon"], run_dir / "mask_distance.png",
-                       title=f"{model_description} · {summary['criterion']} · rate {summary['rate']:g}",
-                       eb_step=summary["eb_step"], prune_step=summary["prune_step"])
+        title = f"{model_description} · {summary['criterion']} · {describe(pruning)}"
+        if not summary["fixed_mask_from"]:
+            plot_distances(summary["distance_history"], summary["detector"]["epsilon"], run_dir / "mask_distance.png",
+                           title=title, eb_step=summary["eb_step"], prune_step=summary["prune_step"])
+        if summary["structure"]:
+            run_results.plot_structure(summary["structure"], run_dir / "structure.png", title=title)
     else:  # periodic dev evaluations (EVAL_EVERY) are not training time
         results["phase_seconds"] = {"train": train_seconds - timeline.eval_seconds}
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(run_dir / "results.json", results)
     print_summary(results, run_dir)
     return results
 
 
-def cost_figures(model, trainer, encoded, final: dict) -> dict:
-    """Training FLOPs (HF's 6 x non-embedding params x tokens estimate), inference FLOPs of the final
-    model on the dev set (2 x Linear weights x tokens; attention scores left out), and throughput.
+def _rate_text(rate) -> str:
+    return ",".join(f"{x:.3g}" for x in rate) if isinstance(rate, (tuple, list)) else f"{rate:.3g}"
 
-    Dense kernels multiply the zeros too: `inference_flops_dense` is what this model really costs;
-    `inference_flops_nonzero` is what a sparse kernel would need at best."""
-    dev_tokens = int(sum(encoded["validation"]["length"]))
-    linears = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    dense = sum(w.numel() for w in linears)
-    nonzero = sum(int((w != 0).sum()) for w in linears)
-    return {"train_flos": float(trainer.state.total_flos), "dev_tokens": dev_tokens,
-            "inference_flops_dense": 2 * dense * dev_tokens, "inference_flops_nonzero": 2 * nonzero * dev_tokens,
-            "dev_sentences_per_second": final.get("eval_samples_per_second")}
+
+def describe(pruning: PruningConfig) -> str:
+    if pruning.granularity == "weights":
+        text = f"pruning rate {_rate_text(pruning.rate)} ({pruning.scope})"
+    else:
+        text = (f"heads {_rate_text(pruning.head_rate)} per layer, FFN neurons {_rate_text(pruning.neuron_rate)} "
+                f"({pruning.scope})")
+    return text + (f", fixed mask from {pruning.mask_from}" if pruning.mask_from else "")
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def _metrics(evals: dict) -> dict:
@@ -389,13 +487,28 @@ def print_summary(results: dict, run_dir: Path) -> None:
     for r in rows:
         print(f"  {r[0]:<22} {r[1]:>8} {r[2]:>8}")
     p = results.get("pruning")
-    if p:
+    if p and p["fixed_mask_from"]:
+        print(f"  fixed mask from {p['fixed_mask_from']}, trained from step 0")
+    elif p:
         eb = (f"found at step {p['eb_step']} (epoch {p['eb_epoch']:.2f})" if p["eb_found"]
               else f"NOT found within {p['search_steps_budget']} steps; pruned at the end of the search budget")
         print(f"  early bird: {eb}")
-        print(f"  sparsity of prunable weights: {100 * results['sparsity']:.2f}% "
-              f"(target {100 * p['rate']:.2f}%), nonzero {results['prunable_nonzero']:,} of "
-              f"{results['prunable_params']:,}")
+    if p and p["structure"]:
+        s, dense, final = p["structure"], results["parameters"]["dense"], results["parameters"]["final"]
+        print(f"  heads kept per layer: {s['heads_kept_per_layer']} of {s['heads_total_per_layer'][0]}; "
+              f"FFN neurons kept per layer: {s['neurons_kept_per_layer']} of {s['neurons_total_per_layer'][0]}")
+        print(f"  parameters: {final['total']:,} of {dense['total']:,} ({final['total'] / dense['total']:.3f}); "
+              f"without embeddings {final['without_embeddings']:,} of {dense['without_embeddings']:,} "
+              f"({final['without_embeddings'] / dense['without_embeddings']:.3f})")
+    elif p:
+        rate = p["rate"]
+        target = f"target {100 * rate:.2f}%" if isinstance(rate, (int, float)) else f"per-layer rates {rate}"
+        print(f"  sparsity of prunable weights: {100 * results['sparsity']:.2f}% ({target}), nonzero "
+              f"{results['prunable_nonzero']:,} of {results['prunable_params']:,}")
+    speed = results.get("speed")
+    if speed:
+        print(f"  speed vs a dense model, side by side: inference {speed['batch64_ratio']:.2f}x sentences/s at batch 64, "
+              f"{speed['batch1_ratio']:.2f}x at batch 1; a training step {speed['train_step_speedup']:.2f}x faster")
     print("  time: " + ", ".join(f"{k} {v:.0f}s" for k, v in results["phase_seconds"].items())
           + f"; peak RSS {results['peak_rss_mb']:.0f} MB")
     print(f"  results: {run_dir / 'results.json'}\n")
@@ -403,8 +516,8 @@ def print_summary(results: dict, run_dir: Path) -> None:
 
 def main(namespace: dict, argv: list[str] | None = None, callbacks: tuple = ()) -> None:
     """Entry point of bert.py / roberta.py: one clear line on bad input instead of a traceback."""
-    import data as sst2
-    import models
+    from pruning import data as sst2
+    from pruning import models
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         config = configure(namespace, argv)

@@ -1,0 +1,21 @@
+"""Early-bird pruning of BERT and RoBERTa: the shared machinery behind bert.py and roberta.py.
+
+- units:     what can be pruned (weights, or heads and FFN neurons) and where units live in the weights
+- criterion: the criterion base classes (a criterion only scores units)
+- masks:     scores -> exact-count keep-masks (global, per layer, per tensor)
+- schedule:  the phase plan and learning-rate policy
+- surgery:   physical removal of heads and neurons; gates on unit outputs
+- callbacks: the TrainerCallbacks of a run, one job each
+- trainer:   PruningTrainer, which wires them into HF's Trainer
+- pruned_model: save/load of models whose layers keep different numbers of heads and neurons
+- experiment, data, models, results: the experiment behind the scripts
+"""
+from pruning.config import PruningConfig
+from pruning.criterion import AccumulatedCriterion, Criterion
+from pruning.masks import keep_masks, kth_smallest
+from pruning.state import PRUNING_STATE_FILE
+from pruning.trainer import PruningTrainer
+from pruning.units import PrunableUnits, prunable_parameters
+
+__all__ = ["AccumulatedCriterion", "Criterion", "PRUNING_STATE_FILE", "PrunableUnits", "PruningConfig",
+           "PruningTrainer", "keep_masks", "kth_smallest", "prunable_parameters"]

@@ -1,0 +1,92 @@
+"""What to prune and when: one dataclass, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from earlybird import EarlyBirdDetector
+from pruning import masks as mask_ops
+from pruning.units import GRANULARITIES, PrunableUnits
+
+REWIND_POINTS = ("pretrained", "early_bird")
+
+
+@dataclass
+class PruningConfig:
+    granularity: str = "weights"      # "weights" (unstructured) or "heads+neurons" (physically removed)
+    rate: mask_ops.Rate = 0.5         # weights: fraction of prunable weights set to zero (or one per layer)
+    head_rate: mask_ops.Rate = 1 / 3  # heads+neurons: fraction of the heads removed in each layer
+    neuron_rate: mask_ops.Rate = 0.4  # heads+neurons: fraction of the FFN neurons removed
+    scope: str = "global"             # weights and neurons: one threshold over all, or "layerwise"
+    search_epochs: float = 1.0        # budget for the dense search; prune at its end if no early bird
+    retrain_epochs: float = 1.0       # training with the mask held fixed, after pruning
+    check_every: int = 50             # optimizer steps between Early-Bird checks
+    window: int = 5                   # masks in the detector's FIFO
+    epsilon: float = 0.1              # distance below which the mask counts as settled
+    skip_warmup: bool = True          # no checks (and no score accumulation) during the LR warm-up
+    mask_from: str = ""               # a finished run's directory: train its mask, fixed from step 0
+    rewind_to: str = "pretrained"     # with mask_from: start from the loaded weights or that run's EB weights
+    snapshot_path: str = ""           # write the dense weights at the pruning step here ("" = don't)
+    criterion_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}")
+        for what, rate in (("pruning rate", self.rate), ("head rate", self.head_rate),
+                           ("neuron rate", self.neuron_rate)):
+            if isinstance(rate, list):
+                rate = tuple(rate)
+            mask_ops.check_rate(rate, what)
+        self.rate, self.head_rate, self.neuron_rate = (tuple(r) if isinstance(r, list) else r
+                                                       for r in (self.rate, self.head_rate, self.neuron_rate))
+        if self.scope not in mask_ops.SCOPES:
+            raise ValueError(f"unknown threshold scope {self.scope!r}; choose one of {mask_ops.SCOPES}")
+        if not self.search_epochs > 0 or not self.retrain_epochs >= 0:
+            raise ValueError(f"search_epochs must be > 0 and retrain_epochs >= 0, got "
+                             f"{self.search_epochs} and {self.retrain_epochs}")
+        if not isinstance(self.check_every, int) or self.check_every < 1:
+            raise ValueError(f"check_every must be a positive number of optimizer steps, got {self.check_every!r}")
+        if self.rewind_to not in REWIND_POINTS:
+            raise ValueError(f"unknown rewind point {self.rewind_to!r}; choose one of {REWIND_POINTS}")
+        EarlyBirdDetector(self.window, self.epsilon)  # validates window and epsilon
+
+    @property
+    def total_epochs(self) -> float:
+        return self.search_epochs + self.retrain_epochs
+
+    def rate_of(self, kind: str) -> mask_ops.Rate:
+        return {"weight": self.rate, "head": self.head_rate, "neuron": self.neuron_rate}[kind]
+
+    def check_model(self, units: PrunableUnits) -> None:
+        """Errors that need the model: per-layer rate counts, a head rate that empties a layer."""
+        for kind in units.kinds():
+            rate = self.rate_of(kind)
+            groups = [g for g in units.groups.values() if g.kind == kind]
+            layers = sorted({g.layer for g in groups})
+            if isinstance(rate, tuple) and len(rate) != len(layers):
+                raise ValueError(f"{len(rate)} per-layer {kind} rates given, but the model has {len(layers)} "
+                                 "encoder layers: give one rate per layer")
+            if kind == "head":
+                for g in groups:
+                    r = rate[g.layer] if isinstance(rate, tuple) else rate
+                    if round(r * g.size) >= g.size:
+                        raise ValueError(f"head rate {r:g} would remove all {g.size} heads of layer {g.layer} "
+                                         f"(round({r:g} x {g.size}) = {round(r * g.size)}); at least one head must "
+                                         f"stay: use a head rate below {(g.size - 0.5) / g.size:.4f}")
+
+    def select(self, units: PrunableUnits, scores: dict[str, torch.Tensor],
+               current: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Original-space keep-masks of every group: heads per layer (one always stays), FFN neurons and
+        weights by `scope` (one neuron of each layer always stays). Units that `current` (the masks
+        already applied) has pruned stay pruned."""
+        out = {}
+        for kind in units.kinds():
+            names = [n for n, g in units.groups.items() if g.kind == kind]
+            out.update(mask_ops.select({n: scores[n] for n in names}, self.rate_of(kind),
+                                       "layerwise" if kind == "head" else self.scope,
+                                       min_keep=0 if kind == "weight" else 1,
+                                       layers={n: units.groups[n].layer for n in names}))
+        if current is not None:
+            return {n: out[n] & current[n].to(out[n].device) for n in units.groups}
+        return {n: out[n] for n in units.groups}

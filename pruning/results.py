@@ -1,0 +1,186 @@
+"""What a run reports about its model: pruning summary, structure, parameters, FLOPs and speed.
+
+Speed is measured side by side: the pruned model and a dense model of the same architecture take
+turns on the same batches, in the same process, so the ratio survives a noisy machine.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+from torch import nn
+
+
+
+def sparsity_of(params: dict[str, torch.Tensor]) -> dict:
+    """Sparsity counted from the weights themselves (exact zeros), not from the masks."""
+    total = sum(p.numel() for p in params.values())
+    zeros = sum(int((p == 0).sum()) for p in params.values())
+    return {"prunable_params": total, "prunable_nonzero": total - zeros, "sparsity": zeros / total}
+
+
+def structure(trainer) -> dict | None:
+    """Heads kept per layer (original indices) and FFN neurons kept per layer, for heads+neurons runs."""
+    units = trainer.units
+    if not units.structured:
+        return None
+    heads = [g for g in units.groups.values() if g.kind == "head"]
+    neurons = [g for g in units.groups.values() if g.kind == "neuron"]
+    return {"heads_total_per_layer": [g.size for g in heads],
+            "heads_kept": [g.origin.tolist() for g in heads],
+            "heads_kept_per_layer": [len(g.origin) for g in heads],
+            "neurons_total_per_layer": [g.size for g in neurons],
+            "neurons_kept_per_layer": [len(g.origin) for g in neurons]}
+
+
+def summary(trainer) -> dict:
+    r, config = trainer.record, trainer.pruning
+    spe = r["steps_per_epoch"] or 1
+    out = {"criterion": trainer.criterion.name, "granularity": config.granularity, "scope": config.scope,
+           "rate": config.rate if not trainer.units.structured else None,
+           "head_rate": config.head_rate if trainer.units.structured else None,
+           "neuron_rate": config.neuron_rate if trainer.units.structured else None,
+           "eb_found": r["eb_found"], "eb_step": r["eb_step"],
+           "eb_epoch": r["eb_step"] / spe if r["eb_step"] is not None else None,
+           "prune_step": r["prune_step"], "search_steps_budget": r["search_steps"],
+           "retrain_steps": r["retrain_steps"], "steps_per_epoch": r["steps_per_epoch"],
+           "fixed_mask_from": r["fixed_mask_from"],
+           "detector": {"window": config.window, "epsilon": config.epsilon, "check_every": config.check_every},
+           "distance_history": trainer.search.history(),
+           "mask_fingerprint": r["mask_fingerprint"], "removed_units": r["removed_units"],
+           "evals": r["evals"], "phase_seconds": dict(r["phase_seconds"]),
+           "structure": structure(trainer)}
+    prune, stop = r["prune_step"], r["stop_step"]
+    if prune and r["phase_seconds"]["search"]:
+        out["step_seconds"] = {"search": r["phase_seconds"]["search"] / prune,
+                               "retrain": r["phase_seconds"]["retrain"] / max(1, stop - prune)}
+    return out
+
+
+def parameter_split(model: nn.Module) -> dict:
+    """Parameters in the embeddings, the encoder, and the rest (pooler + classifier: the 'head')."""
+    base = getattr(model, "base_model", model)
+    embeddings = sum(p.numel() for n, p in base.named_parameters() if n.startswith("embeddings."))
+    encoder = sum(p.numel() for n, p in base.named_parameters() if n.startswith("encoder."))
+    total = sum(p.numel() for p in model.parameters())
+    return {"embeddings": embeddings, "encoder": encoder, "head": total - embeddings - encoder, "total": total,
+            "without_embeddings": total - embeddings}
+
+
+def forward_flops(model: nn.Module, lengths: list[int], count_zeros: bool = True) -> float:
+    """FLOPs of forward passes over sentences of these token lengths: 2 per multiply-add of every
+    encoder Linear per token, plus attention scores and their weighted sum (4 * T^2 * heads * head
+    size per layer), plus the pooler and classifier once per sentence. `count_zeros=False` counts
+    only nonzero weights (what a sparse kernel would need at best)."""
+    base = getattr(model, "base_model", model)
+
+    def macs(linear):
+        return linear.weight.numel() if count_zeros else int((linear.weight != 0).sum())
+    per_token = sum(macs(m) for m in base.encoder.modules() if isinstance(m, nn.Linear))
+    elsewhere = {id(m) for m in base.encoder.modules()} | {id(m) for m in base.embeddings.modules()}
+    per_sentence = sum(macs(m) for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in elsewhere)
+    attention_width = sum(layer.attention.self.query.out_features for layer in base.encoder.layer) \
+        if hasattr(base.encoder, "layer") and hasattr(base.encoder.layer[0], "attention") else 0
+    return float(sum(2 * t * per_token + 4 * t * t * attention_width + 2 * per_sentence for t in lengths))
+
+
+def _time(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+@torch.no_grad()
+def _infer(model, batches):
+    for batch in batches:
+        model(**batch)
+
+
+def _train_steps(model, optimizer, batches):
+    for batch in batches:
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def measure_speed(model: nn.Module, dev_rows: list[dict], train_rows: list[dict], collate, rounds: int = 3,
+                  batch1_sentences: int = 64, train_batch: int = 32, train_steps: int = 5) -> dict:
+    """Inference sentences/s at batch 1 and 64, and the time of a training step (forward, backward,
+    AdamW), for `model` against a dense model of the same architecture, interleaved over `rounds`.
+    Medians of per-round ratios; the thread count is this process's."""
+    from transformers import AutoModelForSequenceClassification
+    dense = AutoModelForSequenceClassification.from_config(copy.deepcopy(model.config)).to(model.device)
+    models = {"pruned": model, "dense": dense}
+    device = model.device
+
+    def to_device(batch):
+        return {k: v.to(device) for k, v in batch.items()}
+    features = [{k: r[k] for k in ("input_ids", "attention_mask") if k in r} for r in dev_rows]
+    one = [to_device(collate([f])) for f in features[:batch1_sentences]]
+    big = [to_device(collate(features[i:i + 64])) for i in range(0, len(features), 64)]
+    train = [to_device(collate([{**{k: r[k] for k in ("input_ids", "attention_mask") if k in r},
+                                 "labels": r["label"]} for r in train_rows[i:i + train_batch]]))
+             for i in range(0, train_batch * train_steps, train_batch)]
+    was_training = model.training
+    states = {name: copy.deepcopy(m.state_dict()) for name, m in models.items()}
+    per_round = {name: {"batch1": [], "batch64": [], "train_step": []} for name in models}
+    for _ in range(rounds):
+        for name, m in models.items():
+            m.eval()
+            _infer(m, one[:4])  # warm-up
+            per_round[name]["batch1"].append(len(one) / sum(_time(lambda: _infer(m, one), 1)))
+            per_round[name]["batch64"].append(len(features) / sum(_time(lambda: _infer(m, big), 1)))
+            m.train()
+            optimizer = torch.optim.AdamW(m.parameters(), lr=1e-12)
+            _train_steps(m, optimizer, train[:1])  # warm-up (allocates the optimizer state)
+            per_round[name]["train_step"].append(statistics.median(
+                _time(lambda: _train_steps(m, optimizer, train[:1]), len(train))))
+    model.load_state_dict(states["pruned"])  # the probe's steps must not change the model (lr 1e-12, but exact)
+    model.train(was_training)
+    out = {"threads": torch.get_num_threads(), "rounds": rounds}
+    for key in ("batch1", "batch64", "train_step"):
+        out[f"{key}_pruned"] = statistics.median(per_round["pruned"][key])
+        out[f"{key}_dense"] = statistics.median(per_round["dense"][key])
+        ratios = [p / d for p, d in zip(per_round["pruned"][key], per_round["dense"][key])]
+        out[f"{key}_ratio"] = statistics.median(ratios)  # pruned / dense
+    out["train_step_speedup"] = 1 / out["train_step_ratio"]
+    del dense
+    return out
+
+
+def plot_structure(struct: dict, path, title: str = "") -> None:
+    """Which heads survive (layer x head grid) and FFN neurons kept per layer."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = len(struct["heads_kept"])
+    heads = max(struct["heads_total_per_layer"])
+    grid = torch.zeros(layers, heads)
+    for i, kept in enumerate(struct["heads_kept"]):
+        grid[i, kept] = 1
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 0.45 * layers + 1.8), dpi=100,
+                               gridspec_kw={"width_ratios": [heads, max(4, heads // 2)]})
+    a.imshow(grid.numpy(), cmap="Greens", vmin=0, vmax=1.3, aspect="auto")
+    a.set_xticks(range(heads))
+    a.set_yticks(range(layers))
+    a.set_xlabel("head")
+    a.set_ylabel("layer")
+    a.set_title(f"heads kept ({int(grid.sum())} of {sum(struct['heads_total_per_layer'])})", fontsize=9)
+    kept, total = struct["neurons_kept_per_layer"], struct["neurons_total_per_layer"]
+    b.barh(range(layers), total, color="#dddddd", label="removed")
+    b.barh(range(layers), kept, color="tab:green", label="kept")
+    b.set_yticks(range(layers))
+    b.invert_yaxis()
+    b.set_xlabel("FFN neurons")
+    b.set_title(f"FFN neurons kept ({sum(kept):,} of {sum(total):,})", fontsize=9)
+    b.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,60 @@
+"""The pruning state saved beside every HF checkpoint (pruning_state.safetensors), and the masks a
+finished run leaves in its directory (masks.safetensors) for fixed-mask runs.
+
+Written to a temporary file and renamed, so a kill never leaves a half-written state.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from earlybird import pack_mask, unpack_mask
+
+PRUNING_STATE_FILE = "pruning_state.safetensors"
+MASKS_FILE = "masks.safetensors"
+
+
+def write(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+              metadata={"json": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def read(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["json"])
+    return load_file(path), meta
+
+
+def pack_masks(masks: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{n}": torch.from_numpy(pack_mask(m)) for n, m in masks.items()}
+
+
+def unpack_masks(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, shape in shapes.items():
+        numel = 1
+        for s in shape:
+            numel *= s
+        out[name] = unpack_mask(tensors[f"{prefix}{name}"].numpy(), numel).view(shape)
+    return out
+
+
+def last_checkpoint_with_pruning_state(output_dir: str) -> str:
+    """The newest checkpoint-N folder whose pruning state was completely written."""
+    steps = []
+    if os.path.isdir(output_dir):
+        for d in os.listdir(output_dir):
+            if d.startswith("checkpoint-") and d.split("-")[-1].isdigit():
+                steps.append(int(d.split("-")[-1]))
+    for step in sorted(steps, reverse=True):
+        path = os.path.join(output_dir, f"checkpoint-{step}")
+        if os.path.isfile(os.path.join(path, PRUNING_STATE_FILE)):
+            return path
+    raise FileNotFoundError(f"no checkpoint with a complete pruning state under {output_dir}; nothing to resume")

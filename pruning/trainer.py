@@ -1,0 +1,306 @@
+"""`PruningTrainer`: a `transformers.Trainer` whose `train()` runs Early-Bird search, pruning and
+retraining. The training loop is HF's own; the callbacks in `pruning.callbacks` do the work and a
+subclass only names its criterion:
+
+    class MyPruningTrainer(PruningTrainer):
+        criterion_class = MyCriterion
+
+Structured pruning changes tensor shapes, which DDP's gradient buckets and the optimizer cannot
+follow mid-loop. So at the pruning step the run writes a checkpoint of the smaller model (optimizer
+state of the kept units sliced along) and continues from it through HF's own resume path, exactly
+as a run resumed after a kill does: one code path, tested by the kill-and-resume tests.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer
+
+from pruning import state as state_io
+from pruning.callbacks import (EarlyBirdSearch, KeepPrunedWeightsZero, PhaseClock, RetrainBudget,
+                               SavePruningState)
+from pruning.config import PruningConfig
+from pruning.criterion import Criterion
+from pruning.masks import assert_same_on_all_ranks, fingerprint
+from pruning.schedule import PhasePlan
+from pruning.surgery import remove_units
+from pruning.units import PrunableUnits
+
+SNAPSHOT_FILE = "weights_at_prune.safetensors"
+
+
+class PruningTrainer(Trainer):
+    """HF Trainer whose one `train()` call runs Early-Bird search, pruning and masked retraining.
+
+    Subclasses set `criterion_class`. Pass `pruning=PruningConfig(...)`; TrainingArguments must
+    have num_train_epochs = search_epochs + retrain_epochs and the linear LR schedule.
+    """
+    criterion_class: type[Criterion] = Criterion
+
+    def __init__(self, *args, pruning: PruningConfig | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type) != "linear":
+            raise ValueError("PruningTrainer uses a linear LR schedule that restarts its decay at pruning; "
+                             f"got lr_scheduler_type={self.args.lr_scheduler_type}")
+        self.pruning = pruning or PruningConfig()
+        self.units = PrunableUnits(self.model, self.pruning.granularity)
+        self.pruning.check_model(self.units)
+        self.criterion = self.criterion_class(self.units, **self.pruning.criterion_options)
+        self.masks: dict[str, torch.Tensor] | None = None   # original-space keep-masks, once pruned
+        self.plan: PhasePlan | None = None
+        self.record = {"phase": "search", "eb_found": None, "eb_step": None, "prune_step": None,
+                       "stop_step": None, "lr_restart_step": None, "fixed_mask_from": None,
+                       "search_steps": None, "retrain_steps": None, "first_check_after": 0,
+                       "steps_per_epoch": None, "evals": {}, "mask_fingerprint": None, "removed_units": None,
+                       "phase_seconds": {"search": 0.0, "prune": 0.0, "retrain": 0.0}}
+        self.search = EarlyBirdSearch(self, self.pruning.window, self.pruning.epsilon, self.pruning.check_every)
+        self.keep_zero = KeepPrunedWeightsZero()
+        self.clock = PhaseClock(self.record)
+        for callback in (self.search, self.keep_zero, RetrainBudget(self.record), self.clock, SavePruningState(self)):
+            self.add_callback(callback)
+        self._restart_at: int | None = None
+        # A fixed mask is read and checked against this model now, before any training.
+        self._fixed_masks = read_masks(self.pruning.mask_from, self.units) if self.pruning.mask_from else None
+
+    # --- schedule ------------------------------------------------------------------------------
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if abs(self.args.num_train_epochs - self.pruning.total_epochs) > 1e-9 or self.args.max_steps > 0:
+            raise ValueError(f"PruningTrainer needs num_train_epochs = search_epochs + retrain_epochs = "
+                             f"{self.pruning.total_epochs} and no max_steps; got num_train_epochs="
+                             f"{self.args.num_train_epochs}, max_steps={self.args.max_steps}")
+        self.plan = PhasePlan.of(num_training_steps, self.args.num_train_epochs, self.pruning.search_epochs,
+                                 self.pruning.retrain_epochs, self.args.get_warmup_steps(num_training_steps),
+                                 self.pruning.skip_warmup)
+        self.record.update(steps_per_epoch=self.plan.steps_per_epoch, search_steps=self.plan.search_steps,
+                           retrain_steps=self.plan.retrain_steps, first_check_after=self.plan.first_check_after)
+        if self.record["fixed_mask_from"]:  # a fixed mask trains the whole budget
+            self.record.update(stop_step=num_training_steps, retrain_steps=num_training_steps)
+        if self.lr_scheduler is None:
+            plan, record = self.plan, self.record
+
+            def lr_factor(step):  # a plain function, so LambdaLR's state_dict stays picklable
+                return plan.lr_factor(step, record["lr_restart_step"], record["stop_step"])
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, lr_factor)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        extra = self.criterion.extra_parameters() if self.record["phase"] == "search" else []
+        if extra:  # e.g. learnable unit coefficients: trained with the model, never decayed
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return optimizer
+
+    # --- pruning -------------------------------------------------------------------------------
+    def select_masks(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Original-space keep-masks from live-unit scores; units already removed stay removed."""
+        return self.pruning.select(self.units, self.units.to_original(scores, fill=float("-inf")), self.masks)
+
+    def prune(self, masks, step: int, found: bool, optimizer, control) -> None:
+        """Evaluate, prune to `masks`, evaluate again; the retrain phase starts."""
+        self.clock.charge()
+        self.record["phase"] = "prune"
+        self.record["evals"]["before_prune"] = self.evaluate()
+        if self.pruning.snapshot_path and self.is_world_process_zero():
+            _write_weights(self.model, self.pruning.snapshot_path)
+        self.criterion.before_removal(masks)
+        self.criterion.close()
+        self._drop_from_optimizer(self.criterion.extra_parameters(), optimizer)
+        self.apply_masks(masks, optimizer)
+        self.record["evals"]["after_prune"] = self.evaluate()
+        self.record.update(eb_found=found, eb_step=step if found else None, prune_step=step,
+                           lr_restart_step=step, stop_step=step + self.plan.retrain_steps)
+        self.clock.charge()
+        self.record["phase"] = "retrain"
+        if self.units.structured and self.plan.retrain_steps:
+            control.should_save = True  # SavePruningState stops the loop once this checkpoint is written
+            self._restart_at = step
+
+    def _drop_from_optimizer(self, params, optimizer) -> None:
+        """The criterion's own parameters (slimming coefficients) leave the optimizer and the LR
+        schedule, so the checkpoint written at pruning holds only the model's."""
+        opt = getattr(optimizer, "optimizer", optimizer)
+        ids = {id(p) for p in params}
+        if opt is None or not ids:
+            return
+        drop = [i for i, g in enumerate(opt.param_groups) if any(id(p) in ids for p in g["params"])]
+        opt.param_groups[:] = [g for i, g in enumerate(opt.param_groups) if i not in drop]
+        for p in params:
+            opt.state.pop(p, None)
+        for attr in ("base_lrs", "_last_lr"):
+            values = getattr(self.lr_scheduler, attr, None)
+            if isinstance(values, list):
+                setattr(self.lr_scheduler, attr, [v for i, v in enumerate(values) if i not in drop])
+
+    def apply_masks(self, masks: dict[str, torch.Tensor], optimizer=None) -> None:
+        """Prune to `masks` (original-space keep-masks). May be called again with a smaller mask
+        (gradual pruning); what was pruned stays pruned."""
+        if self.masks is not None:
+            masks = {n: m & self.masks[n].to(m.device) for n, m in masks.items()}
+        print_ = fingerprint(masks)
+        assert_same_on_all_ranks(print_, "pruning")
+        self.record["mask_fingerprint"] = print_
+        self.masks = {n: m.cpu() for n, m in masks.items()}
+        if self.units.structured:
+            removed = remove_units(self.units, masks, optimizer)
+            previous = self.record["removed_units"] or {}
+            self.record["removed_units"] = {n: previous.get(n, 0) + r for n, r in removed.items()}
+            return
+        self.keep_zero.set(self.units.params, masks)
+        opt = getattr(optimizer, "optimizer", optimizer)
+        if opt is not None:  # momentum from the dense phase must not push pruned weights back
+            for p, m in zip(self.keep_zero.params, self.keep_zero.masks):
+                for value in opt.state.get(p, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                        value.mul_(m)
+        self.keep_zero.apply()
+
+    def start_from_fixed_mask(self) -> None:
+        """Train another run's mask, fixed from step 0 (optionally from that run's early-bird weights)."""
+        source, masks = self.pruning.mask_from, self._fixed_masks
+        if self.pruning.rewind_to == "early_bird":
+            path = os.path.join(source, SNAPSHOT_FILE)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path} not found: rewinding to the early-bird weights needs a source run "
+                                        "made with SAVE_EB_WEIGHTS=True")
+            self.model.load_state_dict({k: v.to(self.model.device) for k, v in load_file(path).items()})
+        self.record["evals"]["before_prune"] = self.evaluate()
+        self.criterion.close()
+        self.apply_masks(masks)
+        self.record["evals"]["after_prune"] = self.evaluate()
+        self.record.update(phase="retrain", prune_step=0, fixed_mask_from=os.path.abspath(source))
+
+    # --- the run -------------------------------------------------------------------------------
+    def restart_pending(self, step: int) -> bool:
+        return self._restart_at == step
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        checkpoint = None
+        if resume_from_checkpoint:
+            checkpoint = state_io.last_checkpoint_with_pruning_state(self.args.output_dir) \
+                if resume_from_checkpoint is True else str(resume_from_checkpoint)
+            self.load_pruning_state(checkpoint)
+        elif self.pruning.mask_from:
+            self.start_from_fixed_mask()
+        # HF draws the length-grouped sampler's order from the global RNG before it restores a
+        # checkpoint's RNG; a fresh process resuming from the pruning checkpoint has this state there.
+        rng_at_start = _rng_state()
+        output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        while self._restart_at is not None:  # structured pruning happened: continue on the smaller model
+            checkpoint = os.path.join(self.args.output_dir, f"checkpoint-{self._restart_at}")
+            self._restart_at = None
+            self.accelerator.wait_for_everyone()  # rank 0 has finished writing the checkpoint
+            self.model_wrapped, self.optimizer, self.lr_scheduler = self.model, None, None
+            _set_rng_state(rng_at_start)
+            output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
+        return output
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def save_pruning_state(self, directory: str) -> None:
+        tensors = {f"criterion/{k}": v for k, v in self.criterion.state_dict().items()}
+        detectors = self.search.state_dict()
+        for kind, det in detectors.items():
+            for i, m in enumerate(det.pop("masks")):
+                tensors[f"detector/{kind}/mask/{i}"] = torch.from_numpy(m)
+            reference = det.pop("reference")
+            if reference is not None:
+                tensors[f"detector/{kind}/reference"] = torch.from_numpy(reference)
+        if self.masks is not None:
+            tensors.update(state_io.pack_masks(self.masks, "keep/"))
+        meta = {"record": self.record, "detectors": detectors, "config": _config_dict(self.pruning),
+                "criterion": self.criterion.name, "granularity": self.units.granularity,
+                "groups": {n: list(g.shape) for n, g in self.units.groups.items()}}
+        state_io.write(os.path.join(directory, state_io.PRUNING_STATE_FILE), tensors, meta)
+
+    def load_pruning_state(self, directory: str) -> None:
+        path = os.path.join(directory, state_io.PRUNING_STATE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint {directory} has no {state_io.PRUNING_STATE_FILE}: it was not written by "
+                                    "a PruningTrainer, so its masks and detector state are unknown. Resume it with "
+                                    "the trainer that wrote it, or start a fresh run.")
+        tensors, meta = state_io.read(path)
+        groups = {n: list(g.shape) for n, g in self.units.groups.items()}
+        if meta["criterion"] != self.criterion.name or meta["groups"] != groups:
+            raise ValueError(f"checkpoint {directory} was written by a {meta['criterion']} run over "
+                             f"{len(meta['groups'])} {meta['granularity']} groups; this is a {self.criterion.name} "
+                             f"run over {len(groups)} {self.units.granularity} groups")
+        if meta["config"] != _config_dict(self.pruning):
+            raise ValueError(f"checkpoint {directory} used pruning config {meta['config']}, this run uses "
+                             f"{_config_dict(self.pruning)}; resume with the same settings")
+        self.criterion.load_state_dict({k[len("criterion/"):]: v for k, v in tensors.items()
+                                        if k.startswith("criterion/")})
+        detectors = meta["detectors"]
+        for kind, det in detectors.items():
+            det["masks"] = [tensors[f"detector/{kind}/mask/{i}"].numpy()
+                            for i in range(sum(k.startswith(f"detector/{kind}/mask/") for k in tensors))]
+            ref = tensors.get(f"detector/{kind}/reference")
+            det["reference"] = None if ref is None else ref.numpy()
+        self.search.load_state_dict(detectors)
+        self.record.clear()
+        self.record.update(meta["record"])
+        if any(k.startswith("keep/") for k in tensors):
+            self.criterion.close()
+            removed_before = self.record["removed_units"]
+            # The dense model is rebuilt to the checkpoint's shapes before HF loads its weights.
+            self.apply_masks(state_io.unpack_masks(tensors, "keep/", {n: g.shape for n, g in self.units.groups.items()}))
+            self.record["removed_units"] = removed_before
+
+    # --- results -------------------------------------------------------------------------------
+    def pruning_summary(self) -> dict:
+        from pruning.results import summary
+        return summary(self)
+
+
+def _rng_state() -> tuple:
+    return (random.getstate(), np.random.get_state(), torch.random.get_rng_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state: tuple) -> None:
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.random.set_rng_state(state[2])
+    if state[3] is not None:
+        torch.cuda.set_rng_state_all(state[3])
+
+
+def _config_dict(config: PruningConfig) -> dict:
+    """The settings a resumed run must share (where to write snapshots may differ)."""
+    d = asdict(config)
+    d.pop("snapshot_path")
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _write_weights(model, path: str) -> None:
+    tmp = path + ".tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+
+
+def read_masks(run_dir: str, units: PrunableUnits) -> dict[str, torch.Tensor]:
+    """The final keep-masks of a finished run, checked against this model and granularity."""
+    path = os.path.join(run_dir, state_io.MASKS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MASK_FROM={run_dir}: no {state_io.MASKS_FILE} there; point it at the directory "
+                                "of a finished pruning run (runs/NAME)")
+    tensors, meta = state_io.read(path)
+    groups = {n: list(g.shape) for n, g in units.groups.items()}
+    if meta["granularity"] != units.granularity:
+        raise ValueError(f"MASK_FROM={run_dir} holds a {meta['granularity']!r} mask; this run's granularity is "
+                         f"{units.granularity!r}: set GRANULARITY to match the source run")
+    if meta["groups"] != groups:
+        raise ValueError(f"MASK_FROM={run_dir} holds a mask for another model ({meta.get('model', '?')}: "
+                         f"{len(meta['groups'])} groups); this model has {len(groups)} groups of other shapes")
+    return state_io.unpack_masks(tensors, "keep/", {n: g.shape for n, g in units.groups.items()})
+
+
+def write_masks(trainer: PruningTrainer, run_dir: str, model_description: str) -> None:
+    masks = trainer.masks or {n: torch.ones(g.shape, dtype=torch.bool) for n, g in trainer.units.groups.items()}
+    meta = {"granularity": trainer.units.granularity, "criterion": trainer.criterion.name,
+            "model": model_description, "groups": {n: list(g.shape) for n, g in trainer.units.groups.items()}}
+    state_io.write(os.path.join(run_dir, state_io.MASKS_FILE), state_io.pack_masks(masks, "keep/"), meta)

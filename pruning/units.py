@@ -1,0 +1,187 @@
+"""Prunable units and where they live in the model's parameters.
+
+A *unit group* is a set of units that share one keep-mask:
+- granularity "weights": every prunable weight tensor is a group and each of its entries a unit
+  (the mask has the tensor's shape);
+- granularity "heads+neurons": each encoder layer has a group of attention heads (head h owns rows
+  h*d:(h+1)*d of Q, K and V and the same columns of the attention output projection) and a group of
+  FFN neurons (neuron j owns row j of the intermediate projection and column j of the FFN output
+  projection).
+
+Criteria score units through `PrunableUnits.reduce` / `norm`, which fold per-weight tensors into
+per-unit values along these index maps; for "weights" both are the identity, so one criterion
+formula serves both granularities. Masks are always held in the *original* index space (all
+heads / neurons of the dense model); the live model holds only the kept units, listed in `origin`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+GRANULARITIES = ("weights", "heads+neurons")
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Where a group's units sit inside one nn.Linear: along `dim` of its weight, `width` entries a unit."""
+    module: str        # qualified name of the nn.Linear
+    dim: int           # 0: the units are output rows (bias entries too); 1: input columns
+    width: int         # entries per unit along dim (the head size for heads, 1 for neurons)
+    output: bool       # the unit's output side: gating the unit by c scales exactly these weights by c
+
+
+@dataclass
+class UnitGroup:
+    name: str
+    kind: str                        # "weight", "head" or "neuron"
+    layer: int                       # encoder layer index (-1 when the name has none)
+    size: int                        # units in the dense model (the mask's numel)
+    shape: tuple                     # the mask's shape
+    slices: list[Slice] = field(default_factory=list)
+    origin: torch.Tensor | None = None  # original indices of the units the live model still has
+
+
+def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Weights of every nn.Linear inside the encoder, by name.
+
+    That is every Linear under `model.base_model` whose path does not pass through a module named
+    `*embeddings*` or `pooler`: attention Q/K/V/output and the FFN intermediate/output layers of
+    BERT, RoBERTa and other HF encoders. Embeddings, LayerNorms, biases, the pooler and the
+    classification head are never pruned.
+    """
+    base = getattr(model, "base_model", model)
+    in_base = {id(m) for m in base.modules()}
+    params = {}
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if (isinstance(module, nn.Linear) and id(module) in in_base
+                and not any("embeddings" in p or p == "pooler" for p in parts)):
+            params[f"{name}.weight"] = module.weight
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers inside its base model: nothing to prune")
+    return params
+
+
+def layer_of(name: str) -> int:
+    m = re.search(r"\.layer\.(\d+)\.", name)
+    return int(m.group(1)) if m else -1
+
+
+def encoder_layers(model: nn.Module) -> tuple[str, list[nn.Module]]:
+    """(qualified prefix, layers) of a BERT-layout encoder, or a clear error for other models."""
+    base = getattr(model, "base_model", model)
+    prefix = getattr(model, "base_model_prefix", "")
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    needed = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+              "intermediate.dense", "output.dense")
+    def has(n):
+        try:
+            return isinstance(layers[0].get_submodule(n), nn.Linear)
+        except AttributeError:
+            return False
+    if layers is None or not len(layers) or not all(has(n) for n in needed):
+        raise ValueError(f"granularity 'heads+neurons' needs a BERT-layout encoder (encoder.layer[i] with "
+                         f"attention.self.query/key/value, attention.output.dense, intermediate.dense, output.dense), "
+                         f"as BERT and RoBERTa have; {type(model).__name__} does not. Use GRANULARITY='weights'.")
+    return (f"{prefix}.encoder.layer" if prefix and base is not model else "encoder.layer"), list(layers)
+
+
+class PrunableUnits:
+    """The unit groups of a model at one granularity, with their parameters."""
+
+    def __init__(self, model: nn.Module, granularity: str = "weights"):
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
+        self.model = model
+        self.granularity = granularity
+        self.groups: dict[str, UnitGroup] = {}
+        if granularity == "weights":
+            self.params = prunable_parameters(model)
+            for name, p in self.params.items():
+                self.groups[name] = UnitGroup(name, "weight", layer_of(name), p.numel(), tuple(p.shape))
+        else:
+            prefix, layers = encoder_layers(model)
+            for i, layer in enumerate(layers):
+                attn = layer.attention.self
+                d, n_heads = attn.attention_head_size, attn.query.out_features // attn.attention_head_size
+                at = f"{prefix}.{i}"
+                self.groups[f"{at}.heads"] = UnitGroup(f"{at}.heads", "head", i, n_heads, (n_heads,), [
+                    Slice(f"{at}.attention.self.query", 0, d, False), Slice(f"{at}.attention.self.key", 0, d, False),
+                    Slice(f"{at}.attention.self.value", 0, d, False),
+                    Slice(f"{at}.attention.output.dense", 1, d, True)])
+                n_neurons = layer.intermediate.dense.out_features
+                self.groups[f"{at}.neurons"] = UnitGroup(f"{at}.neurons", "neuron", i, n_neurons, (n_neurons,), [
+                    Slice(f"{at}.intermediate.dense", 0, 1, False), Slice(f"{at}.output.dense", 1, 1, True)])
+            for g in self.groups.values():
+                g.origin = torch.arange(g.size)
+            modules = dict(model.named_modules())
+            self.params = {f"{s.module}.weight": modules[s.module].weight for g in self.groups.values()
+                           for s in g.slices}
+
+    @classmethod
+    def of_parameters(cls, params: dict[str, nn.Parameter]) -> "PrunableUnits":
+        """Weights granularity over the given tensors (for criteria used outside a model, and tests)."""
+        units = cls.__new__(cls)
+        units.model, units.granularity, units.params = None, "weights", dict(params)
+        units.groups = {n: UnitGroup(n, "weight", layer_of(n), p.numel(), tuple(p.shape)) for n, p in params.items()}
+        return units
+
+    @property
+    def structured(self) -> bool:
+        return self.granularity != "weights"
+
+    def kinds(self) -> list[str]:
+        return list(dict.fromkeys(g.kind for g in self.groups.values()))
+
+    def output_params(self) -> dict[str, nn.Parameter]:
+        """The weights whose gradients give a unit's first-order (Taylor) score."""
+        if not self.structured:
+            return self.params
+        return {f"{s.module}.weight": self.params[f"{s.module}.weight"]
+                for g in self.groups.values() for s in g.slices if s.output}
+
+    def live_size(self, group: str) -> int:
+        g = self.groups[group]
+        return g.size if g.origin is None else len(g.origin)
+
+    def _per_unit(self, g: UnitGroup, tensors: dict[str, torch.Tensor], output_only: bool, fn) -> torch.Tensor:
+        total = None
+        for s in g.slices:
+            if output_only and not s.output:
+                continue
+            t = tensors[f"{s.module}.weight"]
+            v = fn(t.movedim(s.dim, 0).reshape(self.live_size(g.name), -1)).sum(1)
+            total = v if total is None else total + v
+        return total
+
+    def reduce(self, tensors: dict[str, torch.Tensor], output_only: bool = True) -> dict[str, torch.Tensor]:
+        """Per-weight values summed over each unit's entries (the identity for weights)."""
+        if not self.structured:
+            return tensors
+        return {n: self._per_unit(g, tensors, output_only, lambda x: x) for n, g in self.groups.items()}
+
+    def norm(self, tensors: dict[str, torch.Tensor], output_only: bool = False) -> dict[str, torch.Tensor]:
+        """L2 norm of each unit's entries over all its weights (|w| for weights): the group-lasso norm."""
+        if not self.structured:
+            return {n: t.abs() for n, t in tensors.items()}
+        return {n: self._per_unit(g, tensors, output_only, lambda x: x.float().square()).sqrt()
+                for n, g in self.groups.items()}
+
+    def to_original(self, live: dict[str, torch.Tensor], fill: float) -> dict[str, torch.Tensor]:
+        """Live per-unit values placed at their original indices; removed units get `fill`."""
+        if not self.structured:
+            return live
+        out = {}
+        for n, g in self.groups.items():
+            full = torch.full((g.size,), fill, dtype=live[n].dtype, device=live[n].device)
+            full[g.origin.to(full.device)] = live[n]
+            out[n] = full
+        return out
+
+    def live_mask(self, group: str, mask: torch.Tensor) -> torch.Tensor:
+        """An original-space keep-mask restricted to the units the live model still has."""
+        g = self.groups[group]
+        return mask if g.origin is None else mask[g.origin.to(mask.device)]
