@@ -19,6 +19,7 @@ from pruning.surgery import UnitGates, fold_gates
 class SlimmingCriterion(Criterion):
     name = "slimming"
     granularities = ("heads+neurons",)
+    ranks_at_start = False  # every coefficient starts at 1
 
     def __init__(self, units, l1: float = 1e-4):
         if not units.structured:

@@ -16,7 +16,6 @@ import torch
 from transformers import TrainerCallback
 
 from earlybird import EarlyBirdDetector, mask_fingerprint, pack_mask
-from pruning.criterion import AccumulatedCriterion
 from pruning.masks import assert_same_on_all_ranks, flat_mask
 
 DETECTOR_OF_KIND = {"weight": "weights", "head": "heads", "neuron": "neurons"}
@@ -43,7 +42,7 @@ class EarlyBirdSearch(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         criterion = self.trainer.criterion
-        if self.active and state.global_step == 0 and not isinstance(criterion, AccumulatedCriterion):
+        if self.active and state.global_step == 0 and criterion.ranks_at_start:
             masks = self.masks_now()  # the mask of the starting weights: how far the mask drifts from it
             for kind, det in self.detectors.items():
                 det.set_reference(flat_mask({n: masks[n] for n in self.kind_groups[kind]}))

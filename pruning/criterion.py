@@ -22,6 +22,10 @@ class Criterion:
     """
     name = "criterion"
     granularities: tuple[str, ...] = GRANULARITIES   # the granularities this criterion can score
+    # Whether scores() ranks units before any training (magnitude does; accumulated gradients and
+    # slimming coefficients, all 1 at the start, do not): then the detector also reports how far the
+    # mask drifts from the mask of the starting weights.
+    ranks_at_start: bool = True
 
     def __init__(self, units: PrunableUnits):
         self.units = units
@@ -72,6 +76,8 @@ class AccumulatedCriterion(Criterion):
     al. 2019; for heads, Michel et al. 2019). A single minibatch is mostly noise; the sum over the
     steps between two checks is what the detector compares.
     """
+
+    ranks_at_start = False
 
     def __init__(self, units: PrunableUnits):
         super().__init__(units)

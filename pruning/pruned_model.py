@@ -25,20 +25,15 @@ from transformers import (
 
 def _check_per_layer_structure(config) -> None:
     layers = config.num_hidden_layers
-    if config.attention_heads_per_layer is not None:
-        if len(config.attention_heads_per_layer) != layers:
-            raise ValueError(f"attention_heads_per_layer has {len(config.attention_heads_per_layer)} entries "
-                             f"for {layers} layers")
-        if not all(1 <= heads <= config.num_attention_heads for heads in config.attention_heads_per_layer):
-            raise ValueError(f"attention_heads_per_layer must lie in [1, {config.num_attention_heads}]; "
-                             f"got {config.attention_heads_per_layer}")
-    if config.intermediate_size_per_layer is not None:
-        if len(config.intermediate_size_per_layer) != layers:
-            raise ValueError(f"intermediate_size_per_layer has {len(config.intermediate_size_per_layer)} entries "
-                             f"for {layers} layers")
-        if not all(1 <= size <= config.intermediate_size for size in config.intermediate_size_per_layer):
-            raise ValueError(f"intermediate_size_per_layer must lie in [1, {config.intermediate_size}]; "
-                             f"got {config.intermediate_size_per_layer}")
+    for field, most in (("attention_heads_per_layer", config.num_attention_heads),
+                        ("intermediate_size_per_layer", config.intermediate_size)):
+        values = getattr(config, field)
+        if values is None:
+            continue
+        if len(values) != layers:
+            raise ValueError(f"{field} has {len(values)} entries for {layers} layers")
+        if not all(1 <= value <= most for value in values):
+            raise ValueError(f"{field} must lie in [1, {most}]; got {values}")
     if config.kept_heads is not None:
         heads_per_layer = config.attention_heads_per_layer or [config.num_attention_heads] * layers
         if [len(kept) for kept in config.kept_heads] != list(heads_per_layer):
