@@ -242,19 +242,66 @@ def plots(results: list[dict], rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def structured_markdown(results: list[dict]) -> str:
+    """heads+neurons runs, each beside the dense run of its seed: what was kept, what it costs, what it
+    scores; then mean ± std over seeds per criterion, with the paired difference to dense."""
+    dense = {r["config"]["SEED"]: r for r in results if r["trainer"] == "dense"}
+    runs = sorted((r for r in results if (r.get("pruning") or {}).get("structure")),
+                  key=lambda r: (r["trainer"], r["config"]["SEED"]))
+    if not runs:
+        return ""
+    lines = ["| trainer | seed | EB step | heads kept | FFN neurons kept | params (all / w/o embeddings) vs dense | "
+             "acc after prune | acc final | dense acc (same seed) | search s | retrain s | retrain step / search "
+             "step (in run) | train-step speed-up (probe) | inference × at batch 1 / 64 | B3 |",
+             "|" + "---|" * 15]
+    for r in runs:
+        p, seed = r["pruning"], r["config"]["SEED"]
+        s, par, speed, base = p["structure"], r["parameters"], r.get("speed") or {}, dense.get(seed)
+        steps = p.get("step_seconds") or {}
+        b3 = b3_figures(r, base)["b3_ratio"]
+        lines.append("| " + " | ".join([
+            r["trainer"], str(seed), _fmt(p["eb_step"]) if p["eb_found"] else f"none ({p['prune_step']})",
+            f"{sum(s['heads_kept_per_layer'])} / {sum(s['heads_total_per_layer'])}",
+            f"{sum(s['neurons_kept_per_layer']):,} / {sum(s['neurons_total_per_layer']):,}",
+            f"{par['final']['total'] / par['dense']['total']:.3f} / "
+            f"{par['final']['without_embeddings'] / par['dense']['without_embeddings']:.3f}",
+            _fmt(r["metrics"]["after_prune"]["accuracy"]), _fmt(r["metrics"]["final"]["accuracy"]),
+            _fmt(base["metrics"]["final"]["accuracy"]) if base else "–",
+            _fmt(r["phase_seconds"]["search"], 0), _fmt(r["phase_seconds"]["retrain"], 0),
+            _fmt(steps["retrain"] / steps["search"], 2) if steps else "–",
+            _fmt(speed.get("train_step_speedup"), 2),
+            f"{speed['batch1_ratio']:.2f} / {speed['batch64_ratio']:.2f}" if speed else "–",
+            _fmt(b3, 2)]) + " |")
+    lines += ["", "| trainer | seeds | acc final | dense acc | paired difference (pruned − dense) |",
+              "|---|---|---|---|---|"]
+    for trainer in sorted({r["trainer"] for r in runs}):
+        group = [r for r in runs if r["trainer"] == trainer and r["config"]["SEED"] in dense]
+        if not group:
+            continue
+        acc = [r["metrics"]["final"]["accuracy"] for r in group]
+        base = [dense[r["config"]["SEED"]]["metrics"]["final"]["accuracy"] for r in group]
+        lines.append(f"| {trainer} | {', '.join(str(r['config']['SEED']) for r in group)} | {_mean_std(acc)} | "
+                     f"{_mean_std(base)} | {_mean_std([a - b for a, b in zip(acc, base)])} |")
+    return "\n".join(lines) + "\n"
+
+
 def write(out: Path) -> list[dict]:
     out = Path(out)
     results = load(out)
     if not results:
         print(f"no finished runs under {out}")
         return []
-    rows = rows_of(results)
+    # The sweep's table, targets and plots are about unstructured rates; heads+neurons runs get their own table.
+    unstructured = [r for r in results if not (r.get("pruning") or {}).get("structure")]
+    rows = rows_of(unstructured)
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "results.md").write_text(markdown(rows) + "\n" + targets(rows))
-    plots(results, rows, out)
+    structured = structured_markdown(results)
+    (out / "results.md").write_text(markdown(rows) + "\n" + targets(rows)
+                                    + ("\n## Heads + neurons\n\n" + structured if structured else ""))
+    plots(unstructured, rows, out)
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'} and plots ({len(rows)} runs)")
     return rows
 

@@ -106,9 +106,9 @@ class PruningTrainer(Trainer):
         self.clock.charge()
         self.record["phase"] = "prune"
         self.record["evals"]["before_prune"] = self.evaluate()
-        if self.pruning.snapshot_path and self.is_world_process_zero():
-            _write_weights(self.model, self.pruning.snapshot_path)
         self.criterion.before_removal(masks)
+        if self.pruning.snapshot_path and self.is_world_process_zero():  # the dense function at this step
+            _write_weights(self.model, self.pruning.snapshot_path)
         self.criterion.close()
         self._drop_from_optimizer(self.criterion.extra_parameters(), optimizer)
         self.apply_masks(masks, optimizer)
