@@ -152,3 +152,12 @@ def test_resume_needs_a_run_with_checkpoints(tmp_path):
         run(configure("--resume=true", f"--out_dir={tmp_path}"))
     with pytest.raises(experiment.ConfigError, match="has no checkpoints"):
         run(configure("--resume=true", "--run_name=ghost", f"--out_dir={tmp_path}"))
+
+
+def test_rates_may_be_given_per_layer_on_the_command_line():
+    assert configure("--pruning_rate=0.2,0.4")["PRUNING_RATE"] == (0.2, 0.4)
+    assert configure("--head_rate=0.25,0.5,0.5")["HEAD_RATE"] == (0.25, 0.5, 0.5)
+    with pytest.raises(experiment.ConfigError, match="one number per layer"):
+        configure("--neuron_rate=0.2,x")
+    with pytest.raises(experiment.ConfigError, match=r"pruning rate must be a number in \[0, 1\)"):
+        experiment.validate(configure("--pruning_rate=0.2,1.5"))

@@ -131,3 +131,14 @@ def test_fast_kth_smallest_is_exactly_kthvalue(kind):
          "heavy-tail": torch.randn(n, generator=g).exp() ** 4}[kind]
     for k in (1, 17, n // 10, n // 2, n - 5, n):
         assert kth_smallest(x, k, sample_size=20_000) == x.kthvalue(k).values, k
+
+
+def test_per_layer_rates_prune_exactly_that_rate_in_each_layer():
+    torch.manual_seed(2)
+    names = [f"bert.encoder.layer.{i}.{t}.weight" for i in range(2) for t in ("q", "o")]
+    scores = {n: torch.rand(10, 10) * (100 if ".0." in n else 1) for n in names}  # a global threshold spares layer 0
+    masks = keep_masks(scores, (0.25, 0.5))
+    pruned = {i: sum(int((~m).sum()) for n, m in masks.items() if f".{i}." in n) for i in range(2)}
+    assert pruned == {0: 50, 1: 100}
+    with pytest.raises(ValueError, match="3 per-layer rates given"):
+        keep_masks(scores, (0.1, 0.2, 0.3))

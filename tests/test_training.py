@@ -109,3 +109,16 @@ def test_detector_starts_watching_when_the_warmup_ends(cls, tmp_path, sst2_slice
     # ... and magnitude, whose scores exist before training, also reports drift from the step-0 mask.
     has_reference = ["distance_to_reference" in h for h in summary["distance_history"]["weights"]]
     assert has_reference == [cls is MagnitudePruningTrainer] * 3
+
+
+def test_a_second_mask_update_never_regrows_pruned_weights(tmp_path, sst2_slice):
+    trainer, _, _ = make_trainer(MagnitudePruningTrainer, tmp_path, sst2_slice, rate=0.3)
+    trainer.train()
+    first = {n: m.clone() for n, m in trainer.masks.items()}
+    everything = {n: torch.ones_like(m) for n, m in first.items()}
+    trainer.apply_masks(everything)                     # asks for every weight back: nothing comes back
+    assert all(torch.equal(trainer.masks[n], first[n]) for n in first)
+    more = {n: m & (torch.rand(m.shape) > 0.5) for n, m in first.items()}
+    trainer.apply_masks(more)                           # a gradual step: prunes further
+    for name, p in prunable_parameters(trainer.model).items():
+        assert torch.equal(p != 0, more[name]), name
