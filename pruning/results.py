@@ -171,7 +171,7 @@ def plot_structure(struct: dict, path, title: str = "") -> None:
     a.set_yticks(range(layers))
     a.set_xlabel("head")
     a.set_ylabel("layer")
-    a.set_title(f"heads kept ({int(grid.sum())} of {sum(struct['heads_total_per_layer'])})", fontsize=9)
+    a.set_title(f"heads kept, in green ({int(grid.sum())} of {sum(struct['heads_total_per_layer'])})", fontsize=9)
     kept, total = struct["neurons_kept_per_layer"], struct["neurons_total_per_layer"]
     b.barh(range(layers), total, color="#dddddd", label="removed")
     b.barh(range(layers), kept, color="tab:green", label="kept")
