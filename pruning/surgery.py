@@ -63,8 +63,7 @@ def remove_units(units: PrunableUnits, keep: dict[str, torch.Tensor], optimizer=
             attn.all_head_size = attn.num_attention_heads * attn.attention_head_size
         removed[name] = int((~live_keep).sum())
         group.origin = group.origin[live_keep]
-    units.params = {f"{s.module}.weight": modules[s.module].weight for g in units.groups.values() for s in g.slices}
-    return removed
+    return removed  # the Parameter objects are the same, so units.params still holds them
 
 
 class UnitGates:
