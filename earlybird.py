@@ -67,6 +67,13 @@ class EarlyBirdDetector:
     def found(self) -> bool:
         return self.found_step is not None
 
+    @property
+    def settled(self) -> bool:
+        """At the newest check: FIFO full and every distance to the newest mask below epsilon."""
+        last = self.history[-1] if self.history else None
+        return (last is not None and len(self.masks) == self.window and last["max_distance"] is not None
+                and last["max_distance"] < self.epsilon)
+
     def set_reference(self, mask: torch.Tensor | np.ndarray) -> None:
         self.reference = pack_mask(mask)
 

@@ -242,6 +242,10 @@ def plots(results: list[dict], rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def _rates(rate) -> str:
+    return ",".join(f"{x:.3g}" for x in rate) if isinstance(rate, (list, tuple)) else f"{rate:.3g}"
+
+
 def structured_markdown(results: list[dict]) -> str:
     """heads+neurons runs, each beside the dense run of its seed: what was kept, what it costs, what it
     scores; then mean ± std over seeds per criterion, with the paired difference to dense."""
@@ -250,17 +254,23 @@ def structured_markdown(results: list[dict]) -> str:
                   key=lambda r: (r["trainer"], r["config"]["SEED"]))
     if not runs:
         return ""
-    lines = ["| trainer | seed | EB step | heads kept | FFN neurons kept | params (all / w/o embeddings) vs dense | "
+    def setting(r):
+        p = r["pruning"]
+        fixed = f", fixed mask from {Path(p['fixed_mask_from']).name}" if p.get("fixed_mask_from") else ""
+        return f"heads {_rates(p['head_rate'])}, neurons {_rates(p['neuron_rate'])}{fixed}"
+
+    lines = ["| trainer | setting | seed | EB step | heads kept | FFN neurons kept | params (all / w/o embeddings) vs dense | "
              "acc after prune | acc final | dense acc (same seed) | search s | retrain s | retrain step / search "
              "step (in run) | train-step speed-up (probe) | inference × at batch 1 / 64 | B3 |",
-             "|" + "---|" * 15]
+             "|" + "---|" * 16]
     for r in runs:
         p, seed = r["pruning"], r["config"]["SEED"]
         s, par, speed, base = p["structure"], r["parameters"], r.get("speed") or {}, dense.get(seed)
         steps = p.get("step_seconds") or {}
         b3 = b3_figures(r, base)["b3_ratio"]
         lines.append("| " + " | ".join([
-            r["trainer"], str(seed), _fmt(p["eb_step"]) if p["eb_found"] else f"none ({p['prune_step']})",
+            r["trainer"], setting(r), str(seed),
+            _fmt(p["eb_step"]) if p["eb_found"] else ("fixed" if p.get("fixed_mask_from") else f"none ({p['prune_step']})"),
             f"{sum(s['heads_kept_per_layer'])} / {sum(s['heads_total_per_layer'])}",
             f"{sum(s['neurons_kept_per_layer']):,} / {sum(s['neurons_total_per_layer']):,}",
             f"{par['final']['total'] / par['dense']['total']:.3f} / "
@@ -272,16 +282,16 @@ def structured_markdown(results: list[dict]) -> str:
             _fmt(speed.get("train_step_speedup"), 2),
             f"{speed['batch1_ratio']:.2f} / {speed['batch64_ratio']:.2f}" if speed else "–",
             _fmt(b3, 2)]) + " |")
-    lines += ["", "| trainer | seeds | acc final | dense acc | paired difference (pruned − dense) |",
-              "|---|---|---|---|---|"]
-    for trainer in sorted({r["trainer"] for r in runs}):
-        group = [r for r in runs if r["trainer"] == trainer and r["config"]["SEED"] in dense]
+    lines += ["", "| trainer | setting | seeds | acc final | dense acc | paired difference (pruned − dense) |",
+              "|---|---|---|---|---|---|"]
+    for trainer, label in sorted({(r["trainer"], setting(r)) for r in runs}):
+        group = [r for r in runs if (r["trainer"], setting(r)) == (trainer, label) and r["config"]["SEED"] in dense]
         if not group:
             continue
         acc = [r["metrics"]["final"]["accuracy"] for r in group]
         base = [dense[r["config"]["SEED"]]["metrics"]["final"]["accuracy"] for r in group]
-        lines.append(f"| {trainer} | {', '.join(str(r['config']['SEED']) for r in group)} | {_mean_std(acc)} | "
-                     f"{_mean_std(base)} | {_mean_std([a - b for a, b in zip(acc, base)])} |")
+        lines.append(f"| {trainer} | {label} | {', '.join(str(r['config']['SEED']) for r in group)} | "
+                     f"{_mean_std(acc)} | {_mean_std(base)} | {_mean_std([a - b for a, b in zip(acc, base)])} |")
     return "\n".join(lines) + "\n"
 
 

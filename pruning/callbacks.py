@@ -22,8 +22,8 @@ DETECTOR_OF_KIND = {"weight": "weights", "head": "heads", "neuron": "neurons"}
 
 
 class EarlyBirdSearch(TrainerCallback):
-    """One detector per unit kind (weights; or heads and neurons). The bird is found when every
-    detector has seen its masks settle."""
+    """One detector per unit kind (weights; or heads and neurons). The bird is found at the first check
+    where every detector's masks are settled."""
 
     def __init__(self, trainer, window: int, epsilon: float, check_every: int):
         self.trainer = trainer
@@ -69,7 +69,7 @@ class EarlyBirdSearch(TrainerCallback):
             det.update(flat, step)
             det.history[-1]["fingerprint"] = print_
         self.trainer.criterion.reset()
-        found = all(det.found for det in self.detectors.values())
+        found = all(det.settled for det in self.detectors.values())  # all of them, at this same check
         if found or step >= plan.search_steps:
             self.trainer.prune(masks, step, found, optimizer, control)
         return control
@@ -132,13 +132,16 @@ class PhaseClock(TrainerCallback):
     def charge(self) -> None:
         now = time.perf_counter()
         if self._last is not None:
-            self.record["phase_seconds"][self.record["phase"]] += now - self._last
+            # Writing the pruning checkpoint and continuing from it is part of pruning, not retraining.
+            phase = "prune" if self.record.get("restarting") else self.record["phase"]
+            self.record["phase_seconds"][phase] += now - self._last
         self._last = now
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # A second train() call (continuing a structured run from its pruning checkpoint) charges the
-        # time since the first ended, writing and loading that checkpoint, to the phase it is in.
-        self.charge() if self._last is not None else setattr(self, "_last", time.perf_counter())
+        if self._last is not None:  # the continuation of a structured run after its pruning checkpoint
+            self.charge()
+        self._last = time.perf_counter()
+        self.record["restarting"] = False
 
     def on_save(self, args, state, control, **kwargs):
         self.charge()
@@ -155,7 +158,7 @@ class SavePruningState(TrainerCallback):
         if state.is_world_process_zero:
             self.trainer.save_pruning_state(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
         if self.trainer.restart_pending(state.global_step):
-            # Stop only now: HF stores the loop's control flags in the checkpoint, and the run
-            # continues from this very checkpoint, which must not say "stop".
+            # Stop only once this checkpoint is written (the run continues from it); with the flag set
+            # in on_step_end instead, the continued loop ran no steps (transformers 5.24).
             control.should_training_stop = True
         return control

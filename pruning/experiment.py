@@ -26,7 +26,7 @@ from pruning import results as run_results
 from pruning import state as state_io
 from pruning.config import PruningConfig
 from pruning.state import MASKS_FILE
-from pruning.trainer import SNAPSHOT_FILE, PruningTrainer, read_masks, write_masks
+from pruning.trainer import SNAPSHOT_FILE, PruningTrainer, ResumeMismatch, read_masks, write_masks
 from pruning.units import PrunableUnits, prunable_parameters
 
 
@@ -171,6 +171,12 @@ def validate(config: dict) -> PruningConfig:
             criterion.check_options(**pruning.criterion_options)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if name != "dense" and not pruning.mask_from and pruning.skip_warmup and \
+            config["WARMUP_RATIO"] >= pruning.search_epochs / pruning.total_epochs:
+        raise ConfigError(f"the LR warm-up ({config['WARMUP_RATIO']:g} of the budget) lasts past the search budget "
+                          f"({pruning.search_epochs:g} of {pruning.total_epochs:g} epochs), and the detector starts "
+                          "watching when the warm-up ends: shorten WARMUP_RATIO, lengthen SEARCH_EPOCHS, or set "
+                          "EB_SKIP_WARMUP=false")
     if pruning.mask_from:
         if name == "dense":
             raise ConfigError("MASK_FROM trains a fixed mask: it needs a PruningTrainer, not the dense Trainer")
@@ -522,7 +528,7 @@ def main(namespace: dict, argv: list[str] | None = None, callbacks: tuple = ()) 
     try:
         config = configure(namespace, argv)
         run(config, namespace.get("__file__", "script.py"), callbacks)
-    except (ConfigError, sst2.DataError, models.ModelError, FileNotFoundError) as e:
+    except (ConfigError, sst2.DataError, models.ModelError, FileNotFoundError, ResumeMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except FloatingPointError as e:  # training diverged

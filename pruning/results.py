@@ -125,7 +125,7 @@ def measure_speed(model: nn.Module, dev_rows: list[dict], train_rows: list[dict]
     big = [to_device(collate(features[i:i + 64])) for i in range(0, len(features), 64)]
     train = [to_device(collate([{**{k: r[k] for k in ("input_ids", "attention_mask") if k in r},
                                  "labels": r["label"]} for r in train_rows[i:i + train_batch]]))
-             for i in range(0, train_batch * train_steps, train_batch)]
+             for i in range(0, min(len(train_rows), train_batch * train_steps), train_batch)]
     was_training = model.training
     states = {name: copy.deepcopy(m.state_dict()) for name, m in models.items()}
     per_round = {name: {"batch1": [], "batch64": [], "train_step": []} for name in models}

@@ -34,6 +34,10 @@ from pruning.units import PrunableUnits
 SNAPSHOT_FILE = "weights_at_prune.safetensors"
 
 
+class ResumeMismatch(ValueError):
+    """A checkpoint written by another criterion, granularity or pruning config."""
+
+
 class PruningTrainer(Trainer):
     """HF Trainer whose one `train()` call runs Early-Bird search, pruning and masked retraining.
 
@@ -57,7 +61,7 @@ class PruningTrainer(Trainer):
                        "stop_step": None, "lr_restart_step": None, "fixed_mask_from": None,
                        "search_steps": None, "retrain_steps": None, "first_check_after": 0,
                        "steps_per_epoch": None, "evals": {}, "mask_fingerprint": None, "removed_units": None,
-                       "phase_seconds": {"search": 0.0, "prune": 0.0, "retrain": 0.0}}
+                       "restarting": False, "phase_seconds": {"search": 0.0, "prune": 0.0, "retrain": 0.0}}
         self.search = EarlyBirdSearch(self, self.pruning.window, self.pruning.epsilon, self.pruning.check_every)
         self.keep_zero = KeepPrunedWeightsZero()
         self.clock = PhaseClock(self.record)
@@ -105,6 +109,7 @@ class PruningTrainer(Trainer):
         """Evaluate, prune to `masks`, evaluate again; the retrain phase starts."""
         self.clock.charge()
         self.record["phase"] = "prune"
+        should_log = control.should_log  # evaluate() clears it: this step's training loss would go unlogged
         self.record["evals"]["before_prune"] = self.evaluate()
         self.criterion.before_removal(masks)
         if self.pruning.snapshot_path and self.is_world_process_zero():  # the dense function at this step
@@ -113,6 +118,7 @@ class PruningTrainer(Trainer):
         self._drop_from_optimizer(self.criterion.extra_parameters(), optimizer)
         self.apply_masks(masks, optimizer)
         self.record["evals"]["after_prune"] = self.evaluate()
+        control.should_log = should_log
         self.record.update(eb_found=found, eb_step=step if found else None, prune_step=step,
                            lr_restart_step=step, stop_step=step + self.plan.retrain_steps)
         self.clock.charge()
@@ -120,6 +126,7 @@ class PruningTrainer(Trainer):
         if self.units.structured and self.plan.retrain_steps:
             control.should_save = True  # SavePruningState stops the loop once this checkpoint is written
             self._restart_at = step
+            self.record["restarting"] = True
 
     def _drop_from_optimizer(self, params, optimizer) -> None:
         """The criterion's own parameters (slimming coefficients) leave the optimizer and the LR
@@ -181,15 +188,17 @@ class PruningTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         checkpoint = None
+        # HF draws the length-grouped sampler's order from the global RNG before it restores a
+        # checkpoint's RNG. A fresh process resuming a run has the RNG state of this point there, so
+        # the evaluations of a fixed mask, and a restart at pruning, must start from it too.
+        rng_at_start = _rng_state()
         if resume_from_checkpoint:
             checkpoint = state_io.last_checkpoint_with_pruning_state(self.args.output_dir) \
                 if resume_from_checkpoint is True else str(resume_from_checkpoint)
             self.load_pruning_state(checkpoint)
         elif self.pruning.mask_from:
             self.start_from_fixed_mask()
-        # HF draws the length-grouped sampler's order from the global RNG before it restores a
-        # checkpoint's RNG; a fresh process resuming from the pruning checkpoint has this state there.
-        rng_at_start = _rng_state()
+            _set_rng_state(rng_at_start)
         output = super().train(resume_from_checkpoint=checkpoint, **kwargs)
         while self._restart_at is not None:  # structured pruning happened: continue on the smaller model
             checkpoint = os.path.join(self.args.output_dir, f"checkpoint-{self._restart_at}")
@@ -226,11 +235,11 @@ class PruningTrainer(Trainer):
         tensors, meta = state_io.read(path)
         groups = {n: list(g.shape) for n, g in self.units.groups.items()}
         if meta["criterion"] != self.criterion.name or meta["groups"] != groups:
-            raise ValueError(f"checkpoint {directory} was written by a {meta['criterion']} run over "
+            raise ResumeMismatch(f"checkpoint {directory} was written by a {meta['criterion']} run over "
                              f"{len(meta['groups'])} {meta['granularity']} groups; this is a {self.criterion.name} "
                              f"run over {len(groups)} {self.units.granularity} groups")
         if meta["config"] != _config_dict(self.pruning):
-            raise ValueError(f"checkpoint {directory} used pruning config {meta['config']}, this run uses "
+            raise ResumeMismatch(f"checkpoint {directory} used pruning config {meta['config']}, this run uses "
                              f"{_config_dict(self.pruning)}; resume with the same settings")
         self.criterion.load_state_dict({k[len("criterion/"):]: v for k, v in tensors.items()
                                         if k.startswith("criterion/")})

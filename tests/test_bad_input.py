@@ -32,6 +32,7 @@ def run(config):
     ("--eb_window=2.5", "expected int"),
     ("--resume=maybe", "expected bool"),
     ("pruning_rate=0.5", "write overrides as --key=value"),
+    ("--warmup_ratio=0.5", "the LR warm-up .0.5 of the budget. lasts past the search budget"),
 ])
 def test_bad_settings_fail_before_anything_is_written(arg, message, tmp_path):
     with pytest.raises(experiment.ConfigError, match=message):

@@ -103,3 +103,14 @@ def test_distance_to_reference_is_recorded_and_survives_a_state_round_trip():
     again.load_state_dict(det.state_dict())
     again.update(flip(base, 50), 2)
     assert again.history[-1]["distance_to_reference"] == pytest.approx(0.25)
+
+
+def test_settled_is_about_the_newest_check_while_found_is_latched():
+    det = EarlyBirdDetector(window=2, epsilon=0.1)
+    base = np.zeros(100, dtype=bool)
+    det.update(base, 1)
+    assert not det.settled                              # FIFO not full yet
+    det.update(flip(base, 5), 2)
+    assert det.settled and det.found_step == 2
+    det.update(flip(base, 50), 3)                       # the mask moves again
+    assert not det.settled and det.found               # "found" stays latched; "settled" does not

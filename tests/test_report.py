@@ -72,7 +72,7 @@ def test_sweep_grid_runs_dense_once_per_seed():
 def test_heads_and_neurons_runs_get_their_own_table_beside_the_dense_run_of_their_seed(sweep_dir):
     for seed, acc in ((1, 0.85), (2, 0.80)):
         r = result("slimming", seed, acc, rate=0.5, eb=100, search=4.0, retrain=6.0)
-        r["pruning"].update(rate=None, prune_step=100, step_seconds={"search": 0.2, "retrain": 0.1},
+        r["pruning"].update(rate=None, head_rate=1 / 3, neuron_rate=0.4, prune_step=100, step_seconds={"search": 0.2, "retrain": 0.1},
                             structure={"heads_kept_per_layer": [8, 8], "heads_total_per_layer": [12, 12],
                                        "neurons_kept_per_layer": [900, 943], "neurons_total_per_layer": [1536, 1536]})
         r["parameters"] = {"dense": {"total": 200, "without_embeddings": 100},
@@ -85,6 +85,6 @@ def test_heads_and_neurons_runs_get_their_own_table_beside_the_dense_run_of_thei
     text = (sweep_dir / "results.md").read_text()
     table = text.split("## Heads + neurons")[1]
     # B3: dense first reaches 0.85 after 20 s of training; search + retrain took 4 + 6 s
-    assert "| slimming | 1 | 100 | 16 / 24 | 1,843 / 3,072 | 0.750 / 0.500 | 0.7000 | 0.8500 | 0.9000 | 4 | 6 | 0.50 | 1.50 | 1.20 / 1.60 | 0.50 |" in table
+    assert "| slimming | heads 0.333, neurons 0.4 | 1 | 100 | 16 / 24 | 1,843 / 3,072 | 0.750 / 0.500 | 0.7000 | 0.8500 | 0.9000 | 4 | 6 | 0.50 | 1.50 | 1.20 / 1.60 | 0.50 |" in table
     # paired with the dense run of the same seed: -0.05 and -0.10
-    assert "| slimming | 1, 2 | 0.8250 ± 0.0354 | 0.9000 ± 0.0000 | -0.0750 ± 0.0354 |" in table
+    assert "| slimming | heads 0.333, neurons 0.4 | 1, 2 | 0.8250 ± 0.0354 | 0.9000 ± 0.0000 | -0.0750 ± 0.0354 |" in table

@@ -108,3 +108,13 @@ def test_checkpoint_without_pruning_state_is_an_error_not_a_dense_model(tiny_ber
     proc = run_script("bert.py", args + ["--resume=true"])
     assert proc.returncode == 2 and "no checkpoint with a complete pruning state" in proc.stderr
     assert not (tmp_path / "crash" / "results.json").exists()
+
+
+def test_resuming_with_another_criterion_is_one_clear_error(tiny_bert_config, sst2_slice, tmp_path):
+    args = tiny_args(tiny_bert_config, sst2_slice, tmp_path, run_name="crash", **SETTINGS)
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "sigkill", "5", *args],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9
+    proc = run_script("bert.py", args + ["--resume=true", "--trainer=magnitude"])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "was written by a gradient run" in proc.stderr.strip().splitlines()[-1]

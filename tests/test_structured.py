@@ -257,3 +257,19 @@ def test_saved_structured_model_loads_in_one_call_with_identical_logits(kind, tm
     assert loaded.config.kept_heads == [[1, 3], [2]] and loaded.config.intermediate_size_per_layer == [10, 6]
     with pytest.raises(Exception, match="trust_remote_code"):
         AutoModelForSequenceClassification.from_pretrained(tmp_path)
+
+
+def test_speed_probe_restores_the_model_exactly_and_works_on_a_few_rows():
+    from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models as tok_models
+    from pruning.results import measure_speed
+    model = tiny().train()
+    units = PrunableUnits(model, "heads+neurons")
+    remove_units(units, some_masks(units))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel({"[PAD]": 0, "[UNK]": 1}, "[UNK]")),
+                                  pad_token="[PAD]")
+    rows = [{"input_ids": list(range(3, 3 + n)), "attention_mask": [1] * n, "label": n % 2} for n in range(4, 14)]
+    speed = measure_speed(model, rows, rows[:7], DataCollatorWithPadding(tok), rounds=1, batch1_sentences=3)
+    assert speed["batch64_pruned"] > 0 and speed["batch1_dense"] > 0 and speed["train_step_speedup"] > 0
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
