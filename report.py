@@ -11,6 +11,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from pruning.experiment import rate_text
+
 CRITERIA = ("magnitude", "gradient", "undecayed")
 COLUMNS = ["run", "trainer", "rate", "seed", "sparsity", "acc_before_prune", "acc_after_prune", "acc_final",
            "f1_final", "eb_found", "eb_step", "eb_fraction_of_dense_steps", "optimizer_steps",
@@ -242,10 +244,6 @@ def plots(results: list[dict], rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def _rates(rate) -> str:
-    return ",".join(f"{x:.3g}" for x in rate) if isinstance(rate, (list, tuple)) else f"{rate:.3g}"
-
-
 def structured_markdown(results: list[dict]) -> str:
     """heads+neurons runs, each beside the dense run of its seed: what was kept, what it costs, what it
     scores; then mean ± std over seeds per criterion, with the paired difference to dense."""
@@ -257,7 +255,7 @@ def structured_markdown(results: list[dict]) -> str:
     def setting(r):
         p = r["pruning"]
         fixed = f", fixed mask from {Path(p['fixed_mask_from']).name}" if p.get("fixed_mask_from") else ""
-        return f"heads {_rates(p['head_rate'])}, neurons {_rates(p['neuron_rate'])}{fixed}"
+        return f"heads {rate_text(p['head_rate'])}, neurons {rate_text(p['neuron_rate'])}{fixed}"
 
     lines = ["| trainer | setting | seed | EB step | heads kept | FFN neurons kept | params (all / w/o embeddings) vs dense | "
              "acc after prune | acc final | dense acc (same seed) | search s | retrain s | retrain step / search "

@@ -33,13 +33,11 @@ class PruningConfig:
     def __post_init__(self):
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}")
-        for what, rate in (("pruning rate", self.rate), ("head rate", self.head_rate),
-                           ("neuron rate", self.neuron_rate)):
-            if isinstance(rate, list):
-                rate = tuple(rate)
-            mask_ops.check_rate(rate, what)
         self.rate, self.head_rate, self.neuron_rate = (tuple(r) if isinstance(r, list) else r
                                                        for r in (self.rate, self.head_rate, self.neuron_rate))
+        for what, rate in (("pruning rate", self.rate), ("head rate", self.head_rate),
+                           ("neuron rate", self.neuron_rate)):
+            mask_ops.check_rate(rate, what)
         if self.scope not in mask_ops.SCOPES:
             raise ValueError(f"unknown threshold scope {self.scope!r}; choose one of {mask_ops.SCOPES}")
         if not self.search_epochs > 0 or not self.retrain_epochs >= 0:

@@ -97,9 +97,9 @@ class AccumulatedCriterion(Criterion):
     def observe(self) -> None:
         if any(p.grad is None for p in self.watched.values()):
             return
-        contributions = {n: self.step_score(p, p.grad) for n, p in self.watched.items()}
-        for name, value in self.units.reduce(contributions).items():
-            self.sums[name].add_(value.abs_())
+        for name, total in self.sums.items():  # one group at a time: no copy of every weight at once
+            contributions = {n: self.step_score(p, p.grad) for n, p in self.units.output_params(name).items()}
+            total.add_(self.units.reduce(contributions, groups=[name])[name].abs_())
         self.steps += 1
 
     def scores(self) -> dict[str, torch.Tensor]:

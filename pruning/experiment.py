@@ -26,8 +26,8 @@ from pruning import results as run_results
 from pruning import state as state_io
 from pruning.config import PruningConfig
 from pruning.state import MASKS_FILE
-from pruning.trainer import SNAPSHOT_FILE, PruningTrainer, ResumeMismatch, read_masks, write_masks
-from pruning.units import PrunableUnits, prunable_parameters
+from pruning.trainer import SNAPSHOT_FILE, PruningTrainer, ResumeMismatch, write_masks
+from pruning.units import prunable_parameters
 
 
 MODEL_HINT = ("Set --model to a local checkpoint directory, or build the architecture from a config with random "
@@ -144,15 +144,18 @@ def criterion_options(config: dict) -> dict:
     return {n: config[f"{criterion.name}_{n}".upper()] for n in names if f"{criterion.name}_{n}".upper() in config}
 
 
+# Script constant -> PruningConfig field. A script without some of them (e.g. a copy of bert.py from
+# before they existed) gets PruningConfig's defaults.
+PRUNING_SETTINGS = {"GRANULARITY": "granularity", "PRUNING_RATE": "rate", "HEAD_RATE": "head_rate",
+                    "NEURON_RATE": "neuron_rate", "THRESHOLD": "scope", "SEARCH_EPOCHS": "search_epochs",
+                    "RETRAIN_EPOCHS": "retrain_epochs", "EB_CHECK_EVERY": "check_every", "EB_WINDOW": "window",
+                    "EB_EPSILON": "epsilon", "EB_SKIP_WARMUP": "skip_warmup", "MASK_FROM": "mask_from",
+                    "REWIND_TO": "rewind_to"}
+
+
 def pruning_config(config: dict) -> PruningConfig:
-    get = config.get
-    return PruningConfig(granularity=get("GRANULARITY", "weights"), rate=config["PRUNING_RATE"],
-                         head_rate=get("HEAD_RATE", 1 / 3), neuron_rate=get("NEURON_RATE", 0.4),
-                         scope=config["THRESHOLD"], search_epochs=config["SEARCH_EPOCHS"],
-                         retrain_epochs=config["RETRAIN_EPOCHS"], check_every=config["EB_CHECK_EVERY"],
-                         window=config["EB_WINDOW"], epsilon=config["EB_EPSILON"],
-                         skip_warmup=config["EB_SKIP_WARMUP"], mask_from=get("MASK_FROM", ""),
-                         rewind_to=get("REWIND_TO", "pretrained"), criterion_options=criterion_options(config))
+    return PruningConfig(**{field: config[key] for key, field in PRUNING_SETTINGS.items() if key in config},
+                         criterion_options=criterion_options(config))
 
 
 def validate(config: dict) -> PruningConfig:
@@ -224,9 +227,9 @@ def run_directory(config: dict, script: str) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"{Path(script).stem}-{trainer_name(config['TRAINER'])}"
     if config["TRAINER"] is not Trainer and config.get("GRANULARITY", "weights") == "weights":
-        name += f"-r{_rate_text(config['PRUNING_RATE'])}"
+        name += f"-r{rate_text(config['PRUNING_RATE'])}"
     elif config["TRAINER"] is not Trainer:
-        name += f"-h{_rate_text(config['HEAD_RATE'])}-n{_rate_text(config['NEURON_RATE'])}"
+        name += f"-h{rate_text(config['HEAD_RATE'])}-n{rate_text(config['NEURON_RATE'])}"
     base = out / f"{name}-s{config['SEED']}-{stamp}"
     run_dir, n = base, 1
     while run_dir.exists():
@@ -376,18 +379,13 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         pruning.snapshot_path = str(run_dir / SNAPSHOT_FILE)
 
     name = trainer_name(config["TRAINER"])
-    if name != "dense":
-        try:  # settings that need the model: a head rate that empties a layer, an unsupported architecture,
-            # a fixed mask for another model. Checked before the Trainer creates any directory.
-            units = PrunableUnits(model, pruning.granularity)
-            pruning.check_model(units)
-            if pruning.mask_from:
-                read_masks(pruning.mask_from, units)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
     timeline = AccuracyTimeline()
-    trainer = build_trainer(config, pruning, model, tokenizer, encoded, run_dir / "checkpoints",
-                            (timeline, *callbacks))
+    try:  # settings that need the model: a head rate that empties a layer, an unsupported architecture,
+        # a fixed mask for another model (PruningTrainer checks them before it creates any directory)
+        trainer = build_trainer(config, pruning, model, tokenizer, encoded, run_dir / "checkpoints",
+                                (timeline, *callbacks))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -457,15 +455,15 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     return results
 
 
-def _rate_text(rate) -> str:
+def rate_text(rate) -> str:
     return ",".join(f"{x:.3g}" for x in rate) if isinstance(rate, (tuple, list)) else f"{rate:.3g}"
 
 
 def describe(pruning: PruningConfig) -> str:
     if pruning.granularity == "weights":
-        text = f"pruning rate {_rate_text(pruning.rate)} ({pruning.scope})"
+        text = f"pruning rate {rate_text(pruning.rate)} ({pruning.scope})"
     else:
-        text = (f"heads {_rate_text(pruning.head_rate)} per layer, FFN neurons {_rate_text(pruning.neuron_rate)} "
+        text = (f"heads {rate_text(pruning.head_rate)} per layer, FFN neurons {rate_text(pruning.neuron_rate)} "
                 f"({pruning.scope})")
     return text + (f", fixed mask from {pruning.mask_from}" if pruning.mask_from else "")
 

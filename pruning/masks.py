@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from earlybird import mask_fingerprint, pack_mask
+from pruning.units import layer_of
 
 SCOPES = ("global", "layerwise")
 Rate = float | Sequence[float]
@@ -85,8 +86,8 @@ def select(scores: dict[str, torch.Tensor], rate: Rate, scope: str = "global", m
     `layers` gives each group's encoder layer (needed for per-layer rates).
     """
     check_rate(rate)
-    for name, s in scores.items():
-        if not torch.isfinite(s[s != float("-inf")]).all():
+    for name, s in scores.items():  # -inf is allowed: it marks units already removed
+        if bool(torch.isnan(s).any()) or bool(torch.isposinf(s).any()):
             raise FloatingPointError(f"training diverged: non-finite importance scores in {name}")
     layers = layers or {n: -1 for n in scores}
     keep = {}
@@ -109,9 +110,6 @@ def select(scores: dict[str, torch.Tensor], rate: Rate, scope: str = "global", m
 
 def keep_masks(scores: dict[str, torch.Tensor], rate: Rate, scope: str = "global") -> dict[str, torch.Tensor]:
     """Keep-masks over weight tensors: global (one threshold over all) or layer-wise (each tensor)."""
-    if scope not in SCOPES:
-        raise ValueError(f"unknown threshold scope {scope!r}; choose one of {SCOPES}")
-    from pruning.units import layer_of
     return select(scores, rate, scope, layers={n: layer_of(n) for n in scores})
 
 

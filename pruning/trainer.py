@@ -46,14 +46,18 @@ class PruningTrainer(Trainer):
     """
     criterion_class: type[Criterion] = Criterion
 
-    def __init__(self, *args, pruning: PruningConfig | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model=None, *args, pruning: PruningConfig | None = None, **kwargs):
+        # Everything that can be wrong with the model and the pruning settings is checked before HF's
+        # Trainer creates the output directory. (Moving the model to a device keeps its Parameter
+        # objects, so the units stay valid.)
+        self.pruning = pruning or PruningConfig()
+        self.units = PrunableUnits(model, self.pruning.granularity)
+        self.pruning.check_model(self.units)
+        self._fixed_masks = read_masks(self.pruning.mask_from, self.units) if self.pruning.mask_from else None
+        super().__init__(model, *args, **kwargs)
         if getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type) != "linear":
             raise ValueError("PruningTrainer uses a linear LR schedule that restarts its decay at pruning; "
                              f"got lr_scheduler_type={self.args.lr_scheduler_type}")
-        self.pruning = pruning or PruningConfig()
-        self.units = PrunableUnits(self.model, self.pruning.granularity)
-        self.pruning.check_model(self.units)
         self.criterion = self.criterion_class(self.units, **self.pruning.criterion_options)
         self.masks: dict[str, torch.Tensor] | None = None   # original-space keep-masks, once pruned
         self.plan: PhasePlan | None = None
@@ -68,8 +72,6 @@ class PruningTrainer(Trainer):
         for callback in (self.search, self.keep_zero, RetrainBudget(self.record), self.clock, SavePruningState(self)):
             self.add_callback(callback)
         self._restart_at: int | None = None
-        # A fixed mask is read and checked against this model now, before any training.
-        self._fixed_masks = read_masks(self.pruning.mask_from, self.units) if self.pruning.mask_from else None
 
     # --- schedule ------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):

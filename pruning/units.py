@@ -136,12 +136,12 @@ class PrunableUnits:
     def kinds(self) -> list[str]:
         return list(dict.fromkeys(g.kind for g in self.groups.values()))
 
-    def output_params(self) -> dict[str, nn.Parameter]:
-        """The weights whose gradients give a unit's first-order (Taylor) score."""
+    def output_params(self, group: str | None = None) -> dict[str, nn.Parameter]:
+        """The weights whose gradients give a unit's first-order (Taylor) score (of one group, or all)."""
+        groups = [self.groups[group]] if group else self.groups.values()
         if not self.structured:
-            return self.params
-        return {f"{s.module}.weight": self.params[f"{s.module}.weight"]
-                for g in self.groups.values() for s in g.slices if s.output}
+            return {g.name: self.params[g.name] for g in groups}
+        return {f"{s.module}.weight": self.params[f"{s.module}.weight"] for g in groups for s in g.slices if s.output}
 
     def live_size(self, group: str) -> int:
         g = self.groups[group]
@@ -157,11 +157,13 @@ class PrunableUnits:
             total = v if total is None else total + v
         return total
 
-    def reduce(self, tensors: dict[str, torch.Tensor], output_only: bool = True) -> dict[str, torch.Tensor]:
-        """Per-weight values summed over each unit's entries (the identity for weights)."""
+    def reduce(self, tensors: dict[str, torch.Tensor], output_only: bool = True,
+               groups: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Per-weight values summed over each unit's entries (the identity for weights), for every
+        group or the listed ones."""
         if not self.structured:
             return tensors
-        return {n: self._per_unit(g, tensors, output_only, lambda x: x) for n, g in self.groups.items()}
+        return {n: self._per_unit(self.groups[n], tensors, output_only, lambda x: x) for n in groups or self.groups}
 
     def norm(self, tensors: dict[str, torch.Tensor], output_only: bool = False) -> dict[str, torch.Tensor]:
         """L2 norm of each unit's entries over all its weights (|w| for weights): the group-lasso norm."""
