@@ -82,8 +82,7 @@ class AccumulatedCriterion(Criterion):
     def __init__(self, units: PrunableUnits):
         super().__init__(units)
         self.watched = units.output_params()
-        self.sums = {n: torch.zeros(g.shape if not units.structured else (units.live_size(n),),
-                                    dtype=torch.float32, device=self._device())
+        self.sums = {n: torch.zeros(g.shape, dtype=torch.float32, device=self._device())
                      for n, g in units.groups.items()}
         self.steps = 0
 

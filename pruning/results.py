@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 
-
 def sparsity_of(params: dict[str, torch.Tensor]) -> dict:
     """Sparsity counted from the weights themselves (exact zeros), not from the masks."""
     total = sum(p.numel() for p in params.values())

@@ -148,6 +148,7 @@ class PrunableUnits:
         return g.size if g.origin is None else len(g.origin)
 
     def _per_unit(self, g: UnitGroup, tensors: dict[str, torch.Tensor], output_only: bool, fn) -> torch.Tensor:
+        """fn(entries) summed over each unit's entries, over its output-side slices or all of them."""
         total = None
         for s in g.slices:
             if output_only and not s.output:
@@ -157,19 +158,18 @@ class PrunableUnits:
             total = v if total is None else total + v
         return total
 
-    def reduce(self, tensors: dict[str, torch.Tensor], output_only: bool = True,
-               groups: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Per-weight values summed over each unit's entries (the identity for weights), for every
-        group or the listed ones."""
+    def reduce(self, tensors: dict[str, torch.Tensor], groups: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Per-weight values summed over each unit's output-side entries (the identity for weights),
+        for every group or the listed ones."""
         if not self.structured:
             return tensors
-        return {n: self._per_unit(self.groups[n], tensors, output_only, lambda x: x) for n in groups or self.groups}
+        return {n: self._per_unit(self.groups[n], tensors, True, lambda x: x) for n in groups or self.groups}
 
-    def norm(self, tensors: dict[str, torch.Tensor], output_only: bool = False) -> dict[str, torch.Tensor]:
+    def norm(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """L2 norm of each unit's entries over all its weights (|w| for weights): the group-lasso norm."""
         if not self.structured:
             return {n: t.abs() for n, t in tensors.items()}
-        return {n: self._per_unit(g, tensors, output_only, lambda x: x.float().square()).sqrt()
+        return {n: self._per_unit(g, tensors, False, lambda x: x.float().square()).sqrt()
                 for n, g in self.groups.items()}
 
     def to_original(self, live: dict[str, torch.Tensor], fill: float) -> dict[str, torch.Tensor]:
