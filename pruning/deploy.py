@@ -1,0 +1,339 @@
+"""Deployment formats of a trained classifier, run by ONNX Runtime on the CPU.
+
+- `export_onnx`: the PyTorch model -> fp32 ONNX (torch.onnx's dynamo exporter; optimum does not support
+  transformers 5), checked against PyTorch's logits, then ONNX Runtime's BERT fusions (SkipLayerNorm, BiasGelu).
+- `quantize_int8`: ONNX Runtime's dynamic quantization (int8 weights, activations quantized on the fly).
+- `quantize_mixed`: per matrix 8 or 4 bits: 4-bit block-quantized weights (MatMulNBits, and
+  GatherBlockQuantized for embeddings), int8 dynamic quantization for the rest.
+- `pack_sparse` / `load_model`: a bitmap container for weight tensors that are mostly exact zeros, so the bytes
+  unstructured pruning saves are counted with their index cost. ONNX Runtime has no sparse CPU kernels for these
+  layers: the tensors are unpacked to dense at load, and speed is that of the dense model.
+- `evaluate` (also `python pruning/deploy.py VARIANT DEV.npz THREADS BATCH`): accuracy, F1 and peak memory of one variant in a fresh process.
+
+Every variant is a directory (`model.onnx`, plus `sparse.safetensors` when packed, or a PyTorch checkpoint);
+its size on disk is the sum of its files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ONNX_FILE = "model.onnx"
+SPARSE_FILE = "sparse.safetensors"
+INPUTS = ("input_ids", "attention_mask")
+
+
+class DeployError(ValueError):
+    """A model or file that cannot be exported, quantized or loaded; the message says what and how to fix it."""
+
+
+def _quiet():
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore")
+    for name in ("torch.onnx", "onnxruntime", "onnxscript", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+# --- directories written whole or not at all --------------------------------------------------------
+def replace_directory(tmp: Path, final: Path) -> None:
+    """Move a fully written directory into place; an older one is removed only after the move."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def fresh_tmp(final: Path) -> Path:
+    tmp = final.with_name(f".{final.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+# --- export -----------------------------------------------------------------------------------------
+def export_onnx(model, directory: Path, probe: dict[str, np.ndarray], tolerance: float = 1e-3) -> None:
+    """Write `directory/model.onnx`: fp32, dynamic batch and sequence length, checked on `probe`."""
+    import torch
+    from onnxruntime.transformers.optimizer import optimize_model
+    _quiet()
+
+    class Logits(torch.nn.Module):  # one tensor out, named inputs in: what a deployed classifier takes
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    model = model.eval()
+    example = tuple(torch.from_numpy(probe[k][:2]) for k in INPUTS)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    raw = directory / "raw.onnx"
+    try:
+        torch.onnx.export(Logits(model), example, str(raw), input_names=list(INPUTS), output_names=["logits"],
+                          dynamic_shapes={k: {0: batch, 1: seq} for k in INPUTS}, dynamo=True,
+                          external_data=False, verbose=False)
+    except Exception as e:  # the exporter's own errors are long; the first line names the operator
+        raise DeployError(f"torch.onnx.export cannot export {type(model).__name__}: "
+                          f"{str(e).strip().splitlines()[0]}") from None
+    fused = optimize_model(str(raw), model_type="bert", num_heads=0, hidden_size=0)
+    fused.save_model_to_file(str(directory / ONNX_FILE))
+    raw.unlink()
+    with torch.inference_mode():
+        expected = model(**{k: torch.from_numpy(v) for k, v in probe.items()}).logits.numpy()
+    got = session(directory, threads=1).run(["logits"], probe)[0]
+    error = float(np.abs(got - expected).max())
+    if not error <= tolerance:
+        raise DeployError(f"the exported ONNX model's logits differ from PyTorch's by {error:.2g} "
+                          f"(> {tolerance}); the exporter mistranslated an operator of {type(model).__name__}")
+
+
+def linear_initializers(onnx_model, linears: dict[str, "np.ndarray"]) -> dict[str, tuple[str, str]]:
+    """Which MatMul/Gemm node and initializer of the ONNX graph carries each PyTorch Linear weight.
+
+    Matched by value (the initializer is the weight or its transpose), which survives the exporter's and the
+    optimizer's renaming. `linears` maps a module name to its weight (out, in) as numpy."""
+    from onnx import numpy_helper
+    inits = {i.name: i for i in onnx_model.graph.initializer}
+    candidates = {}
+    for node in onnx_model.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            for name in node.input[:2]:
+                if name in inits:
+                    candidates[name] = node.name
+    by_shape: dict[tuple, list[str]] = {}
+    for name in candidates:
+        by_shape.setdefault(tuple(inits[name].dims), []).append(name)
+    found = {}
+    for module, weight in linears.items():
+        for init_name in by_shape.get(weight.T.shape, []) + by_shape.get(weight.shape, []):
+            value = numpy_helper.to_array(inits[init_name])
+            if value.shape == weight.T.shape and np.array_equal(value, weight.T) or \
+                    value.shape == weight.shape and np.array_equal(value, weight):
+                found[module] = (candidates[init_name], init_name)
+                break
+        else:
+            raise DeployError(f"no MatMul/Gemm of the exported graph carries the weight of {module}")
+    return found
+
+
+def embedding_gathers(onnx_model) -> list[str]:
+    """Gather nodes that look up a 2-D initializer: the word, position and token-type embeddings."""
+    inits = {i.name: i for i in onnx_model.graph.initializer}
+    return [n.name for n in onnx_model.graph.node
+            if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2]
+
+
+# --- quantization -----------------------------------------------------------------------------------
+def quantize_int8(source: Path, directory: Path, nodes: list[str] | None = None) -> None:
+    """int8 weights (per output channel) for every MatMul/Gemm and the embeddings, or for `nodes` only."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    _quiet()
+    quantize_dynamic(Path(source) / ONNX_FILE if Path(source).is_dir() else source, directory / ONNX_FILE,
+                     op_types_to_quantize=["MatMul", "Gemm", "Gather"], nodes_to_quantize=nodes,
+                     per_channel=True, weight_type=QuantType.QInt8)
+
+
+def quantize_mixed(source: Path, directory: Path, four_bit: list[str], eight_bit: list[str],
+                   block_size: int = 32) -> None:
+    """`four_bit` nodes (MatMul or embedding Gather) get 4-bit weights in blocks of `block_size` along the
+    input dimension (asymmetric, one fp32 scale and a 4-bit zero point per block); `eight_bit` nodes int8."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                  MatMulNBitsQuantizer)
+    _quiet()
+    model = onnx.load(str(Path(source) / ONNX_FILE))
+    if four_bit:
+        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, bits=4,
+                                              op_types_to_quantize=("MatMul", "Gather"),
+                                              quant_axes=(("MatMul", 0), ("Gather", 1)))
+        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, nodes_to_include=list(four_bit),
+                                         algo_config=config)
+        quantizer.process()
+        model = quantizer.model.model
+        left = {n.name for n in model.graph.node} & set(four_bit)
+        if left:
+            raise DeployError(f"ONNX Runtime left {len(left)} nodes unquantized at 4 bits: {sorted(left)[:3]}")
+    staged = directory / "staged.onnx"
+    onnx.save(model, str(staged))
+    if eight_bit:
+        quantize_int8(staged, directory, nodes=list(eight_bit))
+        staged.unlink()
+    else:
+        os.replace(staged, directory / ONNX_FILE)
+
+
+# --- sparse storage ---------------------------------------------------------------------------------
+def pack_sparse(source: Path, directory: Path, min_elements: int = 4096) -> dict:
+    """Copy an ONNX variant, storing each large initializer that is cheaper as a bitmap of its nonzero
+    positions (1 bit per entry) plus the nonzero values, in `sparse.safetensors`.
+
+    A bitmap beats index lists (CSR with 16-bit column indices costs 2 bytes per nonzero) at any density above
+    1/16, which covers every rate this toolkit prunes at; a tensor is packed only when that is smaller."""
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.numpy import save_file
+    model = onnx.load(str(Path(source) / ONNX_FILE))
+    packed, kept, stats = {}, [], {"tensors": 0, "dense_bytes": 0, "packed_bytes": 0}
+    for init in model.graph.initializer:
+        value = numpy_helper.to_array(init)
+        nonzero = value != 0
+        cost = (value.size + 7) // 8 + int(nonzero.sum()) * value.itemsize
+        if value.size >= min_elements and cost < value.nbytes:
+            packed[f"{init.name}/bitmap"] = np.packbits(nonzero.reshape(-1))
+            packed[f"{init.name}/values"] = np.ascontiguousarray(value[nonzero])
+            packed[f"{init.name}/shape"] = np.asarray(value.shape, dtype=np.int64)
+            stats["tensors"] += 1
+            stats["dense_bytes"] += value.nbytes
+            stats["packed_bytes"] += cost
+        else:
+            kept.append(init)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    onnx.save(model, str(directory / ONNX_FILE))
+    if packed:
+        save_file(packed, str(directory / SPARSE_FILE))
+    return stats
+
+
+def load_model(directory: Path) -> bytes:
+    """The serialized ONNX model of a variant, with packed tensors unpacked to dense."""
+    path = Path(directory) / ONNX_FILE
+    if not path.exists():
+        raise DeployError(f"{directory} holds no {ONNX_FILE}: not a variant written by compress.py")
+    if not (Path(directory) / SPARSE_FILE).exists():
+        return path.read_bytes()
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+    model = onnx.load(str(path))
+    tensors = load_file(str(Path(directory) / SPARSE_FILE))
+    for name in sorted({k.rsplit("/", 1)[0] for k in tensors}):
+        shape = tuple(int(s) for s in tensors[f"{name}/shape"])
+        values = tensors[f"{name}/values"]
+        mask = np.unpackbits(tensors[f"{name}/bitmap"], count=int(np.prod(shape))).astype(bool)
+        dense = np.zeros(mask.size, dtype=values.dtype)
+        dense[mask] = values
+        model.graph.initializer.append(numpy_helper.from_array(dense.reshape(shape), name))
+    return model.SerializeToString()
+
+
+def session(directory: Path, threads: int):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # ONNX Runtime's idle threads spin for a while after each run, which would slow whatever is timed next
+    # in this process (measured: a PyTorch model beside them ran 10x slower); deployments that run nothing
+    # else may turn spinning back on.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(load_model(directory), options, providers=["CPUExecutionProvider"])
+
+
+# --- evaluation -------------------------------------------------------------------------------------
+def write_dev(path: Path, input_ids: list[list[int]], labels: list[int], pad_id: int) -> None:
+    """The tokenized dev set, for evaluation in another process."""
+    np.savez(path, ids=np.concatenate([np.asarray(x, dtype=np.int64) for x in input_ids]),
+             lengths=np.asarray([len(x) for x in input_ids], dtype=np.int64),
+             labels=np.asarray(labels, dtype=np.int64), pad_id=np.int64(pad_id))
+
+
+def dev_batches(path: Path, batch_size: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """Batches in dev order, each padded to its own longest sentence; and the labels."""
+    data = np.load(path)
+    ids, lengths, pad = data["ids"], data["lengths"], int(data["pad_id"])
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    batches = []
+    for b in range(0, len(lengths), batch_size):
+        rows = range(b, min(b + batch_size, len(lengths)))
+        width = int(lengths[b:b + batch_size].max())
+        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            input_ids[i, :lengths[r]] = ids[starts[r]:starts[r + 1]]
+            mask[i, :lengths[r]] = 1
+        batches.append({"input_ids": input_ids, "attention_mask": mask})
+    return batches, data["labels"]
+
+
+def accuracy_f1(predictions: np.ndarray, labels: np.ndarray) -> dict:
+    tp = int(((predictions == 1) & (labels == 1)).sum())
+    wrong = int((predictions != labels).sum())
+    return {"accuracy": float((predictions == labels).mean()), "f1": 2 * tp / (2 * tp + wrong) if tp else 0.0}
+
+
+def runner(directory: Path, threads: int):
+    """A function batch -> logits for a variant directory: ONNX Runtime, or PyTorch for a checkpoint."""
+    directory = Path(directory)
+    if (directory / ONNX_FILE).exists():
+        ort_session = session(directory, threads)
+        return lambda batch: ort_session.run(["logits"], batch)[0]
+    if not (directory / "config.json").exists():
+        raise DeployError(f"{directory} is neither an ONNX variant nor a saved model directory")
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    torch.set_num_threads(threads)
+    model = AutoModelForSequenceClassification.from_pretrained(str(directory), trust_remote_code=True).eval()
+
+    def run(batch):
+        with torch.inference_mode():
+            return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+    return run
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that over from the parent
+    across fork and exec, so a child would report at least its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
+
+
+def evaluate(directory: Path, dev: Path, threads: int, batch_size: int = 64) -> dict:
+    """Load a variant and classify the dev set: accuracy, F1, predictions and this process's memory."""
+    batches, labels = dev_batches(dev, batch_size)
+    before = peak_rss_mb()
+    started = time.perf_counter()
+    run = runner(directory, threads)
+    load_seconds = time.perf_counter() - started
+    predictions = np.concatenate([run(b).argmax(-1) for b in batches])
+    return {**accuracy_f1(predictions, labels), "predictions": predictions.tolist(),
+            "load_seconds": load_seconds, "rss_before_load_mb": before,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def evaluate_in_fresh_process(directory: Path, dev: Path, threads: int, batch_size: int = 64) -> dict:
+    """`evaluate` in a new Python process: the variant must load from its files alone."""
+    import subprocess
+    # This file run as a script, not `-m pruning.deploy`: the package would import torch and transformers,
+    # whose memory an ONNX Runtime deployment does not pay.
+    done = subprocess.run([sys.executable, __file__, str(directory), str(dev), str(threads), str(batch_size)],
+                          capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if done.returncode != 0:
+        raise DeployError(f"{directory} failed to load or run in a fresh process:\n{done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    _quiet()
+    variant, dev_path, n_threads, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    print(json.dumps(evaluate(Path(variant), Path(dev_path), n_threads, batch)))
