@@ -1,0 +1,223 @@
+"""compress.py: every variant exports, loads in a fresh process and predicts what the PyTorch model does;
+bits follow the importance; the size accounting adds up; bad input stops before anything is overwritten."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from conftest import only_run_dir, run_script, tiny_args
+from pruning import deploy, experiment
+from pruning.precision import FakeQuant4, assign_bits, matrix_importance
+
+STRUCTURED = {"granularity": "heads+neurons", "head_rate": 0.5, "neuron_rate": 0.4}
+FAST = ["--rounds=1", "--latency_sentences=2", "--threads=1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_bert_config, sst2_slice, tmp_path_factory):
+    """A finished unstructured run (magnitude, 50%) and a finished heads+neurons run of a tiny BERT."""
+    out = {}
+    for name, extra in (("weights", {}), ("structured", STRUCTURED)):
+        target = tmp_path_factory.mktemp(name)
+        done = run_script("bert.py", tiny_args(tiny_bert_config, sst2_slice, target, **extra))
+        assert done.returncode == 0, done.stderr[-2000:]
+        out[name] = only_run_dir(target)
+    return out
+
+
+def pytorch_predictions(run_dir, dev_file):
+    run = deploy.runner(run_dir / "model", threads=1)
+    batches, _ = deploy.dev_batches(dev_file, 64)
+    return np.concatenate([run(b) for b in batches])
+
+
+def test_every_variant_loads_fresh_and_predicts_like_pytorch(runs, tmp_path):
+    run = runs["weights"]
+    out = tmp_path / "compressed"
+    done = run_script("compress.py", [str(run), f"--out_dir={out}", "--variants=int8,mixed,sparse,mixed+qat",
+                                      "--qat_steps=2", "--four_bit_fraction=0.5", *FAST])
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "compress.json").read_text())
+    variants = record["variants"]
+    assert {"pruned · ORT fp32", "pruned · ORT int8", "pruned · ORT mixed", "pruned · ORT fp32+sparse",
+            "pruned · ORT int8+sparse", "pruned · ORT mixed+qat"} <= set(variants)
+
+    # The labels each variant predicted in its fresh process, against PyTorch's logits in this one.
+    from transformers import AutoTokenizer
+
+    from pruning import data as sst2
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    dev = sst2.tokenize(sst2.load_sst2(json.loads((run / "results.json").read_text())["data"])[0], tok, 128)
+    dev_file = tmp_path / "dev.npz"
+    deploy.write_dev(dev_file, dev["validation"]["input_ids"], dev["validation"]["label"], tok.pad_token_id)
+    reference = pytorch_predictions(run, dev_file)
+    labels = np.asarray(dev["validation"]["label"])
+    pytorch = variants["pruned · PyTorch fp32"]
+    assert pytorch["accuracy"] == pytest.approx(float((reference.argmax(-1) == labels).mean()))
+    for name, tolerance in (("fp32", 0.0), ("fp32+sparse", 0.0), ("int8", 0.1), ("int8+sparse", 0.0),
+                            ("mixed", 0.1), ("mixed+qat", 0.15)):
+        v = variants[f"pruned · ORT {name}"]
+        predicted = np.asarray(v["predictions"])
+        base = reference.argmax(-1) if "int8+" not in name else np.asarray(variants["pruned · ORT int8"]["predictions"])
+        disagree = float((predicted != base).mean())
+        assert disagree <= tolerance, (name, disagree)
+        assert v["accuracy"] == pytest.approx(float((predicted == labels).mean()))
+    # fp32 logits through ONNX Runtime match PyTorch's, and packing is lossless.
+    batches, _ = deploy.dev_batches(dev_file, 64)
+    for name in ("fp32", "fp32+sparse"):
+        got = np.concatenate([deploy.runner(out / name, 1)(b) for b in batches])
+        np.testing.assert_allclose(got, reference, atol=1e-4)
+
+    # Size accounting: bytes are the files on disk, compression is relative to the dense fp32 ONNX model.
+    dense_bytes = variants["dense · ORT fp32"]["bytes"]
+    for name, v in variants.items():
+        if "ORT" in name:
+            files = [f for f in Path(v["directory"]).rglob("*") if f.is_file()]
+            assert v["bytes"] == sum(f.stat().st_size for f in files)
+        assert v["compression"] == pytest.approx(dense_bytes / v["bytes"])
+        assert v["bits_per_parameter"] == pytest.approx(8 * v["bytes"] / v["parameters"])
+    assert variants["pruned · ORT int8"]["bytes"] < variants["pruned · ORT fp32"]["bytes"] / 3
+    assert variants["pruned · ORT mixed"]["bytes"] < variants["pruned · ORT int8"]["bytes"]
+    mixed = record["mixed"]
+    assert mixed["importance"] == "magnitude" and mixed["four_bit_fraction"] >= 0.5
+    assert sorted(mixed["bits"].values()).count(4) >= 1
+    for f in ("table.md", "accuracy_vs_bytes.png", "accuracy_vs_speed.png"):
+        assert (out / f).stat().st_size > 0
+    assert not (out / ".work").exists() and not list(out.glob(".*tmp"))
+
+
+def test_structured_run_compresses_and_skips_sparse(runs, tmp_path):
+    out = tmp_path / "c"
+    done = run_script("compress.py", [str(runs["structured"]), f"--out_dir={out}", "--variants=int8,sparse", *FAST])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sparse: skipped" in done.stdout
+    variants = json.loads((out / "compress.json").read_text())["variants"]
+    assert not any("sparse" in v for v in variants)
+    pruned, dense = variants["pruned · ORT fp32"], variants["dense · ORT fp32"]
+    assert pruned["parameters"] < dense["parameters"] and pruned["bytes"] < dense["bytes"]
+    assert pruned["accuracy"] == variants["pruned · PyTorch fp32"]["accuracy"]
+    assert pruned["predictions"] == variants["pruned · PyTorch fp32"]["predictions"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variants=int4"], "unknown variant"),
+    (["--variants=mixed+qat"], "needs --qat_steps"),
+    (["--embedding_bits=2"], "must be 4 or 8"),
+    (["--block_size=24"], "power of two"),
+    (["--importance=slimming"], "--importance=slimming"),
+    (["--dense=RUN"], "must be a dense run"),
+])
+def test_bad_settings_are_named_before_any_work(runs, args, message):
+    import compress
+    args = [a.replace("RUN", str(runs["structured"])) for a in args]
+    with pytest.raises(experiment.ConfigError, match=re.escape(message)):
+        compress.check(experiment.configure(vars(compress), [f"--run={runs['weights']}", *args]))
+
+
+def test_unfinished_run_gets_one_clear_message(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    done = run_script("compress.py", [str(tmp_path / "run")])
+    assert done.returncode == 2 and "not a finished run" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "compressed").exists()
+    done = run_script("compress.py", [])
+    assert done.returncode == 2 and "name the run" in done.stderr
+
+
+def test_a_failed_write_leaves_the_previous_variant_whole(tmp_path):
+    final = tmp_path / "int8"
+    final.mkdir()
+    (final / "model.onnx").write_text("previous")
+    tmp = deploy.fresh_tmp(final)
+    (tmp / "model.onnx").write_text("half-writ")  # the write fails here: no replace_directory
+    assert (final / "model.onnx").read_text() == "previous"
+    tmp = deploy.fresh_tmp(final)  # a retry starts from an empty staging directory
+    assert not list(tmp.iterdir())
+    (tmp / "model.onnx").write_text("new")
+    deploy.replace_directory(tmp, final)
+    assert (final / "model.onnx").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["int8"]
+
+
+def test_bits_follow_importance():
+    importance = {"a": 3.0, "b": 1.0, "c": 2.0, "d": 1.0}
+    sizes = {"a": 100, "b": 100, "c": 200, "d": 100}
+    # least important first (ties by name): b, d, then c reaches 400 >= 0.5 * 500
+    assert assign_bits(importance, sizes, 0.5) == {"b": 4, "d": 4, "c": 4, "a": 8}
+    assert assign_bits(importance, sizes, 0.3) == {"b": 4, "d": 4, "c": 8, "a": 8}
+    assert set(assign_bits(importance, sizes, 0.0).values()) == {8}
+    assert set(assign_bits(importance, sizes, 1.0).values()) == {4}
+    with pytest.raises(ValueError):
+        assign_bits(importance, sizes, 1.5)
+
+
+def test_matrix_importance_is_the_mean_score_of_live_weights(tiny_bert_config):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from magnitude_pruning import MagnitudeCriterion
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tiny_bert_config))
+    query = model.bert.encoder.layer[0].attention.self.query
+    with torch.no_grad():
+        query.weight.fill_(0)
+        query.weight[0, :4] = torch.tensor([1.0, -2.0, 3.0, -6.0])
+    importance = matrix_importance(model, MagnitudeCriterion)
+    assert importance["bert.encoder.layer.0.attention.self.query"] == pytest.approx(3.0)  # zeros do not count
+    assert len(importance) == 12
+
+
+def one_matmul_model(weight: np.ndarray) -> onnx.ModelProto:
+    k, n = weight.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, n])],
+        [numpy_helper.from_array(weight.astype(np.float32), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_sparse_packing_is_lossless_and_counts_its_index_cost(tmp_path):
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((96, 64)).astype(np.float32)
+    weight[rng.random(weight.shape) < 0.6] = 0
+    (tmp_path / "dense").mkdir()
+    onnx.save(one_matmul_model(weight), str(tmp_path / "dense" / deploy.ONNX_FILE))
+    (tmp_path / "sparse").mkdir()
+    stats = deploy.pack_sparse(tmp_path / "dense", tmp_path / "sparse", min_elements=16)
+    nonzero = int((weight != 0).sum())
+    assert stats == {"tensors": 1, "dense_bytes": weight.nbytes, "packed_bytes": weight.size // 8 + 4 * nonzero}
+    x = rng.standard_normal((5, 96)).astype(np.float32)
+    dense = deploy.session(tmp_path / "dense", 1).run(None, {"x": x})[0]
+    packed = deploy.session(tmp_path / "sparse", 1).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(dense, packed)
+    assert deploy.directory_bytes(tmp_path / "sparse") < deploy.directory_bytes(tmp_path / "dense")
+
+
+def test_fake_quantization_uses_onnx_runtimes_4_bit_grid(tmp_path):
+    """QAT trains against the rounding ONNX Runtime then applies: the same weights come out of both."""
+    rng = np.random.default_rng(1)
+    weight = (rng.standard_normal((64, 24)) * rng.uniform(0.1, 2, (1, 24))).astype(np.float32)  # (in, out)
+    (tmp_path / "fp32").mkdir()
+    onnx.save(one_matmul_model(weight), str(tmp_path / "fp32" / deploy.ONNX_FILE))
+    (tmp_path / "q4").mkdir()
+    deploy.quantize_mixed(tmp_path / "fp32", tmp_path / "q4", four_bit=["mm"], eight_bit=[], block_size=32)
+    assert "MatMulNBits" in {n.op_type for n in onnx.load(str(tmp_path / "q4" / deploy.ONNX_FILE)).graph.node}
+    dequantized = deploy.session(tmp_path / "q4", 1).run(None, {"x": np.eye(64, dtype=np.float32)})[0]
+    fake = FakeQuant4(32)(torch.from_numpy(weight.T.copy())).detach().numpy().T  # a Linear's (out, in) layout
+    assert np.abs(dequantized - weight).max() > 1e-3  # it really is quantized
+    np.testing.assert_allclose(dequantized, fake, atol=1e-5)
+    w = torch.from_numpy(weight.T.copy()).requires_grad_()
+    FakeQuant4(32)(w).sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))  # straight-through
+
+
+def test_export_failure_is_one_clear_error(tmp_path):
+    class Unexportable(nn.Module):
+        def forward(self, input_ids, attention_mask):
+            raise RuntimeError("no graph here")
+    with pytest.raises(deploy.DeployError, match="cannot export Unexportable"):
+        deploy.export_onnx(Unexportable(), tmp_path, {"input_ids": np.ones((2, 3), dtype=np.int64),
+                                                      "attention_mask": np.ones((2, 3), dtype=np.int64)})
