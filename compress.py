@@ -17,22 +17,34 @@ dense model in ONNX Runtime fp32. Writes compressed/compress.json, compressed/ta
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import onnx
+import torch
+from torch.nn.utils import parametrize
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                          Trainer, TrainingArguments)
 
-from pruning import experiment
+import bert  # noqa: F401  (defines the toolkit's trainers, which criteria() finds)
+from pruning import data as sst2
+from pruning import deploy, experiment
+from pruning.precision import FakeQuant4, assign_bits, average_bits, matrix_importance, prunable_linears
+from pruning.results import parameter_split
 
 RUN = ""                     # a finished run's directory (also accepted as the first argument)
 VARIANTS = "int8,mixed,sparse"  # beside fp32: any of int8, mixed, sparse (skipped for structured runs), mixed+qat
 FOUR_BIT_FRACTION = 0.5      # mixed: at least this fraction of the encoder's matrix weights get 4 bits, least important first
 EMBEDDING_BITS = 4           # mixed: 4 (block-quantized lookups) or 8; embeddings are half of MiniLM's parameters
 IMPORTANCE = "run"           # mixed: "run" = the run's criterion (gradient for slimming/dense runs), or magnitude/gradient/undecayed
+REVERSE_IMPORTANCE = False   # mixed: a control: the MOST important matrices get 4 bits
 CALIBRATION_BATCHES = 8      # training-set batches (never dev) for gradient-based importance
 BLOCK_SIZE = 32              # 4-bit weights: input columns per block (one scale and zero point each)
 QAT_STEPS = 0                # mixed+qat: optimizer steps of quantization-aware fine-tuning (0 = no such variant)
@@ -89,7 +101,6 @@ def check(config: dict) -> dict:
 
 def criteria() -> dict[str, type]:
     """Criteria that score single weights, by name (every PruningTrainer subclass the scripts define)."""
-    import bert  # noqa: F401  (defines the toolkit's trainers)
     return {name: cls.criterion_class for name, cls in experiment.trainers().items()
             if name != "dense" and "weights" in cls.criterion_class.granularities}
 
@@ -106,7 +117,6 @@ def importance_criterion(config: dict, results: dict) -> tuple[str, type, dict]:
 
 def dense_reference(run_model, dense_dir: str):
     """The dense model to compare against: a dense run's, or the run's architecture with untrained weights."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
     if dense_dir:
         return AutoModelForSequenceClassification.from_pretrained(str(Path(dense_dir) / "model")).eval()
     settings = run_model.config.to_dict()
@@ -119,10 +129,6 @@ def dense_reference(run_model, dense_dir: str):
 
 def calibration_batches(results: dict, tokenizer, n: int):
     """`n` batches of 32 training sentences (seeded by the run's seed): never the dev set."""
-    import torch
-    from transformers import DataCollatorWithPadding
-
-    from pruning import data as sst2
     datasets, _ = sst2.load_sst2(results["config"].get("DATA_DIR", ""))
     rows = sst2.subset(datasets["train"], 32 * n, results["config"]["SEED"] + 1)
     encoded = sst2.tokenize(sst2.DatasetDict(train=rows), tokenizer, results["config"]["MAX_LENGTH"])["train"]
@@ -133,17 +139,20 @@ def calibration_batches(results: dict, tokenizer, n: int):
         return [collate(features[i:i + 32]) for i in range(0, len(features), 32)]
 
 
-def qat_finetune(model, four_bit: list[str], batches_source, config: dict, tokenizer, work: Path):
+def bit_plan(graph, model, bits: dict[str, int], embedding_bits: int) -> tuple[list[str], list[str]]:
+    """The exported graph's nodes to quantize at 4 and at 8 bits: the encoder's matrices as `bits` says, the
+    embedding lookups at `embedding_bits`, the pooler and classifier (Gemm) at 8."""
+    weights = {n: m.weight.detach().numpy() for n, m in prunable_linears(model).items()}
+    nodes = deploy.linear_initializers(graph, weights)
+    embeddings = deploy.embedding_gathers(graph)
+    four = [nodes[n][0] for n, b in bits.items() if b == 4] + (embeddings if embedding_bits == 4 else [])
+    eight = [nodes[n][0] for n, b in bits.items() if b == 8] + (embeddings if embedding_bits == 8 else [])
+    return four, eight + [n.name for n in graph.graph.node if n.op_type == "Gemm"]
+
+
+def qat_finetune(model, four_bit: list[str], train, config: dict, tokenizer, seed: int, work: Path):
     """Fine-tune a copy of `model` with the 4-bit matrices fake-quantized (straight-through), pruned zeros held
     at zero; returns it with the quantized weights baked in. HF's Trainer runs the steps."""
-    import copy
-
-    import torch
-    from torch.nn.utils import parametrize
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-
-    from pruning.precision import FakeQuant4, prunable_linears
-
     class KeepZeros(torch.nn.Module):
         def __init__(self, mask):
             super().__init__()
@@ -163,8 +172,8 @@ def qat_finetune(model, four_bit: list[str], batches_source, config: dict, token
     args = TrainingArguments(output_dir=str(work / "qat"), max_steps=config["QAT_STEPS"], per_device_train_batch_size=32,
                              learning_rate=config["QAT_LEARNING_RATE"], lr_scheduler_type="constant",
                              weight_decay=0.0, save_strategy="no", report_to=[], logging_steps=50,
-                             seed=batches_source["seed"], disable_tqdm=False, use_cpu=True)
-    Trainer(model=student, args=args, train_dataset=batches_source["train"],
+                             seed=seed, disable_tqdm=False, use_cpu=True)
+    Trainer(model=student, args=args, train_dataset=train,
             data_collator=DataCollatorWithPadding(tokenizer)).train()
     for linear in linears.values():
         if parametrize.is_parametrized(linear, "weight"):
@@ -200,14 +209,6 @@ def time_variants(runners: dict, batches, singles, rounds: int) -> dict:
 
 
 def main(config: dict) -> None:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from pruning import data as sst2
-    from pruning import deploy
-    from pruning.precision import assign_bits, average_bits, matrix_importance, prunable_linears
-    from pruning.results import parameter_split
-
     results = check(config)
     run = Path(config["RUN"])
     out = Path(config["OUT_DIR"]) if config["OUT_DIR"] else run / "compressed"
@@ -251,48 +252,38 @@ def main(config: dict) -> None:
 
     bits = None
     if "mixed" in variants or "mixed+qat" in variants:
-        import onnx
         name, criterion, options = importance_criterion(config, results)
         needs_batches = name != "magnitude"
         calibration = calibration_batches(results, tokenizer, config["CALIBRATION_BATCHES"]) if needs_batches else ()
         importance = matrix_importance(model, criterion, options, calibration)
         linears = prunable_linears(model)
         sizes = {n: m.weight.numel() for n, m in linears.items()}
-        bits = assign_bits(importance, sizes, config["FOUR_BIT_FRACTION"])
-        exported = onnx.load(str(out / "fp32" / deploy.ONNX_FILE))
-        nodes = deploy.linear_initializers(exported, {n: m.weight.detach().numpy() for n, m in linears.items()})
-        embeddings = deploy.embedding_gathers(exported)
-        four = [nodes[n][0] for n, b in bits.items() if b == 4] + (embeddings if config["EMBEDDING_BITS"] == 4 else [])
-        eight = [nodes[n][0] for n, b in bits.items() if b == 8] + (embeddings if config["EMBEDDING_BITS"] == 8 else [])
-        eight += [n.name for n in exported.graph.node if n.op_type == "Gemm"]  # pooler and classifier
-        record["mixed"] = {"importance": name, "importance_options": options, "calibration_batches": len(calibration),
+        ranking = {n: -v for n, v in importance.items()} if config["REVERSE_IMPORTANCE"] else importance
+        bits = assign_bits(ranking, sizes, config["FOUR_BIT_FRACTION"])
+        four, eight = bit_plan(onnx.load(str(out / "fp32" / deploy.ONNX_FILE)), model, bits, config["EMBEDDING_BITS"])
+        record["mixed"] = {"importance": name, "reversed": config["REVERSE_IMPORTANCE"], "importance_options": options,
+                           "calibration_batches": len(calibration),
                            "matrix_importance": importance, "bits": bits, "sizes": sizes,
                            "four_bit_fraction": sum(sizes[n] for n in bits if bits[n] == 4) / sum(sizes.values()),
                            "average_encoder_bits": average_bits(bits, sizes),
                            "embedding_bits": config["EMBEDDING_BITS"], "block_size": config["BLOCK_SIZE"]}
-        print(f"mixed precision: {name} importance; {sum(b == 4 for b in bits.values())} of {len(bits)} matrices "
-              f"at 4 bits ({100 * record['mixed']['four_bit_fraction']:.0f}% of their weights)")
+        reversed_text = " (reversed)" if config["REVERSE_IMPORTANCE"] else ""
+        print(f"mixed precision: {name} importance{reversed_text}; {sum(b == 4 for b in bits.values())} of "
+              f"{len(bits)} matrices at 4 bits ({100 * record['mixed']['four_bit_fraction']:.0f}% of their weights)")
         if "mixed" in variants:
             write_variant("mixed", lambda d: deploy.quantize_mixed(out / "fp32", d, four, eight, config["BLOCK_SIZE"]))
         if "mixed+qat" in variants:
             rows = sst2.subset(datasets["train"], 32 * config["QAT_STEPS"], results["config"]["SEED"] + 2)
             train = sst2.tokenize(sst2.DatasetDict(train=rows), tokenizer, results["config"]["MAX_LENGTH"])["train"]
             four_modules = [n for n, b in bits.items() if b == 4]
-            student = qat_finetune(model, four_modules, {"train": train, "seed": results["config"]["SEED"]},
-                                   config, tokenizer, work)
-            write_variant("fp32+qat", lambda d: deploy.export_onnx(student, d, probe, tolerance=1e-2))
-            student_graph = onnx.load(str(out / "fp32+qat" / deploy.ONNX_FILE))
-            student_nodes = deploy.linear_initializers(
-                student_graph, {n: m.weight.detach().numpy() for n, m in prunable_linears(student).items()})
-            four_s = [student_nodes[n][0] for n in four_modules] + (deploy.embedding_gathers(student_graph)
-                                                                   if config["EMBEDDING_BITS"] == 4 else [])
-            eight_s = [student_nodes[n][0] for n, b in bits.items() if b == 8]
-            eight_s += (deploy.embedding_gathers(student_graph) if config["EMBEDDING_BITS"] == 8 else [])
-            eight_s += [n.name for n in student_graph.graph.node if n.op_type == "Gemm"]
-            write_variant("mixed+qat", lambda d: deploy.quantize_mixed(out / "fp32+qat", d, four_s, eight_s,
+            student = qat_finetune(model, four_modules, train, config, tokenizer, results["config"]["SEED"], work)
+            student_fp32 = work / "fp32+qat"  # staging only: the variant is its quantized form
+            student_fp32.mkdir()
+            deploy.export_onnx(student, student_fp32, probe)
+            four_qat, eight_qat = bit_plan(onnx.load(str(student_fp32 / deploy.ONNX_FILE)), student, bits,
+                                           config["EMBEDDING_BITS"])
+            write_variant("mixed+qat", lambda d: deploy.quantize_mixed(student_fp32, d, four_qat, eight_qat,
                                                                        config["BLOCK_SIZE"]))
-            import shutil
-            shutil.rmtree(out / "fp32+qat")
     if "sparse" in variants:
         for base in ("fp32", "int8") if "int8" in variants else ("fp32",):
             stats = write_variant(f"{base}+sparse", lambda d, b=base: deploy.pack_sparse(out / b, d))
@@ -322,7 +313,6 @@ def main(config: dict) -> None:
             files = [directory / "model.safetensors"] if "PyTorch" in label else None
             entry["bytes"] = sum(f.stat().st_size for f in files) if files else deploy.directory_bytes(directory)
         else:
-            import tempfile
             with tempfile.TemporaryDirectory() as t:
                 dense.save_pretrained(t)
                 entry["bytes"] = os.path.getsize(Path(t) / "model.safetensors")
@@ -359,7 +349,6 @@ def main(config: dict) -> None:
     (out / "table.md").write_text(table)
     plots(record, out)
     print("\n" + table + f"\nwritten: {out}/compress.json, table.md, accuracy_vs_bytes.png, accuracy_vs_speed.png")
-    import shutil
     shutil.rmtree(work)
 
 
@@ -381,7 +370,8 @@ def markdown(record: dict, results: dict) -> str:
                      f"{f(v.get('peak_rss_mb'), '.0f')} |")
     mixed = record.get("mixed")
     if mixed:
-        lines += ["", f"Mixed precision: importance from the {mixed['importance']} criterion "
+        lines += ["", f"Mixed precision: importance from the {mixed['importance']} criterion"
+                      f"{' REVERSED (the most important matrices at 4 bits)' if mixed['reversed'] else ''} "
                       f"({mixed['calibration_batches']} training batches); "
                       f"{100 * mixed['four_bit_fraction']:.0f}% of the encoder's matrix weights at 4 bits "
                       f"(average {mixed['average_encoder_bits']:.2f} bits), embeddings at {mixed['embedding_bits']} "
@@ -390,24 +380,29 @@ def markdown(record: dict, results: dict) -> str:
 
 
 def plots(record: dict, out: Path) -> None:
+    """Accuracy against bytes and against sentences/s: the Pareto view, dense marked with a star."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     points = {k: v for k, v in record["variants"].items() if v.get("accuracy") is not None}
+    dense_accuracy = record["variants"]["dense · PyTorch fp32"].get("accuracy")
     for key, xlabel, filename, scale in (("bytes", "MB on disk", "accuracy_vs_bytes.png", 1e-6),
                                          ("sentences_per_s", f"dev sentences/s at batch 64 ({record['threads']} threads)",
                                           "accuracy_vs_speed.png", 1)):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for label, v in points.items():
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for i, (label, v) in enumerate(points.items()):
             dense = label.startswith("dense")
-            ax.scatter(v[key] * scale, 100 * v["accuracy"], marker="*" if dense else "o", s=140 if dense else 50,
-                       color="black" if dense else None, zorder=3)
-            ax.annotate(label, (v[key] * scale, 100 * v["accuracy"]), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
+            ax.scatter(v[key] * scale, 100 * v["accuracy"], label=label, s=170 if dense else 60, zorder=3,
+                       marker="*" if dense else "osD^vP"[i % 6], alpha=0.85)
+        if dense_accuracy is not None:
+            ax.axhline(100 * dense_accuracy - 1.5, color="grey", linestyle=":", linewidth=1)
+            ax.annotate("dense − 1.5 points", (ax.get_xlim()[0], 100 * dense_accuracy - 1.5), fontsize=7,
+                        color="grey", xytext=(4, 3), textcoords="offset points")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("SST-2 dev accuracy (%)")
         ax.set_title(f"{Path(record['run']).name}: accuracy vs {'size' if key == 'bytes' else 'speed'} (★ dense)")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
         fig.savefig(out / filename, dpi=120)
         plt.close(fig)
@@ -420,12 +415,9 @@ if __name__ == "__main__":
         argv = [f"--run={argv[0]}"] + argv[1:]
     try:
         main(experiment.configure(globals(), argv))
-    except (experiment.ConfigError, FileNotFoundError) as e:
+    except (experiment.ConfigError, sst2.DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Exception as e:
-        from pruning.deploy import DeployError
-        if isinstance(e, DeployError):
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(2) from None
-        raise
+    except deploy.DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
