@@ -86,7 +86,10 @@ def test_every_variant_loads_fresh_and_predicts_like_pytorch(runs, tmp_path):
     assert variants["pruned · ORT mixed"]["bytes"] < variants["pruned · ORT int8"]["bytes"]
     mixed = record["mixed"]
     assert mixed["importance"] == "magnitude" and mixed["four_bit_fraction"] >= 0.5
-    assert sorted(mixed["bits"].values()).count(4) >= 1
+    four = list(mixed["bits"].values()).count(4)
+    assert 1 <= four < len(mixed["bits"])
+    ops = [n.op_type for n in onnx.load(str(out / "mixed" / deploy.ONNX_FILE)).graph.node]
+    assert ops.count("MatMulNBits") == four and ops.count("GatherBlockQuantized") == 3  # word, position, type
     for f in ("table.md", "accuracy_vs_bytes.png", "accuracy_vs_speed.png"):
         assert (out / f).stat().st_size > 0
     assert not (out / ".work").exists() and not list(out.glob(".*tmp"))
@@ -194,6 +197,28 @@ def test_sparse_packing_is_lossless_and_counts_its_index_cost(tmp_path):
     packed = deploy.session(tmp_path / "sparse", 1).run(None, {"x": x})[0]
     np.testing.assert_array_equal(dense, packed)
     assert deploy.directory_bytes(tmp_path / "sparse") < deploy.directory_bytes(tmp_path / "dense")
+
+
+def test_mixed_quantizes_exactly_the_named_nodes_at_their_width(tmp_path):
+    """ONNX Runtime's 4-bit quantizer takes every MatMul unless told otherwise: only "a" may become 4-bit."""
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "wa"], ["h"], name="a"),
+         helper.make_node("MatMul", ["h", "wb"], ["y"], name="b"),
+         helper.make_node("MatMul", ["y", "wc"], ["logits"], name="c")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 64])],
+        [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), n) for n in ("wa", "wb", "wc")])
+    (tmp_path / "fp32").mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "fp32" / deploy.ONNX_FILE))
+    (tmp_path / "mixed").mkdir()
+    deploy.quantize_mixed(tmp_path / "fp32", tmp_path / "mixed", four_bit=["a"], eight_bit=["b"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "mixed" / deploy.ONNX_FILE)).graph.node]
+    assert ops.count("MatMulNBits") == 1 and ops.count("MatMul") == 1  # c stays fp32
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    with pytest.raises(deploy.DeployError, match="no MatMul or Gather node"):
+        deploy.quantize_mixed(tmp_path / "fp32", tmp_path / "mixed", four_bit=["nope"], eight_bit=[])
 
 
 def test_fake_quantization_uses_onnx_runtimes_4_bit_grid(tmp_path):
