@@ -56,7 +56,7 @@ LATENCY_SENTENCES = 100      # batch-1 latency: median over this many dev senten
 ROUNDS = 3                   # timing rounds; the variants take turns in each
 OUT_DIR = ""                 # "" = RUN/compressed
 
-KNOWN_VARIANTS = ("int8", "mixed", "sparse", "mixed+qat")
+_KNOWN_VARIANTS = ("int8", "mixed", "sparse", "mixed+qat")
 
 
 def check(config: dict) -> dict:
@@ -68,10 +68,10 @@ def check(config: dict) -> dict:
         raise experiment.ConfigError(f"{run} is not a finished run (no results.json and model/): wait for it to "
                                      "finish, or resume it with --resume=true --run_name=NAME")
     variants = [v for v in config["VARIANTS"].split(",") if v]
-    unknown = [v for v in variants if v not in KNOWN_VARIANTS]
+    unknown = [v for v in variants if v not in _KNOWN_VARIANTS]
     if unknown:
         raise experiment.ConfigError(f"unknown variant(s) {', '.join(unknown)} in --variants; choose from "
-                                     f"{', '.join(KNOWN_VARIANTS)} (fp32 is always made)")
+                                     f"{', '.join(_KNOWN_VARIANTS)} (fp32 is always made)")
     if "mixed+qat" in variants and config["QAT_STEPS"] <= 0:
         raise experiment.ConfigError("variant mixed+qat needs --qat_steps > 0")
     if not 0 <= config["FOUR_BIT_FRACTION"] <= 1:
