@@ -250,7 +250,6 @@ def main(config: dict) -> None:
     if "int8" in variants:
         write_variant("int8", lambda d: deploy.quantize_int8(out / "fp32", d))
 
-    bits = None
     if "mixed" in variants or "mixed+qat" in variants:
         name, criterion, options = importance_criterion(config, results)
         needs_batches = name != "magnitude"
@@ -320,18 +319,12 @@ def main(config: dict) -> None:
 
     # Speed: every variant in this process, taking turns on the same batches.
     print(f"timing {len(rows)} variants side by side ({config['ROUNDS']} rounds, {config['THREADS']} threads) ...")
-
-    def pytorch_runner(m):
-        def run_batch(batch):
-            with torch.inference_mode():
-                return m(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
-        return run_batch
     runners = {}
     for label, directory in rows.items():
         if label == "dense · PyTorch fp32":
-            runners[label] = pytorch_runner(dense)
+            runners[label] = deploy.pytorch_runner(dense)
         elif label == "pruned · PyTorch fp32":
-            runners[label] = pytorch_runner(model)
+            runners[label] = deploy.pytorch_runner(model)
         else:
             runners[label] = deploy.runner(directory, config["THREADS"])
     for label, speed in time_variants(runners, batches, singles, config["ROUNDS"]).items():

@@ -306,7 +306,14 @@ def runner(directory: Path, threads: int):
     import torch
     from transformers import AutoModelForSequenceClassification
     torch.set_num_threads(threads)
-    model = AutoModelForSequenceClassification.from_pretrained(str(directory), trust_remote_code=True).eval()
+    return pytorch_runner(AutoModelForSequenceClassification.from_pretrained(str(directory),
+                                                                             trust_remote_code=True))
+
+
+def pytorch_runner(model):
+    """batch -> logits for a PyTorch classifier in memory."""
+    import torch
+    model.eval()
 
     def run(batch):
         with torch.inference_mode():
