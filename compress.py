@@ -127,16 +127,14 @@ def dense_reference(run_model, dense_dir: str):
     return AutoModelForSequenceClassification.from_config(AutoConfig.for_model(kind, **settings)).eval()
 
 
-def calibration_batches(results: dict, tokenizer, n: int):
-    """`n` batches of 32 training sentences (seeded by the run's seed): never the dev set."""
-    datasets, _ = sst2.load_sst2(results["config"].get("DATA_DIR", ""))
-    rows = sst2.subset(datasets["train"], 32 * n, results["config"]["SEED"] + 1)
+def calibration_batches(train, results: dict, tokenizer, n: int):
+    """`n` batches of 32 sentences of the training split (seeded by the run's seed): never the dev set."""
+    rows = sst2.subset(train, 32 * n, results["config"]["SEED"] + 1)
     encoded = sst2.tokenize(sst2.DatasetDict(train=rows), tokenizer, results["config"]["MAX_LENGTH"])["train"]
     collate = DataCollatorWithPadding(tokenizer)
     features = [{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"], "labels": r["label"]}
                 for r in encoded]
-    with torch.no_grad():
-        return [collate(features[i:i + 32]) for i in range(0, len(features), 32)]
+    return [collate(features[i:i + 32]) for i in range(0, len(features), 32)]
 
 
 def bit_plan(graph, model, bits: dict[str, int], embedding_bits: int) -> tuple[list[str], list[str]]:
@@ -169,8 +167,8 @@ def qat_finetune(model, four_bit: list[str], train, config: dict, tokenizer, see
             parametrize.register_parametrization(linear, "weight", KeepZeros(mask.to(linear.weight.dtype)))
         if name in four_bit:
             parametrize.register_parametrization(linear, "weight", FakeQuant4(config["BLOCK_SIZE"]))
-    args = TrainingArguments(output_dir=str(work / "qat"), max_steps=config["QAT_STEPS"], per_device_train_batch_size=32,
-                             learning_rate=config["QAT_LEARNING_RATE"], lr_scheduler_type="constant",
+    args = TrainingArguments(output_dir=str(work / "qat"), max_steps=config["QAT_STEPS"],
+                             per_device_train_batch_size=32, learning_rate=config["QAT_LEARNING_RATE"], lr_scheduler_type="constant",
                              weight_decay=0.0, save_strategy="no", report_to=[], logging_steps=50,
                              seed=seed, disable_tqdm=False, use_cpu=True)
     Trainer(model=student, args=args, train_dataset=train,
@@ -253,7 +251,8 @@ def main(config: dict) -> None:
     if "mixed" in variants or "mixed+qat" in variants:
         name, criterion, options = importance_criterion(config, results)
         needs_batches = name != "magnitude"
-        calibration = calibration_batches(results, tokenizer, config["CALIBRATION_BATCHES"]) if needs_batches else ()
+        calibration = (calibration_batches(datasets["train"], results, tokenizer, config["CALIBRATION_BATCHES"])
+                       if needs_batches else ())
         importance = matrix_importance(model, criterion, options, calibration)
         linears = prunable_linears(model)
         sizes = {n: m.weight.numel() for n, m in linears.items()}

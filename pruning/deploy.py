@@ -257,8 +257,8 @@ def session(directory: Path, threads: int):
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     # ONNX Runtime's idle threads spin for a while after each run, which would slow whatever is timed next
-    # in this process (measured: a PyTorch model beside them ran 10x slower); deployments that run nothing
-    # else may turn spinning back on.
+    # in this process (seen here: a PyTorch model timed after them ran several times slower); deployments
+    # that run nothing else may turn spinning back on.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(load_model(directory), options, providers=["CPUExecutionProvider"])
 
@@ -290,6 +290,7 @@ def dev_batches(path: Path, batch_size: int) -> tuple[list[dict[str, np.ndarray]
 
 
 def accuracy_f1(predictions: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy and F1 of the positive class (here, not in experiment, so a fresh process needs no torch)."""
     tp = int(((predictions == 1) & (labels == 1)).sum())
     wrong = int((predictions != labels).sum())
     return {"accuracy": float((predictions == labels).mean()), "f1": 2 * tp / (2 * tp + wrong) if tp else 0.0}

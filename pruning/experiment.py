@@ -241,14 +241,9 @@ def run_directory(config: dict, script: str) -> Path:
 # --- metrics and callbacks -------------------------------------------------------------------------
 def compute_metrics(eval_pred) -> dict:
     """Accuracy and F1 of the positive class, computed locally (evaluate.load needs the Hub)."""
+    from pruning.deploy import accuracy_f1
     logits, labels = eval_pred
-    preds = np.asarray(logits).argmax(-1)
-    labels = np.asarray(labels)
-    tp = int(((preds == 1) & (labels == 1)).sum())
-    fp = int(((preds == 1) & (labels == 0)).sum())
-    fn = int(((preds == 0) & (labels == 1)).sum())
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return {"accuracy": float((preds == labels).mean()), "f1": f1}
+    return accuracy_f1(np.asarray(logits).argmax(-1), np.asarray(labels))
 
 
 class StopOnDivergence(TrainerCallback):
