@@ -13,6 +13,7 @@ roberta-base tokenizer (results then say "random init"):
 """
 from transformers import Trainer  # noqa: F401  (TRAINER = Trainer is the dense baseline)
 
+from activation_pruning import ActivationPruningTrainer  # noqa: F401
 from gradient_pruning import GradientPruningTrainer  # noqa: F401
 from magnitude_pruning import MagnitudePruningTrainer
 from pruning import experiment
@@ -26,7 +27,7 @@ DATA_DIR = ""                      # folder with GLUE SST-2 train.tsv/dev.tsv; "
 TRAIN_SUBSET = 0                   # train on a seeded random subset of this many sentences; 0 = all 67,349
 MAX_LENGTH = 128                   # truncate longer sentences (batches are padded only to their own longest)
 # --- pruning
-TRAINER = MagnitudePruningTrainer  # GradientPruningTrainer, UndecayedPruningTrainer, SlimmingPruningTrainer, or Trainer (dense)
+TRAINER = MagnitudePruningTrainer  # GradientPruningTrainer, UndecayedPruningTrainer, SlimmingPruningTrainer, ActivationPruningTrainer, or Trainer (dense)
 GRANULARITY = "weights"            # "weights": unstructured zeros; "heads+neurons": whole heads and FFN neurons, removed
 PRUNING_RATE = 0.5                 # weights: fraction of prunable weights set to zero, in [0, 1); "r0,r1,..." = per layer
 HEAD_RATE = 1 / 3                  # heads+neurons: fraction of the heads removed in each layer (one always stays)
@@ -34,6 +35,7 @@ NEURON_RATE = 0.4                  # heads+neurons: fraction of the FFN neurons 
 THRESHOLD = "global"               # "global": one threshold over all weights (neurons); "layerwise": the rate in each tensor (layer)
 UNDECAYED_EPSILON = 0.01           # epsilon of the undecayed score |-w*g + epsilon*w^2| (0.01 = the AdamW decay)
 SLIMMING_L1 = 1e-4                 # L1 penalty on the slimming coefficients (EarlyBERT's value)
+ACTIVATION_STATISTIC = "mean_abs"  # activation criterion's neuron score: "mean_abs" |activation|, or "apoz" (1 - fraction of tokens off)
 MASK_FROM = ""                     # a finished run's directory: train its mask, fixed from step 0, instead of searching
 REWIND_TO = "pretrained"           # with MASK_FROM: start from the "pretrained" weights, or that run's "early_bird" weights
 SAVE_EB_WEIGHTS = False            # keep the dense weights at the pruning step (weights_at_prune.safetensors), for rewinding
@@ -57,6 +59,8 @@ RESUME = False                     # continue RUN_NAME from its newest checkpoin
 SAVE_EVERY = 500                   # optimizer steps between checkpoints
 LOG_EVERY = 50                     # optimizer steps between loss logs
 EVAL_EVERY = 0                     # optimizer steps between dev evaluations during training; 0 = none
+EARLY_STOPPING_PATIENCE = 0        # stop after this many evaluations without a lower dev loss (dense run, or the retrain phase); 0 = off
+EARLY_STOPPING_THRESHOLD = 0.0     # a dev loss must drop by more than this to count as better
 MEASURE_SPEED = True               # at the end: inference and training-step speed against a dense model, side by side
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 - `RetrainBudget`: stops training when the retrain phase has had its steps.
 - `PhaseClock`: wall time per phase (search / prune / retrain).
 - `SavePruningState`: writes the pruning state beside every HF checkpoint.
+- `EarlyStopping`: stops on validation loss (the dense baseline, or a pruning run's retrain phase).
 """
 from __future__ import annotations
 
@@ -160,5 +161,66 @@ class SavePruningState(TrainerCallback):
         if self.trainer.restart_pending(state.global_step):
             # Stop only once this checkpoint is written (the run continues from it); with the flag set
             # in on_step_end instead, the continued loop ran no steps (transformers 5.24).
+            control.should_training_stop = True
+        return control
+
+
+def stopping_evaluation(losses: list[float], patience: int, threshold: float = 0.0) -> int | None:
+    """Index of the evaluation at which training stops: the `patience`-th in a row that does not lower
+    the best loss so far by more than `threshold`; None while patience lasts."""
+    best, waited = None, 0
+    for i, loss in enumerate(losses):
+        if best is None or loss < best - threshold:
+            best, waited = loss, 0
+        else:
+            waited += 1
+            if waited >= patience:
+                return i
+    return None
+
+
+class EarlyStopping(TrainerCallback):
+    """Stops training when the dev loss has not improved for `patience` evaluations.
+
+    It watches the evaluations of the dense baseline, or of a pruning run's retrain phase only (the
+    dense search phase is another model; `record` is the PruningTrainer's record). The decision is
+    read from the log history each time, so a resumed run decides as the uninterrupted one would.
+    HF's EarlyStoppingCallback compares with the best metric of the whole run, which for a pruning run
+    is the dense model's, and keeps its counter in state that a resumed run does not restore by default.
+    The model at the stop is kept: choosing the best checkpoint by dev loss would select on the set
+    the final accuracy is reported on.
+    """
+
+    def __init__(self, patience: int, threshold: float = 0.0, record: dict | None = None):
+        self.patience, self.threshold, self.record = patience, threshold, record
+        self.stop: dict | None = None
+        self._training = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._training = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._training = False
+
+    def watched(self, log_history: list[dict]) -> list[dict]:
+        after = -1
+        if self.record is not None:
+            if self.record["phase"] != "retrain":
+                return []
+            after = self.record["prune_step"]  # its two evaluations at pruning are not retrain evaluations
+        return [e for e in log_history if "eval_loss" in e and e["step"] > after]
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if not self._training or self.stop is not None:
+            return control
+        evals = self.watched(state.log_history)
+        at = stopping_evaluation([e["eval_loss"] for e in evals], self.patience, self.threshold)
+        if at is not None:
+            best = min(evals[:at + 1], key=lambda e: e["eval_loss"])
+            self.stop = {"step": evals[at]["step"], "phase": self.record["phase"] if self.record else "dense",
+                         "best_step": best["step"], "best_loss": best["eval_loss"], "loss": evals[at]["eval_loss"],
+                         "reason": f"dev loss did not improve on {best['eval_loss']:.4f} (step {best['step']}) "
+                                   f"by more than {self.threshold:g} for {self.patience} evaluations"}
+            print(f"early stopping at step {self.stop['step']}: {self.stop['reason']}", flush=True)
             control.should_training_stop = True
         return control

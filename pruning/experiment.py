@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import resource
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,9 @@ from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, Tra
                           set_seed)
 
 from pruning import results as run_results
+from pruning.callbacks import EarlyStopping
+from pruning.cost import CostLog, accuracy_timeline, cost_series
+from pruning.deploy import peak_rss_mb
 from pruning import state as state_io
 from pruning.config import PruningConfig
 from pruning.state import MASKS_FILE
@@ -201,6 +203,13 @@ def validate(config: dict) -> PruningConfig:
     if config["SAVE_EVERY"] % config["LOG_EVERY"]:
         raise ConfigError(f"SAVE_EVERY ({config['SAVE_EVERY']}) must be a multiple of LOG_EVERY ({config['LOG_EVERY']}): "
                           "the loss is checked for NaN at each log, so that no checkpoint holds a diverged model")
+    patience, threshold = config.get("EARLY_STOPPING_PATIENCE", 0), config.get("EARLY_STOPPING_THRESHOLD", 0.0)
+    if patience < 0 or not threshold >= 0:
+        raise ConfigError(f"EARLY_STOPPING_PATIENCE must be >= 0 (0 = off) and EARLY_STOPPING_THRESHOLD >= 0, got "
+                          f"{patience} and {threshold}")
+    if patience and not config["EVAL_EVERY"]:
+        raise ConfigError(f"EARLY_STOPPING_PATIENCE={patience} counts evaluations, but EVAL_EVERY=0 evaluates none "
+                          "during training: set --eval_every (e.g. 100)")
     if config["TRAIN_SUBSET"] < 0:
         raise ConfigError(f"TRAIN_SUBSET must be >= 0 (0 = all rows), got {config['TRAIN_SUBSET']}")
     if not config["LEARNING_RATE"] > 0:
@@ -269,37 +278,6 @@ class StopOnDivergence(TrainerCallback):
             self._stop("the weights became non-finite", state, args)
 
 
-class AccuracyTimeline(TrainerCallback):
-    """(step, training seconds so far without evaluation time, dev accuracy) at every evaluation, so a
-    pruned run's cost can be set against the time the dense run needed to reach the same accuracy."""
-
-    def __init__(self):
-        self.points, self._start, self.eval_seconds, self._last_step_end = [], None, 0.0, None
-        self._training = False
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        # A structured run continues in a second train() call from its pruning checkpoint; the time
-        # between the two calls (writing and loading that checkpoint) is training cost too.
-        if self._start is None:
-            self._start = time.perf_counter()
-        self._training = True
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self._last_step_end = time.perf_counter()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self._training = False  # the final evaluation after training is not part of the timeline
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not self._training or self._last_step_end is None:
-            return
-        self.points.append({"step": state.global_step,
-                            "train_seconds": self._last_step_end - self._start - self.eval_seconds,
-                            "accuracy": (metrics or {}).get("eval_accuracy")})
-        self.eval_seconds += time.perf_counter() - self._last_step_end
-        self._last_step_end = time.perf_counter()  # a second evaluation at the same step (pruning) counts too
-
-
 # --- the run ---------------------------------------------------------------------------------------
 def _distributed_main_process() -> tuple[bool, int]:
     from accelerate import PartialState
@@ -313,10 +291,6 @@ def _broadcast(obj):
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
     return obj
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encoded, output_dir, callbacks=()):
@@ -337,6 +311,7 @@ def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encode
         # transformers 5 scales the loss by the world size when averaging tokens across devices,
         # which doubles a sequence classifier's loss and gradients under DDP.
         average_tokens_across_devices=False,
+        include_num_input_tokens_seen="non_padding",  # the real tokens each step trains on: CostLog's FLOPs
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )
@@ -346,7 +321,15 @@ def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encode
                           callbacks=[StopOnDivergence(), *callbacks])
     if issubclass(config["TRAINER"], PruningTrainer):
         trainer_kwargs["pruning"] = pruning
-    return config["TRAINER"](**trainer_kwargs)
+    trainer = config["TRAINER"](**trainer_kwargs)
+    if config.get("EARLY_STOPPING_PATIENCE", 0):  # a pruning run watches its retrain phase only
+        trainer.add_callback(EarlyStopping(config["EARLY_STOPPING_PATIENCE"], config["EARLY_STOPPING_THRESHOLD"],
+                                           getattr(trainer, "record", None)))
+    return trainer
+
+
+def early_stopping_of(trainer) -> EarlyStopping | None:
+    return next((c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStopping)), None)
 
 
 def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
@@ -374,13 +357,15 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         pruning.snapshot_path = str(run_dir / SNAPSHOT_FILE)
 
     name = trainer_name(config["TRAINER"])
-    timeline = AccuracyTimeline()
+    cost = CostLog(mean_length=float(np.mean(encoded["train"]["length"])))
     try:  # settings that need the model: a head rate that empties a layer, an unsupported architecture,
         # a fixed mask for another model (PruningTrainer checks them before it creates any directory)
         trainer = build_trainer(config, pruning, model, tokenizer, encoded, run_dir / "checkpoints",
-                                (timeline, *callbacks))
+                                (cost, *callbacks))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if isinstance(trainer, PruningTrainer):
+        cost.pruned_zeros = trainer.pruned_zeros
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -420,13 +405,15 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         **run_results.sparsity_of({n: p.detach() for n, p in params.items()}),
         "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
         "cost": {"train_flos": float(trainer.state.total_flos), "dev_tokens": int(sum(lengths)),
+                 "mean_train_tokens": cost.mean_length, "train_flops": cost.train_flops,
                  "inference_flops_dense": run_results.forward_flops(model, lengths),
                  "inference_flops_nonzero": run_results.forward_flops(model, lengths, count_zeros=False),
                  "dev_sentences_per_second": final.get("eval_samples_per_second")},
         "speed": speed,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
-        "log_history": trainer.state.log_history, "accuracy_timeline": timeline.points,
+        "log_history": trainer.state.log_history, "accuracy_timeline": accuracy_timeline(trainer.state.log_history),
+        "cost_series": cost_series(trainer.state.log_history), "early_stopping": early_stopping_summary(trainer),
     }
     if pruned:
         summary = trainer.pruning_summary()
@@ -444,10 +431,18 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         if summary["structure"]:
             run_results.plot_structure(summary["structure"], run_dir / "structure.png", title=title)
     else:  # periodic dev evaluations (EVAL_EVERY) are not training time
-        results["phase_seconds"] = {"train": train_seconds - timeline.eval_seconds}
+        results["phase_seconds"] = {"train": cost.train_seconds}
     write_json(run_dir / "results.json", results)
     print_summary(results, run_dir)
     return results
+
+
+def early_stopping_summary(trainer) -> dict | None:
+    stopper = early_stopping_of(trainer)
+    if stopper is None:
+        return None
+    return {"patience": stopper.patience, "threshold": stopper.threshold, "stopped": stopper.stop is not None,
+            **(stopper.stop or {})}
 
 
 def rate_text(rate) -> str:
@@ -504,6 +499,11 @@ def print_summary(results: dict, run_dir: Path) -> None:
         target = f"target {100 * rate:.2f}%" if isinstance(rate, (int, float)) else f"per-layer rates {rate}"
         print(f"  sparsity of prunable weights: {100 * results['sparsity']:.2f}% ({target}), nonzero "
               f"{results['prunable_nonzero']:,} of {results['prunable_params']:,}")
+    stop = results.get("early_stopping")
+    if stop and stop["stopped"]:
+        print(f"  early stopping: stopped at step {stop['step']} ({stop['phase']} phase): {stop['reason']}")
+    elif stop:
+        print(f"  early stopping: not triggered (patience {stop['patience']} evaluations)")
     speed = results.get("speed")
     if speed:
         print(f"  speed vs a dense model, side by side: inference {speed['batch64_ratio']:.2f}x sentences/s at batch 64, "

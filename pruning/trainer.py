@@ -169,6 +169,12 @@ class PruningTrainer(Trainer):
                         value.mul_(m)
         self.keep_zero.apply()
 
+    def pruned_zeros(self) -> int:
+        """Weights an unstructured mask holds at zero (structured pruning removes its units instead)."""
+        if self.masks is None or self.units.structured:
+            return 0
+        return sum(int((~m).sum()) for m in self.masks.values())
+
     def start_from_fixed_mask(self) -> None:
         """Train another run's mask, fixed from step 0 (optionally from that run's early-bird weights)."""
         source, masks = self.pruning.mask_from, self._fixed_masks

@@ -20,7 +20,8 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("extra", [dict(trainer="gradient"),
-                                   dict(trainer="slimming", granularity="heads+neurons", head_rate=0.5)])
+                                   dict(trainer="slimming", granularity="heads+neurons", head_rate=0.5),
+                                   dict(trainer="activation", granularity="heads+neurons", head_rate=0.5)])
 def test_torchrun_two_processes(extra, tiny_bert_config, sst2_slice, tmp_path):
     # --standalone: torchrun picks a free rendezvous port itself (no window for another process to take it).
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -43,7 +44,8 @@ def test_torchrun_two_processes(extra, tiny_bert_config, sst2_slice, tmp_path):
         assert history and all(len(h["fingerprint"]) == 16 for h in history)
     if extra.get("granularity") == "heads+neurons":
         # slimming's coefficients are not DDP parameters: their gradients are all-reduced by hand, or the
-        # ranks' masks would differ and the fingerprint check would have stopped the run.
+        # ranks' masks would differ and the fingerprint check would have stopped the run; activation sums
+        # (each rank sees its own batches) are all-reduced before each check for the same reason.
         assert res["pruning"]["structure"]["heads_kept_per_layer"] == [1, 1]
     else:
         assert res["prunable_nonzero"] == res["prunable_params"] - round(0.5 * res["prunable_params"])

@@ -31,6 +31,10 @@ def same_run(a, b):
     assert pa["distance_history"] == pb["distance_history"]      # every check's distances and mask hash
     assert ra["prunable_nonzero"] == rb["prunable_nonzero"] and ra["optimizer_steps"] == rb["optimizer_steps"]
     assert ra["metrics"] == rb["metrics"]
+    # the cost series continues exactly: restored log entries, then the totals saved with the checkpoint
+    untimed = [[{k: v for k, v in e.items() if k not in ("train_seconds", "peak_memory_mb")} for e in r["cost_series"]]
+               for r in (ra, rb)]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == ra["optimizer_steps"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -96,6 +100,13 @@ def test_structured_resume_rebuilds_the_smaller_model_and_matches(structured_ref
     resumed = kill_and_resume(tiny_bert_config, sst2_slice, tmp_path, STRUCTURED, kill_at, resumes_from, phase)
     same_run(structured_reference, resumed)
     assert resumed[0]["pruning"]["structure"] == structured_reference[0]["pruning"]["structure"]
+
+
+def test_activation_scores_resume_mid_search(tiny_bert_config, sst2_slice, tmp_path):
+    """The hooks' sums since the last check are part of the pruning state: a kill between checks loses nothing."""
+    settings = dict(STRUCTURED, trainer="activation")
+    reference = reference_run(tiny_bert_config, sst2_slice, tmp_path / "reference", settings)
+    same_run(reference, kill_and_resume(tiny_bert_config, sst2_slice, tmp_path / "killed", settings, 5, 3, "search"))
 
 
 def test_checkpoint_without_pruning_state_is_an_error_not_a_dense_model(tiny_bert_config, sst2_slice, tmp_path):

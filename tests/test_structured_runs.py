@@ -34,7 +34,7 @@ def dev_accuracy(model_dir, data_dir):
     return correct / len(dev), model
 
 
-@pytest.mark.parametrize("trainer", ["gradient", "slimming"])
+@pytest.mark.parametrize("trainer", ["gradient", "slimming", "activation"])
 def test_structured_run_end_to_end(trainer, tiny_bert_config, sst2_slice, tmp_path):
     args = tiny_args(tiny_bert_config, sst2_slice, tmp_path, trainer=trainer, measure_speed=trainer == "gradient",
                      **STRUCTURED)
