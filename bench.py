@@ -4,10 +4,13 @@ B4  overhead of the Early-Bird detector + criterion bookkeeping: training steps/
     PruningTrainer's search phase against plain HF Trainer on the same data and model.
 B5  training sentences/s of the dense baseline with dynamic padding (+ length grouping) against
     fixed padding to 128 tokens.
+Activation criterion: the search phase of ActivationPruningTrainer (forward hooks on every layer),
+    heads + neurons and weights (Wanda), against the same dense Trainer: its cost per training step.
 Also: the time to turn scores into a global mask at this model's size and at BERT-base's size.
 
     python bench.py                       # prints a markdown table
     python bench.py --rounds=3 --sentences=6400
+    python bench.py --cases=dense,activation,activation_weights --rounds=3   # only these cases
 """
 import statistics
 import time
@@ -15,6 +18,7 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback
 
+from activation_pruning import ActivationPruningTrainer
 from gradient_pruning import GradientPruningTrainer
 from magnitude_pruning import MagnitudePruningTrainer
 from pruning import data as sst2
@@ -26,6 +30,7 @@ SENTENCES = 3200                # SST-2 train sentences per case (100 steps an e
 EPOCHS = 1.5                    # epochs per case: 150 steps, 3 Early-Bird checks at the default spacing
 ROUNDS = 2                      # every case runs once per round; rounds interleave the cases
 SKIP_STEPS = 10                 # steps left out of the timing (warm-up)
+CASES = "all"                   # comma-separated case keys (see main), or "all"
 
 
 class StepTimer(TrainerCallback):
@@ -40,8 +45,8 @@ class StepTimer(TrainerCallback):
         return (len(t) - 1) / (t[-1] - t[0])
 
 
-def case(config, trainer_cls, padding="dynamic"):
-    cfg = dict(config, TRAINER=trainer_cls, SEARCH_EPOCHS=EPOCHS, RETRAIN_EPOCHS=0.0,
+def case(config, trainer_cls, padding="dynamic", granularity="weights"):
+    cfg = dict(config, TRAINER=trainer_cls, SEARCH_EPOCHS=EPOCHS, RETRAIN_EPOCHS=0.0, GRANULARITY=granularity,
                EB_EPSILON=1e-12)  # never fires: the whole run is the search phase
     pruning = experiment.pruning_config(cfg)
     torch.manual_seed(0)
@@ -75,21 +80,32 @@ def mask_seconds(numel, repeats=3):
 
 def main():
     import bert
-    settings = {"MODEL": MODEL, "SENTENCES": SENTENCES, "EPOCHS": EPOCHS, "ROUNDS": ROUNDS, "__file__": __file__}
+    settings = {"MODEL": MODEL, "SENTENCES": SENTENCES, "EPOCHS": EPOCHS, "ROUNDS": ROUNDS, "CASES": CASES,
+                "__file__": __file__}
     over = experiment.configure(settings)
     globals().update({k: over[k] for k in ("SENTENCES", "EPOCHS", "ROUNDS")})
     config = dict(experiment.configure(vars(bert), []), MODEL=over["MODEL"], TOKENIZER="", LOG_EVERY=10_000)
-    cases = {
-        "dense Trainer (dynamic padding, length-grouped)": (Trainer, "dynamic"),
-        "MagnitudePruningTrainer search": (MagnitudePruningTrainer, "dynamic"),
-        "GradientPruningTrainer search": (GradientPruningTrainer, "dynamic"),
-        "UndecayedPruningTrainer search": (UndecayedPruningTrainer, "dynamic"),
-        "dense Trainer (fixed padding to 128)": (Trainer, "fixed"),
+    every = {  # key: (label, trainer, padding, granularity)
+        "dense": ("dense Trainer (dynamic padding, length-grouped)", Trainer, "dynamic", "weights"),
+        "magnitude": ("MagnitudePruningTrainer search", MagnitudePruningTrainer, "dynamic", "weights"),
+        "gradient": ("GradientPruningTrainer search", GradientPruningTrainer, "dynamic", "weights"),
+        "undecayed": ("UndecayedPruningTrainer search", UndecayedPruningTrainer, "dynamic", "weights"),
+        "fixed_padding": ("dense Trainer (fixed padding to 128)", Trainer, "fixed", "weights"),
+        "activation": ("ActivationPruningTrainer search (heads+neurons)", ActivationPruningTrainer, "dynamic",
+                       "heads+neurons"),
+        "activation_weights": ("ActivationPruningTrainer search (weights: Wanda)", ActivationPruningTrainer,
+                               "dynamic", "weights"),
     }
+    keys = list(every) if over["CASES"] == "all" else [k.strip() for k in over["CASES"].split(",")]
+    unknown = [k for k in keys if k not in every]
+    if unknown or "dense" not in keys:
+        raise SystemExit(f"error: --cases must include dense (the reference) and name only {', '.join(every)}; "
+                         f"got {over['CASES']!r}")
+    cases = {every[k][0]: every[k][1:] for k in keys}
     speeds = {name: [] for name in cases}
     for r in range(ROUNDS):
-        for name, (cls, padding) in cases.items():
-            speeds[name].append(case(config, cls, padding))
+        for name, (cls, padding, granularity) in cases.items():
+            speeds[name].append(case(config, cls, padding, granularity))
             print(f"round {r + 1}: {name}: {speeds[name][-1]:.2f} steps/s", flush=True)
     base = "dense Trainer (dynamic padding, length-grouped)"
     print(f"\n{MODEL}, {SENTENCES} SST-2 sentences, batch {config['BATCH_SIZE']}, {EPOCHS:g} epochs a case, "

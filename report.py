@@ -1,6 +1,10 @@
-"""Tables and plots of a sweep directory: results.csv, results.md and three PNGs.
+"""Tables and plots of a sweep directory: results.csv, results.md and the PNGs.
 
     python report.py sweeps/bert
+
+Heads + neurons runs get their own tables: what each kept and scored, mean ± std over seeds with the
+training FLOPs to the end of the run, and how much the criteria agree on which units to keep.
+`cost_vs_step.png` overlays every run's dev accuracy, active parameters and training FLOPs by step.
 """
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from pruning import state as state_io
+from pruning.callbacks import stopping_evaluation
 from pruning.experiment import rate_text
+from pruning.masks import overlap
 
 CRITERIA = ("magnitude", "gradient", "undecayed")
 COLUMNS = ["run", "trainer", "rate", "seed", "sparsity", "acc_before_prune", "acc_after_prune", "acc_final",
@@ -280,17 +287,174 @@ def structured_markdown(results: list[dict]) -> str:
             _fmt(speed.get("train_step_speedup"), 2),
             f"{speed['batch1_ratio']:.2f} / {speed['batch64_ratio']:.2f}" if speed else "–",
             _fmt(b3, 2)]) + " |")
-    lines += ["", "| trainer | setting | seeds | acc final | dense acc | paired difference (pruned − dense) |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| trainer | setting | seeds | acc final | dense acc | paired difference (pruned − dense) | p (paired t) | "
+              "training PFLOPs to the end | vs dense | early-stopped |", "|---|---|---|---|---|---|---|---|---|---|"]
     for trainer, label in sorted({(r["trainer"], setting(r)) for r in runs}):
         group = [r for r in runs if (r["trainer"], setting(r)) == (trainer, label) and r["config"]["SEED"] in dense]
         if not group:
             continue
         acc = [r["metrics"]["final"]["accuracy"] for r in group]
         base = [dense[r["config"]["SEED"]]["metrics"]["final"]["accuracy"] for r in group]
+        flops = [training_flops(r) for r in group]
+        dense_flops = [training_flops(dense[r["config"]["SEED"]]) for r in group]
+        ratio = [f / d for f, d in zip(flops, dense_flops) if f and d]
+        stopped = [r["config"]["SEED"] for r in group if (r.get("early_stopping") or {}).get("stopped")]
         lines.append(f"| {trainer} | {label} | {', '.join(str(r['config']['SEED']) for r in group)} | "
-                     f"{_mean_std(acc)} | {_mean_std(base)} | {_mean_std([a - b for a, b in zip(acc, base)])} |")
+                     f"{_mean_std(acc)} | {_mean_std(base)} | {_mean_std([a - b for a, b in zip(acc, base)])} | "
+                     f"{_fmt(paired_p(acc, base), 3)} | {_mean_std([f / 1e15 if f else None for f in flops])} | "
+                     f"{_mean_std(ratio) if ratio else '–'} | "
+                     f"{', '.join(map(str, stopped)) if stopped else 'none'} |")
+    lines += [""] + criteria_compared(runs)
+    agreement = overlap_markdown(runs)
+    return "\n".join(lines) + "\n" + ("\n" + agreement if agreement else "")
+
+
+def paired_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p-value of the paired t-test (None below 2 pairs, or when every difference is equal)."""
+    diffs = [x - y for x, y in zip(a, b)]
+    if len(diffs) < 2 or len(set(diffs)) == 1:
+        return None
+    from scipy.stats import ttest_rel
+    return float(ttest_rel(a, b).pvalue)
+
+
+def criteria_compared(runs: list[dict]) -> list[str]:
+    """Every two criteria at the same rates, paired by seed: accuracy difference and paired t-test."""
+    acc = defaultdict(dict)
+    for r in runs:
+        if not r["pruning"].get("fixed_mask_from"):
+            p = r["pruning"]
+            acc[(rate_text(p["head_rate"]), rate_text(p["neuron_rate"]))].setdefault(r["trainer"], {})[
+                r["config"]["SEED"]] = r["metrics"]["final"]["accuracy"]
+    lines = ["| criteria (A / B) | rates (heads, neurons) | seeds | A − B | p (paired t) |", "|---|---|---|---|---|"]
+    for rates, by_trainer in sorted(acc.items()):
+        names = sorted(by_trainer)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                seeds = sorted(set(by_trainer[a]) & set(by_trainer[b]))
+                if len(seeds) < 2:
+                    continue
+                xa, xb = [by_trainer[a][s] for s in seeds], [by_trainer[b][s] for s in seeds]
+                lines.append(f"| {a} / {b} | {rates[0]}, {rates[1]} | {len(seeds)} | "
+                             f"{_mean_std([x - y for x, y in zip(xa, xb)])} | {_fmt(paired_p(xa, xb), 3)} |")
+    return lines if len(lines) > 2 else []
+
+
+def early_stopping_replay(results: list[dict], patiences=(2, 3)) -> str:
+    """Where early stopping on dev loss would have stopped runs that trained their whole budget with
+    evaluations: EarlyStopping changes nothing before it stops, so a run with EARLY_STOPPING_PATIENCE=P is
+    this run up to the stop step, and its final model is the one evaluated there. Read off each run's log:
+    the stop step, the dev accuracy there and the training FLOPs spent by then (mean over seeds)."""
+    rows = defaultdict(list)
+    for r in results:
+        if (r.get("early_stopping") or {}).get("stopped") or not r.get("cost_series"):
+            continue
+        prune_step = (r.get("pruning") or {}).get("prune_step")
+        after = prune_step if prune_step is not None else -1
+        end = r["optimizer_steps"]
+        evals = [e for e in r["log_history"] if "eval_loss" in e and after < e["step"] and "train_flops" in e]
+        if not evals:
+            continue
+        full = training_flops(r)
+        for patience in patiences:
+            at = stopping_evaluation([e["eval_loss"] for e in evals], patience)
+            stop = evals[at] if at is not None else None
+            rows[(r["trainer"], patience)].append({
+                "step": stop["step"] if stop else end,
+                "accuracy": stop["eval_accuracy"] if stop else r["metrics"]["final"]["accuracy"],
+                "full_accuracy": r["metrics"]["final"]["accuracy"],
+                "flops": (stop["train_flops"] if stop else full) / full})
+    if not rows:
+        return ""
+    lines = ["Early stopping on dev loss, read off the runs' evaluations (a run stopped with this patience is the "
+             "same run up to its stop; see `report.early_stopping_replay`):", "",
+             "| trainer | patience (evaluations) | runs | stop step | acc at stop | acc at the end of the budget | "
+             "training FLOPs at stop / full budget |", "|---|---|---|---|---|---|---|"]
+    for (trainer, patience), g in sorted(rows.items(), key=lambda kv: (kv[0][0] != "dense", kv[0])):
+        lines.append(f"| {trainer} | {patience} | {len(g)} | {', '.join(str(x['step']) for x in g)} | "
+                     f"{_mean_std([x['accuracy'] for x in g])} | {_mean_std([x['full_accuracy'] for x in g])} | "
+                     f"{_mean_std([x['flops'] for x in g])} |")
     return "\n".join(lines) + "\n"
+
+
+def training_flops(r: dict) -> float | None:
+    """Training FLOPs to the end of the run, as CostLog counted them (None for runs from before it)."""
+    if r.get("cost", {}).get("train_flops") is not None:
+        return r["cost"]["train_flops"]
+    series = r.get("cost_series") or []
+    return series[-1]["train_flops"] if series else None
+
+
+def kept_units(run: dict) -> dict[str, dict]:
+    """A heads+neurons run's final keep-masks, split into heads and neurons."""
+    tensors, meta = state_io.read(str(Path(run["run_dir"]) / state_io.MASKS_FILE))
+    masks = state_io.unpack_masks(tensors, "keep/", {n: tuple(s) for n, s in meta["groups"].items()})
+    return {kind: {n: m for n, m in masks.items() if n.endswith("." + kind)} for kind in ("heads", "neurons")}
+
+
+def overlap_markdown(runs: list[dict]) -> str:
+    """Jaccard index of the kept heads and kept neurons between every two criteria, per seed (mean ± std),
+    beside the index of random choices with the same per-layer counts."""
+    by_key = defaultdict(dict)
+    for r in runs:
+        if not r["pruning"].get("fixed_mask_from") and Path(r["run_dir"], state_io.MASKS_FILE).exists():
+            p = r["pruning"]
+            by_key[(r["config"]["SEED"], rate_text(p["head_rate"]), rate_text(p["neuron_rate"]))][r["trainer"]] = r
+    pairs = defaultdict(lambda: {"heads": [], "neurons": [], "chance_heads": [], "chance_neurons": []})
+    for group in by_key.values():
+        names = sorted(group)
+        masks = {n: kept_units(group[n]) for n in names}
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                for kind in ("heads", "neurons"):
+                    o = overlap(masks[a][kind], masks[b][kind])
+                    pairs[(a, b)][kind].append(o["jaccard"])
+                    pairs[(a, b)][f"chance_{kind}"].append(o["chance_jaccard"])
+    if not pairs:
+        return ""
+    lines = ["Which units the criteria keep: Jaccard index of the kept sets between two criteria on the same seed "
+             "(mean ± std over seeds); chance = random choices with the same per-layer counts.", "",
+             "| criteria | seeds | heads | heads by chance | neurons | neurons by chance |", "|---|---|---|---|---|---|"]
+    for (a, b), v in sorted(pairs.items()):
+        lines.append(f"| {a} / {b} | {len(v['heads'])} | {_mean_std(v['heads'])} | {_mean_std(v['chance_heads'])} | "
+                     f"{_mean_std(v['neurons'])} | {_mean_std(v['chance_neurons'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_cost(results: list[dict], path: Path) -> None:
+    """Dev accuracy, active parameters (without embeddings) and cumulative training FLOPs against the step,
+    every run overlaid: one colour per trainer, one line per seed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = [r for r in results if r.get("cost_series")]
+    if not runs:
+        return
+    trainers = sorted({r["trainer"] for r in runs}, key=lambda t: (t != "dense", t))
+    colors = dict(zip(trainers, ["black", "tab:red", "tab:blue", "tab:orange", "tab:green", "tab:purple",
+                                 "tab:brown", "tab:pink", "tab:gray", "tab:olive"]))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=90)
+    seen = set()
+    for r in sorted(runs, key=lambda r: (r["trainer"], r["config"]["SEED"])):
+        c, label = colors[r["trainer"]], (r["trainer"] if r["trainer"] not in seen else None)
+        seen.add(r["trainer"])
+        timeline = r.get("accuracy_timeline") or []
+        axes[0].plot([t["step"] for t in timeline], [t["accuracy"] for t in timeline], ".-", color=c, lw=1,
+                     alpha=0.7, label=label)
+        series = r["cost_series"]
+        steps = [e["step"] for e in series]
+        axes[1].plot(steps, [e["active_params_without_embeddings"] / 1e6 for e in series], color=c, alpha=0.7,
+                     label=label)
+        axes[2].plot(steps, [e["train_flops"] / 1e15 for e in series], color=c, alpha=0.7, label=label)
+    for ax, ylabel in zip(axes, ("SST-2 dev accuracy", "active parameters without embeddings (M)",
+                                 "cumulative training PFLOPs")):
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def write(out: Path) -> list[dict]:
@@ -307,9 +471,12 @@ def write(out: Path) -> list[dict]:
         writer.writeheader()
         writer.writerows(rows)
     structured = structured_markdown(results)
+    replay = early_stopping_replay(results)
     (out / "results.md").write_text(markdown(rows) + "\n" + targets(rows)
-                                    + ("\n## Heads + neurons\n\n" + structured if structured else ""))
+                                    + ("\n## Heads + neurons\n\n" + structured if structured else "")
+                                    + ("\n## Early stopping\n\n" + replay if replay else ""))
     plots(unstructured, rows, out)
+    plot_cost(results, out / "cost_vs_step.png")
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'} and plots ({len(rows)} runs)")
     return rows
 

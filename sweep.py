@@ -2,6 +2,9 @@
 
     python sweep.py                                      # the grid below, full SST-2
     python sweep.py --train_subset=8000 --eb_check_every=10 --out_dir=sweeps/small
+    python sweep.py --granularity=heads+neurons --trainers=dense,activation,magnitude --seeds=1,2,3
+                                                         # heads + neurons at HEAD_RATE / NEURON_RATE (bert.py's,
+                                                         # or --head_rate=... --neuron_rate=...); RATES unused
 
 Every cell is one `python bert.py --run_name=CELL ...` in its own process (the same experiment code,
 not a copy). A cell with results.json is skipped, a cell killed midway resumes from its checkpoint,
@@ -19,28 +22,34 @@ from tqdm import tqdm
 import bert  # noqa: F401  (defines every trainer a cell may name)
 import report
 from pruning import experiment
+from pruning.units import GRANULARITIES
 
 SCRIPT = "bert.py"                              # the experiment each cell runs
 TRAINERS = "dense,magnitude,gradient,undecayed" # comma-separated; dense runs once per seed
-RATES = "0.3,0.5,0.7,0.9"                       # comma-separated pruning rates
+RATES = "0.3,0.5,0.7,0.9"                       # comma-separated pruning rates (granularity "weights")
+GRANULARITY = "weights"                         # or "heads+neurons": one cell per trainer and seed
 SEEDS = "42"                                    # comma-separated seeds
 OUT_DIR = "sweeps/bert"                         # one sub-directory per cell, plus the report
 DENSE_EVAL_EVERY = 50                           # dense runs evaluate this often (the time-to-accuracy curve for B3)
 
 
-def cells(trainers, rates, seeds, dense_eval_every):
+def cells(trainers, rates, seeds, dense_eval_every, granularity="weights"):
+    structured = granularity != "weights"
     for seed in seeds:
         for trainer in trainers:
-            for rate in ([None] if trainer == "dense" else rates):
+            dense = trainer == "dense"
+            for rate in ([None] if dense or structured else rates):
                 name = f"{trainer}-s{seed}" if rate is None else f"{trainer}-r{rate:g}-s{seed}"
                 args = [f"--trainer={trainer}", f"--seed={seed}"]
-                args += [f"--eval_every={dense_eval_every}"] if rate is None else [f"--pruning_rate={rate}"]
+                args += [f"--eval_every={dense_eval_every}"] if dense else []
+                args += [f"--granularity={granularity}"] if structured and not dense else []
+                args += [f"--pruning_rate={rate}"] if rate is not None else []
                 yield name, args
 
 
 def main():
     own = {k: v for k, v in globals().items()
-           if k in ("SCRIPT", "TRAINERS", "RATES", "SEEDS", "OUT_DIR", "DENSE_EVAL_EVERY")}
+           if k in ("SCRIPT", "TRAINERS", "RATES", "GRANULARITY", "SEEDS", "OUT_DIR", "DENSE_EVAL_EVERY")}
     own_keys = {f"--{k.lower()}" for k in own}
     sweep_args = [a for a in sys.argv[1:] if a.split("=")[0] in own_keys or a in ("-h", "--help")]
     passed_on = [a for a in sys.argv[1:] if a not in sweep_args]
@@ -49,10 +58,12 @@ def main():
     for t in trainers:
         if t not in experiment.trainers():
             raise SystemExit(f"error: unknown trainer {t!r} in --trainers; choose from {', '.join(experiment.trainers())}")
+    if config["GRANULARITY"] not in GRANULARITIES:
+        raise SystemExit(f"error: unknown --granularity={config['GRANULARITY']}; choose one of {', '.join(GRANULARITIES)}")
     rates = [float(r) for r in config["RATES"].split(",")]
     seeds = [int(s) for s in config["SEEDS"].split(",")]
     out = Path(config["OUT_DIR"])
-    grid = list(cells(trainers, rates, seeds, config["DENSE_EVAL_EVERY"]))
+    grid = list(cells(trainers, rates, seeds, config["DENSE_EVAL_EVERY"], config["GRANULARITY"]))
     out.mkdir(parents=True, exist_ok=True)
     failed = []
     with tqdm(grid, desc="sweep", unit="run") as bar:

@@ -130,3 +130,17 @@ def assert_same_on_all_ranks(fingerprint: str, what: str) -> None:
     if len(set(prints)) != 1:
         raise RuntimeError(f"ranks computed different {what} masks (fingerprints {prints}); "
                            "their weights or gradients have diverged")
+
+
+def overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict:
+    """How alike two keep-masks over the same groups are: the Jaccard index of the kept sets, and the
+    index two masks would have by chance if each group's kept units were drawn at random with the same
+    counts (expected intersection: sum over groups of kept_a * kept_b / size)."""
+    if a.keys() != b.keys() or any(a[n].shape != b[n].shape for n in a):
+        raise ValueError("overlap needs two masks over the same groups and shapes")
+    both = sum(int((a[n].bool() & b[n].bool()).sum()) for n in a)
+    kept_a, kept_b = (sum(int(m[n].sum()) for n in a) for m in (a, b))
+    chance = sum(int(a[n].sum()) * int(b[n].sum()) / a[n].numel() for n in a)
+    union = kept_a + kept_b - both
+    return {"jaccard": both / union if union else 1.0, "shared": both, "kept": (kept_a, kept_b),
+            "chance_jaccard": chance / (kept_a + kept_b - chance) if kept_a + kept_b - chance else 1.0}

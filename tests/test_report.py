@@ -88,3 +88,29 @@ def test_heads_and_neurons_runs_get_their_own_table_beside_the_dense_run_of_thei
     assert "| slimming | heads 0.333, neurons 0.4 | 1 | 100 | 16 / 24 | 1,843 / 3,072 | 0.750 / 0.500 | 0.7000 | 0.8500 | 0.9000 | 4 | 6 | 0.50 | 1.50 | 1.20 / 1.60 | 0.50 |" in table
     # paired with the dense run of the same seed: -0.05 and -0.10
     assert "| slimming | heads 0.333, neurons 0.4 | 1, 2 | 0.8250 ± 0.0354 | 0.9000 ± 0.0000 | -0.0750 ± 0.0354 |" in table
+
+
+def test_overlap_of_hand_built_masks_and_its_chance_level():
+    import torch
+    from pruning.masks import overlap
+    a = {"l0": torch.tensor([1, 1, 0, 0], dtype=torch.bool), "l1": torch.tensor([1, 1, 1, 0], dtype=torch.bool)}
+    b = {"l0": torch.tensor([1, 0, 1, 0], dtype=torch.bool), "l1": torch.tensor([0, 1, 1, 1], dtype=torch.bool)}
+    o = overlap(a, b)
+    assert o["shared"] == 3 and o["kept"] == (5, 5) and o["jaccard"] == 3 / 7
+    chance = 2 * 2 / 4 + 3 * 3 / 4                   # expected shared units of random choices, layer by layer
+    assert o["chance_jaccard"] == pytest.approx(chance / (10 - chance))
+    assert overlap(a, a)["jaccard"] == 1.0
+
+
+def test_paired_t_test_matches_the_hand_computed_value():
+    # differences 0.01, 0.00, 0.02: mean 0.01, sd 0.01, t = 0.01 / (0.01 / sqrt 3) = sqrt 3, 2 degrees of freedom
+    t = 3 ** 0.5
+    assert report.paired_p([0.87, 0.88, 0.89], [0.86, 0.88, 0.87]) == pytest.approx(1 - t / (t * t + 2) ** 0.5)
+    assert report.paired_p([0.9], [0.8]) is None
+
+
+def test_structured_sweep_has_one_cell_per_trainer_and_seed():
+    grid = dict(sweep.cells(["dense", "activation"], [0.3, 0.5], [1, 2], 50, "heads+neurons"))
+    assert sorted(grid) == ["activation-s1", "activation-s2", "dense-s1", "dense-s2"]
+    assert "--granularity=heads+neurons" in grid["activation-s1"] and not any("rate" in a for a in grid["activation-s1"])
+    assert "--granularity=heads+neurons" not in grid["dense-s1"] and "--eval_every=50" in grid["dense-s1"]
