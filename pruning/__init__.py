@@ -5,7 +5,8 @@
 - masks:     scores -> exact-count keep-masks (global, per layer, per tensor)
 - schedule:  the phase plan and learning-rate policy
 - surgery:   physical removal of heads and neurons; gates on unit outputs
-- callbacks: the TrainerCallbacks of a run, one job each
+- callbacks: the TrainerCallbacks of a run, one job each (early stopping among them)
+- cost:      CostLog, the run's active parameters, FLOPs, memory and time as it goes
 - trainer:   PruningTrainer, which wires them into HF's Trainer
 - pruned_model: save/load of models whose layers keep different numbers of heads and neurons
 - experiment, data, models, results: the experiment behind the scripts
