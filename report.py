@@ -387,8 +387,7 @@ def training_flops(r: dict) -> float | None:
 
 def kept_units(run: dict) -> dict[str, dict]:
     """A heads+neurons run's final keep-masks, split into heads and neurons."""
-    tensors, meta = state_io.read(str(Path(run["run_dir"]) / state_io.MASKS_FILE))
-    masks = state_io.unpack_masks(tensors, "keep/", {n: tuple(s) for n, s in meta["groups"].items()})
+    masks = state_io.read_run_masks(run["run_dir"])[0]
     return {kind: {n: m for n, m in masks.items() if n.endswith("." + kind)} for kind in ("heads", "neurons")}
 
 

@@ -62,16 +62,20 @@ class EarlyBirdSearch(TrainerCallback):
         step, plan = state.global_step, self.trainer.plan
         if not self.active or not plan.check_due(step, self.check_every):
             return control
-        masks = self.masks_now()
+        scores = self.trainer.criterion.scores()
+        masks = self.trainer.select_masks(scores)
         for kind, det in self.detectors.items():
             flat = flat_mask({n: masks[n] for n in self.kind_groups[kind]})
             print_ = mask_fingerprint(pack_mask(flat))
             assert_same_on_all_ranks(print_, f"step-{step} {kind}")
             det.update(flat, step)
             det.history[-1]["fingerprint"] = print_
-        self.trainer.criterion.reset()
         found = all(det.settled for det in self.detectors.values())  # all of them, at this same check
-        if found or step >= plan.search_steps:
+        prune_now = found or step >= plan.search_steps
+        if prune_now:  # kept before reset() clears them: the lottery study's "bad" tickets rank by them
+            self.trainer.keep_scores(scores)
+        self.trainer.criterion.reset()
+        if prune_now:
             self.trainer.prune(masks, step, found, optimizer, control)
         return control
 

@@ -46,6 +46,15 @@ def unpack_masks(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict[str
     return out
 
 
+def read_run_masks(run_dir: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict]:
+    """A finished run's keep-masks (original space), the scores they were selected from (None for a
+    fixed-mask run, or a run from before scores were kept), and the file's metadata."""
+    tensors, meta = read(os.path.join(run_dir, MASKS_FILE))
+    shapes = {n: tuple(s) for n, s in meta["groups"].items()}
+    scores = {n: tensors[f"score/{n}"].view(shapes[n]) for n in shapes if f"score/{n}" in tensors}
+    return unpack_masks(tensors, "keep/", shapes), (scores if len(scores) == len(shapes) else None), meta
+
+
 def last_checkpoint_with_pruning_state(output_dir: str) -> str:
     """The newest checkpoint-N folder whose pruning state was completely written."""
     steps = []

@@ -60,6 +60,7 @@ class PruningTrainer(Trainer):
                              f"got lr_scheduler_type={self.args.lr_scheduler_type}")
         self.criterion = self.criterion_class(self.units, **self.pruning.criterion_options)
         self.masks: dict[str, torch.Tensor] | None = None   # original-space keep-masks, once pruned
+        self.scores_at_prune: dict[str, torch.Tensor] | None = None  # original-space scores the mask came from
         self.plan: PhasePlan | None = None
         self.record = {"phase": "search", "eb_found": None, "eb_step": None, "prune_step": None,
                        "stop_step": None, "lr_restart_step": None, "fixed_mask_from": None,
@@ -106,6 +107,11 @@ class PruningTrainer(Trainer):
     def select_masks(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Original-space keep-masks from live-unit scores; units already removed stay removed."""
         return self.pruning.select(self.units, self.units.to_original(scores, fill=float("-inf")), self.masks)
+
+    def keep_scores(self, scores: dict[str, torch.Tensor]) -> None:
+        """Keep the scores the pruning mask is selected from (original space; removed units -inf)."""
+        self.scores_at_prune = {n: s.detach().float().cpu().clone()
+                                for n, s in self.units.to_original(scores, fill=float("-inf")).items()}
 
     def prune(self, masks, step: int, found: bool, optimizer, control) -> None:
         """Evaluate, prune to `masks`, evaluate again; the retrain phase starts."""
@@ -229,6 +235,8 @@ class PruningTrainer(Trainer):
                 tensors[f"detector/{kind}/reference"] = torch.from_numpy(reference)
         if self.masks is not None:
             tensors.update(state_io.pack_masks(self.masks, "keep/"))
+        if self.scores_at_prune is not None:
+            tensors.update({f"score/{n}": s for n, s in self.scores_at_prune.items()})
         meta = {"record": self.record, "detectors": detectors, "config": _config_dict(self.pruning),
                 "criterion": self.criterion.name, "granularity": self.units.granularity,
                 "groups": {n: list(g.shape) for n, g in self.units.groups.items()}}
@@ -260,6 +268,8 @@ class PruningTrainer(Trainer):
         self.search.load_state_dict(detectors)
         self.record.clear()
         self.record.update(meta["record"])
+        scores = {k[len("score/"):]: v for k, v in tensors.items() if k.startswith("score/")}
+        self.scores_at_prune = scores or None
         if any(k.startswith("keep/") for k in tensors):
             self.criterion.close()
             removed_before = self.record["removed_units"]
@@ -305,7 +315,7 @@ def read_masks(run_dir: str, units: PrunableUnits) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MASK_FROM={run_dir}: no {state_io.MASKS_FILE} there; point it at the directory "
                                 "of a finished pruning run (runs/NAME)")
-    tensors, meta = state_io.read(path)
+    masks, _, meta = state_io.read_run_masks(run_dir)
     groups = {n: list(g.shape) for n, g in units.groups.items()}
     if meta["granularity"] != units.granularity:
         raise ValueError(f"MASK_FROM={run_dir} holds a {meta['granularity']!r} mask; this run's granularity is "
@@ -313,11 +323,15 @@ def read_masks(run_dir: str, units: PrunableUnits) -> dict[str, torch.Tensor]:
     if meta["groups"] != groups:
         raise ValueError(f"MASK_FROM={run_dir} holds a mask for another model ({meta.get('model', '?')}: "
                          f"{len(meta['groups'])} groups); this model has {len(groups)} groups of other shapes")
-    return state_io.unpack_masks(tensors, "keep/", {n: g.shape for n, g in units.groups.items()})
+    return masks
 
 
 def write_masks(trainer: PruningTrainer, run_dir: str, model_description: str) -> None:
+    """The final keep-masks, and the scores they were selected from (none for a fixed-mask run)."""
     masks = trainer.masks or {n: torch.ones(g.shape, dtype=torch.bool) for n, g in trainer.units.groups.items()}
     meta = {"granularity": trainer.units.granularity, "criterion": trainer.criterion.name,
             "model": model_description, "groups": {n: list(g.shape) for n, g in trainer.units.groups.items()}}
-    state_io.write(os.path.join(run_dir, state_io.MASKS_FILE), state_io.pack_masks(masks, "keep/"), meta)
+    tensors = state_io.pack_masks(masks, "keep/")
+    if trainer.scores_at_prune is not None:
+        tensors.update({f"score/{n}": s for n, s in trainer.scores_at_prune.items()})
+    state_io.write(os.path.join(run_dir, state_io.MASKS_FILE), tensors, meta)

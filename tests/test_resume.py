@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, run_script, tiny_args
 from pruning import PRUNING_STATE_FILE
+from pruning.state import read_run_masks
 
 # 20 steps an epoch; checks every 2 steps, EB at step 6, retraining to step 26; a checkpoint every 3 steps.
 SETTINGS = dict(trainer="gradient", save_every=3)
@@ -20,11 +21,15 @@ def finished(out, name):
     run_dir = out / name
     res = json.loads((run_dir / "results.json").read_text())
     weights = load_file(run_dir / "model" / "model.safetensors")
-    return res, weights
+    masks, scores, _ = read_run_masks(str(run_dir))
+    return res, weights, (masks, scores)
 
 
 def same_run(a, b):
-    (ra, wa), (rb, wb) = a, b
+    (ra, wa, (ma, sa)), (rb, wb, (mb, sb)) = a, b
+    # masks.safetensors: the same masks, and the same scores they were selected from (kept across a restart)
+    assert sa is not None and sb is not None and ma.keys() == mb.keys() == sa.keys() == sb.keys()
+    assert all(torch.equal(ma[n], mb[n]) and torch.equal(sa[n], sb[n]) for n in ma)
     pa, pb = ra["pruning"], rb["pruning"]
     assert pa["eb_step"] == pb["eb_step"] and pa["prune_step"] == pb["prune_step"]
     assert pa["mask_fingerprint"] == pb["mask_fingerprint"]
