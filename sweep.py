@@ -7,14 +7,11 @@
                                                          # or --head_rate=... --neuron_rate=...); RATES unused
 
 Every cell is one `python bert.py --run_name=CELL ...` in its own process (the same experiment code,
-not a copy). A cell with results.json is skipped, a cell killed midway resumes from its checkpoint,
-so the sweep can be stopped and re-run at any time. Any --key=value that is not a sweep setting below
+not a copy; `pruning.cells`). A cell with results.json is skipped, a cell killed midway resumes from
+its checkpoint, so the sweep can be stopped and re-run at any time. Any --key=value that is not a sweep setting below
 is handed to every cell (see `python bert.py --help`). At the end, report.py writes results.csv,
 results.md and the plots into OUT_DIR.
 """
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,6 +19,7 @@ from tqdm import tqdm
 import bert  # noqa: F401  (defines every trainer a cell may name)
 import report
 from pruning import experiment
+from pruning.cells import run_cell
 from pruning.units import GRANULARITIES
 
 SCRIPT = "bert.py"                              # the experiment each cell runs
@@ -31,6 +29,7 @@ GRANULARITY = "weights"                         # or "heads+neurons": one cell p
 SEEDS = "42"                                    # comma-separated seeds
 OUT_DIR = "sweeps/bert"                         # one sub-directory per cell, plus the report
 DENSE_EVAL_EVERY = 50                           # dense runs evaluate this often (the time-to-accuracy curve for B3)
+SETTINGS = ("SCRIPT", "TRAINERS", "RATES", "GRANULARITY", "SEEDS", "OUT_DIR", "DENSE_EVAL_EVERY")
 
 
 def cells(trainers, rates, seeds, dense_eval_every, granularity="weights"):
@@ -48,12 +47,10 @@ def cells(trainers, rates, seeds, dense_eval_every, granularity="weights"):
 
 
 def main():
-    own = {k: v for k, v in globals().items()
-           if k in ("SCRIPT", "TRAINERS", "RATES", "GRANULARITY", "SEEDS", "OUT_DIR", "DENSE_EVAL_EVERY")}
-    own_keys = {f"--{k.lower()}" for k in own}
-    sweep_args = [a for a in sys.argv[1:] if a.split("=")[0] in own_keys or a in ("-h", "--help")]
-    passed_on = [a for a in sys.argv[1:] if a not in sweep_args]
-    config = experiment.configure({**own, "__file__": __file__}, sweep_args)
+    try:
+        config, passed_on = experiment.grid_settings(globals(), SETTINGS)
+    except experiment.ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     trainers = [t.strip() for t in config["TRAINERS"].split(",") if t.strip()]
     for t in trainers:
         if t not in experiment.trainers():
@@ -68,23 +65,10 @@ def main():
     failed = []
     with tqdm(grid, desc="sweep", unit="run") as bar:
         for name, args in bar:
-            run_dir = out / name
-            if (run_dir / "results.json").exists():
-                continue
             bar.set_postfix_str(name)
-            resume = []
-            if run_dir.exists():
-                if any((run_dir / "checkpoints").glob("checkpoint-*")):
-                    resume = ["--resume=true"]
-                else:  # killed before its first checkpoint: nothing to keep
-                    shutil.rmtree(run_dir)
-            cmd = [sys.executable, config["SCRIPT"], f"--out_dir={out}", f"--run_name={name}", *args, *passed_on, *resume]
-            with open(out / f"{name}.log", "a") as log:
-                if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
-                    failed.append(name)
-                    tqdm.write(f"{name} failed; see {out / (name + '.log')}")
-                else:  # finished: the final model is in model/, the checkpoints only take disk space
-                    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            if not run_cell(config["SCRIPT"], out, name, [*args, *passed_on]):
+                failed.append(name)
+                tqdm.write(f"{name} failed; see {out / (name + '.log')}")
     report.write(out)
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")

@@ -135,6 +135,28 @@ def configure(namespace: dict, argv: list[str] | None = None) -> dict:
     return config
 
 
+def grid_settings(namespace: dict, names: tuple[str, ...], argv: list[str] | None = None) -> tuple[dict, list[str]]:
+    """A grid script's own settings (its constants `names`, overridable as --key=value), and the other
+    arguments, which go to every run of the grid. Those are checked against the experiment script
+    the grid runs (its SCRIPT), so a typo fails at once instead of in every run."""
+    import runpy
+    argv = sys.argv[1:] if argv is None else argv
+    own = {f"--{k.lower()}" for k in names}
+    mine = [a for a in argv if a.split("=")[0] in own or a in ("-h", "--help")]
+    passed_on = [a for a in argv if a not in mine]
+    config = configure({**{k: namespace[k] for k in names}, "__file__": namespace.get("__file__", "grid.py")}, mine)
+    script = config.get("SCRIPT")
+    if script:
+        if not os.path.isfile(script):
+            raise ConfigError(f"SCRIPT={script}: no such file; give the experiment script, e.g. bert.py")
+        try:
+            configure(runpy.run_path(script), passed_on)
+        except ConfigError as e:
+            grid = os.path.basename(namespace.get("__file__", "the grid"))
+            raise ConfigError(f"{e}; or one of {grid}'s own: {', '.join(sorted(own))}") from None
+    return config, passed_on
+
+
 def criterion_options(config: dict) -> dict:
     """The criterion's own settings, by naming convention: constructor argument `epsilon` of the
     criterion named "undecayed" is the constant UNDECAYED_EPSILON (likewise SLIMMING_L1)."""
