@@ -1,0 +1,367 @@
+"""The lottery-ticket study (Prasanna et al., EMNLP 2020) on early-bird tickets.
+
+    python lottery.py --train_subset=16000           # MiniLM, heads+neurons, magnitude (and gradient), 3 seeds
+    python lottery.py --granularity=weights --pruning_rate=0.5 --out_dir=sweeps/lottery-weights
+    python lottery.py --model=bert-base-uncased      # BERT-base (Hub) on all of SST-2: a bigger machine
+
+For every seed:
+1. the early-bird pipeline (SCRIPT, with SAVE_EB_WEIGHTS) draws the "good" mask with CRITERION, and
+   with each COMPARE_WITH criterion (those only to compare which units the criteria keep);
+2. from CRITERION's good mask, a "random" and a "bad" ticket keep as many units in every layer
+   (bad: the lowest-scoring ones, by the scores the good mask was selected from);
+3. every ticket trains with its mask fixed from step 0, from the pretrained weights and from the
+   weights at the early-bird step (rewinding), for EPOCHS; the dense model trains EPOCHS too.
+Then OUT_DIR/lottery.md holds dev accuracy (mean ± std over seeds) of every ticket and starting
+point beside the dense reference, paired tests, and how stable the kept sets are across seeds and
+criteria (Jaccard per layer against chance, heads that always survive); the plots lie beside it.
+
+Each training is one run of SCRIPT in its own process (`pruning.cells`): a finished run is skipped
+and a killed one resumes, so the study can be stopped and re-run at any time. Any --key=value that
+is not a study setting below goes to every run (see `python bert.py --help`).
+"""
+from __future__ import annotations
+
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import report
+from pruning import experiment, tickets
+from pruning.cells import run_cell
+from pruning.config import REWIND_POINTS
+from pruning.state import read_run_masks
+from pruning.units import GRANULARITIES
+
+SCRIPT = "bert.py"                  # the experiment every run uses
+CRITERION = "magnitude"             # the criterion of the good mask, from which random and bad tickets are built
+COMPARE_WITH = "gradient"           # more criteria whose masks are drawn only to compare kept sets; "" = none
+GRANULARITY = "heads+neurons"       # or "weights" (unstructured; set --pruning_rate)
+SEEDS = "42,43,44"                  # one good mask, random ticket and training per seed (>= 3 for a paired test worth reading)
+TICKETS = "good,random,bad"         # the tickets trained
+REWINDS = "pretrained,early_bird"   # where a ticket's training starts: the pretrained weights, or the early-bird weights
+EPOCHS = 1.0                        # training budget of every ticket and of the dense reference
+OUT_DIR = "sweeps/lottery"          # one sub-directory per run, tickets/, lottery.md and the plots
+SETTINGS = ("SCRIPT", "CRITERION", "COMPARE_WITH", "GRANULARITY", "SEEDS", "TICKETS", "REWINDS", "EPOCHS", "OUT_DIR")
+# What the study sets for every run itself: passing them would break its design.
+STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--mask_from": "--tickets", "--rewind_to": "--rewinds",
+              "--save_eb_weights": None, "--run_name": None, "--resume": None}
+
+
+def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
+    """The study's settings and the arguments for every run, checked before any training."""
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:
+        key = arg.split("=")[0]
+        if key in STUDY_OWNS:
+            instead = f"; set {STUDY_OWNS[key]} instead" if STUDY_OWNS[key] else ""
+            raise experiment.ConfigError(f"{arg}: the study sets {key} for each of its runs{instead}")
+    config, passed_on = experiment.grid_settings(globals(), SETTINGS, argv)
+    split = {k: [t.strip() for t in config[k].split(",") if t.strip()]
+             for k in ("COMPARE_WITH", "SEEDS", "TICKETS", "REWINDS")}
+    known = experiment.trainers()
+    for name in [config["CRITERION"], *split["COMPARE_WITH"]]:
+        if name not in known or name == "dense":
+            raise experiment.ConfigError(f"unknown pruning criterion {name!r}; choose from "
+                                         f"{', '.join(n for n in known if n != 'dense')}")
+    if config["GRANULARITY"] not in GRANULARITIES:
+        raise experiment.ConfigError(f"unknown --granularity={config['GRANULARITY']}; choose one of "
+                                     f"{', '.join(GRANULARITIES)}")
+    for key, allowed in (("TICKETS", tickets.KINDS), ("REWINDS", REWIND_POINTS)):
+        wrong = [t for t in split[key] if t not in allowed] or ([] if split[key] else ["(none)"])
+        if wrong:
+            raise experiment.ConfigError(f"--{key.lower()}: {', '.join(wrong)} not understood; give some of "
+                                         f"{', '.join(allowed)}, comma-separated")
+    try:
+        seeds = [int(s) for s in split["SEEDS"]]
+    except ValueError:
+        raise experiment.ConfigError(f"--seeds={config['SEEDS']!r}: give integers, comma-separated") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise experiment.ConfigError(f"--seeds={config['SEEDS']!r}: give distinct integers, comma-separated")
+    if not config["EPOCHS"] > 0:
+        raise experiment.ConfigError(f"EPOCHS must be > 0, got {config['EPOCHS']}")
+    config.update(split, SEEDS=seeds)
+    import runpy  # every run's whole configuration, validated as the run itself will (e.g. a rate that empties a layer)
+    namespace = runpy.run_path(config["SCRIPT"])
+    for _, args, ticket in runs(config, passed_on, seeds[:1]):
+        if ticket is None:  # a ticket's directory only exists once its source run has finished
+            experiment.validate(experiment.configure(namespace, args))
+    return config, passed_on
+
+
+def runs(config: dict, passed_on: list[str], seeds: list[int] | None = None):
+    """(name, arguments, ticket) of every run, seed by seed in the order they run: the early-bird
+    searches, the dense reference, then each ticket ((seed, kind); None for the others) from each
+    starting point."""
+    budget = [f"--search_epochs={config['EPOCHS']}", "--retrain_epochs=0"]  # a fixed mask trains search + retrain
+    granularity = f"--granularity={config['GRANULARITY']}"
+    for seed in seeds or config["SEEDS"]:
+        for trainer in [config["CRITERION"], *config["COMPARE_WITH"]]:
+            yield f"eb-{trainer}-s{seed}", ["--measure_speed=false", *passed_on, f"--trainer={trainer}",
+                                            f"--seed={seed}", granularity, "--save_eb_weights=true"], None
+        yield f"dense-s{seed}", ["--measure_speed=false", *passed_on, "--trainer=dense", f"--seed={seed}",
+                                 *budget], None
+        for kind in config["TICKETS"]:
+            for rewind in config["REWINDS"]:
+                yield f"{kind}-{rewind}-s{seed}", [
+                    "--measure_speed=false", *passed_on, f"--trainer={config['CRITERION']}", f"--seed={seed}",
+                    granularity, f"--mask_from={ticket_dir(config, seed, kind)}", f"--rewind_to={rewind}",
+                    *budget], (seed, kind)
+
+
+def ticket_dir(config: dict, seed: int, kind: str) -> Path:
+    return Path(config["OUT_DIR"]) / "tickets" / f"s{seed}" / kind
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        config, passed_on = settings(argv)
+    except experiment.ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    out = Path(config["OUT_DIR"])
+    plan = list(runs(config, passed_on))
+    failed = []
+    with tqdm(plan, desc="lottery", unit="run") as bar:
+        for name, args, ticket in bar:
+            bar.set_postfix_str(name)
+            if ticket:
+                seed, kind = ticket
+                source = out / f"eb-{config['CRITERION']}-s{seed}"
+                if source.name in failed:
+                    continue
+                tickets.write_tickets(source, ticket_dir(config, seed, kind).parent, seed, config["TICKETS"])
+            if not run_cell(config["SCRIPT"], out, name, args):
+                failed.append(name)
+                tqdm.write(f"{name} failed; see {out / (name + '.log')}")
+    write(out, config)
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+
+
+# --- the report ----------------------------------------------------------------------------------
+NAME = re.compile(r"^(?:(?P<kind>good|random|bad)-(?P<rewind>pretrained|early_bird)|eb-(?P<trainer>.+)|dense)"
+                  r"-s(?P<seed>\d+)$")
+
+
+def collect(out: Path) -> dict:
+    """The study's finished runs by role: dense[seed], eb[trainer][seed], ticket[(kind, rewind)][seed]."""
+    found = {"dense": {}, "eb": {}, "ticket": {}}
+    for r in report.load(out):
+        m = NAME.match(Path(r["run_dir"]).name)
+        if not m:
+            continue
+        seed = int(m["seed"])
+        if m["kind"]:
+            found["ticket"].setdefault((m["kind"], m["rewind"]), {})[seed] = r
+        elif m["trainer"]:
+            found["eb"].setdefault(m["trainer"], {})[seed] = r
+        else:
+            found["dense"][seed] = r
+    return found
+
+
+def accuracy(r: dict, stage: str = "final") -> float | None:
+    return (r["metrics"].get(stage) or {}).get("accuracy")
+
+
+def accuracy_markdown(found: dict, config: dict) -> list[str]:
+    dense = found["dense"]
+    lines = [f"Dev accuracy, mean ± std over seeds (n). Every ticket and the dense reference trained "
+             f"{config['EPOCHS']:g} epoch(s); \"before training\": the masked starting weights, not trained.", "",
+             "| ticket | from the pretrained weights | from the early-bird weights | early-bird weights, before "
+             "training |", "|---|---|---|---|"]
+    lines.append(f"| dense (no mask) | {_cell([accuracy(r) for r in dense.values()])} | – | – |")
+    for kind in tickets.KINDS:
+        pre, eb = found["ticket"].get((kind, "pretrained"), {}), found["ticket"].get((kind, "early_bird"), {})
+        if pre or eb:
+            lines.append(f"| {kind} | {_cell([accuracy(r) for r in pre.values()])} | "
+                         f"{_cell([accuracy(r) for r in eb.values()])} | "
+                         f"{_cell([accuracy(r, 'after_prune') for r in eb.values()])} |")
+    lines += ["", "The early-bird pipeline itself (search, prune, retrain with the mask; its own budget):", "",
+              "| criterion | final accuracy | early bird at step | parameters kept (without embeddings) |",
+              "|---|---|---|---|"]
+    for trainer, by_seed in sorted(found["eb"].items()):
+        runs_ = list(by_seed.values())
+        kept = [r["parameters"]["final"]["without_embeddings"] / r["parameters"]["dense"]["without_embeddings"]
+                for r in runs_ if r.get("parameters")]
+        steps = ", ".join(str(r["pruning"]["prune_step"]) + ("" if r["pruning"]["eb_found"] else " (budget)")
+                          for r in runs_)
+        lines.append(f"| {trainer} | {_cell([accuracy(r) for r in runs_])} | {steps} | {_cell(kept)} |")
+    return lines
+
+
+def paired_markdown(found: dict) -> list[str]:
+    """Paired by seed: good against random and bad, random against bad, and each ticket against dense."""
+    arms = {f"{kind}, {rewind.replace('_', '-')}": by_seed for (kind, rewind), by_seed in found["ticket"].items()}
+    pairs = []
+    for rewind in REWIND_POINTS:
+        label = rewind.replace("_", "-")
+        pairs += [(f"good, {label}", f"random, {label}"), (f"good, {label}", f"bad, {label}"),
+                  (f"random, {label}", f"bad, {label}")]
+    pairs += [(f"good, {label}", f"good, {other}") for label, other in (("early-bird", "pretrained"),)]
+    pairs += [(f"{kind}, {rewind.replace('_', '-')}", "dense") for kind in tickets.KINDS for rewind in REWIND_POINTS]
+    arms["dense"] = found["dense"]
+    lines = ["Paired by seed (same data order and dropout): difference in accuracy and the paired t-test. "
+             "With 3 seeds only large differences reach p < 0.05.", "",
+             "| A / B | seeds | A − B | p (paired t) |", "|---|---|---|---|"]
+    for a, b in pairs:
+        if a not in arms or b not in arms:
+            continue
+        seeds = sorted(set(arms[a]) & set(arms[b]))
+        if len(seeds) < 2:
+            continue
+        xa, xb = [accuracy(arms[a][s]) for s in seeds], [accuracy(arms[b][s]) for s in seeds]
+        lines.append(f"| {a} / {b} | {len(seeds)} | {report._mean_std([x - y for x, y in zip(xa, xb)])} | "
+                     f"{report._fmt(report.paired_p(xa, xb), 3)} |")
+    return lines if len(lines) > 4 else []
+
+
+def stability(found: dict) -> dict:
+    """Overlap of the early-bird masks between seeds (each criterion) and between criteria (each seed)."""
+    masks = {(t, seed): read_run_masks(r["run_dir"])[0] for t, by_seed in found["eb"].items()
+             for seed, r in by_seed.items()}
+    seeds_rows, criteria_rows = [], []
+    for t in sorted({t for t, _ in masks}):
+        rows = tickets.pairwise_overlaps({s: m for (tt, s), m in masks.items() if tt == t})
+        seeds_rows += [{**row, "criterion": t} for row in rows]
+    for seed in sorted({s for _, s in masks}):
+        rows = tickets.pairwise_overlaps({t: m for (t, s), m in masks.items() if s == seed})
+        criteria_rows += [{**row, "seed": seed} for row in rows]
+    survival = {}
+    for t in sorted({t for t, _ in masks}):
+        structured = [m for (tt, _), m in sorted(masks.items()) if tt == t and tickets.split_kind(m, "heads")]
+        if structured:
+            survival[t] = tickets.head_survival(structured)
+    return {"seeds": seeds_rows, "criteria": criteria_rows, "survival": survival,
+            "n_seeds": {t: sum(1 for tt, _ in masks if tt == t) for t, _ in masks}}
+
+
+def stability_markdown(stab: dict) -> list[str]:
+    lines = ["Which units survive: Jaccard index of the kept sets (mean ± std over pairs), beside the index of "
+             "random choices with the same per-layer counts. Between seeds: one criterion, every two seeds. "
+             "Between criteria: the same seed.", "",
+             "| compared | pairs of | unit | layers | Jaccard | by chance |", "|---|---|---|---|---|---|"]
+    for what, rows, key in (("between seeds", stab["seeds"], "criterion"), ("between criteria", stab["criteria"], None)):
+        groups: dict = {}
+        for row in rows:
+            label = row[key] if key else f"{row['a']} / {row['b']}"
+            groups.setdefault((label, row["kind"], row["layer"] == "all"), []).append(row)
+        for (label, kind, whole), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], not kv[0][2])):
+            if not whole:
+                continue
+            lines.append(f"| {what} | {label} | {kind} | all | {report._mean_std([r['jaccard'] for r in g])} | "
+                         f"{report._mean_std([r['chance'] for r in g])} |")
+    if stab["survival"]:
+        lines += ["", "Heads kept by every seed (\"super-survivors\") and by none, against the number expected if "
+                  "each seed kept its per-layer count of heads at random:", "",
+                  "| criterion | seeds | heads | kept by every seed | expected by chance | kept by none | "
+                  "expected by chance |", "|---|---|---|---|---|---|---|"]
+        for t, grid in stab["survival"].items():
+            n = stab["n_seeds"][t]
+            frac = grid.mean(axis=1)  # each layer's kept fraction (the same for every seed)
+            heads = grid.shape[1]
+            lines.append(f"| {t} | {n} | {grid.size} | {int((grid == 1).sum())} | "
+                         f"{float(sum(heads * f ** n for f in frac)):.1f} | {int((grid == 0).sum())} | "
+                         f"{float(sum(heads * (1 - f) ** n for f in frac)):.1f} |")
+    return lines
+
+
+def plot_accuracy(found: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = {"pretrained": "tab:blue", "early_bird": "tab:orange"}
+    labels = []
+    for i, kind in enumerate(tickets.KINDS):
+        for j, rewind in enumerate(REWIND_POINTS):
+            values = [accuracy(r) for r in found["ticket"].get((kind, rewind), {}).values()]
+            if not values:
+                continue
+            x = i + (j - 0.5) * 0.3
+            ax.scatter([x] * len(values), values, color=colors[rewind], alpha=0.6, s=18,
+                       label=f"from {rewind.replace('_', '-')} weights" if rewind not in labels else None)
+            labels.append(rewind)
+            ax.hlines(statistics.mean(values), x - 0.1, x + 0.1, color=colors[rewind], lw=2)
+    dense = [accuracy(r) for r in found["dense"].values()]
+    if dense:
+        ax.axhline(statistics.mean(dense), color="k", ls="--", lw=1, label="dense, mean")
+    ax.set_xticks(range(len(tickets.KINDS)), tickets.KINDS)
+    ax.set_ylabel("dev accuracy")
+    ax.set_title("Tickets trained with a fixed mask (dots: seeds, bars: means)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_stability(stab: dict, path: Path) -> None:
+    """Per layer: Jaccard between seeds and between criteria, with chance; and the head-survival grids."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    kinds = sorted({r["kind"] for r in stab["seeds"] + stab["criteria"]})
+    panels = len(kinds) + len(stab["survival"])
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for what, rows, style in (("between seeds", stab["seeds"], "-"), ("between criteria", stab["criteria"], "-.")):
+            per_layer: dict = {}
+            for r in rows:
+                if r["kind"] == kind and r["layer"] != "all":
+                    per_layer.setdefault(r["layer"], []).append((r["jaccard"], r["chance"]))
+            if not per_layer:
+                continue
+            layers = sorted(per_layer)
+            line, = ax.plot(layers, [np.mean([j for j, _ in per_layer[k]]) for k in layers], style, marker="o",
+                            label=what)
+            ax.plot(layers, [np.mean([c for _, c in per_layer[k]]) for k in layers], ":", color=line.get_color(),
+                    label=f"{what}, chance")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("Jaccard of kept sets")
+        ax.set_title(kind)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    for ax, (t, grid) in zip(axes[0][len(kinds):], stab["survival"].items()):
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{t}: fraction of {stab['n_seeds'][t]} seeds keeping each head", fontsize=9)
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(out: Path, config: dict) -> str:
+    """lottery.md, lottery_accuracy.png and lottery_stability.png in `out`, from the runs that finished."""
+    found = collect(out)
+    stab = stability(found)
+    seconds = sum(r.get("train_seconds", 0) for group in (found["dense"], *found["eb"].values(),
+                                                           *found["ticket"].values()) for r in group.values())
+    n_runs = len(found["dense"]) + sum(len(g) for g in found["eb"].values()) + sum(len(g) for g in found["ticket"].values())
+    text = "\n".join([f"# Lottery tickets: {config['CRITERION']}, {config['GRANULARITY']}", "",
+                      f"{n_runs} runs; their training (`trainer.train()`) took {seconds / 60:.1f} min in all; start-up and final evaluations come on top.", "",
+                      *accuracy_markdown(found, config), "", *paired_markdown(found), "",
+                      *stability_markdown(stab), "",
+                      "![accuracy](lottery_accuracy.png)", "", "![stability](lottery_stability.png)", ""])
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "lottery.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / "lottery.md")
+    if any(found["ticket"].values()) or found["dense"]:
+        plot_accuracy(found, out / "lottery_accuracy.png")
+    if stab["seeds"] or stab["criteria"]:
+        plot_stability(stab, out / "lottery_stability.png")
+    return text
+
+
+def _cell(values: list) -> str:
+    values = [v for v in values if v is not None]
+    return f"{report._mean_std(values)} ({len(values)})" if values else "–"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
