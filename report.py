@@ -318,6 +318,38 @@ def paired_p(a: list[float], b: list[float]) -> float | None:
     return float(ttest_rel(a, b).pvalue)
 
 
+def correct_on_dev(r: dict):
+    """Which dev sentences a run classified correctly (a boolean array in the dataset's order), or None
+    for a run from before predictions were saved."""
+    import numpy as np
+    dev = r.get("dev_predictions")
+    return None if not dev else np.asarray(dev["predicted"]) == np.asarray(dev["label"])
+
+
+def mcnemar_p(a, b) -> float:
+    """Exact McNemar test of two classifiers on the same sentences (boolean arrays: correct or not):
+    a two-sided binomial test on the sentences exactly one of them gets right."""
+    from scipy.stats import binomtest
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    return 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def bootstrap_difference(a: list, b: list, resamples: int = 10_000, seed: int = 0) -> dict:
+    """Mean over seeds of accuracy(A) − accuracy(B), paired by seed (a[i], b[i]: correct-on-dev arrays of
+    one seed), with a 95% percentile interval and a two-sided p from resampling the dev sentences: the
+    same resample for every seed and both arms, so the pairing by sentence is kept. It measures how much
+    the difference depends on which sentences the dev set holds; the t-test over seeds measures the
+    training noise."""
+    import numpy as np
+    per_sentence = np.mean([x.astype(float) - y.astype(float) for x, y in zip(a, b)], axis=0)
+    rng = np.random.default_rng(seed)
+    stats = np.concatenate([per_sentence[rng.integers(0, len(per_sentence), (1000, len(per_sentence)))].mean(axis=1)
+                            for _ in range(resamples // 1000)])
+    low, high = np.percentile(stats, [2.5, 97.5])
+    p = min(1.0, 2 * min(float((stats <= 0).mean()), float((stats >= 0).mean())))
+    return {"difference": float(per_sentence.mean()), "low": float(low), "high": float(high), "p": p}
+
+
 def criteria_compared(runs: list[dict]) -> list[str]:
     """Every two criteria at the same rates, paired by seed: accuracy difference and paired t-test."""
     acc = defaultdict(dict)

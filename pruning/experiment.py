@@ -135,26 +135,28 @@ def configure(namespace: dict, argv: list[str] | None = None) -> dict:
     return config
 
 
-def grid_settings(namespace: dict, names: tuple[str, ...], argv: list[str] | None = None) -> tuple[dict, list[str]]:
-    """A grid script's own settings (its constants `names`, overridable as --key=value), and the other
-    arguments, which go to every run of the grid. Those are checked against the experiment script
-    the grid runs (its SCRIPT), so a typo fails at once instead of in every run."""
+def grid_settings(namespace: dict, names: tuple[str, ...],
+                  argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
+    """A grid script's own settings (its constants `names`, overridable as --key=value), the other
+    arguments, which go to every run of the grid, and the namespace of the experiment script the grid
+    runs (its SCRIPT). The passed-on arguments are checked against that script, so a typo fails at
+    once instead of in every run."""
     import runpy
     argv = sys.argv[1:] if argv is None else argv
     own = {f"--{k.lower()}" for k in names}
     mine = [a for a in argv if a.split("=")[0] in own or a in ("-h", "--help")]
     passed_on = [a for a in argv if a not in mine]
     config = configure({**{k: namespace[k] for k in names}, "__file__": namespace.get("__file__", "grid.py")}, mine)
-    script = config.get("SCRIPT")
-    if script:
-        if not os.path.isfile(script):
-            raise ConfigError(f"SCRIPT={script}: no such file; give the experiment script, e.g. bert.py")
-        try:
-            configure(runpy.run_path(script), passed_on)
-        except ConfigError as e:
-            grid = os.path.basename(namespace.get("__file__", "the grid"))
-            raise ConfigError(f"{e}; or one of {grid}'s own: {', '.join(sorted(own))}") from None
-    return config, passed_on
+    script = config["SCRIPT"]
+    if not os.path.isfile(script):
+        raise ConfigError(f"SCRIPT={script}: no such file; give the experiment script, e.g. bert.py")
+    script_namespace = runpy.run_path(script)
+    try:
+        configure(script_namespace, passed_on)
+    except ConfigError as e:
+        grid = os.path.basename(namespace.get("__file__", "the grid"))
+        raise ConfigError(f"{e}; or one of {grid}'s own: {', '.join(sorted(own))}") from None
+    return config, passed_on, script_namespace
 
 
 def criterion_options(config: dict) -> dict:
@@ -399,6 +401,7 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     trainer.train(resume_from_checkpoint=True if config["RESUME"] else None)
     train_seconds = time.perf_counter() - started  # this process's share, when resumed
     final = trainer.evaluate()
+    dev_predictions = run_results.dev_predictions(trainer, encoded["validation"])  # on every rank: predict() gathers
     pruned = isinstance(trainer, PruningTrainer)
     speed = None
     if is_main and pruned and config.get("MEASURE_SPEED", False):  # a dense run would time itself against itself
@@ -436,6 +439,7 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "log_history": trainer.state.log_history, "accuracy_timeline": accuracy_timeline(trainer.state.log_history),
         "cost_series": cost_series(trainer.state.log_history), "early_stopping": early_stopping_summary(trainer),
+        "dev_predictions": dev_predictions,
     }
     if pruned:
         summary = trainer.pruning_summary()

@@ -85,6 +85,24 @@ def forward_flops(model: nn.Module, lengths: list[int], count_zeros: bool = True
     return float(sum(2 * t * per_token + 4 * t * t * attention_width + 2 * per_sentence for t in lengths))
 
 
+def dev_predictions(trainer, dataset) -> dict | None:
+    """The predicted class and the label of every dev sentence, in the dataset's order, for paired tests
+    between runs (McNemar, bootstrap). HF's eval sampler groups rows by length, shuffled with the run's
+    seed, so the prediction order differs between seeds: undo it. None (with a warning) if the labels
+    do not come back in the dataset's order, i.e. if the sampler's order could not be undone."""
+    import numpy as np
+    out = trainer.predict(dataset)
+    sampler = trainer._get_eval_sampler(dataset)  # the same order predict() used: a fresh, seeded generator
+    order = np.arange(len(dataset)) if sampler is None else np.fromiter(iter(sampler), dtype=np.int64)
+    predicted, labels = np.empty(len(dataset), dtype=np.int64), np.empty(len(dataset), dtype=np.int64)
+    predicted[order] = np.asarray(out.predictions).argmax(-1)
+    labels[order] = np.asarray(out.label_ids)
+    if not np.array_equal(labels, np.asarray(dataset["label"])):
+        print("warning: dev predictions could not be put back in the dataset's order; not saved")
+        return None
+    return {"predicted": predicted.tolist(), "label": labels.tolist()}
+
+
 def _time(fn, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):

@@ -109,6 +109,21 @@ def test_paired_t_test_matches_the_hand_computed_value():
     assert report.paired_p([0.9], [0.8]) is None
 
 
+def test_mcnemar_and_the_sentence_bootstrap_on_hand_built_predictions():
+    import numpy as np
+    a = np.array([True] * 10 + [False] * 2 + [True] * 30 + [False] * 8)   # right on 10 sentences b gets wrong,
+    b = np.array([False] * 10 + [True] * 2 + [True] * 30 + [False] * 8)   # wrong on 2 that b gets right
+    assert report.mcnemar_p(a, b) == pytest.approx(2 * (66 + 12 + 1) / 2 ** 12)   # 2 P(X >= 10), X ~ Bin(12, 1/2)
+    assert report.mcnemar_p(a, a) == 1.0
+    same = report.bootstrap_difference([a, b], [a, b])
+    assert (same["difference"], same["low"], same["high"], same["p"]) == (0.0, 0.0, 0.0, 1.0)
+    apart = report.bootstrap_difference([a, a], [b, b])
+    assert apart["difference"] == pytest.approx(8 / 50) and 0 < apart["low"] < 8 / 50 < apart["high"]
+    assert apart["p"] < 0.05   # McNemar: 0.039 on the same 12 discordant sentences
+    res = {"dev_predictions": {"predicted": [1, 0, 1], "label": [1, 1, 1]}}
+    assert report.correct_on_dev(res).tolist() == [True, False, True] and report.correct_on_dev({}) is None
+
+
 def test_structured_sweep_has_one_cell_per_trainer_and_seed():
     grid = dict(sweep.cells(["dense", "activation"], [0.3, 0.5], [1, 2], 50, "heads+neurons"))
     assert sorted(grid) == ["activation-s1", "activation-s2", "dense-s1", "dense-s2"]

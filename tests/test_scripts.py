@@ -28,6 +28,10 @@ def test_bert_script_end_to_end(tiny_bert_config, sst2_slice, tmp_path):
     for stage in ("before_prune", "after_prune", "final"):
         assert 0 <= res["metrics"][stage]["accuracy"] <= 1 and res["metrics"][stage]["f1"] is not None
     assert set(res["phase_seconds"]) == {"search", "prune", "retrain"} and res["peak_rss_mb"] > 0
+    labels = [int(line.rsplit("\t", 1)[1]) for line in (sst2_slice / "dev.tsv").read_text().splitlines()[1:]]
+    dev = res["dev_predictions"]
+    assert dev["label"] == labels   # in the file's order, not the length-grouped order HF evaluates in
+    assert sum(p == y for p, y in zip(dev["predicted"], labels)) / len(labels) == res["metrics"]["final"]["accuracy"]
     assert (run_dir / "mask_distance.png").stat().st_size > 1000
     assert "early bird: found at step 6" in proc.stdout and "results:" in proc.stdout
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
