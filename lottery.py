@@ -59,7 +59,7 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
         if key in STUDY_OWNS:
             instead = f"; set {STUDY_OWNS[key]} instead" if STUDY_OWNS[key] else ""
             raise experiment.ConfigError(f"{arg}: the study sets {key} for each of its runs{instead}")
-    config, passed_on = experiment.grid_settings(globals(), SETTINGS, argv)
+    config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, argv)
     split = {k: [t.strip() for t in config[k].split(",") if t.strip()]
              for k in ("COMPARE_WITH", "SEEDS", "TICKETS", "REWINDS")}
     known = experiment.trainers()
@@ -84,11 +84,9 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
     if not config["EPOCHS"] > 0:
         raise experiment.ConfigError(f"EPOCHS must be > 0, got {config['EPOCHS']}")
     config.update(split, SEEDS=seeds)
-    import runpy  # every run's whole configuration, validated as the run itself will (e.g. a rate that empties a layer)
-    namespace = runpy.run_path(config["SCRIPT"])
-    for _, args, ticket in runs(config, passed_on, seeds[:1]):
-        if ticket is None:  # a ticket's directory only exists once its source run has finished
-            experiment.validate(experiment.configure(namespace, args))
+    for _, args, ticket in runs(config, passed_on, seeds[:1]):  # each kind of run's whole configuration
+        if ticket is None:  # (a ticket's directory only exists once its source run has finished)
+            experiment.validate(experiment.configure(script, args))
     return config, passed_on
 
 
@@ -204,9 +202,13 @@ def paired_markdown(found: dict) -> list[str]:
     pairs += [(f"good, {label}", f"good, {other}") for label, other in (("early-bird", "pretrained"),)]
     pairs += [(f"{kind}, {rewind.replace('_', '-')}", "dense") for kind in tickets.KINDS for rewind in REWIND_POINTS]
     arms["dense"] = found["dense"]
-    lines = ["Paired by seed (same data order and dropout): difference in accuracy and the paired t-test. "
-             "With 3 seeds only large differences reach p < 0.05.", "",
-             "| A / B | seeds | A − B | p (paired t) |", "|---|---|---|---|"]
+    lines = ["Paired by seed (the same data order and dropout): the difference in accuracy (mean ± std over "
+             "seeds) and the paired t-test over seeds (training noise; with 3 seeds only large differences reach "
+             "p < 0.05); McNemar's exact test on each seed's dev predictions; and a bootstrap over the dev "
+             "sentences of the mean difference (95% interval, p): how much it rests on which sentences the "
+             "dev set holds.", "",
+             "| A / B | seeds | A − B | p (paired t) | McNemar p, each seed | bootstrap 95% interval | "
+             "p (bootstrap) |", "|---|---|---|---|---|---|---|"]
     for a, b in pairs:
         if a not in arms or b not in arms:
             continue
@@ -214,8 +216,14 @@ def paired_markdown(found: dict) -> list[str]:
         if len(seeds) < 2:
             continue
         xa, xb = [accuracy(arms[a][s]) for s in seeds], [accuracy(arms[b][s]) for s in seeds]
+        ca, cb = [report.correct_on_dev(arms[a][s]) for s in seeds], [report.correct_on_dev(arms[b][s]) for s in seeds]
+        tests = "| – | – | – |"
+        if all(c is not None for c in ca + cb):
+            boot = report.bootstrap_difference(ca, cb)
+            tests = (f"| {', '.join(f'{report.mcnemar_p(x, y):.3g}' for x, y in zip(ca, cb))} | "
+                     f"{boot['low']:+.4f} … {boot['high']:+.4f} | {boot['p']:.3g} |")
         lines.append(f"| {a} / {b} | {len(seeds)} | {report._mean_std([x - y for x, y in zip(xa, xb)])} | "
-                     f"{report._fmt(report.paired_p(xa, xb), 3)} |")
+                     f"{report._fmt(report.paired_p(xa, xb), 3)} {tests}")
     return lines if len(lines) > 4 else []
 
 
@@ -239,7 +247,7 @@ def stability(found: dict) -> dict:
             "n_seeds": {t: sum(1 for tt, _ in masks if tt == t) for t, _ in masks}}
 
 
-def stability_markdown(stab: dict) -> list[str]:
+def stability_markdown(stab: dict, criterion: str) -> list[str]:
     lines = ["Which units survive: Jaccard index of the kept sets (mean ± std over pairs), beside the index of "
              "random choices with the same per-layer counts. Between seeds: one criterion, every two seeds. "
              "Between criteria: the same seed.", "",
@@ -254,6 +262,7 @@ def stability_markdown(stab: dict) -> list[str]:
                 continue
             lines.append(f"| {what} | {label} | {kind} | all | {report._mean_std([r['jaccard'] for r in g])} | "
                          f"{report._mean_std([r['chance'] for r in g])} |")
+    lines += [""] + layer_markdown(stab, criterion)
     if stab["survival"]:
         lines += ["", "Heads kept by every seed (\"super-survivors\") and by none, against the number expected if "
                   "each seed kept its per-layer count of heads at random:", "",
@@ -266,6 +275,29 @@ def stability_markdown(stab: dict) -> list[str]:
             lines.append(f"| {t} | {n} | {grid.size} | {int((grid == 1).sum())} | "
                          f"{float(sum(heads * f ** n for f in frac)):.1f} | {int((grid == 0).sum())} | "
                          f"{float(sum(heads * (1 - f) ** n for f in frac)):.1f} |")
+    return lines
+
+
+def layer_markdown(stab: dict, criterion: str) -> list[str]:
+    """Per layer: Jaccard between seeds (the study's criterion) and between criteria, each with chance."""
+    columns = []
+    for kind in sorted({r["kind"] for r in stab["seeds"] + stab["criteria"]}):
+        columns += [(f"{kind}, between seeds", [r for r in stab["seeds"] if r["kind"] == kind
+                                                and r["criterion"] == criterion]),
+                    (f"{kind}, between criteria", [r for r in stab["criteria"] if r["kind"] == kind])]
+    columns = [(label, rows) for label, rows in columns if rows]
+    layers = sorted({r["layer"] for _, rows in columns for r in rows if r["layer"] != "all"})
+    if not layers:
+        return []
+    lines = [f"Per layer (mean over pairs; between seeds: {criterion}), Jaccard / chance:", "",
+             "| layer | " + " | ".join(label for label, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for layer in layers:
+        cells = []
+        for _, rows in columns:
+            at = [r for r in rows if r["layer"] == layer]
+            cells.append(f"{np.mean([r['jaccard'] for r in at]):.2f} / {np.mean([r['chance'] for r in at]):.2f}"
+                         if at else "–")
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -343,9 +375,10 @@ def write(out: Path, config: dict) -> str:
                                                            *found["ticket"].values()) for r in group.values())
     n_runs = len(found["dense"]) + sum(len(g) for g in found["eb"].values()) + sum(len(g) for g in found["ticket"].values())
     text = "\n".join([f"# Lottery tickets: {config['CRITERION']}, {config['GRANULARITY']}", "",
-                      f"{n_runs} runs; their training (`trainer.train()`) took {seconds / 60:.1f} min in all; start-up and final evaluations come on top.", "",
+                      f"{n_runs} runs; their training (`trainer.train()`) took {seconds / 60:.1f} min in all; "
+                      "start-up and final evaluations come on top.", "",
                       *accuracy_markdown(found, config), "", *paired_markdown(found), "",
-                      *stability_markdown(stab), "",
+                      *stability_markdown(stab, config["CRITERION"]), "",
                       "![accuracy](lottery_accuracy.png)", "", "![stability](lottery_stability.png)", ""])
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "lottery.md.tmp"

@@ -48,7 +48,7 @@ def cells(trainers, rates, seeds, dense_eval_every, granularity="weights"):
 
 def main():
     try:
-        config, passed_on = experiment.grid_settings(globals(), SETTINGS)
+        config, passed_on, _ = experiment.grid_settings(globals(), SETTINGS)
     except experiment.ConfigError as e:
         raise SystemExit(f"error: {e}") from None
     trainers = [t.strip() for t in config["TRAINERS"].split(",") if t.strip()]

@@ -2,15 +2,16 @@
 end to end on a tiny model (tickets, rewinding, fixed masks, the report, re-running)."""
 import json
 
-import numpy as np
 import pytest
 import torch
 
 import lottery
 from conftest import run_script, tiny_args
+from pruning import state as state_io
 from pruning import tickets
 from pruning.experiment import ConfigError
 from pruning.state import read_run_masks
+from pruning.trainer import SNAPSHOT_FILE
 
 
 def counts(masks):
@@ -61,6 +62,23 @@ def test_layer_overlaps_and_head_survival_on_hand_built_masks():
     assert [r["jaccard"] for r in rows if r["kind"] == "neurons"] == [1.0, 1.0, 1.0]
     survival = tickets.head_survival([a, b])
     assert survival.tolist() == [[0.5, 1.0, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0]]
+
+
+def test_tickets_from_a_masks_file_link_the_early_bird_weights_and_need_scores_for_bad(tmp_path):
+    good = {"x.layer.0.heads": torch.tensor([True, False, True, True]), "x.layer.0.neurons": torch.arange(8) < 3}
+    meta = {"granularity": "heads+neurons", "criterion": "magnitude", "model": "m",
+            "groups": {n: list(m.shape) for n, m in good.items()}}
+    source = tmp_path / "run"
+    state_io.write(str(source / state_io.MASKS_FILE), state_io.pack_masks(good, "keep/"), meta)  # no scores
+    (source / SNAPSHOT_FILE).write_bytes(b"weights")
+    made = tickets.write_tickets(source, tmp_path / "tickets", seed=3, kinds=("good", "random"))
+    for kind, ticket in made.items():
+        masks, scores, ticket_meta = read_run_masks(str(ticket))
+        assert counts(masks) == counts(good) and scores is None and ticket_meta["ticket"] == kind
+        assert (ticket / SNAPSHOT_FILE).read_bytes() == b"weights"
+    with pytest.raises(ValueError, match="bad tickets need the scores"):
+        tickets.write_tickets(source, tmp_path / "more", seed=3)
+    assert not (tmp_path / "more").exists()
 
 
 def test_bad_study_settings_are_one_clear_error_before_any_run(tmp_path):
@@ -121,7 +139,7 @@ def test_study_trains_every_ticket_from_both_starting_points_and_reports(study):
     md = (out / "lottery.md").read_text()
     for expected in ("| dense (no mask) |", "| good |", "| bad |", "| good, early-bird / bad, early-bird | 2 |",
                      "| between seeds | magnitude | heads | all |", "| between criteria | gradient / magnitude | neurons",
-                     "kept by every seed"):
+                     "| layer | heads, between seeds | heads, between criteria |", "kept by every seed"):
         assert expected in md, expected
     assert (out / "lottery_accuracy.png").stat().st_size > 5000 and (out / "lottery_stability.png").stat().st_size > 5000
 
