@@ -19,6 +19,7 @@ from pruning import state as state_io
 from pruning.callbacks import stopping_evaluation
 from pruning.experiment import rate_text
 from pruning.masks import overlap
+from pruning.tickets import split_kind
 
 CRITERIA = ("magnitude", "gradient", "undecayed")
 COLUMNS = ["run", "trainer", "rate", "seed", "sparsity", "acc_before_prune", "acc_after_prune", "acc_final",
@@ -420,7 +421,7 @@ def training_flops(r: dict) -> float | None:
 def kept_units(run: dict) -> dict[str, dict]:
     """A heads+neurons run's final keep-masks, split into heads and neurons."""
     masks = state_io.read_run_masks(run["run_dir"])[0]
-    return {kind: {n: m for n, m in masks.items() if n.endswith("." + kind)} for kind in ("heads", "neurons")}
+    return {kind: split_kind(masks, kind) for kind in ("heads", "neurons")}
 
 
 def overlap_markdown(runs: list[dict]) -> str:

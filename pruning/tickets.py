@@ -9,6 +9,7 @@ REWIND_TO=early_bird works on it too.
 from __future__ import annotations
 
 import os
+import shutil
 from itertools import combinations
 from pathlib import Path
 
@@ -73,7 +74,6 @@ def write_tickets(run_dir: str | Path, out: str | Path, seed: int, kinds=KINDS) 
             try:  # the early-bird weights are the source run's: a hard link costs no disk
                 os.link(snapshot, tmp)
             except OSError:
-                import shutil
                 shutil.copyfile(snapshot, tmp)
             os.replace(tmp, ticket / SNAPSHOT_FILE)
         # written last: a ticket directory with its masks file is complete
