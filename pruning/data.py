@@ -12,6 +12,7 @@ import csv
 import os
 from pathlib import Path
 
+import numpy as np
 from datasets import Dataset, DatasetDict
 
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv"}
@@ -94,6 +95,31 @@ def load_sst2(data_dir: str = "") -> tuple[DatasetDict, str]:
             raise DataError(f"Hub nyu-mll/glue sst2 [{split}]: labels {bad} are not 0 or 1")
         splits[split] = ds
     return DatasetDict(splits), "hub:nyu-mll/glue/sst2"
+
+
+HELD_OUT_SEED = 0  # one fixed draw, the same for every run seed: no run ever trains on the held-out slice
+
+
+def hold_out(train: Dataset, n: int) -> tuple[Dataset, Dataset]:
+    """(the train rows left for training, n rows held out of it): a seeded random slice, the same
+    whatever the run's seed, for searches that must not read the dev set (allocate.py's reward)."""
+    if n < 0 or n >= len(train):
+        raise DataError(f"HELD_OUT={n}: hold out between 0 and {len(train) - 1} of the {len(train):,} train sentences")
+    if n == 0:
+        return train, train.select([])
+    order = np.random.default_rng(HELD_OUT_SEED).permutation(len(train))
+    held = sorted(order[:n].tolist())
+    rest = sorted(order[n:].tolist())
+    return train.select(rest).flatten_indices(), train.select(held).flatten_indices()
+
+
+def load_train(data_dir: str = "") -> tuple[Dataset, str]:
+    """Only the train split, read as `load_sst2` reads it: for work that must never see the dev set."""
+    directory = resolve_data_dir(data_dir)
+    if directory is not None:
+        return Dataset.from_dict(read_sst2_tsv(os.path.join(directory, SPLIT_FILES["train"]))), os.path.abspath(directory)
+    datasets, source = load_sst2(data_dir)
+    return datasets["train"], source
 
 
 def subset(ds: Dataset, n: int, seed: int) -> Dataset:

@@ -236,6 +236,8 @@ def validate(config: dict) -> PruningConfig:
                           "during training: set --eval_every (e.g. 100)")
     if config["TRAIN_SUBSET"] < 0:
         raise ConfigError(f"TRAIN_SUBSET must be >= 0 (0 = all rows), got {config['TRAIN_SUBSET']}")
+    if config.get("HELD_OUT", 0) < 0:
+        raise ConfigError(f"HELD_OUT must be >= 0 (0 = train on every sentence), got {config['HELD_OUT']}")
     if not config["LEARNING_RATE"] > 0:
         raise ConfigError(f"LEARNING_RATE must be > 0, got {config['LEARNING_RATE']}")
     if config["RESUME"] and not config["RUN_NAME"]:
@@ -373,7 +375,8 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     set_seed(config["SEED"])  # before building the model, so a random init is reproducible
     model, tokenizer, model_description = models.load_model_and_tokenizer(
         config["MODEL"], config["TOKENIZER"], num_labels=2, how_to_fix=MODEL_HINT)
-    train_rows = sst2.subset(datasets["train"], config["TRAIN_SUBSET"], config["SEED"])
+    trainable, _ = sst2.hold_out(datasets["train"], config.get("HELD_OUT", 0))
+    train_rows = sst2.subset(trainable, config["TRAIN_SUBSET"], config["SEED"])
     encoded = sst2.tokenize(sst2.DatasetDict(train=train_rows, validation=datasets["validation"]),
                             tokenizer, config["MAX_LENGTH"])
     dense_split = run_results.parameter_split(model)

@@ -1,0 +1,390 @@
+"""Per-layer pruning rates chosen by a reinforcement-learning agent, against uniform rates and one global threshold.
+
+    python allocate.py --train_subset=16000          # MiniLM, heads+neurons (1/3 heads, 40% neurons), 3 seeds
+    python allocate.py --granularity=weights --pruning_rate=0.7 --out_dir=sweeps/allocate-weights
+
+The budget is what the script's rates remove (HEAD_RATE and NEURON_RATE, or PRUNING_RATE): every
+allocation removes exactly as many heads, neurons or weights. For the first seed:
+1. the uniform allocation runs through the early-bird pipeline (SCRIPT with CRITERION), keeping
+   HELD_OUT train sentences out of training and the weights at the early bird (SAVE_EB_WEIGHTS);
+2. the search: a PPO agent (stable-baselines3) walks the layers and allocates the budget (AMC, He et
+   al. 2018); each allocation's reward is the accuracy on the HELD_OUT sentences of those early-bird
+   weights pruned by the criterion's scores, untrained (seconds, not a training). The dev set is
+   never read. The search is checkpointed after every update: a killed search resumes.
+Then for every seed, the best allocation found ("agent"), uniform rates and the global threshold run
+through the whole pipeline (early-bird search with those rates, pruning, retraining), every run with
+the same HELD_OUT sentences kept out. OUT_DIR/allocate.md holds dev accuracy (mean ± std), paired
+tests against the agent, the per-layer rates, the reward curve and, for heads+neurons, the inference
+speed of each allocation measured side by side with the dense model.
+
+Each training is one run of SCRIPT in its own process (`pruning.cells`): finished runs are skipped and
+killed ones resume. Any other --key=value goes to every run (see `python bert.py --help`).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import report
+from pruning import allocation, experiment
+from pruning.cells import run_cell
+from pruning.state import read_run_masks
+from pruning.trainer import SNAPSHOT_FILE
+from pruning.units import GRANULARITIES
+
+SCRIPT = "bert.py"                   # the experiment every run uses
+CRITERION = "magnitude"              # the criterion that scores units, in the search and in every run
+GRANULARITY = "heads+neurons"        # or "weights" (rates per layer over each layer's weights; set --pruning_rate)
+SEEDS = "42,43,44"                   # every allocation runs once per seed; the first seed's uniform run feeds the search
+ALLOCATIONS = "agent,uniform,global" # the allocations compared
+HELD_OUT = 1000                      # train sentences no run trains on: the reward's sentences
+EPISODES = 400                       # allocations the agent tries
+EPISODES_PER_UPDATE = 8              # PPO: episodes per rollout, then an update (and a checkpoint)
+REWARD = "accuracy"                  # on the held-out sentences: "accuracy", or "loss" (minus the mean cross-entropy)
+MAX_LAYER_RATE = 0.9                 # no layer loses more than this share of its heads, neurons or weights
+AGENT_SEED = 0                       # seeds the agent's initialisation and exploration
+MEASURE_SPEED = True                 # heads+neurons: time each allocation's first-seed model against the dense model
+OUT_DIR = "sweeps/allocate"          # one sub-directory per run, search/, allocation.json, allocate.md and plots
+SETTINGS = ("SCRIPT", "CRITERION", "GRANULARITY", "SEEDS", "ALLOCATIONS", "HELD_OUT", "EPISODES",
+            "EPISODES_PER_UPDATE", "REWARD", "MAX_LAYER_RATE", "AGENT_SEED", "MEASURE_SPEED", "OUT_DIR")
+KINDS_OF = {"heads+neurons": ("head", "neuron"), "weights": ("weight",)}
+RATE_KEY = {"head": "HEAD_RATE", "neuron": "NEURON_RATE", "weight": "PRUNING_RATE"}
+# What the study sets for every run itself.
+STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--threshold": "--allocations", "--mask_from": None,
+              "--save_eb_weights": None, "--run_name": None, "--resume": None}
+
+
+def settings(argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
+    """The study's settings, the arguments for every run and the runs' configuration, checked before any work."""
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:
+        key = arg.split("=")[0]
+        if key in STUDY_OWNS:
+            instead = f"; set {STUDY_OWNS[key]} instead" if STUDY_OWNS[key] else ""
+            raise experiment.ConfigError(f"{arg}: the study sets {key} for each of its runs{instead}")
+    config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, argv)
+    run_config = experiment.configure(script, passed_on)
+    if config["CRITERION"] not in experiment.trainers() or config["CRITERION"] == "dense":
+        raise experiment.ConfigError(f"unknown pruning criterion {config['CRITERION']!r}; choose from "
+                                     f"{', '.join(n for n in experiment.trainers() if n != 'dense')}")
+    if config["GRANULARITY"] not in GRANULARITIES:
+        raise experiment.ConfigError(f"unknown --granularity={config['GRANULARITY']}; choose one of "
+                                     f"{', '.join(GRANULARITIES)}")
+    config["ALLOCATIONS"] = [a.strip() for a in config["ALLOCATIONS"].split(",") if a.strip()]
+    wrong = [a for a in config["ALLOCATIONS"] if a not in ("agent", "uniform", "global")]
+    if wrong or "uniform" not in config["ALLOCATIONS"]:
+        raise experiment.ConfigError(f"--allocations={','.join(config['ALLOCATIONS'])}: give some of agent, uniform, "
+                                     "global, comma-separated, with uniform (its first-seed run feeds the search)")
+    try:
+        config["SEEDS"] = [int(s) for s in config["SEEDS"].split(",") if s.strip()]
+    except ValueError:
+        raise experiment.ConfigError(f"--seeds={config['SEEDS']!r}: give integers, comma-separated") from None
+    if not config["SEEDS"] or len(set(config["SEEDS"])) != len(config["SEEDS"]):
+        raise experiment.ConfigError("--seeds: give distinct integers, comma-separated")
+    for key in ("HELD_OUT", "EPISODES", "EPISODES_PER_UPDATE"):
+        if config[key] < 1:
+            raise experiment.ConfigError(f"{key} must be >= 1, got {config[key]}")
+    if config["REWARD"] not in ("accuracy", "loss"):
+        raise experiment.ConfigError(f"--reward={config['REWARD']}: choose accuracy or loss")
+    if not 0 < config["MAX_LAYER_RATE"] < 1:
+        raise experiment.ConfigError(f"MAX_LAYER_RATE must lie in (0, 1), got {config['MAX_LAYER_RATE']}")
+    for kind in KINDS_OF[config["GRANULARITY"]]:
+        rate = run_config[RATE_KEY[kind]]
+        if isinstance(rate, tuple):
+            raise experiment.ConfigError(f"--{RATE_KEY[kind].lower()} sets the budget: give one rate for the whole "
+                                         "model, not one per layer (the agent chooses those)")
+    for _, args in runs(config, passed_on):  # each kind of run's whole configuration
+        experiment.validate(experiment.configure(script, args))
+    return config, passed_on, run_config
+
+
+def budget_rates(config: dict, run_config: dict) -> dict[str, float]:
+    return {kind: run_config[RATE_KEY[kind]] for kind in KINDS_OF[config["GRANULARITY"]]}
+
+
+def rate_args(config: dict, run_config: dict, allocation_name: str, counts: dict | None, budget) -> list[str]:
+    """The rate settings of one allocation: per-layer rates (agent, uniform) or one global threshold."""
+    if allocation_name == "global":
+        return [f"--{RATE_KEY[k].lower()}={r!r}" for k, r in budget_rates(config, run_config).items()]
+    if budget is None:  # validation before the model is known: one rate per layer of some count
+        return []
+    rates = budget.rates(counts if allocation_name == "agent" else budget.uniform())
+    return [f"--{RATE_KEY[k].lower()}={','.join(repr(r) for r in rs)}" for k, rs in rates.items()]
+
+
+def runs(config: dict, passed_on: list[str], counts: dict | None = None, budget=None, run_config=None):
+    """(name, arguments) of every comparison run, seed by seed, the first seed's uniform run (the
+    search's source) first. Without a budget (validation) the per-layer rates are left out; without
+    counts (before the search) the agent's runs are."""
+    for seed in config["SEEDS"]:
+        for name in sorted(config["ALLOCATIONS"], key=lambda n: n != "uniform"):
+            if name == "agent" and counts is None and budget is not None:
+                continue
+            extra = ["--save_eb_weights=true"] if name == "uniform" and seed == config["SEEDS"][0] else []
+            yield f"{name}-s{seed}", ["--measure_speed=false", *passed_on, f"--trainer={config['CRITERION']}",
+                                      f"--seed={seed}", f"--granularity={config['GRANULARITY']}",
+                                      f"--held_out={config['HELD_OUT']}", "--threshold=global",
+                                      *(rate_args(config, run_config, name, counts, budget) if budget else []),
+                                      *extra]
+
+
+# --- the search ------------------------------------------------------------------------------------
+def model_budget(config: dict, run_config: dict):
+    """(model, tokenizer, budget): what the script's rates remove from this model."""
+    from pruning import models
+    from pruning.units import PrunableUnits
+    model, tokenizer, _ = models.load_model_and_tokenizer(run_config["MODEL"], run_config["TOKENIZER"], num_labels=2)
+    try:
+        budget = allocation.Budget.of(PrunableUnits(model, config["GRANULARITY"]), budget_rates(config, run_config),
+                                      config["MAX_LAYER_RATE"])
+    except ValueError as e:
+        raise experiment.ConfigError(str(e)) from None
+    return model, tokenizer, budget
+
+
+def reward_setup(config: dict, run_config: dict, source: Path, model, tokenizer, budget):
+    """The reward on the held-out sentences and the criterion's scores, from the source run."""
+    from safetensors.torch import load_file
+    from transformers import DataCollatorWithPadding
+
+    from pruning import data as sst2
+
+    _, scores, _ = read_run_masks(str(source))
+    if scores is None:
+        raise SystemExit(f"error: {source} kept no scores of its units (a run from before they were saved); delete it")
+    model.load_state_dict(load_file(str(source / SNAPSHOT_FILE)))
+    train, _ = sst2.load_train(run_config["DATA_DIR"])  # the train file only: the dev set is never read
+    _, held = sst2.hold_out(train, config["HELD_OUT"])
+    encoded = tokenizer(list(held["sentence"]), truncation=True, max_length=run_config["MAX_LENGTH"])
+    rows = [{"input_ids": i, "attention_mask": a, "label": y}
+            for i, a, y in zip(encoded["input_ids"], encoded["attention_mask"], held["label"])]
+    reward = allocation.SliceReward(model, config["GRANULARITY"], scores, budget,
+                                    allocation.batches_of(rows, DataCollatorWithPadding(tokenizer)), config["REWARD"])
+    return reward, scores
+
+
+def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) -> dict:
+    """Run (or resume, or read) the search; write allocation.json."""
+    path = out / "allocation.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    source = out / f"uniform-s{config['SEEDS'][0]}"
+    reward, scores = reward_setup(config, run_config, source, model, tokenizer, budget)
+    env = allocation.AllocationEnv(budget, reward, allocation.global_rates(scores, budget))
+    settings_ = allocation.AgentSettings(episodes=config["EPISODES"], episodes_per_update=config["EPISODES_PER_UPDATE"],
+                                         seed=config["AGENT_SEED"])
+    agent = allocation.Search(env, out / "search", settings_)
+    with tqdm(total=config["EPISODES"], desc="search", unit="episode") as bar:
+        def progress(done):
+            bar.n = done
+            bar.set_postfix_str(f"best {allocation.best(env.history)['reward']:.4f}")
+            bar.refresh()
+        history = agent.run(progress)
+    best = allocation.best(history)
+    references = {name: reward(counts) for name, counts in
+                  (("uniform", budget.uniform()), ("global", _counts_of_rates(budget, env.global_rates)))}
+    policy = agent.policy_counts()
+    result = {"budget": budget.remove, "total": budget.total, "steps": [s.name for s in budget.steps],
+              "counts": best["counts"], "rates": budget.rates(best["counts"]), "reward": best["reward"],
+              "reward_metric": config["REWARD"], "held_out": config["HELD_OUT"], "source": str(source),
+              "episodes": len(history), "search_seconds": agent.seconds,
+              "references": references, "uniform_counts": budget.uniform(),
+              "global_counts": _counts_of_rates(budget, env.global_rates),
+              "policy": {"counts": policy, "reward": reward(policy)},
+              "history": [h["reward"] for h in history]}
+    experiment.write_json(path, result)
+    return result
+
+
+def _counts_of_rates(budget, rates: dict[str, float]) -> dict[str, int]:
+    return {s.name: round(rates[s.name] * s.size) for s in budget.steps}
+
+
+# --- the report ------------------------------------------------------------------------------------
+def collect(out: Path, config: dict) -> dict:
+    """Finished comparison runs: found[allocation][seed]."""
+    found: dict = {}
+    for r in report.load(out):
+        name = Path(r["run_dir"]).name
+        alloc, _, seed = name.rpartition("-s")
+        if alloc in ("agent", "uniform", "global") and seed.isdigit():
+            found.setdefault(alloc, {})[int(seed)] = r
+    return found
+
+
+def removed_per_layer(run: dict) -> dict[str, list[int]]:
+    """Units each layer lost, by kind, from a run's final masks."""
+    masks = read_run_masks(run["run_dir"])[0]
+    out: dict = {}
+    for name, m in sorted(masks.items(), key=lambda kv: kv[0]):
+        from pruning.units import layer_of
+        kind = "heads" if name.endswith(".heads") else "neurons" if name.endswith(".neurons") else "weights"
+        layer = layer_of(name + ".") if kind != "weights" else layer_of(name)
+        per = out.setdefault(kind, {})
+        per[layer] = per.get(layer, 0) + int((~m).sum())
+    return {k: [v[i] for i in sorted(v)] for k, v in out.items()}
+
+
+def speeds(found: dict, run_config: dict) -> dict | None:
+    """Dev sentences/s at batch 64 of each allocation's first-seed model and the dense model,
+    interleaved over rounds (medians of the per-round ratios to dense)."""
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+
+    from pruning import data as sst2
+    from pruning import models
+    firsts = {name: by_seed[min(by_seed)] for name, by_seed in found.items() if by_seed}
+    if not firsts:
+        return None
+    dense, tokenizer, _ = models.load_model_and_tokenizer(run_config["MODEL"], run_config["TOKENIZER"], num_labels=2)
+    nets = {"dense": dense.eval()}
+    for name, r in firsts.items():
+        nets[name] = AutoModelForSequenceClassification.from_pretrained(str(Path(r["run_dir"]) / "model"),
+                                                                         trust_remote_code=True).eval()
+    dev = sst2.load_sst2(run_config["DATA_DIR"])[0]["validation"]  # timing only: no score is taken from it
+    enc = tokenizer(list(dev["sentence"]), truncation=True, max_length=run_config["MAX_LENGTH"])
+    rows = [{"input_ids": i, "attention_mask": a, "label": 0} for i, a in zip(enc["input_ids"], enc["attention_mask"])]
+    batches = allocation.batches_of(rows, DataCollatorWithPadding(tokenizer), batch_size=64)
+    return allocation.inference_speeds(nets, batches, rounds=3)
+
+
+def write(out: Path, config: dict, search_result: dict | None, speed: dict | None = None) -> str:
+    found = collect(out, config)
+    acc = {name: {s: r["metrics"]["final"]["accuracy"] for s, r in by_seed.items()} for name, by_seed in found.items()}
+    lines = [f"# Per-layer rates: an RL agent against uniform rates and the global threshold "
+             f"({config['CRITERION']}, {config['GRANULARITY']})", ""]
+    if search_result:
+        s = search_result
+        budget = ", ".join(f"{n:,} of {s['total'][k]:,} {k}s" for k, n in s["budget"].items())
+        lines += [f"Budget: every allocation removes exactly {budget}. Search: {s['episodes']} episodes of PPO in "
+                  f"{s['search_seconds'] / 60:.1f} min; reward = {s['reward_metric']} on {s['held_out']} held-out "
+                  "train sentences of the first seed's early-bird weights, pruned and not trained.", "",
+                  "| allocation | reward on the held-out sentences (untrained) |", "|---|---|",
+                  f"| agent (best episode) | {s['reward']:.4f} |",
+                  f"| agent (the final policy, no exploration) | {s['policy']['reward']:.4f} |",
+                  *(f"| {n} | {v:.4f} |" for n, v in s["references"].items()), ""]
+    lines += ["Dev accuracy after the whole pipeline (early-bird search with the allocation's rates, pruning, "
+              "retraining), mean ± std over seeds (n); paired by seed against the agent: the difference, the "
+              "t-test over seeds, McNemar's exact test on each seed's dev predictions and a bootstrap over the dev "
+              "sentences.", "",
+              "| allocation | dev accuracy | − agent | p (paired t) | McNemar p, each seed | bootstrap p | "
+              "parameters kept (without embeddings) | sentences/s vs dense (batch 64) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name in config["ALLOCATIONS"]:
+        by_seed = found.get(name, {})
+        if not by_seed:
+            continue
+        values = list(acc[name].values())
+        kept = [r["parameters"]["final"]["without_embeddings"] / r["parameters"]["dense"]["without_embeddings"]
+                for r in by_seed.values()]
+        diff = t_p = mc = boot = "–"
+        seeds = sorted(set(by_seed) & set(found.get("agent", {})))
+        if name != "agent" and len(seeds) >= 2:
+            a, b = [acc[name][x] for x in seeds], [acc["agent"][x] for x in seeds]
+            diff = report._mean_std([x - y for x, y in zip(a, b)])
+            t_p = report._fmt(report.paired_p(a, b), 3)
+            ca = [report.correct_on_dev(by_seed[x]) for x in seeds]
+            cb = [report.correct_on_dev(found["agent"][x]) for x in seeds]
+            if all(c is not None for c in ca + cb):
+                mc = ", ".join(f"{report.mcnemar_p(x, y):.3g}" for x, y in zip(ca, cb))
+                boot = f"{report.bootstrap_difference(ca, cb)['p']:.3g}"
+        ratio = f"{speed[name]['ratio']:.2f}×" if speed and name in speed else "–"
+        lines.append(f"| {name} | {report._mean_std(values)} ({len(values)}) | {diff} | {t_p} | {mc} | {boot} | "
+                     f"{report._mean_std(kept)} | {ratio} |")
+    if speed:
+        lines += ["", f"Speed: {speed['dense']['per_second']:.0f} dev sentences/s for the dense model "
+                      f"({speed['rounds']} interleaved rounds, {speed['threads']} threads)."]
+    lines += ["", "Units removed per layer (agent and uniform: the same in every seed; global: each seed's own "
+              "threshold, the first seed shown):", ""]
+    for name in config["ALLOCATIONS"]:
+        by_seed = found.get(name, {})
+        if by_seed:
+            per = removed_per_layer(by_seed[min(by_seed)])
+            lines.append(f"- {name}: " + "; ".join(f"{k} {v}" for k, v in per.items()))
+    lines += ["", "![rates](allocate_rates.png)", "", "![reward](allocate_reward.png)", ""]
+    text = "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "allocate.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / "allocate.md")
+    if found:
+        plot_rates(found, config, out / "allocate_rates.png")
+    if search_result:
+        plot_reward(search_result, config, out / "allocate_reward.png")
+    return text
+
+
+def plot_rates(found: dict, config: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    per = {name: [removed_per_layer(r) for r in by_seed.values()] for name, by_seed in found.items() if by_seed}
+    kinds = list(next(iter(per.values()))[0])
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.5), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for name, runs_ in per.items():
+            counts = np.mean([r[kind] for r in runs_], axis=0)
+            ax.plot(range(len(counts)), counts, marker="o", label=name)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"{kind} removed (mean over seeds)")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Per-layer allocation of the same budget ({config['CRITERION']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_reward(result: dict, config: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rewards = np.asarray(result["history"])
+    k = config["EPISODES_PER_UPDATE"]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.scatter(range(len(rewards)), rewards, s=4, alpha=0.35, label="episode")
+    if len(rewards) >= k:
+        ax.plot(range(k - 1, len(rewards)), np.convolve(rewards, np.ones(k) / k, mode="valid"),
+                label=f"mean of {k} (one update)")
+    ax.plot(np.maximum.accumulate(rewards), label="best so far")
+    for (name, value), style in zip(result["references"].items(), (":", "--")):
+        ax.axhline(value, color="k", ls=style, lw=1, label=name)
+    ax.set_xlabel("episode")
+    ax.set_ylabel(f"held-out {result['reward_metric']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        config, passed_on, run_config = settings(argv)
+        model, tokenizer, budget = model_budget(config, run_config)
+    except experiment.ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    out = Path(config["OUT_DIR"])
+    first, source_args = next(runs(config, passed_on, None, budget, run_config))
+    if not run_cell(config["SCRIPT"], out, first, source_args):
+        raise SystemExit(f"{first} failed; see {out / (first + '.log')}")
+    result = search(config, run_config, out, model, tokenizer, budget)
+    del model
+    failed = []
+    plan = [(n, a) for n, a in runs(config, passed_on, result["counts"], budget, run_config) if n != first]
+    with tqdm(plan, desc="runs", unit="run") as bar:
+        for name, args in bar:
+            bar.set_postfix_str(name)
+            if not run_cell(config["SCRIPT"], out, name, args):
+                failed.append(name)
+                tqdm.write(f"{name} failed; see {out / (name + '.log')}")
+    found = collect(out, config)
+    speed = speeds(found, run_config) if config["MEASURE_SPEED"] and config["GRANULARITY"] != "weights" else None
+    print(write(out, config, result, speed))
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,417 @@
+"""Per-layer pruning rates chosen by a reinforcement-learning agent (AMC, He et al. 2018), for allocate.py.
+
+The budget is a number of units of each kind to remove (heads, FFN neurons, or weights), the same
+for every allocation compared. An episode walks the prunable groups layer by layer (heads+neurons:
+each layer's heads, then its neurons) and the agent proposes a rate for each; as in AMC, every
+proposal is clipped to what the groups still to come can absorb, and the last group of a kind takes
+exactly the rest, so any action sequence meets the budget exactly. All layers of BERT and RoBERTa
+are equally wide, so an exact count of heads and neurons is also an exact budget of parameters and
+of FLOPs.
+
+The reward is computed once, at the end of an episode, by a callable given the counts: in
+allocate.py, the accuracy on held-out train sentences of the early-bird weights pruned to those
+counts by the criterion's scores, with no fine-tuning (`SliceReward`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from pruning import masks as mask_ops
+from pruning.surgery import remove_units
+from pruning.units import PrunableUnits
+
+KINDS = ("head", "neuron", "weight")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One layer's units of one kind, whose count the agent sets (the pipeline's per-layer rate)."""
+    name: str                 # "layer0.heads"
+    kind: str
+    layer: int
+    size: int                 # units in the dense model
+    most: int                 # the most units it may lose (heads and neurons: one always stays)
+    groups: tuple[str, ...]   # the unit groups it spans (weights: the layer's tensors, ranked together)
+
+
+class Budget:
+    """The groups in the order an episode visits them, and how many units of each kind go."""
+
+    def __init__(self, steps: list[Step], remove: dict[str, int], max_rate: float):
+        self.steps, self.remove, self.max_rate = steps, dict(remove), max_rate
+        self.total = {k: sum(s.size for s in steps if s.kind == k) for k in remove}
+        for kind, n in self.remove.items():
+            most = sum(s.most for s in steps if s.kind == kind)
+            if not 0 <= n <= most:
+                raise ValueError(f"the budget removes {n} {kind}s, but with at most {max_rate:g} of each layer (and one "
+                                 f"unit kept) only {most} can go: lower the rate or raise MAX_LAYER_RATE")
+
+    @classmethod
+    def of(cls, units: PrunableUnits, rates: dict[str, float], max_rate: float) -> "Budget":
+        """The budget that uniform `rates` (by kind) give: heads are counted per layer as the pipeline
+        rounds them (round(rate x heads) in each layer); neurons and weights as one global count."""
+        if not 0 < max_rate < 1:
+            raise ValueError(f"MAX_LAYER_RATE must lie in (0, 1), got {max_rate}")
+        spans: dict[tuple[int, str], list] = {}
+        for g in units.groups.values():
+            spans.setdefault((g.layer, g.kind), []).append(g)
+        steps = []
+        for (layer, kind), groups in sorted(spans.items(), key=lambda kv: (kv[0][0], KINDS.index(kv[0][1]))):
+            if layer < 0:
+                raise ValueError(f"{groups[0].name} is not inside an encoder layer: per-layer rates cannot cover it")
+            size = sum(g.size for g in groups)
+            keep_one = len(groups) if kind != "weight" else 0
+            steps.append(Step(f"layer{layer}.{kind}s", kind, layer, size, min(size - keep_one, math.floor(max_rate * size)),
+                              tuple(g.name for g in groups)))
+        remove = {}
+        for kind in units.kinds():
+            sizes = [s.size for s in steps if s.kind == kind]
+            rate = rates[kind]
+            if isinstance(rate, (tuple, list)):
+                raise ValueError(f"the budget needs one {kind} rate for the whole model, got per-layer rates {rate}")
+            remove[kind] = sum(round(rate * n) for n in sizes) if kind == "head" else round(rate * sum(sizes))
+        return cls(steps, remove, max_rate)
+
+    def kind_steps(self, kind: str) -> list[Step]:
+        return [s for s in self.steps if s.kind == kind]
+
+    def uniform(self) -> dict[str, int]:
+        """The same rate in every layer, up to one unit: the budget split in proportion to the sizes
+        (largest remainders first, ties to the earlier layer)."""
+        counts = {}
+        for kind, n in self.remove.items():
+            steps = self.kind_steps(kind)
+            shares = [n * s.size / self.total[kind] for s in steps]
+            base = [math.floor(x) for x in shares]
+            for i in sorted(range(len(steps)), key=lambda i: (base[i] - shares[i], i))[: n - sum(base)]:
+                base[i] += 1
+            counts.update({s.name: min(c, s.most) for s, c in zip(steps, base)})
+        return counts
+
+    def rates(self, counts: dict[str, int]) -> dict[str, tuple[float, ...]]:
+        """Per-layer rates, by kind, that make the pipeline remove exactly `counts` (round(rate x size))."""
+        out = {}
+        for kind in self.remove:
+            rates = []
+            for s in self.kind_steps(kind):
+                r = counts[s.name] / s.size
+                assert round(r * s.size) == counts[s.name]
+                rates.append(r)
+            out[kind] = tuple(rates)
+        return out
+
+    def check(self, counts: dict[str, int]) -> None:
+        for kind, n in self.remove.items():
+            got = sum(counts[s.name] for s in self.kind_steps(kind))
+            if got != n or any(not 0 <= counts[s.name] <= s.most for s in self.kind_steps(kind)):
+                raise AssertionError(f"{kind} counts {[counts[s.name] for s in self.kind_steps(kind)]} break the "
+                                     f"budget of {n}")
+
+
+def proposed_rate(action: float, base: float, max_rate: float) -> float:
+    """Action 0 is the uniform rate; -1 keeps the whole group, +1 removes MAX_LAYER_RATE of it."""
+    a = float(np.clip(np.nan_to_num(action, nan=0.0), -1.0, 1.0))
+    return base + a * (max_rate - base) if a >= 0 else base * (1 + a)
+
+
+class AllocationEnv(gym.Env):
+    """One episode = one allocation of the budget over the groups; the reward comes at its end.
+
+    Observation of the group to set (all in [0, 1]): its layer, its kind, its size, the budget of its
+    kind still to remove, the least and most it may lose, the uniform rate, the share of it the
+    global threshold would prune, and the previous action.
+    """
+    metadata = {"render_modes": []}
+
+    def __init__(self, budget: Budget, reward: Callable[[dict[str, int]], float],
+                 global_rates: dict[str, float] | None = None):
+        self.budget, self.reward_fn = budget, reward
+        self.global_rates = global_rates or {}
+        self.layers = max(s.layer for s in budget.steps) + 1
+        self.biggest = max(s.size for s in budget.steps)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (12,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+        self.history: list[dict] = []   # every finished episode: counts, reward, seconds
+        self._t, self._counts, self._last = 0, {}, 0.0
+
+    def _bounds(self) -> tuple[int, int]:
+        step = self.budget.steps[self._t]
+        left = self.budget.remove[step.kind] - self._done(step.kind)
+        later = sum(s.most for s in self.budget.steps[self._t + 1:] if s.kind == step.kind)
+        return max(0, left - later), min(step.most, left)
+
+    def _done(self, kind: str) -> int:
+        return sum(self._counts.get(s.name, 0) for s in self.budget.kind_steps(kind))
+
+    def _observation(self) -> np.ndarray:
+        step = self.budget.steps[min(self._t, len(self.budget.steps) - 1)]
+        lo, hi = self._bounds() if self._t < len(self.budget.steps) else (0, 0)
+        done = self._done(step.kind)
+        remove = max(self.budget.remove[step.kind], 1)
+        obs = [step.layer / max(self.layers - 1, 1), *(float(step.kind == k) for k in KINDS),
+               step.size / self.biggest, (self.budget.remove[step.kind] - done) / remove, lo / step.size,
+               hi / step.size, self.budget.remove[step.kind] / self.budget.total[step.kind],
+               self.global_rates.get(step.name, 0.0), (self._last + 1) / 2, self._t / len(self.budget.steps)]
+        return np.clip(np.asarray(obs, dtype=np.float32), 0.0, 1.0)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t, self._counts, self._last = 0, {}, 0.0
+        return self._observation(), {}
+
+    def step(self, action):
+        step = self.budget.steps[self._t]
+        a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+        base = self.budget.remove[step.kind] / self.budget.total[step.kind]
+        lo, hi = self._bounds()
+        self._counts[step.name] = int(np.clip(round(proposed_rate(a, base, self.budget.max_rate) * step.size), lo, hi))
+        self._last = float(np.clip(np.nan_to_num(a), -1, 1))
+        self._t += 1
+        if self._t < len(self.budget.steps):
+            return self._observation(), 0.0, False, False, {}
+        self.budget.check(self._counts)
+        started = time.perf_counter()
+        reward = float(self.reward_fn(dict(self._counts)))
+        self.history.append({"counts": dict(self._counts), "reward": reward,
+                             "seconds": time.perf_counter() - started})
+        return self._observation(), reward, True, False, {"counts": dict(self._counts)}
+
+
+# --- the reward ------------------------------------------------------------------------------------
+def masks_for(counts: dict[str, int], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, torch.Tensor]:
+    """Keep-masks that remove the `counts` lowest-scoring units of each step, ranked over its
+    groups together, as the pipeline ranks a per-layer rate (ties by position)."""
+    out = {}
+    for step in budget.steps:
+        out.update(mask_ops.select({g: scores[g] for g in step.groups}, counts[step.name] / step.size, "global",
+                                   min_keep=int(step.kind != "weight")))
+    return out
+
+
+def global_rates(scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, float]:
+    """The share of each step that one global threshold over its kind would prune at the budget
+    (heads: the uniform share, as the pipeline always ranks heads within each layer)."""
+    rates, uniform = {}, budget.uniform()
+    for kind, n in budget.remove.items():
+        steps = budget.kind_steps(kind)
+        if kind == "head":
+            rates.update({s.name: uniform[s.name] / s.size for s in steps})
+            continue
+        keep = mask_ops.select({g: scores[g] for s in steps for g in s.groups}, n / budget.total[kind], "global",
+                               min_keep=int(kind != "weight"))
+        rates.update({s.name: 1 - sum(int(keep[g].sum()) for g in s.groups) / s.size for s in steps})
+    return rates
+
+
+class SliceReward:
+    """Accuracy (or minus the mean loss) on fixed sentences of `model` pruned to the given counts by
+    `scores`, without training: whole units removed (heads+neurons) or weights zeroed."""
+
+    def __init__(self, model: nn.Module, granularity: str, scores: dict[str, torch.Tensor], budget: Budget,
+                 batches: list[dict[str, torch.Tensor]], metric: str = "accuracy"):
+        if metric not in ("accuracy", "loss"):
+            raise ValueError(f"unknown reward {metric!r}; choose accuracy or loss")
+        self.model, self.granularity, self.scores, self.budget = model.eval(), granularity, scores, budget
+        self.batches, self.metric = batches, metric
+        self.calls = 0
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module) -> float:
+        correct, loss, n = 0, 0.0, 0
+        for batch in self.batches:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+            loss += float(nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+            n += len(batch["labels"])
+        return correct / n if self.metric == "accuracy" else -loss / n
+
+    def pruned(self, counts: dict[str, int]) -> nn.Module:
+        masks = masks_for(counts, self.scores, self.budget)
+        model = copy.deepcopy(self.model)
+        units = PrunableUnits(model, self.granularity)
+        if units.structured:
+            remove_units(units, masks)
+        else:
+            with torch.no_grad():
+                for name, p in units.params.items():
+                    p.mul_(masks[name].to(p.device, p.dtype))
+        return model
+
+    def __call__(self, counts: dict[str, int]) -> float:
+        self.calls += 1
+        return self.evaluate(self.pruned(counts))
+
+
+def batches_of(rows: list[dict], collate, batch_size: int = 128) -> list[dict[str, torch.Tensor]]:
+    """Fixed batches of tokenized rows, sorted by length so that little is padded."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    out = []
+    for i in range(0, len(order), batch_size):
+        chunk = [rows[j] for j in order[i:i + batch_size]]
+        batch = collate([{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"]} for r in chunk])
+        batch["labels"] = torch.tensor([r["label"] for r in chunk])
+        out.append(batch)
+    return out
+
+
+# --- the search ------------------------------------------------------------------------------------
+@dataclass
+class AgentSettings:
+    episodes: int = 400              # allocations tried in all
+    episodes_per_update: int = 8     # PPO rollout: this many episodes, then an update
+    seed: int = 0
+    learning_rate: float = 3e-4
+    n_epochs: int = 10
+    log_std_init: float = -1.0       # initial exploration: std 0.37 around the uniform allocation
+
+
+class Search:
+    """PPO (stable-baselines3) on an AllocationEnv, checkpointed after every update in `directory`
+    (agent.zip, search.json: the episodes so far and the random states), so a killed search resumes
+    where its last update ended and then goes on exactly as it would have."""
+
+    AGENT, STATE = "agent.zip", "search.json"
+
+    def __init__(self, env: AllocationEnv, directory: Path, settings: AgentSettings):
+        self.env, self.dir, self.settings = env, Path(directory), settings
+        if settings.episodes < 1 or settings.episodes_per_update < 1:
+            raise ValueError("EPISODES and EPISODES_PER_UPDATE must be >= 1")
+
+    @property
+    def episode_length(self) -> int:
+        return len(self.env.budget.steps)
+
+    def _meta(self) -> dict:
+        return {"settings": asdict(self.settings), "steps": [asdict(s) for s in self.env.budget.steps],
+                "remove": self.env.budget.remove}
+
+    def run(self, progress: Callable[[int], None] | None = None) -> list[dict]:
+        from stable_baselines3 import PPO
+        from stable_baselines3.common.callbacks import BaseCallback
+        from stable_baselines3.common.vec_env import DummyVecEnv
+
+        s = self.settings
+        vec = DummyVecEnv([lambda: self.env])
+        n_steps = s.episodes_per_update * self.episode_length
+        state_path, agent_path = self.dir / self.STATE, self.dir / self.AGENT
+        if state_path.exists() and agent_path.exists():
+            state = json.loads(state_path.read_text())
+            if state["meta"] != self._meta():
+                raise ValueError(f"{self.dir} holds a search with other settings or another budget ({state['meta']}); "
+                                 "use another OUT_DIR or delete it")
+            agent = PPO.load(str(agent_path), env=vec, device="cpu")
+            self.env.history[:] = state["history"]
+            self._before = state["seconds"]
+            _set_random_state(state["random"])  # after load: PPO's setup re-seeds
+        else:
+            self._before = 0.0
+            agent = PPO("MlpPolicy", vec, n_steps=n_steps, batch_size=n_steps, n_epochs=s.n_epochs, gamma=1.0,
+                        gae_lambda=1.0, learning_rate=s.learning_rate, seed=s.seed, device="cpu", verbose=0,
+                        policy_kwargs={"net_arch": [64, 64], "log_std_init": s.log_std_init})
+        search = self
+
+        class Checkpoint(BaseCallback):
+            """After each update (the next rollout's start), and at the end, save the agent and the episodes."""
+            def _on_rollout_start(self) -> None:
+                if self.num_timesteps:
+                    search._save(agent)
+
+            def _on_step(self) -> bool:
+                if progress and self.locals["dones"][0]:
+                    progress(len(search.env.history))
+                return True
+
+        self._started = time.perf_counter()
+        done = len(self.env.history) * self.episode_length
+        todo = s.episodes * self.episode_length - done
+        if todo > 0:
+            agent.learn(total_timesteps=todo, callback=Checkpoint(), reset_num_timesteps=False, progress_bar=False)
+            self._save(agent)
+        self.agent = agent
+        return self.env.history
+
+    def _save(self, agent) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / (self.AGENT + ".tmp.zip")
+        agent.save(str(tmp))
+        os.replace(tmp, self.dir / self.AGENT)
+        state = {"meta": self._meta(), "history": self.env.history, "random": _random_state(),
+                 "seconds": self.seconds}
+        tmp = self.dir / (self.STATE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.dir / self.STATE)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the search so far, over every process that worked on it."""
+        return self._before + time.perf_counter() - self._started
+
+    def policy_counts(self) -> dict[str, int]:
+        """The allocation of the trained policy's mean actions (no exploration)."""
+        obs, _ = self.env.reset()
+        history = list(self.env.history)
+        for _ in range(self.episode_length):
+            action, _ = self.agent.predict(obs, deterministic=True)
+            obs, _, done, _, info = self.env.step(action)
+        self.env.history[:] = history  # not one of the search's episodes
+        return info["counts"]
+
+
+def _random_state() -> dict:
+    return {"torch": torch.get_rng_state().tolist(), "numpy": _jsonable(np.random.get_state()),
+            "python": _jsonable(random.getstate())}
+
+
+def _set_random_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _jsonable(x):
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (tuple, list)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+@torch.inference_mode()
+def inference_speeds(models: dict[str, nn.Module], batches: list[dict[str, torch.Tensor]], rounds: int = 3) -> dict:
+    """Sentences/s of each model over the same batches, the models interleaved in every round (the
+    first model is the reference: ratios are medians of per-round ratios to it)."""
+    per_round: dict[str, list[float]] = {name: [] for name in models}
+    sentences = sum(len(b["input_ids"]) for b in batches)
+    for _ in range(rounds):
+        for name, model in models.items():
+            model(input_ids=batches[0]["input_ids"], attention_mask=batches[0]["attention_mask"])  # warm-up
+            started = time.perf_counter()
+            for b in batches:
+                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+            per_round[name].append(sentences / (time.perf_counter() - started))
+    reference = next(iter(models))
+    out: dict = {"rounds": rounds, "threads": torch.get_num_threads()}
+    for name, values in per_round.items():
+        out[name] = {"per_second": float(np.median(values)),
+                     "ratio": float(np.median([v / r for v, r in zip(values, per_round[reference])]))}
+    return out
+
+
+def best(history: list[dict]) -> dict:
+    """The episode with the highest reward (the earliest of equals)."""
+    return max(enumerate(history), key=lambda kv: (kv[1]["reward"], -kv[0]))[1]
