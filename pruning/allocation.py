@@ -295,8 +295,9 @@ class Search:
         return len(self.env.budget.steps)
 
     def _meta(self) -> dict:
-        return {"settings": asdict(self.settings), "steps": [asdict(s) for s in self.env.budget.steps],
-                "remove": self.env.budget.remove}
+        """What a resumed search must share, as it reads back from JSON (tuples become lists)."""
+        return json.loads(json.dumps({"settings": asdict(self.settings), "remove": self.env.budget.remove,
+                                      "steps": [asdict(s) for s in self.env.budget.steps]}))
 
     def run(self, progress: Callable[[int], None] | None = None) -> list[dict]:
         from stable_baselines3 import PPO
