@@ -110,7 +110,7 @@ def rate_args(config: dict, run_config: dict, allocation_name: str, counts: dict
     """The rate settings of one allocation: per-layer rates (agent, uniform) or one global threshold."""
     if allocation_name == "global":
         return [f"--{RATE_KEY[k].lower()}={r!r}" for k, r in budget_rates(config, run_config).items()]
-    if budget is None:  # validation before the model is known: one rate per layer of some count
+    if budget is None:  # validation, before the model (and so its per-layer rates) is known
         return []
     rates = budget.rates(counts if allocation_name == "agent" else budget.uniform())
     return [f"--{RATE_KEY[k].lower()}={','.join(repr(r) for r in rs)}" for k, rs in rates.items()]
