@@ -4,10 +4,12 @@ norm that structured magnitude pruning uses (e.g. Torch-Pruning's group magnitud
 import torch
 
 from pruning import Criterion, PruningTrainer
+from pruning.units import GRANULARITIES
 
 
 class MagnitudeCriterion(Criterion):
     name = "magnitude"
+    rescores = GRANULARITIES  # norms of the live weights: a score at any time
 
     def scores(self) -> dict[str, torch.Tensor]:
         return self.units.norm({n: p.detach() for n, p in self.params.items()})

@@ -22,7 +22,7 @@ from pruning.masks import overlap
 from pruning.tickets import split_kind
 
 CRITERIA = ("magnitude", "gradient", "undecayed")
-COLUMNS = ["run", "trainer", "rate", "seed", "sparsity", "acc_before_prune", "acc_after_prune", "acc_final",
+COLUMNS = ["run", "trainer", "variant", "rate", "seed", "sparsity", "acc_before_prune", "acc_after_prune", "acc_final",
            "f1_final", "eb_found", "eb_step", "eb_fraction_of_dense_steps", "optimizer_steps",
            "search_s", "prune_s", "retrain_s", "total_s", "time_vs_dense", "search_retrain_s",
            "dense_s_to_same_acc", "b3_ratio", "peak_rss_mb",
@@ -43,6 +43,7 @@ def rows_of(results: list[dict]) -> list[dict]:
         total = training_seconds(r)
         rows.append({
             "run": Path(r.get("run_dir", "")).name or f"{r['trainer']}-{seed}", "trainer": r["trainer"],
+            "variant": variant_of(r), "correct": correct_on_dev(r),
             "rate": p.get("rate", 0.0), "seed": seed, "sparsity": r["sparsity"],
             "acc_before_prune": (m.get("before_prune") or {}).get("accuracy"),
             "acc_after_prune": (m.get("after_prune") or {}).get("accuracy"),
@@ -61,7 +62,16 @@ def rows_of(results: list[dict]) -> list[dict]:
             "inference_gflops_nonzero": cost.get("inference_flops_nonzero", 0) / 1e9,
             "dev_sentences_per_s": cost.get("dev_sentences_per_second"),
         })
-    return sorted(rows, key=lambda x: (x["trainer"] != "dense", x["trainer"], x["rate"], x["seed"]))
+    return sorted(rows, key=lambda x: (x["trainer"] != "dense", x["trainer"], x["variant"], x["rate"], x["seed"]))
+
+
+def variant_of(r: dict) -> str:
+    """How a pruning run kept its accuracy: "plain", or distillation ("kd") and/or a gradual schedule."""
+    config = r.get("config", {})
+    parts = ["kd"] if config.get("TEACHER") else []
+    if config.get("GRADUAL_UPDATES"):
+        parts.append(f"gradual×{config['GRADUAL_UPDATES']}" + ("+rewarm" if config.get("GRADUAL_REWARM") else ""))
+    return " + ".join(parts) or "plain"
 
 
 def training_seconds(r: dict) -> float:
@@ -112,7 +122,7 @@ def markdown(rows: list[dict]) -> str:
              "|" + "---|" * 23]
     for r in rows:
         lines.append("| " + " | ".join([
-            r["trainer"], _fmt(r["rate"], 1), str(r["seed"]), _fmt(r["sparsity"]), _fmt(r["acc_before_prune"]),
+            r["trainer"] + ("" if r["variant"] == "plain" else f" ({r['variant']})"), _fmt(r["rate"], 1), str(r["seed"]), _fmt(r["sparsity"]), _fmt(r["acc_before_prune"]),
             _fmt(r["acc_after_prune"]), _fmt(r["acc_final"]), _fmt(r["f1_final"]),
             _fmt(r["eb_step"]) + ("" if r["eb_found"] in (True, None) else " (none)"),
             _fmt(r["eb_fraction_of_dense_steps"], 3), str(r["optimizer_steps"]), _fmt(r["search_s"], 0),
@@ -124,13 +134,23 @@ def markdown(rows: list[dict]) -> str:
             _fmt(r["dev_sentences_per_s"], 0)]) + " |")
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["trainer"], r["rate"])].append(r)
+        groups[(r["trainer"], r["variant"], r["rate"])].append(r)
     if any(len(g) > 1 for g in groups.values()):
-        lines += ["", "Mean ± std over seeds:", "",
-                  "| trainer | rate | seeds | acc after prune | acc final | F1 final |", "|---|---|---|---|---|---|"]
-        for (trainer, rate), g in groups.items():
-            lines.append(f"| {trainer} | {rate:g} | {len(g)} | {_mean_std([r['acc_after_prune'] for r in g])} | "
-                         f"{_mean_std([r['acc_final'] for r in g])} | {_mean_std([r['f1_final'] for r in g])} |")
+        dense = {r["seed"]: r for r in rows if r["trainer"] == "dense"}
+        lines += ["", "Mean ± std over seeds; paired by seed with the dense run: the difference, the t-test over "
+                  "seeds and a bootstrap over the dev sentences (from the runs' dev predictions):", "",
+                  "| trainer | variant | rate | seeds | acc after prune | acc final | F1 final | − dense | "
+                  "p (paired t) | p (bootstrap) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for (trainer, variant, rate), g in groups.items():
+            paired = [r for r in g if r["seed"] in dense] if trainer != "dense" else []
+            a, b = [r["acc_final"] for r in paired], [dense[r["seed"]]["acc_final"] for r in paired]
+            ca, cb = [r["correct"] for r in paired], [dense[r["seed"]]["correct"] for r in paired]
+            boot = (f"{bootstrap_difference(ca, cb)['p']:.3g}" if paired and all(c is not None for c in ca + cb)
+                    else "–")
+            lines.append(f"| {trainer} | {variant} | {rate:g} | {len(g)} | {_mean_std([r['acc_after_prune'] for r in g])} | "
+                         f"{_mean_std([r['acc_final'] for r in g])} | {_mean_std([r['f1_final'] for r in g])} | "
+                         f"{_mean_std([x - y for x, y in zip(a, b)]) if paired else '–'} | "
+                         f"{_fmt(paired_p(a, b), 3) if paired else '–'} | {boot} |")
     return "\n".join(lines) + "\n"
 
 
@@ -149,7 +169,7 @@ def targets(rows: list[dict]) -> str:
         by_c = defaultdict(list)
         for r in pruned:
             if abs(r["rate"] - rate) < 1e-9:
-                by_c[r["trainer"]].append(r["acc_final"])
+                by_c[r["trainer"] + ("" if r["variant"] == "plain" else f" ({r['variant']})")].append(r["acc_final"])
         if not by_c:
             continue
         best, accs = max(by_c.items(), key=lambda kv: statistics.mean(kv[1]))
@@ -499,7 +519,7 @@ def write(out: Path) -> list[dict]:
     unstructured = [r for r in results if not (r.get("pruning") or {}).get("structure")]
     rows = rows_of(unstructured)
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")  # not the per-sentence predictions
         writer.writeheader()
         writer.writerows(rows)
     structured = structured_markdown(results)

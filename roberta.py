@@ -40,6 +40,14 @@ ACTIVATION_STATISTIC = "mean_abs"  # activation criterion's neuron score: "mean_
 MASK_FROM = ""                     # a finished run's directory: train its mask, fixed from step 0, instead of searching
 REWIND_TO = "pretrained"           # with MASK_FROM: start from the "pretrained" weights, or that run's "early_bird" weights
 SAVE_EB_WEIGHTS = False            # keep the dense weights at the pruning step (weights_at_prune.safetensors), for rewinding
+GRADUAL_UPDATES = 0                # mask updates after the early bird that raise the rate to its target (cubic schedule); 0 = one shot
+GRADUAL_START = 0.5                # with GRADUAL_UPDATES: the share of the target rate pruned at the early bird
+GRADUAL_SPAN = 0.5                 # with GRADUAL_UPDATES: the share of the retrain phase the updates spread over
+GRADUAL_REWARM = False             # with GRADUAL_UPDATES: at each update the LR returns to its value at pruning, then decays to 0
+# --- distillation during retraining (the teacher's logits are computed once and cached under OUT_DIR)
+TEACHER = ""                       # a finished run's directory (its model/) or a checkpoint: distil from it after pruning; "" = none
+DISTILL_TEMPERATURE = 2.0          # softmax temperature of the distillation loss (oBERT: 2)
+DISTILL_HARDNESS = 1.0             # weight of the teacher's soft labels; 1 - hardness goes to the true labels (oBERT: 1)
 # --- Early-Bird detector
 EB_CHECK_EVERY = 50                # optimizer steps between mask checks
 EB_WINDOW = 5                      # masks in the FIFO (the newest is compared with the others)

@@ -5,6 +5,9 @@
     python sweep.py --granularity=heads+neurons --trainers=dense,activation,magnitude --seeds=1,2,3
                                                          # heads + neurons at HEAD_RATE / NEURON_RATE (bert.py's,
                                                          # or --head_rate=... --neuron_rate=...); RATES unused
+    python sweep.py --trainers=dense,magnitude --rates=0.9 --variants=plain,kd,gradual,kd+gradual --seeds=1,2,3
+                                                         # the ablation: distillation from the dense cell of the
+                                                         # same seed, gradual pruning, both
 
 Every cell is one `python bert.py --run_name=CELL ...` in its own process (the same experiment code,
 not a copy; `pruning.cells`). A cell with results.json is skipped, a cell killed midway resumes from
@@ -19,7 +22,7 @@ from tqdm import tqdm
 import bert  # noqa: F401  (defines every trainer a cell may name)
 import report
 from pruning import experiment
-from pruning.cells import run_cell
+from pruning.cells import run_cell, run_on_ray
 from pruning.units import GRANULARITIES
 
 SCRIPT = "bert.py"                              # the experiment each cell runs
@@ -27,23 +30,36 @@ TRAINERS = "dense,magnitude,gradient,undecayed" # comma-separated; dense runs on
 RATES = "0.3,0.5,0.7,0.9"                       # comma-separated pruning rates (granularity "weights")
 GRANULARITY = "weights"                         # or "heads+neurons": one cell per trainer and seed
 SEEDS = "42"                                    # comma-separated seeds
+VARIANTS = "plain"                              # pruning cells: plain, kd (distil from the dense cell of the same seed), gradual, kd+gradual
+GRADUAL = 4                                     # mask updates of the gradual variants (bert.py's GRADUAL_UPDATES)
+CLUSTER = ""                                    # "" = cells one after another here; "local" = Ray tasks on this machine; "auto" / "ray://HOST:10001" = an existing Ray cluster
+CELL_CPUS = 1.0                                 # with CLUSTER: CPUs each cell reserves (a node runs as many cells at once as it has CPUs / CELL_CPUS)
+LOCAL_CPUS = 0                                  # with CLUSTER="local": CPUs of the local cluster (0 = all of this machine's)
 OUT_DIR = "sweeps/bert"                         # one sub-directory per cell, plus the report
 DENSE_EVAL_EVERY = 50                           # dense runs evaluate this often (the time-to-accuracy curve for B3)
-SETTINGS = ("SCRIPT", "TRAINERS", "RATES", "GRANULARITY", "SEEDS", "OUT_DIR", "DENSE_EVAL_EVERY")
+SETTINGS = ("SCRIPT", "TRAINERS", "RATES", "GRANULARITY", "SEEDS", "VARIANTS", "GRADUAL", "OUT_DIR", "DENSE_EVAL_EVERY",
+            "CLUSTER", "CELL_CPUS", "LOCAL_CPUS")
+VARIANT_NAMES = ("plain", "kd", "gradual", "kd+gradual")
 
 
-def cells(trainers, rates, seeds, dense_eval_every, granularity="weights"):
+def cells(trainers, rates, seeds, dense_eval_every, granularity="weights", variants=("plain",), gradual=4,
+          out=Path("sweeps/bert")):
+    """(name, arguments) of every cell; the dense cell of a seed comes first: the kd variants distil from it."""
     structured = granularity != "weights"
     for seed in seeds:
-        for trainer in trainers:
+        for trainer in sorted(trainers, key=lambda t: t != "dense"):
             dense = trainer == "dense"
-            for rate in ([None] if dense or structured else rates):
-                name = f"{trainer}-s{seed}" if rate is None else f"{trainer}-r{rate:g}-s{seed}"
-                args = [f"--trainer={trainer}", f"--seed={seed}"]
-                args += [f"--eval_every={dense_eval_every}"] if dense else []
-                args += [f"--granularity={granularity}"] if structured and not dense else []
-                args += [f"--pruning_rate={rate}"] if rate is not None else []
-                yield name, args
+            for variant in (["plain"] if dense else variants):
+                for rate in ([None] if dense or structured else rates):
+                    tag = "" if variant == "plain" else f"-{variant.replace('+', '-')}"
+                    name = f"{trainer}{tag}-s{seed}" if rate is None else f"{trainer}{tag}-r{rate:g}-s{seed}"
+                    args = [f"--trainer={trainer}", f"--seed={seed}"]
+                    args += [f"--eval_every={dense_eval_every}"] if dense else []
+                    args += [f"--granularity={granularity}"] if structured and not dense else []
+                    args += [f"--pruning_rate={rate}"] if rate is not None else []
+                    args += [f"--teacher={out / f'dense-s{seed}'}"] if "kd" in variant else []
+                    args += [f"--gradual_updates={gradual}"] if "gradual" in variant else []
+                    yield name, args
 
 
 def main():
@@ -59,16 +75,34 @@ def main():
         raise SystemExit(f"error: unknown --granularity={config['GRANULARITY']}; choose one of {', '.join(GRANULARITIES)}")
     rates = [float(r) for r in config["RATES"].split(",")]
     seeds = [int(s) for s in config["SEEDS"].split(",")]
+    variants = [v.strip() for v in config["VARIANTS"].split(",") if v.strip()]
+    wrong = [v for v in variants if v not in VARIANT_NAMES]
+    if wrong or not variants:
+        raise SystemExit(f"error: --variants={config['VARIANTS']}: give some of {', '.join(VARIANT_NAMES)}, comma-separated")
+    if any("kd" in v for v in variants) and "dense" not in trainers:
+        raise SystemExit("error: the kd variants distil from the dense cell of each seed: add dense to --trainers")
     out = Path(config["OUT_DIR"])
-    grid = list(cells(trainers, rates, seeds, config["DENSE_EVAL_EVERY"], config["GRANULARITY"]))
+    grid = list(cells(trainers, rates, seeds, config["DENSE_EVAL_EVERY"], config["GRANULARITY"], variants,
+                      config["GRADUAL"], out))
     out.mkdir(parents=True, exist_ok=True)
     failed = []
-    with tqdm(grid, desc="sweep", unit="run") as bar:
-        for name, args in bar:
-            bar.set_postfix_str(name)
-            if not run_cell(config["SCRIPT"], out, name, [*args, *passed_on]):
-                failed.append(name)
-                tqdm.write(f"{name} failed; see {out / (name + '.log')}")
+    if config["CLUSTER"]:  # one Ray task per cell: the dense cells first (they teach the kd cells), then the rest
+        waves = [[(n, [*a, *passed_on]) for n, a in grid if "--trainer=dense" in a],
+                 [(n, [*a, *passed_on]) for n, a in grid if "--trainer=dense" not in a]]
+        with tqdm(total=len(grid), desc="sweep", unit="run") as bar:
+            def done(name, ok):
+                bar.update()
+                if not ok:
+                    tqdm.write(f"{name} failed; see {out / (name + '.log')}")
+            failed = run_on_ray(config["SCRIPT"], out, waves, config["CLUSTER"], config["CELL_CPUS"],
+                                config["LOCAL_CPUS"], done)
+    else:
+        with tqdm(grid, desc="sweep", unit="run") as bar:
+            for name, args in bar:
+                bar.set_postfix_str(name)
+                if not run_cell(config["SCRIPT"], out, name, [*args, *passed_on]):
+                    failed.append(name)
+                    tqdm.write(f"{name} failed; see {out / (name + '.log')}")
     report.write(out)
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")

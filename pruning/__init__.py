@@ -3,7 +3,8 @@
 - units:     what can be pruned (weights, or heads and FFN neurons) and where units live in the weights
 - criterion: the criterion base classes (a criterion only scores units)
 - masks:     scores -> exact-count keep-masks (global, per layer, per tensor)
-- schedule:  the phase plan and learning-rate policy
+- schedule:  the phase plan, learning-rate policy and gradual (cubic) schedule
+- distill:   the distillation loss and the teacher's cached logits
 - surgery:   physical removal of heads and neurons; gates on unit outputs
 - callbacks: the TrainerCallbacks of a run, one job each (early stopping among them)
 - cost:      CostLog, the run's active parameters, FLOPs, memory and time as it goes

@@ -2,6 +2,7 @@
 
 - `EarlyBirdSearch`: feeds the criterion during the search, runs the Early-Bird checks, and asks the
   trainer to prune when the bird is found or the search budget ends.
+- `GradualPruning`: after the early bird, the mask updates of a gradual schedule (and the scores they need).
 - `KeepPrunedWeightsZero`: after unstructured pruning, masks gradients and weights every step.
 - `RetrainBudget`: stops training when the retrain phase has had its steps.
 - `PhaseClock`: wall time per phase (search / prune / retrain).
@@ -88,6 +89,37 @@ class EarlyBirdSearch(TrainerCallback):
 
     def history(self) -> dict[str, list]:
         return {k: d.history for k, d in self.detectors.items()}
+
+
+class GradualPruning(TrainerCallback):
+    """Raises the pruned share to the target at the steps of the gradual schedule (the record's
+    "gradual", set at pruning). Until the last update an accumulating criterion keeps observing the
+    retrain phase's gradients, so each update ranks by the scores since the one before."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def pending(self) -> dict | None:
+        record = self.trainer.record
+        gradual = record.get("gradual")
+        if record["phase"] == "retrain" and gradual and gradual["done"] < len(gradual["steps"]):
+            return gradual
+        return None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.pending():
+            self.trainer.criterion.on_gradients()
+            self.trainer.criterion.observe()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.pending():
+            self.trainer.criterion.after_step()
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        gradual = self.pending()
+        if gradual and state.global_step == gradual["steps"][gradual["done"]]:
+            self.trainer.update_masks(state.global_step, optimizer, control)
+        return control
 
 
 class KeepPrunedWeightsZero(TrainerCallback):

@@ -2,9 +2,12 @@
 
 A cell with results.json is skipped; a cell killed midway resumes from its newest checkpoint; one
 killed before its first checkpoint starts again. So a grid can be stopped and re-run at any time.
+`run_on_ray` runs cells as Ray tasks, one per cell, on a local or an existing cluster: the same
+cell, so the same skipping and resuming.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -31,3 +34,46 @@ def run_cell(script: str, out: Path, name: str, args: list[str]) -> bool:
             return False
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return True
+
+
+def run_on_ray(script: str, out: Path, waves: list[list[tuple[str, list[str]]]], address: str = "local",
+               cpus_per_cell: float = 1.0, local_cpus: int = 0, on_done=None) -> list[str]:
+    """Run the cells as Ray tasks, wave after wave (a wave's cells may need the previous wave's, as a
+    distilled cell needs its teacher); returns the names of the cells that failed.
+
+    `address` "local" starts a cluster on this machine (`local_cpus` CPUs, 0 = all); anything else
+    ("auto", "ray://host:10001") joins an existing one, whose nodes must hold this repository and its
+    environment at the same path and see `out` on a shared filesystem. `on_done(name, ok)` is called
+    as cells finish (a progress bar).
+    """
+    import ray
+    repo = str(Path(script).resolve().parent)
+    env = {"env_vars": {"PYTHONPATH": repo, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "")}}
+    if address == "local":
+        ray.init(num_cpus=local_cpus or None, include_dashboard=False, runtime_env=env, log_to_driver=False)
+    else:
+        ray.init(address=address, runtime_env=env, log_to_driver=False)
+    try:
+        cell = ray.remote(num_cpus=cpus_per_cell, max_retries=0)(_run_cell_in)
+        here, failed = os.getcwd(), []  # relative paths in the arguments mean what they mean here
+        for wave in waves:
+            pending = {cell.remote(here, script, out, name, args): name for name, args in wave}
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                name = pending.pop(done[0])
+                try:
+                    ok = ray.get(done[0])
+                except ray.exceptions.RayError:  # the worker died: the cell resumes on the next run
+                    ok = False
+                if not ok:
+                    failed.append(name)
+                if on_done:
+                    on_done(name, ok)
+        return failed
+    finally:
+        ray.shutdown()
+
+
+def _run_cell_in(cwd: str, script: str, out: Path, name: str, args: list[str]) -> bool:
+    os.chdir(cwd)
+    return run_cell(script, Path(out), name, args)

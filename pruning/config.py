@@ -1,12 +1,13 @@
 """What to prune and when: one dataclass, validated on construction."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from earlybird import EarlyBirdDetector
 from pruning import masks as mask_ops
+from pruning.distill import check_settings as check_distillation
 from pruning.units import GRANULARITIES, PrunableUnits
 
 REWIND_POINTS = ("pretrained", "early_bird")
@@ -28,6 +29,13 @@ class PruningConfig:
     mask_from: str = ""               # a finished run's directory: train its mask, fixed from step 0
     rewind_to: str = "pretrained"     # with mask_from: start from the loaded weights or that run's EB weights
     snapshot_path: str = ""           # write the dense weights at the pruning step here ("" = don't)
+    distill: bool = False             # retrain on a teacher's logits (the batches' teacher_logits column)
+    distill_temperature: float = 2.0  # softmax temperature of the distillation loss
+    distill_hardness: float = 1.0     # weight of the distillation loss; 1 - hardness goes to the labels
+    gradual_updates: int = 0          # mask updates after the early bird up to the target rate (0 = one shot)
+    gradual_start: float = 0.5        # the share of the target rate pruned at the early bird
+    gradual_span: float = 0.5         # the share of the retrain phase the updates spread over
+    gradual_rewarm: bool = False      # at each update the LR returns to its value at pruning, then decays
     criterion_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -48,10 +56,26 @@ class PruningConfig:
         if self.rewind_to not in REWIND_POINTS:
             raise ValueError(f"unknown rewind point {self.rewind_to!r}; choose one of {REWIND_POINTS}")
         EarlyBirdDetector(self.window, self.epsilon)  # validates window and epsilon
+        check_distillation(self.distill_temperature, self.distill_hardness)
+        if isinstance(self.gradual_updates, bool) or not isinstance(self.gradual_updates, int) or self.gradual_updates < 0:
+            raise ValueError(f"GRADUAL_UPDATES must be a whole number >= 0 (0 = prune in one shot), got {self.gradual_updates!r}")
+        if self.gradual_updates and not (0 <= self.gradual_start <= 1 and 0 < self.gradual_span <= 1):
+            raise ValueError(f"GRADUAL_START must lie in [0, 1] and GRADUAL_SPAN in (0, 1], got {self.gradual_start} "
+                             f"and {self.gradual_span}")
+        if self.gradual_updates and self.mask_from:
+            raise ValueError("GRADUAL_UPDATES raises the rate after an early-bird search; a MASK_FROM run trains a fixed "
+                             "mask: set one of them")
 
     @property
     def total_epochs(self) -> float:
         return self.search_epochs + self.retrain_epochs
+
+    def scaled(self, fraction: float) -> "PruningConfig":
+        """The same config with every rate multiplied by `fraction` (a step of a gradual schedule)."""
+        def scale(rate):
+            return tuple(r * fraction for r in rate) if isinstance(rate, tuple) else rate * fraction
+        return replace(self, rate=scale(self.rate), head_rate=scale(self.head_rate),
+                       neuron_rate=scale(self.neuron_rate))
 
     def rate_of(self, kind: str) -> mask_ops.Rate:
         return {"weight": self.rate, "head": self.head_rate, "neuron": self.neuron_rate}[kind]

@@ -21,12 +21,14 @@ import torch
 from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
                           set_seed)
 
+from pruning import distill
 from pruning import results as run_results
 from pruning.callbacks import EarlyStopping
 from pruning.cost import CostLog, accuracy_timeline, cost_series
 from pruning.deploy import peak_rss_mb
 from pruning import state as state_io
 from pruning.config import PruningConfig
+from pruning.schedule import PhasePlan, gradual_steps
 from pruning.state import MASKS_FILE
 from pruning.trainer import SNAPSHOT_FILE, PruningTrainer, ResumeMismatch, write_masks
 from pruning.units import prunable_parameters
@@ -176,12 +178,14 @@ PRUNING_SETTINGS = {"GRANULARITY": "granularity", "PRUNING_RATE": "rate", "HEAD_
                     "NEURON_RATE": "neuron_rate", "THRESHOLD": "scope", "SEARCH_EPOCHS": "search_epochs",
                     "RETRAIN_EPOCHS": "retrain_epochs", "EB_CHECK_EVERY": "check_every", "EB_WINDOW": "window",
                     "EB_EPSILON": "epsilon", "EB_SKIP_WARMUP": "skip_warmup", "MASK_FROM": "mask_from",
-                    "REWIND_TO": "rewind_to"}
+                    "REWIND_TO": "rewind_to", "DISTILL_TEMPERATURE": "distill_temperature",
+                    "DISTILL_HARDNESS": "distill_hardness", "GRADUAL_UPDATES": "gradual_updates",
+                    "GRADUAL_START": "gradual_start", "GRADUAL_SPAN": "gradual_span", "GRADUAL_REWARM": "gradual_rewarm"}
 
 
 def pruning_config(config: dict) -> PruningConfig:
     return PruningConfig(**{field: config[key] for key, field in PRUNING_SETTINGS.items() if key in config},
-                         criterion_options=criterion_options(config))
+                         distill=bool(config.get("TEACHER")), criterion_options=criterion_options(config))
 
 
 def validate(config: dict) -> PruningConfig:
@@ -196,6 +200,10 @@ def validate(config: dict) -> PruningConfig:
         if pruning.granularity not in criterion.granularities:
             raise ConfigError(f"TRAINER {config['TRAINER'].__name__} prunes {' or '.join(criterion.granularities)}, "
                               f"not {pruning.granularity!r}: set --granularity={criterion.granularities[0]}")
+        if pruning.gradual_updates and pruning.granularity not in criterion.rescores:
+            can = [n for n, t in trainers().items() if n != "dense" and pruning.granularity in t.criterion_class.rescores]
+            raise ConfigError(f"GRADUAL_UPDATES needs scores after pruning, which the {criterion.name} criterion cannot "
+                              f"give at granularity {pruning.granularity!r}: use {' or '.join(can) or 'another granularity'}")
         try:  # the criterion's own settings (e.g. UNDECAYED_EPSILON) fail here, not after loading data
             criterion.check_options(**pruning.criterion_options)
         except ValueError as e:
@@ -206,6 +214,14 @@ def validate(config: dict) -> PruningConfig:
                           f"({pruning.search_epochs:g} of {pruning.total_epochs:g} epochs), and the detector starts "
                           "watching when the warm-up ends: shorten WARMUP_RATIO, lengthen SEARCH_EPOCHS, or set "
                           "EB_SKIP_WARMUP=false")
+    if config.get("TEACHER"):
+        if name == "dense":
+            raise ConfigError("TEACHER distils into the retrain phase of a pruning run: it needs a PruningTrainer, "
+                              "not the dense Trainer")
+        try:
+            distill.teacher_directory(config["TEACHER"])
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
     if pruning.mask_from:
         if name == "dense":
             raise ConfigError("MASK_FROM trains a fixed mask: it needs a PruningTrainer, not the dense Trainer")
@@ -379,6 +395,25 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     train_rows = sst2.subset(trainable, config["TRAIN_SUBSET"], config["SEED"])
     encoded = sst2.tokenize(sst2.DatasetDict(train=train_rows, validation=datasets["validation"]),
                             tokenizer, config["MAX_LENGTH"])
+    if pruning.gradual_updates and config["TRAINER"] is not Trainer:  # the schedule must fit the retrain phase: checked now
+        per_epoch = math.ceil(len(train_rows) / (config["BATCH_SIZE"] * world))
+        plan = PhasePlan.of(math.ceil(pruning.total_epochs * per_epoch), pruning.total_epochs, pruning.search_epochs,
+                            pruning.retrain_epochs, 0, False)
+        try:
+            gradual_steps(plan.search_steps, plan.retrain_steps, pruning.gradual_updates, pruning.gradual_span)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    teacher = None
+    if config.get("TEACHER"):  # the teacher's logits for every train sentence, computed once and cached
+        try:
+            logits, teacher = distill.cached_logits(config["TEACHER"], encoded["train"].to_list(),
+                                                    DataCollatorWithPadding(tokenizer),
+                                                    Path(config["OUT_DIR"]) / "teacher_logits", model.config.vocab_size)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        encoded["train"] = encoded["train"].add_column(distill.LOGITS_COLUMN, logits.tolist())
+        teacher.update(teacher=os.path.abspath(config["TEACHER"]), temperature=config["DISTILL_TEMPERATURE"],
+                       hardness=config["DISTILL_HARDNESS"])
     dense_split = run_results.parameter_split(model)
     if config.get("SAVE_EB_WEIGHTS"):
         pruning.snapshot_path = str(run_dir / SNAPSHOT_FILE)
@@ -442,7 +477,7 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
         "log_history": trainer.state.log_history, "accuracy_timeline": accuracy_timeline(trainer.state.log_history),
         "cost_series": cost_series(trainer.state.log_history), "early_stopping": early_stopping_summary(trainer),
-        "dev_predictions": dev_predictions,
+        "dev_predictions": dev_predictions, "distillation": teacher,
     }
     if pruned:
         summary = trainer.pruning_summary()
@@ -451,6 +486,8 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
                               "after_prune": _metrics(evals.get("after_prune", {})), "final": _metrics(final)}
         results["pruning"] = summary
         results["phase_seconds"] = summary["phase_seconds"]
+        if teacher:  # the teacher's forward passes over the train set, charged to every run that uses them
+            results["phase_seconds"]["teacher"] = teacher["compute_seconds"]
         write_masks(trainer, str(run_dir), model_description)
         from earlybird import plot_distances
         title = f"{model_description} · {summary['criterion']} · {describe(pruning)}"

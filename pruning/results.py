@@ -45,7 +45,7 @@ def summary(trainer) -> dict:
            "eb_epoch": r["eb_step"] / spe if r["eb_step"] is not None else None,
            "prune_step": r["prune_step"], "search_steps_budget": r["search_steps"],
            "retrain_steps": r["retrain_steps"], "steps_per_epoch": r["steps_per_epoch"],
-           "fixed_mask_from": r["fixed_mask_from"],
+           "fixed_mask_from": r["fixed_mask_from"], "gradual": r.get("gradual"),
            "detector": {"window": config.window, "epsilon": config.epsilon, "check_every": config.check_every},
            "distance_history": trainer.search.history(),
            "mask_fingerprint": r["mask_fingerprint"], "removed_units": r["removed_units"],

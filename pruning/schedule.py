@@ -38,8 +38,29 @@ class PhasePlan:
         """An Early-Bird check at this finished step? (Always at the end of the search budget.)"""
         return step >= self.search_steps or (step % check_every == 0 and step > self.first_check_after)
 
-    def lr_factor(self, step: int, prune_step: int | None, stop_step: int | None) -> float:
-        if prune_step is None or step <= prune_step:
+    def lr_factor(self, step: int, restart_step: int | None, stop_step: int | None,
+                  peak_step: int | None = None) -> float:
+        """The dense schedule until `restart_step` (the pruning step); after it, a linear decay to zero
+        at `stop_step` from the value the dense schedule had at `peak_step` (default: the restart).
+        Re-warming at a gradual mask update moves the restart there and keeps the peak at pruning."""
+        if restart_step is None or step <= restart_step:
             return linear_factor(step, self.warmup_steps, self.total_steps)
-        return (linear_factor(prune_step, self.warmup_steps, self.total_steps)
-                * max(0.0, (stop_step - step) / max(1, stop_step - prune_step)))
+        peak = restart_step if peak_step is None else peak_step
+        return (linear_factor(peak, self.warmup_steps, self.total_steps)
+                * max(0.0, (stop_step - step) / max(1, stop_step - restart_step)))
+
+
+def gradual_fractions(updates: int, start: float) -> list[float]:
+    """The share of the target rate pruned at the early bird (first entry) and after each of `updates`
+    mask updates, on Zhu & Gupta's (2018) cubic schedule: start + (1 - start)(1 - (1 - k/n)^3). The
+    last is exactly 1: the target."""
+    return [1.0 if k == updates else start + (1 - start) * (1 - (1 - k / updates) ** 3) for k in range(updates + 1)]
+
+
+def gradual_steps(prune_step: int, retrain_steps: int, updates: int, span: float) -> list[int]:
+    """The steps of the mask updates, spread evenly over the first `span` of the retrain phase."""
+    spread = span * retrain_steps
+    if updates > spread:
+        raise ValueError(f"{updates} gradual mask updates need at least {updates} steps, but {span:g} of the "
+                         f"{retrain_steps} retrain steps is {spread:g}: use fewer GRADUAL_UPDATES or a longer GRADUAL_SPAN")
+    return [prune_step + round(k * spread / updates) for k in range(1, updates + 1)]

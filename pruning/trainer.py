@@ -22,12 +22,13 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from pruning import state as state_io
-from pruning.callbacks import (EarlyBirdSearch, KeepPrunedWeightsZero, PhaseClock, RetrainBudget,
+from pruning.callbacks import (EarlyBirdSearch, GradualPruning, KeepPrunedWeightsZero, PhaseClock, RetrainBudget,
                                SavePruningState)
 from pruning.config import PruningConfig
 from pruning.criterion import Criterion
+from pruning.distill import LOGITS_COLUMN, distillation_loss
 from pruning.masks import assert_same_on_all_ranks, fingerprint
-from pruning.schedule import PhasePlan
+from pruning.schedule import PhasePlan, gradual_fractions, gradual_steps
 from pruning.surgery import remove_units
 from pruning.units import PrunableUnits
 
@@ -63,14 +64,16 @@ class PruningTrainer(Trainer):
         self.scores_at_prune: dict[str, torch.Tensor] | None = None  # original-space scores the mask came from
         self.plan: PhasePlan | None = None
         self.record = {"phase": "search", "eb_found": None, "eb_step": None, "prune_step": None,
-                       "stop_step": None, "lr_restart_step": None, "fixed_mask_from": None,
+                       "stop_step": None, "lr_restart_step": None, "lr_peak_step": None, "gradual": None,
+                       "fixed_mask_from": None,
                        "search_steps": None, "retrain_steps": None, "first_check_after": 0,
                        "steps_per_epoch": None, "evals": {}, "mask_fingerprint": None, "removed_units": None,
                        "restarting": False, "phase_seconds": {"search": 0.0, "prune": 0.0, "retrain": 0.0}}
         self.search = EarlyBirdSearch(self, self.pruning.window, self.pruning.epsilon, self.pruning.check_every)
         self.keep_zero = KeepPrunedWeightsZero()
         self.clock = PhaseClock(self.record)
-        for callback in (self.search, self.keep_zero, RetrainBudget(self.record), self.clock, SavePruningState(self)):
+        for callback in (self.search, GradualPruning(self), self.keep_zero, RetrainBudget(self.record), self.clock,
+                         SavePruningState(self)):
             self.add_callback(callback)
         self._restart_at: int | None = None
 
@@ -87,11 +90,14 @@ class PruningTrainer(Trainer):
                            retrain_steps=self.plan.retrain_steps, first_check_after=self.plan.first_check_after)
         if self.record["fixed_mask_from"]:  # a fixed mask trains the whole budget
             self.record.update(stop_step=num_training_steps, retrain_steps=num_training_steps)
+        if self.pruning.gradual_updates:  # a schedule that cannot fit fails before the first step
+            gradual_steps(self.plan.search_steps, self.plan.retrain_steps, self.pruning.gradual_updates,
+                          self.pruning.gradual_span)
         if self.lr_scheduler is None:
             plan, record = self.plan, self.record
 
             def lr_factor(step):  # a plain function, so LambdaLR's state_dict stays picklable
-                return plan.lr_factor(step, record["lr_restart_step"], record["stop_step"])
+                return plan.lr_factor(step, record["lr_restart_step"], record["stop_step"], record.get("lr_peak_step"))
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, lr_factor)
             self._created_lr_scheduler = True
         return self.lr_scheduler
@@ -103,10 +109,35 @@ class PruningTrainer(Trainer):
             optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
         return optimizer
 
+    # --- distillation --------------------------------------------------------------------------
+    @property
+    def distilling(self) -> bool:
+        """The retrain phase learns from the teacher's cached logits (the search phase from the labels)."""
+        return self.pruning.distill and self.record["phase"] == "retrain"
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if LOGITS_COLUMN not in self._signature_columns:  # HF drops dataset columns forward() does not take
+            self._signature_columns.append(LOGITS_COLUMN)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher = inputs.pop(LOGITS_COLUMN, None)
+        if teacher is None or not self.distilling:  # evaluation batches carry no teacher logits
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        outputs = model(**inputs)
+        loss = distillation_loss(outputs.logits, teacher, inputs.get("labels"), self.pruning.distill_temperature,
+                                 self.pruning.distill_hardness)
+        return (loss, outputs) if return_outputs else loss
+
     # --- pruning -------------------------------------------------------------------------------
-    def select_masks(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Original-space keep-masks from live-unit scores; units already removed stay removed."""
-        return self.pruning.select(self.units, self.units.to_original(scores, fill=float("-inf")), self.masks)
+    def select_masks(self, scores: dict[str, torch.Tensor], fraction: float = 1.0) -> dict[str, torch.Tensor]:
+        """Original-space keep-masks from live-unit scores at `fraction` of the target rates; units
+        already pruned stay pruned and rank first, so each bucket's count is exact."""
+        original = self.units.to_original(scores, fill=float("-inf"))
+        if self.masks is not None and not self.units.structured:
+            original = {n: s.masked_fill(~self.masks[n].to(s.device), float("-inf")) for n, s in original.items()}
+        config = self.pruning if fraction == 1.0 else self.pruning.scaled(fraction)
+        return config.select(self.units, original, self.masks)
 
     def keep_scores(self, scores: dict[str, torch.Tensor]) -> None:
         """Keep the scores the pruning mask is selected from (original space; removed units -inf)."""
@@ -124,17 +155,46 @@ class PruningTrainer(Trainer):
             _write_weights(self.model, self.pruning.snapshot_path)
         self.criterion.close()
         self._drop_from_optimizer(self.criterion.extra_parameters(), optimizer)
+        n = self.pruning.gradual_updates
+        if n and self.plan.retrain_steps:  # gradual: the first share of the target now, the rest in updates
+            fractions = gradual_fractions(n, self.pruning.gradual_start)
+            masks = self.pruning.scaled(fractions[0]).select(self.units, self.scores_at_prune)
+            self.record["gradual"] = {"steps": gradual_steps(step, self.plan.retrain_steps, n, self.pruning.gradual_span),
+                                      "fractions": fractions, "done": 0, "fingerprints": []}
         self.apply_masks(masks, optimizer)
         self.record["evals"]["after_prune"] = self.evaluate()
         control.should_log = should_log
         self.record.update(eb_found=found, eb_step=step if found else None, prune_step=step,
-                           lr_restart_step=step, stop_step=step + self.plan.retrain_steps)
+                           lr_restart_step=step, lr_peak_step=step, stop_step=step + self.plan.retrain_steps)
         self.clock.charge()
         self.record["phase"] = "retrain"
         if self.units.structured and self.plan.retrain_steps:
-            control.should_save = True  # SavePruningState stops the loop once this checkpoint is written
-            self._restart_at = step
-            self.record["restarting"] = True
+            self._restart_from(step, control)
+
+    def update_masks(self, step: int, optimizer, control) -> None:
+        """A gradual update: the criterion's current scores select the mask at this update's share of
+        the target; what was pruned stays pruned."""
+        gradual = self.record["gradual"]
+        k = gradual["done"] + 1
+        scores = self.criterion.scores()
+        self.keep_scores(scores)  # the final mask's scores are those of the last update
+        self.criterion.reset()
+        self.clock.charge()
+        self.record["phase"] = "prune"
+        self.apply_masks(self.select_masks(scores, gradual["fractions"][k]), optimizer)
+        gradual["done"] = k
+        gradual["fingerprints"].append(self.record["mask_fingerprint"])
+        if self.pruning.gradual_rewarm:
+            self.record["lr_restart_step"] = step
+        self.clock.charge()
+        self.record["phase"] = "retrain"
+        if self.units.structured:
+            self._restart_from(step, control)
+
+    def _restart_from(self, step: int, control) -> None:
+        control.should_save = True  # SavePruningState stops the loop once this checkpoint is written
+        self._restart_at = step
+        self.record["restarting"] = True
 
     def _drop_from_optimizer(self, params, optimizer) -> None:
         """The criterion's own parameters (slimming coefficients) leave the optimizer and the LR

@@ -52,7 +52,7 @@ def test_report_rows_b3_and_files(sweep_dir):
         assert len(list(csv.DictReader(f))) == 5
     md = (sweep_dir / "results.md").read_text()
     assert "| gradient | 0.5 | 1 |" in md and "never" in md
-    assert "| magnitude | 0.5 | 2 | 0.7000 ± 0.0000 | 0.8700 ± 0.0141 |" in md   # mean ± std over the two seeds
+    assert "| magnitude | plain | 0.5 | 2 | 0.7000 ± 0.0000 | 0.8700 ± 0.0141 |" in md   # mean ± std over the two seeds
     # B1 at 50%: the best criterion (gradient, 0.95) beats dense (0.90); B3 over the magnitude runs only.
     assert "| B1 accuracy kept at 50% sparsity (≤ 0.5 points under dense) | best: gradient 0.9500 vs dense " \
            "0.9000: -5.00 points under | met |" in md
@@ -67,6 +67,32 @@ def test_sweep_grid_runs_dense_once_per_seed():
     assert [name for name, _ in grid] == ["dense-s1", "magnitude-r0.3-s1", "magnitude-r0.5-s1",
                                           "dense-s2", "magnitude-r0.3-s2", "magnitude-r0.5-s2"]
     assert "--eval_every=50" in grid[0][1] and "--pruning_rate=0.3" in grid[1][1]
+
+
+def test_sweep_variants_distil_from_the_dense_cell_of_their_seed(tmp_path):
+    grid = dict(sweep.cells(["magnitude", "dense"], [0.9], [1], 50, variants=["plain", "kd", "kd+gradual"], gradual=3,
+                            out=tmp_path))
+    assert list(grid) == ["dense-s1", "magnitude-r0.9-s1", "magnitude-kd-r0.9-s1", "magnitude-kd-gradual-r0.9-s1"]
+    assert f"--teacher={tmp_path / 'dense-s1'}" in grid["magnitude-kd-r0.9-s1"]
+    assert "--gradual_updates=3" in grid["magnitude-kd-gradual-r0.9-s1"]
+    assert not any(a.startswith(("--teacher", "--gradual")) for a in grid["magnitude-r0.9-s1"] + grid["dense-s1"])
+
+
+def test_variants_get_their_own_rows_and_a_paired_test_against_dense(tmp_path):
+    results = []
+    for seed, dense_acc in ((1, 0.90), (2, 0.88), (3, 0.89)):
+        results.append(result("dense", seed, dense_acc))
+        for teacher, acc in (("", dense_acc - 0.03), ("runs/dense", dense_acc - 0.01)):
+            r = result("magnitude", seed, acc, rate=0.9, eb=100, search=4.0, retrain=6.0)
+            r["config"]["TEACHER"] = teacher
+            results.append(r)
+    rows = report.rows_of(results)
+    assert {r["variant"] for r in rows} == {"plain", "kd"}
+    md = report.markdown(rows)
+    assert "| magnitude | kd | 0.9 | 3 |" in md and "| magnitude | plain | 0.9 | 3 |" in md
+    kd_line = next(line for line in md.splitlines() if line.startswith("| magnitude | kd | 0.9 | 3 |"))
+    assert "-0.0100 ± 0.0000" in kd_line
+    assert "best: magnitude (kd) 0.8800" in report.targets(rows)
 
 
 def test_heads_and_neurons_runs_get_their_own_table_beside_the_dense_run_of_their_seed(sweep_dir):
