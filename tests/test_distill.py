@@ -95,9 +95,12 @@ def test_distillation_changes_the_retrain_phase_only(teacher_run, tiny_bert_conf
     ({"teacher": "TEACHER_DIR", "trainer": "dense"}, "needs a PruningTrainer"),
     ({"teacher": "TEACHER_DIR", "distill_temperature": 0}, "DISTILL_TEMPERATURE must be > 0"),
 ])
-def test_bad_teachers_fail_before_training(teacher_run, tiny_bert_config, tmp_path, extra, message):
+def test_bad_teachers_fail_before_training(teacher_run, tiny_bert_config, tmp_path, capsys, extra, message):
+    import bert
+    from pruning import experiment
     _, data, _, teacher = teacher_run
     extra = {k: (teacher if v == "TEACHER_DIR" else v) for k, v in extra.items()}
-    proc = run_script("bert.py", tiny_args(tiny_bert_config, data, tmp_path / "out", **extra))
-    assert proc.returncode != 0 and message in proc.stderr + proc.stdout
+    with pytest.raises(SystemExit):
+        experiment.main(vars(bert), tiny_args(tiny_bert_config, data, tmp_path / "out", **extra))
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
