@@ -60,13 +60,7 @@ STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--threshold": "-
 
 def settings(argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
     """The study's settings, the arguments for every run and the runs' configuration, checked before any work."""
-    argv = sys.argv[1:] if argv is None else argv
-    for arg in argv:
-        key = arg.split("=")[0]
-        if key in STUDY_OWNS:
-            instead = f"; set {STUDY_OWNS[key]} instead" if STUDY_OWNS[key] else ""
-            raise experiment.ConfigError(f"{arg}: the study sets {key} for each of its runs{instead}")
-    config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, argv)
+    config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, argv, owned=STUDY_OWNS)
     run_config = experiment.configure(script, passed_on)
     if config["CRITERION"] not in experiment.trainers() or config["CRITERION"] == "dense":
         raise experiment.ConfigError(f"unknown pruning criterion {config['CRITERION']!r}; choose from "

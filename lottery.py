@@ -53,13 +53,7 @@ STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--mask_from": "-
 
 def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
     """The study's settings and the arguments for every run, checked before any training."""
-    argv = sys.argv[1:] if argv is None else argv
-    for arg in argv:
-        key = arg.split("=")[0]
-        if key in STUDY_OWNS:
-            instead = f"; set {STUDY_OWNS[key]} instead" if STUDY_OWNS[key] else ""
-            raise experiment.ConfigError(f"{arg}: the study sets {key} for each of its runs{instead}")
-    config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, argv)
+    config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, argv, owned=STUDY_OWNS)
     split = {k: [t.strip() for t in config[k].split(",") if t.strip()]
              for k in ("COMPARE_WITH", "SEEDS", "TICKETS", "REWINDS")}
     known = experiment.trainers()

@@ -40,6 +40,9 @@ DENSE_EVAL_EVERY = 50                           # dense runs evaluate this often
 SETTINGS = ("SCRIPT", "TRAINERS", "RATES", "GRANULARITY", "SEEDS", "VARIANTS", "GRADUAL", "OUT_DIR", "DENSE_EVAL_EVERY",
             "CLUSTER", "CELL_CPUS", "LOCAL_CPUS")
 VARIANT_NAMES = ("plain", "kd", "gradual", "kd+gradual")
+# What the sweep sets for each cell itself: passed on, these would silently override every cell's own.
+SWEEP_OWNS = {"--trainer": "--trainers", "--seed": "--seeds", "--pruning_rate": "--rates", "--teacher": "--variants=kd",
+              "--gradual_updates": "--gradual and --variants=gradual", "--run_name": None, "--resume": None}
 
 
 def cells(trainers, rates, seeds, dense_eval_every, granularity="weights", variants=("plain",), gradual=4,
@@ -64,7 +67,7 @@ def cells(trainers, rates, seeds, dense_eval_every, granularity="weights", varia
 
 def main():
     try:
-        config, passed_on, _ = experiment.grid_settings(globals(), SETTINGS)
+        config, passed_on, _ = experiment.grid_settings(globals(), SETTINGS, owned=SWEEP_OWNS)
     except experiment.ConfigError as e:
         raise SystemExit(f"error: {e}") from None
     trainers = [t.strip() for t in config["TRAINERS"].split(",") if t.strip()]

@@ -137,14 +137,21 @@ def configure(namespace: dict, argv: list[str] | None = None) -> dict:
     return config
 
 
-def grid_settings(namespace: dict, names: tuple[str, ...],
-                  argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
+def grid_settings(namespace: dict, names: tuple[str, ...], argv: list[str] | None = None,
+                  owned: dict[str, str | None] | None = None) -> tuple[dict, list[str], dict]:
     """A grid script's own settings (its constants `names`, overridable as --key=value), the other
     arguments, which go to every run of the grid, and the namespace of the experiment script the grid
     runs (its SCRIPT). The passed-on arguments are checked against that script, so a typo fails at
-    once instead of in every run."""
+    once instead of in every run. `owned` maps the run options the grid sets itself for each run
+    (e.g. "--seed") to the grid setting to use instead (e.g. "--seeds"), or None: they are refused."""
     import runpy
     argv = sys.argv[1:] if argv is None else argv
+    grid = os.path.basename(namespace.get("__file__", "the grid"))
+    for arg in argv:
+        key = arg.split("=")[0]
+        if key in (owned or {}):
+            instead = f"; set {owned[key]} instead" if owned[key] else ""
+            raise ConfigError(f"{arg}: {grid} sets {key} for each of its runs{instead}")
     own = {f"--{k.lower()}" for k in names}
     mine = [a for a in argv if a.split("=")[0] in own or a in ("-h", "--help")]
     passed_on = [a for a in argv if a not in mine]
@@ -156,7 +163,6 @@ def grid_settings(namespace: dict, names: tuple[str, ...],
     try:
         configure(script_namespace, passed_on)
     except ConfigError as e:
-        grid = os.path.basename(namespace.get("__file__", "the grid"))
         raise ConfigError(f"{e}; or one of {grid}'s own: {', '.join(sorted(own))}") from None
     return config, passed_on, script_namespace
 

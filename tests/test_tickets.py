@@ -82,7 +82,7 @@ def test_tickets_from_a_masks_file_link_the_early_bird_weights_and_need_scores_f
 
 
 def test_bad_study_settings_are_one_clear_error_before_any_run(tmp_path):
-    for argv, message in ((["--seed=3"], "the study sets --seed for each of its runs; set --seeds instead"),
+    for argv, message in ((["--seed=3"], "lottery.py sets --seed for each of its runs; set --seeds instead"),
                           (["--criterion=dense"], "unknown pruning criterion 'dense'"),
                           (["--tickets=good,great"], "great not understood"),
                           (["--rewinds=start"], "start not understood"),
