@@ -302,6 +302,7 @@ class Search:
     def run(self, progress: Callable[[int], None] | None = None) -> list[dict]:
         from stable_baselines3 import PPO
         from stable_baselines3.common.callbacks import BaseCallback
+        from stable_baselines3.common.logger import Logger
         from stable_baselines3.common.vec_env import DummyVecEnv
 
         s = self.settings
@@ -322,6 +323,7 @@ class Search:
             agent = PPO("MlpPolicy", vec, n_steps=n_steps, batch_size=n_steps, n_epochs=s.n_epochs, gamma=1.0,
                         gae_lambda=1.0, learning_rate=s.learning_rate, seed=s.seed, device="cpu", verbose=0,
                         policy_kwargs={"net_arch": [64, 64], "log_std_init": s.log_std_init})
+        agent.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default logger leaves an SB3-* folder in /tmp
         search = self
 
         class Checkpoint(BaseCallback):
