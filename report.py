@@ -142,16 +142,32 @@ def markdown(rows: list[dict]) -> str:
                   "| trainer | variant | rate | seeds | acc after prune | acc final | F1 final | − dense | "
                   "p (paired t) | p (bootstrap) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for (trainer, variant, rate), g in groups.items():
-            paired = [r for r in g if r["seed"] in dense] if trainer != "dense" else []
-            a, b = [r["acc_final"] for r in paired], [dense[r["seed"]]["acc_final"] for r in paired]
-            ca, cb = [r["correct"] for r in paired], [dense[r["seed"]]["correct"] for r in paired]
-            boot = (f"{bootstrap_difference(ca, cb)['p']:.3g}" if paired and all(c is not None for c in ca + cb)
-                    else "–")
             lines.append(f"| {trainer} | {variant} | {rate:g} | {len(g)} | {_mean_std([r['acc_after_prune'] for r in g])} | "
                          f"{_mean_std([r['acc_final'] for r in g])} | {_mean_std([r['f1_final'] for r in g])} | "
-                         f"{_mean_std([x - y for x, y in zip(a, b)]) if paired else '–'} | "
-                         f"{_fmt(paired_p(a, b), 3) if paired else '–'} | {boot} |")
+                         + " | ".join(_paired(g, dense if trainer != "dense" else {})) + " |")
+        plain = {(trainer, rate): {r["seed"]: r for r in g} for (trainer, variant, rate), g in groups.items()
+                 if variant == "plain"}
+        ablation = [(key, g) for key, g in groups.items() if key[1] != "plain" and (key[0], key[2]) in plain]
+        if ablation:  # what distillation or the gradual schedule adds to the one-shot run of the same seed
+            lines += ["", "Each variant against the one-shot (plain) run of the same trainer, rate and seed:", "",
+                      "| trainer | variant | rate | seeds | acc final | − plain | p (paired t) | p (bootstrap) |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for (trainer, variant, rate), g in ablation:
+                lines.append(f"| {trainer} | {variant} | {rate:g} | {len(g)} | {_mean_std([r['acc_final'] for r in g])} | "
+                             + " | ".join(_paired(g, plain[(trainer, rate)])) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _paired(runs: list[dict], reference: dict) -> tuple[str, str, str]:
+    """The runs against the reference run of the same seed: accuracy difference (mean ± std), the paired
+    t-test over seeds and a bootstrap over the dev sentences."""
+    paired = [r for r in runs if r["seed"] in reference]
+    if not paired:
+        return "–", "–", "–"
+    a, b = [r["acc_final"] for r in paired], [reference[r["seed"]]["acc_final"] for r in paired]
+    ca, cb = [r["correct"] for r in paired], [reference[r["seed"]]["correct"] for r in paired]
+    boot = f"{bootstrap_difference(ca, cb)['p']:.3g}" if all(c is not None for c in ca + cb) else "–"
+    return _mean_std([x - y for x, y in zip(a, b)]), _fmt(paired_p(a, b), 3), boot
 
 
 B1_ALLOWED_DROP = {0.5: 0.005, 0.7: 0.010, 0.9: 0.025}  # accuracy the best criterion may lose vs dense

@@ -78,6 +78,17 @@ def test_sweep_variants_distil_from_the_dense_cell_of_their_seed(tmp_path):
     assert not any(a.startswith(("--teacher", "--gradual")) for a in grid["magnitude-r0.9-s1"] + grid["dense-s1"])
 
 
+@pytest.mark.parametrize("arg, instead", [("--seed=5", "--seeds"), ("--teacher=runs/x", "--variants=kd"),
+                                         ("--pruning_rate=0.7", "--rates")])
+def test_sweep_refuses_what_it_sets_for_each_cell_before_any_work(monkeypatch, tmp_path, arg, instead):
+    # passed on to every cell, these would silently override each cell's own seed, teacher or rate
+    monkeypatch.setattr("sys.argv", ["sweep.py", f"--out_dir={tmp_path / 'out'}", arg])
+    with pytest.raises(SystemExit) as e:
+        sweep.main()
+    assert str(e.value) == f"error: {arg}: sweep.py sets {arg.split('=')[0]} for each of its runs; set {instead} instead"
+    assert not (tmp_path / "out").exists()
+
+
 def test_variants_get_their_own_rows_and_a_paired_test_against_dense(tmp_path):
     results = []
     for seed, dense_acc in ((1, 0.90), (2, 0.88), (3, 0.89)):
@@ -92,6 +103,9 @@ def test_variants_get_their_own_rows_and_a_paired_test_against_dense(tmp_path):
     assert "| magnitude | kd | 0.9 | 3 |" in md and "| magnitude | plain | 0.9 | 3 |" in md
     kd_line = next(line for line in md.splitlines() if line.startswith("| magnitude | kd | 0.9 | 3 |"))
     assert "-0.0100 ± 0.0000" in kd_line
+    ablation = md[md.index("against the one-shot (plain) run"):]   # kd against plain, seed by seed: +2 points
+    assert "| magnitude | kd | 0.9 | 3 | 0.8800 ± 0.0100 | 0.0200 ± 0.0000 |" in ablation
+    assert "| magnitude | plain |" not in ablation
     assert "best: magnitude (kd) 0.8800" in report.targets(rows)
 
 
