@@ -284,7 +284,7 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
             cb = [report.correct_on_dev(found["agent"][x]) for x in seeds]
             if all(c is not None for c in ca + cb):
                 mc = ", ".join(f"{report.mcnemar_p(x, y):.3g}" for x, y in zip(ca, cb))
-                boot = f"{report.bootstrap_difference(ca, cb)['p']:.3g}"
+                boot = report.p_text(report.bootstrap_difference(ca, cb))
         ratio = f"{speed[name]['ratio']:.2f}×" if speed and name in speed else "–"
         lines.append(f"| {name} | {report._mean_std(values)} ({len(values)}) | {diff} | {t_p} | {mc} | {boot} | "
                      f"{report._mean_std(kept)} | {ratio} |")

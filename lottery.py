@@ -215,7 +215,7 @@ def paired_markdown(found: dict) -> list[str]:
         if all(c is not None for c in ca + cb):
             boot = report.bootstrap_difference(ca, cb)
             tests = (f"| {', '.join(f'{report.mcnemar_p(x, y):.3g}' for x, y in zip(ca, cb))} | "
-                     f"{boot['low']:+.4f} … {boot['high']:+.4f} | {boot['p']:.3g} |")
+                     f"{boot['low']:+.4f} … {boot['high']:+.4f} | {report.p_text(boot)} |")
         lines.append(f"| {a} / {b} | {len(seeds)} | {report._mean_std([x - y for x, y in zip(xa, xb)])} | "
                      f"{report._fmt(report.paired_p(xa, xb), 3)} {tests}")
     return lines if len(lines) > 4 else []

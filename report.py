@@ -166,7 +166,7 @@ def _paired(runs: list[dict], reference: dict) -> tuple[str, str, str]:
         return "–", "–", "–"
     a, b = [r["acc_final"] for r in paired], [reference[r["seed"]]["acc_final"] for r in paired]
     ca, cb = [r["correct"] for r in paired], [reference[r["seed"]]["correct"] for r in paired]
-    boot = f"{bootstrap_difference(ca, cb)['p']:.3g}" if all(c is not None for c in ca + cb) else "–"
+    boot = p_text(bootstrap_difference(ca, cb)) if all(c is not None for c in ca + cb) else "–"
     return _mean_std([x - y for x, y in zip(a, b)]), _fmt(paired_p(a, b), 3), boot
 
 
@@ -384,7 +384,13 @@ def bootstrap_difference(a: list, b: list, resamples: int = 10_000, seed: int = 
                             for _ in range(resamples // 1000)])
     low, high = np.percentile(stats, [2.5, 97.5])
     p = min(1.0, 2 * min(float((stats <= 0).mean()), float((stats >= 0).mean())))
-    return {"difference": float(per_sentence.mean()), "low": float(low), "high": float(high), "p": p}
+    return {"difference": float(per_sentence.mean()), "low": float(low), "high": float(high), "p": p,
+            "resamples": len(stats)}
+
+
+def p_text(boot: dict) -> str:
+    """A bootstrap p for a table: none of the resamples crossed zero reads "< 2/resamples", not 0."""
+    return f"< {2 / boot['resamples']:.2g}" if boot["p"] == 0 else f"{boot['p']:.3g}"
 
 
 def criteria_compared(runs: list[dict]) -> list[str]:

@@ -160,6 +160,9 @@ def test_mcnemar_and_the_sentence_bootstrap_on_hand_built_predictions():
     apart = report.bootstrap_difference([a, a], [b, b])
     assert apart["difference"] == pytest.approx(8 / 50) and 0 < apart["low"] < 8 / 50 < apart["high"]
     assert apart["p"] < 0.05   # McNemar: 0.039 on the same 12 discordant sentences
+    assert report.p_text(apart) == f"{apart['p']:.3g}" and report.p_text(same) == "1"
+    far = report.bootstrap_difference([a], [~a])   # b wrong wherever a is right: no resample reaches 0
+    assert far["p"] == 0 and report.p_text(far) == "< 0.0002"   # 2 / 10,000 resamples, not "p = 0"
     res = {"dev_predictions": {"predicted": [1, 0, 1], "label": [1, 1, 1]}}
     assert report.correct_on_dev(res).tolist() == [True, False, True] and report.correct_on_dev({}) is None
 
