@@ -52,6 +52,7 @@ class CostLog(TrainerCallback, ExportableState):
         self.pruned_zeros = pruned_zeros  # () -> weights held at zero by an unstructured mask
         self.train_seconds = self.train_flops = 0.0
         self.tokens = 0
+        self.peak_memory = 0.0      # MB: a running maximum, so "peak so far" never falls between logs
         self._mark = None           # perf_counter at the end of the last counted interval
         self._training = False
         self._per_token = (None, 0.0)  # (parameter count it was computed for, forward FLOPs per token)
@@ -60,7 +61,7 @@ class CostLog(TrainerCallback, ExportableState):
     def state(self) -> dict:
         return {"args": {"mean_length": self.mean_length},
                 "attributes": {"train_seconds": self.train_seconds, "train_flops": self.train_flops,
-                               "tokens": self.tokens}}
+                               "tokens": self.tokens, "peak_memory": self.peak_memory}}
 
     def forward_flops_per_token(self, model) -> float:
         count = sum(p.numel() for p in model.parameters())  # changes exactly when units are removed
@@ -73,7 +74,7 @@ class CostLog(TrainerCallback, ExportableState):
             raise ValueError("CostLog needs TrainingArguments(include_num_input_tokens_seen='non_padding')")
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if self._mark is None and state.global_step > 0 and isinstance(saved, dict):  # a resumed process
-            self.__dict__.update(saved["attributes"])
+            self.__dict__.update(saved["attributes"])  # (a checkpoint from before peak_memory was kept: 0.0)
         elif self._mark is None:
             self.tokens = state.num_input_tokens_seen
         # Continuing in this process (after a structured pruning checkpoint): the time spent writing
@@ -86,6 +87,13 @@ class CostLog(TrainerCallback, ExportableState):
         if self._mark is not None:
             self.train_seconds += now - self._mark
         self._mark = now
+
+    def peak_memory_so_far(self) -> float:
+        """The peak memory of the run so far, in MB: the largest reading yet, this process's and (resumed)
+        the earlier processes'. One reading alone can fall: Linux reports VmHWM as max(high-water mark,
+        current RSS) with the mark updated only at some events."""
+        self.peak_memory = max(self.peak_memory, peak_memory_mb())
+        return self.peak_memory
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         # Before on_step_end, where pruning may happen: this step trained the model as it was.
@@ -104,7 +112,7 @@ class CostLog(TrainerCallback, ExportableState):
         entry.update(train_seconds=self.train_seconds, tokens_trained=self.tokens, train_flops=self.train_flops,
                      forward_flops_at_mean_length=self.forward_flops_per_token(model) * self.mean_length,
                      active_params=active, active_params_without_embeddings=without,
-                     peak_memory_mb=peak_memory_mb())
+                     peak_memory_mb=self.peak_memory_so_far())
 
     def on_evaluate(self, args, state, control, **kwargs):
         if not self._training:
