@@ -25,6 +25,7 @@ STATISTICS = ("mean_abs", "apoz")
 class ActivationCriterion(Criterion):
     name = "activation"
     ranks_at_start = False  # nothing is observed before the first training step
+    observes = True
 
     def __init__(self, units, statistic: str = "mean_abs"):
         self.check_options(statistic)

@@ -26,6 +26,9 @@ class Criterion:
     # slimming coefficients, all 1 at the start, do not): then the detector also reports how far the
     # mask drifts from the mask of the starting weights.
     ranks_at_start: bool = True
+    # Whether scores() ranks only what observe() saw (accumulated gradients, activations): such a
+    # criterion needs at least one search step after the warm-up (checked before training).
+    observes: bool = False
     # The granularities at which it can score again after pruning, for the updates of a gradual
     # schedule (magnitude can at both; accumulated scores at "weights", whose tensors keep their shape).
     rescores: tuple[str, ...] = ()
@@ -81,6 +84,7 @@ class AccumulatedCriterion(Criterion):
     """
 
     ranks_at_start = False
+    observes = True
     rescores = ("weights",)
 
     def __init__(self, units: PrunableUnits):

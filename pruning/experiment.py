@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,14 +22,15 @@ import torch
 from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
                           set_seed)
 
-from pruning import distill
+from pruning import checks, distill
+from pruning.checks import RUN_CONFIG_FILE, ConfigError  # noqa: F401  (experiment.ConfigError: the scripts' error)
 from pruning import results as run_results
 from pruning.callbacks import EarlyStopping
 from pruning.cost import CostLog, accuracy_timeline, cost_series
 from pruning.deploy import peak_rss_mb
 from pruning import state as state_io
 from pruning.config import PruningConfig
-from pruning.schedule import PhasePlan, gradual_steps
+from pruning.schedule import PhasePlan
 from pruning.state import MASKS_FILE
 from pruning.trainer import SNAPSHOT_FILE, PruningTrainer, ResumeMismatch, write_masks
 from pruning.units import prunable_parameters
@@ -36,10 +38,6 @@ from pruning.units import prunable_parameters
 
 MODEL_HINT = ("Set --model to a local checkpoint directory, or build the architecture from a config with random "
               "init: --model=configs/roberta-base.json --tokenizer=../shared/roberta-base-tokenizer")
-
-
-class ConfigError(ValueError):
-    """Bad configuration; the message names the setting and how to fix it."""
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -260,6 +258,10 @@ def validate(config: dict) -> PruningConfig:
         raise ConfigError(f"TRAIN_SUBSET must be >= 0 (0 = all rows), got {config['TRAIN_SUBSET']}")
     if config.get("HELD_OUT", 0) < 0:
         raise ConfigError(f"HELD_OUT must be >= 0 (0 = train on every sentence), got {config['HELD_OUT']}")
+    if not 0 <= config["WARMUP_RATIO"] < 1:
+        raise ConfigError(f"WARMUP_RATIO is a fraction of the budget in [0, 1), got {config['WARMUP_RATIO']}")
+    if not config["WEIGHT_DECAY"] >= 0:
+        raise ConfigError(f"WEIGHT_DECAY must be >= 0, got {config['WEIGHT_DECAY']}")
     if not config["LEARNING_RATE"] > 0:
         raise ConfigError(f"LEARNING_RATE must be > 0, got {config['LEARNING_RATE']}")
     if config["RESUME"] and not config["RUN_NAME"]:
@@ -275,7 +277,12 @@ def run_directory(config: dict, script: str) -> Path:
         if (run_dir / "results.json").exists():
             raise ConfigError(f"{run_dir} already holds a finished run (results.json); choose another RUN_NAME or "
                               "leave it empty for a fresh, time-stamped directory")
-        if config["RESUME"] and not (run_dir / "checkpoints").is_dir():
+        checkpointed = any((run_dir / "checkpoints").glob("checkpoint-*"))
+        if run_dir.exists() and any(run_dir.iterdir()) and not checkpointed:
+            raise ConfigError(f"{run_dir} holds a run that stopped before its first checkpoint: there is nothing to "
+                              f"resume. Delete it (rm -r {run_dir}) and run again without --resume, or choose another "
+                              "RUN_NAME")
+        if config["RESUME"] and not checkpointed:
             raise ConfigError(f"--resume: {run_dir} has no checkpoints/ to resume from")
         if not config["RESUME"] and run_dir.exists() and any(run_dir.iterdir()):
             raise ConfigError(f"{run_dir} already holds an unfinished run; resume it with --resume=true, or "
@@ -391,24 +398,31 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     pruning = validate(config)
     is_main, world = _distributed_main_process()
     run_dir = Path(_broadcast(str(run_directory(config, script)) if is_main else None))
+    record = {"config": checks.recordable(config, trainer_name), "world_size": world}
+    if config["RESUME"]:  # before any loading: a continuation must be the same experiment
+        checks.check_continuation(run_dir, {**record["config"], "WORLD_SIZE": world},
+                                  "Resume with the recorded settings, or start a new run under another RUN_NAME.")
     # Model names first (seconds), then data, then the model itself: all fail before any training.
     models.resolve(config["MODEL"], "model", MODEL_HINT)
     datasets, data_source = sst2.load_sst2(config["DATA_DIR"])
     set_seed(config["SEED"])  # before building the model, so a random init is reproducible
     model, tokenizer, model_description = models.load_model_and_tokenizer(
         config["MODEL"], config["TOKENIZER"], num_labels=2, how_to_fix=MODEL_HINT)
+    checks.check_model_and_tokenizer(config, model, tokenizer)
     trainable, _ = sst2.hold_out(datasets["train"], config.get("HELD_OUT", 0))
+    if config["TRAIN_SUBSET"] > len(trainable):
+        raise ConfigError(f"TRAIN_SUBSET={config['TRAIN_SUBSET']} asks for more sentences than the {len(trainable):,} "
+                          f"there are to train on{' after HELD_OUT' if config.get('HELD_OUT') else ''}: set "
+                          f"--train_subset={len(trainable)} or lower (0 = all)")
     train_rows = sst2.subset(trainable, config["TRAIN_SUBSET"], config["SEED"])
     encoded = sst2.tokenize(sst2.DatasetDict(train=train_rows, validation=datasets["validation"]),
                             tokenizer, config["MAX_LENGTH"])
-    if pruning.gradual_updates and config["TRAINER"] is not Trainer:  # the schedule must fit the retrain phase: checked now
-        per_epoch = math.ceil(len(train_rows) / (config["BATCH_SIZE"] * world))
-        plan = PhasePlan.of(math.ceil(pruning.total_epochs * per_epoch), pruning.total_epochs, pruning.search_epochs,
-                            pruning.retrain_epochs, 0, False)
-        try:
-            gradual_steps(plan.search_steps, plan.retrain_steps, pruning.gradual_updates, pruning.gradual_span)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    if config["TRAINER"] is not Trainer and not pruning.mask_from:  # the step plan against the criterion
+        _, total = checks.planned_steps(len(train_rows), config["BATCH_SIZE"], world, pruning.total_epochs)
+        plan = PhasePlan.of(total, pruning.total_epochs, pruning.search_epochs, pruning.retrain_epochs,
+                            checks.hf_warmup_steps(config["WARMUP_RATIO"], total), pruning.skip_warmup)
+        checks.check_plan(plan, config["TRAINER"].criterion_class,
+                          (pruning.gradual_updates, pruning.gradual_span) if pruning.gradual_updates else None)
     teacher = None
     if config.get("TEACHER"):  # the teacher's logits for every train sentence, computed once and cached
         try:
@@ -437,12 +451,19 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / RUN_CONFIG_FILE).exists():  # what a continuation must match
+            write_json(run_dir / RUN_CONFIG_FILE, {**record, "script": Path(script).name})
         print(f"run directory: {run_dir}\nmodel: {model_description}\ndata: {data_source} "
               f"({len(train_rows):,} train / {len(datasets['validation']):,} dev sentences)\ntrainer: {name}"
               + (f", {describe(pruning)}" if name != "dense" else ""), flush=True)
 
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if config["RESUME"] else None)
+    try:
+        trainer.train(resume_from_checkpoint=True if config["RESUME"] else None)
+    except BaseException:
+        if is_main and not any((run_dir / "checkpoints").glob("checkpoint-*")):
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume: leave nothing that blocks the name
+        raise
     train_seconds = time.perf_counter() - started  # this process's share, when resumed
     final = trainer.evaluate()
     dev_predictions = run_results.dev_predictions(trainer, encoded["validation"])  # on every rank: predict() gathers
@@ -585,6 +606,12 @@ def print_summary(results: dict, run_dir: Path) -> None:
     print(f"  results: {run_dir / 'results.json'}\n")
 
 
+def fail(error) -> None:
+    """How every script refuses bad input: one line, `error: ...`, on standard error, and exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 def main(namespace: dict, argv: list[str] | None = None, callbacks: tuple = ()) -> None:
     """Entry point of bert.py / roberta.py: one clear line on bad input instead of a traceback."""
     from pruning import data as sst2
@@ -594,8 +621,7 @@ def main(namespace: dict, argv: list[str] | None = None, callbacks: tuple = ()) 
         config = configure(namespace, argv)
         run(config, namespace.get("__file__", "script.py"), callbacks)
     except (ConfigError, sst2.DataError, models.ModelError, FileNotFoundError, ResumeMismatch) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(e)
     except FloatingPointError as e:  # training diverged
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(3) from None

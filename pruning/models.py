@@ -93,23 +93,37 @@ def load_model_and_tokenizer(model: str, tokenizer: str = "", num_labels: int = 
         if not tokenizer:
             raise ModelError(f"model {model!r} is a config file (random init) and has no tokenizer: set TOKENIZER / "
                              "--tokenizer to a tokenizer directory or Hub id")
-        config = AutoConfig.from_pretrained(source, num_labels=num_labels)
-        net = AutoModelForSequenceClassification.from_config(config)
+        try:
+            config = AutoConfig.from_pretrained(source, num_labels=num_labels)
+            net = AutoModelForSequenceClassification.from_config(config)
+        except (OSError, ValueError, KeyError) as e:  # malformed JSON, no or unknown model_type, no classifier
+            raise ModelError(f"model config {model!r} cannot build a sequence classifier ({_first_line(e)}): it needs "
+                             "a \"model_type\" that transformers knows and that has a ForSequenceClassification "
+                             "head") from None
         description = f"{config.model_type} from {os.path.basename(source)} (random init)"
     else:
         net = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
         description = PACKAGED_MODELS[model][1] if kind == "packaged" else f"{model} (pretrained)"
     tok_source = source if not tokenizer else resolve(tokenizer, "tokenizer", how_to_fix)[0]
-    if tokenizer and os.path.isfile(os.path.join(tok_source, "tokenizer.json")) and \
-            not os.path.isfile(os.path.join(tok_source, "tokenizer_config.json")):
-        # A bare tokenizer.json (as in ../shared/roberta-base-tokenizer): load it for this model type.
-        tok = _tokenizer_from_file(os.path.join(tok_source, "tokenizer.json"), net.config)
-    else:
-        tok = AutoTokenizer.from_pretrained(tok_source)
+    try:
+        if tokenizer and os.path.isfile(os.path.join(tok_source, "tokenizer.json")) and \
+                not os.path.isfile(os.path.join(tok_source, "tokenizer_config.json")):
+            # A bare tokenizer.json (as in ../shared/roberta-base-tokenizer): load it for this model type.
+            tok = _tokenizer_from_file(os.path.join(tok_source, "tokenizer.json"), net.config)
+        else:
+            tok = AutoTokenizer.from_pretrained(tok_source)
+    except (OSError, ValueError) as e:  # an empty folder, a broken tokenizer.json, a missing vocabulary
+        raise ModelError(f"tokenizer {tokenizer or model!r} cannot be loaded ({_first_line(e)}): point --tokenizer at a folder "
+                         "with a tokenizer.json (or the vocabulary files of a slow tokenizer), or at a Hub id") from None
     if len(tok) > net.config.vocab_size:
         raise ModelError(f"tokenizer {tokenizer or model!r} has {len(tok)} tokens but the model's vocabulary has "
                          f"{net.config.vocab_size}: they do not belong together")
     return net, tok, description
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _tokenizer_from_file(path: str, config):
