@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import report
 from pruning import allocation, experiment
-from pruning.cells import run_cell
+from pruning.cells import check_cell, run_cell
 from pruning.state import read_run_masks
 from pruning.trainer import SNAPSHOT_FILE
 from pruning.units import GRANULARITIES
@@ -149,7 +149,7 @@ def reward_setup(config: dict, run_config: dict, source: Path, model, tokenizer,
 
     _, scores, _ = read_run_masks(str(source))
     if scores is None:
-        raise SystemExit(f"error: {source} kept no scores of its units (a run from before they were saved); delete it")
+        experiment.fail(f"{source} kept no scores of its units (a run from before they were saved); delete it")
     model.load_state_dict(load_file(str(source / SNAPSHOT_FILE)))
     train, _ = sst2.load_train(run_config["DATA_DIR"])  # the train file only: the dev set is never read
     _, held = sst2.hold_out(train, config["HELD_OUT"])
@@ -357,10 +357,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config, passed_on, run_config = settings(argv)
         model, tokenizer, budget = model_budget(config, run_config)
+        out = Path(config["OUT_DIR"])
+        first, source_args = next(runs(config, passed_on, None, budget, run_config))
+        check_cell(config["SCRIPT"], out, first, source_args)  # the later cells: each as it comes (run_cell)
     except experiment.ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
-    out = Path(config["OUT_DIR"])
-    first, source_args = next(runs(config, passed_on, None, budget, run_config))
+        experiment.fail(e)
     if not run_cell(config["SCRIPT"], out, first, source_args):
         raise SystemExit(f"{first} failed; see {out / (first + '.log')}")
     result = search(config, run_config, out, model, tokenizer, budget)
@@ -370,7 +371,11 @@ def main(argv: list[str] | None = None) -> None:
     with tqdm(plan, desc="runs", unit="run") as bar:
         for name, args in bar:
             bar.set_postfix_str(name)
-            if not run_cell(config["SCRIPT"], out, name, args):
+            try:
+                finished = run_cell(config["SCRIPT"], out, name, args)
+            except experiment.ConfigError as e:
+                experiment.fail(e)
+            if not finished:
                 failed.append(name)
                 tqdm.write(f"{name} failed; see {out / (name + '.log')}")
     found = collect(out, config)

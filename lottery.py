@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import report
 from pruning import experiment, tickets
-from pruning.cells import run_cell
+from pruning.cells import check_cells, run_cell
 from pruning.config import REWIND_POINTS
 from pruning.state import read_run_masks
 from pruning.units import GRANULARITIES
@@ -111,10 +111,11 @@ def ticket_dir(config: dict, seed: int, kind: str) -> Path:
 def main(argv: list[str] | None = None) -> None:
     try:
         config, passed_on = settings(argv)
+        plan = list(runs(config, passed_on))
+        check_cells(config["SCRIPT"], Path(config["OUT_DIR"]), [(name, args) for name, args, _ in plan])
     except experiment.ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+        experiment.fail(e)
     out = Path(config["OUT_DIR"])
-    plan = list(runs(config, passed_on))
     failed = []
     with tqdm(plan, desc="lottery", unit="run") as bar:
         for name, args, ticket in bar:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 import bert  # noqa: F401  (defines every trainer a cell may name)
 import report
 from pruning import experiment
-from pruning.cells import run_cell, run_on_ray
+from pruning.cells import check_cells, run_cell, run_on_ray
 from pruning.units import GRANULARITIES
 
 SCRIPT = "bert.py"                              # the experiment each cell runs
@@ -69,24 +69,28 @@ def main():
     try:
         config, passed_on, _ = experiment.grid_settings(globals(), SETTINGS, owned=SWEEP_OWNS)
     except experiment.ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+        experiment.fail(e)
     trainers = [t.strip() for t in config["TRAINERS"].split(",") if t.strip()]
     for t in trainers:
         if t not in experiment.trainers():
-            raise SystemExit(f"error: unknown trainer {t!r} in --trainers; choose from {', '.join(experiment.trainers())}")
+            experiment.fail(f"unknown trainer {t!r} in --trainers; choose from {', '.join(experiment.trainers())}")
     if config["GRANULARITY"] not in GRANULARITIES:
-        raise SystemExit(f"error: unknown --granularity={config['GRANULARITY']}; choose one of {', '.join(GRANULARITIES)}")
+        experiment.fail(f"unknown --granularity={config['GRANULARITY']}; choose one of {', '.join(GRANULARITIES)}")
     rates = [float(r) for r in config["RATES"].split(",")]
     seeds = [int(s) for s in config["SEEDS"].split(",")]
     variants = [v.strip() for v in config["VARIANTS"].split(",") if v.strip()]
     wrong = [v for v in variants if v not in VARIANT_NAMES]
     if wrong or not variants:
-        raise SystemExit(f"error: --variants={config['VARIANTS']}: give some of {', '.join(VARIANT_NAMES)}, comma-separated")
+        experiment.fail(f"--variants={config['VARIANTS']}: give some of {', '.join(VARIANT_NAMES)}, comma-separated")
     if any("kd" in v for v in variants) and "dense" not in trainers:
-        raise SystemExit("error: the kd variants distil from the dense cell of each seed: add dense to --trainers")
+        experiment.fail("the kd variants distil from the dense cell of each seed: add dense to --trainers")
     out = Path(config["OUT_DIR"])
     grid = list(cells(trainers, rates, seeds, config["DENSE_EVAL_EVERY"], config["GRANULARITY"], variants,
                       config["GRADUAL"], out))
+    try:  # every cell already on disk must have been made with these settings: refused before any run
+        check_cells(config["SCRIPT"], out, [(n, [*a, *passed_on]) for n, a in grid])
+    except experiment.ConfigError as e:
+        experiment.fail(e)
     out.mkdir(parents=True, exist_ok=True)
     failed = []
     if config["CLUSTER"]:  # one Ray task per cell: the dense cells first (they teach the kd cells), then the rest

@@ -2,6 +2,8 @@
 
 A cell with results.json is skipped; a cell killed midway resumes from its newest checkpoint; one
 killed before its first checkpoint starts again. So a grid can be stopped and re-run at any time.
+Either way the cell on disk must have been made with the settings asked for now (`check_cell`):
+a grid re-run with another setting is refused instead of keeping the old cells.
 `run_on_ray` runs cells as Ray tasks, one per cell, on a local or an existing cluster: the same
 cell, so the same skipping and resuming.
 """
@@ -14,11 +16,44 @@ import sys
 from pathlib import Path
 
 
+def check_cell(script: str, out: Path, name: str, args: list[str]) -> None:
+    """Refuse (pruning.checks.ConfigError) a cell whose run on disk, finished or resumable, was made
+    with other settings than `args` now ask for: skipping or resuming it would keep another experiment
+    under this grid's name. The settings of `python script ... *args` are those the script itself
+    would use (its constants, then `args`), compared as `checks.check_continuation` compares them."""
+    run_dir = Path(out) / name
+    if not ((run_dir / "results.json").exists() or any((run_dir / "checkpoints").glob("checkpoint-*"))):
+        return  # nothing there that would be kept
+    from pruning import checks, experiment
+    requested = experiment.configure(_script_namespace(script), [f"--out_dir={out}", f"--run_name={name}", *args])
+    checks.check_continuation(run_dir, {**checks.recordable(requested, experiment.trainer_name), "WORLD_SIZE": 1},
+                              f"Run the grid into another --out_dir, or delete {run_dir} to run this cell again.")
+
+
+def check_cells(script: str, out: Path, cells) -> None:
+    """`check_cell` for every (name, args) of a grid, before its first run."""
+    for name, args in cells:
+        check_cell(script, out, name, args)
+
+
+def _script_namespace(script: str) -> dict:
+    import runpy
+    path = str(Path(script).resolve())
+    if path not in _NAMESPACES:
+        _NAMESPACES[path] = runpy.run_path(path)
+    return _NAMESPACES[path]
+
+
+_NAMESPACES: dict[str, dict] = {}
+
+
 def run_cell(script: str, out: Path, name: str, args: list[str]) -> bool:
     """Run `python script --out_dir=out --run_name=name *args` unless it has finished; its output is
     appended to out/name.log. Returns whether the cell has finished. A finished cell's checkpoints
-    are deleted (the final model is in model/; they only take disk space)."""
+    are deleted (the final model is in model/; they only take disk space). A cell on disk that was
+    made with other settings is refused (`check_cell`), never skipped or resumed."""
     run_dir = out / name
+    check_cell(script, out, name, args)
     if (run_dir / "results.json").exists():
         return True
     resume = []

@@ -254,11 +254,11 @@ def test_the_reward_never_reads_the_dev_set(study, monkeypatch):
     (["--neuron_rate=0.4,0.4"], "one rate for the whole model"), (["--allocations=agent"], "with uniform"),
     (["--max_layer_rate=0.3"], "MAX_LAYER_RATE"), (["--reward=f1"], "accuracy or loss"),
 ])
-def test_bad_settings_fail_before_any_run(tmp_path, tiny_bert_config, bad, message):
+def test_bad_settings_fail_before_any_run(tmp_path, tiny_bert_config, bad, message, capsys):
     import allocate
     data = write_slice(tmp_path / "sst2", 40, 20)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stop:
         allocate.main([*tiny_args(tiny_bert_config, data, out), *bad])
-    assert message in str(stop.value.code)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not out.exists()

@@ -80,12 +80,13 @@ def test_sweep_variants_distil_from_the_dense_cell_of_their_seed(tmp_path):
 
 @pytest.mark.parametrize("arg, instead", [("--seed=5", "--seeds"), ("--teacher=runs/x", "--variants=kd"),
                                          ("--pruning_rate=0.7", "--rates")])
-def test_sweep_refuses_what_it_sets_for_each_cell_before_any_work(monkeypatch, tmp_path, arg, instead):
+def test_sweep_refuses_what_it_sets_for_each_cell_before_any_work(monkeypatch, tmp_path, arg, instead, capsys):
     # passed on to every cell, these would silently override each cell's own seed, teacher or rate
     monkeypatch.setattr("sys.argv", ["sweep.py", f"--out_dir={tmp_path / 'out'}", arg])
     with pytest.raises(SystemExit) as e:
         sweep.main()
-    assert str(e.value) == f"error: {arg}: sweep.py sets {arg.split('=')[0]} for each of its runs; set {instead} instead"
+    assert e.value.code == 2 and capsys.readouterr().err.strip() == (
+        f"error: {arg}: sweep.py sets {arg.split('=')[0]} for each of its runs; set {instead} instead")
     assert not (tmp_path / "out").exists()
 
 
