@@ -12,6 +12,7 @@ Also: the time to turn scores into a global mask at this model's size and at BER
     python bench.py --rounds=3 --sentences=6400
     python bench.py --cases=dense,activation,activation_weights --rounds=3   # only these cases
 """
+import math
 import statistics
 import time
 
@@ -114,10 +115,13 @@ def mask_seconds(numel, repeats=3):
 
 def main():
     import bert
-    settings = {"MODEL": MODEL, "SENTENCES": SENTENCES, "EPOCHS": EPOCHS, "ROUNDS": ROUNDS, "CASES": CASES,
-                "__file__": __file__}
-    over = experiment.configure(settings)
-    globals().update({k: over[k] for k in ("SENTENCES", "EPOCHS", "ROUNDS")})
+    settings = {"MODEL": MODEL, "SENTENCES": SENTENCES, "EPOCHS": EPOCHS, "ROUNDS": ROUNDS, "SKIP_STEPS": SKIP_STEPS,
+                "CASES": CASES, "__file__": __file__}
+    try:
+        over = experiment.configure(settings)
+    except experiment.ConfigError as e:
+        experiment.fail(e)
+    globals().update({k: over[k] for k in ("SENTENCES", "EPOCHS", "ROUNDS", "SKIP_STEPS")})
     config = dict(experiment.configure(vars(bert), []), MODEL=over["MODEL"], TOKENIZER="", LOG_EVERY=10_000)
     every = {  # key: (label, trainer, padding, granularity)
         "dense": ("dense Trainer (dynamic padding, length-grouped)", Trainer, "dynamic", "weights"),
@@ -133,8 +137,12 @@ def main():
     keys = list(every) if over["CASES"] == "all" else [k.strip() for k in over["CASES"].split(",")]
     unknown = [k for k in keys if k not in every]
     if unknown or "dense" not in keys:
-        raise SystemExit(f"error: --cases must include dense (the reference) and name only {', '.join(every)}; "
-                         f"got {over['CASES']!r}")
+        experiment.fail(f"--cases must include dense (the reference) and name only {', '.join(every)}; "
+                        f"got {over['CASES']!r}")
+    steps = math.ceil(EPOCHS * math.ceil(SENTENCES / config["BATCH_SIZE"])) if SENTENCES > 0 and EPOCHS > 0 else 0
+    if ROUNDS < 1 or SKIP_STEPS < 0 or steps <= SKIP_STEPS:
+        experiment.fail(f"ROUNDS must be >= 1 and each case must time some steps after the SKIP_STEPS={SKIP_STEPS} left "
+                        f"out: SENTENCES={SENTENCES} x EPOCHS={EPOCHS:g} at batch {config['BATCH_SIZE']} is {steps} steps")
     cases = {every[k][0]: every[k][1:] for k in keys}
     speeds = {name: [] for name in cases}
     for r in range(ROUNDS):

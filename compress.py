@@ -74,6 +74,9 @@ def check(config: dict) -> dict:
                                      f"{', '.join(_KNOWN_VARIANTS)} (fp32 is always made)")
     if "mixed+qat" in variants and config["QAT_STEPS"] <= 0:
         raise experiment.ConfigError("variant mixed+qat needs --qat_steps > 0")
+    if config["QAT_STEPS"] < 0 or not config["QAT_LEARNING_RATE"] > 0:
+        raise experiment.ConfigError(f"--qat_steps must be >= 0 and --qat_learning_rate > 0, got {config['QAT_STEPS']} "
+                                     f"and {config['QAT_LEARNING_RATE']}")
     if not 0 <= config["FOUR_BIT_FRACTION"] <= 1:
         raise experiment.ConfigError(f"--four_bit_fraction={config['FOUR_BIT_FRACTION']}: must be in [0, 1]")
     if config["EMBEDDING_BITS"] not in (4, 8):

@@ -67,7 +67,7 @@ def cells(trainers, rates, seeds, dense_eval_every, granularity="weights", varia
 
 def main():
     try:
-        config, passed_on, _ = experiment.grid_settings(globals(), SETTINGS, owned=SWEEP_OWNS)
+        config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, owned=SWEEP_OWNS)
     except experiment.ConfigError as e:
         experiment.fail(e)
     trainers = [t.strip() for t in config["TRAINERS"].split(",") if t.strip()]
@@ -76,8 +76,18 @@ def main():
             experiment.fail(f"unknown trainer {t!r} in --trainers; choose from {', '.join(experiment.trainers())}")
     if config["GRANULARITY"] not in GRANULARITIES:
         experiment.fail(f"unknown --granularity={config['GRANULARITY']}; choose one of {', '.join(GRANULARITIES)}")
-    rates = [float(r) for r in config["RATES"].split(",")]
-    seeds = [int(s) for s in config["SEEDS"].split(",")]
+    try:
+        rates = [float(r) for r in config["RATES"].split(",") if r.strip()]
+        seeds = [int(s) for s in config["SEEDS"].split(",") if s.strip()]
+    except ValueError:
+        experiment.fail(f"--rates={config['RATES']!r} / --seeds={config['SEEDS']!r}: give numbers (rates) and integers "
+                        "(seeds), comma-separated")
+    if not rates or not seeds or len(set(seeds)) != len(seeds):
+        experiment.fail(f"--rates={config['RATES']!r} / --seeds={config['SEEDS']!r}: give at least one rate and distinct "
+                        "seeds, comma-separated")
+    if config["DENSE_EVAL_EVERY"] < 1 or config["CELL_CPUS"] <= 0 or config["LOCAL_CPUS"] < 0:
+        experiment.fail("DENSE_EVAL_EVERY must be >= 1, CELL_CPUS > 0 and LOCAL_CPUS >= 0 (0 = all), got "
+                        f"{config['DENSE_EVAL_EVERY']}, {config['CELL_CPUS']} and {config['LOCAL_CPUS']}")
     variants = [v.strip() for v in config["VARIANTS"].split(",") if v.strip()]
     wrong = [v for v in variants if v not in VARIANT_NAMES]
     if wrong or not variants:
@@ -87,7 +97,9 @@ def main():
     out = Path(config["OUT_DIR"])
     grid = list(cells(trainers, rates, seeds, config["DENSE_EVAL_EVERY"], config["GRANULARITY"], variants,
                       config["GRADUAL"], out))
-    try:  # every cell already on disk must have been made with these settings: refused before any run
+    try:  # every cell's whole configuration, and every cell already on disk made with it: before any run
+        for name, args in grid:
+            experiment.validate(experiment.configure(script, [*args, *passed_on]))
         check_cells(config["SCRIPT"], out, [(n, [*a, *passed_on]) for n, a in grid])
     except experiment.ConfigError as e:
         experiment.fail(e)

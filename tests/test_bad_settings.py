@@ -224,3 +224,23 @@ def test_peak_memory_so_far_is_a_running_maximum_kept_across_a_resume(monkeypatc
     resumed = cost.CostLog(mean_length=10)
     resumed.__dict__.update(saved)  # what on_train_begin restores from the checkpoint
     assert resumed.peak_memory_so_far() == 541.0
+
+
+# --- the study scripts' own settings ----------------------------------------------------------------
+@pytest.mark.parametrize("script,args,message", [
+    ("sweep", ["--seeds=1,x"], "give numbers (rates) and integers (seeds)"),
+    ("sweep", ["--seeds=1,1"], "distinct"),
+    ("sweep", ["--rates=1.2"], "pruning rate must be a number in [0, 1)"),  # each cell's whole configuration
+    ("sweep", ["--cell_cpus=0"], "CELL_CPUS > 0"),
+    ("bench", ["--rounds=0"], "ROUNDS must be >= 1"),
+    ("bench", ["--sentences=100", "--epochs=0.1"], "is 1 steps"),
+])
+def test_study_settings_are_refused_before_any_work(monkeypatch, capsys, tmp_path, script, args, message):
+    module = __import__(script)
+    monkeypatch.setattr("sys.argv", [f"{script}.py", f"--out_dir={tmp_path / 'out'}", *args] if script == "sweep"
+                        else [f"{script}.py", *args])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and err.startswith("error: ")
+    assert not (tmp_path / "out").exists()
