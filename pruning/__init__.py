@@ -10,6 +10,7 @@
 - cost:      CostLog, the run's active parameters, FLOPs, memory and time as it goes
 - trainer:   PruningTrainer, which wires them into HF's Trainer
 - pruned_model: save/load of models whose layers keep different numbers of heads and neurons
+- configuration, checks: a script's constants as its configuration; every check of the settings
 - experiment, data, models, results: the experiment behind the scripts
 - allocation: per-layer rates by an RL agent (allocate.py): budget, environment, reward, PPO search
 - deploy, precision: ONNX Runtime variants of a finished run (compress.py); which matrices get 4 bits

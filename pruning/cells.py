@@ -26,7 +26,7 @@ def check_cell(script: str, out: Path, name: str, args: list[str]) -> None:
         return  # nothing there that would be kept
     from pruning import checks, experiment
     requested = experiment.configure(_script_namespace(script), [f"--out_dir={out}", f"--run_name={name}", *args])
-    checks.check_continuation(run_dir, {**checks.recordable(requested, experiment.trainer_name), "WORLD_SIZE": 1},
+    checks.check_continuation(run_dir, {**checks.recordable(requested), "WORLD_SIZE": 1},
                               f"Run the grid into another --out_dir, or delete {run_dir} to run this cell again.")
 
 

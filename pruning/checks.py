@@ -8,19 +8,132 @@ they accept is exactly what will train.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import os
 from pathlib import Path
 
+from transformers import Trainer
 
-class ConfigError(ValueError):
-    """Bad configuration; the message names the setting and how to fix it."""
+from pruning import distill
+from pruning.config import PruningConfig
+from pruning.configuration import ConfigError, pruning_config, rate_text, trainer_name, trainers
+from pruning.trainer import SNAPSHOT_FILE, check_mask_source
 
 
 # Settings that cannot change what a run computes: a continuation (--resume=true, a grid cell run
 # again) may differ in them. Everything else must match the recorded configuration.
 CONTINUATION_EXEMPT = ("OUT_DIR", "RUN_NAME", "RESUME", "SAVE_EVERY", "LOG_EVERY", "MEASURE_SPEED")
 RUN_CONFIG_FILE = "run_config.json"  # in the run directory, from its start: what a continuation is compared with
+
+
+# --- what needs no data or model -------------------------------------------------------------------
+def validate(config: dict) -> PruningConfig:
+    """Every check that needs no data or model. Raises ConfigError with one clear message."""
+    name = trainer_name(config["TRAINER"])
+    try:
+        pruning = pruning_config(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if name != "dense":
+        criterion = config["TRAINER"].criterion_class
+        if pruning.granularity not in criterion.granularities:
+            raise ConfigError(f"TRAINER {config['TRAINER'].__name__} prunes {' or '.join(criterion.granularities)}, "
+                              f"not {pruning.granularity!r}: set --granularity={criterion.granularities[0]}")
+        if pruning.gradual_updates and pruning.granularity not in criterion.rescores:
+            can = [n for n, t in trainers().items() if n != "dense" and pruning.granularity in t.criterion_class.rescores]
+            raise ConfigError(f"GRADUAL_UPDATES needs scores after pruning, which the {criterion.name} criterion cannot "
+                              f"give at granularity {pruning.granularity!r}: use {' or '.join(can) or 'another granularity'}")
+        try:  # the criterion's own settings (e.g. UNDECAYED_EPSILON) fail here, not after loading data
+            criterion.check_options(**pruning.criterion_options)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if name != "dense" and not pruning.mask_from and pruning.skip_warmup and \
+            config["WARMUP_RATIO"] >= pruning.search_epochs / pruning.total_epochs:
+        raise ConfigError(f"the LR warm-up ({config['WARMUP_RATIO']:g} of the budget) lasts past the search budget "
+                          f"({pruning.search_epochs:g} of {pruning.total_epochs:g} epochs), and the detector starts "
+                          "watching when the warm-up ends: shorten WARMUP_RATIO, lengthen SEARCH_EPOCHS, or set "
+                          "EB_SKIP_WARMUP=false")
+    if config.get("TEACHER"):
+        if name == "dense":
+            raise ConfigError("TEACHER distils into the retrain phase of a pruning run: it needs a PruningTrainer, "
+                              "not the dense Trainer")
+        try:
+            distill.teacher_directory(config["TEACHER"])
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
+    if pruning.mask_from:
+        if name == "dense":
+            raise ConfigError("MASK_FROM trains a fixed mask: it needs a PruningTrainer, not the dense Trainer")
+        try:  # the file and its granularity here; the model's shapes when the trainer is built
+            check_mask_source(pruning.mask_from, pruning.granularity)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        if pruning.rewind_to == "early_bird" and not os.path.isfile(os.path.join(pruning.mask_from, SNAPSHOT_FILE)):
+            raise ConfigError(f"REWIND_TO=early_bird needs {os.path.join(pruning.mask_from, SNAPSHOT_FILE)}: run the "
+                              "source with --save_eb_weights=true")
+    for key in ("BATCH_SIZE", "MAX_LENGTH", "SAVE_EVERY", "LOG_EVERY"):
+        if config[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {config[key]}")
+    if config["EVAL_EVERY"] < 0:
+        raise ConfigError(f"EVAL_EVERY must be >= 0 (0 = no evaluation during training), got {config['EVAL_EVERY']}")
+    if config["SAVE_EVERY"] % config["LOG_EVERY"]:
+        raise ConfigError(f"SAVE_EVERY ({config['SAVE_EVERY']}) must be a multiple of LOG_EVERY ({config['LOG_EVERY']}): "
+                          "the loss is checked for NaN at each log, so that no checkpoint holds a diverged model")
+    patience, threshold = config.get("EARLY_STOPPING_PATIENCE", 0), config.get("EARLY_STOPPING_THRESHOLD", 0.0)
+    if patience < 0 or not threshold >= 0:
+        raise ConfigError(f"EARLY_STOPPING_PATIENCE must be >= 0 (0 = off) and EARLY_STOPPING_THRESHOLD >= 0, got "
+                          f"{patience} and {threshold}")
+    if patience and not config["EVAL_EVERY"]:
+        raise ConfigError(f"EARLY_STOPPING_PATIENCE={patience} counts evaluations, but EVAL_EVERY=0 evaluates none "
+                          "during training: set --eval_every (e.g. 100)")
+    if config["TRAIN_SUBSET"] < 0:
+        raise ConfigError(f"TRAIN_SUBSET must be >= 0 (0 = all rows), got {config['TRAIN_SUBSET']}")
+    if config.get("HELD_OUT", 0) < 0:
+        raise ConfigError(f"HELD_OUT must be >= 0 (0 = train on every sentence), got {config['HELD_OUT']}")
+    if not 0 <= config["WARMUP_RATIO"] < 1:
+        raise ConfigError(f"WARMUP_RATIO is a fraction of the budget in [0, 1), got {config['WARMUP_RATIO']}")
+    if not config["WEIGHT_DECAY"] >= 0:
+        raise ConfigError(f"WEIGHT_DECAY must be >= 0, got {config['WEIGHT_DECAY']}")
+    if not config["LEARNING_RATE"] > 0:
+        raise ConfigError(f"LEARNING_RATE must be > 0, got {config['LEARNING_RATE']}")
+    if config["RESUME"] and not config["RUN_NAME"]:
+        raise ConfigError("RESUME needs RUN_NAME: the run directory to resume, e.g. --resume=true --run_name=NAME")
+    return pruning
+
+
+def run_directory(config: dict, script: str) -> Path:
+    """A directory of this run's own: a fresh name, or RUN_NAME (resumable, never a finished run)."""
+    out = Path(config["OUT_DIR"])
+    if config["RUN_NAME"]:
+        run_dir = out / config["RUN_NAME"]
+        if (run_dir / "results.json").exists():
+            raise ConfigError(f"{run_dir} already holds a finished run (results.json); choose another RUN_NAME or "
+                              "leave it empty for a fresh, time-stamped directory")
+        checkpointed = any((run_dir / "checkpoints").glob("checkpoint-*"))
+        if run_dir.exists() and any(run_dir.iterdir()) and not checkpointed:
+            raise ConfigError(f"{run_dir} holds a run that stopped before its first checkpoint: there is nothing to "
+                              f"resume. Delete it (rm -r {run_dir}) and run again without --resume, or choose another "
+                              "RUN_NAME")
+        if config["RESUME"] and not checkpointed:
+            raise ConfigError(f"--resume: {run_dir} has no checkpoints/ to resume from")
+        if not config["RESUME"] and run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"{run_dir} already holds an unfinished run; resume it with --resume=true, or "
+                              "choose another RUN_NAME")
+        return run_dir
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{Path(script).stem}-{trainer_name(config['TRAINER'])}"
+    if config["TRAINER"] is not Trainer and config.get("GRANULARITY", "weights") == "weights":
+        name += f"-r{rate_text(config['PRUNING_RATE'])}"
+    elif config["TRAINER"] is not Trainer:
+        name += f"-h{rate_text(config['HEAD_RATE'])}-n{rate_text(config['NEURON_RATE'])}"
+    base = out / f"{name}-s{config['SEED']}-{stamp}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = Path(f"{base}-{n}")
+    return run_dir
 
 
 # --- the model and tokenizer -----------------------------------------------------------------------
@@ -103,7 +216,7 @@ def check_plan(plan, criterion, gradual=None) -> None:
 
 
 # --- continuations ---------------------------------------------------------------------------------
-def recordable(config: dict, trainer_name) -> dict:
+def recordable(config: dict) -> dict:
     """The configuration as JSON records it (trainer classes by name, tuples as lists)."""
     return json.loads(json.dumps({k: (trainer_name(v) if k == "TRAINER" else v) for k, v in config.items()},
                                  default=str))

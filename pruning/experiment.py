@@ -1,17 +1,15 @@
-"""One experiment, shared by bert.py and roberta.py: configuration from the script's constants and
-the command line, data and model, one `trainer.train()` (search -> prune -> retrain), results.
-
-Everything that can be wrong with the input is checked before the first training step, and a run
-never writes into a directory that holds another run's results.
+"""One experiment, shared by bert.py and roberta.py: data and model, one `trainer.train()` (search ->
+prune -> retrain), results. The configuration comes from `pruning.configuration` (the script's
+constants and the command line), its checks from `pruning.checks`: everything that can be wrong with
+the input is refused before the run directory is created, and a run never writes into a directory
+that holds another run's results.
 """
 from __future__ import annotations
 
 import datetime
-import inspect
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -23,283 +21,22 @@ from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, Tra
                           set_seed)
 
 from pruning import checks, distill
-from pruning.checks import RUN_CONFIG_FILE, ConfigError  # noqa: F401  (experiment.ConfigError: the scripts' error)
 from pruning import results as run_results
 from pruning.callbacks import EarlyStopping
+from pruning.checks import RUN_CONFIG_FILE, run_directory, validate
+from pruning.config import PruningConfig
+# The scripts' API: configuration and checks are used through this module by every script.
+from pruning.configuration import (PRUNING_SETTINGS, RATE_KEYS, ConfigError, configure, criterion_options,  # noqa: F401
+                                   describe, fail, grid_settings, pruning_config, rate_text, trainer_name, trainers)
 from pruning.cost import CostLog, accuracy_timeline, cost_series
 from pruning.deploy import peak_rss_mb
-from pruning import state as state_io
-from pruning.config import PruningConfig
 from pruning.schedule import PhasePlan
-from pruning.state import MASKS_FILE
 from pruning.trainer import SNAPSHOT_FILE, PruningTrainer, ResumeMismatch, write_masks
 from pruning.units import prunable_parameters
 
 
 MODEL_HINT = ("Set --model to a local checkpoint directory, or build the architecture from a config with random "
               "init: --model=configs/roberta-base.json --tokenizer=../shared/roberta-base-tokenizer")
-
-
-# --- configuration ---------------------------------------------------------------------------------
-def trainers() -> dict[str, type]:
-    """Every trainer a run can use, by name: the dense baseline and each PruningTrainer subclass that
-    has been defined (imported by the script, or written in it) — no registry to edit."""
-    found, todo = {}, list(PruningTrainer.__subclasses__())
-    while todo:
-        cls = todo.pop(0)
-        todo += cls.__subclasses__()
-        found.setdefault(trainer_name(cls), cls)
-    return {"dense": Trainer, **dict(sorted(found.items()))}
-
-
-def trainer_name(trainer) -> str:
-    if trainer is Trainer:
-        return "dense"
-    if isinstance(trainer, type) and issubclass(trainer, PruningTrainer):
-        name = trainer.criterion_class.name
-        return name if name != "criterion" else trainer.__name__.removesuffix("PruningTrainer").lower()
-    raise ConfigError(f"unknown TRAINER {trainer!r}: it must be transformers.Trainer (the dense baseline) or a "
-                      "subclass of pruning.PruningTrainer")
-
-
-def _parse_trainer(text: str):
-    known = trainers()
-    for name, cls in known.items():
-        if text.lower() in (name, cls.__name__.lower()):
-            return cls
-    raise ConfigError(f"unknown trainer {text!r}; choose one of {', '.join(known)} "
-                      f"(or the class names {', '.join(c.__name__ for c in known.values())})")
-
-
-RATE_KEYS = ("PRUNING_RATE", "HEAD_RATE", "NEURON_RATE")
-
-
-def _parse_value(key: str, text: str, default):
-    if key == "TRAINER":
-        return _parse_trainer(text)
-    if key in RATE_KEYS and "," in text:  # one rate per encoder layer
-        try:
-            return tuple(float(t) for t in text.split(","))
-        except ValueError:
-            raise ConfigError(f"--{key.lower()}={text!r}: expected a number or one number per layer, "
-                              "comma-separated") from None
-    try:
-        if isinstance(default, bool):
-            if text.lower() in ("1", "true", "yes"):
-                return True
-            if text.lower() in ("0", "false", "no"):
-                return False
-            raise ValueError
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-    except ValueError:
-        raise ConfigError(f"--{key.lower()}={text!r}: expected {type(default).__name__} "
-                          f"(the default is {default!r})") from None
-    return text
-
-
-def _help_texts(script: str) -> dict[str, str]:
-    """The comment after each `NAME = value  # comment` line of the script, for --help."""
-    texts = {}
-    for line in Path(script).read_text().splitlines():
-        m = re.match(r"^([A-Z][A-Z0-9_]*)\s*=\s*.*?#\s*(.*)$", line)
-        if m:
-            texts[m.group(1)] = m.group(2)
-    return texts
-
-
-def configure(namespace: dict, argv: list[str] | None = None) -> dict:
-    """The script's upper-case constants, with `--key=value` overrides applied and type-checked."""
-    config = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        script = namespace.get("__file__", "script.py")
-        texts = _help_texts(script)
-        print(f"usage: python {os.path.basename(script)} [--key=value ...]\n\nSettings (constants at the top of "
-              f"{os.path.basename(script)}; override any of them on the command line):")
-        for k, v in config.items():
-            shown = trainer_name(v) if k == "TRAINER" else repr(v)
-            print(f"  --{k.lower():<20} {shown:<28} {texts.get(k, '')}")
-        raise SystemExit(0)
-    for arg in argv:
-        m = re.fullmatch(r"--([A-Za-z_][A-Za-z0-9_]*)=(.*)", arg)
-        if not m:
-            raise ConfigError(f"cannot read argument {arg!r}: write overrides as --key=value, e.g. --pruning_rate=0.7")
-        key, text = m.group(1).upper(), m.group(2)
-        if key not in config:
-            raise ConfigError(f"unknown setting --{key.lower()}; known settings: "
-                              f"{', '.join('--' + k.lower() for k in config)}")
-        config[key] = _parse_value(key, text, config[key])
-    return config
-
-
-def grid_settings(namespace: dict, names: tuple[str, ...], argv: list[str] | None = None,
-                  owned: dict[str, str | None] | None = None) -> tuple[dict, list[str], dict]:
-    """A grid script's own settings (its constants `names`, overridable as --key=value), the other
-    arguments, which go to every run of the grid, and the namespace of the experiment script the grid
-    runs (its SCRIPT). The passed-on arguments are checked against that script, so a typo fails at
-    once instead of in every run. `owned` maps the run options the grid sets itself for each run
-    (e.g. "--seed") to the grid setting to use instead (e.g. "--seeds"), or None: they are refused."""
-    import runpy
-    argv = sys.argv[1:] if argv is None else argv
-    grid = os.path.basename(namespace.get("__file__", "the grid"))
-    for arg in argv:
-        key = arg.split("=")[0]
-        if key in (owned or {}):
-            instead = f"; set {owned[key]} instead" if owned[key] else ""
-            raise ConfigError(f"{arg}: {grid} sets {key} for each of its runs{instead}")
-    own = {f"--{k.lower()}" for k in names}
-    mine = [a for a in argv if a.split("=")[0] in own or a in ("-h", "--help")]
-    passed_on = [a for a in argv if a not in mine]
-    config = configure({**{k: namespace[k] for k in names}, "__file__": namespace.get("__file__", "grid.py")}, mine)
-    script = config["SCRIPT"]
-    if not os.path.isfile(script):
-        raise ConfigError(f"SCRIPT={script}: no such file; give the experiment script, e.g. bert.py")
-    script_namespace = runpy.run_path(script)
-    try:
-        configure(script_namespace, passed_on)
-    except ConfigError as e:
-        raise ConfigError(f"{e}; or one of {grid}'s own: {', '.join(sorted(own))}") from None
-    return config, passed_on, script_namespace
-
-
-def criterion_options(config: dict) -> dict:
-    """The criterion's own settings, by naming convention: constructor argument `epsilon` of the
-    criterion named "undecayed" is the constant UNDECAYED_EPSILON (likewise SLIMMING_L1)."""
-    trainer = config["TRAINER"]
-    if not (isinstance(trainer, type) and issubclass(trainer, PruningTrainer)):
-        return {}
-    criterion = trainer.criterion_class
-    names = list(inspect.signature(criterion.__init__).parameters)[2:]  # after self, units
-    return {n: config[f"{criterion.name}_{n}".upper()] for n in names if f"{criterion.name}_{n}".upper() in config}
-
-
-# Script constant -> PruningConfig field. A script without some of them (e.g. a copy of bert.py from
-# before they existed) gets PruningConfig's defaults.
-PRUNING_SETTINGS = {"GRANULARITY": "granularity", "PRUNING_RATE": "rate", "HEAD_RATE": "head_rate",
-                    "NEURON_RATE": "neuron_rate", "THRESHOLD": "scope", "SEARCH_EPOCHS": "search_epochs",
-                    "RETRAIN_EPOCHS": "retrain_epochs", "EB_CHECK_EVERY": "check_every", "EB_WINDOW": "window",
-                    "EB_EPSILON": "epsilon", "EB_SKIP_WARMUP": "skip_warmup", "MASK_FROM": "mask_from",
-                    "REWIND_TO": "rewind_to", "DISTILL_TEMPERATURE": "distill_temperature",
-                    "DISTILL_HARDNESS": "distill_hardness", "GRADUAL_UPDATES": "gradual_updates",
-                    "GRADUAL_START": "gradual_start", "GRADUAL_SPAN": "gradual_span", "GRADUAL_REWARM": "gradual_rewarm"}
-
-
-def pruning_config(config: dict) -> PruningConfig:
-    return PruningConfig(**{field: config[key] for key, field in PRUNING_SETTINGS.items() if key in config},
-                         distill=bool(config.get("TEACHER")), criterion_options=criterion_options(config))
-
-
-def validate(config: dict) -> PruningConfig:
-    """Every check that needs no data or model. Raises ConfigError with one clear message."""
-    name = trainer_name(config["TRAINER"])
-    try:
-        pruning = pruning_config(config)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if name != "dense":
-        criterion = config["TRAINER"].criterion_class
-        if pruning.granularity not in criterion.granularities:
-            raise ConfigError(f"TRAINER {config['TRAINER'].__name__} prunes {' or '.join(criterion.granularities)}, "
-                              f"not {pruning.granularity!r}: set --granularity={criterion.granularities[0]}")
-        if pruning.gradual_updates and pruning.granularity not in criterion.rescores:
-            can = [n for n, t in trainers().items() if n != "dense" and pruning.granularity in t.criterion_class.rescores]
-            raise ConfigError(f"GRADUAL_UPDATES needs scores after pruning, which the {criterion.name} criterion cannot "
-                              f"give at granularity {pruning.granularity!r}: use {' or '.join(can) or 'another granularity'}")
-        try:  # the criterion's own settings (e.g. UNDECAYED_EPSILON) fail here, not after loading data
-            criterion.check_options(**pruning.criterion_options)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    if name != "dense" and not pruning.mask_from and pruning.skip_warmup and \
-            config["WARMUP_RATIO"] >= pruning.search_epochs / pruning.total_epochs:
-        raise ConfigError(f"the LR warm-up ({config['WARMUP_RATIO']:g} of the budget) lasts past the search budget "
-                          f"({pruning.search_epochs:g} of {pruning.total_epochs:g} epochs), and the detector starts "
-                          "watching when the warm-up ends: shorten WARMUP_RATIO, lengthen SEARCH_EPOCHS, or set "
-                          "EB_SKIP_WARMUP=false")
-    if config.get("TEACHER"):
-        if name == "dense":
-            raise ConfigError("TEACHER distils into the retrain phase of a pruning run: it needs a PruningTrainer, "
-                              "not the dense Trainer")
-        try:
-            distill.teacher_directory(config["TEACHER"])
-        except FileNotFoundError as e:
-            raise ConfigError(str(e)) from None
-    if pruning.mask_from:
-        if name == "dense":
-            raise ConfigError("MASK_FROM trains a fixed mask: it needs a PruningTrainer, not the dense Trainer")
-        if not os.path.isfile(os.path.join(pruning.mask_from, MASKS_FILE)):
-            raise ConfigError(f"MASK_FROM={pruning.mask_from}: no {MASKS_FILE} there; point it at the directory of a "
-                              "finished pruning run (runs/NAME)")
-        source = state_io.read(os.path.join(pruning.mask_from, MASKS_FILE))[1]
-        if source["granularity"] != pruning.granularity:
-            raise ConfigError(f"MASK_FROM={pruning.mask_from} holds a {source['granularity']!r} mask; this run's "
-                              f"granularity is {pruning.granularity!r}: set GRANULARITY to match the source run")
-        if pruning.rewind_to == "early_bird" and not os.path.isfile(os.path.join(pruning.mask_from, SNAPSHOT_FILE)):
-            raise ConfigError(f"REWIND_TO=early_bird needs {os.path.join(pruning.mask_from, SNAPSHOT_FILE)}: run the "
-                              "source with --save_eb_weights=true")
-    for key in ("BATCH_SIZE", "MAX_LENGTH", "SAVE_EVERY", "LOG_EVERY"):
-        if config[key] < 1:
-            raise ConfigError(f"{key} must be >= 1, got {config[key]}")
-    if config["EVAL_EVERY"] < 0:
-        raise ConfigError(f"EVAL_EVERY must be >= 0 (0 = no evaluation during training), got {config['EVAL_EVERY']}")
-    if config["SAVE_EVERY"] % config["LOG_EVERY"]:
-        raise ConfigError(f"SAVE_EVERY ({config['SAVE_EVERY']}) must be a multiple of LOG_EVERY ({config['LOG_EVERY']}): "
-                          "the loss is checked for NaN at each log, so that no checkpoint holds a diverged model")
-    patience, threshold = config.get("EARLY_STOPPING_PATIENCE", 0), config.get("EARLY_STOPPING_THRESHOLD", 0.0)
-    if patience < 0 or not threshold >= 0:
-        raise ConfigError(f"EARLY_STOPPING_PATIENCE must be >= 0 (0 = off) and EARLY_STOPPING_THRESHOLD >= 0, got "
-                          f"{patience} and {threshold}")
-    if patience and not config["EVAL_EVERY"]:
-        raise ConfigError(f"EARLY_STOPPING_PATIENCE={patience} counts evaluations, but EVAL_EVERY=0 evaluates none "
-                          "during training: set --eval_every (e.g. 100)")
-    if config["TRAIN_SUBSET"] < 0:
-        raise ConfigError(f"TRAIN_SUBSET must be >= 0 (0 = all rows), got {config['TRAIN_SUBSET']}")
-    if config.get("HELD_OUT", 0) < 0:
-        raise ConfigError(f"HELD_OUT must be >= 0 (0 = train on every sentence), got {config['HELD_OUT']}")
-    if not 0 <= config["WARMUP_RATIO"] < 1:
-        raise ConfigError(f"WARMUP_RATIO is a fraction of the budget in [0, 1), got {config['WARMUP_RATIO']}")
-    if not config["WEIGHT_DECAY"] >= 0:
-        raise ConfigError(f"WEIGHT_DECAY must be >= 0, got {config['WEIGHT_DECAY']}")
-    if not config["LEARNING_RATE"] > 0:
-        raise ConfigError(f"LEARNING_RATE must be > 0, got {config['LEARNING_RATE']}")
-    if config["RESUME"] and not config["RUN_NAME"]:
-        raise ConfigError("RESUME needs RUN_NAME: the run directory to resume, e.g. --resume=true --run_name=NAME")
-    return pruning
-
-
-def run_directory(config: dict, script: str) -> Path:
-    """A directory of this run's own: a fresh name, or RUN_NAME (resumable, never a finished run)."""
-    out = Path(config["OUT_DIR"])
-    if config["RUN_NAME"]:
-        run_dir = out / config["RUN_NAME"]
-        if (run_dir / "results.json").exists():
-            raise ConfigError(f"{run_dir} already holds a finished run (results.json); choose another RUN_NAME or "
-                              "leave it empty for a fresh, time-stamped directory")
-        checkpointed = any((run_dir / "checkpoints").glob("checkpoint-*"))
-        if run_dir.exists() and any(run_dir.iterdir()) and not checkpointed:
-            raise ConfigError(f"{run_dir} holds a run that stopped before its first checkpoint: there is nothing to "
-                              f"resume. Delete it (rm -r {run_dir}) and run again without --resume, or choose another "
-                              "RUN_NAME")
-        if config["RESUME"] and not checkpointed:
-            raise ConfigError(f"--resume: {run_dir} has no checkpoints/ to resume from")
-        if not config["RESUME"] and run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigError(f"{run_dir} already holds an unfinished run; resume it with --resume=true, or "
-                              "choose another RUN_NAME")
-        return run_dir
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"{Path(script).stem}-{trainer_name(config['TRAINER'])}"
-    if config["TRAINER"] is not Trainer and config.get("GRANULARITY", "weights") == "weights":
-        name += f"-r{rate_text(config['PRUNING_RATE'])}"
-    elif config["TRAINER"] is not Trainer:
-        name += f"-h{rate_text(config['HEAD_RATE'])}-n{rate_text(config['NEURON_RATE'])}"
-    base = out / f"{name}-s{config['SEED']}-{stamp}"
-    run_dir, n = base, 1
-    while run_dir.exists():
-        n += 1
-        run_dir = Path(f"{base}-{n}")
-    return run_dir
 
 
 # --- metrics and callbacks -------------------------------------------------------------------------
@@ -398,7 +135,7 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     pruning = validate(config)
     is_main, world = _distributed_main_process()
     run_dir = Path(_broadcast(str(run_directory(config, script)) if is_main else None))
-    record = {"config": checks.recordable(config, trainer_name), "world_size": world}
+    record = {"config": checks.recordable(config), "world_size": world}
     if config["RESUME"]:  # before any loading: a continuation must be the same experiment
         checks.check_continuation(run_dir, {**record["config"], "WORLD_SIZE": world},
                                   "Resume with the recorded settings, or start a new run under another RUN_NAME.")
@@ -538,19 +275,6 @@ def early_stopping_summary(trainer) -> dict | None:
             **(stopper.stop or {})}
 
 
-def rate_text(rate) -> str:
-    return ",".join(f"{x:.3g}" for x in rate) if isinstance(rate, (tuple, list)) else f"{rate:.3g}"
-
-
-def describe(pruning: PruningConfig) -> str:
-    if pruning.granularity == "weights":
-        text = f"pruning rate {rate_text(pruning.rate)} ({pruning.scope})"
-    else:
-        text = (f"heads {rate_text(pruning.head_rate)} per layer, FFN neurons {rate_text(pruning.neuron_rate)} "
-                f"({pruning.scope})")
-    return text + (f", fixed mask from {pruning.mask_from}" if pruning.mask_from else "")
-
-
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -604,12 +328,6 @@ def print_summary(results: dict, run_dir: Path) -> None:
     print("  time: " + ", ".join(f"{k} {v:.0f}s" for k, v in results["phase_seconds"].items())
           + f"; peak RSS {results['peak_rss_mb']:.0f} MB")
     print(f"  results: {run_dir / 'results.json'}\n")
-
-
-def fail(error) -> None:
-    """How every script refuses bad input: one line, `error: ...`, on standard error, and exit status 2."""
-    print(f"error: {error}", file=sys.stderr)
-    raise SystemExit(2) from None
 
 
 def main(namespace: dict, argv: list[str] | None = None, callbacks: tuple = ()) -> None:

@@ -369,17 +369,25 @@ def _write_weights(model, path: str) -> None:
     os.replace(tmp, path)
 
 
-def read_masks(run_dir: str, units: PrunableUnits) -> dict[str, torch.Tensor]:
-    """The final keep-masks of a finished run, checked against this model and granularity."""
+def check_mask_source(run_dir: str, granularity: str) -> dict:
+    """The metadata of MASK_FROM's masks file. Raises FileNotFoundError when `run_dir` holds none, and
+    ValueError when its mask is of another granularity (`read_masks` also checks the model's shapes)."""
     path = os.path.join(run_dir, state_io.MASKS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MASK_FROM={run_dir}: no {state_io.MASKS_FILE} there; point it at the directory "
                                 "of a finished pruning run (runs/NAME)")
+    meta = state_io.read(path)[1]
+    if meta["granularity"] != granularity:
+        raise ValueError(f"MASK_FROM={run_dir} holds a {meta['granularity']!r} mask; this run's granularity is "
+                         f"{granularity!r}: set GRANULARITY to match the source run")
+    return meta
+
+
+def read_masks(run_dir: str, units: PrunableUnits) -> dict[str, torch.Tensor]:
+    """The final keep-masks of a finished run, checked against this model and granularity."""
+    check_mask_source(run_dir, units.granularity)
     masks, _, meta = state_io.read_run_masks(run_dir)
     groups = {n: list(g.shape) for n, g in units.groups.items()}
-    if meta["granularity"] != units.granularity:
-        raise ValueError(f"MASK_FROM={run_dir} holds a {meta['granularity']!r} mask; this run's granularity is "
-                         f"{units.granularity!r}: set GRANULARITY to match the source run")
     if meta["groups"] != groups:
         raise ValueError(f"MASK_FROM={run_dir} holds a mask for another model ({meta.get('model', '?')}: "
                          f"{len(meta['groups'])} groups); this model has {len(groups)} groups of other shapes")
