@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import report
-from pruning import allocation, experiment
+from pruning import allocation, experiment, stats, tables
 from pruning.cells import check_cell, run_cell
 from pruning.state import read_run_masks
 from pruning.trainer import SNAPSHOT_FILE
@@ -202,7 +201,7 @@ def _counts_of_rates(budget, rates: dict[str, float]) -> dict[str, int]:
 def collect(out: Path, config: dict) -> dict:
     """Finished comparison runs: found[allocation][seed]."""
     found: dict = {}
-    for r in report.load(out):
+    for r in tables.load(out):
         name = Path(r["run_dir"]).name
         alloc, _, seed = name.rpartition("-s")
         if alloc in ("agent", "uniform", "global") and seed.isdigit():
@@ -277,17 +276,13 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
         diff = t_p = mc = boot = "–"
         seeds = sorted(set(by_seed) & set(found.get("agent", {})))
         if name != "agent" and len(seeds) >= 2:
-            a, b = [acc[name][x] for x in seeds], [acc["agent"][x] for x in seeds]
-            diff = report._mean_std([x - y for x, y in zip(a, b)])
-            t_p = report._fmt(report.paired_p(a, b), 3)
-            ca = [report.correct_on_dev(by_seed[x]) for x in seeds]
-            cb = [report.correct_on_dev(found["agent"][x]) for x in seeds]
-            if all(c is not None for c in ca + cb):
-                mc = ", ".join(f"{report.mcnemar_p(x, y):.3g}" for x, y in zip(ca, cb))
-                boot = report.p_text(report.bootstrap_difference(ca, cb))
+            cells = stats.paired_cells([acc[name][x] for x in seeds], [acc["agent"][x] for x in seeds],
+                                       [stats.correct_on_dev(by_seed[x]) for x in seeds],
+                                       [stats.correct_on_dev(found["agent"][x]) for x in seeds])
+            diff, t_p, mc, boot = cells["difference"], cells["t"], cells["mcnemar"], cells["bootstrap"]
         ratio = f"{speed[name]['ratio']:.2f}×" if speed and name in speed else "–"
-        lines.append(f"| {name} | {report._mean_std(values)} ({len(values)}) | {diff} | {t_p} | {mc} | {boot} | "
-                     f"{report._mean_std(kept)} | {ratio} |")
+        lines.append(f"| {name} | {stats.mean_std(values)} ({len(values)}) | {diff} | {t_p} | {mc} | {boot} | "
+                     f"{stats.mean_std(kept)} | {ratio} |")
     if speed:
         lines += ["", f"Speed: {speed['dense']['per_second']:.0f} dev sentences/s for the dense model "
                       f"({speed['rounds']} interleaved rounds, {speed['threads']} threads)."]

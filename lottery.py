@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import report
-from pruning import experiment, tickets
+from pruning import experiment, stats, tables, tickets
 from pruning.cells import check_cells, run_cell
 from pruning.config import REWIND_POINTS
 from pruning.state import read_run_masks
@@ -142,7 +141,7 @@ NAME = re.compile(r"^(?:(?P<kind>good|random|bad)-(?P<rewind>pretrained|early_bi
 def collect(out: Path) -> dict:
     """The study's finished runs by role: dense[seed], eb[trainer][seed], ticket[(kind, rewind)][seed]."""
     found = {"dense": {}, "eb": {}, "ticket": {}}
-    for r in report.load(out):
+    for r in tables.load(out):
         m = NAME.match(Path(r["run_dir"]).name)
         if not m:
             continue
@@ -210,15 +209,11 @@ def paired_markdown(found: dict) -> list[str]:
         seeds = sorted(set(arms[a]) & set(arms[b]))
         if len(seeds) < 2:
             continue
-        xa, xb = [accuracy(arms[a][s]) for s in seeds], [accuracy(arms[b][s]) for s in seeds]
-        ca, cb = [report.correct_on_dev(arms[a][s]) for s in seeds], [report.correct_on_dev(arms[b][s]) for s in seeds]
-        tests = "| – | – | – |"
-        if all(c is not None for c in ca + cb):
-            boot = report.bootstrap_difference(ca, cb)
-            tests = (f"| {', '.join(f'{report.mcnemar_p(x, y):.3g}' for x, y in zip(ca, cb))} | "
-                     f"{boot['low']:+.4f} … {boot['high']:+.4f} | {report.p_text(boot)} |")
-        lines.append(f"| {a} / {b} | {len(seeds)} | {report._mean_std([x - y for x, y in zip(xa, xb)])} | "
-                     f"{report._fmt(report.paired_p(xa, xb), 3)} {tests}")
+        cells = stats.paired_cells([accuracy(arms[a][s]) for s in seeds], [accuracy(arms[b][s]) for s in seeds],
+                                   [stats.correct_on_dev(arms[a][s]) for s in seeds],
+                                   [stats.correct_on_dev(arms[b][s]) for s in seeds])
+        lines.append(f"| {a} / {b} | {len(seeds)} | {cells['difference']} | {cells['t']} | {cells['mcnemar']} | "
+                     f"{cells['interval']} | {cells['bootstrap']} |")
     return lines if len(lines) > 4 else []
 
 
@@ -255,8 +250,8 @@ def stability_markdown(stab: dict, criterion: str) -> list[str]:
         for (label, kind, whole), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], not kv[0][2])):
             if not whole:
                 continue
-            lines.append(f"| {what} | {label} | {kind} | all | {report._mean_std([r['jaccard'] for r in g])} | "
-                         f"{report._mean_std([r['chance'] for r in g])} |")
+            lines.append(f"| {what} | {label} | {kind} | all | {stats.mean_std([r['jaccard'] for r in g])} | "
+                         f"{stats.mean_std([r['chance'] for r in g])} |")
     lines += [""] + layer_markdown(stab, criterion)
     if stab["survival"]:
         lines += ["", "Heads kept by every seed (\"super-survivors\") and by none, against the number expected if "
@@ -388,7 +383,7 @@ def write(out: Path, config: dict) -> str:
 
 def _cell(values: list) -> str:
     values = [v for v in values if v is not None]
-    return f"{report._mean_std(values)} ({len(values)})" if values else "–"
+    return f"{stats.mean_std(values)} ({len(values)})" if values else "–"
 
 
 if __name__ == "__main__":

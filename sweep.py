@@ -12,16 +12,15 @@
 Every cell is one `python bert.py --run_name=CELL ...` in its own process (the same experiment code,
 not a copy; `pruning.cells`). A cell with results.json is skipped, a cell killed midway resumes from
 its checkpoint, so the sweep can be stopped and re-run at any time. Any --key=value that is not a sweep setting below
-is handed to every cell (see `python bert.py --help`). At the end, report.py writes results.csv,
-results.md and the plots into OUT_DIR.
+is handed to every cell (see `python bert.py --help`). At the end, `pruning.tables.write` (what report.py
+runs) writes results.csv, results.md and the plots into OUT_DIR.
 """
 from pathlib import Path
 
 from tqdm import tqdm
 
 import bert  # noqa: F401  (defines every trainer a cell may name)
-import report
-from pruning import experiment
+from pruning import experiment, tables
 from pruning.cells import check_cells, run_cell, run_on_ray
 from pruning.units import GRANULARITIES
 
@@ -122,7 +121,7 @@ def main():
                 if not run_cell(config["SCRIPT"], out, name, [*args, *passed_on]):
                     failed.append(name)
                     tqdm.write(f"{name} failed; see {out / (name + '.log')}")
-    report.write(out)
+    tables.write(out)
     if failed:
         raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
 

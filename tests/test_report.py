@@ -1,11 +1,12 @@
-"""The sweep report on synthetic results: rows, the B3 ratio, mean ± std over seeds, the plots."""
+"""The sweep report on synthetic results: rows, the B3 ratio, mean ± std over seeds, the plots, report.py."""
 import csv
 import json
 
 import pytest
 
-import report
 import sweep
+from conftest import run_script
+from pruning import plots, tables
 
 
 def result(trainer, seed, acc, rate=None, eb=None, search=0.0, retrain=0.0, timeline=()):
@@ -41,7 +42,7 @@ def sweep_dir(tmp_path):
 
 
 def test_report_rows_b3_and_files(sweep_dir):
-    rows = {(r["trainer"], r["seed"]): r for r in report.write(sweep_dir)}
+    rows = {(r["trainer"], r["seed"]): r for r in tables.write(sweep_dir)}
     mag = rows[("magnitude", 1)]
     # 0.86 is first reached by the dense run at 20 s; search + retrain = 12 s (pruning evals left out).
     assert mag["dense_s_to_same_acc"] == 20.0 and mag["b3_ratio"] == pytest.approx(0.6)
@@ -98,16 +99,16 @@ def test_variants_get_their_own_rows_and_a_paired_test_against_dense(tmp_path):
             r = result("magnitude", seed, acc, rate=0.9, eb=100, search=4.0, retrain=6.0)
             r["config"]["TEACHER"] = teacher
             results.append(r)
-    rows = report.rows_of(results)
+    rows = tables.rows_of(results)
     assert {r["variant"] for r in rows} == {"plain", "kd"}
-    md = report.markdown(rows)
+    md = tables.markdown(rows)
     assert "| magnitude | kd | 0.9 | 3 |" in md and "| magnitude | plain | 0.9 | 3 |" in md
     kd_line = next(line for line in md.splitlines() if line.startswith("| magnitude | kd | 0.9 | 3 |"))
     assert "-0.0100 ± 0.0000" in kd_line
     ablation = md[md.index("against the one-shot (plain) run"):]   # kd against plain, seed by seed: +2 points
     assert "| magnitude | kd | 0.9 | 3 | 0.8800 ± 0.0100 | 0.0200 ± 0.0000 |" in ablation
     assert "| magnitude | plain |" not in ablation
-    assert "best: magnitude (kd) 0.8800" in report.targets(rows)
+    assert "best: magnitude (kd) 0.8800" in tables.targets(rows)
 
 
 def test_heads_and_neurons_runs_get_their_own_table_beside_the_dense_run_of_their_seed(sweep_dir):
@@ -121,7 +122,7 @@ def test_heads_and_neurons_runs_get_their_own_table_beside_the_dense_run_of_thei
         r["speed"] = {"train_step_speedup": 1.5, "batch1_ratio": 1.2, "batch64_ratio": 1.6}
         (sweep_dir / f"slim{seed}").mkdir()
         (sweep_dir / f"slim{seed}" / "results.json").write_text(json.dumps(r))
-    rows = report.write(sweep_dir)
+    rows = tables.write(sweep_dir)
     assert not any(r["trainer"] == "slimming" for r in rows)     # not in the unstructured table
     text = (sweep_dir / "results.md").read_text()
     table = text.split("## Heads + neurons")[1]
@@ -143,33 +144,45 @@ def test_overlap_of_hand_built_masks_and_its_chance_level():
     assert overlap(a, a)["jaccard"] == 1.0
 
 
-def test_paired_t_test_matches_the_hand_computed_value():
-    # differences 0.01, 0.00, 0.02: mean 0.01, sd 0.01, t = 0.01 / (0.01 / sqrt 3) = sqrt 3, 2 degrees of freedom
-    t = 3 ** 0.5
-    assert report.paired_p([0.87, 0.88, 0.89], [0.86, 0.88, 0.87]) == pytest.approx(1 - t / (t * t + 2) ** 0.5)
-    assert report.paired_p([0.9], [0.8]) is None
-
-
-def test_mcnemar_and_the_sentence_bootstrap_on_hand_built_predictions():
-    import numpy as np
-    a = np.array([True] * 10 + [False] * 2 + [True] * 30 + [False] * 8)   # right on 10 sentences b gets wrong,
-    b = np.array([False] * 10 + [True] * 2 + [True] * 30 + [False] * 8)   # wrong on 2 that b gets right
-    assert report.mcnemar_p(a, b) == pytest.approx(2 * (66 + 12 + 1) / 2 ** 12)   # 2 P(X >= 10), X ~ Bin(12, 1/2)
-    assert report.mcnemar_p(a, a) == 1.0
-    same = report.bootstrap_difference([a, b], [a, b])
-    assert (same["difference"], same["low"], same["high"], same["p"]) == (0.0, 0.0, 0.0, 1.0)
-    apart = report.bootstrap_difference([a, a], [b, b])
-    assert apart["difference"] == pytest.approx(8 / 50) and 0 < apart["low"] < 8 / 50 < apart["high"]
-    assert apart["p"] < 0.05   # McNemar: 0.039 on the same 12 discordant sentences
-    assert report.p_text(apart) == f"{apart['p']:.3g}" and report.p_text(same) == "1"
-    far = report.bootstrap_difference([a], [~a])   # b wrong wherever a is right: no resample reaches 0
-    assert far["p"] == 0 and report.p_text(far) == "< 0.0002"   # 2 / 10,000 resamples, not "p = 0"
-    res = {"dev_predictions": {"predicted": [1, 0, 1], "label": [1, 1, 1]}}
-    assert report.correct_on_dev(res).tolist() == [True, False, True] and report.correct_on_dev({}) is None
-
-
 def test_structured_sweep_has_one_cell_per_trainer_and_seed():
     grid = dict(sweep.cells(["dense", "activation"], [0.3, 0.5], [1, 2], 50, "heads+neurons"))
     assert sorted(grid) == ["activation-s1", "activation-s2", "dense-s1", "dense-s2"]
     assert "--granularity=heads+neurons" in grid["activation-s1"] and not any("rate" in a for a in grid["activation-s1"])
     assert "--granularity=heads+neurons" not in grid["dense-s1"] and "--eval_every=50" in grid["dense-s1"]
+
+
+def test_every_criterion_found_is_plotted_not_a_fixed_list(sweep_dir):
+    # activation (and slimming) runs were left out of accuracy_vs_sparsity.png and mask_distance.png
+    for seed, acc in ((1, 0.84), (2, 0.83)):
+        r = result("activation", seed, acc, rate=0.7, eb=100, search=4.0, retrain=6.0)
+        r["pruning"]["distance_history"] = {"neurons": r["pruning"]["distance_history"]}   # one per detector
+        (sweep_dir / f"act{seed}").mkdir()
+        (sweep_dir / f"act{seed}" / "results.json").write_text(json.dumps(r))
+    results = tables.load(sweep_dir)
+    rows = tables.write(sweep_dir)
+    curves = plots.accuracy_curves(rows)
+    assert list(curves) == ["activation", "gradient", "magnitude"]
+    assert curves["activation"] == {"sparsity": [0.7], "final": [pytest.approx(0.835)], "after_prune": [0.7]}
+    distances = plots.distance_curves([r for r in results if r.get("pruning")])
+    assert [line["label"] for line in distances["activation"]] == ["rate 0.7, seed 1", "rate 0.7, seed 2"]
+    assert distances["activation"][0]["steps"] == [100] and distances["activation"][0]["eb_distance"] == 0.05
+    assert distances["gradient"][0]["eb_step"] is None and "dense" not in distances
+    assert "| activation | plain | 0.7 | 2 |" in (sweep_dir / "results.md").read_text()
+
+
+def test_report_script_help_lists_its_settings():
+    proc = run_script("report.py", ["--help"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--sweep_dir" in proc.stdout and "'sweeps/bert'" in proc.stdout and "--plots" in proc.stdout
+    assert "no finished runs" not in proc.stdout
+
+
+def test_report_script_takes_the_sweep_directory_as_its_argument(sweep_dir):
+    proc = run_script("report.py", [str(sweep_dir), "--plots=false"])   # as the README calls it
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| magnitude | plain | 0.5 | 2 |" in (sweep_dir / "results.md").read_text()
+    assert not (sweep_dir / "accuracy_vs_sparsity.png").exists()
+    bad = run_script("report.py", [f"--sweep_dir={sweep_dir}", "--sweepdir=x"])
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown setting --sweepdir")
+    missing = run_script("report.py", [str(sweep_dir / "no-such-sweep")])
+    assert missing.returncode == 2 and "must be a sweep directory" in missing.stderr

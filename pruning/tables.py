@@ -1,0 +1,382 @@
+"""The tables of a sweep directory (results.csv, results.md), read off its runs' results.json;
+`write` also draws the plots (`pruning.plots`). report.py and sweep.py call `write`.
+
+One row per unstructured run, mean ± std over seeds with paired tests against the dense run of the
+same seed (and of each variant against the one-shot run), the targets B1-B3. Heads + neurons runs get
+their own tables: what each kept and scored, mean ± std over seeds with the training FLOPs to the end
+of the run, and how much the criteria agree on which units to keep. The statistics are `pruning.stats`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from pruning import state as state_io
+from pruning.callbacks import stopping_evaluation
+from pruning.experiment import rate_text
+from pruning.masks import overlap
+from pruning.stats import correct_on_dev, fmt, mean_std, paired_cells
+from pruning.tickets import split_kind
+
+COLUMNS = ["run", "trainer", "variant", "rate", "seed", "sparsity", "acc_before_prune", "acc_after_prune", "acc_final",
+           "f1_final", "eb_found", "eb_step", "eb_fraction_of_dense_steps", "optimizer_steps",
+           "search_s", "prune_s", "retrain_s", "total_s", "time_vs_dense", "search_retrain_s",
+           "dense_s_to_same_acc", "b3_ratio", "peak_rss_mb",
+           "prunable_nonzero", "prunable_params", "train_pflos", "inference_gflops_dense",
+           "inference_gflops_nonzero", "dev_sentences_per_s"]
+
+
+def load(out: Path) -> list[dict]:
+    """Every finished run under a sweep directory: the out/*/results.json, by directory name."""
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*/results.json"))]
+
+
+def rows_of(results: list[dict]) -> list[dict]:
+    dense = {r["config"]["SEED"]: r for r in results if r["trainer"] == "dense"}
+    rows = []
+    for r in results:
+        seed, p, m, cost = r["config"]["SEED"], r.get("pruning") or {}, r["metrics"], r.get("cost", {})
+        base = dense.get(seed)
+        total = training_seconds(r)
+        rows.append({
+            "run": Path(r.get("run_dir", "")).name or f"{r['trainer']}-{seed}", "trainer": r["trainer"],
+            "variant": variant_of(r), "correct": correct_on_dev(r),
+            "rate": p.get("rate", 0.0), "seed": seed, "sparsity": r["sparsity"],
+            "acc_before_prune": (m.get("before_prune") or {}).get("accuracy"),
+            "acc_after_prune": (m.get("after_prune") or {}).get("accuracy"),
+            "acc_final": m["final"]["accuracy"], "f1_final": m["final"]["f1"],
+            "eb_found": p.get("eb_found"), "eb_step": p.get("eb_step"),
+            "eb_fraction_of_dense_steps": (p["eb_step"] / base["optimizer_steps"]
+                                           if base and p.get("eb_step") is not None else None),
+            "optimizer_steps": r["optimizer_steps"],
+            "search_s": r["phase_seconds"].get("search"), "prune_s": r["phase_seconds"].get("prune"),
+            "retrain_s": r["phase_seconds"].get("retrain"), "total_s": total,
+            "time_vs_dense": total / training_seconds(base) if base else None,
+            **b3_figures(r, base),
+            "peak_rss_mb": r["peak_rss_mb"], "prunable_nonzero": r["prunable_nonzero"],
+            "prunable_params": r["prunable_params"], "train_pflos": cost.get("train_flos", 0) / 1e15,
+            "inference_gflops_dense": cost.get("inference_flops_dense", 0) / 1e9,
+            "inference_gflops_nonzero": cost.get("inference_flops_nonzero", 0) / 1e9,
+            "dev_sentences_per_s": cost.get("dev_sentences_per_second"),
+        })
+    return sorted(rows, key=lambda x: (x["trainer"] != "dense", x["trainer"], x["variant"], x["rate"], x["seed"]))
+
+
+def variant_of(r: dict) -> str:
+    """How a pruning run kept its accuracy: "plain", or distillation ("kd") and/or a gradual schedule."""
+    config = r.get("config", {})
+    parts = ["kd"] if config.get("TEACHER") else []
+    if config.get("GRADUAL_UPDATES"):
+        parts.append(f"gradual×{config['GRADUAL_UPDATES']}" + ("+rewarm" if config.get("GRADUAL_REWARM") else ""))
+    return " + ".join(parts) or "plain"
+
+
+def training_seconds(r: dict) -> float:
+    """Wall seconds of training, without the dense run's periodic dev evaluations (which only
+    draw its accuracy timeline); a pruned run's two evaluations at pruning stay in its prune phase."""
+    if r.get("pruning") is None and r.get("accuracy_timeline"):
+        return r["accuracy_timeline"][-1]["train_seconds"]
+    return sum(r["phase_seconds"].values())
+
+
+def b3_figures(r: dict, dense: dict | None) -> dict:
+    """Search + retrain seconds against the training seconds the dense run needed to first reach this
+    run's final accuracy (from its accuracy timeline, evaluation time left out)."""
+    if not r.get("pruning") or not dense:
+        return {"search_retrain_s": None, "dense_s_to_same_acc": None, "b3_ratio": None}
+    spent = r["phase_seconds"]["search"] + r["phase_seconds"]["retrain"]
+    target = r["metrics"]["final"]["accuracy"]
+    reached = [p["train_seconds"] for p in dense.get("accuracy_timeline", []) if p["accuracy"] >= target]
+    dense_s = reached[0] if reached else None
+    return {"search_retrain_s": spent, "dense_s_to_same_acc": dense_s,
+            "b3_ratio": spent / dense_s if dense_s else None}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| trainer | rate | seed | sparsity | acc before prune | acc after prune | acc final | F1 final | "
+             "EB step | EB / dense steps | steps | search s | prune s | retrain s | total s | time vs dense | "
+             "dense s to same acc | B3: (search+retrain) / that | "
+             "peak RSS MB | nonzero prunable | train PFLOs | infer GFLOPs dense / nonzero | dev sent/s |",
+             "|" + "---|" * 23]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["trainer"] + ("" if r["variant"] == "plain" else f" ({r['variant']})"), fmt(r["rate"], 1), str(r["seed"]), fmt(r["sparsity"]), fmt(r["acc_before_prune"]),
+            fmt(r["acc_after_prune"]), fmt(r["acc_final"]), fmt(r["f1_final"]),
+            fmt(r["eb_step"]) + ("" if r["eb_found"] in (True, None) else " (none)"),
+            fmt(r["eb_fraction_of_dense_steps"], 3), str(r["optimizer_steps"]), fmt(r["search_s"], 0),
+            fmt(r["prune_s"], 0), fmt(r["retrain_s"], 0), fmt(r["total_s"], 0), fmt(r["time_vs_dense"], 2),
+            (fmt(r["dense_s_to_same_acc"], 0) if r["dense_s_to_same_acc"] is not None else
+             ("never" if r["search_retrain_s"] is not None else "–")), fmt(r["b3_ratio"], 2),
+            fmt(r["peak_rss_mb"], 0), f"{r['prunable_nonzero']:,} / {r['prunable_params']:,}",
+            fmt(r["train_pflos"], 3), f"{r['inference_gflops_dense']:.1f} / {r['inference_gflops_nonzero']:.1f}",
+            fmt(r["dev_sentences_per_s"], 0)]) + " |")
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["trainer"], r["variant"], r["rate"])].append(r)
+    if any(len(g) > 1 for g in groups.values()):
+        dense = {r["seed"]: r for r in rows if r["trainer"] == "dense"}
+        lines += ["", "Mean ± std over seeds; paired by seed with the dense run: the difference, the t-test over "
+                  "seeds and a bootstrap over the dev sentences (from the runs' dev predictions):", "",
+                  "| trainer | variant | rate | seeds | acc after prune | acc final | F1 final | − dense | "
+                  "p (paired t) | p (bootstrap) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for (trainer, variant, rate), g in groups.items():
+            lines.append(f"| {trainer} | {variant} | {rate:g} | {len(g)} | {mean_std([r['acc_after_prune'] for r in g])} | "
+                         f"{mean_std([r['acc_final'] for r in g])} | {mean_std([r['f1_final'] for r in g])} | "
+                         + " | ".join(_paired(g, dense if trainer != "dense" else {})) + " |")
+        plain = {(trainer, rate): {r["seed"]: r for r in g} for (trainer, variant, rate), g in groups.items()
+                 if variant == "plain"}
+        ablation = [(key, g) for key, g in groups.items() if key[1] != "plain" and (key[0], key[2]) in plain]
+        if ablation:  # what distillation or the gradual schedule adds to the one-shot run of the same seed
+            lines += ["", "Each variant against the one-shot (plain) run of the same trainer, rate and seed:", "",
+                      "| trainer | variant | rate | seeds | acc final | − plain | p (paired t) | p (bootstrap) |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for (trainer, variant, rate), g in ablation:
+                lines.append(f"| {trainer} | {variant} | {rate:g} | {len(g)} | {mean_std([r['acc_final'] for r in g])} | "
+                             + " | ".join(_paired(g, plain[(trainer, rate)])) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _paired(runs: list[dict], reference: dict) -> tuple[str, str, str]:
+    """The runs against the reference run of the same seed: accuracy difference (mean ± std), the paired
+    t-test over seeds and a bootstrap over the dev sentences."""
+    paired = [r for r in runs if r["seed"] in reference]
+    if not paired:
+        return "–", "–", "–"
+    cells = paired_cells([r["acc_final"] for r in paired], [reference[r["seed"]]["acc_final"] for r in paired],
+                         [r["correct"] for r in paired], [reference[r["seed"]]["correct"] for r in paired])
+    return cells["difference"], cells["t"], cells["bootstrap"]
+
+
+B1_ALLOWED_DROP = {0.5: 0.005, 0.7: 0.010, 0.9: 0.025}  # accuracy the best criterion may lose vs dense
+
+
+def targets(rows: list[dict]) -> str:
+    """B1-B3 read off the rows (means over seeds), each as met or missed with its figure."""
+    dense = [r["acc_final"] for r in rows if r["trainer"] == "dense"]
+    if not dense:
+        return ""
+    dense_acc = statistics.mean(dense)
+    pruned = [r for r in rows if r["trainer"] != "dense"]
+    lines = ["| target | figure | verdict |", "|---|---|---|"]
+    for rate, allowed in B1_ALLOWED_DROP.items():
+        by_c = defaultdict(list)
+        for r in pruned:
+            if abs(r["rate"] - rate) < 1e-9:
+                by_c[r["trainer"] + ("" if r["variant"] == "plain" else f" ({r['variant']})")].append(r["acc_final"])
+        if not by_c:
+            continue
+        best, accs = max(by_c.items(), key=lambda kv: statistics.mean(kv[1]))
+        drop = dense_acc - statistics.mean(accs)
+        lines.append(f"| B1 accuracy kept at {rate:.0%} sparsity (≤ {100 * allowed:.1f} points under dense) | "
+                     f"best: {best} {statistics.mean(accs):.4f} vs dense {dense_acc:.4f}: {100 * drop:+.2f} points "
+                     f"under | {'met' if drop <= allowed else 'missed'} |")
+    fractions = [r["eb_fraction_of_dense_steps"] for r in pruned if r["eb_fraction_of_dense_steps"] is not None]
+    not_found = sum(1 for r in pruned if r["eb_found"] is False)
+    if pruned:
+        worst = max(fractions) if fractions else None
+        lines.append(f"| B2 early bird within 20% of the dense run's steps | found in {len(fractions)} of {len(pruned)} "
+                     f"runs, at {fmt(min(fractions) if fractions else None, 3)}–{fmt(worst, 3)} of the dense steps"
+                     f"{f'; {not_found} not found' if not_found else ''} | "
+                     f"{'met' if not not_found and worst is not None and worst <= 0.2 else 'missed'} |")
+    ratios = [r["b3_ratio"] for r in pruned if r["b3_ratio"] is not None]
+    never = sum(1 for r in pruned if r["search_retrain_s"] is not None and r["dense_s_to_same_acc"] is None)
+    if pruned:
+        lines.append(f"| B3 (search + retrain) / dense time to the same accuracy ≤ 0.6 | "
+                     f"{fmt(min(ratios) if ratios else None, 2)}–{fmt(max(ratios) if ratios else None, 2)} over "
+                     f"{len(ratios)} runs{f'; {never} runs beat every dense evaluation' if never else ''} | "
+                     f"{'met' if ratios and max(ratios) <= 0.6 else 'missed' if ratios else 'n/a'} |")
+    return "\n".join(lines) + "\n"
+
+
+def structured_markdown(results: list[dict]) -> str:
+    """heads+neurons runs, each beside the dense run of its seed: what was kept, what it costs, what it
+    scores; then mean ± std over seeds per criterion, with the paired difference to dense."""
+    dense = {r["config"]["SEED"]: r for r in results if r["trainer"] == "dense"}
+    runs = sorted((r for r in results if (r.get("pruning") or {}).get("structure")),
+                  key=lambda r: (r["trainer"], r["config"]["SEED"]))
+    if not runs:
+        return ""
+    def setting(r):
+        p = r["pruning"]
+        fixed = f", fixed mask from {Path(p['fixed_mask_from']).name}" if p.get("fixed_mask_from") else ""
+        return f"heads {rate_text(p['head_rate'])}, neurons {rate_text(p['neuron_rate'])}{fixed}"
+
+    lines = ["| trainer | setting | seed | EB step | heads kept | FFN neurons kept | params (all / w/o embeddings) vs dense | "
+             "acc after prune | acc final | dense acc (same seed) | search s | retrain s | retrain step / search "
+             "step (in run) | train-step speed-up (probe) | inference × at batch 1 / 64 | B3 |",
+             "|" + "---|" * 16]
+    for r in runs:
+        p, seed = r["pruning"], r["config"]["SEED"]
+        s, par, speed, base = p["structure"], r["parameters"], r.get("speed") or {}, dense.get(seed)
+        steps = p.get("step_seconds") or {}
+        b3 = b3_figures(r, base)["b3_ratio"]
+        lines.append("| " + " | ".join([
+            r["trainer"], setting(r), str(seed),
+            fmt(p["eb_step"]) if p["eb_found"] else ("fixed" if p.get("fixed_mask_from") else f"none ({p['prune_step']})"),
+            f"{sum(s['heads_kept_per_layer'])} / {sum(s['heads_total_per_layer'])}",
+            f"{sum(s['neurons_kept_per_layer']):,} / {sum(s['neurons_total_per_layer']):,}",
+            f"{par['final']['total'] / par['dense']['total']:.3f} / "
+            f"{par['final']['without_embeddings'] / par['dense']['without_embeddings']:.3f}",
+            fmt(r["metrics"]["after_prune"]["accuracy"]), fmt(r["metrics"]["final"]["accuracy"]),
+            fmt(base["metrics"]["final"]["accuracy"]) if base else "–",
+            fmt(r["phase_seconds"]["search"], 0), fmt(r["phase_seconds"]["retrain"], 0),
+            fmt(steps["retrain"] / steps["search"], 2) if steps else "–",
+            fmt(speed.get("train_step_speedup"), 2),
+            f"{speed['batch1_ratio']:.2f} / {speed['batch64_ratio']:.2f}" if speed else "–",
+            fmt(b3, 2)]) + " |")
+    lines += ["", "| trainer | setting | seeds | acc final | dense acc | paired difference (pruned − dense) | p (paired t) | "
+              "training PFLOPs to the end | vs dense | early-stopped |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for trainer, label in sorted({(r["trainer"], setting(r)) for r in runs}):
+        group = [r for r in runs if (r["trainer"], setting(r)) == (trainer, label) and r["config"]["SEED"] in dense]
+        if not group:
+            continue
+        acc = [r["metrics"]["final"]["accuracy"] for r in group]
+        base = [dense[r["config"]["SEED"]]["metrics"]["final"]["accuracy"] for r in group]
+        flops = [training_flops(r) for r in group]
+        dense_flops = [training_flops(dense[r["config"]["SEED"]]) for r in group]
+        ratio = [f / d for f, d in zip(flops, dense_flops) if f and d]
+        stopped = [r["config"]["SEED"] for r in group if (r.get("early_stopping") or {}).get("stopped")]
+        paired = paired_cells(acc, base)
+        lines.append(f"| {trainer} | {label} | {', '.join(str(r['config']['SEED']) for r in group)} | "
+                     f"{mean_std(acc)} | {mean_std(base)} | {paired['difference']} | "
+                     f"{paired['t']} | {mean_std([f / 1e15 if f else None for f in flops])} | "
+                     f"{mean_std(ratio) if ratio else '–'} | "
+                     f"{', '.join(map(str, stopped)) if stopped else 'none'} |")
+    lines += [""] + criteria_compared(runs)
+    agreement = overlap_markdown(runs)
+    return "\n".join(lines) + "\n" + ("\n" + agreement if agreement else "")
+
+
+def criteria_compared(runs: list[dict]) -> list[str]:
+    """Every two criteria at the same rates, paired by seed: accuracy difference and paired t-test."""
+    acc = defaultdict(dict)
+    for r in runs:
+        if not r["pruning"].get("fixed_mask_from"):
+            p = r["pruning"]
+            acc[(rate_text(p["head_rate"]), rate_text(p["neuron_rate"]))].setdefault(r["trainer"], {})[
+                r["config"]["SEED"]] = r["metrics"]["final"]["accuracy"]
+    lines = ["| criteria (A / B) | rates (heads, neurons) | seeds | A − B | p (paired t) |", "|---|---|---|---|---|"]
+    for rates, by_trainer in sorted(acc.items()):
+        names = sorted(by_trainer)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                seeds = sorted(set(by_trainer[a]) & set(by_trainer[b]))
+                if len(seeds) < 2:
+                    continue
+                paired = paired_cells([by_trainer[a][s] for s in seeds], [by_trainer[b][s] for s in seeds])
+                lines.append(f"| {a} / {b} | {rates[0]}, {rates[1]} | {len(seeds)} | "
+                             f"{paired['difference']} | {paired['t']} |")
+    return lines if len(lines) > 2 else []
+
+
+def early_stopping_replay(results: list[dict], patiences=(2, 3)) -> str:
+    """Where early stopping on dev loss would have stopped runs that trained their whole budget with
+    evaluations: EarlyStopping changes nothing before it stops, so a run with EARLY_STOPPING_PATIENCE=P is
+    this run up to the stop step, and its final model is the one evaluated there. Read off each run's log:
+    the stop step, the dev accuracy there and the training FLOPs spent by then (mean over seeds)."""
+    rows = defaultdict(list)
+    for r in results:
+        if (r.get("early_stopping") or {}).get("stopped") or not r.get("cost_series"):
+            continue
+        prune_step = (r.get("pruning") or {}).get("prune_step")
+        after = prune_step if prune_step is not None else -1
+        end = r["optimizer_steps"]
+        evals = [e for e in r["log_history"] if "eval_loss" in e and after < e["step"] and "train_flops" in e]
+        if not evals:
+            continue
+        full = training_flops(r)
+        for patience in patiences:
+            at = stopping_evaluation([e["eval_loss"] for e in evals], patience)
+            stop = evals[at] if at is not None else None
+            rows[(r["trainer"], patience)].append({
+                "step": stop["step"] if stop else end,
+                "accuracy": stop["eval_accuracy"] if stop else r["metrics"]["final"]["accuracy"],
+                "full_accuracy": r["metrics"]["final"]["accuracy"],
+                "flops": (stop["train_flops"] if stop else full) / full})
+    if not rows:
+        return ""
+    lines = ["Early stopping on dev loss, read off the runs' evaluations (a run stopped with this patience is the "
+             "same run up to its stop; see `pruning.tables.early_stopping_replay`):", "",
+             "| trainer | patience (evaluations) | runs | stop step | acc at stop | acc at the end of the budget | "
+             "training FLOPs at stop / full budget |", "|---|---|---|---|---|---|---|"]
+    for (trainer, patience), g in sorted(rows.items(), key=lambda kv: (kv[0][0] != "dense", kv[0])):
+        lines.append(f"| {trainer} | {patience} | {len(g)} | {', '.join(str(x['step']) for x in g)} | "
+                     f"{mean_std([x['accuracy'] for x in g])} | {mean_std([x['full_accuracy'] for x in g])} | "
+                     f"{mean_std([x['flops'] for x in g])} |")
+    return "\n".join(lines) + "\n"
+
+
+def training_flops(r: dict) -> float | None:
+    """Training FLOPs to the end of the run, as CostLog counted them (None for runs from before it)."""
+    if r.get("cost", {}).get("train_flops") is not None:
+        return r["cost"]["train_flops"]
+    series = r.get("cost_series") or []
+    return series[-1]["train_flops"] if series else None
+
+
+def kept_units(run: dict) -> dict[str, dict]:
+    """A heads+neurons run's final keep-masks, split into heads and neurons."""
+    masks = state_io.read_run_masks(run["run_dir"])[0]
+    return {kind: split_kind(masks, kind) for kind in ("heads", "neurons")}
+
+
+def overlap_markdown(runs: list[dict]) -> str:
+    """Jaccard index of the kept heads and kept neurons between every two criteria, per seed (mean ± std),
+    beside the index of random choices with the same per-layer counts."""
+    by_key = defaultdict(dict)
+    for r in runs:
+        if not r["pruning"].get("fixed_mask_from") and Path(r["run_dir"], state_io.MASKS_FILE).exists():
+            p = r["pruning"]
+            by_key[(r["config"]["SEED"], rate_text(p["head_rate"]), rate_text(p["neuron_rate"]))][r["trainer"]] = r
+    pairs = defaultdict(lambda: {"heads": [], "neurons": [], "chance_heads": [], "chance_neurons": []})
+    for group in by_key.values():
+        names = sorted(group)
+        masks = {n: kept_units(group[n]) for n in names}
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                for kind in ("heads", "neurons"):
+                    o = overlap(masks[a][kind], masks[b][kind])
+                    pairs[(a, b)][kind].append(o["jaccard"])
+                    pairs[(a, b)][f"chance_{kind}"].append(o["chance_jaccard"])
+    if not pairs:
+        return ""
+    lines = ["Which units the criteria keep: Jaccard index of the kept sets between two criteria on the same seed "
+             "(mean ± std over seeds); chance = random choices with the same per-layer counts.", "",
+             "| criteria | seeds | heads | heads by chance | neurons | neurons by chance |", "|---|---|---|---|---|---|"]
+    for (a, b), v in sorted(pairs.items()):
+        lines.append(f"| {a} / {b} | {len(v['heads'])} | {mean_std(v['heads'])} | {mean_std(v['chance_heads'])} | "
+                     f"{mean_std(v['neurons'])} | {mean_std(v['chance_neurons'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, patiences: tuple[int, ...] = (2, 3), plots: bool = True) -> list[dict]:
+    """Write results.csv, results.md and (with `plots`) the PNGs of `pruning.plots` into the sweep
+    directory `out`, from every out/*/results.json; `patiences`: the early-stopping replay's. Returns
+    the rows of the unstructured runs (an empty list, after saying so, when no run has finished)."""
+    from pruning import plots as sweep_plots
+    out = Path(out)
+    results = load(out)
+    if not results:
+        print(f"no finished runs under {out}")
+        return []
+    # The sweep's table, targets and plots are about unstructured rates; heads+neurons runs get their own table.
+    unstructured = [r for r in results if not (r.get("pruning") or {}).get("structure")]
+    rows = rows_of(unstructured)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")  # not the per-sentence predictions
+        writer.writeheader()
+        writer.writerows(rows)
+    structured = structured_markdown(results)
+    replay = early_stopping_replay(results, patiences)
+    (out / "results.md").write_text(markdown(rows) + "\n" + targets(rows)
+                                    + ("\n## Heads + neurons\n\n" + structured if structured else "")
+                                    + ("\n## Early stopping\n\n" + replay if replay else ""))
+    if plots:
+        sweep_plots.sweep(unstructured, rows, out)
+        sweep_plots.cost(results, out / "cost_vs_step.png")
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}{' and plots' if plots else ''} ({len(rows)} runs)")
+    return rows
+
