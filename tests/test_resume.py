@@ -133,4 +133,8 @@ def test_resuming_with_another_criterion_is_one_clear_error(tiny_bert_config, ss
     assert killed.returncode == -9
     proc = run_script("bert.py", args + ["--resume=true", "--trainer=magnitude"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "--trainer: recorded 'gradient', requested 'magnitude'" in proc.stderr.strip().splitlines()[-1]
+    (tmp_path / "crash" / "run_config.json").unlink()  # a run from before configurations were recorded:
+    proc = run_script("bert.py", args + ["--resume=true", "--trainer=magnitude"])  # its checkpoint still refuses
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "was written by a gradient run" in proc.stderr.strip().splitlines()[-1]
