@@ -1,13 +1,19 @@
 """The TrainerCallbacks of a pruning run, one job each. `PruningTrainer` wires them together.
 
-- `EarlyBirdSearch`: feeds the criterion during the search, runs the Early-Bird checks, and asks the
-  trainer to prune when the bird is found or the search budget ends.
-- `GradualPruning`: after the early bird, the mask updates of a gradual schedule (and the scores they need).
+- `EarlyBirdSearch`: feeds the criterion during the search, runs the Early-Bird checks, and decides to
+  prune when the bird is found or the search budget ends.
+- `GradualPruning`: after the early bird, decides the mask updates of a gradual schedule (and feeds the
+  scores they need).
+- `PruningActions`: the trainer's own: carries out the decision of the step (prune, or update the mask).
 - `KeepPrunedWeightsZero`: after unstructured pruning, masks gradients and weights every step.
 - `RetrainBudget`: stops training when the retrain phase has had its steps.
 - `PhaseClock`: wall time per phase (search / prune / retrain).
 - `SavePruningState`: writes the pruning state beside every HF checkpoint.
 - `EarlyStopping`: stops on validation loss (the dense baseline, or a pruning run's retrain phase).
+
+Callbacks decide; the trainer acts: a decision is left on the run state (`RunState.decide`) and
+`PruningActions`, registered right after the deciding callbacks, has the trainer carry it out in the
+same `on_step_end`, before any later callback runs.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from transformers import TrainerCallback
 
 from earlybird import EarlyBirdDetector, mask_fingerprint, pack_mask
 from pruning.masks import assert_same_on_all_ranks, flat_mask
-from pruning.run_state import GradualSchedule, RunState
+from pruning.run_state import GradualSchedule, Prune, RunState, UpdateMask
 
 DETECTOR_OF_KIND = {"weight": "weights", "head": "heads", "neuron": "neurons"}
 
@@ -77,7 +83,7 @@ class EarlyBirdSearch(TrainerCallback):
             self.trainer.keep_scores(scores)
         self.trainer.criterion.reset()
         if prune_now:
-            self.trainer.prune(masks, step, found, optimizer, control)
+            self.trainer.run_state.decide(Prune(masks, found))
         return control
 
     def state_dict(self) -> dict:
@@ -96,24 +102,40 @@ class GradualPruning(TrainerCallback):
     `gradual`, set at pruning). Until the last update an accumulating criterion keeps observing the
     retrain phase's gradients, so each update ranks by the scores since the one before."""
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, run: RunState, criterion):
+        self.run, self.criterion = run, criterion
 
     def pending(self) -> GradualSchedule | None:
-        return self.trainer.run_state.gradual_pending()
+        return self.run.gradual_pending()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.pending():
-            self.trainer.criterion.on_gradients()
-            self.trainer.criterion.observe()
+            self.criterion.on_gradients()
+            self.criterion.observe()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self.pending():
-            self.trainer.criterion.after_step()
+            self.criterion.after_step()
 
-    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+    def on_step_end(self, args, state, control, **kwargs):
         gradual = self.pending()
         if gradual and state.global_step == gradual.next_step:
+            self.run.decide(UpdateMask())
+        return control
+
+
+class PruningActions(TrainerCallback):
+    """Has the trainer carry out the decision the callbacks before it left on the run state at this
+    step: `Prune` calls `trainer.prune`, `UpdateMask` calls `trainer.update_masks`."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        decision = self.trainer.run_state.take_decision()
+        if isinstance(decision, Prune):
+            self.trainer.prune(decision.masks, state.global_step, decision.found, optimizer, control)
+        elif isinstance(decision, UpdateMask):
             self.trainer.update_masks(state.global_step, optimizer, control)
         return control
 

@@ -16,6 +16,7 @@ from typing import Callable
 PHASES = ("search", "prune", "retrain")
 # The record dict of earlier checkpoints held these derived values too; from_dict drops them.
 _OLD_DERIVED_KEYS = ("eb_step", "lr_peak_step")
+_UNSAVED = {"clock", "_charged_at", "_decision"}  # RunState's fields that are not part of a checkpoint
 
 
 @dataclass
@@ -34,6 +35,18 @@ class GradualSchedule:
     def next_step(self) -> int | None:
         """The global step of the next update, or None once all are done."""
         return self.steps[self.done] if self.done < len(self.steps) else None
+
+
+@dataclass
+class Prune:
+    """Decision: prune to `masks` (original-space keep-masks) now; `found`: the early bird settled."""
+    masks: dict
+    found: bool
+
+
+@dataclass
+class UpdateMask:
+    """Decision: the gradual schedule's next mask update is due now."""
 
 
 @dataclass
@@ -70,6 +83,7 @@ class RunState:
     phase_seconds: dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
     clock: Callable[[], float] = field(default=time.perf_counter, repr=False, compare=False)
     _charged_at: float | None = field(default=None, init=False, repr=False, compare=False)
+    _decision: Prune | UpdateMask | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- derived ---------------------------------------------------------------------------------
     @property
@@ -100,6 +114,19 @@ class RunState:
     def retrain_budget_spent(self, step: int) -> bool:
         """Whether the retrain phase has had its steps once `step` steps are finished."""
         return self.retraining and self.stop_step is not None and step >= self.stop_step
+
+    # --- decisions of this step -----------------------------------------------------------------
+    def decide(self, decision: Prune | UpdateMask) -> None:
+        """Leave a decision for the trainer to carry out at the end of this step (never saved: it is
+        taken in the same `on_step_end`). Raises RuntimeError if one is pending already."""
+        if self._decision is not None:
+            raise RuntimeError(f"{decision} decided while {self._decision} is still pending")
+        self._decision = decision
+
+    def take_decision(self) -> Prune | UpdateMask | None:
+        """The pending decision, or None; it is no longer pending."""
+        decision, self._decision = self._decision, None
+        return decision
 
     # --- phases and their wall time --------------------------------------------------------------
     def start_clock(self) -> None:
@@ -136,7 +163,7 @@ class RunState:
     # --- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """The saved fields as plain JSON-able values (not the clock)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("clock", "_charged_at")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _UNSAVED}
         out["gradual"] = asdict(self.gradual) if self.gradual is not None else None
         out["evals"], out["phase_seconds"] = dict(self.evals), dict(self.phase_seconds)
         return out
@@ -146,7 +173,7 @@ class RunState:
         """The state `to_dict` wrote, or the record dict of a checkpoint written before RunState (its
         derived keys eb_step and lr_peak_step are dropped; keys it lacks take their defaults).
         Raises ValueError for a key neither layout has."""
-        saved = {f.name for f in fields(cls)} - {"clock", "_charged_at"}
+        saved = {f.name for f in fields(cls)} - _UNSAVED
         d = {k: v for k, v in d.items() if k not in _OLD_DERIVED_KEYS}
         unknown = sorted(set(d) - saved)
         if unknown:
@@ -161,5 +188,5 @@ class RunState:
         and those holding this state see the loaded one."""
         loaded = self.from_dict(d, self.clock)
         for f in fields(self):
-            if f.name not in ("clock", "_charged_at"):
+            if f.name not in _UNSAVED:
                 setattr(self, f.name, getattr(loaded, f.name))

@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from pruning import state as state_io
-from pruning.callbacks import (EarlyBirdSearch, GradualPruning, KeepPrunedWeightsZero, PhaseClock, RetrainBudget,
-                               SavePruningState)
+from pruning.callbacks import (EarlyBirdSearch, GradualPruning, KeepPrunedWeightsZero, PhaseClock, PruningActions,
+                               RetrainBudget, SavePruningState)
 from pruning.config import PruningConfig
 from pruning.criterion import Criterion
 from pruning.distill import LOGITS_COLUMN, distillation_loss
@@ -67,8 +67,10 @@ class PruningTrainer(Trainer):
         self.run_state = RunState()
         self.search = EarlyBirdSearch(self, self.pruning.window, self.pruning.epsilon, self.pruning.check_every)
         self.keep_zero = KeepPrunedWeightsZero()
-        for callback in (self.search, GradualPruning(self), self.keep_zero, RetrainBudget(self.run_state),
-                         PhaseClock(self.run_state),
+        # The deciding callbacks, then the one that acts on their decision, in this order: a step's
+        # operations run as they always have (exact resume compares weights bit for bit).
+        for callback in (self.search, GradualPruning(self.run_state, self.criterion), PruningActions(self),
+                         self.keep_zero, RetrainBudget(self.run_state), PhaseClock(self.run_state),
                          SavePruningState(self)):
             self.add_callback(callback)
         self._restart_at: int | None = None

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pruning.run_state import GradualSchedule, RunState
+from pruning.run_state import GradualSchedule, Prune, RunState, UpdateMask
 
 
 class FakeClock:
@@ -110,3 +110,13 @@ def test_reads_the_record_dict_of_checkpoints_before_run_state():
 def test_from_dict_refuses_unknown_keys():
     with pytest.raises(ValueError, match="unknown keys"):
         RunState.from_dict({"phase": "search", "lr_floor": 0.1})
+
+
+def test_a_decision_is_taken_once_and_two_at_once_are_refused():
+    run = RunState()
+    assert run.take_decision() is None
+    run.decide(UpdateMask())
+    with pytest.raises(RuntimeError, match="still pending"):
+        run.decide(Prune({}, True))
+    assert run.take_decision() == UpdateMask() and run.take_decision() is None
+    assert "_decision" not in run.to_dict()
