@@ -1,24 +1,30 @@
 """The TrainerCallbacks of a pruning run, one job each. `PruningTrainer` wires them together.
 
-- `EarlyBirdSearch`: feeds the criterion during the search, runs the Early-Bird checks, and asks the
-  trainer to prune when the bird is found or the search budget ends.
-- `GradualPruning`: after the early bird, the mask updates of a gradual schedule (and the scores they need).
+- `EarlyBirdSearch`: feeds the criterion during the search, runs the Early-Bird checks, and decides to
+  prune when the bird is found or the search budget ends.
+- `GradualPruning`: after the early bird, decides the mask updates of a gradual schedule (and feeds the
+  scores they need).
+- `PruningActions`: the trainer's own: carries out the decision of the step (prune, or update the mask).
 - `KeepPrunedWeightsZero`: after unstructured pruning, masks gradients and weights every step.
 - `RetrainBudget`: stops training when the retrain phase has had its steps.
 - `PhaseClock`: wall time per phase (search / prune / retrain).
 - `SavePruningState`: writes the pruning state beside every HF checkpoint.
 - `EarlyStopping`: stops on validation loss (the dense baseline, or a pruning run's retrain phase).
+
+Callbacks decide; the trainer acts: a decision is left on the run state (`RunState.decide`) and
+`PruningActions`, registered right after the deciding callbacks, has the trainer carry it out in the
+same `on_step_end`, before any later callback runs.
 """
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 from transformers import TrainerCallback
 
 from earlybird import EarlyBirdDetector, mask_fingerprint, pack_mask
 from pruning.masks import assert_same_on_all_ranks, flat_mask
+from pruning.run_state import GradualSchedule, Prune, RunState, UpdateMask
 
 DETECTOR_OF_KIND = {"weight": "weights", "head": "heads", "neuron": "neurons"}
 
@@ -37,7 +43,7 @@ class EarlyBirdSearch(TrainerCallback):
 
     @property
     def active(self) -> bool:
-        return self.trainer.record["phase"] == "search"
+        return self.trainer.run_state.searching
 
     def masks_now(self) -> dict[str, torch.Tensor]:
         return self.trainer.select_masks(self.trainer.criterion.scores())
@@ -77,7 +83,7 @@ class EarlyBirdSearch(TrainerCallback):
             self.trainer.keep_scores(scores)
         self.trainer.criterion.reset()
         if prune_now:
-            self.trainer.prune(masks, step, found, optimizer, control)
+            self.trainer.run_state.decide(Prune(masks, found))
         return control
 
     def state_dict(self) -> dict:
@@ -92,32 +98,44 @@ class EarlyBirdSearch(TrainerCallback):
 
 
 class GradualPruning(TrainerCallback):
-    """Raises the pruned share to the target at the steps of the gradual schedule (the record's
-    "gradual", set at pruning). Until the last update an accumulating criterion keeps observing the
+    """Raises the pruned share to the target at the steps of the gradual schedule (the run state's
+    `gradual`, set at pruning). Until the last update an accumulating criterion keeps observing the
     retrain phase's gradients, so each update ranks by the scores since the one before."""
+
+    def __init__(self, run: RunState, criterion):
+        self.run, self.criterion = run, criterion
+
+    def pending(self) -> GradualSchedule | None:
+        return self.run.gradual_pending()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.pending():
+            self.criterion.on_gradients()
+            self.criterion.observe()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.pending():
+            self.criterion.after_step()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        gradual = self.pending()
+        if gradual and state.global_step == gradual.next_step:
+            self.run.decide(UpdateMask())
+        return control
+
+
+class PruningActions(TrainerCallback):
+    """Has the trainer carry out the decision the callbacks before it left on the run state at this
+    step: `Prune` calls `trainer.prune`, `UpdateMask` calls `trainer.update_masks`."""
 
     def __init__(self, trainer):
         self.trainer = trainer
 
-    def pending(self) -> dict | None:
-        record = self.trainer.record
-        gradual = record.get("gradual")
-        if record["phase"] == "retrain" and gradual and gradual["done"] < len(gradual["steps"]):
-            return gradual
-        return None
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self.pending():
-            self.trainer.criterion.on_gradients()
-            self.trainer.criterion.observe()
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        if self.pending():
-            self.trainer.criterion.after_step()
-
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
-        gradual = self.pending()
-        if gradual and state.global_step == gradual["steps"][gradual["done"]]:
+        decision = self.trainer.run_state.take_decision()
+        if isinstance(decision, Prune):
+            self.trainer.prune(decision.masks, state.global_step, decision.found, optimizer, control)
+        elif isinstance(decision, UpdateMask):
             self.trainer.update_masks(state.global_step, optimizer, control)
         return control
 
@@ -150,41 +168,30 @@ class KeepPrunedWeightsZero(TrainerCallback):
 
 
 class RetrainBudget(TrainerCallback):
-    def __init__(self, record: dict):
-        self.record = record
+    def __init__(self, run: RunState):
+        self.run = run
 
     def on_step_end(self, args, state, control, **kwargs):
-        stop = self.record["stop_step"]
-        if self.record["phase"] == "retrain" and stop is not None and state.global_step >= stop:
+        if self.run.retrain_budget_spent(state.global_step):
             control.should_training_stop = True
         return control
 
 
 class PhaseClock(TrainerCallback):
-    """Charges wall time to the phase the run is in (the record's "phase")."""
+    """Charges wall time to the run state's phase when training starts, at every save and at the end
+    (phase changes charge themselves: `RunState.enter`)."""
 
-    def __init__(self, record: dict):
-        self.record, self._last = record, None
-
-    def charge(self) -> None:
-        now = time.perf_counter()
-        if self._last is not None:
-            # Writing the pruning checkpoint and continuing from it is part of pruning, not retraining.
-            phase = "prune" if self.record.get("restarting") else self.record["phase"]
-            self.record["phase_seconds"][phase] += now - self._last
-        self._last = now
+    def __init__(self, run: RunState):
+        self.run = run
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self._last is not None:  # the continuation of a structured run after its pruning checkpoint
-            self.charge()
-        self._last = time.perf_counter()
-        self.record["restarting"] = False
+        self.run.start_clock()
 
     def on_save(self, args, state, control, **kwargs):
-        self.charge()
+        self.run.charge()
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.charge()
+        self.run.charge()
 
 
 class SavePruningState(TrainerCallback):
@@ -219,7 +226,7 @@ class EarlyStopping(TrainerCallback):
     """Stops training when the dev loss has not improved for `patience` evaluations.
 
     It watches the evaluations of the dense baseline, or of a pruning run's retrain phase only (the
-    dense search phase is another model; `record` is the PruningTrainer's record). The decision is
+    dense search phase is another model; `run` is the PruningTrainer's `run_state`). The decision is
     read from the log history each time, so a resumed run decides as the uninterrupted one would.
     HF's EarlyStoppingCallback compares with the best metric of the whole run, which for a pruning run
     is the dense model's, and keeps its counter in state that a resumed run does not restore by default.
@@ -227,8 +234,8 @@ class EarlyStopping(TrainerCallback):
     the final accuracy is reported on.
     """
 
-    def __init__(self, patience: int, threshold: float = 0.0, record: dict | None = None):
-        self.patience, self.threshold, self.record = patience, threshold, record
+    def __init__(self, patience: int, threshold: float = 0.0, run: RunState | None = None):
+        self.patience, self.threshold, self.run = patience, threshold, run
         self.stop: dict | None = None
         self._training = False
 
@@ -240,10 +247,10 @@ class EarlyStopping(TrainerCallback):
 
     def watched(self, log_history: list[dict]) -> list[dict]:
         after = -1
-        if self.record is not None:
-            if self.record["phase"] != "retrain":
+        if self.run is not None:
+            if not self.run.retraining:
                 return []
-            after = self.record["prune_step"]  # its two evaluations at pruning are not retrain evaluations
+            after = self.run.prune_step  # its two evaluations at pruning are not retrain evaluations
         return [e for e in log_history if "eval_loss" in e and e["step"] > after]
 
     def on_evaluate(self, args, state, control, **kwargs):
@@ -253,7 +260,7 @@ class EarlyStopping(TrainerCallback):
         at = stopping_evaluation([e["eval_loss"] for e in evals], self.patience, self.threshold)
         if at is not None:
             best = min(evals[:at + 1], key=lambda e: e["eval_loss"])
-            self.stop = {"step": evals[at]["step"], "phase": self.record["phase"] if self.record else "dense",
+            self.stop = {"step": evals[at]["step"], "phase": self.run.phase if self.run else "dense",
                          "best_step": best["step"], "best_loss": best["eval_loss"], "loss": evals[at]["eval_loss"],
                          "reason": f"dev loss did not improve on {best['eval_loss']:.4f} (step {best['step']}) "
                                    f"by more than {self.threshold:g} for {self.patience} evaluations"}

@@ -116,7 +116,7 @@ def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encode
     trainer = config["TRAINER"](**trainer_kwargs)
     if config.get("EARLY_STOPPING_PATIENCE", 0):  # a pruning run watches its retrain phase only
         trainer.add_callback(EarlyStopping(config["EARLY_STOPPING_PATIENCE"], config["EARLY_STOPPING_THRESHOLD"],
-                                           getattr(trainer, "record", None)))
+                                           getattr(trainer, "run_state", None)))
     return trainer
 
 

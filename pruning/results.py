@@ -35,26 +35,29 @@ def structure(trainer) -> dict | None:
 
 
 def summary(trainer) -> dict:
-    r, config = trainer.record, trainer.pruning
-    spe = r["steps_per_epoch"] or 1
+    """The pruning part of results.json: the settings, the run state's steps (eb_epoch in epochs),
+    the detectors' distance history, the evaluations at pruning and the seconds of each phase."""
+    run, config = trainer.run_state, trainer.pruning
+    saved = run.to_dict()
+    spe = run.steps_per_epoch or 1
     out = {"criterion": trainer.criterion.name, "granularity": config.granularity, "scope": config.scope,
            "rate": config.rate if not trainer.units.structured else None,
            "head_rate": config.head_rate if trainer.units.structured else None,
            "neuron_rate": config.neuron_rate if trainer.units.structured else None,
-           "eb_found": r["eb_found"], "eb_step": r["eb_step"],
-           "eb_epoch": r["eb_step"] / spe if r["eb_step"] is not None else None,
-           "prune_step": r["prune_step"], "search_steps_budget": r["search_steps"],
-           "retrain_steps": r["retrain_steps"], "steps_per_epoch": r["steps_per_epoch"],
-           "fixed_mask_from": r["fixed_mask_from"], "gradual": r.get("gradual"),
+           "eb_found": run.eb_found, "eb_step": run.eb_step,
+           "eb_epoch": run.eb_step / spe if run.eb_step is not None else None,
+           "prune_step": run.prune_step, "search_steps_budget": run.search_steps,
+           "retrain_steps": run.retrain_steps, "steps_per_epoch": run.steps_per_epoch,
+           "fixed_mask_from": run.fixed_mask_from, "gradual": saved["gradual"],
            "detector": {"window": config.window, "epsilon": config.epsilon, "check_every": config.check_every},
            "distance_history": trainer.search.history(),
-           "mask_fingerprint": r["mask_fingerprint"], "removed_units": r["removed_units"],
-           "evals": r["evals"], "phase_seconds": dict(r["phase_seconds"]),
+           "mask_fingerprint": run.mask_fingerprint, "removed_units": run.removed_units,
+           "evals": run.evals, "phase_seconds": saved["phase_seconds"],
            "structure": structure(trainer)}
-    prune, stop = r["prune_step"], r["stop_step"]
-    if prune and r["phase_seconds"]["search"]:
-        out["step_seconds"] = {"search": r["phase_seconds"]["search"] / prune,
-                               "retrain": r["phase_seconds"]["retrain"] / max(1, stop - prune)}
+    prune, stop, seconds = run.prune_step, run.stop_step, run.phase_seconds
+    if prune and seconds["search"]:
+        out["step_seconds"] = {"search": seconds["search"] / prune,
+                               "retrain": seconds["retrain"] / max(1, stop - prune)}
     return out
 
 

@@ -22,12 +22,13 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from pruning import state as state_io
-from pruning.callbacks import (EarlyBirdSearch, GradualPruning, KeepPrunedWeightsZero, PhaseClock, RetrainBudget,
-                               SavePruningState)
+from pruning.callbacks import (EarlyBirdSearch, GradualPruning, KeepPrunedWeightsZero, PhaseClock, PruningActions,
+                               RetrainBudget, SavePruningState)
 from pruning.config import PruningConfig
 from pruning.criterion import Criterion
 from pruning.distill import LOGITS_COLUMN, distillation_loss
 from pruning.masks import assert_same_on_all_ranks, fingerprint
+from pruning.run_state import GradualSchedule, RunState
 from pruning.schedule import PhasePlan, gradual_fractions, gradual_steps
 from pruning.surgery import remove_units
 from pruning.units import PrunableUnits
@@ -63,16 +64,13 @@ class PruningTrainer(Trainer):
         self.masks: dict[str, torch.Tensor] | None = None   # original-space keep-masks, once pruned
         self.scores_at_prune: dict[str, torch.Tensor] | None = None  # original-space scores the mask came from
         self.plan: PhasePlan | None = None
-        self.record = {"phase": "search", "eb_found": None, "eb_step": None, "prune_step": None,
-                       "stop_step": None, "lr_restart_step": None, "lr_peak_step": None, "gradual": None,
-                       "fixed_mask_from": None,
-                       "search_steps": None, "retrain_steps": None, "first_check_after": 0,
-                       "steps_per_epoch": None, "evals": {}, "mask_fingerprint": None, "removed_units": None,
-                       "restarting": False, "phase_seconds": {"search": 0.0, "prune": 0.0, "retrain": 0.0}}
+        self.run_state = RunState()
         self.search = EarlyBirdSearch(self, self.pruning.window, self.pruning.epsilon, self.pruning.check_every)
         self.keep_zero = KeepPrunedWeightsZero()
-        self.clock = PhaseClock(self.record)
-        for callback in (self.search, GradualPruning(self), self.keep_zero, RetrainBudget(self.record), self.clock,
+        # The deciding callbacks, then the one that acts on their decision, in this order: a step's
+        # operations run as they always have (exact resume compares weights bit for bit).
+        for callback in (self.search, GradualPruning(self.run_state, self.criterion), PruningActions(self),
+                         self.keep_zero, RetrainBudget(self.run_state), PhaseClock(self.run_state),
                          SavePruningState(self)):
             self.add_callback(callback)
         self._restart_at: int | None = None
@@ -86,25 +84,26 @@ class PruningTrainer(Trainer):
         self.plan = PhasePlan.of(num_training_steps, self.args.num_train_epochs, self.pruning.search_epochs,
                                  self.pruning.retrain_epochs, self.args.get_warmup_steps(num_training_steps),
                                  self.pruning.skip_warmup)
-        self.record.update(steps_per_epoch=self.plan.steps_per_epoch, search_steps=self.plan.search_steps,
-                           retrain_steps=self.plan.retrain_steps, first_check_after=self.plan.first_check_after)
-        if self.record["fixed_mask_from"]:  # a fixed mask trains the whole budget
-            self.record.update(stop_step=num_training_steps, retrain_steps=num_training_steps)
+        run = self.run_state
+        run.steps_per_epoch, run.search_steps = self.plan.steps_per_epoch, self.plan.search_steps
+        run.retrain_steps, run.first_check_after = self.plan.retrain_steps, self.plan.first_check_after
+        if run.fixed_mask_from:  # a fixed mask trains the whole budget
+            run.stop_step = run.retrain_steps = num_training_steps
         if self.pruning.gradual_updates:  # a schedule that cannot fit fails before the first step
             gradual_steps(self.plan.search_steps, self.plan.retrain_steps, self.pruning.gradual_updates,
                           self.pruning.gradual_span)
         if self.lr_scheduler is None:
-            plan, record = self.plan, self.record
+            plan = self.plan
 
             def lr_factor(step):  # a plain function, so LambdaLR's state_dict stays picklable
-                return plan.lr_factor(step, record["lr_restart_step"], record["stop_step"], record.get("lr_peak_step"))
+                return plan.lr_factor(step, run.lr_restart_step, run.stop_step, run.lr_peak_step)
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, lr_factor)
             self._created_lr_scheduler = True
         return self.lr_scheduler
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
-        extra = self.criterion.extra_parameters() if self.record["phase"] == "search" else []
+        extra = self.criterion.extra_parameters() if self.run_state.searching else []
         if extra:  # e.g. learnable unit coefficients: trained with the model, never decayed
             optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
         return optimizer
@@ -113,7 +112,7 @@ class PruningTrainer(Trainer):
     @property
     def distilling(self) -> bool:
         """The retrain phase learns from the teacher's cached logits (the search phase from the labels)."""
-        return self.pruning.distill and self.record["phase"] == "retrain"
+        return self.pruning.distill and self.run_state.retraining
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -146,10 +145,10 @@ class PruningTrainer(Trainer):
 
     def prune(self, masks, step: int, found: bool, optimizer, control) -> None:
         """Evaluate, prune to `masks`, evaluate again; the retrain phase starts."""
-        self.clock.charge()
-        self.record["phase"] = "prune"
+        run = self.run_state
+        run.enter("prune")
         should_log = control.should_log  # evaluate() clears it: this step's training loss would go unlogged
-        self.record["evals"]["before_prune"] = self.evaluate()
+        run.evals["before_prune"] = self.evaluate()
         self.criterion.before_removal(masks)
         if self.pruning.snapshot_path and self.is_world_process_zero():  # the dense function at this step
             _write_weights(self.model, self.pruning.snapshot_path)
@@ -159,42 +158,40 @@ class PruningTrainer(Trainer):
         if n and self.plan.retrain_steps:  # gradual: the first share of the target now, the rest in updates
             fractions = gradual_fractions(n, self.pruning.gradual_start)
             masks = self.pruning.scaled(fractions[0]).select(self.units, self.scores_at_prune)
-            self.record["gradual"] = {"steps": gradual_steps(step, self.plan.retrain_steps, n, self.pruning.gradual_span),
-                                      "fractions": fractions, "done": 0, "fingerprints": []}
+            run.gradual = GradualSchedule(gradual_steps(step, self.plan.retrain_steps, n, self.pruning.gradual_span),
+                                          fractions)
         self.apply_masks(masks, optimizer)
-        self.record["evals"]["after_prune"] = self.evaluate()
+        run.evals["after_prune"] = self.evaluate()
         control.should_log = should_log
-        self.record.update(eb_found=found, eb_step=step if found else None, prune_step=step,
-                           lr_restart_step=step, lr_peak_step=step, stop_step=step + self.plan.retrain_steps)
-        self.clock.charge()
-        self.record["phase"] = "retrain"
+        run.eb_found, run.prune_step, run.lr_restart_step = found, step, step
+        run.stop_step = step + self.plan.retrain_steps
+        run.enter("retrain")
         if self.units.structured and self.plan.retrain_steps:
             self._restart_from(step, control)
 
     def update_masks(self, step: int, optimizer, control) -> None:
         """A gradual update: the criterion's current scores select the mask at this update's share of
         the target; what was pruned stays pruned."""
-        gradual = self.record["gradual"]
-        k = gradual["done"] + 1
+        run = self.run_state
+        gradual = run.gradual
+        k = gradual.done + 1
         scores = self.criterion.scores()
         self.keep_scores(scores)  # the final mask's scores are those of the last update
         self.criterion.reset()
-        self.clock.charge()
-        self.record["phase"] = "prune"
-        self.apply_masks(self.select_masks(scores, gradual["fractions"][k]), optimizer)
-        gradual["done"] = k
-        gradual["fingerprints"].append(self.record["mask_fingerprint"])
+        run.enter("prune")
+        self.apply_masks(self.select_masks(scores, gradual.fractions[k]), optimizer)
+        gradual.done = k
+        gradual.fingerprints.append(run.mask_fingerprint)
         if self.pruning.gradual_rewarm:
-            self.record["lr_restart_step"] = step
-        self.clock.charge()
-        self.record["phase"] = "retrain"
+            run.lr_restart_step = step
+        run.enter("retrain")
         if self.units.structured:
             self._restart_from(step, control)
 
     def _restart_from(self, step: int, control) -> None:
         control.should_save = True  # SavePruningState stops the loop once this checkpoint is written
         self._restart_at = step
-        self.record["restarting"] = True
+        self.run_state.restarting = True
 
     def _drop_from_optimizer(self, params, optimizer) -> None:
         """The criterion's own parameters (slimming coefficients) leave the optimizer and the LR
@@ -219,12 +216,11 @@ class PruningTrainer(Trainer):
             masks = {n: m & self.masks[n].to(m.device) for n, m in masks.items()}
         print_ = fingerprint(masks)
         assert_same_on_all_ranks(print_, "pruning")
-        self.record["mask_fingerprint"] = print_
+        self.run_state.mask_fingerprint = print_
         self.masks = {n: m.cpu() for n, m in masks.items()}
         if self.units.structured:
             removed = remove_units(self.units, masks, optimizer)
-            previous = self.record["removed_units"] or {}
-            self.record["removed_units"] = {n: previous.get(n, 0) + r for n, r in removed.items()}
+            self.run_state.record_removed(removed)
             return
         self.keep_zero.set(self.units.params, masks)
         opt = getattr(optimizer, "optimizer", optimizer)
@@ -250,11 +246,13 @@ class PruningTrainer(Trainer):
                 raise FileNotFoundError(f"{path} not found: rewinding to the early-bird weights needs a source run "
                                         "made with SAVE_EB_WEIGHTS=True")
             self.model.load_state_dict({k: v.to(self.model.device) for k, v in load_file(path).items()})
-        self.record["evals"]["before_prune"] = self.evaluate()
+        run = self.run_state
+        run.evals["before_prune"] = self.evaluate()
         self.criterion.close()
         self.apply_masks(masks)
-        self.record["evals"]["after_prune"] = self.evaluate()
-        self.record.update(phase="retrain", prune_step=0, fixed_mask_from=os.path.abspath(source))
+        run.evals["after_prune"] = self.evaluate()
+        run.prune_step, run.fixed_mask_from = 0, os.path.abspath(source)
+        run.enter("retrain")  # before training: no time is charged
 
     # --- the run -------------------------------------------------------------------------------
     def restart_pending(self, step: int) -> bool:
@@ -297,7 +295,7 @@ class PruningTrainer(Trainer):
             tensors.update(state_io.pack_masks(self.masks, "keep/"))
         if self.scores_at_prune is not None:
             tensors.update({f"score/{n}": s for n, s in self.scores_at_prune.items()})
-        meta = {"record": self.record, "detectors": detectors, "config": _config_dict(self.pruning),
+        meta = {"run_state": self.run_state.to_dict(), "detectors": detectors, "config": _config_dict(self.pruning),
                 "criterion": self.criterion.name, "granularity": self.units.granularity,
                 "groups": {n: list(g.shape) for n, g in self.units.groups.items()}}
         state_io.write(os.path.join(directory, state_io.PRUNING_STATE_FILE), tensors, meta)
@@ -326,16 +324,16 @@ class PruningTrainer(Trainer):
             ref = tensors.get(f"detector/{kind}/reference")
             det["reference"] = None if ref is None else ref.numpy()
         self.search.load_state_dict(detectors)
-        self.record.clear()
-        self.record.update(meta["record"])
+        # Checkpoints written before RunState hold the old record dict under "record".
+        self.run_state.load(meta["run_state"] if "run_state" in meta else meta["record"])
         scores = {k[len("score/"):]: v for k, v in tensors.items() if k.startswith("score/")}
         self.scores_at_prune = scores or None
         if any(k.startswith("keep/") for k in tensors):
             self.criterion.close()
-            removed_before = self.record["removed_units"]
+            removed_before = self.run_state.removed_units
             # The dense model is rebuilt to the checkpoint's shapes before HF loads its weights.
             self.apply_masks(state_io.unpack_masks(tensors, "keep/", {n: g.shape for n, g in self.units.groups.items()}))
-            self.record["removed_units"] = removed_before
+            self.run_state.removed_units = removed_before
 
     # --- results -------------------------------------------------------------------------------
     def pruning_summary(self) -> dict:

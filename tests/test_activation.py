@@ -10,6 +10,7 @@ from conftest import TINY, only_run_dir, run_script, tiny_args
 from pruning import PrunableUnits
 from pruning.callbacks import EarlyStopping, stopping_evaluation
 from pruning.cost import active_parameters
+from pruning.run_state import RunState
 
 BATCH = {"input_ids": torch.tensor([[101, 2023, 2003, 1037, 102], [101, 2204, 102, 0, 0]]),
          "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}
@@ -113,15 +114,16 @@ def test_stopping_evaluation_on_hand_built_loss_sequences(losses, patience, thre
 def test_early_stopping_of_a_pruning_run_watches_the_retrain_phase_only():
     class Control:
         should_training_stop = False
-    record = {"phase": "search", "prune_step": None}
-    stopper = EarlyStopping(patience=2, record=record)
+    run = RunState()
+    stopper = EarlyStopping(patience=2, run=run)
     stopper.on_train_begin(None, None, None)
     state = type("State", (), {})()
     state.log_history = [{"step": s, "eval_loss": loss} for s, loss in ((10, 0.3), (20, 0.4), (30, 0.5))]
     control = Control()
     stopper.on_evaluate(None, state, control)          # the dense search's losses rise: not watched
     assert not control.should_training_stop
-    record.update(phase="retrain", prune_step=30)
+    run.prune_step = 30
+    run.enter("retrain")
     state.log_history += [{"step": 30, "eval_loss": 0.9}, {"step": 40, "eval_loss": 0.8}, {"step": 50, "eval_loss": 0.85}]
     stopper.on_evaluate(None, state, control)          # the two evaluations at pruning do not count
     assert not control.should_training_stop

@@ -82,7 +82,7 @@ def kill_and_resume(config, data, out, settings, kill_at, resumes_from, phase):
     assert newest.name == f"checkpoint-{resumes_from}"
     from safetensors import safe_open
     with safe_open(newest / PRUNING_STATE_FILE, "pt") as f:
-        assert json.loads(f.metadata()["json"])["record"]["phase"] == phase
+        assert json.loads(f.metadata()["json"])["run_state"]["phase"] == phase
     proc = run_script("bert.py", args + ["--resume=true"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return finished(out, "crash")
