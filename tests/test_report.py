@@ -6,7 +6,7 @@ import pytest
 
 import sweep
 from conftest import run_script
-from pruning import plots, tables
+from pruning import plots, schema, tables
 
 
 def result(trainer, seed, acc, rate=None, eb=None, search=0.0, retrain=0.0, timeline=()):
@@ -99,7 +99,7 @@ def test_variants_get_their_own_rows_and_a_paired_test_against_dense(tmp_path):
             r = result("magnitude", seed, acc, rate=0.9, eb=100, search=4.0, retrain=6.0)
             r["config"]["TEACHER"] = teacher
             results.append(r)
-    rows = tables.rows_of(results)
+    rows = tables.rows_of([schema.parse(r) for r in results])   # version 1: no schema_version, few keys
     assert {r["variant"] for r in rows} == {"plain", "kd"}
     md = tables.markdown(rows)
     assert "| magnitude | kd | 0.9 | 3 |" in md and "| magnitude | plain | 0.9 | 3 |" in md
@@ -163,7 +163,7 @@ def test_every_criterion_found_is_plotted_not_a_fixed_list(sweep_dir):
     curves = plots.accuracy_curves(rows)
     assert list(curves) == ["activation", "gradient", "magnitude"]
     assert curves["activation"] == {"sparsity": [0.7], "final": [pytest.approx(0.835)], "after_prune": [0.7]}
-    distances = plots.distance_curves([r for r in results if r.get("pruning")])
+    distances = plots.distance_curves([r for r in results if r.pruning])
     assert [line["label"] for line in distances["activation"]] == ["rate 0.7, seed 1", "rate 0.7, seed 2"]
     assert distances["activation"][0]["steps"] == [100] and distances["activation"][0]["eb_distance"] == 0.05
     assert distances["gradient"][0]["eb_step"] is None and "dense" not in distances
