@@ -17,6 +17,7 @@ from pruning import state as state_io
 from pruning.callbacks import stopping_evaluation
 from pruning.experiment import rate_text
 from pruning.masks import overlap
+from pruning.schema import FILE as RESULTS_FILE
 from pruning.schema import RunResults
 from pruning.schema import read as read_results
 from pruning.stats import correct_on_dev, fmt, mean_std, paired_cells
@@ -33,7 +34,7 @@ COLUMNS = ["run", "trainer", "variant", "rate", "seed", "sparsity", "acc_before_
 def load(out: Path) -> list[RunResults]:
     """Every finished run under a sweep directory: the out/*/results.json, by directory name
     (`pruning.schema.read`: a file of a newer schema version is a SchemaError naming it)."""
-    return [read_results(p) for p in sorted(out.glob("*/results.json"))]
+    return [read_results(p) for p in sorted(out.glob(f"*/{RESULTS_FILE}"))]
 
 
 def rows_of(results: list[RunResults]) -> list[dict]:

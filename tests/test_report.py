@@ -186,3 +186,13 @@ def test_report_script_takes_the_sweep_directory_as_its_argument(sweep_dir):
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown setting --sweepdir")
     missing = run_script("report.py", [str(sweep_dir / "no-such-sweep")])
     assert missing.returncode == 2 and "must be a sweep directory" in missing.stderr
+
+
+def test_report_script_refuses_a_results_file_of_a_newer_schema_version(sweep_dir):
+    from pruning import schema
+    (sweep_dir / "run9").mkdir()
+    (sweep_dir / "run9" / "results.json").write_text(json.dumps({"schema_version": schema.SCHEMA_VERSION + 1}))
+    proc = run_script("report.py", [str(sweep_dir), "--plots=false"])
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: {sweep_dir / 'run9' / 'results.json'}: schema_version {schema.SCHEMA_VERSION + 1} is newer than this "
+        f"code reads (up to {schema.SCHEMA_VERSION}); read it with the version of the code that wrote it, or update this one")
