@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from pruning import allocation, experiment, stats, tables
 from pruning.cells import check_cell, run_cell
+from pruning.schema import RunResults
 from pruning.state import read_run_masks
 from pruning.trainer import SNAPSHOT_FILE
 from pruning.units import GRANULARITIES
@@ -202,16 +203,16 @@ def collect(out: Path, config: dict) -> dict:
     """Finished comparison runs: found[allocation][seed]."""
     found: dict = {}
     for r in tables.load(out):
-        name = Path(r["run_dir"]).name
+        name = Path(r.run_dir).name
         alloc, _, seed = name.rpartition("-s")
         if alloc in ("agent", "uniform", "global") and seed.isdigit():
             found.setdefault(alloc, {})[int(seed)] = r
     return found
 
 
-def removed_per_layer(run: dict) -> dict[str, list[int]]:
+def removed_per_layer(run: RunResults) -> dict[str, list[int]]:
     """Units each layer lost, by kind, from a run's final masks."""
-    masks = read_run_masks(run["run_dir"])[0]
+    masks = read_run_masks(run.run_dir)[0]
     out: dict = {}
     for name, m in sorted(masks.items(), key=lambda kv: kv[0]):
         from pruning.units import layer_of
@@ -235,7 +236,7 @@ def speeds(found: dict, run_config: dict) -> dict | None:
     dense, tokenizer, _ = models.load_model_and_tokenizer(run_config["MODEL"], run_config["TOKENIZER"], num_labels=2)
     nets = {"dense": dense.eval()}
     for name, r in firsts.items():
-        nets[name] = AutoModelForSequenceClassification.from_pretrained(str(Path(r["run_dir"]) / "model"),
+        nets[name] = AutoModelForSequenceClassification.from_pretrained(str(Path(r.run_dir) / "model"),
                                                                          trust_remote_code=True).eval()
     dev = sst2.load_sst2(run_config["DATA_DIR"])[0]["validation"]  # timing only: no score is taken from it
     enc = tokenizer(list(dev["sentence"]), truncation=True, max_length=run_config["MAX_LENGTH"])
@@ -246,7 +247,7 @@ def speeds(found: dict, run_config: dict) -> dict | None:
 
 def write(out: Path, config: dict, search_result: dict | None, speed: dict | None = None) -> str:
     found = collect(out, config)
-    acc = {name: {s: r["metrics"]["final"]["accuracy"] for s, r in by_seed.items()} for name, by_seed in found.items()}
+    acc = {name: {s: r.metrics.final.accuracy for s, r in by_seed.items()} for name, by_seed in found.items()}
     lines = [f"# Per-layer rates: an RL agent against uniform rates and the global threshold "
              f"({config['CRITERION']}, {config['GRANULARITY']})", ""]
     if search_result:
@@ -271,8 +272,7 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
         if not by_seed:
             continue
         values = list(acc[name].values())
-        kept = [r["parameters"]["final"]["without_embeddings"] / r["parameters"]["dense"]["without_embeddings"]
-                for r in by_seed.values()]
+        kept = [r.parameters.kept_without_embeddings() for r in by_seed.values()]
         diff = t_p = mc = boot = "–"
         seeds = sorted(set(by_seed) & set(found.get("agent", {})))
         if name != "agent" and len(seeds) >= 2:

@@ -18,7 +18,6 @@ dense model in ONNX Runtime fp32. Writes compressed/compress.json, compressed/ta
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import statistics
@@ -35,7 +34,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
 
 import bert  # noqa: F401  (defines the toolkit's trainers, which criteria() finds)
 from pruning import data as sst2
-from pruning import deploy, experiment
+from pruning import deploy, experiment, schema
 from pruning.precision import FakeQuant4, assign_bits, average_bits, matrix_importance, prunable_linears
 from pruning.results import parameter_split
 
@@ -59,7 +58,15 @@ OUT_DIR = ""                 # "" = RUN/compressed
 _KNOWN_VARIANTS = ("int8", "mixed", "sparse", "mixed+qat")
 
 
-def check(config: dict) -> dict:
+def read_run(run: Path, what: str) -> schema.RunResults:
+    """A finished run's results (`pruning.schema`); a file this code cannot read is a ConfigError."""
+    try:
+        return schema.read(run)
+    except schema.SchemaError as e:
+        raise experiment.ConfigError(f"{what}: {e}") from None
+
+
+def check(config: dict) -> schema.RunResults:
     """Everything that can be wrong with the input, before any work; returns the run's results.json."""
     run = Path(config["RUN"]) if config["RUN"] else None
     if run is None:
@@ -87,15 +94,15 @@ def check(config: dict) -> dict:
     importance = config["IMPORTANCE"]
     if importance != "run" and importance not in criteria():
         raise experiment.ConfigError(f"--importance={importance}: choose run or one of {', '.join(criteria())}")
-    results = json.loads((run / "results.json").read_text())
+    results = read_run(run, "--run")
     if config["DENSE"]:
         dense = Path(config["DENSE"])
         if not (dense / "results.json").exists() or not (dense / "model" / "config.json").exists():
             raise experiment.ConfigError(f"--dense={dense} is not a finished run (no results.json and model/)")
-        d = json.loads((dense / "results.json").read_text())
-        if d["trainer"] != "dense" or d["model_source"] != results["model_source"]:
-            raise experiment.ConfigError(f"--dense={dense} is a {d['trainer']} run of {d['model_source']}; it must be "
-                                         f"a dense run of the same model ({results['model_source']})")
+        d = read_run(dense, "--dense")
+        if d.trainer != "dense" or d.model_source != results.model_source:
+            raise experiment.ConfigError(f"--dense={dense} is a {d.trainer} run of {d.model_source}; it must be "
+                                         f"a dense run of the same model ({results.model_source})")
     for key in ("THREADS", "BATCH_SIZE", "LATENCY_SENTENCES", "ROUNDS", "CALIBRATION_BATCHES"):
         if config[key] < 1:
             raise experiment.ConfigError(f"--{key.lower()}={config[key]}: must be at least 1")
@@ -108,13 +115,13 @@ def criteria() -> dict[str, type]:
             if name != "dense" and "weights" in cls.criterion_class.granularities}
 
 
-def importance_criterion(config: dict, results: dict) -> tuple[str, type, dict]:
+def importance_criterion(config: dict, results: schema.RunResults) -> tuple[str, type, dict]:
     """(name, class, options) of the criterion that ranks matrices, and the run's options for it."""
     known = criteria()
-    name = results["trainer"] if config["IMPORTANCE"] == "run" else config["IMPORTANCE"]
+    name = results.trainer if config["IMPORTANCE"] == "run" else config["IMPORTANCE"]
     if name not in known:  # slimming's coefficients are folded away; a dense run has no criterion
         name = "gradient"
-    options = experiment.criterion_options({**results["config"], "TRAINER": experiment.trainers()[name]})
+    options = experiment.criterion_options({**results.config.settings, "TRAINER": experiment.trainers()[name]})
     return name, known[name], options
 
 
@@ -130,10 +137,10 @@ def dense_reference(run_model, dense_dir: str):
     return AutoModelForSequenceClassification.from_config(AutoConfig.for_model(kind, **settings)).eval()
 
 
-def calibration_batches(train, results: dict, tokenizer, n: int):
+def calibration_batches(train, results: schema.RunResults, tokenizer, n: int):
     """`n` batches of 32 sentences of the training split (seeded by the run's seed): never the dev set."""
-    rows = sst2.subset(train, 32 * n, results["config"]["SEED"] + 1)
-    encoded = sst2.tokenize(sst2.DatasetDict(train=rows), tokenizer, results["config"]["MAX_LENGTH"])["train"]
+    rows = sst2.subset(train, 32 * n, results.config.seed + 1)
+    encoded = sst2.tokenize(sst2.DatasetDict(train=rows), tokenizer, results.config.max_length)["train"]
     collate = DataCollatorWithPadding(tokenizer)
     features = [{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"], "labels": r["label"]}
                 for r in encoded]
@@ -215,7 +222,7 @@ def main(config: dict) -> None:
     out = Path(config["OUT_DIR"]) if config["OUT_DIR"] else run / "compressed"
     variants = [v for v in config["VARIANTS"].split(",") if v]
     torch.set_num_threads(config["THREADS"])
-    structured = results["config"].get("GRANULARITY", "weights") != "weights"
+    structured = results.config.granularity != "weights"
     if structured and "sparse" in variants:
         print("sparse: skipped, a heads+neurons model has its pruned units removed, not zeroed")
         variants.remove("sparse")
@@ -223,9 +230,9 @@ def main(config: dict) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(str(run / "model"), trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run / "model"), trust_remote_code=True)  # no prompt for our config
     dense = dense_reference(model, config["DENSE"])
-    datasets, _ = sst2.load_sst2(results["config"].get("DATA_DIR", ""))
+    datasets, _ = sst2.load_sst2(results.config.data_dir)
     dev = sst2.tokenize(sst2.DatasetDict(validation=datasets["validation"]), tokenizer,
-                        results["config"]["MAX_LENGTH"])["validation"]
+                        results.config.max_length)["validation"]
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".work"
     work.mkdir(exist_ok=True)
@@ -274,10 +281,10 @@ def main(config: dict) -> None:
         if "mixed" in variants:
             write_variant("mixed", lambda d: deploy.quantize_mixed(out / "fp32", d, four, eight, config["BLOCK_SIZE"]))
         if "mixed+qat" in variants:
-            rows = sst2.subset(datasets["train"], 32 * config["QAT_STEPS"], results["config"]["SEED"] + 2)
-            train = sst2.tokenize(sst2.DatasetDict(train=rows), tokenizer, results["config"]["MAX_LENGTH"])["train"]
+            rows = sst2.subset(datasets["train"], 32 * config["QAT_STEPS"], results.config.seed + 2)
+            train = sst2.tokenize(sst2.DatasetDict(train=rows), tokenizer, results.config.max_length)["train"]
             four_modules = [n for n, b in bits.items() if b == 4]
-            student = qat_finetune(model, four_modules, train, config, tokenizer, results["config"]["SEED"], work)
+            student = qat_finetune(model, four_modules, train, config, tokenizer, results.config.seed, work)
             student_fp32 = work / "fp32+qat"  # staging only: the variant is its quantized form
             student_fp32.mkdir()
             deploy.export_onnx(student, student_fp32, probe)
@@ -347,10 +354,10 @@ def main(config: dict) -> None:
     shutil.rmtree(work)
 
 
-def markdown(record: dict, results: dict) -> str:
+def markdown(record: dict, results: schema.RunResults) -> str:
     def f(x, fmt):
         return "–" if x is None else format(x, fmt)
-    lines = [f"Run `{record['run']}` ({results['trainer']}, {results['config'].get('GRANULARITY', 'weights')}); "
+    lines = [f"Run `{record['run']}` ({results.trainer}, {results.config.granularity}); "
              f"dense reference: {record['dense_run'] or 'untrained model of the same architecture (speed and bytes only)'}; "
              f"{record['threads']} threads, {record['date']}.", "",
              "| variant | runtime | dev acc | F1 | Δ acc vs dense | MB on disk | compression | bits/param "

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from pruning import experiment, stats, tables, tickets
 from pruning.cells import check_cells, run_cell
 from pruning.config import REWIND_POINTS
+from pruning.schema import RunResults
 from pruning.state import read_run_masks
 from pruning.units import GRANULARITIES
 
@@ -142,7 +143,7 @@ def collect(out: Path) -> dict:
     """The study's finished runs by role: dense[seed], eb[trainer][seed], ticket[(kind, rewind)][seed]."""
     found = {"dense": {}, "eb": {}, "ticket": {}}
     for r in tables.load(out):
-        m = NAME.match(Path(r["run_dir"]).name)
+        m = NAME.match(Path(r.run_dir).name)
         if not m:
             continue
         seed = int(m["seed"])
@@ -155,8 +156,8 @@ def collect(out: Path) -> dict:
     return found
 
 
-def accuracy(r: dict, stage: str = "final") -> float | None:
-    return (r["metrics"].get(stage) or {}).get("accuracy")
+def accuracy(r: RunResults, stage: str = "final") -> float | None:
+    return r.metrics.accuracy(stage)
 
 
 def accuracy_markdown(found: dict, config: dict) -> list[str]:
@@ -177,10 +178,8 @@ def accuracy_markdown(found: dict, config: dict) -> list[str]:
               "|---|---|---|---|"]
     for trainer, by_seed in sorted(found["eb"].items()):
         runs_ = list(by_seed.values())
-        kept = [r["parameters"]["final"]["without_embeddings"] / r["parameters"]["dense"]["without_embeddings"]
-                for r in runs_ if r.get("parameters")]
-        steps = ", ".join(str(r["pruning"]["prune_step"]) + ("" if r["pruning"]["eb_found"] else " (budget)")
-                          for r in runs_)
+        kept = [r.parameters.kept_without_embeddings() for r in runs_]
+        steps = ", ".join(str(r.pruning.prune_step) + ("" if r.pruning.eb_found else " (budget)") for r in runs_)
         lines.append(f"| {trainer} | {_cell([accuracy(r) for r in runs_])} | {steps} | {_cell(kept)} |")
     return lines
 
@@ -219,7 +218,7 @@ def paired_markdown(found: dict) -> list[str]:
 
 def stability(found: dict) -> dict:
     """Overlap of the early-bird masks between seeds (each criterion) and between criteria (each seed)."""
-    masks = {(t, seed): read_run_masks(r["run_dir"])[0] for t, by_seed in found["eb"].items()
+    masks = {(t, seed): read_run_masks(r.run_dir)[0] for t, by_seed in found["eb"].items()
              for seed, r in by_seed.items()}
     seeds_rows, criteria_rows = [], []
     for t in sorted({t for t, _ in masks}):
@@ -361,7 +360,7 @@ def write(out: Path, config: dict) -> str:
     """lottery.md, lottery_accuracy.png and lottery_stability.png in `out`, from the runs that finished."""
     found = collect(out)
     stab = stability(found)
-    seconds = sum(r.get("train_seconds", 0) for group in (found["dense"], *found["eb"].values(),
+    seconds = sum(r.train_seconds or 0 for group in (found["dense"], *found["eb"].values(),
                                                            *found["ticket"].values()) for r in group.values())
     n_runs = len(found["dense"]) + sum(len(g) for g in found["eb"].values()) + sum(len(g) for g in found["ticket"].values())
     text = "\n".join([f"# Lottery tickets: {config['CRITERION']}, {config['GRANULARITY']}", "",

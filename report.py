@@ -12,7 +12,7 @@ dev accuracy, active parameters and training FLOPs by step. sweep.py writes the 
 import sys
 from pathlib import Path
 
-from pruning import experiment, tables
+from pruning import experiment, schema, tables
 
 SWEEP_DIR = "sweeps/bert"      # the sweep directory: one sub-directory per run, each with its results.json
 PATIENCES = "2,3"              # early-stopping patiences (evaluations) to replay on runs that trained their whole budget
@@ -32,4 +32,7 @@ if __name__ == "__main__":
     if not Path(config["SWEEP_DIR"]).is_dir() or any(p < 1 for p in patiences):
         experiment.fail(f"--sweep_dir={config['SWEEP_DIR']} must be a sweep directory (sweep.py's OUT_DIR) and "
                         f"--patiences whole numbers >= 1, comma-separated; got {config['PATIENCES']!r}")
-    tables.write(Path(config["SWEEP_DIR"]), patiences, config["PLOTS"])
+    try:
+        tables.write(Path(config["SWEEP_DIR"]), patiences, config["PLOTS"])
+    except schema.SchemaError as e:  # a results.json of a newer schema version, or malformed: it names the file
+        experiment.fail(e)

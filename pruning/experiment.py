@@ -7,7 +7,6 @@ that holds another run's results.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import shutil
@@ -20,7 +19,7 @@ import torch
 from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
                           set_seed)
 
-from pruning import checks, distill
+from pruning import checks, distill, schema
 from pruning import results as run_results
 from pruning.callbacks import EarlyStopping
 from pruning.checks import RUN_CONFIG_FILE, run_directory, validate
@@ -31,6 +30,7 @@ from pruning.configuration import (PRUNING_SETTINGS, RATE_KEYS, ConfigError, con
 from pruning.cost import CostLog, accuracy_timeline, cost_series
 from pruning.deploy import peak_rss_mb
 from pruning.schedule import PhasePlan
+from pruning.schema import write_json  # noqa: F401  (the scripts write their JSON through experiment.write_json)
 from pruning.trainer import SNAPSHOT_FILE, PruningTrainer, ResumeMismatch, write_masks
 from pruning.units import prunable_parameters
 
@@ -262,8 +262,8 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
             run_results.plot_structure(summary["structure"], run_dir / "structure.png", title=title)
     else:  # periodic dev evaluations (EVAL_EVERY) are not training time
         results["phase_seconds"] = {"train": cost.train_seconds}
-    write_json(run_dir / "results.json", results)
-    print_summary(results, run_dir)
+    results = schema.write(run_dir / schema.FILE, results)  # declared in pruning.schema; refuses an undeclared key
+    print_summary(schema.parse(results), run_dir)
     return results
 
 
@@ -275,59 +275,53 @@ def early_stopping_summary(trainer) -> dict | None:
             **(stopper.stop or {})}
 
 
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def _metrics(evals: dict) -> dict:
     return {"accuracy": evals.get("eval_accuracy"), "f1": evals.get("eval_f1"), "loss": evals.get("eval_loss")}
 
 
-def print_summary(results: dict, run_dir: Path) -> None:
+def print_summary(results: schema.RunResults, run_dir: Path) -> None:
     def pct(x):
         return "   -  " if x is None else f"{100 * x:6.2f}"
     rows = [("stage", "accuracy", "F1")]
     for stage, label in (("before_prune", "dense, at pruning"), ("after_prune", "pruned, no retrain"),
                          ("final", "final")):
-        if stage in results["metrics"]:
-            m = results["metrics"][stage]
-            rows.append((label, pct(m["accuracy"]), pct(m["f1"])))
-    print(f"\n== {results['model']} · {results['trainer']} ==")
+        m = getattr(results.metrics, stage)
+        if m is not None:
+            rows.append((label, pct(m.accuracy), pct(m.f1)))
+    print(f"\n== {results.model} · {results.trainer} ==")
     for r in rows:
         print(f"  {r[0]:<22} {r[1]:>8} {r[2]:>8}")
-    p = results.get("pruning")
-    if p and p["fixed_mask_from"]:
-        print(f"  fixed mask from {p['fixed_mask_from']}, trained from step 0")
+    p = results.pruning
+    if p and p.fixed_mask_from:
+        print(f"  fixed mask from {p.fixed_mask_from}, trained from step 0")
     elif p:
-        eb = (f"found at step {p['eb_step']} (epoch {p['eb_epoch']:.2f})" if p["eb_found"]
-              else f"NOT found within {p['search_steps_budget']} steps; pruned at the end of the search budget")
+        eb = (f"found at step {p.eb_step} (epoch {p.eb_epoch:.2f})" if p.eb_found
+              else f"NOT found within {p.search_steps_budget} steps; pruned at the end of the search budget")
         print(f"  early bird: {eb}")
-    if p and p["structure"]:
-        s, dense, final = p["structure"], results["parameters"]["dense"], results["parameters"]["final"]
-        print(f"  heads kept per layer: {s['heads_kept_per_layer']} of {s['heads_total_per_layer'][0]}; "
-              f"FFN neurons kept per layer: {s['neurons_kept_per_layer']} of {s['neurons_total_per_layer'][0]}")
-        print(f"  parameters: {final['total']:,} of {dense['total']:,} ({final['total'] / dense['total']:.3f}); "
-              f"without embeddings {final['without_embeddings']:,} of {dense['without_embeddings']:,} "
-              f"({final['without_embeddings'] / dense['without_embeddings']:.3f})")
+    if p and p.structure:
+        s, dense, final = p.structure, results.parameters.dense, results.parameters.final
+        print(f"  heads kept per layer: {s.heads_kept_per_layer} of {s.heads_total_per_layer[0]}; "
+              f"FFN neurons kept per layer: {s.neurons_kept_per_layer} of {s.neurons_total_per_layer[0]}")
+        print(f"  parameters: {final.total:,} of {dense.total:,} ({final.total / dense.total:.3f}); "
+              f"without embeddings {final.without_embeddings:,} of {dense.without_embeddings:,} "
+              f"({final.without_embeddings / dense.without_embeddings:.3f})")
     elif p:
-        rate = p["rate"]
+        rate = p.rate
         target = f"target {100 * rate:.2f}%" if isinstance(rate, (int, float)) else f"per-layer rates {rate}"
-        print(f"  sparsity of prunable weights: {100 * results['sparsity']:.2f}% ({target}), nonzero "
-              f"{results['prunable_nonzero']:,} of {results['prunable_params']:,}")
-    stop = results.get("early_stopping")
-    if stop and stop["stopped"]:
-        print(f"  early stopping: stopped at step {stop['step']} ({stop['phase']} phase): {stop['reason']}")
+        print(f"  sparsity of prunable weights: {100 * results.sparsity:.2f}% ({target}), nonzero "
+              f"{results.prunable_nonzero:,} of {results.prunable_params:,}")
+    stop = results.early_stopping
+    if stop and stop.stopped:
+        print(f"  early stopping: stopped at step {stop.step} ({stop.phase} phase): {stop.reason}")
     elif stop:
-        print(f"  early stopping: not triggered (patience {stop['patience']} evaluations)")
-    speed = results.get("speed")
+        print(f"  early stopping: not triggered (patience {stop.patience} evaluations)")
+    speed = results.speed
     if speed:
-        print(f"  speed vs a dense model, side by side: inference {speed['batch64_ratio']:.2f}x sentences/s at batch 64, "
-              f"{speed['batch1_ratio']:.2f}x at batch 1; a training step {speed['train_step_speedup']:.2f}x faster")
-    print("  time: " + ", ".join(f"{k} {v:.0f}s" for k, v in results["phase_seconds"].items())
-          + f"; peak RSS {results['peak_rss_mb']:.0f} MB")
-    print(f"  results: {run_dir / 'results.json'}\n")
+        print(f"  speed vs a dense model, side by side: inference {speed.batch64_ratio:.2f}x sentences/s at batch 64, "
+              f"{speed.batch1_ratio:.2f}x at batch 1; a training step {speed.train_step_speedup:.2f}x faster")
+    print("  time: " + ", ".join(f"{k} {v:.0f}s" for k, v in results.phase_seconds.items())
+          + f"; peak RSS {results.peak_rss_mb:.0f} MB")
+    print(f"  results: {run_dir / schema.FILE}\n")
 
 
 def main(namespace: dict, argv: list[str] | None = None, callbacks: tuple = ()) -> None:

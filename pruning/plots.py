@@ -10,15 +10,17 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from pruning.schema import RunResults
+
 # Colours of the first criteria, kept from the plots of earlier sweeps; any other criterion takes the next free one.
 KNOWN_COLORS = {"magnitude": "tab:blue", "gradient": "tab:orange", "undecayed": "tab:green"}
 MORE_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:red", "tab:gray")
 
 
-def criteria_of(runs: list[dict]) -> list[str]:
-    """The criteria among runs (results dicts or table rows, each with "trainer"): every trainer but
-    "dense", sorted by name."""
-    return sorted({r["trainer"] for r in runs} - {"dense"})
+def criteria_of(runs: list) -> list[str]:
+    """The criteria among runs (`pruning.schema.RunResults`, or table rows: dicts with "trainer"): every
+    trainer but "dense", sorted by name."""
+    return sorted({r["trainer"] if isinstance(r, dict) else r.trainer for r in runs} - {"dense"})
 
 
 def criterion_colors(criteria: list[str]) -> dict[str, str]:
@@ -43,28 +45,25 @@ def accuracy_curves(rows: list[dict]) -> dict[str, dict[str, list[float]]]:
     return curves
 
 
-def distance_curves(pruned: list[dict]) -> dict[str, list[dict]]:
+def distance_curves(pruned: list[RunResults]) -> dict[str, list[dict]]:
     """Per criterion (`criteria_of`), one line of mask_distance.png per run (by rate): the steps and
     maximum mask distances of the detector's checks (the weights' detector, or the first, when a run
     has several), its label, and the early-bird step and distance (None when none was found)."""
     curves = {}
     for c in criteria_of(pruned):
         curves[c] = []
-        for r in sorted((r for r in pruned if r["trainer"] == c), key=lambda r: r["pruning"]["rate"] or 0):
-            p = r["pruning"]
-            history = p["distance_history"]
-            if isinstance(history, dict):  # one history per detector; a sweep plots the weights' (or the first)
-                history = history.get("weights") or next(iter(history.values()))
-            hist = [h for h in history if h["max_distance"] is not None]
-            eb = p["eb_step"]
+        for r in sorted((r for r in pruned if r.trainer == c), key=lambda r: r.pruning.rate or 0):
+            p = r.pruning
+            hist = [h for h in p.distances() if h["max_distance"] is not None]
+            eb = p.eb_step
             curves[c].append({"steps": [h["step"] for h in hist], "distances": [h["max_distance"] for h in hist],
-                              "label": f"rate {p['rate']:g}, seed {r['config']['SEED']}", "eb_step": eb,
+                              "label": f"rate {p.rate:g}, seed {r.config.seed}", "eb_step": eb,
                               "eb_distance": None if eb is None else
                               next(h["max_distance"] for h in hist if h["step"] == eb)})
     return curves
 
 
-def sweep(results: list[dict], rows: list[dict], out: Path) -> None:
+def sweep(results: list[RunResults], rows: list[dict], out: Path) -> None:
     """accuracy_vs_sparsity.png, mask_distance.png and time_breakdown.png of a sweep directory `out`, from
     the unstructured runs' results and their `pruning.tables.rows_of` rows: every criterion found."""
     import matplotlib
@@ -90,7 +89,7 @@ def sweep(results: list[dict], rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
     # 2. mask distance vs step, one panel per criterion, one line per rate
-    pruned = [r for r in results if r.get("pruning")]
+    pruned = [r for r in results if r.pruning]
     if pruned:
         curves = distance_curves(pruned)
         fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.5), dpi=90, sharey=True, squeeze=False)
@@ -99,7 +98,7 @@ def sweep(results: list[dict], rows: list[dict], out: Path) -> None:
                 drawn, = ax.plot(line["steps"], line["distances"], ".-", lw=1, label=line["label"])
                 if line["eb_step"] is not None:
                     ax.plot([line["eb_step"]], [line["eb_distance"]], "*", ms=12, color=drawn.get_color())
-            ax.axhline(pruned[0]["pruning"]["detector"]["epsilon"], color="red", ls="--", lw=1, label="epsilon")
+            ax.axhline(pruned[0].pruning.detector.epsilon, color="red", ls="--", lw=1, label="epsilon")
             ax.set_title(c)
             ax.set_xlabel("optimizer step")
             ax.set_yscale("symlog", linthresh=1e-3)
@@ -129,31 +128,31 @@ def sweep(results: list[dict], rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def cost(results: list[dict], path: Path) -> None:
+def cost(results: list[RunResults], path: Path) -> None:
     """Dev accuracy, active parameters (without embeddings) and cumulative training FLOPs against the step,
     every run overlaid: one colour per trainer, one line per seed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    runs = [r for r in results if r.get("cost_series")]
+    runs = [r for r in results if r.cost_series]
     if not runs:
         return
-    trainers = sorted({r["trainer"] for r in runs}, key=lambda t: (t != "dense", t))
+    trainers = sorted({r.trainer for r in runs}, key=lambda t: (t != "dense", t))
     colors = dict(zip(trainers, ["black", "tab:red", "tab:blue", "tab:orange", "tab:green", "tab:purple",
                                  "tab:brown", "tab:pink", "tab:gray", "tab:olive"]))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), dpi=90)
     seen = set()
-    for r in sorted(runs, key=lambda r: (r["trainer"], r["config"]["SEED"])):
-        c, label = colors[r["trainer"]], (r["trainer"] if r["trainer"] not in seen else None)
-        seen.add(r["trainer"])
-        timeline = r.get("accuracy_timeline") or []
-        axes[0].plot([t["step"] for t in timeline], [t["accuracy"] for t in timeline], ".-", color=c, lw=1,
+    for r in sorted(runs, key=lambda r: (r.trainer, r.config.seed)):
+        c, label = colors[r.trainer], (r.trainer if r.trainer not in seen else None)
+        seen.add(r.trainer)
+        timeline = r.accuracy_timeline
+        axes[0].plot([t.step for t in timeline], [t.accuracy for t in timeline], ".-", color=c, lw=1,
                      alpha=0.7, label=label)
-        series = r["cost_series"]
-        steps = [e["step"] for e in series]
-        axes[1].plot(steps, [e["active_params_without_embeddings"] / 1e6 for e in series], color=c, alpha=0.7,
+        series = r.cost_series
+        steps = [e.step for e in series]
+        axes[1].plot(steps, [e.active_params_without_embeddings / 1e6 for e in series], color=c, alpha=0.7,
                      label=label)
-        axes[2].plot(steps, [e["train_flops"] / 1e15 for e in series], color=c, alpha=0.7, label=label)
+        axes[2].plot(steps, [e.train_flops / 1e15 for e in series], color=c, alpha=0.7, label=label)
     for ax, ylabel in zip(axes, ("SST-2 dev accuracy", "active parameters without embeddings (M)",
                                  "cumulative training PFLOPs")):
         ax.set_xlabel("optimizer step")

@@ -67,12 +67,12 @@ def paired_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(ttest_rel(a, b).pvalue)
 
 
-def correct_on_dev(result: dict) -> np.ndarray | None:
+def correct_on_dev(result) -> np.ndarray | None:
     """Which dev sentences a run classified correctly: a boolean array in the dataset's order, from the
-    run's results.json (`dev_predictions`: "predicted" and "label"); None for a run from before
-    predictions were saved."""
-    dev = result.get("dev_predictions")
-    return None if not dev else np.asarray(dev["predicted"]) == np.asarray(dev["label"])
+    run's results (a `pruning.schema.RunResults`: `dev_predictions`, "predicted" and "label"); None for a
+    run from before predictions were saved."""
+    dev = result.dev_predictions
+    return None if not dev else np.asarray(dev.predicted) == np.asarray(dev.label)
 
 
 def mcnemar_p(a, b) -> float:

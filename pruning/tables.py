@@ -9,7 +9,6 @@ of the run, and how much the criteria agree on which units to keep. The statisti
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -18,6 +17,9 @@ from pruning import state as state_io
 from pruning.callbacks import stopping_evaluation
 from pruning.experiment import rate_text
 from pruning.masks import overlap
+from pruning.schema import FILE as RESULTS_FILE
+from pruning.schema import RunResults
+from pruning.schema import read as read_results
 from pruning.stats import correct_on_dev, fmt, mean_std, paired_cells
 from pruning.tickets import split_kind
 
@@ -29,67 +31,67 @@ COLUMNS = ["run", "trainer", "variant", "rate", "seed", "sparsity", "acc_before_
            "inference_gflops_nonzero", "dev_sentences_per_s"]
 
 
-def load(out: Path) -> list[dict]:
-    """Every finished run under a sweep directory: the out/*/results.json, by directory name."""
-    return [json.loads(p.read_text()) for p in sorted(out.glob("*/results.json"))]
+def load(out: Path) -> list[RunResults]:
+    """Every finished run under a sweep directory: the out/*/results.json, by directory name
+    (`pruning.schema.read`: a file of a newer schema version is a SchemaError naming it)."""
+    return [read_results(p) for p in sorted(out.glob(f"*/{RESULTS_FILE}"))]
 
 
-def rows_of(results: list[dict]) -> list[dict]:
-    dense = {r["config"]["SEED"]: r for r in results if r["trainer"] == "dense"}
+def rows_of(results: list[RunResults]) -> list[dict]:
+    dense = {r.config.seed: r for r in results if r.trainer == "dense"}
     rows = []
     for r in results:
-        seed, p, m, cost = r["config"]["SEED"], r.get("pruning") or {}, r["metrics"], r.get("cost", {})
+        seed, p, m, cost = r.config.seed, r.pruning, r.metrics, r.cost
         base = dense.get(seed)
         total = training_seconds(r)
         rows.append({
-            "run": Path(r.get("run_dir", "")).name or f"{r['trainer']}-{seed}", "trainer": r["trainer"],
+            "run": Path(r.run_dir or "").name or f"{r.trainer}-{seed}", "trainer": r.trainer,
             "variant": variant_of(r), "correct": correct_on_dev(r),
-            "rate": p.get("rate", 0.0), "seed": seed, "sparsity": r["sparsity"],
-            "acc_before_prune": (m.get("before_prune") or {}).get("accuracy"),
-            "acc_after_prune": (m.get("after_prune") or {}).get("accuracy"),
-            "acc_final": m["final"]["accuracy"], "f1_final": m["final"]["f1"],
-            "eb_found": p.get("eb_found"), "eb_step": p.get("eb_step"),
-            "eb_fraction_of_dense_steps": (p["eb_step"] / base["optimizer_steps"]
-                                           if base and p.get("eb_step") is not None else None),
-            "optimizer_steps": r["optimizer_steps"],
-            "search_s": r["phase_seconds"].get("search"), "prune_s": r["phase_seconds"].get("prune"),
-            "retrain_s": r["phase_seconds"].get("retrain"), "total_s": total,
+            "rate": p.rate if p else 0.0, "seed": seed, "sparsity": r.sparsity,
+            "acc_before_prune": m.accuracy("before_prune"), "acc_after_prune": m.accuracy("after_prune"),
+            "acc_final": m.final.accuracy, "f1_final": m.final.f1,
+            "eb_found": p.eb_found if p else None, "eb_step": p.eb_step if p else None,
+            "eb_fraction_of_dense_steps": (p.eb_step / base.optimizer_steps
+                                           if base and p and p.eb_step is not None else None),
+            "optimizer_steps": r.optimizer_steps,
+            "search_s": r.phase_seconds.get("search"), "prune_s": r.phase_seconds.get("prune"),
+            "retrain_s": r.phase_seconds.get("retrain"), "total_s": total,
             "time_vs_dense": total / training_seconds(base) if base else None,
             **b3_figures(r, base),
-            "peak_rss_mb": r["peak_rss_mb"], "prunable_nonzero": r["prunable_nonzero"],
-            "prunable_params": r["prunable_params"], "train_pflos": cost.get("train_flos", 0) / 1e15,
-            "inference_gflops_dense": cost.get("inference_flops_dense", 0) / 1e9,
-            "inference_gflops_nonzero": cost.get("inference_flops_nonzero", 0) / 1e9,
-            "dev_sentences_per_s": cost.get("dev_sentences_per_second"),
+            "peak_rss_mb": r.peak_rss_mb, "prunable_nonzero": r.prunable_nonzero,
+            "prunable_params": r.prunable_params, "train_pflos": (cost.train_flos or 0) / 1e15,
+            "inference_gflops_dense": (cost.inference_flops_dense or 0) / 1e9,
+            "inference_gflops_nonzero": (cost.inference_flops_nonzero or 0) / 1e9,
+            "dev_sentences_per_s": cost.dev_sentences_per_second,
         })
     return sorted(rows, key=lambda x: (x["trainer"] != "dense", x["trainer"], x["variant"], x["rate"], x["seed"]))
 
 
-def variant_of(r: dict) -> str:
+def variant_of(r: RunResults) -> str:
     """How a pruning run kept its accuracy: "plain", or distillation ("kd") and/or a gradual schedule."""
-    config = r.get("config", {})
-    parts = ["kd"] if config.get("TEACHER") else []
-    if config.get("GRADUAL_UPDATES"):
-        parts.append(f"gradual×{config['GRADUAL_UPDATES']}" + ("+rewarm" if config.get("GRADUAL_REWARM") else ""))
+    config = r.config
+    parts = ["kd"] if config.teacher else []
+    if config.gradual_updates:
+        parts.append(f"gradual×{config.gradual_updates}" + ("+rewarm" if config.gradual_rewarm else ""))
     return " + ".join(parts) or "plain"
 
 
-def training_seconds(r: dict) -> float:
+def training_seconds(r: RunResults) -> float:
     """Wall seconds of training, without the dense run's periodic dev evaluations (which only
     draw its accuracy timeline); a pruned run's two evaluations at pruning stay in its prune phase."""
-    if r.get("pruning") is None and r.get("accuracy_timeline"):
-        return r["accuracy_timeline"][-1]["train_seconds"]
-    return sum(r["phase_seconds"].values())
+    if r.pruning is None and r.accuracy_timeline:
+        return r.accuracy_timeline[-1].train_seconds
+    return sum(r.phase_seconds.values())
 
 
-def b3_figures(r: dict, dense: dict | None) -> dict:
+def b3_figures(r: RunResults, dense: RunResults | None) -> dict:
     """Search + retrain seconds against the training seconds the dense run needed to first reach this
     run's final accuracy (from its accuracy timeline, evaluation time left out)."""
-    if not r.get("pruning") or not dense:
+    if not r.pruning or not dense:
         return {"search_retrain_s": None, "dense_s_to_same_acc": None, "b3_ratio": None}
-    spent = r["phase_seconds"]["search"] + r["phase_seconds"]["retrain"]
-    target = r["metrics"]["final"]["accuracy"]
-    reached = [p["train_seconds"] for p in dense.get("accuracy_timeline", []) if p["accuracy"] >= target]
+    spent = r.phase_seconds["search"] + r.phase_seconds["retrain"]
+    target = r.metrics.final.accuracy
+    reached = [p.train_seconds for p in dense.accuracy_timeline if p.accuracy >= target]
     dense_s = reached[0] if reached else None
     return {"search_retrain_s": spent, "dense_s_to_same_acc": dense_s,
             "b3_ratio": spent / dense_s if dense_s else None}
@@ -191,56 +193,55 @@ def targets(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def structured_markdown(results: list[dict]) -> str:
+def structured_markdown(results: list[RunResults]) -> str:
     """heads+neurons runs, each beside the dense run of its seed: what was kept, what it costs, what it
     scores; then mean ± std over seeds per criterion, with the paired difference to dense."""
-    dense = {r["config"]["SEED"]: r for r in results if r["trainer"] == "dense"}
-    runs = sorted((r for r in results if (r.get("pruning") or {}).get("structure")),
-                  key=lambda r: (r["trainer"], r["config"]["SEED"]))
+    dense = {r.config.seed: r for r in results if r.trainer == "dense"}
+    runs = sorted((r for r in results if r.pruning and r.pruning.structure),
+                  key=lambda r: (r.trainer, r.config.seed))
     if not runs:
         return ""
     def setting(r):
-        p = r["pruning"]
-        fixed = f", fixed mask from {Path(p['fixed_mask_from']).name}" if p.get("fixed_mask_from") else ""
-        return f"heads {rate_text(p['head_rate'])}, neurons {rate_text(p['neuron_rate'])}{fixed}"
+        p = r.pruning
+        fixed = f", fixed mask from {Path(p.fixed_mask_from).name}" if p.fixed_mask_from else ""
+        return f"heads {rate_text(p.head_rate)}, neurons {rate_text(p.neuron_rate)}{fixed}"
 
     lines = ["| trainer | setting | seed | EB step | heads kept | FFN neurons kept | params (all / w/o embeddings) vs dense | "
              "acc after prune | acc final | dense acc (same seed) | search s | retrain s | retrain step / search "
              "step (in run) | train-step speed-up (probe) | inference × at batch 1 / 64 | B3 |",
              "|" + "---|" * 16]
     for r in runs:
-        p, seed = r["pruning"], r["config"]["SEED"]
-        s, par, speed, base = p["structure"], r["parameters"], r.get("speed") or {}, dense.get(seed)
-        steps = p.get("step_seconds") or {}
+        p, seed = r.pruning, r.config.seed
+        s, par, speed, base = p.structure, r.parameters, r.speed, dense.get(seed)
+        steps = p.step_seconds or {}
         b3 = b3_figures(r, base)["b3_ratio"]
         lines.append("| " + " | ".join([
-            r["trainer"], setting(r), str(seed),
-            fmt(p["eb_step"]) if p["eb_found"] else ("fixed" if p.get("fixed_mask_from") else f"none ({p['prune_step']})"),
-            f"{sum(s['heads_kept_per_layer'])} / {sum(s['heads_total_per_layer'])}",
-            f"{sum(s['neurons_kept_per_layer']):,} / {sum(s['neurons_total_per_layer']):,}",
-            f"{par['final']['total'] / par['dense']['total']:.3f} / "
-            f"{par['final']['without_embeddings'] / par['dense']['without_embeddings']:.3f}",
-            fmt(r["metrics"]["after_prune"]["accuracy"]), fmt(r["metrics"]["final"]["accuracy"]),
-            fmt(base["metrics"]["final"]["accuracy"]) if base else "–",
-            fmt(r["phase_seconds"]["search"], 0), fmt(r["phase_seconds"]["retrain"], 0),
+            r.trainer, setting(r), str(seed),
+            fmt(p.eb_step) if p.eb_found else ("fixed" if p.fixed_mask_from else f"none ({p.prune_step})"),
+            f"{sum(s.heads_kept_per_layer)} / {sum(s.heads_total_per_layer)}",
+            f"{sum(s.neurons_kept_per_layer):,} / {sum(s.neurons_total_per_layer):,}",
+            f"{par.final.total / par.dense.total:.3f} / {par.kept_without_embeddings():.3f}",
+            fmt(r.metrics.after_prune.accuracy), fmt(r.metrics.final.accuracy),
+            fmt(base.metrics.final.accuracy) if base else "–",
+            fmt(r.phase_seconds["search"], 0), fmt(r.phase_seconds["retrain"], 0),
             fmt(steps["retrain"] / steps["search"], 2) if steps else "–",
-            fmt(speed.get("train_step_speedup"), 2),
-            f"{speed['batch1_ratio']:.2f} / {speed['batch64_ratio']:.2f}" if speed else "–",
+            fmt(speed.train_step_speedup if speed else None, 2),
+            f"{speed.batch1_ratio:.2f} / {speed.batch64_ratio:.2f}" if speed else "–",
             fmt(b3, 2)]) + " |")
     lines += ["", "| trainer | setting | seeds | acc final | dense acc | paired difference (pruned − dense) | p (paired t) | "
               "training PFLOPs to the end | vs dense | early-stopped |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for trainer, label in sorted({(r["trainer"], setting(r)) for r in runs}):
-        group = [r for r in runs if (r["trainer"], setting(r)) == (trainer, label) and r["config"]["SEED"] in dense]
+    for trainer, label in sorted({(r.trainer, setting(r)) for r in runs}):
+        group = [r for r in runs if (r.trainer, setting(r)) == (trainer, label) and r.config.seed in dense]
         if not group:
             continue
-        acc = [r["metrics"]["final"]["accuracy"] for r in group]
-        base = [dense[r["config"]["SEED"]]["metrics"]["final"]["accuracy"] for r in group]
+        acc = [r.metrics.final.accuracy for r in group]
+        base = [dense[r.config.seed].metrics.final.accuracy for r in group]
         flops = [training_flops(r) for r in group]
-        dense_flops = [training_flops(dense[r["config"]["SEED"]]) for r in group]
+        dense_flops = [training_flops(dense[r.config.seed]) for r in group]
         ratio = [f / d for f, d in zip(flops, dense_flops) if f and d]
-        stopped = [r["config"]["SEED"] for r in group if (r.get("early_stopping") or {}).get("stopped")]
+        stopped = [r.config.seed for r in group if r.early_stopping and r.early_stopping.stopped]
         paired = paired_cells(acc, base)
-        lines.append(f"| {trainer} | {label} | {', '.join(str(r['config']['SEED']) for r in group)} | "
+        lines.append(f"| {trainer} | {label} | {', '.join(str(r.config.seed) for r in group)} | "
                      f"{mean_std(acc)} | {mean_std(base)} | {paired['difference']} | "
                      f"{paired['t']} | {mean_std([f / 1e15 if f else None for f in flops])} | "
                      f"{mean_std(ratio) if ratio else '–'} | "
@@ -250,14 +251,14 @@ def structured_markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n" + ("\n" + agreement if agreement else "")
 
 
-def criteria_compared(runs: list[dict]) -> list[str]:
+def criteria_compared(runs: list[RunResults]) -> list[str]:
     """Every two criteria at the same rates, paired by seed: accuracy difference and paired t-test."""
     acc = defaultdict(dict)
     for r in runs:
-        if not r["pruning"].get("fixed_mask_from"):
-            p = r["pruning"]
-            acc[(rate_text(p["head_rate"]), rate_text(p["neuron_rate"]))].setdefault(r["trainer"], {})[
-                r["config"]["SEED"]] = r["metrics"]["final"]["accuracy"]
+        if not r.pruning.fixed_mask_from:
+            p = r.pruning
+            acc[(rate_text(p.head_rate), rate_text(p.neuron_rate))].setdefault(r.trainer, {})[
+                r.config.seed] = r.metrics.final.accuracy
     lines = ["| criteria (A / B) | rates (heads, neurons) | seeds | A − B | p (paired t) |", "|---|---|---|---|---|"]
     for rates, by_trainer in sorted(acc.items()):
         names = sorted(by_trainer)
@@ -272,29 +273,29 @@ def criteria_compared(runs: list[dict]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
-def early_stopping_replay(results: list[dict], patiences=(2, 3)) -> str:
+def early_stopping_replay(results: list[RunResults], patiences=(2, 3)) -> str:
     """Where early stopping on dev loss would have stopped runs that trained their whole budget with
     evaluations: EarlyStopping changes nothing before it stops, so a run with EARLY_STOPPING_PATIENCE=P is
     this run up to the stop step, and its final model is the one evaluated there. Read off each run's log:
     the stop step, the dev accuracy there and the training FLOPs spent by then (mean over seeds)."""
     rows = defaultdict(list)
     for r in results:
-        if (r.get("early_stopping") or {}).get("stopped") or not r.get("cost_series"):
+        if (r.early_stopping and r.early_stopping.stopped) or not r.cost_series:
             continue
-        prune_step = (r.get("pruning") or {}).get("prune_step")
+        prune_step = r.pruning.prune_step if r.pruning else None
         after = prune_step if prune_step is not None else -1
-        end = r["optimizer_steps"]
-        evals = [e for e in r["log_history"] if "eval_loss" in e and after < e["step"] and "train_flops" in e]
+        end = r.optimizer_steps
+        evals = [e for e in r.log_history if "eval_loss" in e and after < e["step"] and "train_flops" in e]
         if not evals:
             continue
         full = training_flops(r)
         for patience in patiences:
             at = stopping_evaluation([e["eval_loss"] for e in evals], patience)
             stop = evals[at] if at is not None else None
-            rows[(r["trainer"], patience)].append({
+            rows[(r.trainer, patience)].append({
                 "step": stop["step"] if stop else end,
-                "accuracy": stop["eval_accuracy"] if stop else r["metrics"]["final"]["accuracy"],
-                "full_accuracy": r["metrics"]["final"]["accuracy"],
+                "accuracy": stop["eval_accuracy"] if stop else r.metrics.final.accuracy,
+                "full_accuracy": r.metrics.final.accuracy,
                 "flops": (stop["train_flops"] if stop else full) / full})
     if not rows:
         return ""
@@ -309,28 +310,27 @@ def early_stopping_replay(results: list[dict], patiences=(2, 3)) -> str:
     return "\n".join(lines) + "\n"
 
 
-def training_flops(r: dict) -> float | None:
+def training_flops(r: RunResults) -> float | None:
     """Training FLOPs to the end of the run, as CostLog counted them (None for runs from before it)."""
-    if r.get("cost", {}).get("train_flops") is not None:
-        return r["cost"]["train_flops"]
-    series = r.get("cost_series") or []
-    return series[-1]["train_flops"] if series else None
+    if r.cost.train_flops is not None:
+        return r.cost.train_flops
+    return r.cost_series[-1].train_flops if r.cost_series else None
 
 
-def kept_units(run: dict) -> dict[str, dict]:
+def kept_units(run: RunResults) -> dict[str, dict]:
     """A heads+neurons run's final keep-masks, split into heads and neurons."""
-    masks = state_io.read_run_masks(run["run_dir"])[0]
+    masks = state_io.read_run_masks(run.run_dir)[0]
     return {kind: split_kind(masks, kind) for kind in ("heads", "neurons")}
 
 
-def overlap_markdown(runs: list[dict]) -> str:
+def overlap_markdown(runs: list[RunResults]) -> str:
     """Jaccard index of the kept heads and kept neurons between every two criteria, per seed (mean ± std),
     beside the index of random choices with the same per-layer counts."""
     by_key = defaultdict(dict)
     for r in runs:
-        if not r["pruning"].get("fixed_mask_from") and Path(r["run_dir"], state_io.MASKS_FILE).exists():
-            p = r["pruning"]
-            by_key[(r["config"]["SEED"], rate_text(p["head_rate"]), rate_text(p["neuron_rate"]))][r["trainer"]] = r
+        if not r.pruning.fixed_mask_from and Path(r.run_dir, state_io.MASKS_FILE).exists():
+            p = r.pruning
+            by_key[(r.config.seed, rate_text(p.head_rate), rate_text(p.neuron_rate))][r.trainer] = r
     pairs = defaultdict(lambda: {"heads": [], "neurons": [], "chance_heads": [], "chance_neurons": []})
     for group in by_key.values():
         names = sorted(group)
@@ -363,7 +363,7 @@ def write(out: Path, patiences: tuple[int, ...] = (2, 3), plots: bool = True) ->
         print(f"no finished runs under {out}")
         return []
     # The sweep's table, targets and plots are about unstructured rates; heads+neurons runs get their own table.
-    unstructured = [r for r in results if not (r.get("pruning") or {}).get("structure")]
+    unstructured = [r for r in results if not (r.pruning and r.pruning.structure)]
     rows = rows_of(unstructured)
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")  # not the per-sentence predictions

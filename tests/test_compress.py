@@ -132,6 +132,17 @@ def test_unfinished_run_gets_one_clear_message(tmp_path):
     assert done.returncode == 2 and "name the run" in done.stderr
 
 
+def test_a_results_file_of_a_newer_schema_version_is_refused_naming_it(tmp_path):
+    import compress
+    from pruning import schema
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "model" / "config.json").write_text("{}")
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"schema_version": schema.SCHEMA_VERSION + 1}))
+    with pytest.raises(experiment.ConfigError, match=re.escape(
+            f"--run: {tmp_path / 'run' / 'results.json'}: schema_version {schema.SCHEMA_VERSION + 1} is newer")):
+        compress.check(experiment.configure(vars(compress), [f"--run={tmp_path / 'run'}"]))
+
+
 def test_a_failed_write_leaves_the_previous_variant_whole(tmp_path):
     final = tmp_path / "int8"
     final.mkdir()

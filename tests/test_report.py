@@ -6,7 +6,7 @@ import pytest
 
 import sweep
 from conftest import run_script
-from pruning import plots, tables
+from pruning import plots, schema, tables
 
 
 def result(trainer, seed, acc, rate=None, eb=None, search=0.0, retrain=0.0, timeline=()):
@@ -99,7 +99,7 @@ def test_variants_get_their_own_rows_and_a_paired_test_against_dense(tmp_path):
             r = result("magnitude", seed, acc, rate=0.9, eb=100, search=4.0, retrain=6.0)
             r["config"]["TEACHER"] = teacher
             results.append(r)
-    rows = tables.rows_of(results)
+    rows = tables.rows_of([schema.parse(r) for r in results])   # version 1: no schema_version, few keys
     assert {r["variant"] for r in rows} == {"plain", "kd"}
     md = tables.markdown(rows)
     assert "| magnitude | kd | 0.9 | 3 |" in md and "| magnitude | plain | 0.9 | 3 |" in md
@@ -163,7 +163,7 @@ def test_every_criterion_found_is_plotted_not_a_fixed_list(sweep_dir):
     curves = plots.accuracy_curves(rows)
     assert list(curves) == ["activation", "gradient", "magnitude"]
     assert curves["activation"] == {"sparsity": [0.7], "final": [pytest.approx(0.835)], "after_prune": [0.7]}
-    distances = plots.distance_curves([r for r in results if r.get("pruning")])
+    distances = plots.distance_curves([r for r in results if r.pruning])
     assert [line["label"] for line in distances["activation"]] == ["rate 0.7, seed 1", "rate 0.7, seed 2"]
     assert distances["activation"][0]["steps"] == [100] and distances["activation"][0]["eb_distance"] == 0.05
     assert distances["gradient"][0]["eb_step"] is None and "dense" not in distances
@@ -186,3 +186,13 @@ def test_report_script_takes_the_sweep_directory_as_its_argument(sweep_dir):
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown setting --sweepdir")
     missing = run_script("report.py", [str(sweep_dir / "no-such-sweep")])
     assert missing.returncode == 2 and "must be a sweep directory" in missing.stderr
+
+
+def test_report_script_refuses_a_results_file_of_a_newer_schema_version(sweep_dir):
+    from pruning import schema
+    (sweep_dir / "run9").mkdir()
+    (sweep_dir / "run9" / "results.json").write_text(json.dumps({"schema_version": schema.SCHEMA_VERSION + 1}))
+    proc = run_script("report.py", [str(sweep_dir), "--plots=false"])
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: {sweep_dir / 'run9' / 'results.json'}: schema_version {schema.SCHEMA_VERSION + 1} is newer than this "
+        f"code reads (up to {schema.SCHEMA_VERSION}); read it with the version of the code that wrote it, or update this one")

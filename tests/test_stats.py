@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from pruning import stats
+from pruning import schema, stats
 
 
 def test_paired_t_test_matches_the_hand_computed_value():
@@ -28,8 +28,8 @@ def test_mcnemar_and_the_sentence_bootstrap_on_hand_built_predictions():
     assert stats.p_text(apart) == f"{apart['p']:.3g}" and stats.p_text(same) == "1"
     far = stats.bootstrap_difference([a], [~a])   # b wrong wherever a is right: no resample reaches 0
     assert far["p"] == 0 and stats.p_text(far) == "< 0.0002"   # 2 / 10,000 resamples, not "p = 0"
-    res = {"dev_predictions": {"predicted": [1, 0, 1], "label": [1, 1, 1]}}
-    assert stats.correct_on_dev(res).tolist() == [True, False, True] and stats.correct_on_dev({}) is None
+    res = schema.parse({"dev_predictions": {"predicted": [1, 0, 1], "label": [1, 1, 1]}})
+    assert stats.correct_on_dev(res).tolist() == [True, False, True] and stats.correct_on_dev(schema.parse({})) is None
 
 
 def test_mcnemar_counts_only_the_discordant_sentences():
