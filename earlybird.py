@@ -65,6 +65,7 @@ class EarlyBirdDetector:
 
     @property
     def found(self) -> bool:
+        """True once the early bird was found (`found_step` set); it stays True."""
         return self.found_step is not None
 
     @property
@@ -75,10 +76,15 @@ class EarlyBirdDetector:
                 and last["max_distance"] < self.epsilon)
 
     def set_reference(self, mask: torch.Tensor | np.ndarray) -> None:
+        """Keep a flat keep-mask (bool tensor or array) to report each check's `distance_to_reference`
+        against; it takes no part in the test. A later `update` raises ValueError (`hamming_distance`)
+        if its packed length differs from the checked masks'."""
         self.reference = pack_mask(mask)
 
     def update(self, mask: torch.Tensor | np.ndarray, step: int) -> bool:
-        """Push the flat keep-mask of this check; return True once the early bird is found."""
+        """Push the flat keep-mask (bool tensor or array, any shape: it is raveled) of this check at
+        optimizer step `step`; return True once the early bird is found. Raises ValueError when its
+        numel differs from the first mask's."""
         numel = int(mask.numel() if isinstance(mask, torch.Tensor) else np.size(mask))
         mask = pack_mask(mask)
         if self.numel is None:
@@ -98,11 +104,14 @@ class EarlyBirdDetector:
 
     # --- checkpointing: everything needed to continue exactly where we were --------------------
     def state_dict(self) -> dict:
+        """Everything needed to continue: window, epsilon, numel, the FIFO's packed masks (uint8 arrays),
+        the history, found_step and the reference mask."""
         return {"window": self.window, "epsilon": self.epsilon, "numel": self.numel,
                 "masks": [m.copy() for m in self.masks], "history": [dict(h) for h in self.history],
                 "found_step": self.found_step, "reference": self.reference}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict`. Raises ValueError when its window or epsilon differ from this detector's."""
         if state["window"] != self.window or state["epsilon"] != self.epsilon:
             raise ValueError(f"checkpoint detector (window={state['window']}, epsilon={state['epsilon']}) "
                              f"differs from this run's (window={self.window}, epsilon={self.epsilon})")

@@ -55,6 +55,8 @@ def _keep_flat(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
 
 
 def check_rate(rate: Rate, what: str = "pruning rate") -> None:
+    """Raise ValueError unless `rate` is a number in [0, 1) or a list / tuple of such numbers (one per
+    encoder layer); bools are refused. `what` names the rate in the message."""
     values = list(rate) if isinstance(rate, (list, tuple)) else [rate]
     for r in values:
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
@@ -62,7 +64,8 @@ def check_rate(rate: Rate, what: str = "pruning rate") -> None:
 
 
 def buckets(groups: dict[str, tuple[int, int]], rate: Rate, scope: str) -> list[tuple[list[str], float]]:
-    """[(group names, rate)] ranked together. `groups` maps name -> (layer, size)."""
+    """[(group names, rate)] ranked together. `groups` maps name -> (layer, size). Raises ValueError
+    for an unknown scope, or per-layer rates that are not exactly one per encoder layer 0..L-1."""
     if scope not in SCOPES:
         raise ValueError(f"unknown threshold scope {scope!r}; choose one of {SCOPES}")
     if isinstance(rate, (list, tuple)):
@@ -82,8 +85,11 @@ def select(scores: dict[str, torch.Tensor], rate: Rate, scope: str = "global", m
            layers: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Boolean keep-mask per group removing exactly round(rate * n) units of each bucket.
 
-    `min_keep` units of every group are kept whatever their score (at least one head per layer);
-    `layers` gives each group's encoder layer (needed for per-layer rates).
+    `scores`: group name -> float tensor of the group's shape ((heads,), (neurons,) or the weight's
+    shape); -inf marks units already removed. Returns group -> bool tensor of the same shape (True:
+    keep). `min_keep` units of every group are kept whatever their score (at least one head per
+    layer); `layers` gives each group's encoder layer (needed for per-layer rates). Raises ValueError
+    for a bad rate or scope (`check_rate`, `buckets`) and FloatingPointError for NaN or +inf scores.
     """
     check_rate(rate)
     for name, s in scores.items():  # -inf is allowed: it marks units already removed
@@ -109,20 +115,25 @@ def select(scores: dict[str, torch.Tensor], rate: Rate, scope: str = "global", m
 
 
 def keep_masks(scores: dict[str, torch.Tensor], rate: Rate, scope: str = "global") -> dict[str, torch.Tensor]:
-    """Keep-masks over weight tensors: global (one threshold over all) or layer-wise (each tensor)."""
+    """Keep-masks over weight tensors: global (one threshold over all) or layer-wise (each tensor).
+    `scores`: weight name -> tensor of the weight's shape; returns bool masks of the same shapes."""
     return select(scores, rate, scope, layers={n: layer_of(n) for n in scores})
 
 
 def flat_mask(masks: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The groups' masks flattened and concatenated in dict order: a 1-D tensor of sum(numel) entries."""
     return torch.cat([m.flatten() for m in masks.values()])
 
 
 def fingerprint(masks: dict[str, torch.Tensor]) -> str:
+    """16 hex digits of SHA-256 over the bit-packed `flat_mask` (earlybird.mask_fingerprint): equal masks
+    in the same group order give equal fingerprints."""
     return mask_fingerprint(pack_mask(flat_mask(masks)))
 
 
 def assert_same_on_all_ranks(fingerprint: str, what: str) -> None:
-    """All processes must hold the same mask: compare fingerprints and stop loudly if they differ."""
+    """All processes must hold the same mask: compare fingerprints (torch.distributed.all_gather_object)
+    and raise RuntimeError if they differ. A no-op outside a distributed run."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
     prints = [None] * torch.distributed.get_world_size()
@@ -135,7 +146,8 @@ def assert_same_on_all_ranks(fingerprint: str, what: str) -> None:
 def overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict:
     """How alike two keep-masks over the same groups are: the Jaccard index of the kept sets, and the
     index two masks would have by chance if each group's kept units were drawn at random with the same
-    counts (expected intersection: sum over groups of kept_a * kept_b / size)."""
+    counts (expected intersection: sum over groups of kept_a * kept_b / size). Jaccard values are
+    fractions in [0, 1]. Raises ValueError unless both have the same groups and shapes."""
     if a.keys() != b.keys() or any(a[n].shape != b[n].shape for n in a):
         raise ValueError("overlap needs two masks over the same groups and shapes")
     both = sum(int((a[n].bool() & b[n].bool()).sum()) for n in a)

@@ -35,6 +35,8 @@ class Slice:
 
 @dataclass
 class UnitGroup:
+    """One set of units sharing a keep-mask: a weight tensor's entries, or one encoder layer's heads or FFN
+    neurons (see the module docstring)."""
     name: str
     kind: str                        # "weight", "head" or "neuron"
     layer: int                       # encoder layer index (-1 when the name has none)
@@ -50,7 +52,7 @@ def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     That is every Linear under `model.base_model` whose path does not pass through a module named
     `*embeddings*` or `pooler`: attention Q/K/V/output and the FFN intermediate/output layers of
     BERT, RoBERTa and other HF encoders. Embeddings, LayerNorms, biases, the pooler and the
-    classification head are never pruned.
+    classification head are never pruned. Raises ValueError when there is no such Linear.
     """
     base = getattr(model, "base_model", model)
     in_base = {id(m) for m in base.modules()}
@@ -66,12 +68,14 @@ def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def layer_of(name: str) -> int:
+    """Encoder layer index in a parameter or module name (the `.layer.<i>.` part), -1 when it has none."""
     m = re.search(r"\.layer\.(\d+)\.", name)
     return int(m.group(1)) if m else -1
 
 
 def encoder_layers(model: nn.Module) -> tuple[str, list[nn.Module]]:
-    """(qualified prefix, layers) of a BERT-layout encoder, or a clear error for other models."""
+    """(qualified prefix, layers) of a BERT-layout encoder, e.g. ("bert.encoder.layer", [BertLayer, ...]).
+    Raises ValueError for models without encoder.layer[i] holding the six BERT Linears."""
     base = getattr(model, "base_model", model)
     prefix = getattr(model, "base_model_prefix", "")
     layers = getattr(getattr(base, "encoder", None), "layer", None)
@@ -90,7 +94,10 @@ def encoder_layers(model: nn.Module) -> tuple[str, list[nn.Module]]:
 
 
 class PrunableUnits:
-    """The unit groups of a model at one granularity, with their parameters."""
+    """The unit groups of a model at one granularity, with their parameters.
+
+    `groups`: name -> UnitGroup; `params`: qualified weight name -> nn.Parameter. Raises ValueError
+    for an unknown granularity or (heads+neurons) a model that is not BERT-layout."""
 
     def __init__(self, model: nn.Module, granularity: str = "weights"):
         if granularity not in GRANULARITIES:
@@ -131,9 +138,11 @@ class PrunableUnits:
 
     @property
     def structured(self) -> bool:
+        """True for "heads+neurons" (a unit spans slices of several weights), False for "weights"."""
         return self.granularity != "weights"
 
     def kinds(self) -> list[str]:
+        """The unit kinds present, in group order: ["weight"], or ["head", "neuron"]."""
         return list(dict.fromkeys(g.kind for g in self.groups.values()))
 
     def output_params(self, group: str | None = None) -> dict[str, nn.Parameter]:
@@ -144,6 +153,7 @@ class PrunableUnits:
         return {f"{s.module}.weight": self.params[f"{s.module}.weight"] for g in groups for s in g.slices if s.output}
 
     def live_size(self, group: str) -> int:
+        """Units of `group` the live model still has: len(origin), or the dense size when origin is None."""
         g = self.groups[group]
         return g.size if g.origin is None else len(g.origin)
 
@@ -160,20 +170,23 @@ class PrunableUnits:
 
     def reduce(self, tensors: dict[str, torch.Tensor], groups: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Per-weight values summed over each unit's output-side entries (the identity for weights),
-        for every group or the listed ones."""
+        for every group or the listed ones. `tensors`: weight name -> tensor of the live weight's
+        shape; returns group name -> tensor of (live units,) (the weight's shape for weights)."""
         if not self.structured:
             return tensors
         return {n: self._per_unit(self.groups[n], tensors, True, lambda x: x) for n in groups or self.groups}
 
     def norm(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """L2 norm of each unit's entries over all its weights (|w| for weights): the group-lasso norm."""
+        """L2 norm of each unit's entries over all its weights (|w| for weights): the group-lasso norm.
+        `tensors`: weight name -> live weight; returns group name -> float tensor (live units,)."""
         if not self.structured:
             return {n: t.abs() for n, t in tensors.items()}
         return {n: self._per_unit(g, tensors, False, lambda x: x.float().square()).sqrt()
                 for n, g in self.groups.items()}
 
     def to_original(self, live: dict[str, torch.Tensor], fill: float) -> dict[str, torch.Tensor]:
-        """Live per-unit values placed at their original indices; removed units get `fill`."""
+        """Live per-unit values placed at their original indices; removed units get `fill`.
+        `live`: group -> tensor (live units,); returns group -> tensor (dense units,), same dtype."""
         if not self.structured:
             return live
         out = {}
@@ -184,6 +197,7 @@ class PrunableUnits:
         return out
 
     def live_mask(self, group: str, mask: torch.Tensor) -> torch.Tensor:
-        """An original-space keep-mask restricted to the units the live model still has."""
+        """An original-space keep-mask (dense units,) restricted to the units the live model still has
+        (live units,)."""
         g = self.groups[group]
         return mask if g.origin is None else mask[g.origin.to(mask.device)]
