@@ -23,6 +23,9 @@ STATISTICS = ("mean_abs", "apoz")
 
 
 class ActivationCriterion(Criterion):
+    """Activation criterion: mean |activation| or 1 - APoZ (Hu et al. 2016) per neuron, mean context norm per
+    head, Wanda's |w| * ||x|| (Sun et al. 2024) per weight, over real tokens of counted training steps; see
+    the module docstring. Raises ValueError for an unknown `statistic`."""
     name = "activation"
     ranks_at_start = False  # nothing is observed before the first training step
     observes = True
@@ -59,6 +62,7 @@ class ActivationCriterion(Criterion):
 
     @classmethod
     def check_options(cls, statistic: str = "mean_abs") -> None:
+        """Raise ValueError unless `statistic` is one of STATISTICS ("mean_abs", "apoz")."""
         if statistic not in STATISTICS:
             raise ValueError(f"activation statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
 
@@ -104,17 +108,21 @@ class ActivationCriterion(Criterion):
     # --- lifecycle -----------------------------------------------------------------------------
     @torch.no_grad()
     def observe(self) -> None:
+        """Move this step's per-unit sums and token count (gathered by the hooks) into the counted totals."""
         for name, s in self.sums.items():
             s += self.pending[name]
         self.tokens += self.pending_tokens
 
     def after_step(self) -> None:
+        """Zero this step's pending sums, counted or not."""
         for p in self.pending.values():
             p.zero_()
         self.pending_tokens.zero_()
 
     @torch.no_grad()
     def scores(self) -> dict[str, torch.Tensor]:
+        """Per-token means, all-reduced across processes first: group name -> float tensor of (live heads,) /
+        (live neurons,), or the weight's shape for |w| * RMS(x). Raises RuntimeError when no token was counted."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             flat = torch.cat([*self.sums.values(), self.tokens.view(1)])
             torch.distributed.all_reduce(flat)
@@ -133,24 +141,29 @@ class ActivationCriterion(Criterion):
         return out
 
     def reset(self) -> None:
+        """Zero the counted sums and token count (after each Early-Bird check)."""
         for s in self.sums.values():
             s.zero_()
         self.tokens.zero_()
 
     def close(self) -> None:
+        """Remove the forward hooks."""
         for h in self.handles:
             h.remove()
         self.handles = []
         self._token_mask = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """{"sum/<group>": float64 sums of (units,) or (in_features,), "tokens": 0-d float64 token count}."""
         return {**{f"sum/{n}": s for n, s in self.sums.items()}, "tokens": self.tokens}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy a `state_dict`'s sums and token count into place (shapes must match)."""
         for n, s in self.sums.items():
             s.copy_(state[f"sum/{n}"])
         self.tokens.copy_(state["tokens"])
 
 
 class ActivationPruningTrainer(PruningTrainer):
+    """PruningTrainer with the activation criterion (option: ACTIVATION_STATISTIC)."""
     criterion_class = ActivationCriterion

@@ -9,11 +9,15 @@ from pruning import AccumulatedCriterion, PruningTrainer
 
 
 class GradientCriterion(AccumulatedCriterion):
+    """First-order Taylor score |w * g| summed over steps (Molchanov et al. 2019; Michel et al. 2019 for
+    heads): see the module docstring."""
     name = "gradient"
 
     def step_score(self, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """w * g, elementwise; same shape as `w`."""
         return torch.mul(w, g)
 
 
 class GradientPruningTrainer(PruningTrainer):
+    """PruningTrainer with the gradient (Taylor) criterion."""
     criterion_class = GradientCriterion

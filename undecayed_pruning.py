@@ -11,6 +11,8 @@ from pruning import AccumulatedCriterion, PruningTrainer
 
 
 class UndecayedCriterion(AccumulatedCriterion):
+    """Undecayed pruning (Good et al. 2022): |-w * g + epsilon * w^2| summed over steps; see the module
+    docstring. Raises ValueError for a negative or non-numeric epsilon."""
     name = "undecayed"
 
     def __init__(self, units, epsilon: float = 0.01):
@@ -20,13 +22,17 @@ class UndecayedCriterion(AccumulatedCriterion):
 
     @classmethod
     def check_options(cls, epsilon: float = 0.01) -> None:
+        """Raise ValueError unless `epsilon` is a number >= 0 (bools are refused)."""
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon >= 0:
             raise ValueError(f"undecayed epsilon must be >= 0, got {epsilon!r}")
 
     def step_score(self, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         # -w*g + eps*w^2 = -(w * (g - eps*w)); the sign goes with the absolute value
+        """w * (g - epsilon * w), elementwise, same shape as `w`: the negative of -w * g + epsilon * w^2, whose
+        sign the absolute value drops."""
         return torch.mul(w, torch.add(g, w, alpha=-self.epsilon))
 
 
 class UndecayedPruningTrainer(PruningTrainer):
+    """PruningTrainer with the undecayed criterion (option: UNDECAYED_EPSILON)."""
     criterion_class = UndecayedCriterion

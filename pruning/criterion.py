@@ -51,6 +51,8 @@ class Criterion:
         """Called after backward and before the optimizer step, while `.grad` holds this step's gradient."""
 
     def scores(self) -> dict[str, torch.Tensor]:
+        """Each group's scores, higher = keep: group name -> float tensor over the live units, (live heads,) /
+        (live neurons,) or the weight's shape. Subclasses implement it; the base raises NotImplementedError."""
         raise NotImplementedError
 
     def reset(self) -> None:
@@ -67,9 +69,11 @@ class Criterion:
         """The search is over: release hooks and anything else the criterion attached to the model."""
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The criterion's running state for a checkpoint, name -> tensor (empty for stateless criteria)."""
         return {}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a `state_dict` (nothing to restore for stateless criteria)."""
         pass
 
 
@@ -98,10 +102,14 @@ class AccumulatedCriterion(Criterion):
         return next(iter(self.params.values())).device
 
     def step_score(self, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Each weight's signed per-step contribution from weight `w` and its gradient `g` (same shape);
+        returns a tensor of that shape. Subclasses implement it."""
         raise NotImplementedError
 
     @torch.no_grad()
     def observe(self) -> None:
+        """Add this step's |reduced step_score| to each group's sum; a no-op while any watched weight has no
+        `.grad` (e.g. a step without backward)."""
         if any(p.grad is None for p in self.watched.values()):
             return
         for name, total in self.sums.items():  # one group at a time: no copy of every weight at once
@@ -110,19 +118,24 @@ class AccumulatedCriterion(Criterion):
         self.steps += 1
 
     def scores(self) -> dict[str, torch.Tensor]:
+        """The sums since the last reset: group name -> float32 tensor of the group's shape ((heads,),
+        (neurons,) or the weight's shape). Raises RuntimeError before any observed step."""
         if self.steps == 0:
             raise RuntimeError(f"{self.name} scores need at least one optimizer step of gradients")
         return self.sums
 
     def reset(self) -> None:
+        """Zero the sums and the step count (after each Early-Bird check)."""
         for s in self.sums.values():
             s.zero_()
         self.steps = 0
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """{"sum/<group>": running sum, "steps": 0-d tensor of observed steps}."""
         return {**{f"sum/{n}": s for n, s in self.sums.items()}, "steps": torch.tensor(self.steps)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy a `state_dict`'s sums into place (shapes must match) and restore the step count."""
         for n, s in self.sums.items():
             s.copy_(state[f"sum/{n}"])
         self.steps = int(state["steps"])

@@ -42,8 +42,10 @@ def _shrink(linear: nn.Linear, index: torch.Tensor, dim: int, optimizer) -> None
 def remove_units(units: PrunableUnits, keep: dict[str, torch.Tensor], optimizer=None) -> dict[str, int]:
     """Remove every unit whose original-space keep-mask is False; returns units removed per group.
 
-    Units already removed stay removed (the live model has no place for them). `optimizer` (HF's
-    wrapper or a torch optimizer) gets its state sliced along.
+    `keep`: group name -> bool tensor of the dense group's shape, (heads,) / (neurons,). Units
+    already removed stay removed (the live model has no place for them). `optimizer` (HF's wrapper
+    or a torch optimizer) gets its state sliced along. Raises ValueError when a layer would keep no
+    attention head.
     """
     optimizer = getattr(optimizer, "optimizer", optimizer)
     modules = dict(units.model.named_modules())
@@ -71,7 +73,8 @@ class UnitGates:
 
     Scaling a head's context vector by c equals scaling its attention probabilities by c (the context
     is linear in them), which is where EarlyBERT puts its head coefficients. The gates are forward
-    hooks, not modules, so they never enter the model's state dict.
+    hooks, not modules, so they never enter the model's state dict. `gates`: group name -> tensor of
+    (live heads,) / (live neurons,), read at every forward (so trained gates take effect at once).
     """
 
     def __init__(self, units: PrunableUnits, gates: dict[str, torch.Tensor]):
@@ -97,6 +100,7 @@ class UnitGates:
         return hook
 
     def remove(self) -> None:
+        """Remove the forward hooks; the model computes ungated again (fold the gates first to keep its function)."""
         for h in self.handles:
             h.remove()
         self.handles = []
@@ -105,7 +109,7 @@ class UnitGates:
 @torch.no_grad()
 def fold_gates(units: PrunableUnits, gates: dict[str, torch.Tensor]) -> None:
     """Scale each unit's output-side weights by its gate, so the model computes without the gates
-    exactly what it computed with them."""
+    exactly what it computed with them. `gates`: group name -> tensor of (live units,)."""
     modules = dict(units.model.named_modules())
     for name, group in units.groups.items():
         for s in group.slices:
