@@ -44,7 +44,9 @@ class PruningTrainer(Trainer):
     """HF Trainer whose one `train()` call runs Early-Bird search, pruning and masked retraining.
 
     Subclasses set `criterion_class`. Pass `pruning=PruningConfig(...)`; TrainingArguments must
-    have num_train_epochs = search_epochs + retrain_epochs and the linear LR schedule.
+    have num_train_epochs = search_epochs + retrain_epochs and the linear LR schedule (ValueError
+    otherwise). The model and settings are checked before HF creates the output directory:
+    ValueError from `PrunableUnits` and `PruningConfig.check_model`, and `read_masks`' errors for MASK_FROM.
     """
     criterion_class: type[Criterion] = Criterion
 
@@ -77,6 +79,9 @@ class PruningTrainer(Trainer):
 
     # --- schedule ------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The run's LambdaLR over `PhasePlan.lr_factor` (linear decay, restarted at pruning), and the phase
+        plan in steps. Raises ValueError unless num_train_epochs = search + retrain epochs and max_steps is
+        unset, or (`gradual_steps`) when a gradual schedule does not fit the retrain phase."""
         if abs(self.args.num_train_epochs - self.pruning.total_epochs) > 1e-9 or self.args.max_steps > 0:
             raise ValueError(f"PruningTrainer needs num_train_epochs = search_epochs + retrain_epochs = "
                              f"{self.pruning.total_epochs} and no max_steps; got num_train_epochs="
@@ -102,6 +107,7 @@ class PruningTrainer(Trainer):
         return self.lr_scheduler
 
     def create_optimizer(self, model=None):
+        """HF's optimizer, plus a group for the criterion's extra parameters (weight decay 0) while searching."""
         optimizer = super().create_optimizer(model)
         extra = self.criterion.extra_parameters() if self.run_state.searching else []
         if extra:  # e.g. learnable unit coefficients: trained with the model, never decayed
@@ -120,6 +126,8 @@ class PruningTrainer(Trainer):
             self._signature_columns.append(LOGITS_COLUMN)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """HF's loss, or in a distilling retrain phase `distillation_loss` on the batch's cached teacher logits
+        (column LOGITS_COLUMN: float tensor (batch, labels)), which is popped from the inputs either way."""
         teacher = inputs.pop(LOGITS_COLUMN, None)
         if teacher is None or not self.distilling:  # evaluation batches carry no teacher logits
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -131,7 +139,8 @@ class PruningTrainer(Trainer):
     # --- pruning -------------------------------------------------------------------------------
     def select_masks(self, scores: dict[str, torch.Tensor], fraction: float = 1.0) -> dict[str, torch.Tensor]:
         """Original-space keep-masks from live-unit scores at `fraction` of the target rates; units
-        already pruned stay pruned and rank first, so each bucket's count is exact."""
+        already pruned stay pruned and rank first, so each bucket's count is exact. `scores`: group ->
+        float tensor of (live units,) or the weight's shape; returns group -> bool tensor (dense units,)."""
         original = self.units.to_original(scores, fill=float("-inf"))
         if self.masks is not None and not self.units.structured:
             original = {n: s.masked_fill(~self.masks[n].to(s.device), float("-inf")) for n, s in original.items()}
@@ -210,8 +219,9 @@ class PruningTrainer(Trainer):
                 setattr(self.lr_scheduler, attr, [v for i, v in enumerate(values) if i not in drop])
 
     def apply_masks(self, masks: dict[str, torch.Tensor], optimizer=None) -> None:
-        """Prune to `masks` (original-space keep-masks). May be called again with a smaller mask
-        (gradual pruning); what was pruned stays pruned."""
+        """Prune to `masks` (original-space keep-masks: group -> bool tensor of the dense group's shape).
+        May be called again with a smaller mask (gradual pruning); what was pruned stays pruned.
+        Raises RuntimeError when ranks hold different masks (`assert_same_on_all_ranks`)."""
         if self.masks is not None:
             masks = {n: m & self.masks[n].to(m.device) for n, m in masks.items()}
         print_ = fingerprint(masks)
@@ -238,7 +248,8 @@ class PruningTrainer(Trainer):
         return sum(int((~m).sum()) for m in self.masks.values())
 
     def start_from_fixed_mask(self) -> None:
-        """Train another run's mask, fixed from step 0 (optionally from that run's early-bird weights)."""
+        """Train another run's mask, fixed from step 0 (optionally from that run's early-bird weights).
+        Raises FileNotFoundError when REWIND_TO="early_bird" but the source run saved no SNAPSHOT_FILE."""
         source, masks = self.pruning.mask_from, self._fixed_masks
         if self.pruning.rewind_to == "early_bird":
             path = os.path.join(source, SNAPSHOT_FILE)
@@ -256,9 +267,13 @@ class PruningTrainer(Trainer):
 
     # --- the run -------------------------------------------------------------------------------
     def restart_pending(self, step: int) -> bool:
+        """True when the run stops at optimizer step `step` to continue on the smaller model from its checkpoint."""
         return self._restart_at == step
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """HF's train(), then once more from each pruning checkpoint of a structured run (see the module
+        docstring). `resume_from_checkpoint=True` takes the last checkpoint with pruning state; raises
+        FileNotFoundError / ResumeMismatch as `load_pruning_state` does."""
         checkpoint = None
         # HF draws the length-grouped sampler's order from the global RNG before it restores a
         # checkpoint's RNG. A fresh process resuming a run has the RNG state of this point there, so
@@ -283,6 +298,8 @@ class PruningTrainer(Trainer):
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save_pruning_state(self, directory: str) -> None:
+        """Write the criterion state, the detectors, the keep-masks and the scores at pruning, with the run
+        state and config, to `directory`/PRUNING_STATE_FILE (`state.write`: safetensors plus JSON metadata)."""
         tensors = {f"criterion/{k}": v for k, v in self.criterion.state_dict().items()}
         detectors = self.search.state_dict()
         for kind, det in detectors.items():
@@ -301,6 +318,9 @@ class PruningTrainer(Trainer):
         state_io.write(os.path.join(directory, state_io.PRUNING_STATE_FILE), tensors, meta)
 
     def load_pruning_state(self, directory: str) -> None:
+        """Restore what `save_pruning_state` wrote in `directory`, shrinking the model to its masks first.
+        Raises FileNotFoundError when there is none, and ResumeMismatch (a ValueError) when it was written
+        by another criterion, granularity, set of groups or pruning config."""
         path = os.path.join(directory, state_io.PRUNING_STATE_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint {directory} has no {state_io.PRUNING_STATE_FILE}: it was not written by "
@@ -337,6 +357,7 @@ class PruningTrainer(Trainer):
 
     # --- results -------------------------------------------------------------------------------
     def pruning_summary(self) -> dict:
+        """The run's summary dict (`pruning.results.summary`)."""
         from pruning.results import summary
         return summary(self)
 
@@ -382,7 +403,9 @@ def check_mask_source(run_dir: str, granularity: str) -> dict:
 
 
 def read_masks(run_dir: str, units: PrunableUnits) -> dict[str, torch.Tensor]:
-    """The final keep-masks of a finished run, checked against this model and granularity."""
+    """The final keep-masks of a finished run, checked against this model and granularity: group ->
+    bool tensor of the dense group's shape. Raises FileNotFoundError / ValueError (`check_mask_source`),
+    and ValueError when its groups or shapes are not this model's."""
     check_mask_source(run_dir, units.granularity)
     masks, _, meta = state_io.read_run_masks(run_dir)
     groups = {n: list(g.shape) for n, g in units.groups.items()}
@@ -393,7 +416,8 @@ def read_masks(run_dir: str, units: PrunableUnits) -> dict[str, torch.Tensor]:
 
 
 def write_masks(trainer: PruningTrainer, run_dir: str, model_description: str) -> None:
-    """The final keep-masks, and the scores they were selected from (none for a fixed-mask run)."""
+    """The final keep-masks, and the scores they were selected from (none for a fixed-mask run), to
+    `run_dir`/MASKS_FILE; an unpruned run writes all-True masks."""
     masks = trainer.masks or {n: torch.ones(g.shape, dtype=torch.bool) for n, g in trainer.units.groups.items()}
     meta = {"granularity": trainer.units.granularity, "criterion": trainer.criterion.name,
             "model": model_description, "groups": {n: list(g.shape) for n, g in trainer.units.groups.items()}}
