@@ -31,7 +31,11 @@ DETECTOR_OF_KIND = {"weight": "weights", "head": "heads", "neuron": "neurons"}
 
 class EarlyBirdSearch(TrainerCallback):
     """One detector per unit kind (weights; or heads and neurons). The bird is found at the first check
-    where every detector's masks are settled."""
+    where every detector's masks are settled (You et al. 2020's test, applied to each detector).
+
+    During the search: on_pre_optimizer_step feeds the criterion, on_optimizer_step ends its step, and
+    on_step_end runs the checks due (`PhasePlan.check_due`: every `check_every` optimizer steps after
+    the warm-up, and at the end of the search budget) and decides when to prune."""
 
     def __init__(self, trainer, window: int, epsilon: float, check_every: int):
         self.trainer = trainer
@@ -43,12 +47,16 @@ class EarlyBirdSearch(TrainerCallback):
 
     @property
     def active(self) -> bool:
+        """True while the run is in its search phase."""
         return self.trainer.run_state.searching
 
     def masks_now(self) -> dict[str, torch.Tensor]:
+        """The keep-masks the criterion's current scores select (`trainer.select_masks`): group -> bool tensor
+        of the dense group's shape."""
         return self.trainer.select_masks(self.trainer.criterion.scores())
 
     def on_train_begin(self, args, state, control, **kwargs):
+        """At step 0 of a criterion that ranks before training, set each detector's reference mask."""
         criterion = self.trainer.criterion
         if self.active and state.global_step == 0 and criterion.ranks_at_start:
             masks = self.masks_now()  # the mask of the starting weights: how far the mask drifts from it
@@ -56,6 +64,7 @@ class EarlyBirdSearch(TrainerCallback):
                 det.set_reference(flat_mask({n: masks[n] for n in self.kind_groups[kind]}))
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        """criterion.on_gradients(), and observe() once `plan.first_check_after` steps are finished."""
         if self.active:
             self.trainer.criterion.on_gradients()
             if state.global_step >= self.trainer.plan.first_check_after:  # global_step = steps finished
@@ -66,6 +75,9 @@ class EarlyBirdSearch(TrainerCallback):
             self.trainer.criterion.after_step()
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        """At a due check: select masks from the scores, feed each detector its kind's flat mask, reset the
+        criterion; decide `Prune` when every detector settled or the search budget (steps) is spent.
+        Raises RuntimeError when ranks selected different masks."""
         step, plan = state.global_step, self.trainer.plan
         if not self.active or not plan.check_due(step, self.check_every):
             return control
@@ -87,13 +99,16 @@ class EarlyBirdSearch(TrainerCallback):
         return control
 
     def state_dict(self) -> dict:
+        """Each detector's `state_dict`, by detector name ("weights"; or "heads", "neurons")."""
         return {k: d.state_dict() for k, d in self.detectors.items()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore each detector from `state_dict`'s entry (ValueError if window or epsilon differ)."""
         for k, d in self.detectors.items():
             d.load_state_dict(state[k])
 
     def history(self) -> dict[str, list]:
+        """Each detector's check history (list of {"step", "distances", "max_distance", ...}), by detector name."""
         return {k: d.history for k, d in self.detectors.items()}
 
 
@@ -106,6 +121,7 @@ class GradualPruning(TrainerCallback):
         self.run, self.criterion = run, criterion
 
     def pending(self) -> GradualSchedule | None:
+        """The gradual schedule while mask updates are still to come in the retrain phase, else None."""
         return self.run.gradual_pending()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -118,6 +134,7 @@ class GradualPruning(TrainerCallback):
             self.criterion.after_step()
 
     def on_step_end(self, args, state, control, **kwargs):
+        """Decide `UpdateMask` at the step of the schedule's next update."""
         gradual = self.pending()
         if gradual and state.global_step == gradual.next_step:
             self.run.decide(UpdateMask())
@@ -150,15 +167,18 @@ class KeepPrunedWeightsZero(TrainerCallback):
         self.params, self.masks = [], []
 
     def set(self, params: dict[str, torch.nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
+        """Hold the masks (bool, each of its parameter's shape) cast to their parameter's device and dtype."""
         self.params = list(params.values())
         self.masks = [masks[n].to(device=p.device, dtype=p.dtype) for n, p in params.items()]
 
     @torch.no_grad()
     def apply(self) -> None:
+        """Multiply the weights by their masks in place (a no-op before `set`)."""
         if self.masks:
             torch._foreach_mul_([p.data for p in self.params], self.masks)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        """Zero the pruned positions of the gradients (when every parameter has one)."""
         grads = [p.grad for p in self.params]
         if self.masks and all(g is not None for g in grads):
             torch._foreach_mul_(grads, self.masks)
@@ -168,6 +188,7 @@ class KeepPrunedWeightsZero(TrainerCallback):
 
 
 class RetrainBudget(TrainerCallback):
+    """Stops training at on_step_end once the retrain phase has had its steps (`RunState.retrain_budget_spent`)."""
     def __init__(self, run: RunState):
         self.run = run
 
@@ -195,6 +216,8 @@ class PhaseClock(TrainerCallback):
 
 
 class SavePruningState(TrainerCallback):
+    """At every on_save (rank 0) writes the trainer's pruning state into the checkpoint-N folder HF just
+    wrote; at a structured run's pruning checkpoint it then stops the loop, which continues from it."""
     def __init__(self, trainer):
         self.trainer = trainer
 
@@ -246,6 +269,8 @@ class EarlyStopping(TrainerCallback):
         self._training = False
 
     def watched(self, log_history: list[dict]) -> list[dict]:
+        """The evaluations (log entries with "eval_loss") that count: all for a dense run; for a pruning run
+        only those after its pruning step, none before the retrain phase."""
         after = -1
         if self.run is not None:
             if not self.run.retraining:
@@ -254,6 +279,7 @@ class EarlyStopping(TrainerCallback):
         return [e for e in log_history if "eval_loss" in e and e["step"] > after]
 
     def on_evaluate(self, args, state, control, **kwargs):
+        """During training, stop (and fill `self.stop`) once `stopping_evaluation` says so."""
         if not self._training or self.stop is not None:
             return control
         evals = self.watched(state.log_history)

@@ -99,10 +99,12 @@ class RunState:
 
     @property
     def searching(self) -> bool:
+        """True in the search phase (dense training while the detectors watch)."""
         return self.phase == "search"
 
     @property
     def retraining(self) -> bool:
+        """True in the retrain phase."""
         return self.phase == "retrain"
 
     def gradual_pending(self) -> GradualSchedule | None:
