@@ -15,6 +15,9 @@ REWIND_POINTS = ("pretrained", "early_bird")
 
 @dataclass
 class PruningConfig:
+    """What to prune and when; rates are fractions in [0, 1) (or one per encoder layer), epochs may be
+    fractional. Construction raises ValueError for any invalid field (`check_rate`, `EarlyBirdDetector`,
+    `distill.check_settings` and the gradual settings); `check_model` checks what needs the model."""
     granularity: str = "weights"      # "weights" (unstructured) or "heads+neurons" (physically removed)
     rate: mask_ops.Rate = 0.5         # weights: fraction of prunable weights set to zero (or one per layer)
     head_rate: mask_ops.Rate = 1 / 3  # heads+neurons: fraction of the heads removed in each layer
@@ -68,6 +71,7 @@ class PruningConfig:
 
     @property
     def total_epochs(self) -> float:
+        """search_epochs + retrain_epochs: the num_train_epochs the trainer needs."""
         return self.search_epochs + self.retrain_epochs
 
     def scaled(self, fraction: float) -> "PruningConfig":
@@ -78,10 +82,13 @@ class PruningConfig:
                        neuron_rate=scale(self.neuron_rate))
 
     def rate_of(self, kind: str) -> mask_ops.Rate:
+        """The rate for a unit kind: "weight" -> rate, "head" -> head_rate, "neuron" -> neuron_rate
+        (KeyError for another kind)."""
         return {"weight": self.rate, "head": self.head_rate, "neuron": self.neuron_rate}[kind]
 
     def check_model(self, units: PrunableUnits) -> None:
-        """Errors that need the model: per-layer rate counts, a head rate that empties a layer."""
+        """Errors that need the model: per-layer rate counts, a head rate that empties a layer. Raises
+        ValueError for either."""
         for kind in units.kinds():
             rate = self.rate_of(kind)
             groups = [g for g in units.groups.values() if g.kind == kind]
@@ -101,7 +108,8 @@ class PruningConfig:
                current: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Original-space keep-masks of every group: heads per layer (one always stays), FFN neurons and
         weights by `scope` (one neuron of each layer always stays). Units that `current` (the masks
-        already applied) has pruned stay pruned."""
+        already applied) has pruned stay pruned. `scores`: group -> float tensor of the dense group's
+        shape (-inf: removed); returns group -> bool tensor of that shape (`masks.select`)."""
         out = {}
         for kind in units.kinds():
             names = [n for n, g in units.groups.items() if g.kind == kind]

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 
 def linear_factor(step: int, warmup: int, total: int) -> float:
+    """HF's linear schedule as a multiplier of the peak learning rate at `step`: step / warmup during the
+    warm-up, then a linear decay to 0 at `total` (steps; never below 0)."""
     if step < warmup:
         return step / max(1, warmup)
     return max(0.0, (total - step) / max(1, total - warmup))
@@ -19,6 +21,8 @@ def linear_factor(step: int, warmup: int, total: int) -> float:
 
 @dataclass
 class PhasePlan:
+    """The run's steps: total and per epoch, the search budget, the retrain phase, the LR warm-up, and the
+    steps before the first Early-Bird check (the warm-up, when it is skipped). All in optimizer steps."""
     total_steps: int
     steps_per_epoch: float
     search_steps: int
@@ -29,6 +33,8 @@ class PhasePlan:
     @classmethod
     def of(cls, total_steps: int, epochs: float, search_epochs: float, retrain_epochs: float,
            warmup_steps: int, skip_warmup: bool) -> "PhasePlan":
+        """The plan of `total_steps` optimizer steps over `epochs`: search = ceil(search_epochs * steps per
+        epoch), at least 1; retrain = the rest (0 when retrain_epochs is 0)."""
         per_epoch = total_steps / epochs
         search = max(1, math.ceil(search_epochs * per_epoch - 1e-6))
         return cls(total_steps, per_epoch, search, total_steps - search if retrain_epochs else 0, warmup_steps,
@@ -58,7 +64,8 @@ def gradual_fractions(updates: int, start: float) -> list[float]:
 
 
 def gradual_steps(prune_step: int, retrain_steps: int, updates: int, span: float) -> list[int]:
-    """The steps of the mask updates, spread evenly over the first `span` of the retrain phase."""
+    """The steps of the mask updates, spread evenly over the first `span` (a fraction in (0, 1]) of the
+    retrain phase. Raises ValueError when there are fewer steps in that span than updates."""
     spread = span * retrain_steps
     if updates > spread:
         raise ValueError(f"{updates} gradual mask updates need at least {updates} steps, but {span:g} of the "

@@ -19,6 +19,8 @@ MASKS_FILE = "masks.safetensors"
 
 
 def write(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write `tensors` (name -> tensor, moved to CPU) and `meta` (JSON in the safetensors metadata, key
+    "json") to `path` atomically: a temporary file, then os.replace. Creates the directory."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
@@ -27,16 +29,20 @@ def write(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def read(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, meta) of a file `write` wrote (safetensors load_file / safe_open); tensors on CPU."""
     with safe_open(path, "pt") as f:
         meta = json.loads(f.metadata()["json"])
     return load_file(path), meta
 
 
 def pack_masks(masks: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Keep-masks as bit-packed uint8 tensors (`earlybird.pack_mask`, 8 entries a byte) under `prefix` + name."""
     return {f"{prefix}{n}": torch.from_numpy(pack_mask(m)) for n, m in masks.items()}
 
 
 def unpack_masks(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    """The inverse of `pack_masks`: prefix + name -> bool tensor of `shapes[name]`. A KeyError names a
+    group the tensors lack."""
     out = {}
     for name, shape in shapes.items():
         numel = 1
@@ -48,7 +54,8 @@ def unpack_masks(tensors: dict[str, torch.Tensor], prefix: str, shapes: dict[str
 
 def read_run_masks(run_dir: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict]:
     """A finished run's keep-masks (original space), the scores they were selected from (None for a
-    fixed-mask run, or a run from before scores were kept), and the file's metadata."""
+    fixed-mask run, or a run from before scores were kept), and the file's metadata. Masks: group ->
+    bool tensor of the dense group's shape; scores: float tensors of the same shapes (-inf: removed)."""
     tensors, meta = read(os.path.join(run_dir, MASKS_FILE))
     shapes = {n: tuple(s) for n, s in meta["groups"].items()}
     scores = {n: tensors[f"score/{n}"].view(shapes[n]) for n in shapes if f"score/{n}" in tensors}
@@ -56,7 +63,8 @@ def read_run_masks(run_dir: str) -> tuple[dict[str, torch.Tensor], dict[str, tor
 
 
 def last_checkpoint_with_pruning_state(output_dir: str) -> str:
-    """The newest checkpoint-N folder whose pruning state was completely written."""
+    """The newest checkpoint-N folder whose pruning state was completely written. Raises
+    FileNotFoundError when `output_dir` holds none."""
     steps = []
     if os.path.isdir(output_dir):
         for d in os.listdir(output_dir):
