@@ -26,7 +26,9 @@ LOGITS_COLUMN = "teacher_logits"
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None,
                       temperature: float, hardness: float) -> torch.Tensor:
-    """Mean over the batch of the distillation loss above."""
+    """Mean over the batch of the distillation loss above (0-d float32 tensor). `student`, `teacher`:
+    logits (batch, labels); `labels`: class ids (batch,), or None for the soft term only. KL as
+    torch's kl_div(reduction="batchmean"), scaled by T^2 as Hinton et al. 2015."""
     t = temperature
     soft = F.kl_div(F.log_softmax(student.float() / t, -1), F.log_softmax(teacher.float() / t, -1),
                     reduction="batchmean", log_target=True) * t * t
@@ -36,6 +38,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
 
 
 def check_settings(temperature: float, hardness: float) -> None:
+    """Raise ValueError unless temperature > 0 and hardness lies in [0, 1]."""
     if not temperature > 0:
         raise ValueError(f"DISTILL_TEMPERATURE must be > 0, got {temperature}")
     if not 0 <= hardness <= 1:
@@ -43,7 +46,8 @@ def check_settings(temperature: float, hardness: float) -> None:
 
 
 def teacher_directory(teacher: str) -> Path:
-    """The model directory of TEACHER: a finished run's model/ or a checkpoint with config.json."""
+    """The model directory of TEACHER: a finished run's model/ or a checkpoint with config.json.
+    Raises FileNotFoundError when neither holds config.json."""
     path = Path(teacher)
     for candidate in (path / "model", path):
         if (candidate / "config.json").is_file():
@@ -73,13 +77,15 @@ def _rows_digest(input_ids: list[list[int]]) -> str:
 
 
 def load_teacher(directory: Path):
+    """The teacher (HF AutoModelForSequenceClassification.from_pretrained of `directory`) in eval mode, on CPU."""
     from transformers import AutoModelForSequenceClassification
     return AutoModelForSequenceClassification.from_pretrained(str(directory), trust_remote_code=True).eval()
 
 
 @torch.inference_mode()
 def compute_logits(model, rows: list[dict], collate, batch_size: int = 128) -> np.ndarray:
-    """The model's logits for every row, in the rows' order (batched by length, little padding)."""
+    """The model's logits for every row, in the rows' order (batched by length, little padding): a
+    float32 array (rows, num_labels). `rows`: dicts with input_ids and attention_mask lists."""
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     out = np.zeros((len(rows), model.config.num_labels), dtype=np.float32)
@@ -95,7 +101,9 @@ def compute_logits(model, rows: list[dict], collate, batch_size: int = 128) -> n
 def cached_logits(teacher: str, rows: list[dict], collate, cache_dir: Path, vocab_size: int) -> tuple[np.ndarray, dict]:
     """(the teacher's logits for `rows`, what they cost): read from cache_dir, or computed once and written
     there. "seconds" is what this call spent; "compute_seconds" what computing them took, cached or not:
-    the cost a run is charged, so that a cache hit does not make distillation look free."""
+    the cost a run is charged, so that a cache hit does not make distillation look free. Logits: float32
+    array (rows, num_labels). Raises FileNotFoundError (no teacher model or weights) and ValueError when
+    the teacher's vocab_size is not the student's."""
     directory = teacher_directory(teacher)
     config = json.loads((directory / "config.json").read_text())
     if config.get("vocab_size") != vocab_size:
