@@ -37,7 +37,8 @@ def active_parameters(model, pruned_zeros: int = 0) -> tuple[int, int]:
 
 
 def peak_memory_mb() -> float:
-    """Peak accelerator memory allocated (GPU runs), else this process's peak resident memory."""
+    """Peak accelerator memory allocated (GPU runs: torch.cuda.max_memory_allocated), else this
+    process's peak resident memory (`deploy.peak_rss_mb`); in MB (2**20 bytes)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2 ** 20
     return peak_rss_mb()
@@ -59,17 +60,23 @@ class CostLog(TrainerCallback, ExportableState):
 
     # HF stores this in each checkpoint's trainer_state.json; on_train_begin reads it back.
     def state(self) -> dict:
+        """The running totals for HF's trainer_state.json (ExportableState): train_seconds (s), train_flops,
+        tokens (non-padding tokens trained) and peak_memory (MB)."""
         return {"args": {"mean_length": self.mean_length},
                 "attributes": {"train_seconds": self.train_seconds, "train_flops": self.train_flops,
                                "tokens": self.tokens, "peak_memory": self.peak_memory}}
 
     def forward_flops_per_token(self, model) -> float:
+        """Forward FLOPs per token at the mean sentence length (`results.forward_flops` / mean_length),
+        recomputed only when the model's parameter count changes."""
         count = sum(p.numel() for p in model.parameters())  # changes exactly when units are removed
         if self._per_token[0] != count:
             self._per_token = (count, forward_flops(model, [self.mean_length]) / self.mean_length)
         return self._per_token[1]
 
     def on_train_begin(self, args, state, control, **kwargs):
+        """Restore the totals of a resumed run (HF's stateful_callbacks) and start the clock. Raises
+        ValueError unless include_num_input_tokens_seen="non_padding"."""
         if args.include_num_input_tokens_seen != "non_padding":
             raise ValueError("CostLog needs TrainingArguments(include_num_input_tokens_seen='non_padding')")
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
@@ -97,6 +104,7 @@ class CostLog(TrainerCallback, ExportableState):
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         # Before on_step_end, where pruning may happen: this step trained the model as it was.
+        """Add 3 x new tokens x forward FLOPs per token of the model as this step trained it."""
         new = state.num_input_tokens_seen - self.tokens
         self.train_flops += 3 * new * self.forward_flops_per_token(model)
         self.tokens = state.num_input_tokens_seen
@@ -105,6 +113,7 @@ class CostLog(TrainerCallback, ExportableState):
         self._charge_time()
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        """Add the cost keys (COST_KEYS) to this step's training-loss log entry."""
         entry = state.log_history[-1] if state.log_history else {}
         if "loss" not in (logs or {}) or entry.get("step") != state.global_step:
             return  # evaluation logs get their time in on_evaluate
@@ -115,6 +124,7 @@ class CostLog(TrainerCallback, ExportableState):
                      peak_memory_mb=self.peak_memory_so_far())
 
     def on_evaluate(self, args, state, control, **kwargs):
+        """Add training seconds and FLOPs so far to an evaluation during training; its time is not charged."""
         if not self._training:
             return  # the evaluation after training
         entry = state.log_history[-1] if state.log_history else {}
@@ -138,6 +148,6 @@ def cost_series(log_history: list[dict]) -> list[dict]:
 
 
 def accuracy_timeline(log_history: list[dict]) -> list[dict]:
-    """(step, training seconds so far, dev accuracy) of every evaluation during training."""
+    """(step, training seconds so far, dev accuracy as a fraction) of every evaluation during training."""
     return [{"step": e["step"], "train_seconds": e["train_seconds"], "accuracy": e["eval_accuracy"]}
             for e in log_history if "eval_accuracy" in e and "train_seconds" in e]
