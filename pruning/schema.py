@@ -73,6 +73,7 @@ class ParameterSplit:
 
 @dataclass(frozen=True)
 class Parameters:
+    """Parameter counts of the dense model as loaded and of the final model (results.json "parameters")."""
     dense: ParameterSplit = field(default_factory=ParameterSplit)  # the model as loaded
     final: ParameterSplit = field(default_factory=ParameterSplit)  # after training (heads and neurons removed)
 
@@ -85,6 +86,8 @@ class Parameters:
 
 @dataclass(frozen=True)
 class Cost:
+    """What training and evaluating cost (results.json "cost"): FLOPs, tokens, and the dev throughput in
+    sentences per second."""
     train_flos: Optional[float] = None                 # HF's estimate of the training FLOPs (state.total_flos)
     dev_tokens: Optional[int] = None                   # real tokens in the dev set
     mean_train_tokens: Optional[float] = None          # tokens per training sentence, mean
@@ -113,6 +116,8 @@ class Speed:
 
 @dataclass(frozen=True)
 class EarlyStoppingSummary:
+    """`pruning.callbacks.EarlyStopping`'s settings and stop (results.json "early_stopping"; steps are
+    optimizer steps, losses dev cross-entropy)."""
     patience: Optional[int] = None          # evaluations
     threshold: Optional[float] = None       # dev-loss improvement that counts
     stopped: Optional[bool] = None
@@ -155,6 +160,8 @@ class DevPredictions:
 
 @dataclass(frozen=True)
 class Distillation:
+    """The teacher and the loss settings of a distilled retrain phase, and what its logits cost in seconds
+    (results.json "distillation"; `pruning.distill.cached_logits`)."""
     teacher: Optional[str] = None           # the teacher run's directory
     temperature: Optional[float] = None
     hardness: Optional[float] = None        # weight of the soft loss, a fraction
@@ -166,6 +173,7 @@ class Distillation:
 
 @dataclass(frozen=True)
 class Detector:
+    """The Early-Bird detector's settings (You et al. 2020) as the run used them."""
     window: Optional[int] = None            # masks in the FIFO
     epsilon: Optional[float] = None         # mask distance (fraction of units) below which the early bird is found
     check_every: Optional[int] = None       # steps
@@ -224,30 +232,37 @@ class RunConfig:
 
     @property
     def seed(self) -> Optional[int]:
+        """SEED, or None when not recorded."""
         return self.settings.get("SEED")
 
     @property
     def max_length(self) -> Optional[int]:
+        """MAX_LENGTH in tokens, or None when not recorded."""
         return self.settings.get("MAX_LENGTH")  # tokens
 
     @property
     def granularity(self) -> str:
+        """GRANULARITY; "weights" when not recorded."""
         return self.settings.get("GRANULARITY", "weights")
 
     @property
     def data_dir(self) -> str:
+        """DATA_DIR; "" when not recorded."""
         return self.settings.get("DATA_DIR", "")
 
     @property
     def teacher(self) -> str:
+        """TEACHER (a run directory); "" when none."""
         return self.settings.get("TEACHER") or ""
 
     @property
     def gradual_updates(self) -> int:
+        """GRADUAL_UPDATES (mask updates after the early bird); 0 when none."""
         return self.settings.get("GRADUAL_UPDATES") or 0
 
     @property
     def gradual_rewarm(self) -> bool:
+        """GRADUAL_REWARM; False when not recorded."""
         return bool(self.settings.get("GRADUAL_REWARM"))
 
 
@@ -337,7 +352,9 @@ def _parse(cls, data, where: str):
 
 
 def parse(data: dict, source: str | Path | None = None) -> RunResults:
-    """The typed results of a results dict (as read from a file, or as `experiment.run` returns it)."""
+    """The typed results of a results dict (as read from a file, or as `experiment.run` returns it).
+    Raises SchemaError (a ValueError) for a non-dict, a bad or too new schema_version, or a section of
+    the wrong type."""
     where = str(source) if source is not None else "results"
     if not isinstance(data, dict):
         raise SchemaError(f"{where}: not a run's results (a JSON object), but {type(data).__name__}")
@@ -355,7 +372,8 @@ def parse(data: dict, source: str | Path | None = None) -> RunResults:
 
 
 def read(path: str | Path) -> RunResults:
-    """The typed results of a run: its directory, or its results.json."""
+    """The typed results of a run: its directory, or its results.json. Raises SchemaError for a file
+    that is not JSON or that `parse` refuses, and FileNotFoundError when there is no file."""
     path = Path(path)
     if path.is_dir():
         path = path / FILE
