@@ -41,6 +41,8 @@ def trainers() -> dict[str, type]:
 
 
 def trainer_name(trainer) -> str:
+    """A trainer's name in configs and results: "dense" for transformers.Trainer, else its criterion's
+    `name` (or the class name less "PruningTrainer", lower-cased). Raises ConfigError for anything else."""
     if trainer is Trainer:
         return "dense"
     if isinstance(trainer, type) and issubclass(trainer, PruningTrainer):
@@ -176,15 +178,19 @@ PRUNING_SETTINGS = {"GRANULARITY": "granularity", "PRUNING_RATE": "rate", "HEAD_
 
 
 def pruning_config(config: dict) -> PruningConfig:
+    """The PruningConfig the script's constants describe (PRUNING_SETTINGS; missing ones take its
+    defaults). Raises ValueError as PruningConfig does for invalid values."""
     return PruningConfig(**{field: config[key] for key, field in PRUNING_SETTINGS.items() if key in config},
                          distill=bool(config.get("TEACHER")), criterion_options=criterion_options(config))
 
 
 def rate_text(rate) -> str:
+    """A rate as text, 3 significant digits: "0.5", or per-layer rates joined by commas."""
     return ",".join(f"{x:.3g}" for x in rate) if isinstance(rate, (tuple, list)) else f"{rate:.3g}"
 
 
 def describe(pruning: PruningConfig) -> str:
+    """One line saying what is pruned: the rate(s) and scope, and the MASK_FROM source of a fixed mask."""
     if pruning.granularity == "weights":
         text = f"pruning rate {rate_text(pruning.rate)} ({pruning.scope})"
     else:
