@@ -56,6 +56,8 @@ def replace_directory(tmp: Path, final: Path) -> None:
 
 
 def fresh_tmp(final: Path) -> Path:
+    """An empty hidden directory `.NAME.tmp` beside `final` (any earlier one removed), to write a variant
+    into before it is renamed into place."""
     tmp = final.with_name(f".{final.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -64,12 +66,15 @@ def fresh_tmp(final: Path) -> Path:
 
 
 def directory_bytes(path: Path) -> int:
+    """Size on disk of a variant: the sum of its files' sizes in bytes, subdirectories included."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 # --- export -----------------------------------------------------------------------------------------
 def export_onnx(model, directory: Path, probe: dict[str, np.ndarray], tolerance: float = 1e-3) -> None:
-    """Write `directory/model.onnx`: fp32, dynamic batch and sequence length, checked on `probe`."""
+    """Write `directory/model.onnx`: fp32, dynamic batch and sequence length, checked on `probe`
+    (input_ids and attention_mask, int64 arrays (batch, tokens)). Raises DeployError when
+    torch.onnx.export fails or the logits differ from PyTorch's by more than `tolerance` (absolute)."""
     import torch
     from onnxruntime.transformers.optimizer import optimize_model
     _quiet()
@@ -158,7 +163,8 @@ def quantize_mixed(source: Path, directory: Path, four_bit: list[str], eight_bit
                    block_size: int = 32) -> None:
     """`four_bit` nodes (MatMul or embedding Gather) get 4-bit weights in blocks of `block_size` along the
     input dimension (asymmetric, one fp32 scale and a 4-bit zero point per block); `eight_bit` nodes int8.
-    Checked on the result: exactly the named nodes changed, at the named width."""
+    Checked on the result: exactly the named nodes changed, at the named width (DeployError otherwise,
+    and for a name that is no MatMul or Gather of the graph). ONNX Runtime's MatMulNBitsQuantizer."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                   MatMulNBitsQuantizer)
@@ -251,6 +257,8 @@ def load_model(directory: Path) -> bytes:
 
 
 def session(directory: Path, threads: int):
+    """An ONNX Runtime CPU InferenceSession of a variant (`load_model`: packed tensors unpacked) with
+    `threads` intra-op threads, one inter-op thread and no spinning. Raises DeployError as `load_model` does."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -272,7 +280,8 @@ def write_dev(path: Path, input_ids: list[list[int]], labels: list[int], pad_id:
 
 
 def dev_batches(path: Path, batch_size: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """Batches in dev order, each padded to its own longest sentence; and the labels."""
+    """Batches in dev order, each padded to its own longest sentence: input_ids and attention_mask as
+    int64 arrays (batch, longest); and the labels, an array (sentences,)."""
     data = np.load(path)
     ids, lengths, pad = data["ids"], data["lengths"], int(data["pad_id"])
     starts = np.concatenate([[0], np.cumsum(lengths)])
@@ -297,7 +306,8 @@ def accuracy_f1(predictions: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def runner(directory: Path, threads: int):
-    """A function batch -> logits for a variant directory: ONNX Runtime, or PyTorch for a checkpoint."""
+    """A function batch -> logits for a variant directory: ONNX Runtime, or PyTorch for a checkpoint.
+    Logits: float32 array (batch, labels). Raises DeployError for a directory that is neither."""
     directory = Path(directory)
     if (directory / ONNX_FILE).exists():
         ort_session = session(directory, threads)
@@ -323,8 +333,8 @@ def pytorch_runner(model):
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that over from the parent
-    across fork and exec, so a child would report at least its parent's peak."""
+    """This process's peak resident memory (VmHWM), in MB (2**20 bytes). Not ru_maxrss: Linux carries that
+    over from the parent across fork and exec, so a child would report at least its parent's peak."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
