@@ -20,7 +20,8 @@ def matrix_importance(model: nn.Module, criterion_class: type[Criterion], option
 
     A criterion that learns from gradients (gradient, undecayed) sums its per-step score over `batches`
     (dicts of tensors with labels, from the training set: never the dev set the results are reported on);
-    the model is in eval mode, so the scores are those of the deployed function."""
+    the model is in eval mode, so the scores are those of the deployed function. Raises ValueError for an
+    accumulating criterion without batches."""
     units = PrunableUnits(model, "weights")
     criterion = criterion_class(units, **(options or {}))
     if isinstance(criterion, AccumulatedCriterion):
@@ -47,7 +48,8 @@ def matrix_importance(model: nn.Module, criterion_class: type[Criterion], option
 def assign_bits(importance: dict[str, float], sizes: dict[str, int], four_bit_fraction: float) -> dict[str, int]:
     """4 bits for the least important matrices, in order of importance, until at least `four_bit_fraction`
     of all their weights (by count) are at 4 bits; 8 bits for the rest. Ties go by name, for a
-    deterministic choice."""
+    deterministic choice. Raises ValueError for a fraction outside [0, 1] or when `importance` and
+    `sizes` name different matrices."""
     if not 0 <= four_bit_fraction <= 1:
         raise ValueError(f"the fraction of weights at 4 bits must be in [0, 1], got {four_bit_fraction!r}")
     if set(importance) != set(sizes):
@@ -64,6 +66,7 @@ def assign_bits(importance: dict[str, float], sizes: dict[str, int], four_bit_fr
 
 
 def average_bits(bits: dict[str, int], sizes: dict[str, int]) -> float:
+    """Mean bits per weight over the matrices in `bits`, weighted by their sizes (weight counts)."""
     return sum(bits[n] * sizes[n] for n in bits) / sum(sizes[n] for n in bits)
 
 
@@ -84,6 +87,8 @@ class FakeQuant4(nn.Module):
         self.block_size = block_size
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """`weight` (out_features, in_features) rounded to the 4-bit grid, same shape; straight-through
+        gradient (the identity's)."""
         out_features, in_features = weight.shape
         pad = (-in_features) % self.block_size
         w = nn.functional.pad(weight, (0, pad)).reshape(out_features, -1, self.block_size)

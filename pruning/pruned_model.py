@@ -61,6 +61,9 @@ class PrunedBertConfig(BertConfig):
     kept_heads: list[list[int]] | None = None
 
     def validate_per_layer_structure(self):
+        """Run by HF's @strict after __init__ and by save_pretrained. Raises ValueError when a per-layer list
+        has not one entry per layer, an entry outside [1, the dense count], or kept_heads that do not match
+        the head counts or are not original head indices."""
         _check_per_layer_structure(self)
 
 
@@ -75,6 +78,7 @@ class PrunedRobertaConfig(RobertaConfig):
     kept_heads: list[list[int]] | None = None
 
     def validate_per_layer_structure(self):
+        """As PrunedBertConfig's: raises ValueError for per-layer lists or kept_heads that do not fit the config."""
         _check_per_layer_structure(self)
 
 
@@ -103,6 +107,8 @@ def _shape_layers(model) -> None:
 
 
 class PrunedBertForSequenceClassification(BertForSequenceClassification):
+    """BertForSequenceClassification whose encoder layers are built with the config's per-layer head counts
+    and intermediate sizes (loads with trust_remote_code=True)."""
     config_class = PrunedBertConfig
 
     def __init__(self, config: PrunedBertConfig):
@@ -113,6 +119,8 @@ class PrunedBertForSequenceClassification(BertForSequenceClassification):
 
 
 class PrunedRobertaForSequenceClassification(RobertaForSequenceClassification):
+    """RobertaForSequenceClassification built with the config's per-layer structure; see
+    PrunedBertForSequenceClassification."""
     config_class = PrunedRobertaConfig
 
     def __init__(self, config: PrunedRobertaConfig):
@@ -138,7 +146,9 @@ def _pruned_classes(model) -> tuple[type, type]:
 
 
 def per_layer_structure(model) -> dict[str, list[int]]:
-    """Head count and FFN intermediate size of each encoder layer, read from the modules' shapes."""
+    """Head count and FFN intermediate size of each encoder layer, read from the modules' shapes:
+    {"attention_heads_per_layer": [...], "intermediate_size_per_layer": [...]}, one entry per layer.
+    Raises ValueError for a model that is not a BERT/RoBERTa classifier or whose widths do not agree."""
     _pruned_classes(model)
     heads, sizes = [], []
     for i, layer in enumerate(model.base_model.encoder.layer):
@@ -165,7 +175,8 @@ def as_pruned_model(model, kept_heads: list[list[int]] | None = None):
     Afterwards `model.save_pretrained(path)` writes a directory that loads with
     `AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)`. `kept_heads` gives the
     original indices of the heads each layer kept; without it, an already-pruned model's record is kept if it still
-    matches the head counts. Returns the model.
+    matches the head counts. Returns the model. Raises ValueError as `per_layer_structure` and the
+    config's validation do.
     """
     model_class, config_class = _pruned_classes(model)
     structure = per_layer_structure(model)
