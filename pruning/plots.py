@@ -24,6 +24,8 @@ def criteria_of(runs: list) -> list[str]:
 
 
 def criterion_colors(criteria: list[str]) -> dict[str, str]:
+    """A matplotlib colour per criterion: KNOWN_COLORS for the first criteria, then the next of
+    MORE_COLORS, "black" once those run out."""
     spare = iter(MORE_COLORS)
     return {c: KNOWN_COLORS.get(c) or next(spare, "black") for c in criteria}
 

@@ -38,6 +38,9 @@ def load(out: Path) -> list[RunResults]:
 
 
 def rows_of(results: list[RunResults]) -> list[dict]:
+    """One table row per run (dicts, sorted dense first, then by trainer, variant, rate, seed), each
+    compared with the dense run of its seed: accuracies as fractions, times in seconds, training in
+    PFLOs (HF's total_flos / 1e15), inference in GFLOPs, peak RSS in MB."""
     dense = {r.config.seed: r for r in results if r.trainer == "dense"}
     rows = []
     for r in results:
@@ -98,6 +101,7 @@ def b3_figures(r: RunResults, dense: RunResults | None) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
+    """The runs table of report.md from `rows_of` rows, one Markdown line per row ("–": nothing to show)."""
     lines = ["| trainer | rate | seed | sparsity | acc before prune | acc after prune | acc final | F1 final | "
              "EB step | EB / dense steps | steps | search s | prune s | retrain s | total s | time vs dense | "
              "dense s to same acc | B3: (search+retrain) / that | "

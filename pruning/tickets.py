@@ -84,6 +84,8 @@ def write_tickets(run_dir: str | Path, out: str | Path, seed: int, kinds=KINDS) 
 
 # --- stability of kept sets ----------------------------------------------------------------------
 def by_layer(masks: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    """Masks grouped by encoder layer (`units.layer_of`; -1 for names without one), layers ascending:
+    layer -> {group name -> mask}."""
     layers: dict[int, dict[str, torch.Tensor]] = {}
     for name, m in masks.items():
         layers.setdefault(layer_of(name), {})[name] = m
