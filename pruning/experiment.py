@@ -50,8 +50,9 @@ def compute_metrics(eval_pred) -> dict:
 class StopOnDivergence(TrainerCallback):
     """A NaN/inf loss or weight ends the run before it is saved over the last good checkpoint.
 
-    The loss is checked at every log; the weights at every step that is about to be checkpointed
-    (the step's update may have broken them after its loss was computed)."""
+    The loss is checked at every log (on_log); the weights at every step that is about to be
+    checkpointed (on_step_end with control.should_save: the step's update may have broken them after
+    its loss was computed). Either raises FloatingPointError."""
 
     @staticmethod
     def _stop(what, state, args):
@@ -121,6 +122,7 @@ def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encode
 
 
 def early_stopping_of(trainer) -> EarlyStopping | None:
+    """The trainer's EarlyStopping callback, or None when it has none."""
     return next((c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStopping)), None)
 
 
@@ -268,6 +270,8 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
 
 
 def early_stopping_summary(trainer) -> dict | None:
+    """results.json's "early_stopping": the stopper's patience (evaluations) and threshold, whether it
+    stopped and, if so, its `stop` record; None without an EarlyStopping callback."""
     stopper = early_stopping_of(trainer)
     if stopper is None:
         return None
@@ -280,6 +284,8 @@ def _metrics(evals: dict) -> dict:
 
 
 def print_summary(results: schema.RunResults, run_dir: Path) -> None:
+    """Print the run's summary on stdout: accuracy and F1 (percent) by stage, the early bird, what was kept,
+    early stopping, speed, seconds by phase and peak RSS (MB), and where results.json is."""
     def pct(x):
         return "   -  " if x is None else f"{100 * x:6.2f}"
     rows = [("stage", "accuracy", "F1")]
