@@ -62,7 +62,9 @@ class Budget:
     @classmethod
     def of(cls, units: PrunableUnits, rates: dict[str, float], max_rate: float) -> "Budget":
         """The budget that uniform `rates` (by kind) give: heads are counted per layer as the pipeline
-        rounds them (round(rate x heads) in each layer); neurons and weights as one global count."""
+        rounds them (round(rate x heads) in each layer); neurons and weights as one global count.
+        Raises ValueError for max_rate outside (0, 1), a group outside the encoder layers, per-layer
+        `rates`, or a budget the layers cannot absorb at max_rate."""
         if not 0 < max_rate < 1:
             raise ValueError(f"MAX_LAYER_RATE must lie in (0, 1), got {max_rate}")
         spans: dict[tuple[int, str], list] = {}
@@ -86,6 +88,7 @@ class Budget:
         return cls(steps, remove, max_rate)
 
     def kind_steps(self, kind: str) -> list[Step]:
+        """The steps of one unit kind ("head", "neuron" or "weight"), in episode order."""
         return [s for s in self.steps if s.kind == kind]
 
     def uniform(self) -> dict[str, int]:
@@ -114,6 +117,8 @@ class Budget:
         return out
 
     def check(self, counts: dict[str, int]) -> None:
+        """Raise AssertionError unless `counts` (step name -> units removed) remove exactly the budget of each
+        kind, with every step within [0, its `most`]."""
         for kind, n in self.remove.items():
             got = sum(counts[s.name] for s in self.kind_steps(kind))
             if got != n or any(not 0 <= counts[s.name] <= s.most for s in self.kind_steps(kind)):
@@ -168,11 +173,15 @@ class AllocationEnv(gym.Env):
         return np.clip(np.asarray(obs, dtype=np.float32), 0.0, 1.0)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start an episode at the first step (gymnasium's reset): (observation float32 (12,), {})."""
         super().reset(seed=seed)
         self._t, self._counts, self._last = 0, {}, 0.0
         return self._observation(), {}
 
     def step(self, action):
+        """Set the current step's count from `action` (shape (1,), in [-1, 1]: `proposed_rate`, clipped to
+        what the later steps can absorb); gymnasium's (observation (12,), reward, terminated, truncated,
+        info). The reward (0 until the last step) comes from the reward callable, once per episode."""
         step = self.budget.steps[self._t]
         a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
         base = self.budget.remove[step.kind] / self.budget.total[step.kind]
@@ -193,7 +202,8 @@ class AllocationEnv(gym.Env):
 # --- the reward ------------------------------------------------------------------------------------
 def masks_for(counts: dict[str, int], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, torch.Tensor]:
     """Keep-masks that remove the `counts` lowest-scoring units of each step, ranked over its
-    groups together, as the pipeline ranks a per-layer rate (ties by position)."""
+    groups together, as the pipeline ranks a per-layer rate (ties by position). `scores`: group ->
+    float tensor of the group's shape; returns group -> bool tensor of that shape (`masks.select`)."""
     out = {}
     for step in budget.steps:
         out.update(mask_ops.select({g: scores[g] for g in step.groups}, counts[step.name] / step.size, "global",
@@ -218,7 +228,9 @@ def global_rates(scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, f
 
 class SliceReward:
     """Accuracy (or minus the mean loss) on fixed sentences of `model` pruned to the given counts by
-    `scores`, without training: whole units removed (heads+neurons) or weights zeroed."""
+    `scores`, without training: whole units removed (heads+neurons) or weights zeroed. `batches`:
+    dicts of input_ids, attention_mask (batch, tokens) and labels (batch,). Raises ValueError for a
+    metric other than "accuracy" or "loss"."""
 
     def __init__(self, model: nn.Module, granularity: str, scores: dict[str, torch.Tensor], budget: Budget,
                  batches: list[dict[str, torch.Tensor]], metric: str = "accuracy"):
@@ -230,6 +242,8 @@ class SliceReward:
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module) -> float:
+        """Accuracy (a fraction in [0, 1]) or minus the mean cross-entropy (nats per sentence) of `model` on the
+        fixed batches."""
         correct, loss, n = 0, 0.0, 0
         for batch in self.batches:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
@@ -239,6 +253,8 @@ class SliceReward:
         return correct / n if self.metric == "accuracy" else -loss / n
 
     def pruned(self, counts: dict[str, int]) -> nn.Module:
+        """A deep copy of the model pruned to `counts` (step name -> units removed) by `masks_for`: units
+        removed (`remove_units`) or weights zeroed."""
         masks = masks_for(counts, self.scores, self.budget)
         model = copy.deepcopy(self.model)
         units = PrunableUnits(model, self.granularity)
@@ -270,6 +286,8 @@ def batches_of(rows: list[dict], collate, batch_size: int = 128) -> list[dict[st
 # --- the search ------------------------------------------------------------------------------------
 @dataclass
 class AgentSettings:
+    """PPO settings of the search (stable-baselines3): episodes, rollout length in episodes, seed, learning
+    rate, epochs per update and the initial log standard deviation of the Gaussian policy."""
     episodes: int = 400              # allocations tried in all
     episodes_per_update: int = 8     # PPO rollout: this many episodes, then an update
     seed: int = 0
@@ -292,6 +310,7 @@ class Search:
 
     @property
     def episode_length(self) -> int:
+        """Actions per episode: one per budget step."""
         return len(self.env.budget.steps)
 
     def _meta(self) -> dict:
@@ -300,6 +319,10 @@ class Search:
                                       "steps": [asdict(s) for s in self.env.budget.steps]}))
 
     def run(self, progress: Callable[[int], None] | None = None) -> list[dict]:
+        """Train PPO until `settings.episodes` episodes are done, resuming from `directory` when it holds a
+        search; return the env's episode history ({"counts", "reward", "seconds"} each). `progress` is
+        called with the number of episodes done after each. Raises ValueError when the saved search had
+        other settings or another budget."""
         from stable_baselines3 import PPO
         from stable_baselines3.common.callbacks import BaseCallback
         from stable_baselines3.common.logger import Logger
