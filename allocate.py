@@ -97,6 +97,8 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
 
 
 def budget_rates(config: dict, run_config: dict) -> dict[str, float]:
+    """The uniform rates (fractions) the budget is made from, by unit kind, as the source run recorded them
+    (HEAD_RATE / NEURON_RATE, or PRUNING_RATE)."""
     return {kind: run_config[RATE_KEY[kind]] for kind in KINDS_OF[config["GRANULARITY"]]}
 
 
@@ -246,6 +248,8 @@ def speeds(found: dict, run_config: dict) -> dict | None:
 
 
 def write(out: Path, config: dict, search_result: dict | None, speed: dict | None = None) -> str:
+    """Write OUT_DIR/allocate.md (the search's rewards, dev accuracy per allocation paired by seed against the
+    agent, parameters kept, speed, units removed per layer) and its two plots; return the Markdown text."""
     found = collect(out, config)
     acc = {name: {s: r.metrics.final.accuracy for s, r in by_seed.items()} for name, by_seed in found.items()}
     lines = [f"# Per-layer rates: an RL agent against uniform rates and the global threshold "
@@ -307,6 +311,7 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
 
 
 def plot_rates(found: dict, config: dict, path: Path) -> None:
+    """Units removed per layer by each allocation (mean over seeds), one panel per unit kind, to `path`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -327,6 +332,8 @@ def plot_rates(found: dict, config: dict, path: Path) -> None:
 
 
 def plot_reward(result: dict, config: dict, path: Path) -> None:
+    """Each episode's reward on the held-out sentences, its rolling mean over one PPO update and the best
+    so far, beside the reference allocations' rewards, to `path`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -349,6 +356,9 @@ def plot_reward(result: dict, config: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point: the first seed's uniform run (the search's source), the agent's search (He et al. 2018 AMC, `pruning.allocation`),
+    then every allocation's pipeline runs and allocate.md. Bad settings exit with status 2 (`experiment.fail`);
+    failed runs end in SystemExit naming them."""
     try:
         config, passed_on, run_config = settings(argv)
         model, tokenizer, budget = model_budget(config, run_config)

@@ -35,6 +35,7 @@ CASES = "all"                   # comma-separated case keys (see main), or "all"
 
 
 class StepTimer(TrainerCallback):
+    """Records time.perf_counter() at every on_step_end, for training steps per second."""
     def __init__(self):
         self.times = []
 
@@ -42,11 +43,14 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter())
 
     def steps_per_second(self, skip):
+        """Optimizer steps per second over the recorded steps after the first `skip` (warm-up)."""
         t = self.times[skip:]
         return (len(t) - 1) / (t[-1] - t[0])
 
 
 def case(config, trainer_cls, padding="dynamic", granularity="weights"):
+    """Training steps per second of one case: `trainer_cls`'s search phase (the Early-Bird check never
+    fires) on SENTENCES sentences, with dynamic or fixed (128-token) padding, after SKIP_STEPS steps."""
     cfg = dict(config, TRAINER=trainer_cls, SEARCH_EPOCHS=EPOCHS, RETRAIN_EPOCHS=0.0, GRANULARITY=granularity,
                EB_EPSILON=1e-12)  # never fires: the whole run is the search phase
     pruning = experiment.pruning_config(cfg)
@@ -104,6 +108,7 @@ def hook_step_ratio(granularity, pairs=40):
 
 
 def mask_seconds(numel, repeats=3):
+    """Best of `repeats` wall-clock seconds for `keep_masks` at rate 0.5 on `numel` random scores (one tensor)."""
     scores = {"w": torch.rand(numel)}
     best = float("inf")
     for _ in range(repeats):
@@ -114,6 +119,8 @@ def mask_seconds(numel, repeats=3):
 
 
 def main():
+    """Run the chosen CASES in ROUNDS interleaved rounds and print the Markdown table (medians, ratios to the
+    dense Trainer), the activation hooks' step-time ratio and the mask-selection seconds."""
     import bert
     settings = {"MODEL": MODEL, "SENTENCES": SENTENCES, "EPOCHS": EPOCHS, "ROUNDS": ROUNDS, "SKIP_STEPS": SKIP_STEPS,
                 "CASES": CASES, "__file__": __file__}

@@ -217,6 +217,9 @@ def time_variants(runners: dict, batches, singles, rounds: int) -> dict:
 
 
 def main(config: dict) -> None:
+    """Export, quantize and pack the run's model into each variant (`pruning.deploy`), evaluate and time them
+    side by side, then write compress.json, table.md and the two plots to OUT_DIR (default RUN/compressed).
+    Raises ConfigError (from `check`) for bad input, before any work."""
     results = check(config)
     run = Path(config["RUN"])
     out = Path(config["OUT_DIR"]) if config["OUT_DIR"] else run / "compressed"
@@ -355,6 +358,8 @@ def main(config: dict) -> None:
 
 
 def markdown(record: dict, results: schema.RunResults) -> str:
+    """table.md from a compress.json record: a row per variant (accuracy as fractions, Δ in percentage points,
+    MB = 10**6 bytes on disk, latency in ms, sentences/s), then the mixed-precision and sparse notes."""
     def f(x, fmt):
         return "–" if x is None else format(x, fmt)
     lines = [f"Run `{record['run']}` ({results.trainer}, {results.config.granularity}); "

@@ -105,10 +105,15 @@ def runs(config: dict, passed_on: list[str], seeds: list[int] | None = None):
 
 
 def ticket_dir(config: dict, seed: int, kind: str) -> Path:
+    """The directory of one seed's ticket of `kind` ("good", "random", "bad"), OUT_DIR/tickets/s{seed}/{kind}:
+    its masks, which the ticket's runs train with MASK_FROM."""
     return Path(config["OUT_DIR"]) / "tickets" / f"s{seed}" / kind
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point: the plan of runs (Prasanna et al. 2020's study on early-bird tickets), each seed's tickets
+    written from its early-bird run, then lottery.md. Bad settings exit with status 2; failed runs end in
+    SystemExit naming them."""
     try:
         config, passed_on = settings(argv)
         plan = list(runs(config, passed_on))
@@ -157,10 +162,13 @@ def collect(out: Path) -> dict:
 
 
 def accuracy(r: RunResults, stage: str = "final") -> float | None:
+    """The run's dev accuracy at `stage` ("final", "before_prune", "after_prune"), a fraction; None if not evaluated."""
     return r.metrics.accuracy(stage)
 
 
 def accuracy_markdown(found: dict, config: dict) -> list[str]:
+    """The accuracy tables of lottery.md: every ticket from each starting point beside the dense reference
+    (mean ± std over seeds), then the early-bird pipeline runs."""
     dense = found["dense"]
     lines = [f"Dev accuracy, mean ± std over seeds (n). Every ticket and the dense reference trained "
              f"{config['EPOCHS']:g} epoch(s); \"before training\": the masked starting weights, not trained.", "",
@@ -237,6 +245,8 @@ def stability(found: dict) -> dict:
 
 
 def stability_markdown(stab: dict, criterion: str) -> list[str]:
+    """The stability section of lottery.md: Jaccard index of the kept sets between seeds and between
+    criteria, beside chance, per layer, and the heads every seed or no seed kept."""
     lines = ["Which units survive: Jaccard index of the kept sets (mean ± std over pairs), beside the index of "
              "random choices with the same per-layer counts. Between seeds: one criterion, every two seeds. "
              "Between criteria: the same seed.", "",
@@ -291,6 +301,7 @@ def layer_markdown(stab: dict, criterion: str) -> list[str]:
 
 
 def plot_accuracy(found: dict, path: Path) -> None:
+    """Dev accuracy of every ticket and starting point (dots: seeds, bars: means) against the dense mean, to `path`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -65,6 +65,9 @@ def cells(trainers, rates, seeds, dense_eval_every, granularity="weights", varia
 
 
 def main():
+    """Entry point: check every cell's settings, run the grid (locally, or one Ray task per cell with CLUSTER,
+    the dense cells first), then write the report (`pruning.tables.write`). Bad settings exit with status 2;
+    failed cells end in SystemExit naming them."""
     try:
         config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, owned=SWEEP_OWNS)
     except experiment.ConfigError as e:
