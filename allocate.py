@@ -356,9 +356,9 @@ def plot_reward(result: dict, config: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: the first seed's uniform run (the search's source), the agent's search (He et al. 2018 AMC, `pruning.allocation`),
-    then every allocation's pipeline runs and allocate.md. Bad settings exit with status 2 (`experiment.fail`);
-    failed runs end in SystemExit naming them."""
+    """Entry point: the first seed's uniform run (the search's source), the agent's search (He et al.
+    2018 AMC, `pruning.allocation`), then every allocation's pipeline runs and allocate.md. Bad settings
+    exit with status 2 (`experiment.fail`); failed runs end in SystemExit naming them."""
     try:
         config, passed_on, run_config = settings(argv)
         model, tokenizer, budget = model_budget(config, run_config)
