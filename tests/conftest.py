@@ -1,6 +1,8 @@
 """Shared fixtures: tiny models built from configs, small slices of the real SST-2 files."""
+import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +70,50 @@ def only_run_dir(out: Path) -> Path:
     runs = [p for p in out.iterdir() if p.is_dir()]
     assert len(runs) == 1, runs
     return runs[0]
+
+
+# --- the fast subset: python -m pytest -m "not slow" tests -----------------------------------------
+# A test is slow when it, a fixture it uses, or a helper of its module starts a Python process or runs
+# a script's main(): that is where the suite's time goes (each process imports torch and trains). The
+# rule is read from the source, so a new test is classified without anyone remembering to mark it;
+# tests that train long in this process carry @pytest.mark.slow themselves.
+_STARTS_A_RUN = re.compile(r"run_script\(|subprocess\.|\.main\(|run_cell\(|\.Process\(")
+
+
+def _source(func) -> str:
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        return ""
+
+
+def _run_starters(module) -> set[str]:
+    """Names of the module's functions that start a run, directly or through one another."""
+    functions = {n: _source(f) for n, f in vars(module).items() if inspect.isfunction(f)}
+    names = {n for n, src in functions.items() if _STARTS_A_RUN.search(src)}
+    while True:
+        more = {n for n, src in functions.items() if n not in names and any(f"{m}(" in src for m in names)}
+        if not more:
+            return names
+        names |= more
+
+
+def _starts_a_run(func, starters: set[str]) -> bool:
+    src = _source(func)
+    return bool(_STARTS_A_RUN.search(src)) or any(f"{name}(" in src for name in starters)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts a Python process or trains at length (deselect with "
+                                       "-m 'not slow' for the edit-test loop; CI runs everything)")
+
+
+def pytest_collection_modifyitems(config, items):
+    starters = {}
+    for item in items:
+        module = item.module
+        if module not in starters:
+            starters[module] = _run_starters(module)
+        fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        if any(_starts_a_run(f, starters[module]) for f in (item.function, *fixtures)):
+            item.add_marker(pytest.mark.slow)

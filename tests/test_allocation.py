@@ -105,6 +105,7 @@ def collate(rows):
             "attention_mask": torch.tensor([r["attention_mask"] for r in rows])}
 
 
+@pytest.mark.slow  # trains for tens of seconds in this process
 def test_the_agent_learns_to_prune_the_layer_that_costs_nothing(tmp_path):
     """A tiny model whose first layer adds nothing (its attention output and FFN output weights are
     zero) and whose labels are its own predictions: pruning layer 0 keeps the accuracy at 1, pruning
@@ -139,6 +140,7 @@ def test_the_agent_learns_to_prune_the_layer_that_costs_nothing(tmp_path):
     assert policy["layer0.neurons"] > budget.uniform()["layer0.neurons"]
 
 
+@pytest.mark.slow  # trains for tens of seconds in this process
 def test_a_killed_search_resumes_and_ends_as_the_uninterrupted_one(tmp_path):
     budget = allocation.Budget.of(PrunableUnits(tiny_model(), "heads+neurons"), {"head": 1 / 3, "neuron": 0.4}, 0.9)
     settings = allocation.AgentSettings(episodes=40, episodes_per_update=4, seed=5)

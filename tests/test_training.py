@@ -50,6 +50,7 @@ def make_trainer(cls, tmp_path, sst2_slice, rate=0.6, scope="global", lr=5e-3, w
     return trainer, tok, ds
 
 
+@pytest.mark.slow  # trains for tens of seconds in this process
 @pytest.mark.parametrize("cls", [MagnitudePruningTrainer, GradientPruningTrainer, UndecayedPruningTrainer])
 def test_pruned_weights_stay_exactly_zero_through_adamw(cls, tmp_path, sst2_slice):
     # A large learning rate and weight decay: any leak through momentum would show at once.
