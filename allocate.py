@@ -29,12 +29,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pruning import allocation, experiment, stats, tables
+from pruning import allocation, experiment, grid, stats, tables
 from pruning.cells import check_cell, run_cell
 from pruning.schema import RunResults
 from pruning.state import read_run_masks
 from pruning.trainer import SNAPSHOT_FILE
-from pruning.units import GRANULARITIES
 
 SCRIPT = "bert.py"                   # the experiment every run uses
 CRITERION = "magnitude"              # the criterion that scores units, in the search and in every run
@@ -65,20 +64,13 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
     if config["CRITERION"] not in experiment.trainers() or config["CRITERION"] == "dense":
         raise experiment.ConfigError(f"unknown pruning criterion {config['CRITERION']!r}; choose from "
                                      f"{', '.join(n for n in experiment.trainers() if n != 'dense')}")
-    if config["GRANULARITY"] not in GRANULARITIES:
-        raise experiment.ConfigError(f"unknown --granularity={config['GRANULARITY']}; choose one of "
-                                     f"{', '.join(GRANULARITIES)}")
+    grid.check_granularity(config["GRANULARITY"])
     config["ALLOCATIONS"] = [a.strip() for a in config["ALLOCATIONS"].split(",") if a.strip()]
     wrong = [a for a in config["ALLOCATIONS"] if a not in ("agent", "uniform", "global")]
     if wrong or "uniform" not in config["ALLOCATIONS"]:
         raise experiment.ConfigError(f"--allocations={','.join(config['ALLOCATIONS'])}: give some of agent, uniform, "
                                      "global, comma-separated, with uniform (its first-seed run feeds the search)")
-    try:
-        config["SEEDS"] = [int(s) for s in config["SEEDS"].split(",") if s.strip()]
-    except ValueError:
-        raise experiment.ConfigError(f"--seeds={config['SEEDS']!r}: give integers, comma-separated") from None
-    if not config["SEEDS"] or len(set(config["SEEDS"])) != len(config["SEEDS"]):
-        raise experiment.ConfigError("--seeds: give distinct integers, comma-separated")
+    config["SEEDS"] = grid.seeds(config["SEEDS"])
     for key in ("HELD_OUT", "EPISODES", "EPISODES_PER_UPDATE"):
         if config[key] < 1:
             raise experiment.ConfigError(f"{key} must be >= 1, got {config[key]}")
@@ -371,23 +363,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{first} failed; see {out / (first + '.log')}")
     result = search(config, run_config, out, model, tokenizer, budget)
     del model
-    failed = []
     plan = [(n, a) for n, a in runs(config, passed_on, result["counts"], budget, run_config) if n != first]
-    with tqdm(plan, desc="runs", unit="run") as bar:
-        for name, args in bar:
-            bar.set_postfix_str(name)
-            try:
-                finished = run_cell(config["SCRIPT"], out, name, args)
-            except experiment.ConfigError as e:
-                experiment.fail(e)
-            if not finished:
-                failed.append(name)
-                tqdm.write(f"{name} failed; see {out / (name + '.log')}")
+    try:
+        failed = grid.run_cells(config["SCRIPT"], out, plan, "runs")
+    except experiment.ConfigError as e:
+        experiment.fail(e)
     found = collect(out, config)
     speed = speeds(found, run_config) if config["MEASURE_SPEED"] and config["GRANULARITY"] != "weights" else None
     print(write(out, config, result, speed))
-    if failed:
-        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+    grid.finish(failed)
 
 
 if __name__ == "__main__":

@@ -27,14 +27,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pruning import experiment, stats, tables, tickets
-from pruning.cells import check_cells, run_cell
+from pruning import grid as study_grid  # (`grid` names the survival arrays below)
+from pruning.cells import check_cells
 from pruning.config import REWIND_POINTS
 from pruning.schema import RunResults
 from pruning.state import read_run_masks
-from pruning.units import GRANULARITIES
 
 SCRIPT = "bert.py"                  # the experiment every run uses
 CRITERION = "magnitude"             # the criterion of the good mask, from which random and bad tickets are built
@@ -61,20 +60,13 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
         if name not in known or name == "dense":
             raise experiment.ConfigError(f"unknown pruning criterion {name!r}; choose from "
                                          f"{', '.join(n for n in known if n != 'dense')}")
-    if config["GRANULARITY"] not in GRANULARITIES:
-        raise experiment.ConfigError(f"unknown --granularity={config['GRANULARITY']}; choose one of "
-                                     f"{', '.join(GRANULARITIES)}")
+    study_grid.check_granularity(config["GRANULARITY"])
     for key, allowed in (("TICKETS", tickets.KINDS), ("REWINDS", REWIND_POINTS)):
         wrong = [t for t in split[key] if t not in allowed] or ([] if split[key] else ["(none)"])
         if wrong:
             raise experiment.ConfigError(f"--{key.lower()}: {', '.join(wrong)} not understood; give some of "
                                          f"{', '.join(allowed)}, comma-separated")
-    try:
-        seeds = [int(s) for s in split["SEEDS"]]
-    except ValueError:
-        raise experiment.ConfigError(f"--seeds={config['SEEDS']!r}: give integers, comma-separated") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise experiment.ConfigError(f"--seeds={config['SEEDS']!r}: give distinct integers, comma-separated")
+    seeds = study_grid.seeds(config["SEEDS"])
     if not config["EPOCHS"] > 0:
         raise experiment.ConfigError(f"EPOCHS must be > 0, got {config['EPOCHS']}")
     config.update(split, SEEDS=seeds)
@@ -121,22 +113,21 @@ def main(argv: list[str] | None = None) -> None:
     except experiment.ConfigError as e:
         experiment.fail(e)
     out = Path(config["OUT_DIR"])
-    failed = []
-    with tqdm(plan, desc="lottery", unit="run") as bar:
-        for name, args, ticket in bar:
-            bar.set_postfix_str(name)
-            if ticket:
-                seed, kind = ticket
-                source = out / f"eb-{config['CRITERION']}-s{seed}"
-                if source.name in failed:
-                    continue
-                tickets.write_tickets(source, ticket_dir(config, seed, kind).parent, seed, config["TICKETS"])
-            if not run_cell(config["SCRIPT"], out, name, args):
-                failed.append(name)
-                tqdm.write(f"{name} failed; see {out / (name + '.log')}")
+    ticket_of = {name: ticket for name, _, ticket in plan}
+
+    def write_ticket(name: str, failed: list[str]) -> bool:  # a ticket's masks, once its early-bird run is done
+        if ticket_of[name] is None:
+            return True
+        seed, kind = ticket_of[name]
+        source = out / f"eb-{config['CRITERION']}-s{seed}"
+        if source.name in failed:
+            return False
+        tickets.write_tickets(source, ticket_dir(config, seed, kind).parent, seed, config["TICKETS"])
+        return True
+    failed = study_grid.run_cells(config["SCRIPT"], out, [(name, args) for name, args, _ in plan], "lottery",
+                                  write_ticket)
     write(out, config)
-    if failed:
-        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+    study_grid.finish(failed)
 
 
 # --- the report ----------------------------------------------------------------------------------

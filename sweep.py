@@ -20,9 +20,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 import bert  # noqa: F401  (defines every trainer a cell may name)
-from pruning import experiment, tables
-from pruning.cells import check_cells, run_cell, run_on_ray
-from pruning.units import GRANULARITIES
+from pruning import experiment, grid, tables
+from pruning.cells import check_cells, run_on_ray
 
 SCRIPT = "bert.py"                              # the experiment each cell runs
 TRAINERS = "dense,magnitude,gradient,undecayed" # comma-separated; dense runs once per seed
@@ -76,17 +75,16 @@ def main():
     for t in trainers:
         if t not in experiment.trainers():
             experiment.fail(f"unknown trainer {t!r} in --trainers; choose from {', '.join(experiment.trainers())}")
-    if config["GRANULARITY"] not in GRANULARITIES:
-        experiment.fail(f"unknown --granularity={config['GRANULARITY']}; choose one of {', '.join(GRANULARITIES)}")
     try:
+        grid.check_granularity(config["GRANULARITY"])
+        seeds = grid.seeds(config["SEEDS"])
         rates = [float(r) for r in config["RATES"].split(",") if r.strip()]
-        seeds = [int(s) for s in config["SEEDS"].split(",") if s.strip()]
+    except experiment.ConfigError as e:
+        experiment.fail(e)
     except ValueError:
-        experiment.fail(f"--rates={config['RATES']!r} / --seeds={config['SEEDS']!r}: give numbers (rates) and integers "
-                        "(seeds), comma-separated")
-    if not rates or not seeds or len(set(seeds)) != len(seeds):
-        experiment.fail(f"--rates={config['RATES']!r} / --seeds={config['SEEDS']!r}: give at least one rate and distinct "
-                        "seeds, comma-separated")
+        rates = []
+    if not rates:
+        experiment.fail(f"--rates={config['RATES']!r}: give at least one number, comma-separated")
     if config["DENSE_EVAL_EVERY"] < 1 or config["CELL_CPUS"] <= 0 or config["LOCAL_CPUS"] < 0:
         experiment.fail("DENSE_EVAL_EVERY must be >= 1, CELL_CPUS > 0 and LOCAL_CPUS >= 0 (0 = all), got "
                         f"{config['DENSE_EVAL_EVERY']}, {config['CELL_CPUS']} and {config['LOCAL_CPUS']}")
@@ -97,20 +95,20 @@ def main():
     if any("kd" in v for v in variants) and "dense" not in trainers:
         experiment.fail("the kd variants distil from the dense cell of each seed: add dense to --trainers")
     out = Path(config["OUT_DIR"])
-    grid = list(cells(trainers, rates, seeds, config["DENSE_EVAL_EVERY"], config["GRANULARITY"], variants,
+    plan = list(cells(trainers, rates, seeds, config["DENSE_EVAL_EVERY"], config["GRANULARITY"], variants,
                       config["GRADUAL"], out))
     try:  # every cell's whole configuration, and every cell already on disk made with it: before any run
-        for name, args in grid:
+        for name, args in plan:
             experiment.validate(experiment.configure(script, [*args, *passed_on]))
-        check_cells(config["SCRIPT"], out, [(n, [*a, *passed_on]) for n, a in grid])
+        check_cells(config["SCRIPT"], out, [(n, [*a, *passed_on]) for n, a in plan])
     except experiment.ConfigError as e:
         experiment.fail(e)
     out.mkdir(parents=True, exist_ok=True)
     failed = []
     if config["CLUSTER"]:  # one Ray task per cell: the dense cells first (they teach the kd cells), then the rest
-        waves = [[(n, [*a, *passed_on]) for n, a in grid if "--trainer=dense" in a],
-                 [(n, [*a, *passed_on]) for n, a in grid if "--trainer=dense" not in a]]
-        with tqdm(total=len(grid), desc="sweep", unit="run") as bar:
+        waves = [[(n, [*a, *passed_on]) for n, a in plan if "--trainer=dense" in a],
+                 [(n, [*a, *passed_on]) for n, a in plan if "--trainer=dense" not in a]]
+        with tqdm(total=len(plan), desc="sweep", unit="run") as bar:
             def done(name, ok):
                 bar.update()
                 if not ok:
@@ -118,15 +116,9 @@ def main():
             failed = run_on_ray(config["SCRIPT"], out, waves, config["CLUSTER"], config["CELL_CPUS"],
                                 config["LOCAL_CPUS"], done)
     else:
-        with tqdm(grid, desc="sweep", unit="run") as bar:
-            for name, args in bar:
-                bar.set_postfix_str(name)
-                if not run_cell(config["SCRIPT"], out, name, [*args, *passed_on]):
-                    failed.append(name)
-                    tqdm.write(f"{name} failed; see {out / (name + '.log')}")
+        failed = grid.run_cells(config["SCRIPT"], out, [(n, [*a, *passed_on]) for n, a in plan], "sweep")
     tables.write(out)
-    if failed:
-        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+    grid.finish(failed)
 
 
 if __name__ == "__main__":

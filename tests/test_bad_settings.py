@@ -228,7 +228,8 @@ def test_peak_memory_so_far_is_a_running_maximum_kept_across_a_resume(monkeypatc
 
 # --- the study scripts' own settings ----------------------------------------------------------------
 @pytest.mark.parametrize("script,args,message", [
-    ("sweep", ["--seeds=1,x"], "give numbers (rates) and integers (seeds)"),
+    ("sweep", ["--seeds=1,x"], "--seeds='1,x': give distinct integers"),
+    ("sweep", ["--rates=0.5,x"], "--rates='0.5,x': give at least one number"),
     ("sweep", ["--seeds=1,1"], "distinct"),
     ("sweep", ["--rates=1.2"], "pruning rate must be a number in [0, 1)"),  # each cell's whole configuration
     ("sweep", ["--cell_cpus=0"], "CELL_CPUS > 0"),
