@@ -9,6 +9,7 @@ cell, so the same skipping and resuming.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -37,14 +38,13 @@ def check_cells(script: str, out: Path, cells) -> None:
 
 
 def _script_namespace(script: str) -> dict:
+    return _run_script(str(Path(script).resolve()))
+
+
+@functools.lru_cache(maxsize=None)
+def _run_script(path: str) -> dict:
     import runpy
-    path = str(Path(script).resolve())
-    if path not in _NAMESPACES:
-        _NAMESPACES[path] = runpy.run_path(path)
-    return _NAMESPACES[path]
-
-
-_NAMESPACES: dict[str, dict] = {}
+    return runpy.run_path(path)  # once per script: its constants and the trainers it defines
 
 
 def run_cell(script: str, out: Path, name: str, args: list[str]) -> bool:

@@ -103,8 +103,8 @@ class CostLog(TrainerCallback, ExportableState):
         return self.peak_memory
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        # Before on_step_end, where pruning may happen: this step trained the model as it was.
-        """Add 3 x new tokens x forward FLOPs per token of the model as this step trained it."""
+        """Add 3 x new tokens x forward FLOPs per token of the model as this step trained it (before
+        on_step_end, where pruning may happen)."""
         new = state.num_input_tokens_seen - self.tokens
         self.train_flops += 3 * new * self.forward_flops_per_token(model)
         self.tokens = state.num_input_tokens_seen

@@ -137,9 +137,9 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     pruning = validate(config)
     is_main, world = _distributed_main_process()
     run_dir = Path(_broadcast(str(run_directory(config, script)) if is_main else None))
-    record = {"config": checks.recordable(config), "world_size": world}
+    started_with = {"config": checks.recordable(config), "world_size": world}
     if config["RESUME"]:  # before any loading: a continuation must be the same experiment
-        checks.check_continuation(run_dir, {**record["config"], "WORLD_SIZE": world},
+        checks.check_continuation(run_dir, {**started_with["config"], "WORLD_SIZE": world},
                                   "Resume with the recorded settings, or start a new run under another RUN_NAME.")
     # Model names first (seconds), then data, then the model itself: all fail before any training.
     models.resolve(config["MODEL"], "model", MODEL_HINT)
@@ -191,7 +191,7 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / RUN_CONFIG_FILE).exists():  # what a continuation must match
-            write_json(run_dir / RUN_CONFIG_FILE, {**record, "script": Path(script).name})
+            write_json(run_dir / RUN_CONFIG_FILE, {**started_with, "script": Path(script).name})
         print(f"run directory: {run_dir}\nmodel: {model_description}\ndata: {data_source} "
               f"({len(train_rows):,} train / {len(datasets['validation']):,} dev sentences)\ntrainer: {name}"
               + (f", {describe(pruning)}" if name != "dense" else ""), flush=True)
