@@ -1,4 +1,4 @@
-"""Early-bird pruning of RoBERTa on GLUE SST-2.
+"""Early-bird pruning of RoBERTa on a GLUE task (SST-2 by default), IMDB or any labelled text.
 
     python roberta.py                                   # defaults below
     python roberta.py --pruning_rate=0.7 --trainer=gradient
@@ -23,10 +23,14 @@ from undecayed_pruning import UndecayedPruningTrainer  # noqa: F401
 # --- model and data
 MODEL = "roberta-base"             # Hub id or local checkpoint dir; "configs/roberta-base.json" = random init (offline)
 TOKENIZER = ""                     # "" = the model's own; "../shared/roberta-base-tokenizer" with a config MODEL
-DATA_DIR = ""                      # folder with GLUE SST-2 train.tsv/dev.tsv; "" = $SST2_DIR, then ../shared/sst2, then the Hub
-TRAIN_SUBSET = 0                   # train on a seeded random subset of this many sentences; 0 = all 67,349
-HELD_OUT = 0                       # train sentences never trained on (one fixed draw for every seed): allocate.py's reward slice
-MAX_LENGTH = 128                   # truncate longer sentences (batches are padded only to their own longest)
+TASK = "sst2"                      # a GLUE task (cola sst2 mrpc qqp stsb mnli qnli rte wnli), imdb, or custom (README: Tasks)
+DATA_DIR = ""                      # the task's files in its own layout; "" = ../shared/<task> ($SST2_DIR for sst2), then the Hub; custom: a folder or hub:<id>
+TEXT_COLUMNS = "text"              # custom: the text column, or two comma-separated (a pair)
+LABEL_COLUMN = "label"             # custom: class names, class ids 0..K-1, or numbers (a regression)
+TRAIN_SUBSET = 0                   # train on a seeded random subset of this many examples; 0 = all
+HELD_OUT = 0                       # train examples never trained on (one fixed draw for every seed): allocate.py's reward slice
+MAX_LENGTH = 128                   # tokens kept per example (batches are padded only to their own longest); up to the model's positions
+TRUNCATION = "head"                # "head": the first MAX_LENGTH tokens; "head+tail": the first quarter and the last three (Sun et al. 2019, IMDB)
 # --- pruning
 TRAINER = MagnitudePruningTrainer  # GradientPruningTrainer, UndecayedPruningTrainer, SlimmingPruningTrainer, ActivationPruningTrainer, or Trainer (dense)
 GRANULARITY = "weights"            # "weights": unstructured zeros; "heads+neurons": whole heads and FFN neurons, removed
@@ -71,6 +75,7 @@ EVAL_EVERY = 0                     # optimizer steps between dev evaluations dur
 EARLY_STOPPING_PATIENCE = 0        # stop after this many evaluations without a lower dev loss (dense run, or the retrain phase); 0 = off
 EARLY_STOPPING_THRESHOLD = 0.0     # a dev loss must drop by more than this to count as better
 MEASURE_SPEED = True               # at the end: inference and training-step speed against a dense model, side by side
+PREDICT_TEST = False               # also predict the task's test set: OUT_DIR/<run>/predictions/, in the GLUE leaderboard's layout
 
 if __name__ == "__main__":
     experiment.main(globals())

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from transformers import Trainer
 
-from pruning import distill
+from pruning import distill, tasks
 from pruning.config import PruningConfig
+from pruning.data import TRUNCATIONS
 from pruning.configuration import ConfigError, pruning_config, rate_text, trainer_name, trainers
 from pruning.trainer import SNAPSHOT_FILE, check_mask_source
 
@@ -98,9 +99,48 @@ def validate(config: dict) -> PruningConfig:
         raise ConfigError(f"WEIGHT_DECAY must be >= 0, got {config['WEIGHT_DECAY']}")
     if not config["LEARNING_RATE"] > 0:
         raise ConfigError(f"LEARNING_RATE must be > 0, got {config['LEARNING_RATE']}")
+    check_task_settings(config)
     if config["RESUME"] and not config["RUN_NAME"]:
         raise ConfigError("RESUME needs RUN_NAME: the run directory to resume, e.g. --resume=true --run_name=NAME")
     return pruning
+
+
+# --- the task -----------------------------------------------------------------------------------------
+def text_columns(config: dict) -> tuple[str, ...]:
+    """TEXT_COLUMNS as a tuple: "text" -> ("text",), "sentence1,sentence2" -> a pair."""
+    return tuple(c.strip() for c in str(config.get("TEXT_COLUMNS", "")).split(",") if c.strip())
+
+
+def check_task_settings(config: dict) -> None:
+    """TASK, TEXT_COLUMNS, TRUNCATION and PREDICT_TEST on their own (the data is checked as it is read)."""
+    task = config.get("TASK", "sst2")
+    if not tasks.known(task):
+        raise ConfigError(f"unknown TASK {task!r}; choose one of {', '.join(tasks.TASKS)}, or {tasks.CUSTOM!r} "
+                          "(any labelled text: DATA_DIR, TEXT_COLUMNS, LABEL_COLUMN)")
+    if task.lower() == tasks.CUSTOM:
+        if not config.get("DATA_DIR"):
+            raise ConfigError("TASK=custom reads DATA_DIR: a folder with train and validation (or dev) files "
+                              "(.csv, .tsv, .jsonl, .parquet), or hub:<dataset id>")
+        if len(text_columns(config)) not in (1, 2):
+            raise ConfigError(f"TEXT_COLUMNS={config.get('TEXT_COLUMNS')!r}: name one text column, or two "
+                              "comma-separated for a pair (e.g. --text_columns=premise,hypothesis)")
+    truncation = config.get("TRUNCATION", "head")
+    if truncation not in TRUNCATIONS:
+        raise ConfigError(f"TRUNCATION={truncation!r}: choose one of {', '.join(TRUNCATIONS)}")
+    if config.get("PREDICT_TEST") and task.lower() != tasks.CUSTOM and not tasks.get(task).test_splits:
+        raise ConfigError(f"PREDICT_TEST: {tasks.get(task).title} has no test set apart from the one it is "
+                          "evaluated on; leave it false")
+
+
+def check_task(config: dict, task, datasets) -> None:
+    """The task against its settings once its data is read: head+tail needs one text per example, and
+    PREDICT_TEST a test split."""
+    if config.get("TRUNCATION") == "head+tail" and task.is_pair:
+        raise ConfigError(f"TRUNCATION=head+tail keeps the start and end of one text, but {task.title} has pairs "
+                          f"({', '.join(task.text_columns)}): use --truncation=head")
+    if config.get("PREDICT_TEST") and not any(s in datasets for s in task.test_splits):
+        raise ConfigError(f"PREDICT_TEST: the data holds no test split of {task.title} "
+                          f"({', '.join(task.test_splits) or 'none'}); add its test file or leave it false")
 
 
 def run_directory(config: dict, script: str) -> Path:
@@ -159,9 +199,10 @@ def max_input_length(model) -> tuple[int | None, str]:
     return n, f"max_position_embeddings={n}"
 
 
-def check_model_and_tokenizer(config: dict, model, tokenizer) -> None:
-    """MAX_LENGTH against the model's positions and the tokenizer's special tokens, and the tokenizer's
-    padding token (batches are padded). (Its vocabulary against the model's: `models.load_model_and_tokenizer`.)"""
+def check_model_and_tokenizer(config: dict, model, tokenizer, pair: bool = False) -> None:
+    """MAX_LENGTH against the model's positions and the tokenizer's special tokens (those of a pair when
+    `pair`), and the tokenizer's padding token (batches are padded). (Its vocabulary against the
+    model's: `models.load_model_and_tokenizer`.)"""
     source = config.get("TOKENIZER") or config.get("MODEL")
     if tokenizer.pad_token_id is None:
         raise ConfigError(f"tokenizer {source!r} has no padding token, and batches are padded to their longest "
@@ -171,10 +212,11 @@ def check_model_and_tokenizer(config: dict, model, tokenizer) -> None:
     if limit is not None and config["MAX_LENGTH"] > limit:
         raise ConfigError(f"MAX_LENGTH={config['MAX_LENGTH']} is longer than the model can take: {limit} tokens "
                           f"({why}): set --max_length={limit} or lower")
-    special = tokenizer.num_special_tokens_to_add(pair=False)
-    if config["MAX_LENGTH"] <= special:
+    special = tokenizer.num_special_tokens_to_add(pair=pair)
+    if config["MAX_LENGTH"] <= special + pair:
         raise ConfigError(f"MAX_LENGTH={config['MAX_LENGTH']} leaves no room for text: the tokenizer adds {special} "
-                          f"special tokens to every sentence: set --max_length={special + 1} or more")
+                          f"special tokens to every {'pair' if pair else 'sentence'}: set "
+                          f"--max_length={special + 1 + pair} or more")
 
 
 # --- the step budget -------------------------------------------------------------------------------

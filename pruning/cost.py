@@ -137,17 +137,22 @@ class CostLog(TrainerCallback, ExportableState):
         self._training = False
 
 
-def cost_series(log_history: list[dict]) -> list[dict]:
-    """The cost entries of a run's log history, with the dev accuracy of evaluations at the same step."""
-    accuracy = {}
+def cost_series(log_history: list[dict], headline: str = "accuracy") -> list[dict]:
+    """The cost entries of a run's log history, with the dev accuracy and headline metric (`score`) of
+    evaluations at the same step."""
+    evals = {}
     for e in log_history:
-        if "eval_accuracy" in e:
-            accuracy[e["step"]] = e["eval_accuracy"]  # the last evaluation at a step: after pruning, if both
-    return [{"step": e["step"], **{k: e[k] for k in COST_KEYS}, "accuracy": accuracy.get(e["step"])}
+        if "eval_loss" in e:
+            evals[e["step"]] = e  # the last evaluation at a step: after pruning, if both
+    return [{"step": e["step"], **{k: e[k] for k in COST_KEYS},
+             "accuracy": evals.get(e["step"], {}).get("eval_accuracy"),
+             "score": evals.get(e["step"], {}).get(f"eval_{headline}")}
             for e in log_history if "active_params" in e]
 
 
-def accuracy_timeline(log_history: list[dict]) -> list[dict]:
-    """(step, training seconds so far, dev accuracy as a fraction) of every evaluation during training."""
-    return [{"step": e["step"], "train_seconds": e["train_seconds"], "accuracy": e["eval_accuracy"]}
-            for e in log_history if "eval_accuracy" in e and "train_seconds" in e]
+def accuracy_timeline(log_history: list[dict], headline: str = "accuracy") -> list[dict]:
+    """(step, training seconds so far, dev accuracy and the task's headline metric `score`, fractions
+    or correlations) of every evaluation during training."""
+    return [{"step": e["step"], "train_seconds": e["train_seconds"], "accuracy": e.get("eval_accuracy"),
+             "score": e.get(f"eval_{headline}")}
+            for e in log_history if "eval_loss" in e and "train_seconds" in e]

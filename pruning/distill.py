@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
+from pruning.data import MODEL_INPUTS
+
 LOGITS_COLUMN = "teacher_logits"
 
 
@@ -85,14 +87,14 @@ def load_teacher(directory: Path):
 @torch.inference_mode()
 def compute_logits(model, rows: list[dict], collate, batch_size: int = 128) -> np.ndarray:
     """The model's logits for every row, in the rows' order (batched by length, little padding): a
-    float32 array (rows, num_labels). `rows`: dicts with input_ids and attention_mask lists."""
+    float32 array (rows, num_labels). `rows`: dicts with input_ids and attention_mask lists (and token_type_ids of a
+    BERT pair task)."""
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     out = np.zeros((len(rows), model.config.num_labels), dtype=np.float32)
     for i in range(0, len(order), batch_size):
         chunk = order[i:i + batch_size]
-        batch = collate([{"input_ids": rows[j]["input_ids"], "attention_mask": rows[j]["attention_mask"]}
-                         for j in chunk])
+        batch = collate([{k: rows[j][k] for k in MODEL_INPUTS if k in rows[j]} for j in chunk])
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         out[chunk] = logits.float().cpu().numpy()
     return out

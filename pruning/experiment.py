@@ -19,7 +19,7 @@ import torch
 from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
                           set_seed)
 
-from pruning import checks, distill, schema
+from pruning import checks, distill, evaluation, schema, tasks
 from pruning import results as run_results
 from pruning.callbacks import EarlyStopping
 from pruning.checks import RUN_CONFIG_FILE, run_directory, validate
@@ -30,6 +30,7 @@ from pruning.configuration import (PRUNING_SETTINGS, RATE_KEYS, ConfigError, con
 from pruning.cost import CostLog, accuracy_timeline, cost_series
 from pruning.deploy import peak_rss_mb
 from pruning.schedule import PhasePlan
+from pruning.tasks import METRIC_TITLES, Task
 from pruning.schema import write_json  # noqa: F401  (the scripts write their JSON through experiment.write_json)
 from pruning.trainer import SNAPSHOT_FILE, PruningTrainer, ResumeMismatch, write_masks
 from pruning.units import prunable_parameters
@@ -40,13 +41,6 @@ MODEL_HINT = ("Set --model to a local checkpoint directory, or build the archite
 
 
 # --- metrics and callbacks -------------------------------------------------------------------------
-def compute_metrics(eval_pred) -> dict:
-    """Accuracy and F1 of the positive class, computed locally (evaluate.load needs the Hub)."""
-    from pruning.deploy import accuracy_f1
-    logits, labels = eval_pred
-    return accuracy_f1(np.asarray(logits).argmax(-1), np.asarray(labels))
-
-
 class StopOnDivergence(TrainerCallback):
     """A NaN/inf loss or weight ends the run before it is saved over the last good checkpoint.
 
@@ -86,8 +80,12 @@ def _broadcast(obj):
     return obj
 
 
-def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encoded, output_dir, callbacks=()):
-    """The configured Trainer (dense or pruning) over tokenized train/validation splits."""
+def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encoded, output_dir, callbacks=(),
+                  task: Task | None = None):
+    """The configured Trainer (dense or pruning) over the tokenized train split and the task's dev sets:
+    it evaluates on the first (`Task.dev`); `evaluation.evaluate_dev_sets` adds the others (MNLI's
+    mismatched) to every stage's evaluation."""
+    task = task or tasks.get("sst2")
     args = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=pruning.total_epochs,  # the dense baseline gets the same total budget
@@ -109,12 +107,13 @@ def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encode
         use_cpu=not torch.cuda.is_available(),
     )
     trainer_kwargs = dict(model=model, args=args, train_dataset=encoded["train"],
-                          eval_dataset=encoded["validation"], processing_class=tokenizer,
-                          data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
+                          eval_dataset=encoded[task.dev], processing_class=tokenizer,
+                          data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=evaluation.metric_function(task),
                           callbacks=[StopOnDivergence(), *callbacks])
     if issubclass(config["TRAINER"], PruningTrainer):
         trainer_kwargs["pruning"] = pruning
     trainer = config["TRAINER"](**trainer_kwargs)
+    trainer.other_dev_sets = {evaluation.dev_set_name(s): encoded[s] for s in task.dev_splits[1:]}
     if config.get("EARLY_STOPPING_PATIENCE", 0):  # a pruning run watches its retrain phase only
         trainer.add_callback(EarlyStopping(config["EARLY_STOPPING_PATIENCE"], config["EARLY_STOPPING_THRESHOLD"],
                                            getattr(trainer, "run_state", None)))
@@ -131,7 +130,7 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
 
     `callbacks` are extra TrainerCallbacks (the tests use one to SIGKILL a run at a chosen step).
     """
-    from pruning import data as sst2
+    from pruning import data
     from pruning import models
 
     pruning = validate(config)
@@ -143,19 +142,32 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
                                   "Resume with the recorded settings, or start a new run under another RUN_NAME.")
     # Model names first (seconds), then data, then the model itself: all fail before any training.
     models.resolve(config["MODEL"], "model", MODEL_HINT)
-    datasets, data_source = sst2.load_sst2(config["DATA_DIR"])
+    task, datasets, data_source = data.load(config["TASK"], config["DATA_DIR"], checks.text_columns(config),
+                                            config["LABEL_COLUMN"], with_test=config["PREDICT_TEST"])
+    checks.check_task(config, task, datasets)
     set_seed(config["SEED"])  # before building the model, so a random init is reproducible
     model, tokenizer, model_description = models.load_model_and_tokenizer(
-        config["MODEL"], config["TOKENIZER"], num_labels=2, how_to_fix=MODEL_HINT)
-    checks.check_model_and_tokenizer(config, model, tokenizer)
-    trainable, _ = sst2.hold_out(datasets["train"], config.get("HELD_OUT", 0))
+        config["MODEL"], config["TOKENIZER"], num_labels=task.num_labels, how_to_fix=MODEL_HINT)
+    checks.check_model_and_tokenizer(config, model, tokenizer, task.is_pair)
+    trainable, _ = data.hold_out(datasets["train"], config.get("HELD_OUT", 0))
     if config["TRAIN_SUBSET"] > len(trainable):
-        raise ConfigError(f"TRAIN_SUBSET={config['TRAIN_SUBSET']} asks for more sentences than the {len(trainable):,} "
+        raise ConfigError(f"TRAIN_SUBSET={config['TRAIN_SUBSET']} asks for more examples than the {len(trainable):,} "
                           f"there are to train on{' after HELD_OUT' if config.get('HELD_OUT') else ''}: set "
                           f"--train_subset={len(trainable)} or lower (0 = all)")
-    train_rows = sst2.subset(trainable, config["TRAIN_SUBSET"], config["SEED"])
-    encoded = sst2.tokenize(sst2.DatasetDict(train=train_rows, validation=datasets["validation"]),
-                            tokenizer, config["MAX_LENGTH"])
+    train_rows = data.subset(trainable, config["TRAIN_SUBSET"], config["SEED"])
+    try:
+        encoded = data.tokenize(data.DatasetDict(train=train_rows, **{s: datasets[s] for s in datasets if s != "train"}),
+                                tokenizer, config["MAX_LENGTH"], task, config["TRUNCATION"])
+    except ValueError as e:  # head+tail with a slow tokenizer
+        raise ConfigError(str(e)) from None
+    dev = encoded[task.dev]
+    truncation = {"strategy": config["TRUNCATION"], "max_length": config["MAX_LENGTH"],
+                  "train": data.truncated_count(encoded["train"]),
+                  "dev": {evaluation.dev_set_name(s): data.truncated_count(encoded[s]) for s in task.dev_splits}}
+    others = tuple(evaluation.dev_set_name(s) for s in task.dev_splits[1:])
+
+    def metrics_of(evals: dict) -> dict:
+        return evaluation.stage_metrics(evals, task, others)
     if config["TRAINER"] is not Trainer and not pruning.mask_from:  # the step plan against the criterion
         _, total = checks.planned_steps(len(train_rows), config["BATCH_SIZE"], world, pruning.total_epochs)
         plan = PhasePlan.of(total, pruning.total_epochs, pruning.search_epochs, pruning.retrain_epochs,
@@ -182,7 +194,7 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     try:  # settings that need the model: a head rate that empties a layer, an unsupported architecture,
         # a fixed mask for another model (PruningTrainer checks them before it creates any directory)
         trainer = build_trainer(config, pruning, model, tokenizer, encoded, run_dir / "checkpoints",
-                                (cost, *callbacks))
+                                (cost, *callbacks), task)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if isinstance(trainer, PruningTrainer):
@@ -192,8 +204,11 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / RUN_CONFIG_FILE).exists():  # what a continuation must match
             write_json(run_dir / RUN_CONFIG_FILE, {**started_with, "script": Path(script).name})
-        print(f"run directory: {run_dir}\nmodel: {model_description}\ndata: {data_source} "
-              f"({len(train_rows):,} train / {len(datasets['validation']):,} dev sentences)\ntrainer: {name}"
+        print(f"run directory: {run_dir}\nmodel: {model_description}\ntask: {task.title} ({task.headline})\n"
+              f"data: {data_source} ({len(train_rows):,} train / "
+              + " + ".join(f"{len(encoded[s]):,}" for s in task.dev_splits) + " dev examples; truncated to "
+              f"{config['MAX_LENGTH']} tokens ({config['TRUNCATION']}): {truncation['train']:,} train / "
+              f"{sum(truncation['dev'].values()):,} dev)\ntrainer: {name}"
               + (f", {describe(pruning)}" if name != "dense" else ""), flush=True)
 
     started = time.perf_counter()
@@ -204,12 +219,14 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume: leave nothing that blocks the name
         raise
     train_seconds = time.perf_counter() - started  # this process's share, when resumed
-    final = trainer.evaluate()
-    dev_predictions = run_results.dev_predictions(trainer, encoded["validation"])  # on every rank: predict() gathers
+    final = evaluation.evaluate_dev_sets(trainer)
+    dev_predictions = run_results.dev_predictions(trainer, dev, task)  # on every rank: predict() gathers
+    test_predictions = (evaluation.write_test_predictions(trainer, task, encoded, run_dir / "predictions")
+                        if config["PREDICT_TEST"] and is_main else None)
     pruned = isinstance(trainer, PruningTrainer)
     speed = None
     if is_main and pruned and config.get("MEASURE_SPEED", False):  # a dense run would time itself against itself
-        speed = run_results.measure_speed(model, encoded["validation"].to_list(),
+        speed = run_results.measure_speed(model, data.model_rows(dev),
                                           encoded["train"].select(range(min(160, len(encoded["train"])))).to_list(),
                                           DataCollatorWithPadding(tokenizer))
     if pruned and pruning.granularity != "weights":
@@ -220,14 +237,15 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         return None
 
     params = prunable_parameters(model)
-    lengths = encoded["validation"]["length"]
+    lengths = dev["length"]
     results = {
         "script": Path(script).name, "run_dir": str(run_dir), "trainer": name, "model": model_description,
         "model_source": config["MODEL"],
-        "data": data_source, "train_rows": len(train_rows), "dev_rows": len(datasets["validation"]),
+        "task": task_record(task), "data": data_source, "train_rows": len(train_rows), "dev_rows": len(dev),
+        "truncation": truncation, "test_predictions": test_predictions,
         "config": {k: (trainer_name(v) if k == "TRAINER" else v) for k, v in config.items()},
         "world_size": world, "optimizer_steps": trainer.state.global_step,
-        "metrics": {"final": _metrics(final)},
+        "metrics": {"final": metrics_of(final)},
         "total_params": sum(p.numel() for p in model.parameters()),
         "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),
         "parameters": {"dense": dense_split, "final": run_results.parameter_split(model)},
@@ -241,15 +259,16 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         "speed": speed,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
-        "log_history": trainer.state.log_history, "accuracy_timeline": accuracy_timeline(trainer.state.log_history),
-        "cost_series": cost_series(trainer.state.log_history), "early_stopping": early_stopping_summary(trainer),
+        "log_history": trainer.state.log_history,
+        "accuracy_timeline": accuracy_timeline(trainer.state.log_history, task.headline),
+        "cost_series": cost_series(trainer.state.log_history, task.headline), "early_stopping": early_stopping_summary(trainer),
         "dev_predictions": dev_predictions, "distillation": teacher,
     }
     if pruned:
         summary = trainer.pruning_summary()
         evals = summary.pop("evals")
-        results["metrics"] = {"before_prune": _metrics(evals.get("before_prune", {})),
-                              "after_prune": _metrics(evals.get("after_prune", {})), "final": _metrics(final)}
+        results["metrics"] = {"before_prune": metrics_of(evals.get("before_prune", {})),
+                              "after_prune": metrics_of(evals.get("after_prune", {})), "final": metrics_of(final)}
         results["pruning"] = summary
         results["phase_seconds"] = summary["phase_seconds"]
         if teacher:  # the teacher's forward passes over the train set, charged to every run that uses them
@@ -279,24 +298,38 @@ def early_stopping_summary(trainer) -> dict | None:
             **(stopper.stop or {})}
 
 
-def _metrics(evals: dict) -> dict:
-    return {"accuracy": evals.get("eval_accuracy"), "f1": evals.get("eval_f1"), "loss": evals.get("eval_loss")}
+def task_record(task: Task) -> dict:
+    """results.json's "task": what a reader needs to report the run without the task's declaration."""
+    return {"name": task.name, "title": task.title, "metrics": list(task.metrics), "headline": task.headline,
+            "label_names": None if task.label_names is None else list(task.label_names),
+            "text_columns": list(task.text_columns), "dev_sets": [evaluation.dev_set_name(s) for s in task.dev_splits]}
 
 
 def print_summary(results: schema.RunResults, run_dir: Path) -> None:
-    """Print the run's summary on stdout: accuracy and F1 (percent) by stage, the early bird, what was kept,
+    """Print the run's summary on stdout: the task's metrics (x100) by stage and dev set, truncation, the early bird, what was kept,
     early stopping, speed, seconds by phase and peak RSS (MB), and where results.json is."""
     def pct(x):
         return "   -  " if x is None else f"{100 * x:6.2f}"
-    rows = [("stage", "accuracy", "F1")]
+    names = results.task.metrics
+    columns = [(None, name) for name in names]  # (dev set, metric): MNLI adds its mismatched set
+    columns += [(other, name) for other in results.task.dev_sets[1:] for name in names]
+    title = {n: METRIC_TITLES[n] for n in names}
+    rows = [("stage", *(title[n] + (f" ({d})" if d else "") for d, n in columns))]
     for stage, label in (("before_prune", "dense, at pruning"), ("after_prune", "pruned, no retrain"),
                          ("final", "final")):
         m = getattr(results.metrics, stage)
         if m is not None:
-            rows.append((label, pct(m.accuracy), pct(m.f1)))
-    print(f"\n== {results.model} · {results.trainer} ==")
+            rows.append((label, *(pct(m.on(d).value(n)) for d, n in columns)))
+    print(f"\n== {results.model} · {results.task.title} · {results.trainer} ==")
+    width = max(8, *(len(c) for c in rows[0][1:]))
     for r in rows:
-        print(f"  {r[0]:<22} {r[1]:>8} {r[2]:>8}")
+        print(f"  {r[0]:<22} " + " ".join(f"{c:>{width}}" for c in r[1:]))
+    t = results.truncation
+    if t and (t.train or any(t.dev.values())):
+        print(f"  truncated to {t.max_length} tokens ({t.strategy}): {t.train:,} train and "
+              f"{sum(t.dev.values()):,} dev examples")
+    if results.test_predictions:
+        print("  test predictions: " + ", ".join(results.test_predictions.values()))
     p = results.pruning
     if p and p.fixed_mask_from:
         print(f"  fixed mask from {p.fixed_mask_from}, trained from step 0")
@@ -332,13 +365,13 @@ def print_summary(results: schema.RunResults, run_dir: Path) -> None:
 
 def main(namespace: dict, argv: list[str] | None = None, callbacks: tuple = ()) -> None:
     """Entry point of bert.py / roberta.py: one clear line on bad input instead of a traceback."""
-    from pruning import data as sst2
+    from pruning import data
     from pruning import models
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         config = configure(namespace, argv)
         run(config, namespace.get("__file__", "script.py"), callbacks)
-    except (ConfigError, sst2.DataError, models.ModelError, FileNotFoundError, ResumeMismatch) as e:
+    except (ConfigError, data.DataError, models.ModelError, FileNotFoundError, ResumeMismatch) as e:
         fail(e)
     except FloatingPointError as e:  # training diverged
         print(f"error: {e}", file=sys.stderr)

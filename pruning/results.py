@@ -12,6 +12,8 @@ import time
 import torch
 from torch import nn
 
+from pruning.data import MODEL_INPUTS
+
 
 def sparsity_of(params: dict[str, torch.Tensor]) -> dict:
     """Sparsity counted from the weights themselves (exact zeros), not from the masks."""
@@ -88,22 +90,21 @@ def forward_flops(model: nn.Module, lengths: list[int], count_zeros: bool = True
     return float(sum(2 * t * per_token + 4 * t * t * attention_width + 2 * per_sentence for t in lengths))
 
 
-def dev_predictions(trainer, dataset) -> dict | None:
-    """The predicted class and the label of every dev sentence, in the dataset's order, for paired tests
-    between runs (McNemar, bootstrap). HF's eval sampler groups rows by length, shuffled with the run's
-    seed, so the prediction order differs between seeds: undo it. None (with a warning) if the labels
-    do not come back in the dataset's order, i.e. if the sampler's order could not be undone."""
+def dev_predictions(trainer, dataset, task=None) -> dict | None:
+    """The prediction (class id, or a regression's value) and the label of every dev example, in the
+    dataset's order, for paired tests between runs (McNemar, bootstrap). None (with a warning) if the
+    labels do not come back in the dataset's order, i.e. if the sampler's order could not be undone."""
     import numpy as np
-    out = trainer.predict(dataset)
-    sampler = trainer._get_eval_sampler(dataset)  # the same order predict() used: a fresh, seeded generator
-    order = np.arange(len(dataset)) if sampler is None else np.fromiter(iter(sampler), dtype=np.int64)
-    predicted, labels = np.empty(len(dataset), dtype=np.int64), np.empty(len(dataset), dtype=np.int64)
-    predicted[order] = np.asarray(out.predictions).argmax(-1)
-    labels[order] = np.asarray(out.label_ids)
-    if not np.array_equal(labels, np.asarray(dataset["label"])):
+
+    from pruning.evaluation import predict_in_order
+    from pruning.tasks import get
+    task = task or get("sst2")
+    logits, labels = predict_in_order(trainer, dataset)
+    expected = np.asarray(dataset["label"])
+    if labels is None or not np.allclose(labels.reshape(-1), expected):
         print("warning: dev predictions could not be put back in the dataset's order; not saved")
         return None
-    return {"predicted": predicted.tolist(), "label": labels.tolist()}
+    return {"predicted": task.predictions(logits).tolist(), "label": expected.tolist()}
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -140,10 +141,10 @@ def measure_speed(model: nn.Module, dev_rows: list[dict], train_rows: list[dict]
 
     def to_device(batch):
         return {k: v.to(device) for k, v in batch.items()}
-    features = [{k: r[k] for k in ("input_ids", "attention_mask") if k in r} for r in dev_rows]
+    features = [{k: r[k] for k in MODEL_INPUTS if k in r} for r in dev_rows]
     one = [to_device(collate([f])) for f in features[:batch1_sentences]]
     big = [to_device(collate(features[i:i + 64])) for i in range(0, len(features), 64)]
-    train = [to_device(collate([{**{k: r[k] for k in ("input_ids", "attention_mask") if k in r},
+    train = [to_device(collate([{**{k: r[k] for k in MODEL_INPUTS if k in r},
                                  "labels": r["label"]} for r in train_rows[i:i + train_batch]]))
              for i in range(0, min(len(train_rows), train_batch * train_steps), train_batch)]
     was_training = model.training

@@ -3,14 +3,17 @@ the declaration and writes it atomically; `read` returns a typed `RunResults` th
 `pruning.tables`, `pruning.plots`), lottery.py, allocate.py and compress.py read instead of string keys.
 
 Versions: 1 is every file written before `schema_version` existed (no such key); its layout is
-version 2's less that key, so both read the same way. A field a file lacks reads as None (or as an
+version 2's less that key, so both read the same way. Version 3 adds the task ("task": its name,
+metrics and headline metric; SST-2 for older files), every task's metrics under their standard names,
+the other dev sets (MNLI's mismatched), "truncation" and "test_predictions". A field a file lacks reads as None (or as an
 empty section): old files, and the synthetic ones of the tests, leave out what they never had. A file
 of a version newer than SCHEMA_VERSION, or one that is not a results object, is one `SchemaError`
 naming the file and its version. Keys read rarely stay in `RunResults.raw`.
 
 Units: seconds are wall-clock seconds of this process's training (a resumed run: the sum over its
 processes); FLOPs are floating-point operations (2 per multiply-add); MB are 2**20 bytes; accuracy, F1,
-rates and sparsity are fractions in [0, 1]; steps are optimizer steps.
+rates and sparsity are fractions in [0, 1]; correlations (Matthews, Pearson, Spearman) lie in [-1, 1];
+steps are optimizer steps.
 
 To add a key: declare it here (with its unit), bump SCHEMA_VERSION if an old file would read it wrongly,
 and write it in `pruning.experiment.run`; `write` refuses any key that is not declared.
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FILE = "results.json"
 
 
@@ -42,10 +45,25 @@ def _optional(doc: str = "", default=None):
 # --- the declaration -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Metrics:
-    """One evaluation on the dev set (None: not evaluated)."""
-    accuracy: Optional[float] = None  # fraction correct
-    f1: Optional[float] = None        # F1 of the positive class, a fraction
-    loss: Optional[float] = None      # mean cross-entropy, nats per sentence
+    """One evaluation on the dev set under the metrics' standard names (None: not evaluated, or not a
+    metric of the task); the other dev sets of the task (MNLI: "mismatched") in `other_dev_sets`."""
+    accuracy: Optional[float] = None               # fraction correct
+    f1: Optional[float] = None                     # F1 of class 1, a fraction
+    matthews_correlation: Optional[float] = _optional("CoLA's headline; files before version 3 lack it")
+    pearson: Optional[float] = _optional("STS-B's headline (a regression)")
+    spearmanr: Optional[float] = _optional("STS-B's second metric")
+    loss: Optional[float] = None                   # mean cross-entropy (nats), or mean squared error of a regression
+    other_dev_sets: Optional[dict[str, "Metrics"]] = _optional("the same, per other dev set")
+
+    def value(self, name: str) -> Optional[float]:
+        """The metric `name` (a standard name, or "loss"); None where not evaluated."""
+        return getattr(self, name, None)
+
+    def on(self, dev_set: Optional[str]) -> "Metrics":
+        """These metrics (dev_set None, the task's first dev set) or another dev set's (empty if absent)."""
+        if dev_set is None:
+            return self
+        return (self.other_dev_sets or {}).get(dev_set) or Metrics()
 
 
 @dataclass(frozen=True)
@@ -57,8 +75,12 @@ class StageMetrics:
 
     def accuracy(self, stage: str = "final") -> Optional[float]:
         """The accuracy at `stage` ("final", "before_prune", "after_prune"); None where not evaluated."""
+        return self.value("accuracy", stage)
+
+    def value(self, name: str, stage: str = "final") -> Optional[float]:
+        """The metric `name` at `stage`; None where not evaluated."""
         m = getattr(self, stage)
-        return None if m is None else m.accuracy
+        return None if m is None else m.value(name)
 
 
 @dataclass(frozen=True)
@@ -135,6 +157,11 @@ class AccuracyPoint:
     step: Optional[int] = None
     train_seconds: Optional[float] = None   # training seconds so far, evaluations left out
     accuracy: Optional[float] = None
+    score: Optional[float] = _optional("the task's headline metric (files before version 3: read as accuracy)")
+
+    def value(self) -> Optional[float]:
+        """The headline metric at this evaluation (files from before tasks: the accuracy)."""
+        return self.accuracy if self.score is None else self.score
 
 
 @dataclass(frozen=True)
@@ -149,6 +176,7 @@ class CostPoint:
     active_params_without_embeddings: Optional[int] = None
     peak_memory_mb: Optional[float] = None                 # peak so far, MB
     accuracy: Optional[float] = None                       # dev accuracy evaluated at this step, if any
+    score: Optional[float] = _optional("the task's headline metric there, if any")
 
 
 @dataclass(frozen=True)
@@ -225,6 +253,27 @@ class PruningSummary:
 
 
 @dataclass(frozen=True)
+class TaskInfo:
+    """The task of a run (`pruning.tasks.Task`, results.json "task"); files from before tasks read as SST-2."""
+    name: str = "sst2"
+    title: str = "SST-2"
+    metrics: list = field(default_factory=lambda: ["accuracy", "f1"])  # standard names, the headline first
+    headline: str = "accuracy"
+    label_names: Optional[list] = None        # class names in class-id order; None for a regression
+    text_columns: list = field(default_factory=lambda: ["sentence"])
+    dev_sets: list = field(default_factory=lambda: ["validation"])  # the first is the one trained against
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """How inputs were cut to MAX_LENGTH, and how many examples lost tokens (results.json "truncation")."""
+    strategy: str = "head"          # "head" or "head+tail"
+    max_length: Optional[int] = None  # tokens
+    train: int = 0                  # train examples truncated
+    dev: dict = field(default_factory=dict)  # dev set -> examples truncated
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The run's settings as recorded (`settings`: every --key of its script, TRAINER by name); the
     properties are those the readers use."""
@@ -275,9 +324,12 @@ class RunResults:
     trainer: Optional[str] = None              # "dense" or the criterion's trainer name
     model: Optional[str] = None                # a description of the model
     model_source: Optional[str] = None         # MODEL as given
+    task: TaskInfo = field(default_factory=TaskInfo)
     data: Optional[str] = None                 # where the data came from
     train_rows: Optional[int] = None           # sentences trained on
-    dev_rows: Optional[int] = None
+    dev_rows: Optional[int] = None             # of the first dev set
+    truncation: Optional[Truncation] = None
+    test_predictions: Optional[dict] = None    # test split -> the file of its predictions (PREDICT_TEST)
     config: RunConfig = field(default_factory=RunConfig)
     world_size: Optional[int] = None           # processes
     optimizer_steps: Optional[int] = None
@@ -303,6 +355,15 @@ class RunResults:
     phase_seconds: dict = field(default_factory=dict)  # seconds by phase (dense: "train"; "teacher" if distilled)
     pruning: Optional[PruningSummary] = _optional("pruning runs only")
     raw: dict = field(default_factory=dict, repr=False, compare=False, metadata={"file": False})
+
+    @property
+    def headline(self) -> str:
+        """The task's headline metric: the one every study reports."""
+        return self.task.headline
+
+    def score(self, stage: str = "final") -> Optional[float]:
+        """The headline metric at `stage` on the first dev set; None where not evaluated."""
+        return self.metrics.value(self.headline, stage)
     source: Optional[str] = field(default=None, repr=False, compare=False, metadata={"file": False})
 
 
@@ -317,7 +378,7 @@ def _hints(cls) -> dict:
 
 def _section(hint):
     """(kind, dataclass) of a declared type: ("one", C) for C or Optional[C], ("list", C) for list[C],
-    else (None, None)."""
+    ("dict", C) for dict[str, C], else (None, None)."""
     if typing.get_origin(hint) in (Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         hint = args[0] if len(args) == 1 else hint
@@ -325,6 +386,8 @@ def _section(hint):
         return "one", hint
     if typing.get_origin(hint) is list and typing.get_args(hint) and dataclasses.is_dataclass(typing.get_args(hint)[0]):
         return "list", typing.get_args(hint)[0]
+    if typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[-1]):
+        return "dict", typing.get_args(hint)[-1]
     return None, None
 
 
@@ -347,6 +410,10 @@ def _parse(cls, data, where: str):
             if not isinstance(value, list):
                 raise TypeError(f"{where}.{name}: expected a list, got {type(value).__name__}")
             value = [_parse(inner, v, f"{where}.{name}[{i}]") for i, v in enumerate(value)]
+        elif kind == "dict":
+            if not isinstance(value, dict):
+                raise TypeError(f"{where}.{name}: expected an object, got {type(value).__name__}")
+            value = {k: _parse(inner, v, f"{where}.{name}.{k}") for k, v in value.items()}
         values[name] = value
     return cls(**values)
 
@@ -406,6 +473,9 @@ def check(data: dict, cls=RunResults, where: str = "results") -> None:
             continue
         if kind == "one":
             check(value, inner, f"{where}.{name}")
+        elif kind == "dict":
+            for k, v in value.items():
+                check(v, inner, f"{where}.{name}.{k}")
         else:
             for i, v in enumerate(value):
                 check(v, inner, f"{where}.{name}[{i}]")

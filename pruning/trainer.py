@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from pruning import state as state_io
+from pruning.evaluation import evaluate_dev_sets
 from pruning.callbacks import (EarlyBirdSearch, GradualPruning, KeepPrunedWeightsZero, PhaseClock, PruningActions,
                                RetrainBudget, SavePruningState)
 from pruning.config import PruningConfig
@@ -157,7 +158,7 @@ class PruningTrainer(Trainer):
         run = self.run_state
         run.enter("prune")
         should_log = control.should_log  # evaluate() clears it: this step's training loss would go unlogged
-        run.evals["before_prune"] = self.evaluate()
+        run.evals["before_prune"] = evaluate_dev_sets(self)
         self.criterion.before_removal(masks)
         if self.pruning.snapshot_path and self.is_world_process_zero():  # the dense function at this step
             _write_weights(self.model, self.pruning.snapshot_path)
@@ -170,7 +171,7 @@ class PruningTrainer(Trainer):
             run.gradual = GradualSchedule(gradual_steps(step, self.plan.retrain_steps, n, self.pruning.gradual_span),
                                           fractions)
         self.apply_masks(masks, optimizer)
-        run.evals["after_prune"] = self.evaluate()
+        run.evals["after_prune"] = evaluate_dev_sets(self)
         control.should_log = should_log
         run.eb_found, run.prune_step, run.lr_restart_step = found, step, step
         run.stop_step = step + self.plan.retrain_steps
@@ -258,10 +259,10 @@ class PruningTrainer(Trainer):
                                         "made with SAVE_EB_WEIGHTS=True")
             self.model.load_state_dict({k: v.to(self.model.device) for k, v in load_file(path).items()})
         run = self.run_state
-        run.evals["before_prune"] = self.evaluate()
+        run.evals["before_prune"] = evaluate_dev_sets(self)
         self.criterion.close()
         self.apply_masks(masks)
-        run.evals["after_prune"] = self.evaluate()
+        run.evals["after_prune"] = evaluate_dev_sets(self)
         run.prune_step, run.fixed_mask_from = 0, os.path.abspath(source)
         run.enter("retrain")  # before training: no time is charged
 

@@ -172,7 +172,7 @@ def test_a_killed_search_resumes_and_ends_as_the_uninterrupted_one(tmp_path):
 
 
 def test_held_out_sentences_are_the_same_for_every_seed_and_never_trained_on():
-    train, _ = sst2.load_train("")
+    _, train, _ = sst2.load_train("sst2", "")
     train = train.add_column("row", list(range(len(train))))
     rest, held = sst2.hold_out(train, 500)
     assert len(held) == 500 and set(rest["row"]) | set(held["row"]) == set(range(len(train)))
@@ -243,8 +243,9 @@ def test_the_reward_never_reads_the_dev_set(study, monkeypatch):
     config, _, run_config = allocate.settings([a for a in args if not a.startswith("--out_dir")]
                                               + [f"--out_dir={out}"])
     read = []
-    original = sst2.read_sst2_tsv
-    monkeypatch.setattr(sst2, "read_sst2_tsv", lambda path: read.append(Path(path).name) or original(path))
+    original = sst2.read_split
+    monkeypatch.setattr(sst2, "read_split", lambda task, split, path: read.append(Path(path).name)
+                        or original(task, split, path))
     model, tokenizer, budget = allocate.model_budget(config, run_config)
     reward, _ = allocate.reward_setup(config, run_config, out / "uniform-s1", model, tokenizer, budget)
     assert 0.0 <= reward(budget.uniform()) <= 1.0

@@ -107,12 +107,51 @@ def test_a_file_that_is_not_json_is_a_schema_error(tmp_path):
         schema.read(tmp_path)
 
 
+def current() -> dict:
+    """version_1's run as this code writes it: with its task, truncation and test predictions."""
+    return {**version_1(), "task": dataclasses.asdict(schema.TaskInfo()),
+            "truncation": {"strategy": "head", "max_length": 64, "train": 0, "dev": {"validation": 0}},
+            "test_predictions": None}
+
+
+def mnli() -> dict:
+    """A run on MNLI: the headline is matched accuracy; the mismatched dev set's metrics beside it."""
+    run = current()
+    run["task"] = {"name": "mnli", "title": "MNLI", "metrics": ["accuracy"], "headline": "accuracy",
+                   "label_names": ["entailment", "neutral", "contradiction"], "text_columns": ["premise", "hypothesis"],
+                   "dev_sets": ["matched", "mismatched"]}
+    run["metrics"]["final"] = {"accuracy": 0.7, "f1": None, "loss": 0.6,
+                               "other_dev_sets": {"mismatched": {"accuracy": 0.68, "f1": None, "loss": 0.65}}}
+    return run
+
+
+def test_a_task_metrics_and_other_dev_sets_round_trip(tmp_path):
+    r = schema.read(tmp_path / "results.json") if schema.write(tmp_path, mnli()) else None
+    assert r.task.name == "mnli" and r.headline == "accuracy" and r.score() == 0.7
+    assert r.metrics.final.on("mismatched").accuracy == 0.68 and r.metrics.final.on(None).accuracy == 0.7
+    assert r.metrics.final.on("nowhere").accuracy is None
+    stsb = {**current(), "task": {**current()["task"], "name": "stsb", "metrics": ["pearson", "spearmanr"],
+                                  "headline": "pearson"}}
+    stsb["metrics"] = {"final": {"accuracy": None, "f1": None, "pearson": 0.81, "spearmanr": 0.8, "loss": 0.9}}
+    assert schema.parse(stsb).score() == 0.81 and schema.parse(stsb).metrics.final.accuracy is None
+    with pytest.raises(ValueError, match=r"metrics\.final\.other_dev_sets\.mismatched: undeclared key.*'acc'"):
+        bad = mnli()
+        bad["metrics"]["final"]["other_dev_sets"]["mismatched"] = {"acc": 0.6}
+        schema.write(tmp_path, bad)
+
+
+def test_files_from_before_tasks_read_as_sst2():
+    r = schema.parse(version_1())
+    assert r.task.name == "sst2" and r.headline == "accuracy" and r.score() == 0.8125
+    assert r.score("after_prune") == 0.6 and r.accuracy_timeline[0].value() == 0.75
+
+
 def test_write_refuses_an_undeclared_or_missing_key(tmp_path):
     with pytest.raises(ValueError, match="undeclared key.*'accuracy_at_end'"):
-        schema.write(tmp_path, {**version_1(), "accuracy_at_end": 0.8})
+        schema.write(tmp_path, {**current(), "accuracy_at_end": 0.8})
     with pytest.raises(ValueError, match=r"results\.pruning: undeclared key.*'eb_found_at'"):
-        schema.write(tmp_path, {**version_1(), "pruning": {**version_1()["pruning"], "eb_found_at": 3}})
-    incomplete = version_1()
+        schema.write(tmp_path, {**current(), "pruning": {**version_1()["pruning"], "eb_found_at": 3}})
+    incomplete = current()
     del incomplete["cost"]
     with pytest.raises(ValueError, match="declared key.*'cost' missing"):
         schema.write(tmp_path, incomplete)
@@ -120,14 +159,14 @@ def test_write_refuses_an_undeclared_or_missing_key(tmp_path):
 
 
 def test_round_trip(tmp_path):
-    written = schema.write(tmp_path, version_1())
+    written = schema.write(tmp_path, current())
     assert written["schema_version"] == schema.SCHEMA_VERSION and not (tmp_path / "results.tmp").exists()
     assert json.loads((tmp_path / "results.json").read_text()) == written
     r = schema.read(tmp_path)
     assert r.schema_version == schema.SCHEMA_VERSION and r.raw == written
-    old = schema.parse(version_1())       # the same content, as version 1, reads the same
+    old = schema.parse(current())          # the same content, as version 1, reads the same
     assert r == dataclasses.replace(old, schema_version=schema.SCHEMA_VERSION)
-    dense = copy.deepcopy(version_1())    # a dense run: no "pruning", metrics of the final stage only
+    dense = copy.deepcopy(current())    # a dense run: no "pruning", metrics of the final stage only
     del dense["pruning"]
     dense["metrics"] = {"final": dense["metrics"]["final"]}
     assert schema.read(tmp_path) != schema.parse(schema.write(tmp_path, dense))

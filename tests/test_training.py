@@ -8,7 +8,8 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Ber
 
 from pruning import data as sst2
 from pruning import models
-from pruning.experiment import compute_metrics
+from pruning.evaluation import metric_function
+from pruning.tasks import TASKS
 from gradient_pruning import GradientPruningTrainer
 from magnitude_pruning import MagnitudePruningTrainer
 from pruning import PruningConfig, prunable_parameters
@@ -45,7 +46,7 @@ def make_trainer(cls, tmp_path, sst2_slice, rate=0.6, scope="global", lr=5e-3, w
                              disable_tqdm=True, optim="adamw_torch_fused", seed=0, use_cpu=True,
                              dataloader_pin_memory=False, logging_strategy="no")
     trainer = cls(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["validation"],
-                  processing_class=tok, data_collator=DataCollatorWithPadding(tok), compute_metrics=compute_metrics,
+                  processing_class=tok, data_collator=DataCollatorWithPadding(tok), compute_metrics=metric_function(TASKS["sst2"]),
                   pruning=PruningConfig(rate=rate, scope=scope, check_every=2, window=3, epsilon=0.5))
     return trainer, tok, ds
 
