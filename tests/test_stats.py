@@ -56,7 +56,7 @@ def test_bootstrap_p_text_and_errors():
     assert stats.bootstrap_difference([a], [a], resamples=2000)["resamples"] == 2000
     with pytest.raises(ValueError, match="paired"):
         stats.bootstrap_difference([a, a], [a])
-    with pytest.raises(ValueError, match="same dev sentences"):
+    with pytest.raises(ValueError, match="same dev examples"):
         stats.bootstrap_difference([a], [a[:3]])
 
 
