@@ -45,10 +45,10 @@ def test_report_rows_b3_and_files(sweep_dir):
     rows = {(r["trainer"], r["seed"]): r for r in tables.write(sweep_dir)}
     mag = rows[("magnitude", 1)]
     # 0.86 is first reached by the dense run at 20 s; search + retrain = 12 s (pruning evals left out).
-    assert mag["dense_s_to_same_acc"] == 20.0 and mag["b3_ratio"] == pytest.approx(0.6)
+    assert mag["dense_s_to_same_score"] == 20.0 and mag["b3_ratio"] == pytest.approx(0.6)
     assert mag["eb_fraction_of_dense_steps"] == pytest.approx(0.1)
     assert mag["time_vs_dense"] == pytest.approx(17 / 20)  # dense: training seconds without its evaluations
-    assert rows[("gradient", 1)]["dense_s_to_same_acc"] is None  # the dense run never got to 0.95
+    assert rows[("gradient", 1)]["dense_s_to_same_score"] is None  # the dense run never got to 0.95
     with open(sweep_dir / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 5
     md = (sweep_dir / "results.md").read_text()
@@ -101,14 +101,14 @@ def test_variants_get_their_own_rows_and_a_paired_test_against_dense(tmp_path):
             results.append(r)
     rows = tables.rows_of([schema.parse(r) for r in results])   # version 1: no schema_version, few keys
     assert {r["variant"] for r in rows} == {"plain", "kd"}
-    md = tables.markdown(rows)
+    md = tables.markdown(rows, schema.TaskInfo())
     assert "| magnitude | kd | 0.9 | 3 |" in md and "| magnitude | plain | 0.9 | 3 |" in md
     kd_line = next(line for line in md.splitlines() if line.startswith("| magnitude | kd | 0.9 | 3 |"))
     assert "-0.0100 ± 0.0000" in kd_line
     ablation = md[md.index("against the one-shot (plain) run"):]   # kd against plain, seed by seed: +2 points
     assert "| magnitude | kd | 0.9 | 3 | 0.8800 ± 0.0100 | 0.0200 ± 0.0000 |" in ablation
     assert "| magnitude | plain |" not in ablation
-    assert "best: magnitude (kd) 0.8800" in tables.targets(rows)
+    assert "best: magnitude (kd) 0.8800" in tables.targets(rows, schema.TaskInfo())
 
 
 def test_heads_and_neurons_runs_get_their_own_table_beside_the_dense_run_of_their_seed(sweep_dir):
@@ -160,7 +160,7 @@ def test_every_criterion_found_is_plotted_not_a_fixed_list(sweep_dir):
         (sweep_dir / f"act{seed}" / "results.json").write_text(json.dumps(r))
     results = tables.load(sweep_dir)
     rows = tables.write(sweep_dir)
-    curves = plots.accuracy_curves(rows)
+    curves = plots.score_curves(rows)
     assert list(curves) == ["activation", "gradient", "magnitude"]
     assert curves["activation"] == {"sparsity": [0.7], "final": [pytest.approx(0.835)], "after_prune": [0.7]}
     distances = plots.distance_curves([r for r in results if r.pruning])
