@@ -11,9 +11,12 @@ For every seed:
    (bad: the lowest-scoring ones, by the scores the good mask was selected from);
 3. every ticket trains with its mask fixed from step 0, from the pretrained weights and from the
    weights at the early-bird step (rewinding), for EPOCHS; the dense model trains EPOCHS too.
-Then OUT_DIR/lottery.md holds dev accuracy (mean ± std over seeds) of every ticket and starting
+Then OUT_DIR/lottery.md holds the dev score (mean ± std over seeds) of every ticket and starting
 point beside the dense reference, paired tests, and how stable the kept sets are across seeds and
 criteria (Jaccard per layer against chance, heads that always survive); the plots lie beside it.
+The score is the task's headline metric (--task, passed to every run with --data_dir, --text_columns,
+--label_column and --truncation: SST-2 accuracy by default, CoLA Matthews correlation, STS-B Pearson r,
+MRPC/QQP F1, ...), named in lottery.md's title, tables and plot axis.
 
 Each training is one run of SCRIPT in its own process (`pruning.cells`): a finished run is skipped
 and a killed one resumes, so the study can be stopped and re-run at any time. Any --key=value that
@@ -32,7 +35,7 @@ from pruning import experiment, stats, tables, tickets
 from pruning import grid as study_grid  # (`grid` names the survival arrays below)
 from pruning.cells import check_cells
 from pruning.config import REWIND_POINTS
-from pruning.schema import RunResults
+from pruning.schema import RunResults, SchemaError
 from pruning.state import read_run_masks
 
 SCRIPT = "bert.py"                  # the experiment every run uses
@@ -126,7 +129,11 @@ def main(argv: list[str] | None = None) -> None:
         return True
     failed = study_grid.run_cells(config["SCRIPT"], out, [(name, args) for name, args, _ in plan], "lottery",
                                   write_ticket)
-    write(out, config)
+    try:
+        write(out, config)
+    except (SchemaError, tables.MixedTasks) as e:  # runs put into OUT_DIR by hand: no report
+        study_grid.finish(failed)
+        experiment.fail(e)
     study_grid.finish(failed)
 
 
@@ -136,9 +143,12 @@ NAME = re.compile(r"^(?:(?P<kind>good|random|bad)-(?P<rewind>pretrained|early_bi
 
 
 def collect(out: Path) -> dict:
-    """The study's finished runs by role: dense[seed], eb[trainer][seed], ticket[(kind, rewind)][seed]."""
-    found = {"dense": {}, "eb": {}, "ticket": {}}
-    for r in tables.load(out):
+    """The study's finished runs by role: dense[seed], eb[trainer][seed], ticket[(kind, rewind)][seed],
+    and their task (a `pruning.schema.TaskInfo`). Raises `pruning.tables.MixedTasks` for runs of several
+    tasks (`tables.load`)."""
+    results = tables.load(out)
+    found = {"dense": {}, "eb": {}, "ticket": {}, "task": tables.task_of(results)}
+    for r in results:
         m = NAME.match(Path(r.run_dir).name)
         if not m:
             continue
@@ -152,39 +162,42 @@ def collect(out: Path) -> dict:
     return found
 
 
-def accuracy(r: RunResults, stage: str = "final") -> float | None:
-    """The run's dev accuracy at `stage` ("final", "before_prune", "after_prune"), a fraction; None if not evaluated."""
-    return r.metrics.accuracy(stage)
+def score(r: RunResults, stage: str = "final") -> float | None:
+    """The run's headline metric on the dev set at `stage` ("final", "before_prune", "after_prune"): a
+    fraction (accuracy, F1) or a correlation (Matthews, Pearson); None if not evaluated."""
+    return r.score(stage)
 
 
-def accuracy_markdown(found: dict, config: dict) -> list[str]:
-    """The accuracy tables of lottery.md: every ticket from each starting point beside the dense reference
-    (mean ± std over seeds), then the early-bird pipeline runs."""
-    dense = found["dense"]
-    lines = [f"Dev accuracy, mean ± std over seeds (n). Every ticket and the dense reference trained "
+def score_markdown(found: dict, config: dict) -> list[str]:
+    """The score tables of lottery.md: every ticket from each starting point beside the dense reference
+    (mean ± std over seeds), then the early-bird pipeline runs; the headline metric, named."""
+    dense, label = found["dense"], tables.dev_metric_label(found["task"])
+    lines = [f"{label}, mean ± std over seeds (n). Every ticket and the dense reference trained "
              f"{config['EPOCHS']:g} epoch(s); \"before training\": the masked starting weights, not trained.", "",
              "| ticket | from the pretrained weights | from the early-bird weights | early-bird weights, before "
              "training |", "|---|---|---|---|"]
-    lines.append(f"| dense (no mask) | {_cell([accuracy(r) for r in dense.values()])} | – | – |")
+    lines.append(f"| dense (no mask) | {_cell([score(r) for r in dense.values()])} | – | – |")
     for kind in tickets.KINDS:
         pre, eb = found["ticket"].get((kind, "pretrained"), {}), found["ticket"].get((kind, "early_bird"), {})
         if pre or eb:
-            lines.append(f"| {kind} | {_cell([accuracy(r) for r in pre.values()])} | "
-                         f"{_cell([accuracy(r) for r in eb.values()])} | "
-                         f"{_cell([accuracy(r, 'after_prune') for r in eb.values()])} |")
+            lines.append(f"| {kind} | {_cell([score(r) for r in pre.values()])} | "
+                         f"{_cell([score(r) for r in eb.values()])} | "
+                         f"{_cell([score(r, 'after_prune') for r in eb.values()])} |")
     lines += ["", "The early-bird pipeline itself (search, prune, retrain with the mask; its own budget):", "",
-              "| criterion | final accuracy | early bird at step | parameters kept (without embeddings) |",
+              f"| criterion | final {tables.metric_title(found['task'])} | early bird at step | parameters kept "
+              "(without embeddings) |",
               "|---|---|---|---|"]
     for trainer, by_seed in sorted(found["eb"].items()):
         runs_ = list(by_seed.values())
         kept = [r.parameters.kept_without_embeddings() for r in runs_]
         steps = ", ".join(str(r.pruning.prune_step) + ("" if r.pruning.eb_found else " (budget)") for r in runs_)
-        lines.append(f"| {trainer} | {_cell([accuracy(r) for r in runs_])} | {steps} | {_cell(kept)} |")
+        lines.append(f"| {trainer} | {_cell([score(r) for r in runs_])} | {steps} | {_cell(kept)} |")
     return lines
 
 
 def paired_markdown(found: dict) -> list[str]:
-    """Paired by seed: good against random and bad, random against bad, and each ticket against dense."""
+    """Paired by seed, in the task's headline metric: good against random and bad, random against bad,
+    and each ticket against dense."""
     arms = {f"{kind}, {rewind.replace('_', '-')}": by_seed for (kind, rewind), by_seed in found["ticket"].items()}
     pairs = []
     for rewind in REWIND_POINTS:
@@ -194,11 +207,15 @@ def paired_markdown(found: dict) -> list[str]:
     pairs += [(f"good, {label}", f"good, {other}") for label, other in (("early-bird", "pretrained"),)]
     pairs += [(f"{kind}, {rewind.replace('_', '-')}", "dense") for kind in tickets.KINDS for rewind in REWIND_POINTS]
     arms["dense"] = found["dense"]
-    lines = ["Paired by seed (the same data order and dropout): the difference in accuracy (mean ± std over "
-             "seeds) and the paired t-test over seeds (training noise; with 3 seeds only large differences reach "
-             "p < 0.05); McNemar's exact test on each seed's dev predictions; and a bootstrap over the dev "
-             "sentences of the mean difference (95% interval, p): how much it rests on which sentences the "
-             "dev set holds.", "",
+    task = found["task"]
+    mcnemar = ("McNemar's exact test on each seed's dev predictions (right or wrong per example)"
+               if task.headline not in stats.REGRESSION_METRICS else
+               f"no McNemar test ({task.title} is a regression: no prediction is right or wrong)")
+    lines = [f"Paired by seed (the same data order and dropout): the difference in {tables.dev_metric_label(task)} "
+             "(mean ± std over seeds) and the paired t-test over seeds (training noise; with 3 seeds only large "
+             f"differences reach p < 0.05); {mcnemar}; and a bootstrap over the dev examples of the mean "
+             f"difference in {tables.metric_title(task)} (95% interval, p): how much it rests on which examples "
+             "the dev set holds.", "",
              "| A / B | seeds | A − B | p (paired t) | McNemar p, each seed | bootstrap 95% interval | "
              "p (bootstrap) |", "|---|---|---|---|---|---|---|"]
     for a, b in pairs:
@@ -207,9 +224,9 @@ def paired_markdown(found: dict) -> list[str]:
         seeds = sorted(set(arms[a]) & set(arms[b]))
         if len(seeds) < 2:
             continue
-        cells = stats.paired_cells([accuracy(arms[a][s]) for s in seeds], [accuracy(arms[b][s]) for s in seeds],
-                                   [stats.correct_on_dev(arms[a][s]) for s in seeds],
-                                   [stats.correct_on_dev(arms[b][s]) for s in seeds])
+        cells = stats.paired_cells([score(arms[a][s]) for s in seeds], [score(arms[b][s]) for s in seeds],
+                                   [stats.dev_outputs(arms[a][s]) for s in seeds],
+                                   [stats.dev_outputs(arms[b][s]) for s in seeds], task.headline)
         lines.append(f"| {a} / {b} | {len(seeds)} | {cells['difference']} | {cells['t']} | {cells['mcnemar']} | "
                      f"{cells['interval']} | {cells['bootstrap']} |")
     return lines if len(lines) > 4 else []
@@ -291,8 +308,9 @@ def layer_markdown(stab: dict, criterion: str) -> list[str]:
     return lines
 
 
-def plot_accuracy(found: dict, path: Path) -> None:
-    """Dev accuracy of every ticket and starting point (dots: seeds, bars: means) against the dense mean, to `path`."""
+def plot_score(found: dict, path: Path) -> None:
+    """The dev headline score of every ticket and starting point (dots: seeds, bars: means) against the
+    dense mean, to `path`; the axis names the task and metric."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -301,7 +319,7 @@ def plot_accuracy(found: dict, path: Path) -> None:
     labels = []
     for i, kind in enumerate(tickets.KINDS):
         for j, rewind in enumerate(REWIND_POINTS):
-            values = [accuracy(r) for r in found["ticket"].get((kind, rewind), {}).values()]
+            values = [score(r) for r in found["ticket"].get((kind, rewind), {}).values()]
             if not values:
                 continue
             x = i + (j - 0.5) * 0.3
@@ -309,11 +327,11 @@ def plot_accuracy(found: dict, path: Path) -> None:
                        label=f"from {rewind.replace('_', '-')} weights" if rewind not in labels else None)
             labels.append(rewind)
             ax.hlines(statistics.mean(values), x - 0.1, x + 0.1, color=colors[rewind], lw=2)
-    dense = [accuracy(r) for r in found["dense"].values()]
+    dense = [score(r) for r in found["dense"].values()]
     if dense:
         ax.axhline(statistics.mean(dense), color="k", ls="--", lw=1, label="dense, mean")
     ax.set_xticks(range(len(tickets.KINDS)), tickets.KINDS)
-    ax.set_ylabel("dev accuracy")
+    ax.set_ylabel(tables.dev_metric_label(found["task"]))
     ax.set_title("Tickets trained with a fixed mask (dots: seeds, bars: means)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -359,24 +377,27 @@ def plot_stability(stab: dict, path: Path) -> None:
 
 
 def write(out: Path, config: dict) -> str:
-    """lottery.md, lottery_accuracy.png and lottery_stability.png in `out`, from the runs that finished."""
+    """lottery.md, lottery_HEADLINE.png (the headline score: lottery_accuracy.png for SST-2) and
+    lottery_stability.png in `out`, from the runs that finished. Raises `pruning.tables.MixedTasks` for
+    runs of several tasks."""
     found = collect(out)
     stab = stability(found)
     seconds = sum(r.train_seconds or 0 for group in (found["dense"], *found["eb"].values(),
                                                            *found["ticket"].values()) for r in group.values())
     n_runs = len(found["dense"]) + sum(len(g) for g in found["eb"].values()) + sum(len(g) for g in found["ticket"].values())
-    text = "\n".join([f"# Lottery tickets: {config['CRITERION']}, {config['GRANULARITY']}", "",
+    text = "\n".join([f"# Lottery tickets: {config['CRITERION']}, {config['GRANULARITY']}, "
+                      f"{tables.dev_metric_label(found['task'])}", "",
                       f"{n_runs} runs; their training (`trainer.train()`) took {seconds / 60:.1f} min in all; "
                       "start-up and final evaluations come on top.", "",
-                      *accuracy_markdown(found, config), "", *paired_markdown(found), "",
+                      *score_markdown(found, config), "", *paired_markdown(found), "",
                       *stability_markdown(stab, config["CRITERION"]), "",
-                      "![accuracy](lottery_accuracy.png)", "", "![stability](lottery_stability.png)", ""])
+                      f"![score](lottery_{found['task'].headline}.png)", "", "![stability](lottery_stability.png)", ""])
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "lottery.md.tmp"
     tmp.write_text(text)
     tmp.replace(out / "lottery.md")
     if any(found["ticket"].values()) or found["dense"]:
-        plot_accuracy(found, out / "lottery_accuracy.png")
+        plot_score(found, out / f"lottery_{found['task'].headline}.png")
     if stab["seeds"] or stab["criteria"]:
         plot_stability(stab, out / "lottery_stability.png")
     return text

@@ -5,9 +5,14 @@
     python report.py --help                          # every setting, its default and meaning
 
 One row per run and mean ± std over seeds, paired by seed with the dense run (the statistics are
-`pruning.stats`); heads + neurons runs get their own tables (`pruning.tables`). The plots
-(`pruning.plots`) draw every criterion found among the runs; `cost_vs_step.png` overlays every run's
-dev accuracy, active parameters and training FLOPs by step. sweep.py writes the same at its end.
+`pruning.stats`); heads + neurons runs get their own tables (`pruning.tables`). Every score is the
+task's headline metric, read from the runs' results.json and named in every header and axis (SST-2
+accuracy, MRPC and QQP F1, CoLA Matthews correlation, STS-B Pearson r; the task's other metrics get
+columns of their own). The plots (`pruning.plots`) draw every criterion found among the runs:
+HEADLINE_vs_sparsity.png (accuracy_vs_sparsity.png for SST-2), mask_distance.png, time_breakdown.png,
+and cost_vs_step.png, every run's dev score, active parameters and training FLOPs by step. A directory
+whose runs are of several tasks is refused, naming them (one table per task: report each task's runs
+from a directory of their own). sweep.py writes the same at its end.
 """
 import sys
 from pathlib import Path
@@ -34,5 +39,5 @@ if __name__ == "__main__":
                         f"--patiences whole numbers >= 1, comma-separated; got {config['PATIENCES']!r}")
     try:
         tables.write(Path(config["SWEEP_DIR"]), patiences, config["PLOTS"])
-    except schema.SchemaError as e:  # a results.json of a newer schema version, or malformed: it names the file
+    except (schema.SchemaError, tables.MixedTasks) as e:  # a results.json too new or malformed, or runs of two tasks
         experiment.fail(e)

@@ -2,6 +2,8 @@
 
     python sweep.py                                      # the grid below, full SST-2
     python sweep.py --train_subset=8000 --eb_check_every=10 --out_dir=sweeps/small
+    python sweep.py --task=cola --out_dir=sweeps/cola    # another task (bert.py's --task, --data_dir, ...);
+                                                         # the report is in its headline metric (CoLA: MCC)
     python sweep.py --granularity=heads+neurons --trainers=dense,activation,magnitude --seeds=1,2,3
                                                          # heads + neurons at HEAD_RATE / NEURON_RATE (bert.py's,
                                                          # or --head_rate=... --neuron_rate=...); RATES unused
@@ -12,15 +14,19 @@
 Every cell is one `python bert.py --run_name=CELL ...` in its own process (the same experiment code,
 not a copy; `pruning.cells`). A cell with results.json is skipped, a cell killed midway resumes from
 its checkpoint, so the sweep can be stopped and re-run at any time. Any --key=value that is not a sweep setting below
-is handed to every cell (see `python bert.py --help`). At the end, `pruning.tables.write` (what report.py
-runs) writes results.csv, results.md and the plots into OUT_DIR.
+is handed to every cell (see `python bert.py --help`), among them the task: --task, --data_dir,
+--text_columns, --label_column, --truncation; every cell's whole configuration is checked before the
+first run (an unknown task or truncation fails at once), and a cell on disk made for another task is
+refused, so one OUT_DIR holds one task. At the end, `pruning.tables.write` (what report.py runs) writes
+results.csv, results.md and the plots into OUT_DIR, every score in the task's headline metric (SST-2
+accuracy, CoLA Matthews correlation, STS-B Pearson r, MRPC/QQP F1, ...), named in every header and axis.
 """
 from pathlib import Path
 
 from tqdm import tqdm
 
 import bert  # noqa: F401  (defines every trainer a cell may name)
-from pruning import experiment, grid, tables
+from pruning import experiment, grid, schema, tables
 from pruning.cells import check_cells, run_on_ray
 
 SCRIPT = "bert.py"                              # the experiment each cell runs
@@ -117,7 +123,11 @@ def main():
                                 config["LOCAL_CPUS"], done)
     else:
         failed = grid.run_cells(config["SCRIPT"], out, [(n, [*a, *passed_on]) for n, a in plan], "sweep")
-    tables.write(out)
+    try:
+        tables.write(out)
+    except (schema.SchemaError, tables.MixedTasks) as e:  # runs put into OUT_DIR by hand: no report
+        grid.finish(failed)
+        experiment.fail(e)
     grid.finish(failed)
 
 

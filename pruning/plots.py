@@ -1,6 +1,8 @@
-"""The plots of a sweep directory, drawn by `pruning.tables.write`: accuracy against sparsity, the
-early-bird detector's mask distance by step, where the training time went, and every run's dev
-accuracy, active parameters and training FLOPs by step (`cost_vs_step.png`).
+"""The plots of a sweep directory, drawn by `pruning.tables.write`: the headline score against sparsity
+(`HEADLINE_vs_sparsity.png`: accuracy_vs_sparsity.png for SST-2, matthews_correlation_vs_sparsity.png for
+CoLA, ...), the early-bird detector's mask distance by step, where the training time went, and every
+run's dev score, active parameters and training FLOPs by step (`cost_vs_step.png`). Score axes name the
+task and its headline metric ("CoLA dev Matthews corr.", `pruning.tables.dev_metric_label`).
 
 Every criterion found among the runs is drawn (each trainer but "dense"): `criteria_of`.
 """
@@ -10,7 +12,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from pruning.schema import RunResults
+from pruning.schema import RunResults, TaskInfo
+from pruning.tables import dev_metric_label
 
 # Colours of the first criteria, kept from the plots of earlier sweeps; any other criterion takes the next free one.
 KNOWN_COLORS = {"magnitude": "tab:blue", "gradient": "tab:orange", "undecayed": "tab:green"}
@@ -30,10 +33,10 @@ def criterion_colors(criteria: list[str]) -> dict[str, str]:
     return {c: KNOWN_COLORS.get(c) or next(spare, "black") for c in criteria}
 
 
-def accuracy_curves(rows: list[dict]) -> dict[str, dict[str, list[float]]]:
-    """Per criterion (`criteria_of`), the points of accuracy_vs_sparsity.png: the sparsities its runs
-    reached (ascending) and, at each, the mean over runs of the final accuracy and of the accuracy
-    right after pruning."""
+def score_curves(rows: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """Per criterion (`criteria_of`), the points of HEADLINE_vs_sparsity.png: the sparsities its runs
+    reached (ascending) and, at each, the mean over runs of the final headline score and of the score
+    right after pruning (`pruning.tables.rows_of` rows)."""
     curves = {}
     for c in criteria_of(rows):
         by_rate = defaultdict(list)
@@ -42,8 +45,8 @@ def accuracy_curves(rows: list[dict]) -> dict[str, dict[str, list[float]]]:
                 by_rate[r["sparsity"]].append(r)
         xs = sorted(by_rate)
         curves[c] = {"sparsity": xs,
-                     "final": [statistics.mean(r["acc_final"] for r in by_rate[x]) for x in xs],
-                     "after_prune": [statistics.mean(r["acc_after_prune"] for r in by_rate[x]) for x in xs]}
+                     "final": [statistics.mean(r["score_final"] for r in by_rate[x]) for x in xs],
+                     "after_prune": [statistics.mean(r["score_after_prune"] for r in by_rate[x]) for x in xs]}
     return curves
 
 
@@ -65,29 +68,34 @@ def distance_curves(pruned: list[RunResults]) -> dict[str, list[dict]]:
     return curves
 
 
-def sweep(results: list[RunResults], rows: list[dict], out: Path) -> None:
-    """accuracy_vs_sparsity.png, mask_distance.png and time_breakdown.png of a sweep directory `out`, from
-    the unstructured runs' results and their `pruning.tables.rows_of` rows: every criterion found."""
+def score_plot_name(task: TaskInfo) -> str:
+    """The file of the score-against-sparsity plot: "accuracy_vs_sparsity.png", "pearson_vs_sparsity.png", ..."""
+    return f"{task.headline}_vs_sparsity.png"
+
+
+def sweep(results: list[RunResults], rows: list[dict], out: Path, task: TaskInfo) -> None:
+    """`score_plot_name(task)`, mask_distance.png and time_breakdown.png of a sweep directory `out`, from
+    the unstructured runs' results of `task` and their `pruning.tables.rows_of` rows: every criterion found."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     colors = criterion_colors(criteria_of(rows + results))
 
-    # 1. accuracy vs sparsity
+    # 1. the headline score vs sparsity
     fig, ax = plt.subplots(figsize=(6, 4), dpi=90)
-    dense = [r["acc_final"] for r in rows if r["trainer"] == "dense"]
+    dense = [r["score_final"] for r in rows if r["trainer"] == "dense"]
     if dense:
         ax.axhline(statistics.mean(dense), color="black", ls="--", lw=1, label="dense baseline")
-    for c, curve in accuracy_curves(rows).items():
+    for c, curve in score_curves(rows).items():
         ax.plot(curve["sparsity"], curve["final"], "o-", color=colors[c], label=f"{c}, after retraining")
         ax.plot(curve["sparsity"], curve["after_prune"], "x:", color=colors[c], alpha=0.7,
                 label=f"{c}, right after pruning")
     ax.set_xlabel("sparsity of prunable weights")
-    ax.set_ylabel("SST-2 dev accuracy")
+    ax.set_ylabel(dev_metric_label(task))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_sparsity.png")
+    fig.savefig(out / score_plot_name(task))
     plt.close(fig)
 
     # 2. mask distance vs step, one panel per criterion, one line per rate
@@ -130,9 +138,10 @@ def sweep(results: list[RunResults], rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def cost(results: list[RunResults], path: Path) -> None:
-    """Dev accuracy, active parameters (without embeddings) and cumulative training FLOPs against the step,
-    every run overlaid: one colour per trainer, one line per seed."""
+def cost(results: list[RunResults], path: Path, task: TaskInfo) -> None:
+    """The dev headline score of `task` (evaluations during training), active parameters (without
+    embeddings) and cumulative training FLOPs against the step, every run overlaid: one colour per
+    trainer, one line per seed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -148,14 +157,14 @@ def cost(results: list[RunResults], path: Path) -> None:
         c, label = colors[r.trainer], (r.trainer if r.trainer not in seen else None)
         seen.add(r.trainer)
         timeline = r.accuracy_timeline
-        axes[0].plot([t.step for t in timeline], [t.accuracy for t in timeline], ".-", color=c, lw=1,
+        axes[0].plot([t.step for t in timeline], [t.value() for t in timeline], ".-", color=c, lw=1,
                      alpha=0.7, label=label)
         series = r.cost_series
         steps = [e.step for e in series]
         axes[1].plot(steps, [e.active_params_without_embeddings / 1e6 for e in series], color=c, alpha=0.7,
                      label=label)
         axes[2].plot(steps, [e.train_flops / 1e15 for e in series], color=c, alpha=0.7, label=label)
-    for ax, ylabel in zip(axes, ("SST-2 dev accuracy", "active parameters without embeddings (M)",
+    for ax, ylabel in zip(axes, (dev_metric_label(task), "active parameters without embeddings (M)",
                                  "cumulative training PFLOPs")):
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)

@@ -1,16 +1,19 @@
 """The project's statistics: how two sets of runs are compared, and how the figures are written in a table.
 
 Runs are compared paired: run i of A and run i of B share a seed (the same data order, dropout and
-initialisation of the head), and on the dev set they share the sentences. Three tests answer two
-different questions:
+initialisation of the head), and on the dev set they share the examples. Every comparison is of the
+task's headline metric (`pruning.schema.RunResults.headline`: accuracy, F1, Matthews correlation or
+Pearson r), and three tests answer two different questions:
 
 - `paired_p`, the paired t-test over seeds: is the difference larger than the training noise?
-- `mcnemar_p`, McNemar's exact test on one seed's dev predictions, and `bootstrap_difference`, the
-  mean difference over seeds with the dev sentences resampled: how much does the difference rest on
-  which sentences the dev set happens to hold?
+- `mcnemar_p`, McNemar's exact test on one seed's dev predictions (right or wrong per example, so
+  classification only; a regression such as STS-B has no such test), and `bootstrap_difference`, the
+  mean difference of the headline metric over seeds with the dev examples resampled: how much does the
+  difference rest on which examples the dev set happens to hold?
 
 `paired_cells` writes all of them as table cells, the one place a paired comparison is written
-(report.py's tables, allocate.py and lottery.py). Accuracies are fractions in [0, 1], not percent.
+(report.py's tables, allocate.py and lottery.py). Accuracy and F1 are fractions in [0, 1], not percent;
+correlations lie in [-1, 1]. The metrics themselves are `pruning.tasks.compute_metrics` (sklearn, scipy).
 """
 from __future__ import annotations
 
@@ -20,8 +23,13 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import binomtest, ttest_rel
 
+from pruning.tasks import compute_metrics
+
 MISSING = "–"        # a table cell with nothing to show
-RESAMPLES = 10_000   # bootstrap resamples of the dev sentences
+RESAMPLES = 10_000         # bootstrap resamples of the dev examples for accuracy (numpy: all at once)
+METRIC_RESAMPLES = 2_000   # the same for the other metrics: each resample calls sklearn or scipy once per run
+REGRESSION_METRICS = ("pearson", "spearmanr")   # a regression's metrics: no example is right or wrong
+NO_MCNEMAR = "n/a (regression)"                # McNemar's cell of a regression
 
 
 # --- table cells ---------------------------------------------------------------------------------------
@@ -49,7 +57,10 @@ def mean_std(values: Sequence[float | None]) -> str:
 
 def p_text(boot: dict) -> str:
     """The p of a `bootstrap_difference` for a table, 3 significant digits. When no resample crossed zero
-    the estimate is 0, which only says p < 2 / resamples (two-sided): it reads "< 0.0002" for 10,000."""
+    the estimate is 0, which only says p < 2 / resamples (two-sided): it reads "< 0.0002" for 10,000.
+    "–" when no resample was defined (a constant vector's correlation)."""
+    if not boot["resamples"]:
+        return MISSING
     return f"< {2 / boot['resamples']:.2g}" if boot["p"] == 0 else f"{boot['p']:.3g}"
 
 
@@ -67,12 +78,22 @@ def paired_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(ttest_rel(a, b).pvalue)
 
 
-def correct_on_dev(result) -> np.ndarray | None:
-    """Which dev sentences a run classified correctly: a boolean array in the dataset's order, from the
-    run's results (a `pruning.schema.RunResults`: `dev_predictions`, "predicted" and "label"); None for a
-    run from before predictions were saved."""
+def dev_outputs(result) -> tuple[np.ndarray, np.ndarray] | None:
+    """(predicted, label) of every dev example, in the dataset's order, two arrays of shape (n,): class ids,
+    or floats for a regression; from the run's results (a `pruning.schema.RunResults`: `dev_predictions`).
+    None for a run from before predictions were saved."""
     dev = result.dev_predictions
-    return None if not dev else np.asarray(dev.predicted) == np.asarray(dev.label)
+    return None if not dev else (np.asarray(dev.predicted), np.asarray(dev.label))
+
+
+def correct_on_dev(result) -> np.ndarray | None:
+    """Which dev examples a classifier got right: a boolean array of shape (n,) in the dataset's order
+    (`dev_outputs`). None for a run from before predictions were saved, and for a regression (its
+    headline is a correlation: no prediction is right or wrong)."""
+    outputs = dev_outputs(result)
+    if outputs is None or result.headline in REGRESSION_METRICS:
+        return None
+    return outputs[0] == outputs[1]
 
 
 def mcnemar_p(a, b) -> float:
@@ -88,50 +109,91 @@ def mcnemar_p(a, b) -> float:
     return 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
-def bootstrap_difference(a: Sequence, b: Sequence, resamples: int = RESAMPLES, seed: int = 0) -> dict:
-    """Mean over seeds of accuracy(A) − accuracy(B), with a bootstrap over the dev sentences.
+def _outputs(run) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, label) of one run's dev examples: a `dev_outputs` pair as it is, or a `correct_on_dev`
+    boolean array read as (right, all True), whose accuracy is the share right."""
+    if isinstance(run, tuple):
+        return np.asarray(run[0]), np.asarray(run[1])
+    right = np.asarray(run, dtype=bool)
+    return right, np.ones_like(right)
 
-    a[i], b[i]: boolean arrays (correct or not), one entry per dev sentence, of the runs of seed i.
-    The sentences are resampled with replacement (Efron's nonparametric bootstrap; Efron & Tibshirani
-    1993), the same resample for every seed and both arms, so the pairing by sentence is kept; the
-    statistic is the mean over seeds of the difference in accuracy. Returns a dict of fractions:
-    "difference" (on the dev set as it is), "low" and "high" (the 95% percentile interval), "p"
-    (two-sided: twice the share of resamples on the far side of zero, at most 1) and "resamples"
-    (`resamples` rounded down to a multiple of 1,000, at least 1,000 expected). Resampling is seeded
-    (numpy's default_rng(seed)), so a table is the same every time it is written.
 
-    It measures how much the difference depends on which sentences the dev set holds; `paired_p`
+def bootstrap_difference(a: Sequence, b: Sequence, metric: str = "accuracy", resamples: int | None = None,
+                         seed: int = 0) -> dict:
+    """Mean over seeds of metric(A) − metric(B), with a bootstrap over the dev examples.
+
+    a[i], b[i]: the dev outputs of the runs of seed i, each a (predicted, label) pair of arrays of shape
+    (n,) (`dev_outputs`; floats for a regression), or a boolean array of shape (n,) (`correct_on_dev`,
+    right or wrong: accuracy only). `metric`: a standard name of `pruning.tasks.compute_metrics`, the
+    task's headline. The examples are resampled with replacement (Efron's nonparametric bootstrap; Efron &
+    Tibshirani 1993), the same resample for every seed and both arms, so the pairing by example is kept;
+    the statistic is the mean over seeds of the difference in `metric`, each computed on the resample by
+    `compute_metrics` (sklearn, scipy). Accuracy, the share of examples right, is the mean of the
+    resampled right/wrong, which numpy takes for all resamples at once (the same numbers, far faster).
+
+    Returns a dict: "difference" (on the dev set as it is; the metric's unit: a fraction, or a difference
+    of correlations), "low" and "high" (the 95% percentile interval), "p" (two-sided: twice the share of
+    resamples on the far side of zero, at most 1) and "resamples" (those the statistic is defined on: a
+    correlation of a constant resample is undefined and left out). `resamples` defaults to RESAMPLES for
+    accuracy and METRIC_RESAMPLES for the others (each resample costs 2 × seeds calls of 1–10 ms), and is
+    rounded down to a multiple of 1,000 (at least 1,000 expected). Resampling is seeded (numpy's
+    default_rng(seed)), so a table is the same every time it is written.
+
+    It measures how much the difference depends on which examples the dev set holds; `paired_p`
     measures the training noise. (scipy.stats.bootstrap gives the interval but no p, hence numpy.)
-    Raises ValueError when a and b hold different numbers of seeds, none, or arrays of other lengths."""
+    Raises ValueError when a and b hold different numbers of seeds, none, runs whose labels differ (not
+    the same dev examples), or boolean arrays with another metric than accuracy."""
     if len(a) != len(b) or not len(a):
-        raise ValueError(f"bootstrap_difference: {len(a)} seeds of A against {len(b)} of B; give one array per "
+        raise ValueError(f"bootstrap_difference: {len(a)} seeds of A against {len(b)} of B; give one run per "
                          "seed to each, paired")
-    if len({len(x) for x in [*a, *b]}) != 1:
-        raise ValueError("bootstrap_difference: every array must hold the same dev sentences")
-    per_sentence = np.mean([x.astype(float) - y.astype(float) for x, y in zip(a, b)], axis=0)
+    runs = [_outputs(x) for x in [*a, *b]]
+    labels = runs[0][1]
+    if any(len(p) != len(labels) or not np.array_equal(l, labels) for p, l in runs):
+        raise ValueError("bootstrap_difference: every run must hold the same dev examples (same labels, same order)")
+    if metric != "accuracy" and not all(isinstance(x, tuple) for x in [*a, *b]):
+        raise ValueError(f"bootstrap_difference: {metric} needs each run's (predicted, label), not right/wrong")
+    n, k = len(labels), len(a)
     rng = np.random.default_rng(seed)
-    stats = np.concatenate([per_sentence[rng.integers(0, len(per_sentence), (1000, len(per_sentence)))].mean(axis=1)
-                            for _ in range(resamples // 1000)])
+    draws = (rng.integers(0, n, (1000, n)) for _ in range((resamples or (
+        RESAMPLES if metric == "accuracy" else METRIC_RESAMPLES)) // 1000))
+    if metric == "accuracy":
+        right = [(p == l).astype(float) for p, l in runs]
+        per_example = np.mean([x - y for x, y in zip(right[:k], right[k:])], axis=0)
+        observed = float(per_example.mean())
+        stats = np.concatenate([per_example[idx].mean(axis=1) for idx in draws])
+    else:
+        def difference(idx) -> float:
+            values = [compute_metrics((metric,), p[idx], l[idx])[metric] for p, l in runs]
+            return float(np.mean(np.subtract(values[:k], values[k:])))
+        observed = difference(slice(None))
+        stats = np.array([difference(i) for idx in draws for i in idx])
+    stats = stats[np.isfinite(stats)]
+    if not len(stats):
+        return {"difference": observed, "low": float("nan"), "high": float("nan"), "p": float("nan"), "resamples": 0}
     low, high = np.percentile(stats, [2.5, 97.5])
     p = min(1.0, 2 * min(float((stats <= 0).mean()), float((stats >= 0).mean())))
-    return {"difference": float(per_sentence.mean()), "low": float(low), "high": float(high), "p": p,
-            "resamples": len(stats)}
+    return {"difference": observed, "low": float(low), "high": float(high), "p": p, "resamples": len(stats)}
 
 
-def paired_cells(a: Sequence[float], b: Sequence[float], correct_a: Sequence | None = None,
-                 correct_b: Sequence | None = None) -> dict[str, str]:
-    """The cells of one paired comparison of A against B, the runs paired by seed (a[i], b[i]: the
-    accuracies of seed i; correct_a[i], correct_b[i]: their `correct_on_dev` arrays, optional):
+def paired_cells(a: Sequence[float], b: Sequence[float], dev_a: Sequence | None = None,
+                 dev_b: Sequence | None = None, metric: str = "accuracy") -> dict[str, str]:
+    """The cells of one paired comparison of A against B in `metric` (the task's headline), the runs paired
+    by seed (a[i], b[i]: the metric of seed i's runs; dev_a[i], dev_b[i]: their dev outputs, optional:
+    `dev_outputs` pairs, or `correct_on_dev` arrays for accuracy):
 
     "difference": A − B, mean ± std over seeds; "t": the paired t-test's p (`paired_p`, 3 decimals);
-    "mcnemar": McNemar's exact p of each seed, comma-separated; "interval": the bootstrap's 95% interval
-    of the difference ("-0.0100 … +0.0200"); "bootstrap": its p (`p_text`). The last three are "–"
-    unless every run has its dev predictions. A table takes the cells it shows."""
+    "mcnemar": McNemar's exact p of each seed, comma-separated (right or wrong per example, whatever the
+    headline; NO_MCNEMAR for a regression); "interval": the bootstrap's 95% interval of the difference
+    ("-0.0100 … +0.0200"); "bootstrap": its p (`p_text`). The last three are "–" unless every run has its
+    dev predictions. A table takes the cells it shows."""
+    regression = metric in REGRESSION_METRICS
     cells = {"difference": mean_std([x - y for x, y in zip(a, b)]), "t": fmt(paired_p(a, b), 3),
-             "mcnemar": MISSING, "interval": MISSING, "bootstrap": MISSING}
-    correct = [*(correct_a or []), *(correct_b or [])]
-    if correct_a and correct_b and all(c is not None for c in correct):
-        boot = bootstrap_difference(correct_a, correct_b)
-        cells.update(mcnemar=", ".join(f"{mcnemar_p(x, y):.3g}" for x, y in zip(correct_a, correct_b)),
-                     interval=f"{boot['low']:+.4f} … {boot['high']:+.4f}", bootstrap=p_text(boot))
+             "mcnemar": NO_MCNEMAR if regression else MISSING, "interval": MISSING, "bootstrap": MISSING}
+    dev = [*(dev_a or []), *(dev_b or [])]
+    if dev_a and dev_b and all(d is not None for d in dev):
+        boot = bootstrap_difference(dev_a, dev_b, metric)
+        cells.update(interval=f"{boot['low']:+.4f} … {boot['high']:+.4f}", bootstrap=p_text(boot))
+        if not regression:
+            right = [np.equal(*_outputs(d)) for d in dev]
+            cells["mcnemar"] = ", ".join(f"{mcnemar_p(x, y):.3g}" for x, y in zip(right[:len(dev_a)], right[len(dev_a):]))
     return cells

@@ -1,4 +1,5 @@
 """The sweep report on synthetic results: rows, the B3 ratio, mean ± std over seeds, the plots, report.py."""
+import copy
 import csv
 import json
 
@@ -45,10 +46,10 @@ def test_report_rows_b3_and_files(sweep_dir):
     rows = {(r["trainer"], r["seed"]): r for r in tables.write(sweep_dir)}
     mag = rows[("magnitude", 1)]
     # 0.86 is first reached by the dense run at 20 s; search + retrain = 12 s (pruning evals left out).
-    assert mag["dense_s_to_same_acc"] == 20.0 and mag["b3_ratio"] == pytest.approx(0.6)
+    assert mag["dense_s_to_same_score"] == 20.0 and mag["b3_ratio"] == pytest.approx(0.6)
     assert mag["eb_fraction_of_dense_steps"] == pytest.approx(0.1)
     assert mag["time_vs_dense"] == pytest.approx(17 / 20)  # dense: training seconds without its evaluations
-    assert rows[("gradient", 1)]["dense_s_to_same_acc"] is None  # the dense run never got to 0.95
+    assert rows[("gradient", 1)]["dense_s_to_same_score"] is None  # the dense run never got to 0.95
     with open(sweep_dir / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 5
     md = (sweep_dir / "results.md").read_text()
@@ -101,14 +102,14 @@ def test_variants_get_their_own_rows_and_a_paired_test_against_dense(tmp_path):
             results.append(r)
     rows = tables.rows_of([schema.parse(r) for r in results])   # version 1: no schema_version, few keys
     assert {r["variant"] for r in rows} == {"plain", "kd"}
-    md = tables.markdown(rows)
+    md = tables.markdown(rows, schema.TaskInfo())
     assert "| magnitude | kd | 0.9 | 3 |" in md and "| magnitude | plain | 0.9 | 3 |" in md
     kd_line = next(line for line in md.splitlines() if line.startswith("| magnitude | kd | 0.9 | 3 |"))
     assert "-0.0100 ± 0.0000" in kd_line
     ablation = md[md.index("against the one-shot (plain) run"):]   # kd against plain, seed by seed: +2 points
     assert "| magnitude | kd | 0.9 | 3 | 0.8800 ± 0.0100 | 0.0200 ± 0.0000 |" in ablation
     assert "| magnitude | plain |" not in ablation
-    assert "best: magnitude (kd) 0.8800" in tables.targets(rows)
+    assert "best: magnitude (kd) 0.8800" in tables.targets(rows, schema.TaskInfo())
 
 
 def test_heads_and_neurons_runs_get_their_own_table_beside_the_dense_run_of_their_seed(sweep_dir):
@@ -160,7 +161,7 @@ def test_every_criterion_found_is_plotted_not_a_fixed_list(sweep_dir):
         (sweep_dir / f"act{seed}" / "results.json").write_text(json.dumps(r))
     results = tables.load(sweep_dir)
     rows = tables.write(sweep_dir)
-    curves = plots.accuracy_curves(rows)
+    curves = plots.score_curves(rows)
     assert list(curves) == ["activation", "gradient", "magnitude"]
     assert curves["activation"] == {"sparsity": [0.7], "final": [pytest.approx(0.835)], "after_prune": [0.7]}
     distances = plots.distance_curves([r for r in results if r.pruning])
@@ -196,3 +197,133 @@ def test_report_script_refuses_a_results_file_of_a_newer_schema_version(sweep_di
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"error: {sweep_dir / 'run9' / 'results.json'}: schema_version {schema.SCHEMA_VERSION + 1} is newer than this "
         f"code reads (up to {schema.SCHEMA_VERSION}); read it with the version of the code that wrote it, or update this one")
+
+
+# --- tasks other than SST-2: results written through pruning.schema.write, as runs write them ------------------
+STSB_LABELS = [0.0, 1.0, 2.0, 3.0, 4.0]
+STSB = {"name": "stsb", "title": "STS-B", "metrics": ["pearson", "spearmanr"], "headline": "pearson",
+        "label_names": None, "text_columns": ["sentence1", "sentence2"], "dev_sets": ["validation"]}
+# predictions whose Pearson r against STSB_LABELS is known by hand: sum((x - 2)(y - 2)) / 10
+PERFECT, SWAP_END, SWAP_TWO, ROTATE = [0.0, 1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 2.0, 4.0, 3.0], [1.0, 0.0, 3.0, 2.0, 4.0], \
+    [2.0, 1.0, 0.0, 3.0, 4.0]                             # r = 1, 0.9, 0.8, 0.6 (Spearman the same: ranks = values)
+DENSE_TIMELINE = [{"step": 10, "train_seconds": 10.0, "accuracy": None, "score": 0.7},
+                  {"step": 20, "train_seconds": 20.0, "accuracy": None, "score": 0.85}]
+
+
+def stsb_run(directory, name, trainer, seed, predicted, pearson, rate=None):
+    """A v3 STS-B run (test_schema's `current` made a regression) written with schema.write into directory/name."""
+    from test_schema import current
+    r = copy.deepcopy(current())
+    def scores(v):
+        return {"accuracy": None, "f1": None, "loss": 0.5, "pearson": v, "spearmanr": v}
+    r.update(task=STSB, trainer=trainer, run_dir=str(directory / name), config={"SEED": seed, "TASK": "stsb"},
+             metrics={"final": scores(pearson)}, sparsity=rate or 0.0, log_history=[],
+             dev_predictions={"predicted": predicted, "label": STSB_LABELS}, distillation=None)
+    if rate is None:
+        del r["pruning"]
+        r.update(phase_seconds={"train": 25.0}, accuracy_timeline=DENSE_TIMELINE)
+    else:
+        r["metrics"].update(before_prune=scores(0.7), after_prune=scores(0.5))
+        r["pruning"].update(criterion=trainer, granularity="weights", rate=rate, head_rate=None, neuron_rate=None,
+                            structure=None, eb_step=2, prune_step=2)
+        r["phase_seconds"] = {"search": 4.0, "prune": 1.0, "retrain": 6.0}
+    (directory / name).mkdir()
+    schema.write(directory / name, r)
+
+
+@pytest.fixture
+def stsb_sweep(tmp_path):
+    for name, trainer, seed, predicted, pearson, rate in (
+            ("dense-s1", "dense", 1, PERFECT, 1.0, None), ("dense-s2", "dense", 2, SWAP_END, 0.9, None),
+            ("magnitude-r0.5-s1", "magnitude", 1, SWAP_TWO, 0.8, 0.5),
+            ("magnitude-r0.5-s2", "magnitude", 2, ROTATE, 0.6, 0.5)):
+        stsb_run(tmp_path, name, trainer, seed, predicted, pearson, rate)
+    return tmp_path
+
+
+def test_hand_built_pearson_values():
+    from scipy.stats import pearsonr
+    assert [pearsonr(x, STSB_LABELS)[0] for x in (PERFECT, SWAP_END, SWAP_TWO, ROTATE)] == pytest.approx([1, .9, .8, .6])
+
+
+def test_an_stsb_sweep_reports_and_names_pearson_everywhere(stsb_sweep, monkeypatch):
+    import matplotlib.axes
+    from pruning import stats
+    monkeypatch.setattr(stats, "METRIC_RESAMPLES", 1000)
+    ylabels = []
+    original = matplotlib.axes.Axes.set_ylabel
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel", lambda ax, label, **kw: (ylabels.append(label),
+                                                                                       original(ax, label, **kw))[1])
+    rows = {(r["trainer"], r["seed"]): r for r in tables.write(stsb_sweep)}
+    # B3 in Pearson r: the dense run first reaches 0.8 at 20 s, 0.6 at 10 s; search + retrain took 10 s
+    assert rows[("magnitude", 1)]["dense_s_to_same_score"] == 20.0 and rows[("magnitude", 1)]["b3_ratio"] == 0.5
+    assert rows[("magnitude", 2)]["dense_s_to_same_score"] == 10.0 and rows[("magnitude", 2)]["b3_ratio"] == 1.0
+    md = (stsb_sweep / "results.md").read_text()
+    assert md.startswith("Task: STS-B. Every score below is STS-B dev Pearson r, the task's headline metric (pearson)")
+    assert "| Pearson r before prune | Pearson r after prune | Pearson r final | Spearman ρ final | EB step |" in md
+    assert "accuracy" not in md.lower() and "acc " not in md
+    assert "| magnitude | 0.5 | 1 | 0.5000 | 0.7000 | 0.5000 | 0.8000 | 0.8000 | 2 |" in md
+    # mean ± std over the seeds (0.8, 0.6); paired with dense (1.0, 0.9): −0.2 and −0.3, t = −5 with 1 degree
+    # of freedom, p = 1 − (2/π) arctan 5 = 0.126; the bootstrap resamples Pearson r itself
+    boot = stats.bootstrap_difference([(SWAP_TWO, STSB_LABELS), (ROTATE, STSB_LABELS)],
+                                      [(PERFECT, STSB_LABELS), (SWAP_END, STSB_LABELS)], "pearson")
+    assert (f"| magnitude | plain | 0.5 | 2 | 0.5000 ± 0.0000 | 0.7000 ± 0.1414 | 0.7000 ± 0.1414 | -0.2500 ± 0.0707 | "
+            f"0.126 | {stats.p_text(boot)} |") in md
+    assert "| dense | plain | 0 | 2 | – | 0.9500 ± 0.0707 | 0.9500 ± 0.0707 | – | – | – |" in md
+    assert "| B1 Pearson r kept at 50% sparsity (≤ 0.5 points under dense) | best: magnitude 0.7000 vs dense 0.9500: " \
+           "+25.00 points under | missed |" in md
+    assert "| B3 (search + retrain) / dense time to the same Pearson r ≤ 0.6 | 0.50–1.00 over 2 runs | missed |" in md
+    with open(stsb_sweep / "results.csv") as f:
+        reader = csv.DictReader(f)
+        header, by_run = reader.fieldnames, {r["run"]: r for r in reader}
+    assert header[6:10] == ["pearson_before_prune", "pearson_after_prune", "pearson_final", "spearmanr_final"]
+    assert "dense_s_to_same_score" in header and not any(c.startswith(("acc", "f1", "score")) for c in header)
+    assert by_run["magnitude-r0.5-s2"]["pearson_final"] == "0.6"
+    assert (stsb_sweep / "pearson_vs_sparsity.png").stat().st_size > 5000
+    assert not (stsb_sweep / "accuracy_vs_sparsity.png").exists() and (stsb_sweep / "cost_vs_step.png").exists()
+    assert ylabels.count("STS-B dev Pearson r") == 2 and not any("accuracy" in y for y in ylabels)
+
+
+def test_metric_labels_name_the_task_and_its_dev_set():
+    cola = schema.TaskInfo(name="cola", title="CoLA", metrics=["matthews_correlation", "accuracy"],
+                           headline="matthews_correlation")
+    mnli = schema.TaskInfo(name="mnli", title="MNLI", metrics=["accuracy"], dev_sets=["matched", "mismatched"])
+    assert tables.dev_metric_label(cola) == "CoLA dev Matthews corr." and tables.metric_title(cola) == "Matthews corr."
+    assert tables.dev_metric_label(schema.TaskInfo()) == "SST-2 dev accuracy"
+    assert tables.dev_metric_label(mnli) == "MNLI dev accuracy (matched)"
+    assert tables.extra_scores(mnli) == [("accuracy", "mismatched")]
+    assert tables.extra_title("accuracy", "mismatched") == "accuracy final (mismatched)"
+    assert tables.csv_columns(cola)[0][6:10] == ["matthews_correlation_before_prune", "matthews_correlation_after_prune",
+                                                 "matthews_correlation_final", "accuracy_final"]
+
+
+def test_a_sweep_directory_mixing_tasks_is_refused_naming_them(sweep_dir):
+    stsb_run(sweep_dir, "stsb-dense-s1", "dense", 1, PERFECT, 1.0)
+    message = (f"{sweep_dir} holds runs of 2 tasks (SST-2: run0, run1, run2, run3, run4; STS-B: stsb-dense-s1); "
+               "a table pools one task's runs")
+    with pytest.raises(tables.MixedTasks) as e:
+        tables.load(sweep_dir)
+    assert str(e.value).startswith(message)
+    proc = run_script("report.py", [str(sweep_dir), "--plots=false"])
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}")
+    assert not (sweep_dir / "results.md").exists()
+
+
+def test_lottery_report_of_an_stsb_study_names_pearson_and_leaves_out_mcnemar(tmp_path, monkeypatch):
+    import lottery
+    from pruning import stats
+    monkeypatch.setattr(stats, "METRIC_RESAMPLES", 1000)
+    for name, seed, predicted, pearson in (("dense-s1", 1, PERFECT, 1.0), ("dense-s2", 2, SWAP_END, 0.9),
+                                           ("good-pretrained-s1", 1, SWAP_TWO, 0.8),
+                                           ("good-pretrained-s2", 2, ROTATE, 0.6)):
+        stsb_run(tmp_path, name, "dense" if name.startswith("dense") else "magnitude", seed, predicted, pearson)
+    text = lottery.write(tmp_path, {"CRITERION": "magnitude", "GRANULARITY": "weights", "EPOCHS": 1.0})
+    assert text.startswith("# Lottery tickets: magnitude, weights, STS-B dev Pearson r")
+    assert "STS-B dev Pearson r, mean ± std over seeds (n)." in text and "accuracy" not in text.lower()
+    assert "| dense (no mask) | 0.9500 ± 0.0707 (2) | – | – |" in text and "| good | 0.7000 ± 0.1414 (2) | – | – |" in text
+    assert "no McNemar test (STS-B is a regression" in text
+    boot = stats.bootstrap_difference([(SWAP_TWO, STSB_LABELS), (ROTATE, STSB_LABELS)],
+                                      [(PERFECT, STSB_LABELS), (SWAP_END, STSB_LABELS)], "pearson")
+    assert (f"| good, pretrained / dense | 2 | -0.2500 ± 0.0707 | 0.126 | {stats.NO_MCNEMAR} | "
+            f"{boot['low']:+.4f} … {boot['high']:+.4f} | {stats.p_text(boot)} |") in text
+    assert (tmp_path / "lottery_pearson.png").stat().st_size > 5000 and "![score](lottery_pearson.png)" in text

@@ -56,7 +56,7 @@ def test_bootstrap_p_text_and_errors():
     assert stats.bootstrap_difference([a], [a], resamples=2000)["resamples"] == 2000
     with pytest.raises(ValueError, match="paired"):
         stats.bootstrap_difference([a, a], [a])
-    with pytest.raises(ValueError, match="same dev sentences"):
+    with pytest.raises(ValueError, match="same dev examples"):
         stats.bootstrap_difference([a], [a[:3]])
 
 
@@ -80,3 +80,50 @@ def test_paired_cells_are_the_tests_above_as_table_text():
     assert lacking == {"difference": "0.0050 ± 0.0071", "t": "0.500", "mcnemar": "–", "interval": "–",
                        "bootstrap": "–"}
     assert stats.paired_cells([0.9], [0.8])["t"] == "–"
+
+
+def test_bootstrap_of_matthews_correlation_on_a_hand_built_case():
+    # 4 positives, 4 negatives. A: 3 TP, 1 FN, 3 TN, 1 FP: MCC = (3·3 − 1·1) / sqrt(4·4·4·4) = 0.5.
+    # B: 2 of each: MCC = (2·2 − 2·2) / 16 = 0.
+    label = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    a = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    b = np.array([1, 1, 0, 0, 0, 0, 1, 1])
+    boot = stats.bootstrap_difference([(a, label)], [(b, label)], "matthews_correlation", resamples=1000)
+    assert boot["difference"] == pytest.approx(0.5) and boot["resamples"] == 1000   # sklearn's MCC is never undefined
+    assert boot["low"] <= 0.5 <= boot["high"] and 0 < boot["p"] <= 1
+    with pytest.raises(ValueError, match="needs each run's"):      # right/wrong arrays carry no MCC
+        stats.bootstrap_difference([a == label], [b == label], "matthews_correlation")
+    with pytest.raises(ValueError, match="same dev examples"):
+        stats.bootstrap_difference([(a, label)], [(b, 1 - label)], "matthews_correlation")
+
+
+def test_bootstrap_of_pearson_on_float_predictions_matches_scipy_resample_by_resample():
+    from scipy.stats import pearsonr
+    label = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    a = [np.array([0.0, 1.0, 2.0, 4.0, 3.0]), np.array([1.0, 0.0, 3.0, 2.0, 4.0])]   # r = 9/10 and 8/10 by hand
+    b = [np.array([2.0, 1.0, 0.0, 3.0, 4.0]), label.copy()]                          # r = 6/10 and 1
+    boot = stats.bootstrap_difference([(x, label) for x in a], [(x, label) for x in b], "pearson", resamples=1000)
+    assert boot["difference"] == pytest.approx(((0.9 - 0.6) + (0.8 - 1.0)) / 2)
+    # the same resamples (numpy's default_rng(0), one batch of 1,000), each difference computed with scipy directly;
+    # a resample of one example repeated has no correlation and is left out
+    idx = np.random.default_rng(0).integers(0, 5, (1000, 5))
+    kept = [i for i in idx if len(set(i)) > 1]
+    expected = [np.mean([pearsonr(x[i], label[i])[0] - pearsonr(y[i], label[i])[0] for x, y in zip(a, b)])
+                for i in kept]
+    assert boot["resamples"] == len(kept) < 1000
+    assert (boot["low"], boot["high"]) == pytest.approx(tuple(np.percentile(expected, [2.5, 97.5])))
+    expected = np.array(expected)
+    assert boot["p"] == pytest.approx(min(1.0, 2 * min((expected <= 0).mean(), (expected >= 0).mean())))
+
+
+def test_paired_cells_of_a_regression_have_no_mcnemar(monkeypatch):
+    monkeypatch.setattr(stats, "METRIC_RESAMPLES", 1000)
+    label = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    a, b = np.array([0.0, 1.0, 2.0, 4.0, 3.0]), np.array([2.0, 1.0, 0.0, 3.0, 4.0])
+    cells = stats.paired_cells([0.9, 0.9], [0.6, 0.6], [(a, label)] * 2, [(b, label)] * 2, "pearson")
+    boot = stats.bootstrap_difference([(a, label)] * 2, [(b, label)] * 2, "pearson")
+    assert cells["mcnemar"] == stats.NO_MCNEMAR and cells["bootstrap"] == stats.p_text(boot)
+    assert cells["interval"] == f"{boot['low']:+.4f} … {boot['high']:+.4f}"
+    assert stats.paired_cells([0.9], [0.6], metric="pearson")["mcnemar"] == stats.NO_MCNEMAR
+    run = schema.parse({"task": {"headline": "pearson"}, "dev_predictions": {"predicted": [0.5], "label": [0.5]}})
+    assert stats.correct_on_dev(run) is None and stats.dev_outputs(run)[0].tolist() == [0.5]
