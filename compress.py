@@ -1,11 +1,12 @@
-"""Compress a finished run for CPU deployment and measure what it buys: size, speed and accuracy.
+"""Compress a finished run for CPU deployment and measure what it buys: size, speed and its task's metrics.
 
     python compress.py runs/NAME                          # the variants below, into runs/NAME/compressed/
     python compress.py runs/NAME --dense=runs/DENSE_RUN   # dense reference rows with their accuracy
     python compress.py --help
 
 Variants, each run by ONNX Runtime (the common CPU runtime for BERT-class models) and evaluated on the dev
-set in a fresh process from its files alone:
+set of the run's task (`pruning.data`, as the run tokenized it: pairs as pairs, segment ids exported) in a
+fresh process from its files alone, with the task's metrics (`pruning.tasks`); every row names the headline:
 - fp32:   the exported model (the baseline, as saved);
 - int8:   dynamic quantization, int8 weights for every linear layer and the embeddings;
 - mixed:  the run's criterion ranks the encoder's matrices; the least important FOUR_BIT_FRACTION of the
@@ -33,10 +34,11 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           Trainer, TrainingArguments)
 
 import bert  # noqa: F401  (defines the toolkit's trainers, which criteria() finds)
-from pruning import data as sst2
+from pruning import data
 from pruning import deploy, experiment, schema
 from pruning.precision import FakeQuant4, assign_bits, average_bits, matrix_importance, prunable_linears
 from pruning.results import parameter_split
+from pruning.tasks import METRIC_TITLES
 
 RUN = ""                     # a finished run's directory (also accepted as the first argument)
 VARIANTS = "int8,mixed,sparse"  # beside fp32: any of int8, mixed, sparse (skipped for structured runs), mixed+qat
@@ -137,13 +139,18 @@ def dense_reference(run_model, dense_dir: str):
     return AutoModelForSequenceClassification.from_config(AutoConfig.for_model(kind, **settings)).eval()
 
 
-def calibration_batches(train, results: schema.RunResults, tokenizer, n: int):
-    """`n` batches of 32 sentences of the training split (seeded by the run's seed): never the dev set."""
-    rows = sst2.subset(train, 32 * n, results.config.seed + 1)
-    encoded = sst2.tokenize(sst2.DatasetDict(train=rows), tokenizer, results.config.max_length)["train"]
+def encode(rows, task, tokenizer, results: schema.RunResults):
+    """`rows` of the run's task tokenized as the run tokenized them (pairs as pairs, its MAX_LENGTH and
+    TRUNCATION): a `datasets.Dataset` (`pruning.data.tokenize`)."""
+    return data.tokenize(data.DatasetDict(rows=rows), tokenizer, results.config.max_length, task,
+                         results.config.settings.get("TRUNCATION") or "head")["rows"]
+
+
+def calibration_batches(train, task, results: schema.RunResults, tokenizer, n: int):
+    """`n` batches of 32 examples of the training split (seeded by the run's seed), never the dev set:
+    padded tensors of the model's inputs (segment ids of a pair included) and labels."""
+    features = data.model_rows(encode(data.subset(train, 32 * n, results.config.seed + 1), task, tokenizer, results))
     collate = DataCollatorWithPadding(tokenizer)
-    features = [{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"], "labels": r["label"]}
-                for r in encoded]
     return [collate(features[i:i + 32]) for i in range(0, len(features), 32)]
 
 
@@ -233,14 +240,13 @@ def main(config: dict) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(str(run / "model"), trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run / "model"), trust_remote_code=True)  # no prompt for our config
     dense = dense_reference(model, config["DENSE"])
-    datasets, _ = sst2.load_sst2(results.config.data_dir)
-    dev = sst2.tokenize(sst2.DatasetDict(validation=datasets["validation"]), tokenizer,
-                        results.config.max_length)["validation"]
+    task, datasets, _ = data.load(**data.run_task(results.config.settings))
+    dev = encode(datasets[task.dev], task, tokenizer, results)
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".work"
     work.mkdir(exist_ok=True)
     dev_file = work / "dev.npz"
-    deploy.write_dev(dev_file, dev["input_ids"], dev["label"], tokenizer.pad_token_id)
+    deploy.write_dev(dev_file, dev, deploy.model_inputs(model, dev.column_names), tokenizer.pad_token_id, task.metrics)
     batches, _ = deploy.dev_batches(dev_file, config["BATCH_SIZE"])
     singles = deploy.dev_batches(dev_file, 1)[0][:config["LATENCY_SENTENCES"]]
     probe = batches[0]
@@ -254,6 +260,8 @@ def main(config: dict) -> None:
         return extra
 
     record = {"run": str(run), "dense_run": config["DENSE"] or None, "config": config,
+              "task": {"name": task.name, "title": task.title, "metrics": list(task.metrics), "headline": task.headline,
+                       "dev_set": task.dev},
               "date": time.strftime("%Y-%m-%d %H:%M"), "threads": config["THREADS"], "variants": {}}
     print(f"exporting {run / 'model'} and the dense reference to ONNX ...")
     write_variant("fp32", lambda d: deploy.export_onnx(model, d, probe))
@@ -264,7 +272,7 @@ def main(config: dict) -> None:
     if "mixed" in variants or "mixed+qat" in variants:
         name, criterion, options = importance_criterion(config, results)
         needs_batches = name != "magnitude"
-        calibration = (calibration_batches(datasets["train"], results, tokenizer, config["CALIBRATION_BATCHES"])
+        calibration = (calibration_batches(datasets["train"], task, results, tokenizer, config["CALIBRATION_BATCHES"])
                        if needs_batches else ())
         importance = matrix_importance(model, criterion, options, calibration)
         linears = prunable_linears(model)
@@ -284,8 +292,8 @@ def main(config: dict) -> None:
         if "mixed" in variants:
             write_variant("mixed", lambda d: deploy.quantize_mixed(out / "fp32", d, four, eight, config["BLOCK_SIZE"]))
         if "mixed+qat" in variants:
-            rows = sst2.subset(datasets["train"], 32 * config["QAT_STEPS"], results.config.seed + 2)
-            train = sst2.tokenize(sst2.DatasetDict(train=rows), tokenizer, results.config.max_length)["train"]
+            train = encode(data.subset(datasets["train"], 32 * config["QAT_STEPS"], results.config.seed + 2), task,
+                           tokenizer, results)
             four_modules = [n for n, b in bits.items() if b == 4]
             student = qat_finetune(model, four_modules, train, config, tokenizer, results.config.seed, work)
             student_fp32 = work / "fp32+qat"  # staging only: the variant is its quantized form
@@ -343,12 +351,12 @@ def main(config: dict) -> None:
         record["variants"][label].update(speed)
 
     reference_bytes = record["variants"]["dense · ORT fp32"]["bytes"]
-    dense_accuracy = record["variants"]["dense · PyTorch fp32"].get("accuracy")
+    dense_score = record["variants"]["dense · PyTorch fp32"].get(task.headline)
     for entry in record["variants"].values():
         entry["compression"] = reference_bytes / entry["bytes"]
         entry["bits_per_parameter"] = 8 * entry["bytes"] / entry["parameters"]
-        if dense_accuracy is not None and "accuracy" in entry:
-            entry["accuracy_vs_dense"] = entry["accuracy"] - dense_accuracy
+        if dense_score is not None and entry.get(task.headline) is not None:
+            entry["headline_vs_dense"] = entry[task.headline] - dense_score
     experiment.write_json(out / "compress.json", record)
     table = markdown(record, results)
     (out / "table.md").write_text(table)
@@ -357,21 +365,36 @@ def main(config: dict) -> None:
     shutil.rmtree(work)
 
 
+OLD_TASK = {"name": "sst2", "title": "SST-2", "metrics": ["accuracy", "f1"], "headline": "accuracy", "dev_set": "validation"}
+
+
+def record_task(record: dict) -> dict:
+    """The task a compress.json record scored (name, title, metrics, headline, dev_set); records from
+    before tasks: SST-2's accuracy and F1."""
+    return record.get("task") or OLD_TASK
+
+
 def markdown(record: dict, results: schema.RunResults) -> str:
-    """table.md from a compress.json record: a row per variant (accuracy as fractions, Δ in percentage points,
-    MB = 10**6 bytes on disk, latency in ms, sentences/s), then the mixed-precision and sparse notes."""
+    """table.md from a compress.json record: a row per variant with the task's metrics on its dev set
+    (the headline first, fractions or correlations), Δ headline vs dense in points (×100), MB = 10**6
+    bytes on disk, latency in ms, sentences/s; then the mixed-precision and sparse notes."""
     def f(x, fmt):
         return "–" if x is None else format(x, fmt)
-    lines = [f"Run `{record['run']}` ({results.trainer}, {results.config.granularity}); "
-             f"dense reference: {record['dense_run'] or 'untrained model of the same architecture (speed and bytes only)'}; "
+    task = record_task(record)
+    titles = [METRIC_TITLES.get(m, m) for m in task["metrics"]]
+    lines = [f"Run `{record['run']}` ({results.trainer}, {results.config.granularity}); task {task['title']}, "
+             f"scored by {METRIC_TITLES.get(task['headline'], task['headline'])} (`{task['headline']}`) on "
+             f"{task['dev_set']}; dense reference: "
+             f"{record['dense_run'] or 'untrained model of the same architecture (speed and bytes only)'}; "
              f"{record['threads']} threads, {record['date']}.", "",
-             "| variant | runtime | dev acc | F1 | Δ acc vs dense | MB on disk | compression | bits/param "
-             "| parameters | batch-1 latency ms | sentences/s @64 | × dense PyTorch | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | runtime | " + " | ".join(f"dev {t}" for t in titles) + f" | Δ {titles[0]} vs dense "
+             "| MB on disk | compression | bits/param | parameters | batch-1 latency ms | sentences/s @64 "
+             "| × dense PyTorch | peak RSS MB |",
+             "|---|---|" + "---|" * len(titles) + "---|---|---|---|---|---|---|---|---|"]
     for label, v in record["variants"].items():
-        delta = v.get("accuracy_vs_dense")
-        lines.append(f"| {label} | {v['runtime']} | {f(v.get('accuracy'), '.4f')} | {f(v.get('f1'), '.4f')} | "
-                     f"{'–' if delta is None else f'{100 * delta:+.2f}'} | {v['bytes'] / 1e6:.1f} | "
+        delta = v.get("headline_vs_dense", v.get("accuracy_vs_dense"))
+        lines.append(f"| {label} | {v['runtime']} | " + " | ".join(f(v.get(m), ".4f") for m in task["metrics"])
+                     + f" | {'–' if delta is None else f'{100 * delta:+.2f}'} | {v['bytes'] / 1e6:.1f} | "
                      f"{v['compression']:.2f}× | {v['bits_per_parameter']:.2f} | {v['parameters']:,} | "
                      f"{v['latency_ms']:.1f} | {v['sentences_per_s']:.0f} | {v['throughput_ratio']:.2f}× | "
                      f"{f(v.get('peak_rss_mb'), '.0f')} |")
@@ -387,27 +410,30 @@ def markdown(record: dict, results: schema.RunResults) -> str:
 
 
 def plots(record: dict, out: Path) -> None:
-    """Accuracy against bytes and against sentences/s: the Pareto view, dense marked with a star."""
+    """The headline metric (×100) against MB on disk and against sentences/s, to accuracy_vs_bytes.png and
+    accuracy_vs_speed.png in `out`: the Pareto view, dense marked with a star."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    points = {k: v for k, v in record["variants"].items() if v.get("accuracy") is not None}
-    dense_accuracy = record["variants"]["dense · PyTorch fp32"].get("accuracy")
+    task = record_task(record)
+    headline, title = task["headline"], METRIC_TITLES.get(task["headline"], task["headline"])
+    points = {k: v for k, v in record["variants"].items() if v.get(headline) is not None}
+    dense_score = record["variants"]["dense · PyTorch fp32"].get(headline)
     for key, xlabel, filename, scale in (("bytes", "MB on disk", "accuracy_vs_bytes.png", 1e-6),
                                          ("sentences_per_s", f"dev sentences/s at batch 64 ({record['threads']} threads)",
                                           "accuracy_vs_speed.png", 1)):
         fig, ax = plt.subplots(figsize=(9, 4.5))
         for i, (label, v) in enumerate(points.items()):
             dense = label.startswith("dense")
-            ax.scatter(v[key] * scale, 100 * v["accuracy"], label=label, s=170 if dense else 60, zorder=3,
+            ax.scatter(v[key] * scale, 100 * v[headline], label=label, s=170 if dense else 60, zorder=3,
                        marker="*" if dense else "osD^vP"[i % 6], alpha=0.85)
-        if dense_accuracy is not None:
-            ax.axhline(100 * dense_accuracy - 1.5, color="grey", linestyle=":", linewidth=1)
-            ax.annotate("dense − 1.5 points", (ax.get_xlim()[0], 100 * dense_accuracy - 1.5), fontsize=7,
+        if dense_score is not None:
+            ax.axhline(100 * dense_score - 1.5, color="grey", linestyle=":", linewidth=1)
+            ax.annotate("dense − 1.5 points", (ax.get_xlim()[0], 100 * dense_score - 1.5), fontsize=7,
                         color="grey", xytext=(4, 3), textcoords="offset points")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("SST-2 dev accuracy (%)")
-        ax.set_title(f"{Path(record['run']).name}: accuracy vs {'size' if key == 'bytes' else 'speed'} (★ dense)")
+        ax.set_ylabel(f"{task['title']} dev {title} (×100)")
+        ax.set_title(f"{Path(record['run']).name}: {title} vs {'size' if key == 'bytes' else 'speed'} (★ dense)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
@@ -422,7 +448,7 @@ if __name__ == "__main__":
         argv = [f"--run={argv[0]}"] + argv[1:]
     try:
         main(experiment.configure(globals(), argv))
-    except (experiment.ConfigError, sst2.DataError, FileNotFoundError) as e:
+    except (experiment.ConfigError, data.DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except deploy.DeployError as e:

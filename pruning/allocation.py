@@ -9,8 +9,8 @@ are equally wide, so an exact count of heads and neurons is also an exact budget
 of FLOPs.
 
 The reward is computed once, at the end of an episode, by a callable given the counts: in
-allocate.py, the accuracy on held-out train sentences of the early-bird weights pruned to those
-counts by the criterion's scores, with no fine-tuning (`SliceReward`).
+allocate.py, the task's headline metric (or minus the loss) on held-out train examples of the
+early-bird weights pruned to those counts by the criterion's scores, with no fine-tuning (`SliceReward`).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from pruning import masks as mask_ops
+from pruning.data import MODEL_INPUTS
 from pruning.surgery import remove_units
 from pruning.units import PrunableUnits
 
@@ -227,30 +228,53 @@ def global_rates(scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, f
 
 
 class SliceReward:
-    """Accuracy (or minus the mean loss) on fixed sentences of `model` pruned to the given counts by
-    `scores`, without training: whole units removed (heads+neurons) or weights zeroed. `batches`:
-    dicts of input_ids, attention_mask (batch, tokens) and labels (batch,). Raises ValueError for a
-    metric other than "accuracy" or "loss"."""
+    """The task's headline metric (or minus the mean loss) on fixed examples of `model` pruned to the given
+    counts by `scores`, without training: whole units removed (heads+neurons) or weights zeroed.
+
+    `batches`: dicts of the model's inputs (`pruning.data.MODEL_INPUTS` it has: input_ids, attention_mask
+    and a pair's token_type_ids, (batch, tokens)) and labels (batch,): class ids, or floats for a
+    regression. `task`: a `pruning.tasks.Task` (None: SST-2). `metric`: "metric" (the task's headline,
+    `Task.headline`, over all the examples at once: F1 and correlations are not means of batches; a
+    correlation undefined for constant predictions counts as 0) or "loss" (minus the mean
+    cross-entropy in nats, or for a regression minus the mean squared error). Raises ValueError for
+    another metric."""
+
+    METRICS = ("metric", "loss")
 
     def __init__(self, model: nn.Module, granularity: str, scores: dict[str, torch.Tensor], budget: Budget,
-                 batches: list[dict[str, torch.Tensor]], metric: str = "accuracy"):
-        if metric not in ("accuracy", "loss"):
-            raise ValueError(f"unknown reward {metric!r}; choose accuracy or loss")
+                 batches: list[dict[str, torch.Tensor]], metric: str = "metric", task=None):
+        from pruning.tasks import TASKS
+        if metric not in self.METRICS:
+            raise ValueError(f"unknown reward {metric!r}; choose metric (the task's headline) or loss")
         self.model, self.granularity, self.scores, self.budget = model.eval(), granularity, scores, budget
-        self.batches, self.metric = batches, metric
+        self.batches, self.metric, self.task = batches, metric, task or TASKS["sst2"]
         self.calls = 0
+
+    @property
+    def name(self) -> str:
+        """What the reward is, for reports: the headline metric's standard name, or "loss" / "MSE loss"."""
+        if self.metric == "loss":
+            return "MSE loss" if self.task.is_regression else "loss"
+        return self.task.headline
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module) -> float:
-        """Accuracy (a fraction in [0, 1]) or minus the mean cross-entropy (nats per sentence) of `model` on the
-        fixed batches."""
-        correct, loss, n = 0, 0.0, 0
+        """The headline metric of `model` on the fixed batches (a fraction, or a correlation in [-1, 1]), or
+        minus its mean loss per example (cross-entropy in nats; a regression's squared error)."""
+        predictions, labels, loss, n = [], [], 0.0, 0
         for batch in self.batches:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            correct += int((logits.argmax(-1) == batch["labels"]).sum())
-            loss += float(nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+            logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits.float()
+            if self.task.is_regression:
+                loss += float(nn.functional.mse_loss(logits.reshape(-1), batch["labels"].float(), reduction="sum"))
+            else:
+                loss += float(nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+            predictions.append(logits.numpy())
+            labels.append(batch["labels"].numpy())
             n += len(batch["labels"])
-        return correct / n if self.metric == "accuracy" else -loss / n
+        if self.metric == "loss":
+            return -loss / n
+        value = self.task.score(self.task.predictions(np.concatenate(predictions)), np.concatenate(labels))
+        return float(np.nan_to_num(value[self.task.headline], nan=0.0))
 
     def pruned(self, counts: dict[str, int]) -> nn.Module:
         """A deep copy of the model pruned to `counts` (step name -> units removed) by `masks_for`: units
@@ -267,18 +291,21 @@ class SliceReward:
         return model
 
     def __call__(self, counts: dict[str, int]) -> float:
+        """`evaluate` of the model pruned to `counts` (step name -> units removed)."""
         self.calls += 1
         return self.evaluate(self.pruned(counts))
 
 
 def batches_of(rows: list[dict], collate, batch_size: int = 128) -> list[dict[str, torch.Tensor]]:
-    """Fixed batches of tokenized rows, sorted by length so that little is padded."""
+    """Fixed batches of tokenized rows (`pruning.data.model_rows`: the model's inputs and "labels"),
+    sorted by length so that little is padded: the inputs padded by `collate` to (batch, longest), and
+    labels (batch,) (int64 class ids, or float32 for a regression)."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     out = []
     for i in range(0, len(order), batch_size):
         chunk = [rows[j] for j in order[i:i + batch_size]]
-        batch = collate([{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"]} for r in chunk])
-        batch["labels"] = torch.tensor([r["label"] for r in chunk])
+        batch = collate([{k: r[k] for k in MODEL_INPUTS if k in r} for r in chunk])
+        batch["labels"] = torch.tensor([r["labels"] for r in chunk])
         out.append(batch)
     return out
 
@@ -419,16 +446,18 @@ def _jsonable(x):
 
 @torch.inference_mode()
 def inference_speeds(models: dict[str, nn.Module], batches: list[dict[str, torch.Tensor]], rounds: int = 3) -> dict:
-    """Sentences/s of each model over the same batches, the models interleaved in every round (the
-    first model is the reference: ratios are medians of per-round ratios to it)."""
+    """Examples/s of each model over the same batches (`batches_of`: the model's inputs, pairs' segment
+    ids included), the models interleaved in every round (the first model is the reference: ratios are
+    medians of per-round ratios to it)."""
     per_round: dict[str, list[float]] = {name: [] for name in models}
     sentences = sum(len(b["input_ids"]) for b in batches)
+    inputs = [{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches]
     for _ in range(rounds):
         for name, model in models.items():
-            model(input_ids=batches[0]["input_ids"], attention_mask=batches[0]["attention_mask"])  # warm-up
+            model(**inputs[0])  # warm-up
             started = time.perf_counter()
-            for b in batches:
-                model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+            for b in inputs:
+                model(**b)
             per_round[name].append(sentences / (time.perf_counter() - started))
     reference = next(iter(models))
     out: dict = {"rounds": rounds, "threads": torch.get_num_threads()}

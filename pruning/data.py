@@ -387,6 +387,14 @@ def load_train(task: str = "sst2", data_dir: str = "", text_columns: tuple[str, 
     return t, ds["train"], source
 
 
+def run_task(settings: dict) -> dict:
+    """`load`'s and `load_train`'s task arguments from a run's settings (results.json "config", or a
+    script's configuration): task, data_dir, text_columns, label_column. Runs from before tasks: SST-2."""
+    from pruning.checks import text_columns  # checks imports this module
+    return {"task": settings.get("TASK") or "sst2", "data_dir": settings.get("DATA_DIR") or "",
+            "text_columns": text_columns(settings), "label_column": settings.get("LABEL_COLUMN") or "label"}
+
+
 def subset(ds: Dataset, n: int, seed: int) -> Dataset:
     """A seeded random subset of n rows (all rows when n is 0 or at least the size)."""
     if n and n < len(ds):

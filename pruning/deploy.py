@@ -8,13 +8,20 @@
 - `pack_sparse` / `load_model`: a bitmap container for weight tensors that are mostly exact zeros, so the bytes
   unstructured pruning saves are counted with their index cost. ONNX Runtime has no sparse CPU kernels for these
   layers: the tensors are unpacked to dense at load, and speed is that of the dense model.
-- `evaluate` (also `python pruning/deploy.py VARIANT DEV.npz THREADS BATCH`): accuracy, F1 and peak memory of one variant in a fresh process.
+- `evaluate` (also `python pruning/deploy.py VARIANT DEV.npz THREADS BATCH`): the task's metrics (those
+  `write_dev` recorded: `pruning.tasks.compute_metrics`) and peak memory of one variant in a fresh process.
+
+The exported graph takes `input_ids` and `attention_mask`, and `token_type_ids` when the model reads them
+(`model_inputs`: a BERT-like model whose tokenizer writes segment ids, or whose type_vocab_size > 1), so a
+sentence-pair task deploys with its segment ids.
 
 Every variant is a directory (`model.onnx`, plus `sparse.safetensors` when packed, or a PyTorch checkpoint);
 its size on disk is the sum of its files.
 """
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import json
 import os
 import resource
@@ -27,7 +34,8 @@ import numpy as np
 
 ONNX_FILE = "model.onnx"
 SPARSE_FILE = "sparse.safetensors"
-INPUTS = ("input_ids", "attention_mask")
+# pruning.data.MODEL_INPUTS, not imported: this file also runs alone in a fresh process, without torch.
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class DeployError(ValueError):
@@ -71,29 +79,43 @@ def directory_bytes(path: Path) -> int:
 
 
 # --- export -----------------------------------------------------------------------------------------
+def model_inputs(model, columns) -> tuple[str, ...]:
+    """The inputs the exported graph takes, in INPUTS order: input_ids and attention_mask, and token_type_ids
+    when the model's forward accepts them and either the tokenizer wrote them (`columns`, the tokenized
+    dev set's column names) or the model has more than one segment type (config.type_vocab_size > 1)."""
+    accepts = "token_type_ids" in inspect.signature(model.forward).parameters
+    types = getattr(model.config, "type_vocab_size", 1) or 1
+    if accepts and ("token_type_ids" in columns or types > 1):
+        return INPUTS
+    return INPUTS[:2]
+
+
 def export_onnx(model, directory: Path, probe: dict[str, np.ndarray], tolerance: float = 1e-3) -> None:
-    """Write `directory/model.onnx`: fp32, dynamic batch and sequence length, checked on `probe`
-    (input_ids and attention_mask, int64 arrays (batch, tokens)). Raises DeployError when
-    torch.onnx.export fails or the logits differ from PyTorch's by more than `tolerance` (absolute)."""
+    """Write `directory/model.onnx`: fp32, dynamic batch and sequence length, its inputs the INPUTS that
+    `probe` holds (int64 arrays (batch, tokens): input_ids, attention_mask, and token_type_ids for a
+    model that reads segment ids), checked on `probe`. Raises DeployError when torch.onnx.export fails
+    or the logits differ from PyTorch's by more than `tolerance` (absolute)."""
     import torch
     from onnxruntime.transformers.optimizer import optimize_model
     _quiet()
+    names = [k for k in INPUTS if k in probe]
 
     class Logits(torch.nn.Module):  # one tensor out, named inputs in: what a deployed classifier takes
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, attention_mask):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **segments).logits
 
     model = model.eval()
-    example = tuple(torch.from_numpy(probe[k][:2]) for k in INPUTS)
+    example = tuple(torch.from_numpy(probe[k][:2]) for k in names)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     raw = directory / "raw.onnx"
     try:
-        torch.onnx.export(Logits(model), example, str(raw), input_names=list(INPUTS), output_names=["logits"],
-                          dynamic_shapes={k: {0: batch, 1: seq} for k in INPUTS}, dynamo=True,
+        torch.onnx.export(Logits(model), example, str(raw), input_names=names, output_names=["logits"],
+                          dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), dynamo=True,
                           external_data=False, verbose=False)
     except Exception as e:  # the exporter's own errors are long; the first line names the operator
         raise DeployError(f"torch.onnx.export cannot export {type(model).__name__}: "
@@ -102,8 +124,8 @@ def export_onnx(model, directory: Path, probe: dict[str, np.ndarray], tolerance:
     fused.save_model_to_file(str(directory / ONNX_FILE))
     raw.unlink()
     with torch.inference_mode():
-        expected = model(**{k: torch.from_numpy(v) for k, v in probe.items()}).logits.numpy()
-    got = session(directory, threads=1).run(["logits"], probe)[0]
+        expected = model(**{k: torch.from_numpy(probe[k]) for k in names}).logits.numpy()
+    got = session(directory, threads=1).run(["logits"], {k: probe[k] for k in names})[0]
     error = float(np.abs(got - expected).max())
     if not error <= tolerance:
         raise DeployError(f"the exported ONNX model's logits differ from PyTorch's by {error:.2g} "
@@ -272,37 +294,59 @@ def session(directory: Path, threads: int):
 
 
 # --- evaluation -------------------------------------------------------------------------------------
-def write_dev(path: Path, input_ids: list[list[int]], labels: list[int], pad_id: int) -> None:
-    """The tokenized dev set, for evaluation in another process."""
-    np.savez(path, ids=np.concatenate([np.asarray(x, dtype=np.int64) for x in input_ids]),
-             lengths=np.asarray([len(x) for x in input_ids], dtype=np.int64),
-             labels=np.asarray(labels, dtype=np.int64), pad_id=np.int64(pad_id))
+def write_dev(path: Path, dev, inputs: tuple[str, ...], pad_id: int, metrics: tuple[str, ...]) -> None:
+    """The tokenized dev set, for evaluation in another process. `dev`: columns by name (a tokenized
+    `datasets.Dataset` or a dict of lists): input_ids (token ids per row), "label" (class ids, or floats
+    for a regression), and token_type_ids when the tokenizer wrote them; `inputs` (`model_inputs`) say
+    which the model takes (token_type_ids missing from `dev` are written as zeros: one segment).
+    `metrics`: the task's metric names (`pruning.tasks.METRIC_TITLES`), the headline first."""
+    ids = [np.asarray(x, dtype=np.int64) for x in dev["input_ids"]]
+    columns = getattr(dev, "column_names", None) or list(dev)
+    types = {}
+    if "token_type_ids" in inputs:
+        types["type_ids"] = (np.concatenate([np.asarray(x, dtype=np.int64) for x in dev["token_type_ids"]])
+                             if "token_type_ids" in columns else np.zeros(sum(map(len, ids)), dtype=np.int64))
+    labels = np.asarray(dev["label"])
+    np.savez(path, ids=np.concatenate(ids), lengths=np.asarray([len(x) for x in ids], dtype=np.int64),
+             labels=labels.astype(np.float64 if labels.dtype.kind == "f" else np.int64), pad_id=np.int64(pad_id),
+             metrics=np.asarray(metrics, dtype=str), **types)
 
 
 def dev_batches(path: Path, batch_size: int) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """Batches in dev order, each padded to its own longest sentence: input_ids and attention_mask as
-    int64 arrays (batch, longest); and the labels, an array (sentences,)."""
+    """Batches in dev order, each padded to its own longest row: input_ids, attention_mask (and
+    token_type_ids when `write_dev` wrote them, padded with 0) as int64 arrays (batch, longest); and
+    the labels, an array (rows,) of class ids (int64) or a regression's targets (float64)."""
     data = np.load(path)
-    ids, lengths, pad = data["ids"], data["lengths"], int(data["pad_id"])
+    lengths, pad = data["lengths"], int(data["pad_id"])
+    columns = {"input_ids": (data["ids"], pad), "token_type_ids": (data["type_ids"], 0)} if "type_ids" in data \
+        else {"input_ids": (data["ids"], pad)}
     starts = np.concatenate([[0], np.cumsum(lengths)])
     batches = []
     for b in range(0, len(lengths), batch_size):
         rows = range(b, min(b + batch_size, len(lengths)))
         width = int(lengths[b:b + batch_size].max())
-        input_ids = np.full((len(rows), width), pad, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
+        batch = {name: np.full((len(rows), width), fill, dtype=np.int64) for name, (_, fill) in columns.items()}
+        batch["attention_mask"] = np.zeros((len(rows), width), dtype=np.int64)
         for i, r in enumerate(rows):
-            input_ids[i, :lengths[r]] = ids[starts[r]:starts[r + 1]]
-            mask[i, :lengths[r]] = 1
-        batches.append({"input_ids": input_ids, "attention_mask": mask})
+            for name, (values, _) in columns.items():
+                batch[name][i, :lengths[r]] = values[starts[r]:starts[r + 1]]
+            batch["attention_mask"][i, :lengths[r]] = 1
+        batches.append({k: batch[k] for k in INPUTS if k in batch})
     return batches, data["labels"]
 
 
-def accuracy_f1(predictions: np.ndarray, labels: np.ndarray) -> dict:
-    """Accuracy and F1 of the positive class (here, not in experiment, so a fresh process needs no torch)."""
-    tp = int(((predictions == 1) & (labels == 1)).sum())
-    wrong = int((predictions != labels).sum())
-    return {"accuracy": float((predictions == labels).mean()), "f1": 2 * tp / (2 * tp + wrong) if tp else 0.0}
+def _tasks():
+    """pruning.tasks (metrics, predictions). Run as a script, this file loads it alone, by path: the
+    package's __init__ would import torch and transformers, whose memory a deployment does not pay."""
+    if __package__:
+        from pruning import tasks
+        return tasks
+    name = "_deploy_tasks"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("tasks.py"))
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def runner(directory: Path, threads: int):
@@ -311,7 +355,8 @@ def runner(directory: Path, threads: int):
     directory = Path(directory)
     if (directory / ONNX_FILE).exists():
         ort_session = session(directory, threads)
-        return lambda batch: ort_session.run(["logits"], batch)[0]
+        names = [i.name for i in ort_session.get_inputs()]  # a graph exported without token_type_ids skips them
+        return lambda batch: ort_session.run(["logits"], {k: batch[k] for k in names})[0]
     if not (directory / "config.json").exists():
         raise DeployError(f"{directory} is neither an ONNX variant nor a saved model directory")
     import torch
@@ -342,16 +387,21 @@ def peak_rss_mb() -> float:
 
 
 def evaluate(directory: Path, dev: Path, threads: int, batch_size: int = 64) -> dict:
-    """Load a variant and classify the dev set: accuracy, F1, predictions and this process's memory."""
+    """Load a variant and predict the dev set `write_dev` wrote: the task's metrics under their standard
+    names (fractions or correlations), "predictions" (class ids, or a regression's values), "load_seconds",
+    and this process's memory in MB before loading and at its peak (taken before the metrics' own imports).
+    Raises DeployError as `runner` does."""
+    tasks = _tasks()
     batches, labels = dev_batches(dev, batch_size)
     before = peak_rss_mb()
     started = time.perf_counter()
     run = runner(directory, threads)
     load_seconds = time.perf_counter() - started
-    predictions = np.concatenate([run(b).argmax(-1) for b in batches])
-    return {**accuracy_f1(predictions, labels), "predictions": predictions.tolist(),
-            "load_seconds": load_seconds, "rss_before_load_mb": before,
-            "peak_rss_mb": peak_rss_mb()}
+    predictions = np.concatenate([tasks.predictions_of(run(b)) for b in batches])
+    peak = peak_rss_mb()
+    metrics = tuple(str(m) for m in np.load(dev)["metrics"])
+    return {**tasks.compute_metrics(metrics, predictions, labels), "predictions": predictions.tolist(),
+            "load_seconds": load_seconds, "rss_before_load_mb": before, "peak_rss_mb": peak}
 
 
 def evaluate_in_fresh_process(directory: Path, dev: Path, threads: int, batch_size: int = 64) -> dict:

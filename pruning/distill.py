@@ -7,6 +7,11 @@ of other seeds, criteria or rates over the same data and teacher share the cache
 
 Loss (Hinton et al. 2015; oBERT's temperature 2, hardness 1):
     hardness * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - hardness) * CE(student, label)
+A regression (one output, STS-B) has no distribution to soften: its soft term is the squared error to
+the teacher's value, its hard term the squared error to the label (the regression head's own loss).
+
+The cache is keyed by the rows' input_ids: a pair's segment ids follow from its ids (the tokenizer's
+separator), and `compute_logits` passes them to the teacher (`pruning.data.MODEL_INPUTS`).
 """
 from __future__ import annotations
 
@@ -29,14 +34,21 @@ LOGITS_COLUMN = "teacher_logits"
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None,
                       temperature: float, hardness: float) -> torch.Tensor:
     """Mean over the batch of the distillation loss above (0-d float32 tensor). `student`, `teacher`:
-    logits (batch, labels); `labels`: class ids (batch,), or None for the soft term only. KL as
-    torch's kl_div(reduction="batchmean"), scaled by T^2 as Hinton et al. 2015."""
-    t = temperature
-    soft = F.kl_div(F.log_softmax(student.float() / t, -1), F.log_softmax(teacher.float() / t, -1),
-                    reduction="batchmean", log_target=True) * t * t
+    logits (batch, labels); `labels`: class ids (batch,), or a regression's targets, or None for the soft
+    term only. KL as torch's kl_div(reduction="batchmean"), scaled by T^2 as Hinton et al. 2015; with one
+    output (a regression) mean squared errors instead, and the temperature unused."""
+    regression = student.shape[-1] == 1
+    if regression:
+        soft = F.mse_loss(student.float().reshape(-1), teacher.float().reshape(-1))
+    else:
+        t = temperature
+        soft = F.kl_div(F.log_softmax(student.float() / t, -1), F.log_softmax(teacher.float() / t, -1),
+                        reduction="batchmean", log_target=True) * t * t
     if hardness >= 1.0 or labels is None:
         return soft
-    return hardness * soft + (1 - hardness) * F.cross_entropy(student.float(), labels)
+    hard = (F.mse_loss(student.float().reshape(-1), labels.float().reshape(-1)) if regression
+            else F.cross_entropy(student.float(), labels))
+    return hardness * soft + (1 - hardness) * hard
 
 
 def check_settings(temperature: float, hardness: float) -> None:

@@ -46,6 +46,13 @@ def compute_metrics(names: tuple[str, ...], predictions: np.ndarray, labels: np.
     return out
 
 
+def predictions_of(logits: np.ndarray) -> np.ndarray:
+    """(n,) predictions from logits (n, num_labels): class ids (argmax), or a regression head's values
+    (float64) when num_labels is 1."""
+    logits = np.asarray(logits)
+    return logits.reshape(-1).astype(np.float64) if logits.shape[-1] == 1 else logits.argmax(-1)
+
+
 # --- the declaration ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Split:
@@ -101,8 +108,7 @@ class Task:
 
     def predictions(self, logits: np.ndarray) -> np.ndarray:
         """(n,) predictions from logits (n, num_labels): class ids, or the regression's values."""
-        logits = np.asarray(logits)
-        return logits.reshape(-1).astype(np.float64) if self.is_regression else logits.argmax(-1)
+        return predictions_of(logits)
 
     def score(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """This task's metrics (`metrics`) of predictions against labels."""

@@ -97,7 +97,7 @@ def test_the_environment_follows_the_gymnasium_api():
 def sentences(n: int = 96, length: int = 12, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     return [{"input_ids": torch.randint(1, 100, (length,), generator=g).tolist(), "attention_mask": [1] * length,
-             "label": 0} for _ in range(n)]
+             "labels": 0} for _ in range(n)]
 
 
 def collate(rows):
@@ -255,7 +255,7 @@ def test_the_reward_never_reads_the_dev_set(study, monkeypatch):
 @pytest.mark.parametrize("bad,message", [
     (["--seed=3"], "--seeds"), (["--threshold=layerwise"], "--allocations"),
     (["--neuron_rate=0.4,0.4"], "one rate for the whole model"), (["--allocations=agent"], "with uniform"),
-    (["--max_layer_rate=0.3"], "MAX_LAYER_RATE"), (["--reward=f1"], "accuracy or loss"),
+    (["--max_layer_rate=0.3"], "MAX_LAYER_RATE"), (["--reward=f1"], "choose metric (the task's headline, accuracy) or loss"),
 ])
 def test_bad_settings_fail_before_any_run(tmp_path, tiny_bert_config, bad, message, capsys):
     import allocate

@@ -55,7 +55,7 @@ def test_every_variant_loads_fresh_and_predicts_like_pytorch(runs, tmp_path):
     tok = AutoTokenizer.from_pretrained(run / "model")
     dev = sst2.tokenize(sst2.load_sst2(json.loads((run / "results.json").read_text())["data"])[0], tok, 128)
     dev_file = tmp_path / "dev.npz"
-    deploy.write_dev(dev_file, dev["validation"]["input_ids"], dev["validation"]["label"], tok.pad_token_id)
+    deploy.write_dev(dev_file, dev["validation"], deploy.INPUTS, tok.pad_token_id, ("accuracy", "f1"))
     reference = pytorch_predictions(run, dev_file)
     labels = np.asarray(dev["validation"]["label"])
     pytorch = variants["pruned · PyTorch fp32"]
