@@ -276,7 +276,6 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
     some = next((r for by_seed in found.values() for r in by_seed.values()), None)
     task = some.task if some else schema.TaskInfo()
     metric = METRIC_TITLES.get(task.headline, task.headline)
-    classes = "accuracy" in task.metrics  # every classification task reports accuracy; a regression does not
     lines = [f"# Per-layer rates: an RL agent against uniform rates and the global threshold "
              f"({config['CRITERION']}, {config['GRANULARITY']})", ""]
     if search_result:
@@ -292,8 +291,8 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
                   *(f"| {n} | {v:.4f} |" for n, v in s["references"].items()), ""]
     lines += [f"{task.title} dev {metric} (`{task.headline}`) after the whole pipeline (early-bird search with the "
               "allocation's rates, pruning, retraining), mean ± std over seeds (n); paired by seed against the agent: "
-              "the difference, the t-test over seeds, and for a classification McNemar's exact test on each seed's "
-              "dev predictions and a bootstrap over the dev examples.", "",
+              "the difference, the t-test over seeds, McNemar's exact test on each seed's dev predictions (a "
+              f"classification only) and a bootstrap of {metric} over the dev examples.", "",
               f"| allocation | dev {metric} | − agent | p (paired t) | McNemar p, each seed | bootstrap p | "
               "parameters kept (without embeddings) | sentences/s vs dense (batch 64) |",
               "|---|---|---|---|---|---|---|---|"]
@@ -307,8 +306,8 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
         seeds = sorted(set(by_seed) & set(found.get("agent", {})))
         if name != "agent" and len(seeds) >= 2:
             cells = stats.paired_cells([acc[name][x] for x in seeds], [acc["agent"][x] for x in seeds],
-                                       *([[stats.correct_on_dev(by_seed[x]) for x in seeds],
-                                          [stats.correct_on_dev(found["agent"][x]) for x in seeds]] if classes else []))
+                                       [stats.dev_outputs(by_seed[x]) for x in seeds],
+                                       [stats.dev_outputs(found["agent"][x]) for x in seeds], metric=task.headline)
             diff, t_p, mc, boot = cells["difference"], cells["t"], cells["mcnemar"], cells["bootstrap"]
         ratio = f"{speed[name]['ratio']:.2f}×" if speed and name in speed else "–"
         lines.append(f"| {name} | {stats.mean_std(values)} ({len(values)}) | {diff} | {t_p} | {mc} | {boot} | "
