@@ -1,4 +1,4 @@
-"""One cell of a grid (sweep.py, lottery.py): one run of an experiment script in its own process.
+"""One cell of a grid (sweep.py, lottery.py, allocate.py): one run of an experiment script in its own process.
 
 A cell with results.json is skipped; a cell killed midway resumes from its newest checkpoint; one
 killed before its first checkpoint starts again. So a grid can be stopped and re-run at any time.
@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from pruning.processes import run_python
 
 
 def check_cell(script: str, out: Path, name: str, args: list[str]) -> None:
@@ -47,11 +49,13 @@ def _run_script(path: str) -> dict:
     return runpy.run_path(path)  # once per script: its constants and the trainers it defines
 
 
-def run_cell(script: str, out: Path, name: str, args: list[str]) -> bool:
+def run_cell(script: str, out: Path, name: str, args: list[str], fork: bool = True) -> bool:
     """Run `python script --out_dir=out --run_name=name *args` unless it has finished; its output is
     appended to out/name.log. Returns whether the cell has finished. A finished cell's checkpoints
     are deleted (the final model is in model/; they only take disk space). A cell on disk that was
-    made with other settings is refused (`check_cell`), never skipped or resumed."""
+    made with other settings is refused (`check_cell`), never skipped or resumed. The cell's process
+    is forked from the preloaded server of `pruning.processes` (its imports are done once per grid),
+    or with `fork=False` started as a new interpreter."""
     run_dir = out / name
     check_cell(script, out, name, args)
     if (run_dir / "results.json").exists():
@@ -63,10 +67,14 @@ def run_cell(script: str, out: Path, name: str, args: list[str]) -> bool:
         else:  # killed before its first checkpoint: nothing to keep
             shutil.rmtree(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, script, f"--out_dir={out}", f"--run_name={name}", *args, *resume]
-    with open(out / f"{name}.log", "a") as log:
-        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
-            return False
+    argv = [f"--out_dir={out}", f"--run_name={name}", *args, *resume]
+    if fork:
+        status = run_python(script, argv, stdout=out / f"{name}.log")
+    else:
+        with open(out / f"{name}.log", "a") as log:
+            status = subprocess.run([sys.executable, script, *argv], stdout=log, stderr=subprocess.STDOUT).returncode
+    if status != 0:
+        return False
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return True
 
@@ -111,4 +119,4 @@ def run_on_ray(script: str, out: Path, waves: list[list[tuple[str, list[str]]]],
 
 def _run_cell_in(cwd: str, script: str, out: Path, name: str, args: list[str]) -> bool:
     os.chdir(cwd)
-    return run_cell(script, Path(out), name, args)
+    return run_cell(script, Path(out), name, args, fork=False)  # a Ray worker is not a script's __main__

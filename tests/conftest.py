@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,17 @@ def tiny_args(config: Path, data: Path, out: Path, tokenizer: str = "gt-all-mini
 
 
 def run_script(script: str, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    """`python script *args` (a path relative to the repository, or absolute) in a process of its own, run
+    from the repository: its exit status and output, as subprocess.run(capture_output=True) gives them.
+    The process is forked from `pruning.processes`' preloaded server, so it does not import torch again."""
+    from pruning.processes import run_python
+    script = str(REPO / script)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        status = run_python(script, [str(a) for a in args], out, err, cwd=REPO, timeout=timeout)
+        return subprocess.CompletedProcess([sys.executable, script, *args], status,
+                                           out.read_text() if out.exists() else "",
+                                           err.read_text() if err.exists() else "")
 
 
 def only_run_dir(out: Path) -> Path:

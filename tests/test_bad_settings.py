@@ -3,13 +3,11 @@ before the run directory exists; a continuation (--resume, a grid cell met again
 the experiment is refused; "so far" figures cannot fall."""
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 import bert
-from conftest import REPO, ROBERTA_TOKENIZER, TINY, run_script, tiny_args, write_slice
+from conftest import ROBERTA_TOKENIZER, TINY, run_script, tiny_args, write_slice
 from pruning import checks, experiment
 from pruning.cells import check_cell, run_cell
 
@@ -72,12 +70,10 @@ def test_max_length_that_leaves_no_room_for_text(capsys, tiny_bert_config, data,
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing_that_blocks_its_name(tiny_bert_config, data,
                                                                                           tmp_path, capsys):
     args = tiny_args(tiny_bert_config, data, tmp_path, run_name="again", save_every=1000)
-    diverged = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "nan", "3", *args],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
+    diverged = run_script("tests/sabotaged_run.py", ["nan", "3", *args])
     assert diverged.returncode == 3 and "training diverged" in diverged.stderr, diverged.stderr[-2000:]
     assert not (tmp_path / "again").exists()
-    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "sigkill", "3", *args],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    killed = run_script("tests/sabotaged_run.py", ["sigkill", "3", *args])
     assert killed.returncode == -9  # a SIGKILL leaves the directory: the next run says how to clear it
     for extra in ([], ["--resume=true"]):
         line = refused(capsys, args + extra)
@@ -143,8 +139,7 @@ def test_other_settings_against_the_data_and_the_optimizer(capsys, tiny_bert_con
 def killed_at_10(tiny_bert_config, data, tmp_path_factory):
     out = tmp_path_factory.mktemp("killed")
     args = tiny_args(tiny_bert_config, data, out, run_name="crash", trainer="gradient", save_every=4, log_every=2)
-    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "sigkill", "10", *args],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    killed = run_script("tests/sabotaged_run.py", ["sigkill", "10", *args])
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (out / "crash" / "checkpoints" / "checkpoint-8").is_dir()
     return out, args

@@ -1,13 +1,11 @@
 """Resume after a real SIGKILL in each phase gives exactly the uninterrupted run; reruns are deterministic."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_script, tiny_args
+from conftest import run_script, tiny_args
 from pruning import PRUNING_STATE_FILE
 from pruning.state import read_run_masks
 
@@ -74,8 +72,7 @@ KILLS = [
 
 def kill_and_resume(config, data, out, settings, kill_at, resumes_from, phase):
     args = tiny_args(config, data, out, run_name="crash", **settings)
-    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "sigkill", str(kill_at), *args],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    killed = run_script("tests/sabotaged_run.py", ["sigkill", str(kill_at), *args])
     assert killed.returncode == -9, killed.stderr[-3000:]
     checkpoints = out / "crash" / "checkpoints"
     newest = max(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -116,8 +113,7 @@ def test_activation_scores_resume_mid_search(tiny_bert_config, sst2_slice, tmp_p
 
 def test_checkpoint_without_pruning_state_is_an_error_not_a_dense_model(tiny_bert_config, sst2_slice, tmp_path):
     args = tiny_args(tiny_bert_config, sst2_slice, tmp_path, run_name="crash", **SETTINGS)
-    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "sigkill", "8", *args],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    killed = run_script("tests/sabotaged_run.py", ["sigkill", "8", *args])
     assert killed.returncode == -9
     for state in (tmp_path / "crash" / "checkpoints").glob(f"*/{PRUNING_STATE_FILE}"):
         state.unlink()
@@ -128,8 +124,7 @@ def test_checkpoint_without_pruning_state_is_an_error_not_a_dense_model(tiny_ber
 
 def test_resuming_with_another_criterion_is_one_clear_error(tiny_bert_config, sst2_slice, tmp_path):
     args = tiny_args(tiny_bert_config, sst2_slice, tmp_path, run_name="crash", **SETTINGS)
-    killed = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "sigkill", "5", *args],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    killed = run_script("tests/sabotaged_run.py", ["sigkill", "5", *args])
     assert killed.returncode == -9
     proc = run_script("bert.py", args + ["--resume=true", "--trainer=magnitude"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]

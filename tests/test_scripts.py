@@ -1,14 +1,12 @@
 """bert.py and roberta.py end to end on tiny models and a slice of the real SST-2 files."""
 import json
-import subprocess
-import sys
 
 import pytest
 from safetensors.torch import load_file
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import REPO, ROBERTA_TOKENIZER, only_run_dir, run_script, tiny_args
+from conftest import ROBERTA_TOKENIZER, only_run_dir, run_script, tiny_args
 from pruning import prunable_parameters
 
 
@@ -95,8 +93,7 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(save_every, tiny_bert_config, sst2_slice,
                                                                      tmp_path):
     args = tiny_args(tiny_bert_config, sst2_slice, tmp_path, run_name="diverge", save_every=save_every)
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "sabotaged_run.py"), "nan", "12", *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_script("tests/sabotaged_run.py", ["nan", "12", *args])
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "error: training diverged" in proc.stderr and "by step 1" in proc.stderr
     run_dir = tmp_path / "diverge"

@@ -2,7 +2,6 @@
 path, pairs, long documents, test predictions, and one clear error per kind of bad file."""
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -1,0 +1,66 @@
+"""Python scripts run in processes of their own, forked from a server that imported the heavy libraries
+once (multiprocessing's "forkserver" start method, with `PRELOAD` imported in the server).
+
+A grid cell (`pruning.cells.run_cell`) and a test's script run are whole runs of a script in a process
+of their own: their own argv, working directory, environment, standard output and exit status, killed
+alone by a signal. Started with `python script.py`, each such process spends most of a tiny run on
+imports (torch, transformers, datasets: about 6 s of CPU on the project's machines). Forked from the
+server, it finds them imported: the server has only imported them (no model, no data, no thread pool
+started), so the child starts as a fresh interpreter would, less the import time.
+
+What differs from `python script.py`: the modules in PRELOAD are imported once, with the environment
+the server started with (read at import time by a few libraries: HF_HUB_OFFLINE, for example);
+everything else, including the environment the script sees, is the caller's. Source:
+https://docs.python.org/3/library/multiprocessing.html#contexts-and-start-methods
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import runpy
+import sys
+from pathlib import Path
+
+PRELOAD = ("torch", "transformers", "datasets", "pruning.experiment")
+_context = None
+
+
+def _server():
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(list(PRELOAD))
+    return _context
+
+
+def _main(script: str, args: list[str], cwd: str, env: dict, stdout: str, stderr: str) -> None:
+    """The child: the caller's directory, environment and output files, then the script as __main__."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    out = os.open(stdout, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    err = out if stderr == stdout else os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    sys.argv = [script, *args]
+    sys.path.insert(0, str(Path(script).resolve().parent))  # as `python script.py` puts it first
+    runpy.run_path(script, run_name="__main__")
+
+
+def run_python(script: str | Path, args: list[str], stdout: str | Path, stderr: str | Path | None = None,
+               cwd: str | Path | None = None, env: dict | None = None, timeout: float | None = None) -> int:
+    """Run `python script *args` in a process of its own, forked from the preloaded server; its standard
+    output (and error, unless `stderr` names another file) is appended to the file `stdout`. Returns
+    its exit status as subprocess does: the script's exit code, 1 for an uncaught exception, -N when
+    signal N killed it. `env` defaults to this process's environment now, `cwd` to its directory.
+    Raises TimeoutError (after killing it) when it runs longer than `timeout` seconds."""
+    process = _server().Process(target=_main, args=(str(script), [str(a) for a in args], str(cwd or os.getcwd()),
+                                                     dict(os.environ if env is None else env), str(stdout),
+                                                     str(stderr or stdout)))
+    process.start()
+    process.join(timeout)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        raise TimeoutError(f"{script} ran longer than {timeout} s; killed")
+    return process.exitcode
