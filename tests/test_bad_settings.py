@@ -127,7 +127,7 @@ def test_a_warmup_one_step_shorter_is_accepted(tiny_bert_config, data):
 @pytest.mark.parametrize("arg,message", [
     ("--warmup_ratio=1.5", "WARMUP_RATIO is a fraction of the budget in [0, 1)"),
     ("--weight_decay=-0.1", "WEIGHT_DECAY must be >= 0"),
-    ("--train_subset=301", "TRAIN_SUBSET=301 asks for more sentences than the 300"),
+    ("--train_subset=301", "TRAIN_SUBSET=301 asks for more examples than the 300"),
 ])
 def test_other_settings_against_the_data_and_the_optimizer(capsys, tiny_bert_config, data, tmp_path, arg, message):
     line = refused(capsys, [*tiny_args(tiny_bert_config, data, tmp_path / "out", trainer="dense"), arg])
