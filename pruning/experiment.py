@@ -121,6 +121,11 @@ def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encode
     if issubclass(config["TRAINER"], PruningTrainer):
         trainer_kwargs["pruning"] = pruning
     trainer = config["TRAINER"](**trainer_kwargs)
+    # A classifier's loss is the mean over its micro-batch. HF takes a model whose forward() has **kwargs
+    # (BERT, RoBERTa) to normalise by num_items_in_batch itself and then skips the division by the
+    # accumulation steps; their classification loss ignores it, so with GRAD_ACCUMULATION=k the gradients
+    # came out k times those of one batch k times larger. Off: HF divides each micro-batch's mean by k.
+    trainer.model_accepts_loss_kwargs = False
     trainer.other_dev_sets = {evaluation.dev_set_name(s): encoded[s] for s in task.dev_splits[1:]}
     if config.get("EARLY_STOPPING_PATIENCE", 0):  # a pruning run watches its retrain phase only
         trainer.add_callback(EarlyStopping(config["EARLY_STOPPING_PATIENCE"], config["EARLY_STOPPING_THRESHOLD"],
