@@ -153,9 +153,9 @@ def test_accumulating_two_batches_of_16_reads_the_scores_of_one_batch_of_32(tiny
 
 
 # --- torch.compile ----------------------------------------------------------------------------------
-@pytest.mark.slow  # dynamo traces the model once per new batch shape and again after removal: ~1-2 min on 2 cores
 def test_a_compiled_model_prunes_and_its_heads_and_neurons_are_removed(tiny_bert_config, data, tmp_path, monkeypatch):
-    # aot_eager: the graph capture and recompilation HF's torch_compile does, without inductor's C++ builds
+    # aot_eager: HF's torch_compile wrapping, graph capture and recompilation after the shapes change, without
+    # inductor's C++ builds (30 s per graph on 2 cores); the test takes about 35 s
     monkeypatch.setattr(experiment, "TrainingArguments",
                         functools.partial(TrainingArguments, torch_compile_backend="aot_eager"))
     from torch._dynamo.utils import counters
@@ -165,7 +165,9 @@ def test_a_compiled_model_prunes_and_its_heads_and_neurons_are_removed(tiny_bert
                   head_rate=0.5, neuron_rate=0.5, retrain_epochs=0.5)
     assert counters["stats"]["unique_graphs"] > 0  # the model was compiled
     assert results["pruning"]["structure"]["heads_kept_per_layer"] == [1, 1]
-    assert results["optimizer_steps"] == 30 and math.isfinite(results["metrics"]["final"]["loss"])
+    p = results["pruning"]
+    assert results["optimizer_steps"] == p["prune_step"] + p["retrain_steps"] == 6 + 10  # retrained after removal
+    assert math.isfinite(results["metrics"]["final"]["loss"])
     weights = load_file(f"{results['run_dir']}/model/model.safetensors")
     assert not any("_orig_mod" in k for k in weights)  # saved as the plain model
 
