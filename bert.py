@@ -58,8 +58,17 @@ RETRAIN_EPOCHS = 1.0               # training after pruning, with the mask held 
 LEARNING_RATE = 5e-5               # AdamW peak learning rate (linear warm-up and decay)
 WEIGHT_DECAY = 0.01                # AdamW decoupled weight decay
 WARMUP_RATIO = 0.06                # fraction of the total budget spent warming up
-BATCH_SIZE = 32                    # sentences per optimizer step and process
+BATCH_SIZE = 32                    # sentences per micro-batch and process (an optimizer step takes GRAD_ACCUMULATION of them)
 SEED = 42                          # seeds data order, dropout, subset and random init
+# --- hardware and precision (defaults: today's fp32 CPU run; on a GPU use PRECISION = "bf16")
+PRECISION = "fp32"                 # "fp32"; "bf16" (autocast: Ampere+ GPUs, or CPUs); "fp16" (CUDA only: loss scaling, skipped overflow steps)
+GRAD_ACCUMULATION = 1              # micro-batches per optimizer step (BATCH_SIZE each); EB_CHECK_EVERY, SAVE_EVERY, LOG_EVERY count optimizer steps
+MAX_GRAD_NORM = 1.0                # clip the gradient norm to this (HF's default); 0 = no clipping
+TF32 = False                       # TF32 matmuls on Ampere+ GPUs (CUDA only); False keeps PyTorch's default, even with COMPILE
+COMPILE = False                    # torch.compile the model (HF's torch_compile; recompiled after heads and neurons are removed)
+DATALOADER_WORKERS = 0             # data-loading processes (HF's dataloader_num_workers); 0 = in the training process
+ATTENTION = ""                     # attention implementation: "" = the model's default, "eager", "sdpa", "flash_attention_2", ...
+REPORT_TO = "none"                 # HF integrations, comma-separated ("tensorboard", "wandb", ...): losses, cost, mask distances, sparsity
 # --- output
 OUT_DIR = "runs"                   # each run writes its own sub-directory here
 RUN_NAME = ""                      # "" = a fresh time-stamped name; set it to name (or resume) a run

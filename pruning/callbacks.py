@@ -64,11 +64,11 @@ class EarlyBirdSearch(TrainerCallback):
                 det.set_reference(flat_mask({n: masks[n] for n in self.kind_groups[kind]}))
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        """criterion.on_gradients(), and observe() once `plan.first_check_after` steps are finished."""
-        if self.active:
-            self.trainer.criterion.on_gradients()
-            if state.global_step >= self.trainer.plan.first_check_after:  # global_step = steps finished
-                self.trainer.criterion.observe()
+        """Once per optimizer step (after every micro-batch's backward and the clipping): the step's
+        gradients to the criterion (`PruningTrainer.read_gradients`), observed once `plan.first_check_after`
+        steps are finished."""
+        if self.active:  # global_step = steps finished
+            self.trainer.read_gradients(observe=state.global_step >= self.trainer.plan.first_check_after)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self.active:
@@ -117,8 +117,9 @@ class GradualPruning(TrainerCallback):
     `gradual`, set at pruning). Until the last update an accumulating criterion keeps observing the
     retrain phase's gradients, so each update ranks by the scores since the one before."""
 
-    def __init__(self, run: RunState, criterion):
-        self.run, self.criterion = run, criterion
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.run, self.criterion = trainer.run_state, trainer.criterion
 
     def pending(self) -> GradualSchedule | None:
         """The gradual schedule while mask updates are still to come in the retrain phase, else None."""
@@ -126,8 +127,7 @@ class GradualPruning(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.pending():
-            self.criterion.on_gradients()
-            self.criterion.observe()
+            self.trainer.read_gradients(observe=True)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self.pending():

@@ -25,7 +25,8 @@ from pruning.trainer import SNAPSHOT_FILE, check_mask_source
 
 # Settings that cannot change what a run computes: a continuation (--resume=true, a grid cell run
 # again) may differ in them. Everything else must match the recorded configuration.
-CONTINUATION_EXEMPT = ("OUT_DIR", "RUN_NAME", "RESUME", "SAVE_EVERY", "LOG_EVERY", "MEASURE_SPEED")
+CONTINUATION_EXEMPT = ("OUT_DIR", "RUN_NAME", "RESUME", "SAVE_EVERY", "LOG_EVERY", "MEASURE_SPEED",
+                       "DATALOADER_WORKERS", "REPORT_TO")
 RUN_CONFIG_FILE = "run_config.json"  # in the run directory, from its start: what a continuation is compared with
 
 
@@ -100,9 +101,70 @@ def validate(config: dict) -> PruningConfig:
     if not config["LEARNING_RATE"] > 0:
         raise ConfigError(f"LEARNING_RATE must be > 0, got {config['LEARNING_RATE']}")
     check_task_settings(config)
+    check_hardware_settings(config)
     if config["RESUME"] and not config["RUN_NAME"]:
         raise ConfigError("RESUME needs RUN_NAME: the run directory to resume, e.g. --resume=true --run_name=NAME")
     return pruning
+
+
+# --- hardware and precision ---------------------------------------------------------------------------
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def attention_implementations() -> list[str]:
+    """The attention implementations transformers offers by name ("eager" and those registered in
+    `AttentionInterface`: sdpa, flash_attention_2/3, flex_attention, ...); whether one is installed and
+    supported by the model is checked when the model is built (`models.load_model_and_tokenizer`)."""
+    from transformers import AttentionInterface
+    return ["eager", *AttentionInterface._global_mapping]
+
+
+def report_integrations(report_to: str) -> list[str]:
+    """REPORT_TO as HF's `report_to` list: "none" -> [], "all" -> ["all"], "a,b" -> ["a", "b"]."""
+    names = [n.strip() for n in str(report_to).split(",") if n.strip()]
+    return [] if names in ([], ["none"]) else names
+
+
+def check_hardware_settings(config: dict) -> None:
+    """PRECISION, TF32, GRAD_ACCUMULATION, MAX_GRAD_NORM, DATALOADER_WORKERS, ATTENTION and REPORT_TO
+    against this machine and this transformers (settings a script lacks take their defaults).
+    Raises ConfigError for fp16 or TF32 without CUDA, bf16 on a GPU without it, a negative count or
+    norm, an attention implementation or an integration transformers does not offer or that is not installed."""
+    import torch
+    precision = config.get("PRECISION", "fp32")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"PRECISION={precision!r}: choose one of {', '.join(PRECISIONS)}")
+    cuda = torch.cuda.is_available()
+    if precision == "fp16" and not cuda:
+        raise ConfigError("PRECISION=fp16 needs a CUDA GPU (its loss scaler and fp16 kernels are CUDA's); on this "
+                          "machine use --precision=bf16 (CPU autocast) or fp32")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"PRECISION=bf16: this GPU ({torch.cuda.get_device_name()}) does not support bfloat16 "
+                          "(it needs Ampere or newer): use --precision=fp16 or fp32")
+    if config.get("TF32", False):
+        from transformers.utils import is_torch_tf32_available
+        if not cuda or not is_torch_tf32_available():
+            raise ConfigError("TF32=True needs an Ampere or newer CUDA GPU"
+                              + ("" if cuda else ", and this machine has none") + ": set --tf32=false")
+    for key, least in (("GRAD_ACCUMULATION", 1), ("DATALOADER_WORKERS", 0)):
+        value = config.get(key, least)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{key} must be an integer >= {least}, got {value!r}")
+    if not config.get("MAX_GRAD_NORM", 1.0) >= 0:
+        raise ConfigError(f"MAX_GRAD_NORM must be >= 0 (0 = no clipping), got {config['MAX_GRAD_NORM']}")
+    attention = config.get("ATTENTION", "")
+    if attention and attention not in attention_implementations():
+        raise ConfigError(f"ATTENTION={attention!r} is not an attention implementation transformers offers: choose "
+                          f"one of {', '.join(attention_implementations())}, or \"\" for the model's default")
+    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
+                                                             get_available_reporting_integrations)
+    for name in report_integrations(config.get("REPORT_TO", "none")):
+        if name not in INTEGRATION_TO_CALLBACK and name != "all":
+            raise ConfigError(f"REPORT_TO={name!r} is not an integration of HF's Trainer: choose from "
+                              f"{', '.join(INTEGRATION_TO_CALLBACK)} (comma-separated), or none")
+        if name != "all" and name not in get_available_reporting_integrations():
+            raise ConfigError(f"REPORT_TO={name!r}: its package is not installed (pip install {name}), or set "
+                              "--report_to=none")
 
 
 # --- the task -----------------------------------------------------------------------------------------
@@ -220,11 +282,14 @@ def check_model_and_tokenizer(config: dict, model, tokenizer, pair: bool = False
 
 
 # --- the step budget -------------------------------------------------------------------------------
-def planned_steps(train_rows: int, batch_size: int, world_size: int, epochs: float) -> tuple[int, int]:
+def planned_steps(train_rows: int, batch_size: int, world_size: int, epochs: float,
+                  grad_accumulation: int = 1) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps) as HF's Trainer computes them: the
-    dataloader keeps the last, short batch, each process takes `batch_size` rows, and the total is
-    ceil(epochs x steps per epoch) (`Trainer.set_initial_training_values`)."""
-    per_epoch = max(1, math.ceil(train_rows / (batch_size * world_size)))
+    dataloader keeps the last, short batch, each process takes `batch_size` rows, an optimizer step
+    takes `grad_accumulation` of those micro-batches (the epoch's last step takes what is left), and
+    the total is ceil(epochs x steps per epoch) (`Trainer.set_initial_training_values`)."""
+    batches = max(1, math.ceil(train_rows / (batch_size * world_size)))
+    per_epoch = math.ceil(batches / grad_accumulation)
     return per_epoch, math.ceil(epochs * per_epoch)
 
 

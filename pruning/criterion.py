@@ -15,8 +15,9 @@ from pruning.units import GRANULARITIES, PrunableUnits
 class Criterion:
     """Scores the live units of every group; the lowest-scoring ones are pruned.
 
-    Lifecycle, driven by the pruning callbacks: `on_gradients()` after every backward of the search
-    phase (gradients are all-reduced, clipped, not yet applied); `observe()` on those steps whose
+    Lifecycle, driven by the pruning callbacks: `on_gradients()` once per optimizer step of the search
+    phase, after the backward of all its micro-batches (gradients are all-reduced, unscaled, clipped and
+    finite, not yet applied: `PruningTrainer.read_gradients`); `observe()` on those steps whose
     scores count (after the warm-up); `scores()` at each Early-Bird check, then `reset()`;
     `before_removal(masks)` right before pruned units are removed; `close()` once the search ends.
     """
@@ -42,7 +43,7 @@ class Criterion:
         """Validate the criterion's own settings before any data or model is loaded."""
 
     def on_gradients(self) -> None:
-        """Every search step, after backward and before the optimizer step."""
+        """Every search optimizer step with finite gradients, after backward and before the optimizer step."""
 
     def after_step(self) -> None:
         """Every search step, after the optimizer step."""

@@ -91,9 +91,11 @@ def _rows_digest(input_ids: list[list[int]]) -> str:
 
 
 def load_teacher(directory: Path):
-    """The teacher (HF AutoModelForSequenceClassification.from_pretrained of `directory`) in eval mode, on CPU."""
+    """The teacher (HF AutoModelForSequenceClassification.from_pretrained of `directory`) in eval mode, on CPU,
+    in float32 whatever dtype it was saved in: its cached logits do not depend on any run's PRECISION."""
     from transformers import AutoModelForSequenceClassification
-    return AutoModelForSequenceClassification.from_pretrained(str(directory), trust_remote_code=True).eval()
+    return AutoModelForSequenceClassification.from_pretrained(str(directory), trust_remote_code=True,
+                                                              dtype=torch.float32).eval()
 
 
 @torch.inference_mode()

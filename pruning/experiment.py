@@ -29,6 +29,7 @@ from pruning.configuration import (PRUNING_SETTINGS, RATE_KEYS, ConfigError, con
                                    describe, fail, grid_settings, pruning_config, rate_text, trainer_name, trainers)
 from pruning.cost import CostLog, accuracy_timeline, cost_series
 from pruning.deploy import peak_rss_mb
+from pruning.reporting import report_scalars
 from pruning.schedule import PhasePlan
 from pruning.tasks import METRIC_TITLES, Task
 from pruning.schema import write_json  # noqa: F401  (the scripts write their JSON through experiment.write_json)
@@ -86,6 +87,7 @@ def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encode
     it evaluates on the first (`Task.dev`); `evaluation.evaluate_dev_sets` adds the others (MNLI's
     mismatched) to every stage's evaluation."""
     task = task or tasks.get("sst2")
+    precision = config.get("PRECISION", "fp32")
     args = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=pruning.total_epochs,  # the dense baseline gets the same total budget
@@ -98,12 +100,18 @@ def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encode
         logging_steps=config["LOG_EVERY"], logging_nan_inf_filter=False,
         save_strategy="steps", save_steps=config["SAVE_EVERY"], save_total_limit=2,
         eval_strategy="steps" if config["EVAL_EVERY"] else "no", eval_steps=config["EVAL_EVERY"] or None,
-        report_to="none", disable_tqdm=False,
+        report_to=checks.report_integrations(config.get("REPORT_TO", "none")) or "none", disable_tqdm=False,
+        # Hardware and precision (the hardware-and-precision block of bert.py); defaults are HF's own.
+        bf16=precision == "bf16", fp16=precision == "fp16",
+        gradient_accumulation_steps=config.get("GRAD_ACCUMULATION", 1), max_grad_norm=config.get("MAX_GRAD_NORM", 1.0),
+        # None leaves PyTorch's TF32 setting alone; False under COMPILE stops HF from turning TF32 on itself.
+        tf32=True if config.get("TF32") else (False if config.get("COMPILE") else None),
+        torch_compile=bool(config.get("COMPILE", False)),
         # transformers 5 scales the loss by the world size when averaging tokens across devices,
         # which doubles a sequence classifier's loss and gradients under DDP.
         average_tokens_across_devices=False,
         include_num_input_tokens_seen="non_padding",  # the real tokens each step trains on: CostLog's FLOPs
-        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_num_workers=config.get("DATALOADER_WORKERS", 0), dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )
     trainer_kwargs = dict(model=model, args=args, train_dataset=encoded["train"],
@@ -113,10 +121,17 @@ def build_trainer(config: dict, pruning: PruningConfig, model, tokenizer, encode
     if issubclass(config["TRAINER"], PruningTrainer):
         trainer_kwargs["pruning"] = pruning
     trainer = config["TRAINER"](**trainer_kwargs)
+    # A classifier's loss is the mean over its micro-batch. HF takes a model whose forward() has **kwargs
+    # (BERT, RoBERTa) to normalise by num_items_in_batch itself and then skips the division by the
+    # accumulation steps; their classification loss ignores it, so with GRAD_ACCUMULATION=k the gradients
+    # came out k times those of one batch k times larger. Off: HF divides each micro-batch's mean by k.
+    trainer.model_accepts_loss_kwargs = False
     trainer.other_dev_sets = {evaluation.dev_set_name(s): encoded[s] for s in task.dev_splits[1:]}
     if config.get("EARLY_STOPPING_PATIENCE", 0):  # a pruning run watches its retrain phase only
         trainer.add_callback(EarlyStopping(config["EARLY_STOPPING_PATIENCE"], config["EARLY_STOPPING_THRESHOLD"],
                                            getattr(trainer, "run_state", None)))
+    if args.report_to:  # the cost series and the pruning scalars reach HF's integrations (TensorBoard, ...)
+        report_scalars(trainer)
     return trainer
 
 
@@ -147,7 +162,8 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     checks.check_task(config, task, datasets)
     set_seed(config["SEED"])  # before building the model, so a random init is reproducible
     model, tokenizer, model_description = models.load_model_and_tokenizer(
-        config["MODEL"], config["TOKENIZER"], num_labels=task.num_labels, how_to_fix=MODEL_HINT)
+        config["MODEL"], config["TOKENIZER"], num_labels=task.num_labels, how_to_fix=MODEL_HINT,
+        attention=config.get("ATTENTION", ""))
     checks.check_model_and_tokenizer(config, model, tokenizer, task.is_pair)
     trainable, _ = data.hold_out(datasets["train"], config.get("HELD_OUT", 0))
     if config["TRAIN_SUBSET"] > len(trainable):
@@ -169,7 +185,8 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     def metrics_of(evals: dict) -> dict:
         return evaluation.stage_metrics(evals, task, others)
     if config["TRAINER"] is not Trainer and not pruning.mask_from:  # the step plan against the criterion
-        _, total = checks.planned_steps(len(train_rows), config["BATCH_SIZE"], world, pruning.total_epochs)
+        _, total = checks.planned_steps(len(train_rows), config["BATCH_SIZE"], world, pruning.total_epochs,
+                                         config.get("GRAD_ACCUMULATION", 1))
         plan = PhasePlan.of(total, pruning.total_epochs, pruning.search_epochs, pruning.retrain_epochs,
                             checks.hf_warmup_steps(config["WARMUP_RATIO"], total), pruning.skip_warmup)
         checks.check_plan(plan, config["TRAINER"].criterion_class,

@@ -86,23 +86,33 @@ def resolve(name: str, what: str = "model", how_to_fix: str = "") -> tuple[str, 
     return _resolve_hub(name, what, how_to_fix), "hub"
 
 
-def load_model_and_tokenizer(model: str, tokenizer: str = "", num_labels: int = 2, how_to_fix: str = ""):
-    """(model, tokenizer, description). The description says "random init" when weights are random."""
+def load_model_and_tokenizer(model: str, tokenizer: str = "", num_labels: int = 2, how_to_fix: str = "",
+                             attention: str = ""):
+    """(model, tokenizer, description). The description says "random init" when weights are random.
+    `attention` is transformers' `attn_implementation` ("eager", "sdpa", ...; "" = the model's default).
+    Raises ModelError for a model or tokenizer that cannot be found or built, and for an attention
+    implementation this model or this machine does not support (transformers' own check)."""
     source, kind = resolve(model, "model", how_to_fix)
+    attn = {"attn_implementation": attention} if attention else {}
     if kind == "config":
         if not tokenizer:
             raise ModelError(f"model {model!r} is a config file (random init) and has no tokenizer: set TOKENIZER / "
                              "--tokenizer to a tokenizer directory or Hub id")
         try:
             config = AutoConfig.from_pretrained(source, num_labels=num_labels)
-            net = AutoModelForSequenceClassification.from_config(config)
-        except (OSError, ValueError, KeyError) as e:  # malformed JSON, no or unknown model_type, no classifier
+            net = AutoModelForSequenceClassification.from_config(config, **attn)
+        except (OSError, ValueError, KeyError, ImportError) as e:  # malformed JSON, no or unknown model_type, no classifier
+            _refuse_attention(attention, e)
             raise ModelError(f"model config {model!r} cannot build a sequence classifier ({_first_line(e)}): it needs "
                              "a \"model_type\" that transformers knows and that has a ForSequenceClassification "
                              "head") from None
         description = f"{config.model_type} from {os.path.basename(source)} (random init)"
     else:
-        net = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+        try:
+            net = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **attn)
+        except (ValueError, ImportError) as e:
+            _refuse_attention(attention, e)
+            raise
         description = PACKAGED_MODELS[model][1] if kind == "packaged" else f"{model} (pretrained)"
     tok_source = source if not tokenizer else resolve(tokenizer, "tokenizer", how_to_fix)[0]
     try:
@@ -119,6 +129,13 @@ def load_model_and_tokenizer(model: str, tokenizer: str = "", num_labels: int = 
         raise ModelError(f"tokenizer {tokenizer or model!r} has {len(tok)} tokens but the model's vocabulary has "
                          f"{net.config.vocab_size}: they do not belong together")
     return net, tok, description
+
+
+def _refuse_attention(attention: str, error: Exception) -> None:
+    """Raise ModelError naming ATTENTION when transformers refused it (`error`); return otherwise."""
+    if attention and (attention in str(error) or "attention" in str(error).lower()):
+        raise ModelError(f"ATTENTION={attention!r} cannot be used with this model here ({_first_line(error)}): "
+                         "set --attention=sdpa, --attention=eager, or leave it empty") from None
 
 
 def _first_line(error: Exception) -> str:

@@ -54,6 +54,7 @@ def summary(trainer) -> dict:
            "detector": {"window": config.window, "epsilon": config.epsilon, "check_every": config.check_every},
            "distance_history": trainer.search.history(),
            "mask_fingerprint": run.mask_fingerprint, "removed_units": run.removed_units,
+           "skipped_steps": run.skipped_steps,
            "evals": run.evals, "phase_seconds": saved["phase_seconds"],
            "structure": structure(trainer)}
     prune, stop, seconds = run.prune_step, run.stop_step, run.phase_seconds

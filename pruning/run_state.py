@@ -61,6 +61,8 @@ class RunState:
     re-warming). search_steps, retrain_steps, first_check_after (steps) and steps_per_epoch: the
     plan's numbers. evals: the evaluations just before and after pruning. restarting: a structured
     run is writing its pruning checkpoint to continue from (its time is charged to "prune").
+    skipped_steps: optimizer steps whose gradients the criterion did not read because they were not all
+    finite (the steps an fp16 loss scaler skips), while it read gradients (search, gradual updates).
 
     `clock` (seconds, monotonic) is injectable for tests; it and the time of the last charge are not
     saved.
@@ -80,6 +82,7 @@ class RunState:
     mask_fingerprint: str | None = None
     removed_units: dict[str, int] | None = None
     restarting: bool = False
+    skipped_steps: int = 0
     phase_seconds: dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
     clock: Callable[[], float] = field(default=time.perf_counter, repr=False, compare=False)
     _charged_at: float | None = field(default=None, init=False, repr=False, compare=False)

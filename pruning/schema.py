@@ -239,6 +239,8 @@ class PruningSummary:
     distance_history: Any = None      # [{"step", "distances", "max_distance"}], or such lists by detector name
     mask_fingerprint: Optional[str] = None
     removed_units: Optional[dict] = None              # units removed, by unit group (heads+neurons)
+    skipped_steps: Optional[int] = _optional("optimizer steps with non-finite gradients (fp16 overflow) that added "
+                                             "nothing to the scores")
     phase_seconds: Optional[dict] = None              # seconds by phase: search, prune, retrain
     structure: Optional[Structure] = None             # heads+neurons runs
     step_seconds: Optional[dict] = _optional("seconds per step in the search and the retrain phase")

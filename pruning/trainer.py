@@ -72,7 +72,7 @@ class PruningTrainer(Trainer):
         self.keep_zero = KeepPrunedWeightsZero()
         # The deciding callbacks, then the one that acts on their decision, in this order: a step's
         # operations run as they always have (exact resume compares weights bit for bit).
-        for callback in (self.search, GradualPruning(self.run_state, self.criterion), PruningActions(self),
+        for callback in (self.search, GradualPruning(self), PruningActions(self),
                          self.keep_zero, RetrainBudget(self.run_state), PhaseClock(self.run_state),
                          SavePruningState(self)):
             self.add_callback(callback)
@@ -136,6 +136,22 @@ class PruningTrainer(Trainer):
         loss = distillation_loss(outputs.logits, teacher, inputs.get("labels"), self.pruning.distill_temperature,
                                  self.pruning.distill_hardness)
         return (loss, outputs) if return_outputs else loss
+
+    # --- the gradients the criterion reads ------------------------------------------------------
+    def read_gradients(self, observe: bool) -> None:
+        """Hand this optimizer step's gradients to the criterion, once per optimizer step (HF's
+        on_pre_optimizer_step: after the backward of every micro-batch of the step, the all-reduce and the
+        clipping): `criterion.on_gradients()`, then `criterion.observe()` when `observe`. Under fp16 they
+        are unscaled first if HF has not done so (`unscale_gradients`). A step whose gradients are not all
+        finite, which the fp16 loss scaler skips, adds nothing to any score and is counted in
+        `run_state.skipped_steps`."""
+        unscale_gradients(self.accelerator, self.optimizer)
+        if not gradients_finite(self.model):
+            self.run_state.skipped_steps += 1
+            return
+        self.criterion.on_gradients()
+        if observe:
+            self.criterion.observe()
 
     # --- pruning -------------------------------------------------------------------------------
     def select_masks(self, scores: dict[str, torch.Tensor], fraction: float = 1.0) -> dict[str, torch.Tensor]:
@@ -361,6 +377,29 @@ class PruningTrainer(Trainer):
         """The run's summary dict (`pruning.results.summary`)."""
         from pruning.results import summary
         return summary(self)
+
+
+@torch.no_grad()
+def gradients_finite(model: torch.nn.Module) -> bool:
+    """Whether every gradient of `model`'s parameters is finite (parameters without one are left out).
+    Under DDP the gradients are all-reduced by then, so every rank answers alike. One host sync."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+def unscale_gradients(accelerator, optimizer) -> None:
+    """Divide the gradients by the fp16 loss scale, unless they are unscaled already this step (HF
+    unscales inside its gradient-norm computation: `Trainer._get_grad_norm`, transformers 5.24) or no
+    scaler runs (fp32, bf16). Reads torch's GradScaler per-optimizer stage (`torch.amp.grad_scaler.OptState`)."""
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is None or not scaler.is_enabled() or optimizer is None:
+        return
+    from torch.amp.grad_scaler import OptState
+    inner = optimizer
+    while hasattr(inner, "optimizer"):  # accelerate's AcceleratedOptimizer wraps the torch optimizer
+        inner = inner.optimizer
+    if scaler._per_optimizer_states[id(inner)]["stage"] is OptState.READY:
+        accelerator.unscale_gradients()
 
 
 def _rng_state() -> tuple:
