@@ -162,8 +162,8 @@ def test_resume_with_other_settings_is_refused_before_any_step(killed_at_10, cap
 
 def test_resume_may_change_only_what_cannot_change_the_result(killed_at_10):
     out, args = killed_at_10
-    assert {"OUT_DIR", "RUN_NAME", "RESUME", "SAVE_EVERY", "LOG_EVERY", "MEASURE_SPEED"} == \
-        set(checks.CONTINUATION_EXEMPT)
+    assert {"OUT_DIR", "RUN_NAME", "RESUME", "SAVE_EVERY", "LOG_EVERY", "MEASURE_SPEED", "DATALOADER_WORKERS",
+            "REPORT_TO"} == set(checks.CONTINUATION_EXEMPT)
     copy = out / "copy"
     shutil.copytree(out / "crash", copy)
     proc = run_script("bert.py", [a.replace("--run_name=crash", "--run_name=copy") for a in args] +

@@ -13,6 +13,8 @@ from pruning.state import read_run_masks
 SETTINGS = dict(trainer="gradient", save_every=3)
 # Heads + neurons: at step 6 the smaller model is checkpointed and training continues from that checkpoint.
 STRUCTURED = dict(SETTINGS, granularity="heads+neurons", head_rate=0.5)
+# bf16 (CPU autocast) with two micro-batches of 8 per optimizer step: the same 20 optimizer steps an epoch.
+MIXED = dict(SETTINGS, precision="bf16", grad_accumulation=2, batch_size=8)
 
 
 def finished(out, name):
@@ -89,6 +91,12 @@ def kill_and_resume(config, data, out, settings, kill_at, resumes_from, phase):
 def test_resume_after_sigkill_matches_the_uninterrupted_run(reference, kill_at, resumes_from, phase,
                                                             tiny_bert_config, sst2_slice, tmp_path):
     same_run(reference, kill_and_resume(tiny_bert_config, sst2_slice, tmp_path, SETTINGS, kill_at, resumes_from, phase))
+
+
+def test_resume_in_bf16_with_gradient_accumulation_matches_the_uninterrupted_run(tiny_bert_config, sst2_slice,
+                                                                              tmp_path):
+    reference = reference_run(tiny_bert_config, sst2_slice, tmp_path / "reference", MIXED)
+    same_run(reference, kill_and_resume(tiny_bert_config, sst2_slice, tmp_path / "killed", MIXED, 17, 15, "retrain"))
 
 
 @pytest.mark.parametrize("kill_at,resumes_from,phase", [
