@@ -6,12 +6,15 @@ B5  training sentences/s of the dense baseline with dynamic padding (+ length gr
     fixed padding to 128 tokens.
 Activation criterion: the search phase of ActivationPruningTrainer (forward hooks on every layer),
     heads + neurons and weights (Wanda), against the same dense Trainer: its cost per training step.
+Precision (named in --cases only): the dense Trainer with PRECISION=bf16, and with GRAD_ACCUMULATION=2 at
+    half the batch (the same 32 sentences an optimizer step), against fp32 at batch 32.
 Also: the time to turn scores into a global mask at this model's size and at BERT-base's size.
 
     python bench.py                       # prints a markdown table
     python bench.py --rounds=3 --sentences=6400
     python bench.py --cases=dense,activation,activation_weights --rounds=3   # only these cases
     python bench.py --task=mrpc --data_dir=glue/MRPC   # another task's rows (pairs tokenized as pairs)
+    python bench.py --cases=dense,bf16,accumulation    # PRECISION=bf16 and GRAD_ACCUMULATION=2 (not in "all")
 
 The rows timed are TASK's train examples (`pruning.data`: DATA_DIR, or the task's default lookup),
 tokenized as a run tokenizes them; the model's head has the task's number of labels.
@@ -54,11 +57,12 @@ class StepTimer(TrainerCallback):
         return (len(t) - 1) / (t[-1] - t[0])
 
 
-def case(config, trainer_cls, padding="dynamic", granularity="weights"):
-    """Training steps per second of one case: `trainer_cls`'s search phase (the Early-Bird check never
-    fires) on SENTENCES sentences, with dynamic or fixed (128-token) padding, after SKIP_STEPS steps."""
+def case(config, trainer_cls, padding="dynamic", granularity="weights", overrides=None):
+    """Optimizer steps per second of one case: `trainer_cls`'s search phase (the Early-Bird check never
+    fires) on SENTENCES sentences, with dynamic or fixed (128-token) padding, after SKIP_STEPS steps;
+    `overrides` are settings of bert.py for this case (PRECISION, GRAD_ACCUMULATION with BATCH_SIZE)."""
     cfg = dict(config, TRAINER=trainer_cls, SEARCH_EPOCHS=EPOCHS, RETRAIN_EPOCHS=0.0, GRANULARITY=granularity,
-               EB_EPSILON=1e-12)  # never fires: the whole run is the search phase
+               EB_EPSILON=1e-12, **(overrides or {}))  # never fires: the whole run is the search phase
     pruning = experiment.pruning_config(cfg)
     torch.manual_seed(0)
     task, ds, _ = data.load(**data.run_task(cfg))
@@ -154,8 +158,12 @@ def main():
                        "heads+neurons"),
         "activation_weights": ("ActivationPruningTrainer search (weights: Wanda)", ActivationPruningTrainer,
                                "dynamic", "weights"),
+        "bf16": ("dense Trainer, PRECISION=bf16 (autocast)", Trainer, "dynamic", "weights", {"PRECISION": "bf16"}),
+        "accumulation": ("dense Trainer, 2 micro-batches of 16 a step", Trainer, "dynamic", "weights",
+                         {"GRAD_ACCUMULATION": 2, "BATCH_SIZE": config["BATCH_SIZE"] // 2}),
     }
-    keys = list(every) if over["CASES"] == "all" else [k.strip() for k in over["CASES"].split(",")]
+    opt_in = ("bf16", "accumulation")  # only when named: bf16 without CPU support for it is very slow
+    keys = [k for k in every if k not in opt_in] if over["CASES"] == "all" else [k.strip() for k in over["CASES"].split(",")]
     unknown = [k for k in keys if k not in every]
     if unknown or "dense" not in keys:
         experiment.fail(f"--cases must include dense (the reference) and name only {', '.join(every)}; "
@@ -167,13 +175,13 @@ def main():
     cases = {every[k][0]: every[k][1:] for k in keys}
     speeds = {name: [] for name in cases}
     for r in range(ROUNDS):
-        for name, (cls, padding, granularity) in cases.items():
-            speeds[name].append(case(config, cls, padding, granularity))
+        for name, (cls, padding, granularity, *overrides) in cases.items():
+            speeds[name].append(case(config, cls, padding, granularity, *overrides))
             print(f"round {r + 1}: {name}: {speeds[name][-1]:.2f} steps/s", flush=True)
     base = "dense Trainer (dynamic padding, length-grouped)"
     print(f"\n{MODEL}, {SENTENCES} {config['TASK']} train examples, batch {config['BATCH_SIZE']}, {EPOCHS:g} epochs a case, "
           f"{ROUNDS} interleaved rounds, torch threads {torch.get_num_threads()}\n")
-    print("| case | steps/s (median) | sentences/s | vs dense dynamic (median of per-round ratios) |")
+    print("| case | optimizer steps/s (median) | sentences/s | vs dense dynamic (median of per-round ratios) |")
     print("|---|---|---|---|")
     for name in cases:
         ratio = statistics.median(a / b for a, b in zip(speeds[name], speeds[base]))
