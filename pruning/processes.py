@@ -9,12 +9,15 @@ server, it finds them imported: the server has only imported them (no model, no 
 started), so the child starts as a fresh interpreter would, less the import time.
 
 What differs from `python script.py`: the modules in PRELOAD are imported once, with the environment
-the server started with (read at import time by a few libraries: HF_HUB_OFFLINE, for example);
-everything else, including the environment the script sees, is the caller's. Source:
+the server started with (read at import time by a few libraries: HF_HUB_OFFLINE, for example), and
+multiprocessing re-imports the caller's main module as `__mp_main__` in the child (every script here
+guards its work with `if __name__ == "__main__"`); everything else, including the environment the
+script sees and its exit handlers (`atexit`, run before the child exits), is the caller's. Source:
 https://docs.python.org/3/library/multiprocessing.html#contexts-and-start-methods
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import runpy
@@ -44,7 +47,10 @@ def _main(script: str, args: list[str], cwd: str, env: dict, stdout: str, stderr
     os.dup2(err, 2)
     sys.argv = [script, *args]
     sys.path.insert(0, str(Path(script).resolve().parent))  # as `python script.py` puts it first
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:  # a multiprocessing child ends with os._exit: run the exit handlers an interpreter would
+        atexit._run_exitfuncs()
 
 
 def run_python(script: str | Path, args: list[str], stdout: str | Path, stderr: str | Path | None = None,
