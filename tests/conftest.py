@@ -87,7 +87,7 @@ def only_run_dir(out: Path) -> Path:
 # a script's main(): that is where the suite's time goes (each process imports torch and trains). The
 # rule is read from the source, so a new test is classified without anyone remembering to mark it;
 # tests that train long in this process carry @pytest.mark.slow themselves.
-_STARTS_A_RUN = re.compile(r"run_script\(|subprocess\.|\.main\(|run_cell\(|\.Process\(")
+_STARTS_A_RUN = re.compile(r"run_script\(|run_python\(|subprocess\.|\.main\(|run_cell\(|\.Process\(")
 
 
 def _source(func) -> str:

@@ -1,0 +1,52 @@
+"""A script run forked from the preloaded server behaves as `python script.py` would: its own argv,
+directory, environment, output, exit status, death by signal and exit handlers."""
+import os
+import textwrap
+
+import pytest
+
+from pruning.processes import run_python
+
+SCRIPT = textwrap.dedent("""
+    import atexit, os, signal, sys
+    atexit.register(lambda: print("exit handler", flush=True))
+    if __name__ == "__main__":
+        print("argv", sys.argv[1:], "cwd", os.getcwd(), "env", os.environ.get("PROBE"), flush=True)
+        print("to stderr", file=sys.stderr, flush=True)
+        if sys.argv[1] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if sys.argv[1] == "raise":
+            raise RuntimeError("boom")
+        sys.exit(int(sys.argv[1]))
+""")
+
+
+@pytest.fixture
+def script(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+def test_a_forked_run_has_the_callers_argv_directory_environment_and_exit_status(script, tmp_path):
+    (tmp_path / "here").mkdir()
+    status = run_python(script, ["3"], tmp_path / "out", tmp_path / "err", cwd=tmp_path / "here",
+                        env={**os.environ, "PROBE": "yes"})
+    out = (tmp_path / "out").read_text()
+    assert status == 3 and f"argv ['3'] cwd {tmp_path / 'here'} env yes" in out and "exit handler" in out
+    assert (tmp_path / "err").read_text() == "to stderr\n"
+
+
+@pytest.mark.parametrize("arg,status,expected", [("kill", -9, None), ("raise", 1, "RuntimeError: boom"),
+                                                 ("0", 0, "exit handler")])
+def test_a_forked_run_dies_and_fails_as_a_script_would(arg, status, expected, script, tmp_path):
+    assert run_python(script, [arg], tmp_path / "log") == status
+    log = (tmp_path / "log").read_text()
+    assert expected is None or expected in log
+    assert arg != "kill" or "exit handler" not in log  # SIGKILL runs no handler
+
+
+def test_a_run_past_its_timeout_is_killed(tmp_path):
+    (tmp_path / "slow.py").write_text("import time\nif __name__ == '__main__':\n    time.sleep(60)\n")
+    with pytest.raises(TimeoutError, match="slow.py ran longer than 1 s"):
+        run_python(tmp_path / "slow.py", [], tmp_path / "log", timeout=1)
