@@ -18,6 +18,7 @@ are removed at pruning; they add nothing to the model or its saved weights.
 import torch
 
 from pruning import Criterion, PruningTrainer
+from pruning.surgery import output_slice
 
 STATISTICS = ("mean_abs", "apoz")
 
@@ -39,12 +40,15 @@ class ActivationCriterion(Criterion):
         # Per-unit sums of this step's forwards (`pending`), moved into `sums` by observe() only on the
         # steps whose scores count: hooks run before the trainer knows whether a step counts.
         self.sums, self.pending, self.targets = {}, {}, {}
+        # Every statistic is read from the input of a Linear (forward pre-hooks): a weight's own Linear (its
+        # input features), or a unit group's output-side Linear (`output_slice`), whose input is the heads'
+        # context vectors / the neurons' activations.
         for name, group in units.groups.items():
             if group.kind == "weight":
-                target = modules[name.removesuffix(".weight")]       # the Linear; score its input features
+                target = modules[name.removesuffix(".weight")]
                 size = self.params[name].shape[1]
             else:
-                target = modules[group.slices[0].module.rsplit(".", 1)[0]]  # attention.self / intermediate
+                target = modules[output_slice(group).module]
                 size = units.live_size(name)
             self.targets[name] = target
             self.sums[name] = torch.zeros(size, dtype=torch.float64, device=device)
@@ -54,11 +58,7 @@ class ActivationCriterion(Criterion):
         self._token_mask = None
         self.handles = [units.model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)]
         for name, target in self.targets.items():
-            kind = units.groups[name].kind
-            if kind == "weight":
-                self.handles.append(target.register_forward_pre_hook(self._input_hook(name)))
-            else:
-                self.handles.append(target.register_forward_hook(self._output_hook(name, kind)))
+            self.handles.append(target.register_forward_pre_hook(self._input_hook(name, units.groups[name].kind)))
 
     @classmethod
     def check_options(cls, statistic: str = "mean_abs") -> None:
@@ -83,26 +83,20 @@ class ActivationCriterion(Criterion):
         flat = values.reshape(-1, values.shape[-1]).float()
         return (self._token_mask @ flat).double()
 
-    def _output_hook(self, name, kind):
-        @torch.no_grad()
-        def hook(module, args, output):
-            if not module.training or self._token_mask is None:
-                return
-            if kind == "neuron":
-                a = output
-                stat = (a > 0) if self.statistic == "apoz" else a.abs()  # GELU(x) > 0 exactly when x > 0
-            else:
-                context = output[0]
-                heads = self.pending[name].numel()
-                stat = context.reshape(*context.shape[:2], heads, -1).float().norm(dim=-1)
-            self.pending[name] += self._per_unit_sum(stat)
-        return hook
-
-    def _input_hook(self, name):
+    def _input_hook(self, name, kind):
         @torch.no_grad()
         def hook(module, args):
-            if module.training and self._token_mask is not None:
-                self.pending[name] += self._per_unit_sum(args[0].float().square())
+            if not module.training or self._token_mask is None:
+                return
+            x = args[0]  # (batch, tokens, features)
+            if kind == "weight":
+                stat = x.float().square()
+            elif kind == "neuron":
+                stat = (x > 0) if self.statistic == "apoz" else x.abs()  # GELU(x) > 0 exactly when x > 0
+            else:
+                heads = self.pending[name].numel()
+                stat = x.reshape(*x.shape[:2], heads, -1).float().norm(dim=-1)
+            self.pending[name] += self._per_unit_sum(stat)
         return hook
 
     # --- lifecycle -----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ with the smallest |c| are pruned.
 
 At pruning the coefficients are folded into the kept units' output-projection weights (exact: the
 output is linear in each coefficient) and their hooks removed, so the retrained and saved model is a
-plain BERT/RoBERTa that computes what the gated model computed. Dropping them instead would change
+plain model of its family that computes what the gated model computed. Dropping them instead would change
 the function the search trained.
 """
 import torch

@@ -281,6 +281,18 @@ def check_model_and_tokenizer(config: dict, model, tokenizer, pair: bool = False
                           f"--max_length={special + 1 + pair} or more")
 
 
+def check_architecture(pruning: PruningConfig, model) -> None:
+    """GRANULARITY='heads+neurons' needs an architecture whose heads and FFN neurons `pruning.layouts` declares.
+    Raises ConfigError naming the model types it knows; "weights" takes any AutoModelForSequenceClassification."""
+    if pruning.granularity == "weights":
+        return
+    from pruning.units import encoder_layers
+    try:
+        encoder_layers(model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 # --- the step budget -------------------------------------------------------------------------------
 def planned_steps(train_rows: int, batch_size: int, world_size: int, epochs: float,
                   grad_accumulation: int = 1) -> tuple[int, int]:

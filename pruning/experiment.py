@@ -165,6 +165,7 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         config["MODEL"], config["TOKENIZER"], num_labels=task.num_labels, how_to_fix=MODEL_HINT,
         attention=config.get("ATTENTION", ""))
     checks.check_model_and_tokenizer(config, model, tokenizer, task.is_pair)
+    checks.check_architecture(pruning, model)
     trainable, _ = data.hold_out(datasets["train"], config.get("HELD_OUT", 0))
     if config["TRAIN_SUBSET"] > len(trainable):
         raise ConfigError(f"TRAIN_SUBSET={config['TRAIN_SUBSET']} asks for more examples than the {len(trainable):,} "

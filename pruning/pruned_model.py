@@ -1,16 +1,25 @@
-"""BERT/RoBERTa sequence classifiers whose layers keep different numbers of attention heads and FFN neurons.
+"""Sequence classifiers whose layers keep different numbers of attention heads and FFN neurons, for every
+architecture family in `layouts.py` (BERT, RoBERTa, ELECTRA, XLM-RoBERTa, DistilBERT).
 
-Structured pruning physically removes heads (rows of query/key/value, columns of attention.output.dense) and FFN
-neurons (rows of intermediate.dense, columns of output.dense), so every encoder layer can end up with its own head
-count and intermediate size. transformers 5 dropped `prune_heads`/`config.pruned_heads` and its configs describe
-one head count and one intermediate size for all layers, so plain `from_pretrained` on such weights fails with
-size mismatches. This module adds configs that record the per-layer structure and model classes that build their
-layers from it.
+Structured pruning physically removes heads (rows of the query/key/value projections, columns of the attention
+output projection) and FFN neurons (rows of the FFN up projection, columns of the down projection), so every
+encoder layer can end up with its own head count and FFN size. transformers 5 dropped
+`prune_heads`/`config.pruned_heads` and its configs describe one head count and one FFN size for all layers, so
+plain `from_pretrained` on such weights fails with size mismatches. This module adds, per family, a config that
+records the per-layer structure (`Pruned<Family>Config`) and a model class that builds its layers from it
+(`Pruned<Family>ForSequenceClassification`).
 
 They load through `trust_remote_code`, HF's standard mechanism for architectures it does not ship: the classes are
-registered for the Auto API, so `save_pretrained` copies this file next to config.json and writes an `auto_map`
-pointing at it, and `AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)` imports it
-from there. Because the file is imported on its own, it depends only on torch, transformers and the stdlib.
+registered for the Auto API, so `save_pretrained` copies this file (and `layouts.py`, which it imports) next to
+config.json and writes an `auto_map` pointing at it, and
+`AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)` imports it from there. Because
+the files are imported on their own, they depend only on torch, transformers and the stdlib.
+
+The saved config keeps its family's own `model_type` ("bert", "distilbert", ...): `AutoConfig` and
+`AutoTokenizer` then read the directory without custom code (no "Do you wish to run the custom code?" prompt,
+no unknown-model-type warning), while `auto_map` sends `AutoModelForSequenceClassification` with
+`trust_remote_code=True` to the pruned class. Without `trust_remote_code`, transformers builds the stock class,
+which refuses the smaller weights (size mismatch) rather than loading them.
 """
 
 from huggingface_hub.dataclasses import strict
@@ -18,15 +27,28 @@ from torch import nn
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
 )
+
+try:  # inside the pruning package, or HF's module cache (both files copied next to config.json)
+    from .layouts import layout_of
+except ImportError:  # this file loaded alone by path (tests); HF's import check skips try blocks
+    from pruning.layouts import layout_of
 
 
 def _check_per_layer_structure(config) -> None:
+    layout = layout_of(config)
     layers = config.num_hidden_layers
-    for field, most in (("attention_heads_per_layer", config.num_attention_heads),
-                        ("intermediate_size_per_layer", config.intermediate_size)):
+    heads = getattr(config, layout.config_heads)
+    for field, most in (("attention_heads_per_layer", heads),
+                        ("intermediate_size_per_layer", getattr(config, layout.config_ffn))):
         values = getattr(config, field)
         if values is None:
             continue
@@ -35,51 +57,39 @@ def _check_per_layer_structure(config) -> None:
         if not all(1 <= value <= most for value in values):
             raise ValueError(f"{field} must lie in [1, {most}]; got {values}")
     if config.kept_heads is not None:
-        heads_per_layer = config.attention_heads_per_layer or [config.num_attention_heads] * layers
+        heads_per_layer = config.attention_heads_per_layer or [heads] * layers
         if [len(kept) for kept in config.kept_heads] != list(heads_per_layer):
             raise ValueError(f"kept_heads {config.kept_heads} does not match attention_heads_per_layer "
                              f"{list(heads_per_layer)}")
-        if not all(0 <= head < config.num_attention_heads for kept in config.kept_heads for head in kept):
-            raise ValueError(f"kept_heads must be original head indices in [0, {config.num_attention_heads}); "
+        if not all(0 <= head < heads for kept in config.kept_heads for head in kept):
+            raise ValueError(f"kept_heads must be original head indices in [0, {heads}); "
                              f"got {config.kept_heads}")
 
 
-# `@strict` (as on BertConfig) makes the new fields dataclass fields with type checks and collects the
-# `validate_*` method as a class validator, run after __init__ and again by save_pretrained.
-@strict
-class PrunedBertConfig(BertConfig):
-    """BertConfig plus the per-layer structure left by structured pruning (None: unpruned in that respect).
-
-    `num_attention_heads` stays the original count because it fixes the head size (hidden_size / heads).
-    `kept_heads[i]` lists the original indices of the heads layer i kept; informational only.
-    """
-
-    model_type = "pruned_bert"
-
-    attention_heads_per_layer: list[int] | None = None
-    intermediate_size_per_layer: list[int] | None = None
-    kept_heads: list[list[int]] | None = None
-
-    def validate_per_layer_structure(self):
-        """Run by HF's @strict after __init__ and by save_pretrained. Raises ValueError when a per-layer list
-        has not one entry per layer, an entry outside [1, the dense count], or kept_heads that do not match
-        the head counts or are not original head indices."""
-        _check_per_layer_structure(self)
+def _validate_per_layer_structure(self):
+    """Run by HF's @strict after __init__ and by save_pretrained. Raises ValueError when a per-layer list
+    has not one entry per layer, an entry outside [1, the dense count], or kept_heads that do not match
+    the head counts or are not original head indices."""
+    _check_per_layer_structure(self)
 
 
-@strict
-class PrunedRobertaConfig(RobertaConfig):
-    """RobertaConfig plus the per-layer structure left by structured pruning; see PrunedBertConfig."""
-
-    model_type = "pruned_roberta"
-
-    attention_heads_per_layer: list[int] | None = None
-    intermediate_size_per_layer: list[int] | None = None
-    kept_heads: list[list[int]] | None = None
-
-    def validate_per_layer_structure(self):
-        """As PrunedBertConfig's: raises ValueError for per-layer lists or kept_heads that do not fit the config."""
-        _check_per_layer_structure(self)
+def _pruned_config(base: type) -> type:
+    """`base` (a transformers config class) plus the per-layer structure left by structured pruning, with
+    `@strict` (as on BertConfig), which makes the new fields type-checked dataclass fields and collects
+    `validate_per_layer_structure` as a class validator. None in a field: unpruned in that respect.
+    The dense head count stays (it fixes the head size); `kept_heads[i]` lists the original indices of
+    the heads layer i kept (informational)."""
+    name = "Pruned" + base.__name__
+    namespace = {
+        "__module__": __name__, "__qualname__": name,
+        "__doc__": f"{base.__name__} plus the per-layer structure left by structured pruning (see _pruned_config).",
+        "__annotations__": {"attention_heads_per_layer": list[int] | None,
+                            "intermediate_size_per_layer": list[int] | None,
+                            "kept_heads": list[list[int]] | None},
+        "attention_heads_per_layer": None, "intermediate_size_per_layer": None, "kept_heads": None,
+        "validate_per_layer_structure": _validate_per_layer_structure,
+    }
+    return strict(type(name, (base,), namespace))
 
 
 def _shape_layers(model) -> None:
@@ -88,89 +98,97 @@ def _shape_layers(model) -> None:
     The new Linears are created in the current device context: on the meta device inside from_pretrained, which
     then loads the checkpoint into them; on a real device otherwise, where the caller's post_init initialises them.
     """
-    config = model.config
-    for i, layer in enumerate(model.base_model.encoder.layer):
-        attention = layer.attention.self
+    config, layout = model.config, layout_of(model)
+
+    def resize(layer, path, out_features=None, in_features=None):
+        old = layer.get_submodule(path)
+        layer.set_submodule(path, nn.Linear(in_features or old.in_features, out_features or old.out_features,
+                                            bias=old.bias is not None))
+    for i, layer in enumerate(layout.layer_list(model)):
         if config.attention_heads_per_layer is not None:
             heads = config.attention_heads_per_layer[i]
-            width = heads * attention.attention_head_size
-            attention.query = nn.Linear(config.hidden_size, width)
-            attention.key = nn.Linear(config.hidden_size, width)
-            attention.value = nn.Linear(config.hidden_size, width)
-            layer.attention.output.dense = nn.Linear(width, config.hidden_size)
-            attention.num_attention_heads = heads
-            attention.all_head_size = width
+            width = heads * layout.head_size(layer)
+            for path in layout.head_projections:
+                resize(layer, path, out_features=width)
+            resize(layer, layout.attention_output, in_features=width)
+            layout.set_heads(layer, heads)
         if config.intermediate_size_per_layer is not None:
             size = config.intermediate_size_per_layer[i]
-            layer.intermediate.dense = nn.Linear(config.hidden_size, size)
-            layer.output.dense = nn.Linear(size, config.hidden_size)
+            resize(layer, layout.ffn_up, out_features=size)
+            resize(layer, layout.ffn_down, in_features=size)
 
 
-class PrunedBertForSequenceClassification(BertForSequenceClassification):
-    """BertForSequenceClassification whose encoder layers are built with the config's per-layer head counts
-    and intermediate sizes (loads with trust_remote_code=True)."""
-    config_class = PrunedBertConfig
+def _pruned_classifier(base: type, config_class: type) -> type:
+    """`base` (a transformers sequence classifier) whose encoder layers are built with the config's per-layer
+    head counts and FFN sizes; loads with trust_remote_code=True."""
+    name = "Pruned" + base.__name__
 
-    def __init__(self, config: PrunedBertConfig):
-        super().__init__(config)
+    def __init__(self, config):
+        base.__init__(self, config)
         _shape_layers(self)
         # Initialises only the new Linears: the parent's post_init marked every other module as initialised.
         self.post_init()
+    __init__.__qualname__ = f"{name}.__init__"
+    return type(name, (base,), {"__module__": __name__, "__qualname__": name, "config_class": config_class,
+                                "__init__": __init__, "__doc__": f"{base.__name__} built with the config's "
+                                "per-layer structure (see _pruned_classifier)."})
 
 
-class PrunedRobertaForSequenceClassification(RobertaForSequenceClassification):
-    """RobertaForSequenceClassification built with the config's per-layer structure; see
-    PrunedBertForSequenceClassification."""
-    config_class = PrunedRobertaConfig
-
-    def __init__(self, config: PrunedRobertaConfig):
-        super().__init__(config)
-        _shape_layers(self)
-        self.post_init()
-
-
-PrunedBertConfig.register_for_auto_class("AutoConfig")
-PrunedRobertaConfig.register_for_auto_class("AutoConfig")
-PrunedBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-PrunedRobertaForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+# (stock classifier, stock config) per family; the pruned classes are module attributes under their own names
+# (PrunedBertConfig, PrunedBertForSequenceClassification, ...), which is how auto_map finds them.
+_STOCK = ((BertForSequenceClassification, BertConfig), (RobertaForSequenceClassification, RobertaConfig),
+          (ElectraForSequenceClassification, ElectraConfig),
+          (XLMRobertaForSequenceClassification, XLMRobertaConfig),
+          (DistilBertForSequenceClassification, DistilBertConfig))
+_PRUNED = []  # (stock classifier, pruned classifier, pruned config)
+for _model, _config in _STOCK:
+    _pruned_config_class = _pruned_config(_config)
+    _pruned_model_class = _pruned_classifier(_model, _pruned_config_class)
+    _pruned_config_class.register_for_auto_class("AutoConfig")
+    _pruned_model_class.register_for_auto_class("AutoModelForSequenceClassification")
+    globals()[_pruned_config_class.__name__] = _pruned_config_class
+    globals()[_pruned_model_class.__name__] = _pruned_model_class
+    _PRUNED.append((_model, _pruned_model_class, _pruned_config_class))
 
 
 def _pruned_classes(model) -> tuple[type, type]:
-    # isinstance, not an exact type match: a model loaded with trust_remote_code is an instance of the copy of
-    # this module's class in HF's module cache, which still derives from the transformers class.
-    if isinstance(model, BertForSequenceClassification):
-        return PrunedBertForSequenceClassification, PrunedBertConfig
-    if isinstance(model, RobertaForSequenceClassification):
-        return PrunedRobertaForSequenceClassification, PrunedRobertaConfig
-    raise ValueError(f"structured pruning supports BERT and RoBERTa sequence classifiers; got {type(model).__name__}")
+    # type(model).__mro__, not an exact type match: a model loaded with trust_remote_code is an instance of the
+    # copy of this module's class in HF's module cache, which still derives from the transformers class.
+    for stock, model_class, config_class in _PRUNED:
+        if stock in type(model).__mro__:
+            return model_class, config_class
+    names = ", ".join(stock.__name__ for stock, _, _ in _PRUNED)
+    raise ValueError(f"structured pruning supports these sequence classifiers: {names}; got {type(model).__name__}")
 
 
 def per_layer_structure(model) -> dict[str, list[int]]:
-    """Head count and FFN intermediate size of each encoder layer, read from the modules' shapes:
+    """Head count and FFN size of each encoder layer, read from the modules' shapes:
     {"attention_heads_per_layer": [...], "intermediate_size_per_layer": [...]}, one entry per layer.
-    Raises ValueError for a model that is not a BERT/RoBERTa classifier or whose widths do not agree."""
+    Raises ValueError for a model that is not a supported classifier or whose widths do not agree."""
     _pruned_classes(model)
+    layout = layout_of(model)
     heads, sizes = [], []
-    for i, layer in enumerate(model.base_model.encoder.layer):
-        attention = layer.attention.self
-        head_size = attention.attention_head_size
-        width = attention.query.out_features
-        widths = {width, attention.key.out_features, attention.value.out_features,
-                  layer.attention.output.dense.in_features}
+    for i, layer in enumerate(layout.layer_list(model)):
+        head_size = layout.head_size(layer)
+        width = layer.get_submodule(layout.query).out_features
+        widths = {*(layer.get_submodule(p).out_features for p in layout.head_projections),
+                  layer.get_submodule(layout.attention_output).in_features}
         if len(widths) != 1 or width % head_size:
-            raise ValueError(f"layer {i}: query/key/value/attention.output widths {sorted(widths)} are not one "
+            raise ValueError(f"layer {i}: query/key/value/attention output widths {sorted(widths)} are not one "
                              f"whole number of heads of size {head_size}")
-        size = layer.intermediate.dense.out_features
-        if layer.output.dense.in_features != size:
-            raise ValueError(f"layer {i}: intermediate.dense has {size} outputs but output.dense takes "
-                             f"{layer.output.dense.in_features} inputs")
+        size = layer.get_submodule(layout.ffn_up).out_features
+        down = layer.get_submodule(layout.ffn_down).in_features
+        if down != size:
+            raise ValueError(f"layer {i}: {layout.ffn_up} has {size} outputs but {layout.ffn_down} takes "
+                             f"{down} inputs")
         heads.append(width // head_size)
         sizes.append(size)
     return {"attention_heads_per_layer": heads, "intermediate_size_per_layer": sizes}
 
 
 def as_pruned_model(model, kept_heads: list[list[int]] | None = None):
-    """Turn, in place, a BERT/RoBERTa sequence classifier whose Linears were already shrunk into the Pruned class.
+    """Turn, in place, a sequence classifier of a supported family whose Linears were already shrunk into its
+    Pruned class.
 
     Afterwards `model.save_pretrained(path)` writes a directory that loads with
     `AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)`. `kept_heads` gives the
@@ -186,15 +204,15 @@ def as_pruned_model(model, kept_heads: list[list[int]] | None = None):
         if previous is not None and [len(kept) for kept in previous] == structure["attention_heads_per_layer"]:
             kept_heads = previous
     settings = old_config.to_dict()
-    settings.pop("model_type")  # a class attribute; passed as a kwarg it would shadow the new class's value
+    settings.pop("model_type")  # a class attribute (the family's own); passed as a kwarg it would shadow it
     settings.update(structure, kept_heads=kept_heads, architectures=[model_class.__name__])
     config = config_class(**settings)  # validates before the model is touched
     # to_dict leaves out the attention implementation; keep the one the model runs with.
     config._attn_implementation = old_config._attn_implementation
 
-    for layer, heads in zip(model.base_model.encoder.layer, structure["attention_heads_per_layer"]):
-        layer.attention.self.num_attention_heads = heads
-        layer.attention.self.all_head_size = heads * layer.attention.self.attention_head_size
+    layout = layout_of(model)
+    for layer, heads in zip(layout.layer_list(model), structure["attention_heads_per_layer"]):
+        layout.set_heads(layer, heads)
     model.__class__ = model_class
     # Submodules (the base model, every attention block) hold their own reference to the config.
     for module in model.modules():

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pruning.data import MODEL_INPUTS
+from pruning.layouts import Layout, layout_of
 
 
 def sparsity_of(params: dict[str, torch.Tensor]) -> dict:
@@ -64,11 +65,24 @@ def summary(trainer) -> dict:
     return out
 
 
+def _encoder(model: nn.Module) -> tuple[nn.Module, str, Layout | None]:
+    """(encoder module, its name in the base model, the family's layout) by `pruning.layouts`: e.g.
+    DistilBERT's `transformer`; for an architecture without a layout, the base model's `encoder` and None."""
+    base = getattr(model, "base_model", model)
+    try:
+        layout = layout_of(model)
+    except ValueError:
+        return base.encoder, "encoder", None
+    name = layout.layers.rsplit(".", 1)[0]
+    return base.get_submodule(name), name, layout
+
+
 def parameter_split(model: nn.Module) -> dict:
     """Parameters in the embeddings, the encoder, and the rest (pooler + classifier: the 'head')."""
     base = getattr(model, "base_model", model)
+    _, name, _ = _encoder(model)
     embeddings = sum(p.numel() for n, p in base.named_parameters() if n.startswith("embeddings."))
-    encoder = sum(p.numel() for n, p in base.named_parameters() if n.startswith("encoder."))
+    encoder = sum(p.numel() for n, p in base.named_parameters() if n.startswith(f"{name}."))
     total = sum(p.numel() for p in model.parameters())
     return {"embeddings": embeddings, "encoder": encoder, "head": total - embeddings - encoder, "total": total,
             "without_embeddings": total - embeddings}
@@ -83,11 +97,12 @@ def forward_flops(model: nn.Module, lengths: list[int], count_zeros: bool = True
 
     def macs(linear):
         return linear.weight.numel() if count_zeros else int((linear.weight != 0).sum())
-    per_token = sum(macs(m) for m in base.encoder.modules() if isinstance(m, nn.Linear))
-    elsewhere = {id(m) for m in base.encoder.modules()} | {id(m) for m in base.embeddings.modules()}
+    encoder, _, layout = _encoder(model)
+    per_token = sum(macs(m) for m in encoder.modules() if isinstance(m, nn.Linear))
+    elsewhere = {id(m) for m in encoder.modules()} | {id(m) for m in base.embeddings.modules()}
     per_sentence = sum(macs(m) for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in elsewhere)
-    attention_width = sum(layer.attention.self.query.out_features for layer in base.encoder.layer) \
-        if hasattr(base.encoder, "layer") and hasattr(base.encoder.layer[0], "attention") else 0
+    attention_width = sum(layer.get_submodule(layout.query).out_features
+                          for layer in layout.layer_list(model)) if layout else 0
     return float(sum(2 * t * per_token + 4 * t * t * attention_width + 2 * per_sentence for t in lengths))
 
 

@@ -4,15 +4,16 @@ Removal works in place: each affected nn.Linear keeps its Parameter objects and 
 tensors (`param.data = param.data[kept]`). The optimizer therefore still refers to the right
 parameters, and its per-parameter state (AdamW's moments) is sliced with the same indices, so the
 kept units carry their optimizer state over. (transformers' `prune_linear_layer` builds new
-modules, which would orphan the optimizer state.) BERT and RoBERTa infer the head count from tensor
-shapes, so layers may keep different numbers of heads.
+modules, which would orphan the optimizer state.) Every family in `pruning.layouts` infers the head count
+from tensor shapes, so layers may keep different numbers of heads; the attention module's head-count
+attributes are kept in step anyway (`Layout.set_heads`).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from pruning.units import PrunableUnits
+from pruning.units import PrunableUnits, Slice, UnitGroup
 
 
 def _unit_index(keep: torch.Tensor, width: int) -> torch.Tensor:
@@ -59,13 +60,18 @@ def remove_units(units: PrunableUnits, keep: dict[str, torch.Tensor], optimizer=
             raise ValueError(f"{name}: a layer must keep at least one attention head")
         for s in group.slices:
             _shrink(modules[s.module], _unit_index(live_keep, s.width), s.dim, optimizer)
-        if group.kind == "head":
-            attn = modules[group.slices[0].module.rsplit(".", 1)[0]]
-            attn.num_attention_heads = int(live_keep.sum())
-            attn.all_head_size = attn.num_attention_heads * attn.attention_head_size
+        if group.kind == "head":  # the attention module's head count follows its weights
+            units.layout.set_heads(modules[group.name.rsplit(".", 1)[0]], int(live_keep.sum()))
         removed[name] = int((~live_keep).sum())
         group.origin = group.origin[live_keep]
     return removed  # the Parameter objects are the same, so units.params still holds them
+
+
+def output_slice(group: UnitGroup) -> Slice:
+    """The slice on a unit group's output side: the attention output projection's columns of a head, the FFN
+    down projection's column of a neuron. That Linear's input is the units' output (a head's context vector,
+    a neuron's activation), one unit every `width` features."""
+    return next(s for s in group.slices if s.output)
 
 
 class UnitGates:
@@ -73,34 +79,26 @@ class UnitGates:
 
     Scaling a head's context vector by c equals scaling its attention probabilities by c (the context
     is linear in them), which is where EarlyBERT puts its head coefficients. The gates are forward
-    hooks, not modules, so they never enter the model's state dict. `gates`: group name -> tensor of
-    (live heads,) / (live neurons,), read at every forward (so trained gates take effect at once).
+    pre-hooks on the output-side Linears (`output_slice`: they scale its input features), not modules,
+    so they never enter the model's state dict. `gates`: group name -> tensor of (live heads,) /
+    (live neurons,), read at every forward (so trained gates take effect at once).
     """
 
     def __init__(self, units: PrunableUnits, gates: dict[str, torch.Tensor]):
         self.units, self.gates, self.handles = units, gates, []
         modules = dict(units.model.named_modules())
         for name, group in units.groups.items():
-            if group.kind == "head":
-                attn = modules[group.slices[0].module.rsplit(".", 1)[0]]
-                self.handles.append(attn.register_forward_hook(self._scale_heads(name, attn.attention_head_size)))
-            elif group.kind == "neuron":
-                intermediate = modules[group.slices[0].module.rsplit(".", 1)[0]]
-                self.handles.append(intermediate.register_forward_hook(self._scale_neurons(name)))
+            if group.kind in ("head", "neuron"):
+                s = output_slice(group)
+                self.handles.append(modules[s.module].register_forward_pre_hook(self._scale(name, s.width)))
 
-    def _scale_heads(self, name, head_size):
-        def hook(module, args, output):
-            gate = self.gates[name].to(output[0].dtype).repeat_interleave(head_size)
-            return (output[0] * gate, *output[1:])
-        return hook
-
-    def _scale_neurons(self, name):
-        def hook(module, args, output):
-            return output * self.gates[name].to(output.dtype)
+    def _scale(self, name, width):
+        def hook(module, args):
+            return (args[0] * self.gates[name].to(args[0].dtype).repeat_interleave(width), *args[1:])
         return hook
 
     def remove(self) -> None:
-        """Remove the forward hooks; the model computes ungated again (fold the gates first to keep its function)."""
+        """Remove the hooks; the model computes ungated again (fold the gates first to keep its function)."""
         for h in self.handles:
             h.remove()
         self.handles = []

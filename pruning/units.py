@@ -5,8 +5,8 @@ A *unit group* is a set of units that share one keep-mask:
   (the mask has the tensor's shape);
 - granularity "heads+neurons": each encoder layer has a group of attention heads (head h owns rows
   h*d:(h+1)*d of Q, K and V and the same columns of the attention output projection) and a group of
-  FFN neurons (neuron j owns row j of the intermediate projection and column j of the FFN output
-  projection).
+  FFN neurons (neuron j owns row j of the FFN up projection and column j of the FFN down projection);
+  which Linears these are in each architecture family is declared in `pruning.layouts`.
 
 Criteria score units through `PrunableUnits.reduce` / `norm`, which fold per-weight tensors into
 per-unit values along these index maps; for "weights" both are the identity, so one criterion
@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from pruning.layouts import Layout, layout_of
 
 GRANULARITIES = ("weights", "heads+neurons")
 
@@ -73,31 +75,31 @@ def layer_of(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def encoder_layers(model: nn.Module) -> tuple[str, list[nn.Module]]:
-    """(qualified prefix, layers) of a BERT-layout encoder, e.g. ("bert.encoder.layer", [BertLayer, ...]).
-    Raises ValueError for models without encoder.layer[i] holding the six BERT Linears."""
-    base = getattr(model, "base_model", model)
-    prefix = getattr(model, "base_model_prefix", "")
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    needed = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-              "intermediate.dense", "output.dense")
-    def has(n):
-        try:
-            return isinstance(layers[0].get_submodule(n), nn.Linear)
-        except AttributeError:
-            return False
-    if layers is None or not len(layers) or not all(has(n) for n in needed):
-        raise ValueError(f"granularity 'heads+neurons' needs a BERT-layout encoder (encoder.layer[i] with "
-                         f"attention.self.query/key/value, attention.output.dense, intermediate.dense, output.dense), "
-                         f"as BERT and RoBERTa have; {type(model).__name__} does not. Use GRANULARITY='weights'.")
-    return (f"{prefix}.encoder.layer" if prefix and base is not model else "encoder.layer"), list(layers)
+def encoder_layers(model: nn.Module) -> tuple[Layout, str, list[nn.Module]]:
+    """(layout, qualified prefix, layers) of a model the structured path knows, e.g.
+    (BERT, "bert.encoder.layer", [BertLayer, ...]). Raises ValueError (naming the known model types) for
+    any other architecture, and for one whose layers lack a Linear its layout declares."""
+    layout = layout_of(model)
+    try:
+        layers = layout.layer_list(model)
+        linears = [layers[0].get_submodule(p) for p in (*layout.head_projections, layout.attention_output,
+                                                        layout.ffn_up, layout.ffn_down)]
+    except (AttributeError, IndexError):
+        linears = []
+    if not linears or not all(isinstance(m, nn.Linear) for m in linears):
+        needed = ", ".join((*layout.head_projections, layout.attention_output, layout.ffn_up, layout.ffn_down))
+        raise ValueError(f"{type(model).__name__} does not have the {layout.name} layout its model type "
+                         f"{model.config.model_type!r} implies ({layout.layers}[i] with {needed}). "
+                         "Use GRANULARITY='weights'.")
+    return layout, layout.layers_prefix(model), layers
 
 
 class PrunableUnits:
     """The unit groups of a model at one granularity, with their parameters.
 
-    `groups`: name -> UnitGroup; `params`: qualified weight name -> nn.Parameter. Raises ValueError
-    for an unknown granularity or (heads+neurons) a model that is not BERT-layout."""
+    `groups`: name -> UnitGroup; `params`: qualified weight name -> nn.Parameter; `layout`: the family's
+    `Layout` (heads+neurons; None for weights). Raises ValueError for an unknown granularity or (heads+neurons)
+    an architecture without a declared layout (`pruning.layouts.layout_of`)."""
 
     def __init__(self, model: nn.Module, granularity: str = "weights"):
         if granularity not in GRANULARITIES:
@@ -105,23 +107,24 @@ class PrunableUnits:
         self.model = model
         self.granularity = granularity
         self.groups: dict[str, UnitGroup] = {}
+        self.layout: Layout | None = None  # heads+neurons: where the units live (`pruning.layouts`)
         if granularity == "weights":
             self.params = prunable_parameters(model)
             for name, p in self.params.items():
                 self.groups[name] = UnitGroup(name, "weight", layer_of(name), p.numel(), tuple(p.shape))
         else:
-            prefix, layers = encoder_layers(model)
+            self.layout, prefix, layers = encoder_layers(model)
+            lay = self.layout
             for i, layer in enumerate(layers):
-                attn = layer.attention.self
-                d, n_heads = attn.attention_head_size, attn.query.out_features // attn.attention_head_size
+                d = lay.head_size(layer)
+                n_heads = layer.get_submodule(lay.query).out_features // d
                 at = f"{prefix}.{i}"
                 self.groups[f"{at}.heads"] = UnitGroup(f"{at}.heads", "head", i, n_heads, (n_heads,), [
-                    Slice(f"{at}.attention.self.query", 0, d, False), Slice(f"{at}.attention.self.key", 0, d, False),
-                    Slice(f"{at}.attention.self.value", 0, d, False),
-                    Slice(f"{at}.attention.output.dense", 1, d, True)])
-                n_neurons = layer.intermediate.dense.out_features
+                    *(Slice(f"{at}.{p}", 0, d, False) for p in lay.head_projections),
+                    Slice(f"{at}.{lay.attention_output}", 1, d, True)])
+                n_neurons = layer.get_submodule(lay.ffn_up).out_features
                 self.groups[f"{at}.neurons"] = UnitGroup(f"{at}.neurons", "neuron", i, n_neurons, (n_neurons,), [
-                    Slice(f"{at}.intermediate.dense", 0, 1, False), Slice(f"{at}.output.dense", 1, 1, True)])
+                    Slice(f"{at}.{lay.ffn_up}", 0, 1, False), Slice(f"{at}.{lay.ffn_down}", 1, 1, True)])
             for g in self.groups.values():
                 g.origin = torch.arange(g.size)
             modules = dict(model.named_modules())
@@ -132,7 +135,7 @@ class PrunableUnits:
     def of_parameters(cls, params: dict[str, nn.Parameter]) -> "PrunableUnits":
         """Weights granularity over the given tensors (for criteria used outside a model, and tests)."""
         units = cls.__new__(cls)
-        units.model, units.granularity, units.params = None, "weights", dict(params)
+        units.model, units.granularity, units.params, units.layout = None, "weights", dict(params), None
         units.groups = {n: UnitGroup(n, "weight", layer_of(n), p.numel(), tuple(p.shape)) for n, p in params.items()}
         return units
 

@@ -1,0 +1,28 @@
+"""Load saved heads+neurons models the way a user would, in a process that never imported the toolkit's code for
+them: `python tests/load_pruned_models.py DIR...`, each DIR written by tests/test_families.py (a saved model plus
+`expected.pt`: the in-memory model's logits on `batch`, and the batch).
+
+Per directory: `AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)` must give logits
+equal to the expected ones; when DIR holds a tokenizer, `AutoTokenizer.from_pretrained(DIR)` (no
+trust_remote_code) must load it. Prints "ok DIR CLASS" per directory; any failure raises (exit status 1).
+stdin is closed, so a "Do you wish to run the custom code?" prompt fails instead of waiting.
+"""
+import os
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+sys.stdin = open(os.devnull)
+for directory in map(Path, sys.argv[1:]):
+    expected = torch.load(directory / "expected.pt")
+    model = AutoModelForSequenceClassification.from_pretrained(directory, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__  # the saved copy
+    with torch.no_grad():
+        logits = model(**expected["batch"]).logits
+    assert torch.equal(logits, expected["logits"]), (directory, (logits - expected["logits"]).abs().max())
+    if (directory / "tokenizer_config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        assert tokenizer("a test")["input_ids"], directory
+    print("ok", directory.name, type(model).__name__, flush=True)

