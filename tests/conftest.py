@@ -62,6 +62,20 @@ def tiny_args(config: Path, data: Path, out: Path, tokenizer: str = "gt-all-mini
     return [f"--{k}={v}" for k, v in settings.items()]
 
 
+def refused(capsys, args) -> str:
+    """Run bert.py's experiment in this process with `args`; it must stop with exit status 2 and one
+    `error:` line on standard error, no traceback. Returns that line."""
+    import bert
+    from pruning import experiment
+    with pytest.raises(SystemExit) as stop:
+        experiment.main(vars(bert), [str(a) for a in args])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
 def run_script(script: str, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     """`python script *args` (a path relative to the repository, or absolute) in a process of its own, run
     from the repository: its exit status and output, as subprocess.run(capture_output=True) gives them.
@@ -87,7 +101,7 @@ def only_run_dir(out: Path) -> Path:
 # a script's main(): that is where the suite's time goes (each process imports torch and trains). The
 # rule is read from the source, so a new test is classified without anyone remembering to mark it;
 # tests that train long in this process carry @pytest.mark.slow themselves.
-_STARTS_A_RUN = re.compile(r"run_script\(|run_python\(|subprocess\.|\.main\(|run_cell\(|\.Process\(")
+_STARTS_A_RUN = re.compile(r"run_script\(|refused\(|run_python\(|subprocess\.|\.main\(|run_cell\(|\.Process\(")
 
 
 def _source(func) -> str:

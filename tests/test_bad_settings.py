@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 import bert
-from conftest import ROBERTA_TOKENIZER, TINY, run_script, tiny_args, write_slice
+from conftest import ROBERTA_TOKENIZER, TINY, refused, run_script, tiny_args, write_slice
 from pruning import checks, experiment
 from pruning.cells import check_cell, run_cell
 
@@ -16,17 +16,6 @@ from pruning.cells import check_cell, run_cell
 def data(tmp_path_factory):
     """The issue's data: the first 300 train and 100 dev rows of SST-2 (19 steps an epoch at batch 16)."""
     return write_slice(tmp_path_factory.mktemp("sst2-300"), 300, 100)
-
-
-def refused(capsys, args) -> str:
-    """Run bert.py's experiment in this process; it must stop with exit 2 and one `error:` line."""
-    with pytest.raises(SystemExit) as stop:
-        experiment.main(vars(bert), [str(a) for a in args])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def config_file(tmp_path, name, **fields):

@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, Trainin
 
 import bert
 from activation_pruning import ActivationPruningTrainer
-from conftest import TINY, tiny_args, write_slice
+from conftest import TINY, refused, tiny_args, write_slice
 from gradient_pruning import GradientCriterion, GradientPruningTrainer
 from pruning import PruningConfig, experiment
 from pruning import state as state_io
@@ -198,14 +198,6 @@ def test_integrations_log_the_cost_series_and_the_pruning_state(tmp_path):
 
 
 # --- bad settings: one line each, exit status 2, nothing written ------------------------------------------
-def refused(capsys, args) -> str:
-    with pytest.raises(SystemExit) as stop:
-        experiment.main(vars(bert), [str(a) for a in args])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.mark.parametrize("setting,expected", [
