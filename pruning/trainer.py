@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pruning import state as state_io
 from pruning.evaluation import evaluate_dev_sets
@@ -329,7 +330,10 @@ class PruningTrainer(Trainer):
             tensors.update(state_io.pack_masks(self.masks, "keep/"))
         if self.scores_at_prune is not None:
             tensors.update({f"score/{n}": s for n, s in self.scores_at_prune.items()})
-        meta = {"run_state": self.run_state.to_dict(), "detectors": detectors, "config": _config_dict(self.pruning),
+        if self.epoch_draw is not None:
+            tensors["sampler/rng_state"] = self.epoch_draw[1]
+        meta = {"run_state": self.run_state.to_dict(),
+                "sampler_epoch": None if self.epoch_draw is None else self.epoch_draw[0], "detectors": detectors, "config": _config_dict(self.pruning),
                 "criterion": self.criterion.name, "granularity": self.units.granularity,
                 "groups": {n: list(g.shape) for n, g in self.units.groups.items()}}
         state_io.write(os.path.join(directory, state_io.PRUNING_STATE_FILE), tensors, meta)
@@ -365,6 +369,8 @@ class PruningTrainer(Trainer):
         self.run_state.load(meta["run_state"] if "run_state" in meta else meta["record"])
         scores = {k[len("score/"):]: v for k, v in tensors.items() if k.startswith("score/")}
         self.scores_at_prune = scores or None
+        if "sampler/rng_state" in tensors:  # checkpoints before EpochOrderSampler lack it
+            self._resume_draw = (meta["sampler_epoch"], tensors["sampler/rng_state"])
         if any(k.startswith("keep/") for k in tensors):
             self.criterion.close()
             removed_before = self.run_state.removed_units
@@ -377,6 +383,30 @@ class PruningTrainer(Trainer):
         """The run's summary dict (`pruning.results.summary`)."""
         from pruning.results import summary
         return summary(self)
+
+
+class EpochOrderSampler(LengthGroupedSampler):
+    """HF's `LengthGroupedSampler` that remembers which RNG state each epoch's order was drawn from
+    (`PruningTrainer.epoch_draw`, saved with every checkpoint), so a run resumed in the middle of an epoch
+    draws the same order.
+
+    HF draws a length-grouped epoch's permutation from the global torch RNG when the epoch starts; a run
+    resumed mid-epoch restores the checkpoint's RNG only after skipping the batches already trained, so without
+    this it would draw the resumed epoch's order from the RNG of process start and train on other batches
+    (any epoch after the first). An uninterrupted run draws exactly as HF's sampler does."""
+    trainer: "PruningTrainer"
+
+    def __iter__(self):
+        epoch, resume = self.trainer.epoch_index(), self.trainer._resume_draw
+        self.trainer._resume_draw = None
+        if resume is not None and resume[0] == epoch:  # the epoch a checkpoint was written in: its draw again
+            self.generator = torch.Generator()
+            self.generator.set_state(resume[1])
+            state = resume[1]
+        else:
+            self.generator, state = None, torch.get_rng_state()
+        self.trainer.epoch_draw = (epoch, state.clone())
+        return super().__iter__()
 
 
 @torch.no_grad()

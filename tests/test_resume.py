@@ -69,6 +69,7 @@ KILLS = [
     (5, 3, "search"),      # killed during the search: FIFO of 1 mask and 1 step of accumulated scores
     (7, 6, "retrain"),     # killed right after pruning at step 6, before any retraining step was saved
     (17, 15, "retrain"),   # killed during retraining
+    (23, 21, "retrain"),   # killed in the second epoch: its data order must be drawn again as it was at step 20
 ]
 
 
