@@ -36,7 +36,7 @@ class ActivationCriterion(Criterion):
         super().__init__(units)
         self.statistic = statistic
         device = next(iter(self.params.values())).device
-        modules = dict(units.model.named_modules())
+        modules = units.modules()
         # Per-unit sums of this step's forwards (`pending`), moved into `sums` by observe() only on the
         # steps whose scores count: hooks run before the trainer knows whether a step counts.
         self.sums, self.pending, self.targets = {}, {}, {}

@@ -37,6 +37,7 @@ import bert  # noqa: F401  (defines the toolkit's trainers, which criteria() fin
 from pruning import data
 from pruning import deploy, experiment, schema
 from pruning.precision import FakeQuant4, assign_bits, average_bits, matrix_importance, prunable_linears
+from pruning.layouts import layout_of
 from pruning.results import parameter_split
 from pruning.tasks import METRIC_TITLES
 
@@ -127,14 +128,18 @@ def importance_criterion(config: dict, results: schema.RunResults) -> tuple[str,
     return name, known[name], options
 
 
-def dense_reference(run_model, dense_dir: str):
-    """The dense model to compare against: a dense run's, or the run's architecture with untrained weights."""
+def dense_reference(run_model, dense_dir: str, dense_layers: int | None = None):
+    """The dense model to compare against: a dense run's, or the run's architecture with untrained weights
+    (`dense_layers` encoder layers when whole layers were removed; None: the run model's count)."""
     if dense_dir:
         return AutoModelForSequenceClassification.from_pretrained(str(Path(dense_dir) / "model")).eval()
     settings = run_model.config.to_dict()
-    for key in ("attention_heads_per_layer", "intermediate_size_per_layer", "kept_heads", "auto_map",
+    for key in ("attention_heads_per_layer", "intermediate_size_per_layer", "kept_heads", "kept_layers", "auto_map",
                 "architectures"):
         settings.pop(key, None)
+    if dense_layers is not None and getattr(run_model.config, "kept_layers", None) is not None:
+        settings.pop("layer_types", None)  # the family's default pattern for the dense layer count
+        settings[layout_of(run_model).config_layers] = dense_layers
     kind = settings.pop("model_type").removeprefix("pruned_")
     return AutoModelForSequenceClassification.from_config(AutoConfig.for_model(kind, **settings)).eval()
 
@@ -239,7 +244,8 @@ def main(config: dict) -> None:
 
     model = AutoModelForSequenceClassification.from_pretrained(str(run / "model"), trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run / "model"), trust_remote_code=True)  # no prompt for our config
-    dense = dense_reference(model, config["DENSE"])
+    structure = results.pruning.structure
+    dense = dense_reference(model, config["DENSE"], len(structure.heads_total_per_layer) if structure else None)
     task, datasets, _ = data.load(**data.run_task(results.config.settings))
     dev = encode(datasets[task.dev], task, tokenizer, results)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,11 +26,12 @@ from earlybird import EarlyBirdDetector, mask_fingerprint, pack_mask
 from pruning.masks import assert_same_on_all_ranks, flat_mask
 from pruning.run_state import GradualSchedule, Prune, RunState, UpdateMask
 
-DETECTOR_OF_KIND = {"weight": "weights", "head": "heads", "neuron": "neurons"}
+DETECTOR_OF_KIND = {"weight": "weights", "head": "heads", "neuron": "neurons", "mlp": "mlps", "layer": "layers"}
 
 
 class EarlyBirdSearch(TrainerCallback):
-    """One detector per unit kind (weights; or heads and neurons). The bird is found at the first check
+    """One detector per unit kind (weights; or heads and neurons, and whole MLPs / layers when their rates are
+    set). The bird is found at the first check
     where every detector's masks are settled (You et al. 2020's test, applied to each detector).
 
     During the search: on_pre_optimizer_step feeds the criterion, on_optimizer_step ends its step, and
@@ -42,7 +43,7 @@ class EarlyBirdSearch(TrainerCallback):
         self.check_every = check_every
         kinds = trainer.units.kinds()
         self.detectors = {DETECTOR_OF_KIND[k]: EarlyBirdDetector(window, epsilon) for k in kinds}
-        self.kind_groups = {DETECTOR_OF_KIND[k]: [n for n, g in trainer.units.groups.items() if g.kind == k]
+        self.kind_groups = {DETECTOR_OF_KIND[k]: [n for n, g in trainer.units.mask_groups.items() if g.kind == k]
                             for k in kinds}
 
     @property

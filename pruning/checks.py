@@ -230,6 +230,7 @@ def run_directory(config: dict, script: str) -> Path:
         name += f"-r{rate_text(config['PRUNING_RATE'])}"
     elif config["TRAINER"] is not Trainer:
         name += f"-h{rate_text(config['HEAD_RATE'])}-n{rate_text(config['NEURON_RATE'])}"
+        name += "".join(f"-{k[0].lower()}{rate_text(config[k])}" for k in ("MLP_RATE", "LAYER_RATE") if config.get(k))
     base = out / f"{name}-s{config['SEED']}-{stamp}"
     run_dir, n = base, 1
     while run_dir.exists():

@@ -8,7 +8,7 @@ import torch
 from earlybird import EarlyBirdDetector
 from pruning import masks as mask_ops
 from pruning.distill import check_settings as check_distillation
-from pruning.units import GRANULARITIES, PrunableUnits
+from pruning.units import GRANULARITIES, WHOLE_KINDS, PrunableUnits
 
 REWIND_POINTS = ("pretrained", "early_bird")
 
@@ -22,6 +22,8 @@ class PruningConfig:
     rate: mask_ops.Rate = 0.5         # weights: fraction of prunable weights set to zero (or one per layer)
     head_rate: mask_ops.Rate = 1 / 3  # heads+neurons: fraction of the heads removed in each layer
     neuron_rate: mask_ops.Rate = 0.4  # heads+neurons: fraction of the FFN neurons removed
+    mlp_rate: float = 0.0             # heads+neurons: fraction of the layers whose whole FFN (MLP) is removed
+    layer_rate: float = 0.0           # heads+neurons: fraction of the encoder layers removed
     scope: str = "global"             # weights and neurons: one threshold over all, or "layerwise"
     search_epochs: float = 1.0        # budget for the dense search; prune at its end if no early bird
     retrain_epochs: float = 1.0       # training with the mask held fixed, after pruning
@@ -49,6 +51,16 @@ class PruningConfig:
         for what, rate in (("pruning rate", self.rate), ("head rate", self.head_rate),
                            ("neuron rate", self.neuron_rate)):
             mask_ops.check_rate(rate, what)
+        for what, rate in (("MLP_RATE", self.mlp_rate), ("LAYER_RATE", self.layer_rate)):
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+                raise ValueError(f"{what} is the fraction of the encoder's layers (their MLPs, or the layers "
+                                 f"themselves) removed: one number in [0, 1), got {rate!r}")
+        if self.whole_kinds and self.granularity != "heads+neurons":
+            raise ValueError("MLP_RATE and LAYER_RATE remove whole MLPs and layers physically: they need "
+                             f"GRANULARITY='heads+neurons' (got {self.granularity!r})")
+        if self.whole_kinds and self.gradual_updates:
+            raise ValueError("GRADUAL_UPDATES with MLP_RATE or LAYER_RATE is not supported: whole MLPs and layers are "
+                             "removed in one shot; set GRADUAL_UPDATES=0 or the whole rates to 0")
         if self.scope not in mask_ops.SCOPES:
             raise ValueError(f"unknown threshold scope {self.scope!r}; choose one of {mask_ops.SCOPES}")
         if not self.search_epochs > 0 or not self.retrain_epochs >= 0:
@@ -70,6 +82,11 @@ class PruningConfig:
                              "mask: set one of them")
 
     @property
+    def whole_kinds(self) -> tuple[str, ...]:
+        """The whole unit kinds this config removes: ("mlp",) when mlp_rate > 0, ("layer",) when layer_rate > 0."""
+        return tuple(k for k, r in (("mlp", self.mlp_rate), ("layer", self.layer_rate)) if r)
+
+    @property
     def total_epochs(self) -> float:
         """search_epochs + retrain_epochs: the num_train_epochs the trainer needs."""
         return self.search_epochs + self.retrain_epochs
@@ -79,19 +96,24 @@ class PruningConfig:
         def scale(rate):
             return tuple(r * fraction for r in rate) if isinstance(rate, tuple) else rate * fraction
         return replace(self, rate=scale(self.rate), head_rate=scale(self.head_rate),
-                       neuron_rate=scale(self.neuron_rate))
+                       neuron_rate=scale(self.neuron_rate), mlp_rate=scale(self.mlp_rate),
+                       layer_rate=scale(self.layer_rate))
 
     def rate_of(self, kind: str) -> mask_ops.Rate:
-        """The rate for a unit kind: "weight" -> rate, "head" -> head_rate, "neuron" -> neuron_rate
-        (KeyError for another kind)."""
-        return {"weight": self.rate, "head": self.head_rate, "neuron": self.neuron_rate}[kind]
+        """The rate for a unit kind: "weight" -> rate, "head" -> head_rate, "neuron" -> neuron_rate,
+        "mlp" -> mlp_rate, "layer" -> layer_rate (KeyError for another kind)."""
+        return {"weight": self.rate, "head": self.head_rate, "neuron": self.neuron_rate, "mlp": self.mlp_rate,
+                "layer": self.layer_rate}[kind]
 
     def check_model(self, units: PrunableUnits) -> None:
-        """Errors that need the model: per-layer rate counts, a head rate that empties a layer. Raises
-        ValueError for either."""
+        """Errors that need the model: per-layer rate counts, a head rate that empties a layer, a layer rate
+        that removes every layer. Raises ValueError for any of them."""
         for kind in units.kinds():
             rate = self.rate_of(kind)
-            groups = [g for g in units.groups.values() if g.kind == kind]
+            groups = [g for g in units.mask_groups.values() if g.kind == kind]
+            if kind == "layer" and round(rate * groups[0].size) >= groups[0].size:
+                raise ValueError(f"LAYER_RATE {rate:g} would remove all {groups[0].size} encoder layers; use a rate "
+                                 f"below {(groups[0].size - 0.5) / groups[0].size:.4f}")
             layers = sorted({g.layer for g in groups})
             if isinstance(rate, tuple) and len(rate) != len(layers):
                 raise ValueError(f"{len(rate)} per-layer {kind} rates given, but the model has {len(layers)} "
@@ -106,17 +128,20 @@ class PruningConfig:
 
     def select(self, units: PrunableUnits, scores: dict[str, torch.Tensor],
                current: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Original-space keep-masks of every group: heads per layer (one always stays), FFN neurons and
-        weights by `scope` (one neuron of each layer always stays). Units that `current` (the masks
-        already applied) has pruned stay pruned. `scores`: group -> float tensor of the dense group's
-        shape (-inf: removed); returns group -> bool tensor of that shape (`masks.select`)."""
-        out = {}
+        """Original-space keep-masks of every mask group: heads per layer (one always stays), FFN neurons and
+        weights by `scope` (one neuron of each layer always stays), whole MLPs and layers over the model (one
+        layer always stays); then what whole MLPs and layers remove is carried down to their units
+        (`PrunableUnits.compose`). Each kind is selected from its own scores at its own rate. Units that
+        `current` (the masks already applied) has pruned stay pruned. `scores`: group -> float tensor of the
+        dense group's shape (-inf: removed); returns group -> bool tensor of that shape (`masks.select`)."""
+        out, groups = {}, units.mask_groups
         for kind in units.kinds():
-            names = [n for n, g in units.groups.items() if g.kind == kind]
+            names = [n for n, g in groups.items() if g.kind == kind]
             out.update(mask_ops.select({n: scores[n] for n in names}, self.rate_of(kind),
-                                       "layerwise" if kind == "head" else self.scope,
-                                       min_keep=0 if kind == "weight" else 1,
-                                       layers={n: units.groups[n].layer for n in names}))
+                                       "layerwise" if kind == "head" else "global" if kind in WHOLE_KINDS
+                                       else self.scope,
+                                       min_keep={"weight": 0, "mlp": 0}.get(kind, 1),
+                                       layers={n: groups[n].layer for n in names}))
         if current is not None:
-            return {n: out[n] & current[n].to(out[n].device) for n in units.groups}
-        return {n: out[n] for n in units.groups}
+            out = {n: out[n] & current[n].to(out[n].device) for n in groups}
+        return units.compose({n: out[n] for n in groups})

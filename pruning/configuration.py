@@ -169,7 +169,7 @@ def criterion_options(config: dict) -> dict:
 # Script constant -> PruningConfig field. A script without some of them (e.g. a copy of bert.py from
 # before they existed) gets PruningConfig's defaults.
 PRUNING_SETTINGS = {"GRANULARITY": "granularity", "PRUNING_RATE": "rate", "HEAD_RATE": "head_rate",
-                    "NEURON_RATE": "neuron_rate", "THRESHOLD": "scope", "SEARCH_EPOCHS": "search_epochs",
+                    "NEURON_RATE": "neuron_rate", "MLP_RATE": "mlp_rate", "LAYER_RATE": "layer_rate", "THRESHOLD": "scope", "SEARCH_EPOCHS": "search_epochs",
                     "RETRAIN_EPOCHS": "retrain_epochs", "EB_CHECK_EVERY": "check_every", "EB_WINDOW": "window",
                     "EB_EPSILON": "epsilon", "EB_SKIP_WARMUP": "skip_warmup", "MASK_FROM": "mask_from",
                     "REWIND_TO": "rewind_to", "DISTILL_TEMPERATURE": "distill_temperature",
@@ -196,4 +196,5 @@ def describe(pruning: PruningConfig) -> str:
     else:
         text = (f"heads {rate_text(pruning.head_rate)} per layer, FFN neurons {rate_text(pruning.neuron_rate)} "
                 f"({pruning.scope})")
+        text += "".join(f", whole {kind}s {rate_text(pruning.rate_of(kind))}" for kind in pruning.whole_kinds)
     return text + (f", fixed mask from {pruning.mask_from}" if pruning.mask_from else "")

@@ -249,7 +249,10 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
                                           DataCollatorWithPadding(tokenizer))
     if pruned and pruning.granularity != "weights":
         from pruning.pruned_model import as_pruned_model
-        as_pruned_model(model, run_results.structure(trainer)["heads_kept"])  # saves with its per-layer shapes
+        kept = run_results.structure(trainer)
+        layers = kept.get("layers_kept")  # with whole layers removed: the heads of the layers that stay
+        as_pruned_model(model, [kept["heads_kept"][i] for i in layers] if layers else kept["heads_kept"],
+                        layers)  # saves with its per-layer shapes
     trainer.save_model(str(run_dir / "model"))  # on every rank: HF decides which one writes
     if not is_main:
         return None

@@ -43,6 +43,7 @@ class Layout:
     width_attribute: str | None  # on `attention`: heads * d, kept in step (None: the family has none)
     config_heads: str            # the config's (dense) head count
     config_ffn: str              # the config's (dense) FFN size
+    config_layers: str = "num_hidden_layers"  # the config's encoder layer count (kept in step with the list)
 
     @property
     def head_projections(self) -> tuple[str, str, str]:
@@ -77,7 +78,8 @@ BERT = Layout("BERT", ("bert", "roberta", "electra", "xlm-roberta"), "encoder.la
               "num_attention_heads", "intermediate_size")
 DISTILBERT = Layout("DistilBERT", ("distilbert",), "transformer.layer", "attention",
                     "attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin",
-                    "ffn.lin1", "ffn.lin2", "n_heads", "attention_head_size", None, "n_heads", "hidden_dim")
+                    "ffn.lin1", "ffn.lin2", "n_heads", "attention_head_size", None, "n_heads", "hidden_dim",
+                    "n_layers")
 LAYOUTS = (BERT, DISTILBERT)
 BY_MODEL_TYPE = {t: layout for layout in LAYOUTS for t in layout.model_types}
 

@@ -47,15 +47,19 @@ def _check_per_layer_structure(config) -> None:
     layout = layout_of(config)
     layers = config.num_hidden_layers
     heads = getattr(config, layout.config_heads)
-    for field, most in (("attention_heads_per_layer", heads),
-                        ("intermediate_size_per_layer", getattr(config, layout.config_ffn))):
+    for field, least, most in (("attention_heads_per_layer", 1, heads),
+                               ("intermediate_size_per_layer", 0, getattr(config, layout.config_ffn))):
         values = getattr(config, field)
         if values is None:
             continue
         if len(values) != layers:
             raise ValueError(f"{field} has {len(values)} entries for {layers} layers")
-        if not all(1 <= value <= most for value in values):
-            raise ValueError(f"{field} must lie in [1, {most}]; got {values}")
+        if not all(least <= value <= most for value in values):
+            raise ValueError(f"{field} must lie in [{least}, {most}]; got {values}")
+    if config.kept_layers is not None and (len(config.kept_layers) != layers
+                                           or sorted(set(config.kept_layers)) != list(config.kept_layers)):
+        raise ValueError(f"kept_layers must list the {layers} kept layers' original indices in increasing order; "
+                         f"got {config.kept_layers}")
     if config.kept_heads is not None:
         heads_per_layer = config.attention_heads_per_layer or [heads] * layers
         if [len(kept) for kept in config.kept_heads] != list(heads_per_layer):
@@ -78,15 +82,19 @@ def _pruned_config(base: type) -> type:
     `@strict` (as on BertConfig), which makes the new fields type-checked dataclass fields and collects
     `validate_per_layer_structure` as a class validator. None in a field: unpruned in that respect.
     The dense head count stays (it fixes the head size); `kept_heads[i]` lists the original indices of
-    the heads layer i kept (informational)."""
+    the heads layer i kept, and `kept_layers` the original indices of the layers kept when whole layers were
+    removed (both informational; the layer count is the family's own field). An FFN size of 0 is a whole
+    MLP removed: that layer's FFN Linears have no rows / columns and its down projection no bias."""
     name = "Pruned" + base.__name__
     namespace = {
         "__module__": __name__, "__qualname__": name,
         "__doc__": f"{base.__name__} plus the per-layer structure left by structured pruning (see _pruned_config).",
         "__annotations__": {"attention_heads_per_layer": list[int] | None,
                             "intermediate_size_per_layer": list[int] | None,
-                            "kept_heads": list[list[int]] | None},
+                            "kept_heads": list[list[int]] | None,
+                            "kept_layers": list[int] | None},
         "attention_heads_per_layer": None, "intermediate_size_per_layer": None, "kept_heads": None,
+        "kept_layers": None,
         "validate_per_layer_structure": _validate_per_layer_structure,
     }
     return strict(type(name, (base,), namespace))
@@ -100,10 +108,11 @@ def _shape_layers(model) -> None:
     """
     config, layout = model.config, layout_of(model)
 
-    def resize(layer, path, out_features=None, in_features=None):
+    def resize(layer, path, out_features=None, in_features=None, bias=True):
         old = layer.get_submodule(path)
-        layer.set_submodule(path, nn.Linear(in_features or old.in_features, out_features or old.out_features,
-                                            bias=old.bias is not None))
+        layer.set_submodule(path, nn.Linear(old.in_features if in_features is None else in_features,
+                                            old.out_features if out_features is None else out_features,
+                                            bias=bias and old.bias is not None))
     for i, layer in enumerate(layout.layer_list(model)):
         if config.attention_heads_per_layer is not None:
             heads = config.attention_heads_per_layer[i]
@@ -115,7 +124,7 @@ def _shape_layers(model) -> None:
         if config.intermediate_size_per_layer is not None:
             size = config.intermediate_size_per_layer[i]
             resize(layer, layout.ffn_up, out_features=size)
-            resize(layer, layout.ffn_down, in_features=size)
+            resize(layer, layout.ffn_down, in_features=size, bias=size > 0)  # 0: the whole MLP was removed
 
 
 def _pruned_classifier(base: type, config_class: type) -> type:
@@ -186,14 +195,15 @@ def per_layer_structure(model) -> dict[str, list[int]]:
     return {"attention_heads_per_layer": heads, "intermediate_size_per_layer": sizes}
 
 
-def as_pruned_model(model, kept_heads: list[list[int]] | None = None):
+def as_pruned_model(model, kept_heads: list[list[int]] | None = None, kept_layers: list[int] | None = None):
     """Turn, in place, a sequence classifier of a supported family whose Linears were already shrunk into its
     Pruned class.
 
     Afterwards `model.save_pretrained(path)` writes a directory that loads with
     `AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)`. `kept_heads` gives the
     original indices of the heads each layer kept; without it, an already-pruned model's record is kept if it still
-    matches the head counts. Returns the model. Raises ValueError as `per_layer_structure` and the
+    matches the head counts. `kept_layers`: the original indices of the layers kept, when whole layers were removed
+    (the model's layer list and config already hold only those). Returns the model. Raises ValueError as `per_layer_structure` and the
     config's validation do.
     """
     model_class, config_class = _pruned_classes(model)
@@ -205,7 +215,9 @@ def as_pruned_model(model, kept_heads: list[list[int]] | None = None):
             kept_heads = previous
     settings = old_config.to_dict()
     settings.pop("model_type")  # a class attribute (the family's own); passed as a kwarg it would shadow it
-    settings.update(structure, kept_heads=kept_heads, architectures=[model_class.__name__])
+    if kept_layers is None:
+        kept_layers = getattr(old_config, "kept_layers", None)
+    settings.update(structure, kept_heads=kept_heads, kept_layers=kept_layers, architectures=[model_class.__name__])
     config = config_class(**settings)  # validates before the model is touched
     # to_dict leaves out the attention implementation; keep the one the model runs with.
     config._attn_implementation = old_config._attn_implementation

@@ -24,17 +24,23 @@ def sparsity_of(params: dict[str, torch.Tensor]) -> dict:
 
 
 def structure(trainer) -> dict | None:
-    """Heads kept per layer (original indices) and FFN neurons kept per layer, for heads+neurons runs."""
+    """Heads kept per layer (original indices) and FFN neurons kept per layer, for heads+neurons runs, in the
+    dense model's layer numbering (a removed layer keeps no heads and no neurons); with whole MLPs / layers,
+    the dense indices of the layers that kept their MLP / themselves."""
     units = trainer.units
     if not units.structured:
         return None
     heads = [g for g in units.groups.values() if g.kind == "head"]
     neurons = [g for g in units.groups.values() if g.kind == "neuron"]
-    return {"heads_total_per_layer": [g.size for g in heads],
-            "heads_kept": [g.origin.tolist() for g in heads],
-            "heads_kept_per_layer": [len(g.origin) for g in heads],
-            "neurons_total_per_layer": [g.size for g in neurons],
-            "neurons_kept_per_layer": [len(g.origin) for g in neurons]}
+    out = {"heads_total_per_layer": [g.size for g in heads],
+           "heads_kept": [g.origin.tolist() for g in heads],
+           "heads_kept_per_layer": [len(g.origin) for g in heads],
+           "neurons_total_per_layer": [g.size for g in neurons],
+           "neurons_kept_per_layer": [len(g.origin) for g in neurons]}
+    for kind in ("mlp", "layer"):
+        group = units.whole_group(kind)
+        out[f"{kind}s_kept"] = None if group is None else group.origin.tolist()
+    return out
 
 
 def summary(trainer) -> dict:
@@ -47,6 +53,8 @@ def summary(trainer) -> dict:
            "rate": config.rate if not trainer.units.structured else None,
            "head_rate": config.head_rate if trainer.units.structured else None,
            "neuron_rate": config.neuron_rate if trainer.units.structured else None,
+           "mlp_rate": config.mlp_rate if trainer.units.structured else None,
+           "layer_rate": config.layer_rate if trainer.units.structured else None,
            "eb_found": run.eb_found, "eb_step": run.eb_step,
            "eb_epoch": run.eb_step / spe if run.eb_step is not None else None,
            "prune_step": run.prune_step, "search_steps_budget": run.search_steps,

@@ -215,6 +215,8 @@ class Structure:
     heads_kept_per_layer: list = field(default_factory=list)
     neurons_total_per_layer: list = field(default_factory=list)
     neurons_kept_per_layer: list = field(default_factory=list)
+    mlps_kept: Optional[list] = _optional("dense indices of the layers that kept their MLP (runs with MLP_RATE)")
+    layers_kept: Optional[list] = _optional("dense indices of the encoder layers kept (runs with LAYER_RATE)")
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,8 @@ class PruningSummary:
     rate: Any = None                  # fraction of prunable weights (or per-layer rates); None for heads+neurons
     head_rate: Any = None             # fraction of heads (heads+neurons runs)
     neuron_rate: Any = None           # fraction of FFN neurons
+    mlp_rate: Any = _optional("fraction of the layers whose whole MLP is removed (heads+neurons runs)")
+    layer_rate: Any = _optional("fraction of the encoder layers removed (heads+neurons runs)")
     eb_found: Optional[bool] = None
     eb_step: Optional[int] = None                     # None: not found, pruned at the end of the search budget
     eb_epoch: Optional[float] = None                  # epochs

@@ -1,4 +1,4 @@
-"""Physical removal of heads and FFN neurons, and gates on unit outputs.
+"""Physical removal of heads, FFN neurons, whole MLPs and whole encoder layers, and gates on unit outputs.
 
 Removal works in place: each affected nn.Linear keeps its Parameter objects and gets smaller
 tensors (`param.data = param.data[kept]`). The optimizer therefore still refers to the right
@@ -7,6 +7,11 @@ kept units carry their optimizer state over. (transformers' `prune_linear_layer`
 modules, which would orphan the optimizer state.) Every family in `pruning.layouts` infers the head count
 from tensor shapes, so layers may keep different numbers of heads; the attention module's head-count
 attributes are kept in step anyway (`Layout.set_heads`).
+
+A whole MLP goes as all its neurons plus the down projection's bias (its Linears keep zero rows / columns:
+the block then adds nothing before its residual). A whole layer leaves the encoder's nn.ModuleList and the
+config's layer count (and per-layer `layer_types`, where the family has them) follows. Parameters that leave
+the model leave the optimizer too, so a checkpoint written afterwards matches the smaller model.
 """
 from __future__ import annotations
 
@@ -40,18 +45,59 @@ def _shrink(linear: nn.Linear, index: torch.Tensor, dim: int, optimizer) -> None
         linear.in_features = linear.weight.shape[1]
 
 
+def _drop_parameters(params: list[nn.Parameter], optimizer) -> None:
+    """Take parameters out of the optimizer's groups and state (they left the model)."""
+    if optimizer is None or not params:
+        return
+    ids = {id(p) for p in params}
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
+    for p in params:
+        optimizer.state.pop(p, None)
+
+
+def _remove_layers(units: PrunableUnits, keep: torch.Tensor, optimizer) -> int:
+    """Remove the live encoder layers whose dense index `keep` (bool, (L,)) marks False; returns how many."""
+    group = units.whole_group("layer")
+    live_keep = units.live_mask(group.name, keep.to(torch.bool).cpu())
+    if bool(live_keep.all()):
+        return 0
+    layout, model = units.layout, units.model
+    layer_list = getattr(model, "base_model", model).get_submodule(layout.layers)
+    gone = [j for j in range(len(layer_list)) if not live_keep[j]]
+    _drop_parameters([p for j in gone for p in layer_list[j].parameters()], optimizer)
+    for j in reversed(gone):
+        del layer_list[j]
+    config = model.config
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, (list, tuple)) and len(layer_types) == len(live_keep):
+        config.layer_types = [t for t, k in zip(layer_types, live_keep.tolist()) if k]
+    setattr(config, layout.config_layers, len(layer_list))
+    group.origin = group.origin[live_keep]
+    return len(gone)
+
+
 def remove_units(units: PrunableUnits, keep: dict[str, torch.Tensor], optimizer=None) -> dict[str, int]:
     """Remove every unit whose original-space keep-mask is False; returns units removed per group.
 
-    `keep`: group name -> bool tensor of the dense group's shape, (heads,) / (neurons,). Units
-    already removed stay removed (the live model has no place for them). `optimizer` (HF's wrapper
-    or a torch optimizer) gets its state sliced along. Raises ValueError when a layer would keep no
-    attention head.
+    `keep`: group name -> bool tensor of the dense group's shape, (heads,) / (neurons,) / (layers,), for every
+    group of `units.mask_groups` (`PrunableUnits.compose` has carried whole MLPs / layers down to their units).
+    Units already removed stay removed (the live model has no place for them). `optimizer` (HF's wrapper or a
+    torch optimizer) gets its state sliced along and loses the parameters that leave the model. Raises
+    ValueError when a layer that stays would keep no attention head.
     """
     optimizer = getattr(optimizer, "optimizer", optimizer)
-    modules = dict(units.model.named_modules())
+    modules = units.modules()
+    layers = units.whole_group("layer")
+    going = set()  # dense indices of the layers removed now: their units go with them
+    if layers is not None:
+        going = {i for i in layers.origin.tolist() if not bool(keep[layers.name][i])}
     removed = {}
     for name, group in units.groups.items():
+        if group.layer in going or not len(group.origin):
+            removed[name] = len(group.origin)
+            group.origin = group.origin[:0]
+            continue
         live_keep = units.live_mask(name, keep[name].to(torch.bool).cpu())
         if bool(live_keep.all()):
             removed[name] = 0
@@ -62,8 +108,21 @@ def remove_units(units: PrunableUnits, keep: dict[str, torch.Tensor], optimizer=
             _shrink(modules[s.module], _unit_index(live_keep, s.width), s.dim, optimizer)
         if group.kind == "head":  # the attention module's head count follows its weights
             units.layout.set_heads(modules[group.name.rsplit(".", 1)[0]], int(live_keep.sum()))
+        if group.kind == "neuron" and not bool(live_keep.any()):  # the whole MLP: its output bias goes too
+            down = modules[output_slice(group).module]
+            if down.bias is not None:
+                _drop_parameters([down.bias], optimizer)
+                down.bias = None
         removed[name] = int((~live_keep).sum())
         group.origin = group.origin[live_keep]
+    mlps = units.whole_group("mlp")
+    if mlps is not None:
+        with_ffn = torch.tensor([len(units.groups[f"{units.prefix}.{i}.neurons"].origin) > 0
+                                 for i in mlps.origin.tolist()], dtype=torch.bool)
+        removed[mlps.name] = int((~with_ffn).sum())
+        mlps.origin = mlps.origin[with_ffn]
+    if layers is not None:
+        removed[layers.name] = _remove_layers(units, keep[layers.name], optimizer)
     return removed  # the Parameter objects are the same, so units.params still holds them
 
 
@@ -86,7 +145,7 @@ class UnitGates:
 
     def __init__(self, units: PrunableUnits, gates: dict[str, torch.Tensor]):
         self.units, self.gates, self.handles = units, gates, []
-        modules = dict(units.model.named_modules())
+        modules = units.modules()
         for name, group in units.groups.items():
             if group.kind in ("head", "neuron"):
                 s = output_slice(group)
@@ -108,7 +167,7 @@ class UnitGates:
 def fold_gates(units: PrunableUnits, gates: dict[str, torch.Tensor]) -> None:
     """Scale each unit's output-side weights by its gate, so the model computes without the gates
     exactly what it computed with them. `gates`: group name -> tensor of (live units,)."""
-    modules = dict(units.model.named_modules())
+    modules = units.modules()
     for name, group in units.groups.items():
         for s in group.slices:
             if s.output:

@@ -33,7 +33,7 @@ from pruning.masks import assert_same_on_all_ranks, fingerprint
 from pruning.run_state import GradualSchedule, RunState
 from pruning.schedule import PhasePlan, gradual_fractions, gradual_steps
 from pruning.surgery import remove_units
-from pruning.units import PrunableUnits
+from pruning.units import WHOLE_KINDS, PrunableUnits
 
 SNAPSHOT_FILE = "weights_at_prune.safetensors"
 
@@ -57,7 +57,7 @@ class PruningTrainer(Trainer):
         # Trainer creates the output directory. (Moving the model to a device keeps its Parameter
         # objects, so the units stay valid.)
         self.pruning = pruning or PruningConfig()
-        self.units = PrunableUnits(model, self.pruning.granularity)
+        self.units = PrunableUnits(model, self.pruning.granularity, whole_kinds(self.pruning))
         self.pruning.check_model(self.units)
         self._fixed_masks = read_masks(self.pruning.mask_from, self.units) if self.pruning.mask_from else None
         super().__init__(model, *args, **kwargs)
@@ -78,6 +78,24 @@ class PruningTrainer(Trainer):
                          SavePruningState(self)):
             self.add_callback(callback)
         self._restart_at: int | None = None
+        self.epoch_draw: tuple[int, torch.Tensor] | None = None   # (epoch, RNG state its data order came from)
+        self._resume_draw: tuple[int, torch.Tensor] | None = None  # a checkpoint's epoch_draw, for its epoch
+
+    def _get_train_sampler(self, train_dataset=None):
+        """HF's sampler; its length-grouped one replaced by `EpochOrderSampler`, which a mid-epoch resume
+        can replay."""
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            sampler.__class__ = EpochOrderSampler
+            sampler.trainer = self
+        return sampler
+
+    def epoch_index(self) -> int:
+        """The epoch the next training step belongs to (0-based), from the steps finished."""
+        per_epoch = self.run_state.steps_per_epoch
+        if per_epoch:
+            return int(self.state.global_step // per_epoch)
+        return int(self.state.epoch or 0)
 
     # --- schedule ------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -160,6 +178,7 @@ class PruningTrainer(Trainer):
         already pruned stay pruned and rank first, so each bucket's count is exact. `scores`: group ->
         float tensor of (live units,) or the weight's shape; returns group -> bool tensor (dense units,)."""
         original = self.units.to_original(scores, fill=float("-inf"))
+        original.update(self.units.whole_scores(original))
         if self.masks is not None and not self.units.structured:
             original = {n: s.masked_fill(~self.masks[n].to(s.device), float("-inf")) for n, s in original.items()}
         config = self.pruning if fraction == 1.0 else self.pruning.scaled(fraction)
@@ -167,8 +186,9 @@ class PruningTrainer(Trainer):
 
     def keep_scores(self, scores: dict[str, torch.Tensor]) -> None:
         """Keep the scores the pruning mask is selected from (original space; removed units -inf)."""
-        self.scores_at_prune = {n: s.detach().float().cpu().clone()
-                                for n, s in self.units.to_original(scores, fill=float("-inf")).items()}
+        original = self.units.to_original(scores, fill=float("-inf"))
+        original.update(self.units.whole_scores(original))
+        self.scores_at_prune = {n: s.detach().float().cpu().clone() for n, s in original.items()}
 
     def prune(self, masks, step: int, found: bool, optimizer, control) -> None:
         """Evaluate, prune to `masks`, evaluate again; the retrain phase starts."""
@@ -335,7 +355,7 @@ class PruningTrainer(Trainer):
         meta = {"run_state": self.run_state.to_dict(),
                 "sampler_epoch": None if self.epoch_draw is None else self.epoch_draw[0], "detectors": detectors, "config": _config_dict(self.pruning),
                 "criterion": self.criterion.name, "granularity": self.units.granularity,
-                "groups": {n: list(g.shape) for n, g in self.units.groups.items()}}
+                "groups": {n: list(g.shape) for n, g in self.units.mask_groups.items()}}
         state_io.write(os.path.join(directory, state_io.PRUNING_STATE_FILE), tensors, meta)
 
     def load_pruning_state(self, directory: str) -> None:
@@ -348,7 +368,7 @@ class PruningTrainer(Trainer):
                                     "a PruningTrainer, so its masks and detector state are unknown. Resume it with "
                                     "the trainer that wrote it, or start a fresh run.")
         tensors, meta = state_io.read(path)
-        groups = {n: list(g.shape) for n, g in self.units.groups.items()}
+        groups = {n: list(g.shape) for n, g in self.units.mask_groups.items()}
         if meta["criterion"] != self.criterion.name or meta["groups"] != groups:
             raise ResumeMismatch(f"checkpoint {directory} was written by a {meta['criterion']} run over "
                              f"{len(meta['groups'])} {meta['granularity']} groups; this is a {self.criterion.name} "
@@ -375,7 +395,8 @@ class PruningTrainer(Trainer):
             self.criterion.close()
             removed_before = self.run_state.removed_units
             # The dense model is rebuilt to the checkpoint's shapes before HF loads its weights.
-            self.apply_masks(state_io.unpack_masks(tensors, "keep/", {n: g.shape for n, g in self.units.groups.items()}))
+            self.apply_masks(state_io.unpack_masks(tensors, "keep/",
+                                                   {n: g.shape for n, g in self.units.mask_groups.items()}))
             self.run_state.removed_units = removed_before
 
     # --- results -------------------------------------------------------------------------------
@@ -449,6 +470,9 @@ def _config_dict(config: PruningConfig) -> dict:
     """The settings a resumed run must share (where to write snapshots may differ)."""
     d = asdict(config)
     d.pop("snapshot_path")
+    for key in ("mlp_rate", "layer_rate"):  # absent from checkpoints written before whole MLPs / layers
+        if not d[key]:
+            d.pop(key)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
@@ -456,6 +480,15 @@ def _write_weights(model, path: str) -> None:
     tmp = path + ".tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, path)
+
+
+def whole_kinds(config: PruningConfig) -> tuple[str, ...]:
+    """The whole unit kinds ("mlp", "layer") a run's units need: those its rates remove, or for a MASK_FROM
+    run those its source mask holds (a group named "<layers>.mlps" / "<layers>.layers")."""
+    if not config.mask_from:
+        return config.whole_kinds
+    groups = check_mask_source(config.mask_from, config.granularity)["groups"]
+    return tuple(k for k in WHOLE_KINDS if any(n.endswith(f".{k}s") for n in groups))
 
 
 def check_mask_source(run_dir: str, granularity: str) -> dict:
@@ -478,7 +511,7 @@ def read_masks(run_dir: str, units: PrunableUnits) -> dict[str, torch.Tensor]:
     and ValueError when its groups or shapes are not this model's."""
     check_mask_source(run_dir, units.granularity)
     masks, _, meta = state_io.read_run_masks(run_dir)
-    groups = {n: list(g.shape) for n, g in units.groups.items()}
+    groups = {n: list(g.shape) for n, g in units.mask_groups.items()}
     if meta["groups"] != groups:
         raise ValueError(f"MASK_FROM={run_dir} holds a mask for another model ({meta.get('model', '?')}: "
                          f"{len(meta['groups'])} groups); this model has {len(groups)} groups of other shapes")
@@ -488,9 +521,10 @@ def read_masks(run_dir: str, units: PrunableUnits) -> dict[str, torch.Tensor]:
 def write_masks(trainer: PruningTrainer, run_dir: str, model_description: str) -> None:
     """The final keep-masks, and the scores they were selected from (none for a fixed-mask run), to
     `run_dir`/MASKS_FILE; an unpruned run writes all-True masks."""
-    masks = trainer.masks or {n: torch.ones(g.shape, dtype=torch.bool) for n, g in trainer.units.groups.items()}
+    groups = trainer.units.mask_groups
+    masks = trainer.masks or {n: torch.ones(g.shape, dtype=torch.bool) for n, g in groups.items()}
     meta = {"granularity": trainer.units.granularity, "criterion": trainer.criterion.name,
-            "model": model_description, "groups": {n: list(g.shape) for n, g in trainer.units.groups.items()}}
+            "model": model_description, "groups": {n: list(g.shape) for n, g in groups.items()}}
     tensors = state_io.pack_masks(masks, "keep/")
     if trainer.scores_at_prune is not None:
         tensors.update({f"score/{n}": s for n, s in trainer.scores_at_prune.items()})

@@ -12,6 +12,13 @@ Criteria score units through `PrunableUnits.reduce` / `norm`, which fold per-wei
 per-unit values along these index maps; for "weights" both are the identity, so one criterion
 formula serves both granularities. Masks are always held in the *original* index space (all
 heads / neurons of the dense model); the live model holds only the kept units, listed in `origin`.
+
+At "heads+neurons" two coarser unit kinds may be added (`WHOLE_KINDS`), each one group with one unit per
+encoder layer, held in `PrunableUnits.whole` beside the scored groups:
+- "mlp": a layer's whole FFN (all its neurons, and the down projection's bias: the block then adds nothing
+  before its residual and LayerNorm; Prasanna et al. 2020 prune these "MLPs");
+- "layer": a whole encoder layer, removed from the layer list (the config's layer count follows).
+Criteria never see them: their scores are derived from the heads' and neurons' (`whole_scores`).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from torch import nn
 from pruning.layouts import Layout, layout_of
 
 GRANULARITIES = ("weights", "heads+neurons")
+WHOLE_KINDS = ("mlp", "layer")  # unit kinds of one unit per encoder layer (heads+neurons only)
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class UnitGroup:
     """One set of units sharing a keep-mask: a weight tensor's entries, or one encoder layer's heads or FFN
     neurons (see the module docstring)."""
     name: str
-    kind: str                        # "weight", "head" or "neuron"
+    kind: str                        # "weight", "head" or "neuron"; "mlp" or "layer" (one unit per layer)
     layer: int                       # encoder layer index (-1 when the name has none)
     size: int                        # units in the dense model (the mask's numel)
     shape: tuple                     # the mask's shape
@@ -97,24 +105,33 @@ def encoder_layers(model: nn.Module) -> tuple[Layout, str, list[nn.Module]]:
 class PrunableUnits:
     """The unit groups of a model at one granularity, with their parameters.
 
-    `groups`: name -> UnitGroup; `params`: qualified weight name -> nn.Parameter; `layout`: the family's
-    `Layout` (heads+neurons; None for weights). Raises ValueError for an unknown granularity or (heads+neurons)
-    an architecture without a declared layout (`pruning.layouts.layout_of`)."""
+    `groups`: name -> UnitGroup, the groups criteria score (weights; or each layer's heads and neurons);
+    `whole`: name -> UnitGroup of the `WHOLE_KINDS` asked for (`whole`, heads+neurons only): "<layers>.mlps"
+    and/or "<layers>.layers", shape (L,); `params`: qualified weight name -> nn.Parameter; `layout`: the
+    family's `Layout` (heads+neurons; None for weights). Names keep the dense model's layer numbers even after
+    whole layers are removed (`modules` maps them to the live model). Raises ValueError for an unknown
+    granularity or whole kind, whole kinds at "weights", or (heads+neurons) an architecture without a declared
+    layout (`pruning.layouts.layout_of`)."""
 
-    def __init__(self, model: nn.Module, granularity: str = "weights"):
+    def __init__(self, model: nn.Module, granularity: str = "weights", whole: tuple[str, ...] = ()):
         if granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
+        if any(k not in WHOLE_KINDS for k in whole) or (whole and granularity == "weights"):
+            raise ValueError(f"whole unit kinds {tuple(whole)}: only {WHOLE_KINDS} exist, and only at "
+                             "granularity 'heads+neurons'")
         self.model = model
         self.granularity = granularity
         self.groups: dict[str, UnitGroup] = {}
+        self.whole: dict[str, UnitGroup] = {}
         self.layout: Layout | None = None  # heads+neurons: where the units live (`pruning.layouts`)
+        self.prefix = ""                   # heads+neurons: qualified name of the layer list
         if granularity == "weights":
             self.params = prunable_parameters(model)
             for name, p in self.params.items():
                 self.groups[name] = UnitGroup(name, "weight", layer_of(name), p.numel(), tuple(p.shape))
         else:
             self.layout, prefix, layers = encoder_layers(model)
-            lay = self.layout
+            self.prefix, lay = prefix, self.layout
             for i, layer in enumerate(layers):
                 d = lay.head_size(layer)
                 n_heads = layer.get_submodule(lay.query).out_features // d
@@ -125,17 +142,109 @@ class PrunableUnits:
                 n_neurons = layer.get_submodule(lay.ffn_up).out_features
                 self.groups[f"{at}.neurons"] = UnitGroup(f"{at}.neurons", "neuron", i, n_neurons, (n_neurons,), [
                     Slice(f"{at}.{lay.ffn_up}", 0, 1, False), Slice(f"{at}.{lay.ffn_down}", 1, 1, True)])
-            for g in self.groups.values():
+            for kind in WHOLE_KINDS:
+                if kind in whole:
+                    name = f"{prefix}.{kind}s"
+                    self.whole[name] = UnitGroup(name, kind, -1, len(layers), (len(layers),))
+            for g in self.mask_groups.values():
                 g.origin = torch.arange(g.size)
             modules = dict(model.named_modules())
             self.params = {f"{s.module}.weight": modules[s.module].weight for g in self.groups.values()
                            for s in g.slices}
+
+    @property
+    def mask_groups(self) -> dict[str, UnitGroup]:
+        """Every group a keep-mask covers: the scored `groups`, then the `whole` ones (in that order)."""
+        return {**self.groups, **self.whole}
+
+    def whole_group(self, kind: str) -> UnitGroup | None:
+        """The "mlp" or "layer" group, or None when this run has none."""
+        return next((g for g in self.whole.values() if g.kind == kind), None)
+
+    def live_layers(self) -> list[int]:
+        """Dense-model indices of the encoder layers the live model still has, in order."""
+        layers = self.whole_group("layer")
+        if layers is not None:
+            return layers.origin.tolist()
+        return sorted({g.layer for g in self.groups.values()})
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The live model's modules by qualified name, with the dense model's layer numbers: after whole
+        layers are removed, the live "<layers>.1" is the dense "<layers>.3" if layers 1 and 2 went."""
+        named = dict(self.model.named_modules())
+        if self.whole_group("layer") is None:
+            return named
+        origin, prefix = self.live_layers(), self.prefix + "."
+        out = {}
+        for name, module in named.items():
+            if name.startswith(prefix):
+                live, dot, rest = name[len(prefix):].partition(".")
+                name = f"{prefix}{origin[int(live)]}{dot}{rest}"
+            out[name] = module
+        return out
+
+    @torch.no_grad()
+    def whole_scores(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Scores of the whole groups from their heads' and neurons' scores, in the original space.
+
+        `scores`: group -> float tensor of the dense group's shape, -inf for removed units (`to_original`).
+        A whole MLP scores the sum of its neurons' scores. A layer scores its heads' sum divided by the mean of
+        that sum over the live layers, plus the same for its MLP, so heads and neurons weigh alike whatever the
+        criterion's units. (For accumulated first-order criteria a unit's score is |dL/dc| of its gate; the
+        sum over an MLP's neurons bounds the |dL/dc| of a gate on the whole MLP that Michel et al. 2019 and
+        Prasanna et al. 2020 use.) Returns whole group -> float tensor (L,), -inf for removed MLPs / layers."""
+        if not self.whole:
+            return {}
+        dense_layers = next(iter(self.whole.values())).size
+        sums = {kind: torch.full((dense_layers,), float("-inf")) for kind in ("head", "neuron")}
+        for n, g in self.groups.items():
+            live = scores[n].detach().float().cpu()
+            live = live[torch.isfinite(live)]
+            if len(live):
+                sums[g.kind][g.layer] = live.sum()
+        live_layers = self.live_layers()
+        out = {}
+        for name, g in self.whole.items():
+            if g.kind == "mlp":
+                out[name] = sums["neuron"].clone()
+            else:
+                total = torch.zeros(dense_layers)
+                for kind in ("head", "neuron"):
+                    values = sums[kind][live_layers]
+                    values = values[torch.isfinite(values)]
+                    mean = float(values.mean()) if len(values) else 0.0
+                    total += torch.where(torch.isfinite(sums[kind]), sums[kind], 0) / (mean or 1.0)
+                score = torch.full((dense_layers,), float("-inf"))
+                score[live_layers] = total[live_layers]
+                out[name] = score
+            removed = torch.ones(dense_layers, dtype=torch.bool)
+            removed[g.origin] = False
+            out[name][removed] = float("-inf")
+        return out
+
+    def compose(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Keep-masks with what the whole groups remove carried down to the units: a removed layer loses its
+        heads, neurons and MLP; a removed MLP its neurons. `masks`: group -> bool tensor of the dense group's
+        shape, for every mask group; returns new tensors of the same shapes."""
+        if not self.whole:
+            return masks
+        out = {n: m.clone() for n, m in masks.items()}
+        mlps, layers = self.whole_group("mlp"), self.whole_group("layer")
+        if layers is not None and mlps is not None:
+            out[mlps.name] &= out[layers.name].to(out[mlps.name].device)
+        for n, g in self.groups.items():
+            if layers is not None and not bool(out[layers.name][g.layer]):
+                out[n][:] = False
+            if mlps is not None and g.kind == "neuron" and not bool(out[mlps.name][g.layer]):
+                out[n][:] = False
+        return out
 
     @classmethod
     def of_parameters(cls, params: dict[str, nn.Parameter]) -> "PrunableUnits":
         """Weights granularity over the given tensors (for criteria used outside a model, and tests)."""
         units = cls.__new__(cls)
         units.model, units.granularity, units.params, units.layout = None, "weights", dict(params), None
+        units.whole, units.prefix = {}, ""
         units.groups = {n: UnitGroup(n, "weight", layer_of(n), p.numel(), tuple(p.shape)) for n, p in params.items()}
         return units
 
@@ -145,8 +254,9 @@ class PrunableUnits:
         return self.granularity != "weights"
 
     def kinds(self) -> list[str]:
-        """The unit kinds present, in group order: ["weight"], or ["head", "neuron"]."""
-        return list(dict.fromkeys(g.kind for g in self.groups.values()))
+        """The unit kinds present, in group order: ["weight"], or ["head", "neuron"] and any whole kinds
+        ("mlp", "layer")."""
+        return list(dict.fromkeys(g.kind for g in self.mask_groups.values()))
 
     def output_params(self, group: str | None = None) -> dict[str, nn.Parameter]:
         """The weights whose gradients give a unit's first-order (Taylor) score (of one group, or all)."""
@@ -157,7 +267,7 @@ class PrunableUnits:
 
     def live_size(self, group: str) -> int:
         """Units of `group` the live model still has: len(origin), or the dense size when origin is None."""
-        g = self.groups[group]
+        g = self.mask_groups[group]
         return g.size if g.origin is None else len(g.origin)
 
     def _per_unit(self, g: UnitGroup, tensors: dict[str, torch.Tensor], output_only: bool, fn) -> torch.Tensor:
@@ -202,5 +312,5 @@ class PrunableUnits:
     def live_mask(self, group: str, mask: torch.Tensor) -> torch.Tensor:
         """An original-space keep-mask (dense units,) restricted to the units the live model still has
         (live units,)."""
-        g = self.groups[group]
+        g = self.mask_groups[group]
         return mask if g.origin is None else mask[g.origin.to(mask.device)]
