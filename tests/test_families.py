@@ -146,6 +146,15 @@ def test_a_chunked_slice_maps_each_unit_to_its_entries_in_every_chunk():
     assert plain.per_unit(torch.arange(12.0).view(2, 6), 2).tolist() == [[0, 6, 1, 7, 2, 8], [3, 9, 4, 10, 5, 11]]
 
 
+def test_layer_numbers_are_read_from_modernberts_names_too():
+    from pruning.tickets import by_layer
+    from pruning.units import layer_of
+    assert layer_of("model.layers.3.attn.Wqkv.weight") == 3 and layer_of("model.layers.1.heads.") == 1
+    assert layer_of("bert.encoder.layer.2.output.dense.weight") == 2 and layer_of("classifier.weight") == -1
+    units = PrunableUnits(tiny("modernbert"), "heads+neurons")
+    assert list(by_layer(masks(units))) == [0, 1]
+
+
 def test_modernbert_units_own_their_rows_in_each_chunk_of_the_fused_projections():
     model = tiny("modernbert")
     layer = model.model.layers[1]
