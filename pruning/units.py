@@ -50,7 +50,10 @@ class Slice:
         return (torch.arange(self.chunks, device=kept.device)[:, None] * span + per_chunk).flatten()
 
     def per_unit(self, t: torch.Tensor, units: int) -> torch.Tensor:
-        """A tensor of the Linear's weight shape as (units, entries): row u holds every entry unit u owns."""
+        """A tensor of the Linear's weight shape as (units, entries): row u holds every entry unit u owns
+        ((0, 0) when no unit is left, e.g. a whole FFN removed)."""
+        if units == 0:
+            return t.new_zeros(0, 0)
         x = t.movedim(self.dim, 0)
         if self.chunks > 1:
             x = x.reshape(self.chunks, units, -1).transpose(0, 1)

@@ -7,7 +7,8 @@ equal to the expected ones: within 1e-6 as loaded, and bit for bit once its weig
 memory (HF maps the safetensors file, and a weight at an offset that is not 64-byte aligned can take another
 matmul path, which changes a rounding: seen on DeBERTa-v2's rel_embeddings, 2.4e-7); when DIR holds a tokenizer,
 `AutoTokenizer.from_pretrained(DIR)` (no trust_remote_code) must load it. Prints "ok DIR CLASS" per directory;
-any failure raises (exit status 1). stdin is closed, so a "Do you wish to run the custom code?" prompt fails instead of waiting.
+any failure raises (exit status 1). stdin is closed, so a "Do you wish to run the custom code?" prompt fails
+instead of waiting.
 """
 import os
 import sys

@@ -140,6 +140,8 @@ def test_a_chunked_slice_maps_each_unit_to_its_entries_in_every_chunk():
     # A gated FFN's up projection of 4 neurons: neuron j owns rows j and 4 + j
     gated = Slice("up", 0, 1, False, chunks=2)
     assert gated.index(torch.tensor([False, True, True, False])).tolist() == [1, 2, 5, 6]
+    assert gated.index(torch.zeros(4, dtype=torch.bool)).tolist() == []
+    assert gated.per_unit(torch.zeros(0, 5), 0).numel() == 0  # no neuron left (a whole FFN removed)
     # chunks=1 is the plain Linear of every other family: a column slice of 2 units of width 3
     plain = Slice("out", 1, 3, True)
     assert plain.index(torch.tensor([False, True])).tolist() == [3, 4, 5]
