@@ -33,6 +33,10 @@ class ActivationCriterion(Criterion):
 
     def __init__(self, units, statistic: str = "mean_abs"):
         self.check_options(statistic)
+        if statistic == "apoz" and units.layout is not None and units.layout.gated_ffn:
+            raise ValueError(f"ACTIVATION_STATISTIC='apoz' counts an FFN neuron off where its GELU input is <= 0, but "
+                             f"{units.layout.name}'s FFN is gated (act(x) * gate: the hooks see the product, not x): "
+                             "use ACTIVATION_STATISTIC='mean_abs'")
         super().__init__(units)
         self.statistic = statistic
         device = next(iter(self.params.values())).device
@@ -48,7 +52,11 @@ class ActivationCriterion(Criterion):
                 target = modules[name.removesuffix(".weight")]
                 size = self.params[name].shape[1]
             else:
-                target = modules[output_slice(group).module]
+                s = output_slice(group)
+                if s.chunks != 1:  # the hooks read a head's context vector as d consecutive input features
+                    raise ValueError(f"{s.module}: the activation criterion needs the output side of {name} "
+                                     "unfused (Slice.chunks == 1)")
+                target = modules[s.module]
                 size = units.live_size(name)
             self.targets[name] = target
             self.sums[name] = torch.zeros(size, dtype=torch.float64, device=device)

@@ -1,7 +1,8 @@
 """Early-bird pruning of BERT and RoBERTa: the shared machinery behind bert.py and roberta.py.
 
 - units:     what can be pruned (weights, or heads and FFN neurons) and where units live in the weights
-- layouts:   where each architecture family (BERT layout, DistilBERT) keeps its heads and FFN neurons
+- layouts:   where each architecture family (BERT layout, DistilBERT, DeBERTa-v2, ModernBERT) keeps its heads
+             and FFN neurons (fused and gated projections included)
 - criterion: the criterion base classes (a criterion only scores units)
 - masks:     scores -> exact-count keep-masks (global, per layer, per tensor)
 - schedule:  the phase plan, learning-rate policy and gradual (cubic) schedule

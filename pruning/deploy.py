@@ -120,7 +120,12 @@ def export_onnx(model, directory: Path, probe: dict[str, np.ndarray], tolerance:
     except Exception as e:  # the exporter's own errors are long; the first line names the operator
         raise DeployError(f"torch.onnx.export cannot export {type(model).__name__}: "
                           f"{str(e).strip().splitlines()[0]}") from None
-    fused = optimize_model(str(raw), model_type="bert", num_heads=0, hidden_size=0)
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    options = FusionOptions("bert")
+    # ORT's SkipLayerNormalization fusion indexes a LayerNorm's bias input; ModernBERT's LayerNorms have none.
+    options.enable_skip_layer_norm = not any(isinstance(m, torch.nn.LayerNorm) and m.bias is None
+                                             for m in model.modules())
+    fused = optimize_model(str(raw), model_type="bert", num_heads=0, hidden_size=0, optimization_options=options)
     fused.save_model_to_file(str(directory / ONNX_FILE))
     raw.unlink()
     with torch.inference_mode():

@@ -1,8 +1,9 @@
 """Sequence classifiers whose layers keep different numbers of attention heads and FFN neurons, for every
-architecture family in `layouts.py` (BERT, RoBERTa, ELECTRA, XLM-RoBERTa, DistilBERT).
+architecture family in `layouts.py` (BERT, RoBERTa, ELECTRA, XLM-RoBERTa, DistilBERT, DeBERTa-v2/v3, ModernBERT).
 
 Structured pruning physically removes heads (rows of the query/key/value projections, columns of the attention
-output projection) and FFN neurons (rows of the FFN up projection, columns of the down projection), so every
+output projection) and FFN neurons (rows of the FFN up projection, columns of the down projection; fused
+projections lose the unit's rows in each of their chunks, see layouts.py), so every
 encoder layer can end up with its own head count and FFN size. transformers 5 dropped
 `prune_heads`/`config.pruned_heads` and its configs describe one head count and one FFN size for all layers, so
 plain `from_pretrained` on such weights fails with size mismatches. This module adds, per family, a config that
@@ -27,10 +28,14 @@ from torch import nn
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
     XLMRobertaConfig,
@@ -117,13 +122,13 @@ def _shape_layers(model) -> None:
         if config.attention_heads_per_layer is not None:
             heads = config.attention_heads_per_layer[i]
             width = heads * layout.head_size(layer)
-            for path in layout.head_projections:
-                resize(layer, path, out_features=width)
+            for path, chunks in layout.head_projections_in(layer):
+                resize(layer, path, out_features=chunks * width)
             resize(layer, layout.attention_output, in_features=width)
             layout.set_heads(layer, heads)
         if config.intermediate_size_per_layer is not None:
             size = config.intermediate_size_per_layer[i]
-            resize(layer, layout.ffn_up, out_features=size)
+            resize(layer, layout.ffn_up, out_features=layout.ffn_chunks * size)
             resize(layer, layout.ffn_down, in_features=size, bias=size > 0)  # 0: the whole MLP was removed
 
 
@@ -148,7 +153,9 @@ def _pruned_classifier(base: type, config_class: type) -> type:
 _STOCK = ((BertForSequenceClassification, BertConfig), (RobertaForSequenceClassification, RobertaConfig),
           (ElectraForSequenceClassification, ElectraConfig),
           (XLMRobertaForSequenceClassification, XLMRobertaConfig),
-          (DistilBertForSequenceClassification, DistilBertConfig))
+          (DistilBertForSequenceClassification, DistilBertConfig),
+          (DebertaV2ForSequenceClassification, DebertaV2Config),
+          (ModernBertForSequenceClassification, ModernBertConfig))
 _PRUNED = []  # (stock classifier, pruned classifier, pruned config)
 for _model, _config in _STOCK:
     _pruned_config_class = _pruned_config(_config)
@@ -179,17 +186,18 @@ def per_layer_structure(model) -> dict[str, list[int]]:
     heads, sizes = [], []
     for i, layer in enumerate(layout.layer_list(model)):
         head_size = layout.head_size(layer)
-        width = layer.get_submodule(layout.query).out_features
-        widths = {*(layer.get_submodule(p).out_features for p in layout.head_projections),
-                  layer.get_submodule(layout.attention_output).in_features}
+        width = layer.get_submodule(layout.attention_output).in_features
+        rows = [(layer.get_submodule(p).out_features, chunks) for p, chunks in layout.head_projections_in(layer)]
+        widths = {width, *(out / chunks for out, chunks in rows)}  # a fused Linear: `chunks` equal parts
         if len(widths) != 1 or width % head_size:
             raise ValueError(f"layer {i}: query/key/value/attention output widths {sorted(widths)} are not one "
                              f"whole number of heads of size {head_size}")
-        size = layer.get_submodule(layout.ffn_up).out_features
+        up = layer.get_submodule(layout.ffn_up).out_features
+        size = layout.ffn_size_in(layer)
         down = layer.get_submodule(layout.ffn_down).in_features
-        if down != size:
-            raise ValueError(f"layer {i}: {layout.ffn_up} has {size} outputs but {layout.ffn_down} takes "
-                             f"{down} inputs")
+        if down != size or up != layout.ffn_chunks * size:
+            raise ValueError(f"layer {i}: {layout.ffn_up} has {up} outputs ({layout.ffn_chunks} per neuron) but "
+                             f"{layout.ffn_down} takes {down} inputs")
         heads.append(width // head_size)
         sizes.append(size)
     return {"attention_heads_per_layer": heads, "intermediate_size_per_layer": sizes}

@@ -75,14 +75,23 @@ def summary(trainer) -> dict:
 
 def _encoder(model: nn.Module) -> tuple[nn.Module, str, Layout | None]:
     """(encoder module, its name in the base model, the family's layout) by `pruning.layouts`: e.g.
-    DistilBERT's `transformer`; for an architecture without a layout, the base model's `encoder` and None."""
+    DistilBERT's `transformer`; for an architecture without a layout, the base model's `encoder` and None.
+    A family whose layer list sits on the base model itself (ModernBERT's `layers`, beside its `final_norm`) has
+    the base model as its encoder and the name "": there the encoder is everything but the embeddings."""
     base = getattr(model, "base_model", model)
     try:
         layout = layout_of(model)
     except ValueError:
         return base.encoder, "encoder", None
-    name = layout.layers.rsplit(".", 1)[0]
-    return base.get_submodule(name), name, layout
+    name = layout.layers.rsplit(".", 1)[0] if "." in layout.layers else ""
+    return (base.get_submodule(name) if name else base), name, layout
+
+
+def _in_encoder(name: str, encoder_name: str) -> bool:
+    """Whether a base-model parameter or module name lies in the encoder (see `_encoder`)."""
+    if encoder_name:
+        return name.startswith(f"{encoder_name}.")
+    return not (name == "embeddings" or name.startswith("embeddings."))
 
 
 def parameter_split(model: nn.Module) -> dict:
@@ -90,28 +99,60 @@ def parameter_split(model: nn.Module) -> dict:
     base = getattr(model, "base_model", model)
     _, name, _ = _encoder(model)
     embeddings = sum(p.numel() for n, p in base.named_parameters() if n.startswith("embeddings."))
-    encoder = sum(p.numel() for n, p in base.named_parameters() if n.startswith(f"{name}."))
+    encoder = sum(p.numel() for n, p in base.named_parameters() if _in_encoder(n, name))
     total = sum(p.numel() for p in model.parameters())
     return {"embeddings": embeddings, "encoder": encoder, "head": total - embeddings - encoder, "total": total,
             "without_embeddings": total - embeddings}
 
 
+def _relative_position_macs(layer: nn.Module, layout: Layout, t: int, macs) -> tuple[int, set[int]]:
+    """DeBERTa-v2's disentangled attention beyond the content-to-content scores, for one sentence of t tokens:
+    (multiply-adds, ids of the Linears it uses on the relative-position embeddings). Each of c2p and p2c is a
+    (t x d) @ (d x 2k) product per head (k = the attention span, `pos_ebd_size`), and the position projections
+    (`pos_key_proj` / `pos_query_proj`, or with `share_att_key` the key and query projections) run over the 2k
+    relative-position embeddings, once per forward pass (counted once per sentence, as at batch 1).
+    (0, set()) for a layer without relative attention (every other family)."""
+    attention = layer.get_submodule(layout.attention)
+    if not getattr(attention, "relative_attention", False):
+        return 0, set()
+    span, kinds = 2 * attention.pos_ebd_size, attention.pos_att_type
+    width = layout.heads_in(layer) * layout.head_size(layer)
+    scores = sum(t * span * width for kind in ("c2p", "p2c") if kind in kinds)
+    if attention.share_att_key:
+        projections = [attention.query_proj, attention.key_proj] if {"c2p", "p2c"} & set(kinds) else []
+    else:
+        projections = [getattr(attention, name) for kind, name in (("c2p", "pos_key_proj"), ("p2c", "pos_query_proj"))
+                       if kind in kinds]
+    position_only = {id(getattr(attention, n)) for n in ("pos_key_proj", "pos_query_proj") if hasattr(attention, n)}
+    return scores + sum(span * macs(m) for m in projections), position_only
+
+
 def forward_flops(model: nn.Module, lengths: list[int], count_zeros: bool = True) -> float:
     """FLOPs of forward passes over sentences of these token lengths: 2 per multiply-add of every
     encoder Linear per token, plus attention scores and their weighted sum (4 * T^2 * heads * head
-    size per layer), plus the pooler and classifier once per sentence. `count_zeros=False` counts
-    only nonzero weights (what a sparse kernel would need at best)."""
+    size per layer), plus the pooler and classifier once per sentence. DeBERTa-v2's convolution (a Conv1d beside
+    the first layer in some checkpoints) counts per token like a Linear; its relative-position
+    attention adds its c2p / p2c scores and position projections (`_relative_position_macs`); ModernBERT's
+    sliding-window layers are counted at the full T^2, which is what its eager and SDPA attention compute (a
+    mask, not a shorter product). `count_zeros=False` counts only nonzero weights (what a sparse kernel would
+    need at best)."""
     base = getattr(model, "base_model", model)
 
     def macs(linear):
         return linear.weight.numel() if count_zeros else int((linear.weight != 0).sum())
-    encoder, _, layout = _encoder(model)
-    per_token = sum(macs(m) for m in encoder.modules() if isinstance(m, nn.Linear))
-    elsewhere = {id(m) for m in encoder.modules()} | {id(m) for m in base.embeddings.modules()}
+    encoder, name, layout = _encoder(model)
+    encoder_modules = [m for n, m in base.named_modules() if _in_encoder(n, name)] if not name else \
+        list(encoder.modules())
+    layers = layout.layer_list(model) if layout else []
+    position_only = set().union(*(_relative_position_macs(layer, layout, 1, macs)[1] for layer in layers))
+    per_token = sum(macs(m) for m in encoder_modules if isinstance(m, nn.Linear) and id(m) not in position_only)
+    per_token += sum(macs(m) for m in encoder_modules if isinstance(m, nn.Conv1d))  # DeBERTa-v2's optional ConvLayer
+    elsewhere = {id(m) for m in encoder_modules} | {id(m) for m in base.embeddings.modules()}
     per_sentence = sum(macs(m) for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in elsewhere)
-    attention_width = sum(layer.get_submodule(layout.query).out_features
-                          for layer in layout.layer_list(model)) if layout else 0
-    return float(sum(2 * t * per_token + 4 * t * t * attention_width + 2 * per_sentence for t in lengths))
+    attention_width = sum(layout.heads_in(layer) * layout.head_size(layer) for layer in layers)
+    relative = [sum(_relative_position_macs(layer, layout, t, macs)[0] for layer in layers) for t in lengths]
+    return float(sum(2 * t * per_token + 4 * t * t * attention_width + 2 * per_sentence + 2 * r
+                     for t, r in zip(lengths, relative)))
 
 
 def dev_predictions(trainer, dataset, task=None) -> dict | None:

@@ -4,9 +4,11 @@ Removal works in place: each affected nn.Linear keeps its Parameter objects and 
 tensors (`param.data = param.data[kept]`). The optimizer therefore still refers to the right
 parameters, and its per-parameter state (AdamW's moments) is sliced with the same indices, so the
 kept units carry their optimizer state over. (transformers' `prune_linear_layer` builds new
-modules, which would orphan the optimizer state.) Every family in `pruning.layouts` infers the head count
-from tensor shapes, so layers may keep different numbers of heads; the attention module's head-count
-attributes are kept in step anyway (`Layout.set_heads`).
+modules, which would orphan the optimizer state.) The attention module's head-count attributes are kept in
+step with the weights (`Layout.set_heads`): most families infer the head count from tensor shapes, but
+DeBERTa-v2 reshapes with its `num_attention_heads` attribute. A fused Linear (`Slice.chunks` > 1: ModernBERT's
+[q | k | v] and gated [input | gate] projections) keeps its chunked layout: the kept rows of each chunk stay
+together, chunk after chunk (`Slice.index`), which `index_select` writes as one new contiguous tensor.
 
 A whole MLP goes as all its neurons plus the down projection's bias (its Linears keep zero rows / columns:
 the block then adds nothing before its residual). A whole layer leaves the encoder's nn.ModuleList and the
@@ -21,10 +23,9 @@ from torch import nn
 from pruning.units import PrunableUnits, Slice, UnitGroup
 
 
-def _unit_index(keep: torch.Tensor, width: int) -> torch.Tensor:
-    """Row/column indices of the kept units, `width` entries each."""
-    kept = keep.nonzero().squeeze(1)
-    return (kept[:, None] * width + torch.arange(width, device=kept.device)).flatten()
+def _unit_index(keep: torch.Tensor, width: int, chunks: int = 1) -> torch.Tensor:
+    """Row/column indices of the kept units, `width` entries each in each of `chunks` parts (`Slice.index`)."""
+    return Slice("", 0, width, False, chunks).index(keep)
 
 
 @torch.no_grad()
@@ -105,7 +106,7 @@ def remove_units(units: PrunableUnits, keep: dict[str, torch.Tensor], optimizer=
         if group.kind == "head" and not bool(live_keep.any()):
             raise ValueError(f"{name}: a layer must keep at least one attention head")
         for s in group.slices:
-            _shrink(modules[s.module], _unit_index(live_keep, s.width), s.dim, optimizer)
+            _shrink(modules[s.module], s.index(live_keep), s.dim, optimizer)
         if group.kind == "head":  # the attention module's head count follows its weights
             units.layout.set_heads(modules[group.name.rsplit(".", 1)[0]], int(live_keep.sum()))
         if group.kind == "neuron" and not bool(live_keep.any()):  # the whole MLP: its output bias goes too
@@ -149,11 +150,11 @@ class UnitGates:
         for name, group in units.groups.items():
             if group.kind in ("head", "neuron"):
                 s = output_slice(group)
-                self.handles.append(modules[s.module].register_forward_pre_hook(self._scale(name, s.width)))
+                self.handles.append(modules[s.module].register_forward_pre_hook(self._scale(name, s)))
 
-    def _scale(self, name, width):
+    def _scale(self, name, s: Slice):
         def hook(module, args):
-            return (args[0] * self.gates[name].to(args[0].dtype).repeat_interleave(width), *args[1:])
+            return (args[0] * s.expand(self.gates[name].to(args[0].dtype)), *args[1:])
         return hook
 
     def remove(self) -> None:
@@ -172,5 +173,5 @@ def fold_gates(units: PrunableUnits, gates: dict[str, torch.Tensor]) -> None:
         for s in group.slices:
             if s.output:
                 w = modules[s.module].weight
-                scale = gates[name].to(w.dtype).repeat_interleave(s.width)
+                scale = s.expand(gates[name].to(w.dtype))
                 w.mul_(scale.view([-1 if d == s.dim else 1 for d in range(w.dim())]))

@@ -6,7 +6,8 @@ A *unit group* is a set of units that share one keep-mask:
 - granularity "heads+neurons": each encoder layer has a group of attention heads (head h owns rows
   h*d:(h+1)*d of Q, K and V and the same columns of the attention output projection) and a group of
   FFN neurons (neuron j owns row j of the FFN up projection and column j of the FFN down projection);
-  which Linears these are in each architecture family is declared in `pruning.layouts`.
+  which Linears these are in each architecture family is declared in `pruning.layouts`. A fused Linear
+  (ModernBERT's [q | k | v] projection, its gated FFN's [input | gate]) is one `Slice` with `chunks` > 1.
 
 Criteria score units through `PrunableUnits.reduce` / `norm`, which fold per-weight tensors into
 per-unit values along these index maps; for "weights" both are the identity, so one criterion
@@ -36,11 +37,40 @@ WHOLE_KINDS = ("mlp", "layer")  # unit kinds of one unit per encoder layer (head
 
 @dataclass(frozen=True)
 class Slice:
-    """Where a group's units sit inside one nn.Linear: along `dim` of its weight, `width` entries a unit."""
+    """Where a group's units sit inside one nn.Linear: along `dim` of its weight, `width` entries a unit in each
+    of `chunks` equal parts. With n live units, unit u owns entries c*n*width + u*width ... + width for
+    c in 0..chunks-1: chunks=1 is a plain Linear; 3 a fused [q | k | v] projection (width: the head size);
+    2 a gated FFN's [input | gate] up projection (width 1)."""
     module: str        # qualified name of the nn.Linear
     dim: int           # 0: the units are output rows (bias entries too); 1: input columns
-    width: int         # entries per unit along dim (the head size for heads, 1 for neurons)
+    width: int         # entries per unit along dim in each chunk (the head size for heads, 1 for neurons)
     output: bool       # the unit's output side: gating the unit by c scales exactly these weights by c
+    chunks: int = 1    # equal parts of dim, in each of which every unit owns `width` entries
+
+    def index(self, keep: torch.Tensor) -> torch.Tensor:
+        """Indices along `dim` of the entries of the units `keep` (bool, (live units,)) marks, in order: chunk by
+        chunk, unit by unit, so the kept entries keep the chunked layout."""
+        kept = keep.nonzero().squeeze(1)
+        per_chunk = (kept[:, None] * self.width + torch.arange(self.width, device=kept.device)).flatten()
+        if self.chunks == 1:
+            return per_chunk
+        span = keep.numel() * self.width
+        return (torch.arange(self.chunks, device=kept.device)[:, None] * span + per_chunk).flatten()
+
+    def per_unit(self, t: torch.Tensor, units: int) -> torch.Tensor:
+        """A tensor of the Linear's weight shape as (units, entries): row u holds every entry unit u owns
+        ((0, 0) when no unit is left, e.g. a whole FFN removed)."""
+        if units == 0:
+            return t.new_zeros(0, 0)
+        x = t.movedim(self.dim, 0)
+        if self.chunks > 1:
+            x = x.reshape(self.chunks, units, -1).transpose(0, 1)
+        return x.reshape(units, -1)
+
+    def expand(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-unit values, (units,), repeated to one per entry along `dim`, (chunks * units * width,)."""
+        out = values.repeat_interleave(self.width)
+        return out.repeat(self.chunks) if self.chunks > 1 else out
 
 
 @dataclass
@@ -78,8 +108,9 @@ def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def layer_of(name: str) -> int:
-    """Encoder layer index in a parameter or module name (the `.layer.<i>.` part), -1 when it has none."""
-    m = re.search(r"\.layer\.(\d+)\.", name)
+    """Encoder layer index in a parameter or module name (the `.layer.<i>.` part, or ModernBERT's `.layers.<i>.`),
+    -1 when it has none."""
+    m = re.search(r"\.layers?\.(\d+)\.", name)
     return int(m.group(1)) if m else -1
 
 
@@ -90,8 +121,8 @@ def encoder_layers(model: nn.Module) -> tuple[Layout, str, list[nn.Module]]:
     layout = layout_of(model)
     try:
         layers = layout.layer_list(model)
-        linears = [layers[0].get_submodule(p) for p in (*layout.head_projections, layout.attention_output,
-                                                        layout.ffn_up, layout.ffn_down)]
+        linears = [layers[0].get_submodule(p) for p, _ in layout.head_projections_in(layers[0])]
+        linears += [layers[0].get_submodule(p) for p in (layout.attention_output, layout.ffn_up, layout.ffn_down)]
     except (AttributeError, IndexError):
         linears = []
     if not linears or not all(isinstance(m, nn.Linear) for m in linears):
@@ -134,14 +165,15 @@ class PrunableUnits:
             self.prefix, lay = prefix, self.layout
             for i, layer in enumerate(layers):
                 d = lay.head_size(layer)
-                n_heads = layer.get_submodule(lay.query).out_features // d
+                n_heads = lay.heads_in(layer)
                 at = f"{prefix}.{i}"
                 self.groups[f"{at}.heads"] = UnitGroup(f"{at}.heads", "head", i, n_heads, (n_heads,), [
-                    *(Slice(f"{at}.{p}", 0, d, False) for p in lay.head_projections),
+                    *(Slice(f"{at}.{p}", 0, d, False, chunks) for p, chunks in lay.head_projections_in(layer)),
                     Slice(f"{at}.{lay.attention_output}", 1, d, True)])
-                n_neurons = layer.get_submodule(lay.ffn_up).out_features
+                n_neurons = lay.ffn_size_in(layer)
                 self.groups[f"{at}.neurons"] = UnitGroup(f"{at}.neurons", "neuron", i, n_neurons, (n_neurons,), [
-                    Slice(f"{at}.{lay.ffn_up}", 0, 1, False), Slice(f"{at}.{lay.ffn_down}", 1, 1, True)])
+                    Slice(f"{at}.{lay.ffn_up}", 0, 1, False, lay.ffn_chunks),
+                    Slice(f"{at}.{lay.ffn_down}", 1, 1, True)])
             for kind in WHOLE_KINDS:
                 if kind in whole:
                     name = f"{prefix}.{kind}s"
@@ -192,7 +224,9 @@ class PrunableUnits:
         that sum over the live layers, plus the same for its MLP, so heads and neurons weigh alike whatever the
         criterion's units. (For accumulated first-order criteria a unit's score is |dL/dc| of its gate; the
         sum over an MLP's neurons bounds the |dL/dc| of a gate on the whole MLP that Michel et al. 2019 and
-        Prasanna et al. 2020 use.) Returns whole group -> float tensor (L,), -inf for removed MLPs / layers."""
+        Prasanna et al. 2020 use.) Where the family's layer 0 is built unlike the others
+        (`Layout.first_layer_stays`), it scores the largest float32 and is never removed. Returns whole group ->
+        float tensor (L,), -inf for removed MLPs / layers."""
         if not self.whole:
             return {}
         dense_layers = next(iter(self.whole.values())).size
@@ -216,6 +250,8 @@ class PrunableUnits:
                     total += torch.where(torch.isfinite(sums[kind]), sums[kind], 0) / (mean or 1.0)
                 score = torch.full((dense_layers,), float("-inf"))
                 score[live_layers] = total[live_layers]
+                if self.layout.first_layer_stays and 0 in live_layers:  # ranked above every other layer
+                    score[0] = torch.finfo(torch.float32).max
                 out[name] = score
             removed = torch.ones(dense_layers, dtype=torch.bool)
             removed[g.origin] = False
@@ -277,7 +313,7 @@ class PrunableUnits:
             if output_only and not s.output:
                 continue
             t = tensors[f"{s.module}.weight"]
-            v = fn(t.movedim(s.dim, 0).reshape(self.live_size(g.name), -1)).sum(1)
+            v = fn(s.per_unit(t, self.live_size(g.name))).sum(1)
             total = v if total is None else total + v
         return total
 
