@@ -430,12 +430,19 @@ def _write_weights(model, path: str) -> None:
 
 def check_mask_source(run_dir: str, granularity: str) -> dict:
     """The metadata of MASK_FROM's masks file. Raises FileNotFoundError when `run_dir` holds none, and
-    ValueError when its mask is of another granularity (`read_masks` also checks the model's shapes)."""
+    ValueError when its mask is of another granularity or removes whole MLPs (a to-fraction ticket's
+    "<prefix>.mlps" group False somewhere: no MLP unit kind yet; `read_masks` also checks the model's shapes)."""
     path = os.path.join(run_dir, state_io.MASKS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MASK_FROM={run_dir}: no {state_io.MASKS_FILE} there; point it at the directory "
                                 "of a finished pruning run (runs/NAME)")
-    meta = state_io.read(path)[1]
+    tensors, meta = state_io.read(path)
+    mlps = [n for n in meta["groups"] if n.endswith(".mlps")]
+    if mlps and not bool(state_io.unpack_masks(tensors, "keep/", {mlps[0]: tuple(meta["groups"][mlps[0]])})[mlps[0]].all()):
+        raise ValueError(f"MASK_FROM={run_dir} removes whole MLPs (its group {mlps[0]} is False somewhere), and the "
+                         "trainer cannot train that yet: PrunableUnits (pruning/units.py) has no whole-MLP unit kind "
+                         "(a gate on the MLP's output, bias included), so the mask has no group to go to. Train a "
+                         "heads-only ticket (every MLP kept), or wait for the MLP unit kind")
     if meta["granularity"] != granularity:
         raise ValueError(f"MASK_FROM={run_dir} holds a {meta['granularity']!r} mask; this run's granularity is "
                          f"{granularity!r}: set GRANULARITY to match the source run")
@@ -448,6 +455,10 @@ def read_masks(run_dir: str, units: PrunableUnits) -> dict[str, torch.Tensor]:
     and ValueError when its groups or shapes are not this model's."""
     check_mask_source(run_dir, units.granularity)
     masks, _, meta = state_io.read_run_masks(run_dir)
+    # A to-fraction ticket that keeps every MLP (`check_mask_source` refused the others) is a heads+neurons mask
+    # with an all-True "<prefix>.mlps" group beside it, which this trainer has no group for.
+    meta = {**meta, "groups": {n: s for n, s in meta["groups"].items() if not n.endswith(".mlps")}}
+    masks = {n: m for n, m in masks.items() if n in meta["groups"]}
     groups = {n: list(g.shape) for n, g in units.groups.items()}
     if meta["groups"] != groups:
         raise ValueError(f"MASK_FROM={run_dir} holds a mask for another model ({meta.get('model', '?')}: "
