@@ -3,20 +3,24 @@ whether the heads a ticket keeps have other patterns than those it prunes (Prasa
 
 Kovaleva et al. sorted attention maps into five types by hand and with a CNN trained on their labelled maps; those
 labels are not available here, so a map's type comes from a stated rule on the attention mass in four regions.
-For one head on one sentence, with A the n x n attention map over the real tokens (rows: queries, each summing to
-1), "special" the key positions holding the tokenizer's special tokens ([CLS], [SEP]; <s>, </s>), "band" the keys
-j with |i - j| <= 1 (the previous and next token and the token itself) and "segment" the token type ids (a pair's
-two sentences; a model without them, or a single sentence, has one segment):
-- V: attention to special tokens, the mean over query rows of sum_{j special} A_ij;
-- D: attention to the band, mean over rows of sum_{j in band, j not special} A_ij;
-- B: attention within the query's own segment outside the band, mean of sum_{j same segment, not band, not
-  special} A_ij;
-- X: attention to the other segment (not special), mean of sum_{j other segment, not special} A_ij.
-V + D + B + X = 1. The rule, checked in this order (`Thresholds`, defaults in brackets):
+For one head on one sentence, with A the n x n attention map over the real tokens (each row sums to 1),
+"special" the key positions holding the tokenizer's special tokens ([CLS], [SEP]; <s>, </s>), "band" the keys j
+with |i - j| <= 1 (the previous and next token and the token itself) and "segment" the token type ids (a pair's two
+sentences; a model without them, or a single sentence, has one segment), five disjoint regions of each row:
+- V: special keys outside the band (attention to [CLS] / [SEP]);
+- D: band keys that are not special (the previous / next token or itself);
+- B: keys of the query's own segment, outside the band, not special;
+- X: keys of the other segment, outside the band, not special;
+- A: special keys inside the band (the first word's previous token is [CLS]: neither clearly vertical nor
+  diagonal, so counted as neither).
+Each region's mass is the mean over the query rows of the sentence's non-special tokens (all rows if there are
+none) of the row's attention in it; V + D + B + X + A = 1. The rule, checked in this order (`Thresholds`, defaults
+in brackets):
 1. vertical: V >= dominant (0.5) and D < minor (0.2);
 2. diagonal: D >= dominant and V < minor;
 3. vertical+diagonal: V >= minor, D >= minor and V + D >= combined (0.6);
-4. block: the input is a pair, B >= block (0.5) and B >= block_ratio (4) x X: attention stays inside each sentence;
+4. block: the input is a pair, D + B >= block (0.6), B >= minor and D + B >= block_ratio (4) x X: attention stays
+   inside the query's own sentence and spreads beyond its neighbours;
 5. heterogeneous: anything else.
 So block needs pairs: on single-sentence tasks (SST-2) attention spread across the sentence is heterogeneous.
 Each dev sentence's map is classified on its own (per sentence, not on an averaged map); a head's type is its
@@ -33,7 +37,7 @@ import torch
 from torch import nn
 
 TYPES = ("vertical", "diagonal", "vertical+diagonal", "block", "heterogeneous")
-REGIONS = ("V", "D", "B", "X")
+REGIONS = ("V", "D", "B", "X", "A")
 
 
 @dataclass(frozen=True)
@@ -42,37 +46,39 @@ class Thresholds:
     dominant: float = 0.5
     minor: float = 0.2
     combined: float = 0.6
-    block: float = 0.5
+    block: float = 0.6
     block_ratio: float = 4.0
 
 
 def region_masses(attention: torch.Tensor, special: torch.Tensor, segments: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The masses V, D, B, X of the module docstring for every head of one sentence.
+    """The masses V, D, B, X, A of the module docstring for every head of one sentence.
 
     attention: (heads, n, n) over the sentence's real tokens (rows sum to 1); special: (n,) bool; segments: (n,)
     ints. Returns region -> float tensor (heads,)."""
     n = attention.shape[-1]
     idx = torch.arange(n)
+    special = special.bool()
     band = (idx[:, None] - idx[None, :]).abs() <= 1
     same = segments[:, None] == segments[None, :]
-    not_special = ~special.bool()[None, :]
-    a = attention.float()
-    regions = {"V": special.bool()[None, :].expand(n, n), "D": band & not_special,
-               "B": same & ~band & not_special, "X": ~same & not_special}
-    return {r: (a * m).sum(-1).mean(-1) for r, m in regions.items()}
+    key_special = special[None, :].expand(n, n)
+    rows = ~special if bool((~special).any()) else torch.ones(n, dtype=torch.bool)
+    a = attention.float()[:, rows]
+    regions = {"V": key_special & ~band, "D": band & ~key_special, "B": same & ~band & ~key_special,
+               "X": ~same & ~band & ~key_special, "A": band & key_special}
+    return {r: (a * m[rows]).sum(-1).mean(-1) for r, m in regions.items()}
 
 
 def classify(masses: dict[str, float], pair: bool, t: Thresholds = Thresholds()) -> str:
-    """The type (one of TYPES) of a map with region masses `masses` (V, D, B, X: floats) by the module docstring's
-    rule; `pair`: the input is a sentence pair (only then can a map be "block")."""
-    v, d, b, x = (float(masses[r]) for r in REGIONS)
+    """The type (one of TYPES) of a map with region masses `masses` (V, D, B, X: floats; A is not used) by the
+    module docstring's rule; `pair`: the input is a sentence pair (only then can a map be "block")."""
+    v, d, b, x = (float(masses[r]) for r in ("V", "D", "B", "X"))
     if v >= t.dominant and d < t.minor:
         return "vertical"
     if d >= t.dominant and v < t.minor:
         return "diagonal"
     if v >= t.minor and d >= t.minor and v + d >= t.combined:
         return "vertical+diagonal"
-    if pair and b >= t.block and b >= t.block_ratio * x:
+    if pair and d + b >= t.block and b >= t.minor and d + b >= t.block_ratio * x:
         return "block"
     return "heterogeneous"
 
