@@ -198,7 +198,7 @@ def plot_examples(patterns: HeadPatterns, path: str | Path, kept: np.ndarray | N
     for ax, (i, name) in zip(axes[0], found):
         score = np.where(patterns.types() == i, frac[..., i], -1)
         li, h = np.unravel_index(score.argmax(), score.shape)
-        ax.imshow(patterns.example[li, h], cmap="Blues", vmin=0, vmax=1)
+        ax.imshow(patterns.example[li, h], cmap="Blues", vmin=0)
         status = "" if kept is None else (", kept" if kept[li, h] else ", pruned")
         ax.set_title(f"{name}\nlayer {li}, head {h} ({frac[li, h, i]:.0%}{status})", fontsize=8)
         if n <= 30:
