@@ -18,6 +18,18 @@ output, bias included, before dropout, the residual and LayerNorm: `MlpGates`). 
 instead (`absolute="batch"`); they also divide head importance by its L2 norm over each layer's heads, which
 Prasanna et al. kept (`normalize_heads`); MLP importance is ranked raw (one MLP per layer: a per-layer norm would make
 them all 1). Removed units are gated at 0 (masking, not physical removal), and their importance is -inf.
+Importance is computed on train rows (lottery.py: IMPORTANCE_EXAMPLES of those the full model trained on), so the
+dev set only decides where the search stops.
+
+Unstructured (weights): iterative magnitude pruning, each step removing STEP of the remaining prunable weights
+with the smallest |w| over all tensors (global), with the same stopping rule. There is no retraining and no
+rewinding between steps: the search prunes the fine-tuned weights as the structured search prunes the fine-tuned
+heads and MLPs (both tickets are found the same way, then trained from the pretrained weights), and retraining
+after each of the ~15-25 steps would cost as many fine-tuning runs (on this project's CPUs, many times the rest of
+the study). Without retraining the magnitudes never change, so step k's mask is exactly one-shot global magnitude
+pruning at sparsity 1 - (1 - STEP)^k (up to rounding). Frankle & Carbin's IMP retrains between steps, which
+lets a model recover and be pruned further: the sparsity reached here is likely below what IMP with retraining
+would reach at the same KEEP_FRACTION.
 """
 from __future__ import annotations
 
@@ -294,7 +306,7 @@ def to_fraction_search(initial: dict[str, torch.Tensor], importance: Callable[[d
         st = {"iteration": 0, "done": False, "ticket_iteration": 0, "full_score": full, "sequence": 0,
               "current": {n: m.clone().bool() for n, m in initial.items()},
               "ticket": {n: m.clone().bool() for n, m in initial.items()},
-              "order": {n: torch.full(m.shape, -1, dtype=torch.int64) for n, m in initial.items()},
+              "order": {n: torch.full(m.shape, -1, dtype=torch.int32) for n, m in initial.items()},
               "curve": [_point(0, full, full, initial, keep_fraction)]}
         _write_state(path, st, groups, settings)
     while not st["done"]:
