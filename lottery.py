@@ -18,7 +18,8 @@ survival heatmaps per seed and averaged (and across tasks with OTHER_STUDIES), t
 between seeds and tasks against chance, and the attention pattern types (Kovaleva et al., `pruning.patterns`)
 of good-ticket, pruned and all heads with Fisher's exact test; lottery_fraction.json holds the same numbers.
 A ticket that removes whole MLPs is not trained yet (the trainer has no MLP unit kind: `check_mask_source`
-says so); the study still writes everything else and ends naming those runs.
+says so); the study still writes everything else and ends naming those runs. (CRITERION only names the
+PruningTrainer that trains the fixed masks; COMPARE_WITH is not used.)
 
 PROCEDURE="early_bird", for every seed:
 1. the early-bird pipeline (SCRIPT, with SAVE_EB_WEIGHTS) draws the "good" mask with CRITERION, and
@@ -271,8 +272,9 @@ def fraction_tickets(config: dict, seed: int) -> None:
             "keep_fraction": config["KEEP_FRACTION"]}
     tickets.write_ticket_masks(result.ticket, result.order, meta, ticket_root, seed, config["TICKETS"])
     if wants_patterns:
-        found = patterns.head_patterns(model, sentences(inputs.dev, config["PATTERN_SENTENCES"]),
-                                       inputs.tokenizer.all_special_ids, inputs.tokenizer)
+        tok = inputs.tokenizer  # the sentence-boundary tokens ([CLS], [SEP]; <s>, </s>), not [UNK]
+        boundary = [i for i in (tok.cls_token_id, tok.sep_token_id, tok.bos_token_id, tok.eos_token_id) if i is not None]
+        found = patterns.head_patterns(model, sentences(inputs.dev, config["PATTERN_SENTENCES"]), boundary, tok)
         tmp = directory / (PATTERNS_FILE + ".tmp.npz")
         np.savez(tmp, counts=found.counts, example=found.example, tokens=np.array(found.tokens),
                  sentences=found.sentences, **{f"mass_{r}": v for r, v in found.masses.items()})

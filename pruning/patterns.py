@@ -112,8 +112,9 @@ def head_patterns(model: nn.Module, batches, special_ids: list[int], tokenizer=N
                   t: Thresholds = Thresholds()) -> HeadPatterns:
     """Classify every head's map on every sentence of `batches` (dicts with input_ids, attention_mask and
     optionally token_type_ids; labels are ignored). The model must run eager attention (`attn_implementation=
-    "eager"`: SDPA returns no maps); raises ValueError when it returns none. `special_ids`: the tokenizer's
-    `all_special_ids`; `tokenizer` only names the example sentence's tokens."""
+    "eager"`: SDPA returns no maps); raises ValueError when it returns none. `special_ids`: the ids of the
+    special tokens of region V (lottery.py: [CLS] and [SEP], or <s> and </s>); `tokenizer` only names the example
+    sentence's tokens."""
     model.eval()
     device = next(model.parameters()).device
     counts = masses = example = None

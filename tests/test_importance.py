@@ -239,3 +239,12 @@ def test_mask_from_takes_a_heads_only_ticket_and_names_what_is_missing_for_an_ml
     for call in (lambda: check_mask_source(str(mlps), "heads+neurons"), lambda: read_masks(str(mlps), units)):
         with pytest.raises(ValueError, match=r"removes whole MLPs .*no whole-MLP unit kind"):
             call()
+
+
+def test_bert_py_refuses_an_mlp_ticket_with_one_line_before_training(capsys, tiny_bert_config, sst2_slice, tmp_path):
+    from conftest import refused, tiny_args
+    source = write_ticket(tmp_path / "ticket", mlp_ticket(), None)
+    line = refused(capsys, tiny_args(tiny_bert_config, sst2_slice, tmp_path / "out", granularity="heads+neurons",
+                                     trainer="magnitude", mask_from=source))
+    assert "removes whole MLPs" in line and "no whole-MLP unit kind" in line
+    assert not (tmp_path / "out").exists()
