@@ -602,12 +602,13 @@ def fraction_report(out: Path, config: dict, found: dict) -> tuple[list[str], di
     found_curves = curves(config)
     summary: dict = {"keep_fraction": config["KEEP_FRACTION"], "step": config["STEP"], "mlp_step": config["MLP_STEP"],
                      "granularity": config["GRANULARITY"], "seeds": {}, "overlaps": [], "patterns": {}}
-    lines = [f"## Tickets at {config['KEEP_FRACTION']:g} of the full model's {tables.metric_title(task)}", "",
-             f"Each seed's fine-tuned dense model, pruned step by step (heads: {config['STEP']:g} of those left and "
-             f"{config['MLP_STEP']} MLP(s) a step, by Michel et al.'s gate importance; weights: {config['STEP']:g} "
-             "of those left by global magnitude) until its dev score fell below the fraction; the ticket is the "
-             "last mask above it.", ""]
     structured = config["GRANULARITY"] != "weights"
+    how = (f"{config['STEP']:g} of the heads left and {config['MLP_STEP']} whole MLP(s) a step, the lowest by Michel "
+           f"et al.'s gate importance" if structured else
+           f"{config['STEP']:g} of the weights left a step, the smallest by global magnitude, no retraining")
+    lines = [f"## Tickets at {config['KEEP_FRACTION']:g} of the full model's {tables.metric_title(task)}", "",
+             f"Each seed's fine-tuned dense model, pruned step by step ({how}) until its dev score fell below the "
+             "fraction; the ticket is the last mask above it.", ""]
     lines += (["| seed | full | steps to the ticket | heads kept | MLPs kept | ticket's score (of full) | "
                "next step's score |", "|---|---|---|---|---|---|---|"] if structured else
               ["| seed | full | steps to the ticket | weights kept | ticket's score (of full) | next step's score |",
@@ -617,7 +618,7 @@ def fraction_report(out: Path, config: dict, found: dict) -> tuple[list[str], di
         after = c["curve"][c["ticket_iteration"] + 1] if len(c["curve"]) > c["ticket_iteration"] + 1 else None
         nxt = f"{after['score']:.4f}" if after else ("none left to remove" if c["done"] else "running")
         size = (f"{t['heads']} / {t['heads_total']} | {t['mlps']} / {t['mlps_total']}" if structured else
-                f"{t['weights'] / t['weights_total']:.1%}")
+                f"{t['weights']:,} ({t['weights'] / t['weights_total']:.1%})")
         lines.append(f"| {seed} | {c['full_score']:.4f} | {c['ticket_iteration']} | {size} | {t['score']:.4f} "
                      f"({t['fraction_of_full']:.1%}) | {nxt} |")
         summary["seeds"][seed] = {"full_score": c["full_score"], "ticket_iteration": c["ticket_iteration"], **t}

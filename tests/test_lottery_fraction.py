@@ -121,3 +121,19 @@ def test_tickets_that_remove_whole_mlps_are_searched_and_reported_but_not_traine
     assert good["bert.encoder.layer.mlps"].tolist() == [False, False]
     assert not (tmp_path / "good-pretrained-s1").exists()
     assert "## Tickets at 0.01 of the full model's accuracy" in (tmp_path / "lottery.md").read_text()
+
+
+def test_iterative_magnitude_pruning_to_the_fraction_trains_its_weights_ticket(four_heads, sst2_slice, tmp_path):
+    """GRANULARITY=weights: 10% of the remaining weights a step by global magnitude; the ticket trains fixed."""
+    lottery.main(study_argv(tmp_path, four_heads, sst2_slice, "--seeds=1", "--tickets=good", "--granularity=weights",
+                            "--pattern_sentences=0"))
+    curve = json.loads((tmp_path / "search" / "s1" / importance.CURVE_FILE).read_text())
+    kept = [p["weights"] for p in curve["curve"]]
+    assert kept[0] == curve["curve"][0]["weights_total"] and len(kept) > 2
+    assert all(a - b == max(1, round(0.1 * a)) for a, b in zip(kept, kept[1:]))
+    good = read_run_masks(str(tmp_path / "tickets" / "s1" / "good"))[0]
+    assert sum(int(m.sum()) for m in good.values()) == kept[curve["ticket_iteration"]]
+    trained = read_run_masks(str(tmp_path / "good-pretrained-s1"))[0]
+    assert trained.keys() == good.keys() and all(torch.equal(trained[n], good[n]) for n in good)
+    assert "| seed | full | steps to the ticket | weights kept |" in (tmp_path / "lottery.md").read_text()
+    assert not (tmp_path / "lottery_survival.png").exists() and not (tmp_path / "search" / "s1" / "patterns.npz").exists()
