@@ -263,7 +263,8 @@ class SearchResult:
     `curve`: one point per evaluated mask (iteration, score, fraction of the full score, counts, meets);
     `order`: group -> float tensor of the group's shape, the removal order (lower = removed earlier; units never
     removed rank after all removed ones, by their last importance): the scores bad tickets are drawn from;
-    `full_score`: the full model's dev score."""
+    `full_score`: the full model's dev score; `final`: the last mask evaluated (the first below the fraction, or the
+    last one when nothing was left to remove)."""
     ticket: dict[str, torch.Tensor]
     ticket_iteration: int
     curve: list[dict]
