@@ -1,10 +1,27 @@
-"""The lottery-ticket study (Prasanna et al., EMNLP 2020) on early-bird tickets.
+"""The lottery-ticket study (Prasanna et al., EMNLP 2020, "When BERT Plays the Lottery, All Tickets Are Winning"),
+on early-bird tickets (PROCEDURE="early_bird") or by the paper's own procedure (PROCEDURE="to_fraction").
 
     python lottery.py --train_subset=16000           # MiniLM, heads+neurons, magnitude (and gradient), 3 seeds
     python lottery.py --granularity=weights --pruning_rate=0.5 --out_dir=sweeps/lottery-weights
     python lottery.py --model=bert-base-uncased      # BERT-base (Hub) on all of SST-2: a bigger machine
+    python lottery.py --procedure=to_fraction --train_subset=16000 --out_dir=sweeps/lottery-fraction
+    python lottery.py --procedure=to_fraction --granularity=weights --train_subset=16000 --out_dir=sweeps/lottery-imp
 
-For every seed:
+PROCEDURE="to_fraction", for every seed: the dense model fine-tunes EPOCHS (dense-sSEED); the search
+(`pruning.importance.to_fraction_search`, resumable in OUT_DIR/search/sSEED) prunes it, heads by Michel et al.'s
+gate importance (STEP of the remaining heads a step, at least one per layer) and MLP_STEP whole MLPs a step,
+or (GRANULARITY="weights") STEP of the remaining weights by global magnitude, until its dev score falls below
+KEEP_FRACTION of the full model's; the last mask above is the good ticket; random and bad tickets keep its
+per-layer counts of heads and MLPs (bad: the units the search removed first); every ticket trains from the
+pretrained weights for EPOCHS. lottery.md then adds the ticket sizes, the search curves, layer x head / MLP
+survival heatmaps per seed and averaged (and across tasks with OTHER_STUDIES), the overlap of surviving units
+between seeds and tasks against chance, and the attention pattern types (Kovaleva et al., `pruning.patterns`)
+of good-ticket, pruned and all heads with Fisher's exact test; lottery_fraction.json holds the same numbers.
+A ticket that removes whole MLPs trains them removed (the mask's "<layers>.mlps" group gives the run the
+whole-MLP unit kind: `pruning.trainer.whole_kinds`). (CRITERION only names the PruningTrainer that trains the
+fixed masks; COMPARE_WITH is not used.)
+
+PROCEDURE="early_bird", for every seed:
 1. the early-bird pipeline (SCRIPT, with SAVE_EB_WEIGHTS) draws the "good" mask with CRITERION, and
    with each COMPARE_WITH criterion (those only to compare which units the criteria keep);
 2. from CRITERION's good mask, a "random" and a "bad" ticket keep as many units in every layer
@@ -24,30 +41,51 @@ is not a study setting below goes to every run (see `python bert.py --help`).
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from pruning import experiment, stats, tables, tickets
+from pruning import experiment, heatmaps, importance, patterns, stats, tables, tickets
 from pruning import grid as study_grid  # (`grid` names the survival arrays below)
 from pruning.cells import check_cells
 from pruning.config import REWIND_POINTS
+from pruning import schema
 from pruning.schema import RunResults, SchemaError
+from pruning import state as state_io
 from pruning.state import read_run_masks
+from pruning.units import prunable_parameters
 
 SCRIPT = "bert.py"                  # the experiment every run uses
+PROCEDURE = "early_bird"            # where the good ticket comes from: "early_bird", or "to_fraction" (below)
 CRITERION = "magnitude"             # the criterion of the good mask, from which random and bad tickets are built
 COMPARE_WITH = "gradient"           # more criteria whose masks are drawn only to compare kept sets; "" = none
 GRANULARITY = "heads+neurons"       # or "weights" (unstructured; set --pruning_rate)
 SEEDS = "42,43,44"                  # one good mask, random ticket and training per seed (>= 3 for a paired test worth reading)
 TICKETS = "good,random,bad"         # the tickets trained
-REWINDS = "pretrained,early_bird"   # where a ticket's training starts: the pretrained weights, or the early-bird weights
+REWINDS = "auto"                    # where a ticket's training starts: "pretrained" and/or "early_bird" weights;
+                                    # auto: both for early_bird, pretrained for to_fraction (it has no early bird)
 EPOCHS = 1.0                        # training budget of every ticket and of the dense reference
 OUT_DIR = "sweeps/lottery"          # one sub-directory per run, tickets/, lottery.md and the plots
-SETTINGS = ("SCRIPT", "CRITERION", "COMPARE_WITH", "GRANULARITY", "SEEDS", "TICKETS", "REWINDS", "EPOCHS", "OUT_DIR")
+# PROCEDURE="to_fraction" (Prasanna et al.'s own): prune each seed's fine-tuned dense model (dense-sSEED) step by
+# step until its dev score falls below KEEP_FRACTION of the full model's; the last mask above is the good ticket.
+STEP = 0.1                          # share of the remaining heads (weights: of the remaining weights) removed per step
+MLP_STEP = 1                        # heads+neurons: whole MLPs removed per step (the lowest importance)
+KEEP_FRACTION = 0.9                 # the ticket keeps at least this fraction of the full model's dev score
+IMPORTANCE_EXAMPLES = 2048          # train rows (of those the full model trained on) the importance is computed on; 0 = all
+IMPORTANCE_ABS = "sum"              # "sum": |sum over batches of dL/dgate| (Michel et al.); "batch": sum of |per batch|
+NORMALIZE_HEADS = True              # head importance divided by its L2 norm over each layer's heads (Michel et al.)
+PATTERN_SENTENCES = 200             # dev sentences whose attention maps type each head (Kovaleva et al.); 0 = none
+OTHER_STUDIES = ""                  # OUT_DIRs of to_fraction studies of other tasks (comma-separated): heatmaps, overlap
+SETTINGS = ("SCRIPT", "PROCEDURE", "CRITERION", "COMPARE_WITH", "GRANULARITY", "SEEDS", "TICKETS", "REWINDS", "EPOCHS",
+            "OUT_DIR", "STEP", "MLP_STEP", "KEEP_FRACTION", "IMPORTANCE_EXAMPLES", "IMPORTANCE_ABS", "NORMALIZE_HEADS",
+            "PATTERN_SENTENCES", "OTHER_STUDIES")
+PROCEDURES = ("early_bird", "to_fraction")
 # What the study sets for every run itself: passing them would break its design.
 STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--mask_from": "--tickets", "--rewind_to": "--rewinds",
               "--save_eb_weights": None, "--run_name": None, "--resume": None}
@@ -56,8 +94,13 @@ STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--mask_from": "-
 def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
     """The study's settings and the arguments for every run, checked before any training."""
     config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, argv, owned=STUDY_OWNS)
+    if config["PROCEDURE"] not in PROCEDURES:
+        raise experiment.ConfigError(f"--procedure={config['PROCEDURE']}: choose one of {', '.join(PROCEDURES)}")
+    fraction = config["PROCEDURE"] == "to_fraction"
+    if config["REWINDS"] == "auto":
+        config["REWINDS"] = "pretrained" if fraction else "pretrained,early_bird"
     split = {k: [t.strip() for t in config[k].split(",") if t.strip()]
-             for k in ("COMPARE_WITH", "SEEDS", "TICKETS", "REWINDS")}
+             for k in ("COMPARE_WITH", "SEEDS", "TICKETS", "REWINDS", "OTHER_STUDIES")}
     known = experiment.trainers()
     for name in [config["CRITERION"], *split["COMPARE_WITH"]]:
         if name not in known or name == "dense":
@@ -72,6 +115,8 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
     seeds = study_grid.seeds(config["SEEDS"])
     if not config["EPOCHS"] > 0:
         raise experiment.ConfigError(f"EPOCHS must be > 0, got {config['EPOCHS']}")
+    if fraction:
+        check_fraction_settings(config, split)
     config.update(split, SEEDS=seeds)
     for _, args, ticket in runs(config, passed_on, seeds[:1]):  # each kind of run's whole configuration
         if ticket is None:  # (a ticket's directory only exists once its source run has finished)
@@ -79,14 +124,38 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
     return config, passed_on
 
 
+def check_fraction_settings(config: dict, split: dict) -> None:
+    """The to_fraction procedure's own settings. Raises ConfigError naming the setting and the fix."""
+    if "early_bird" in split["REWINDS"]:
+        raise experiment.ConfigError("--rewinds=early_bird: PROCEDURE=to_fraction prunes the fine-tuned model and has no "
+                                     "early-bird weights to rewind to; use --rewinds=pretrained")
+    if not 0 < config["STEP"] < 1:
+        raise experiment.ConfigError(f"STEP must be in (0, 1) (a share of the remaining units), got {config['STEP']}")
+    if config["MLP_STEP"] < 0:
+        raise experiment.ConfigError(f"MLP_STEP must be >= 0 whole MLPs, got {config['MLP_STEP']}")
+    if not 0 < config["KEEP_FRACTION"] <= 1:
+        raise experiment.ConfigError(f"KEEP_FRACTION must be in (0, 1], got {config['KEEP_FRACTION']}")
+    if config["IMPORTANCE_ABS"] not in importance.ABSOLUTE:
+        raise experiment.ConfigError(f"IMPORTANCE_ABS={config['IMPORTANCE_ABS']!r}: choose one of "
+                                     f"{', '.join(importance.ABSOLUTE)}")
+    for key in ("IMPORTANCE_EXAMPLES", "PATTERN_SENTENCES"):
+        if config[key] < 0:
+            raise experiment.ConfigError(f"{key} must be >= 0 (0 = all / none), got {config[key]}")
+    for other in split["OTHER_STUDIES"]:
+        if not (Path(other) / "tickets").is_dir():
+            raise experiment.ConfigError(f"--other_studies: {other} holds no tickets/ of a to_fraction study; give "
+                                         "the OUT_DIR of a finished one")
+
+
 def runs(config: dict, passed_on: list[str], seeds: list[int] | None = None):
     """(name, arguments, ticket) of every run, seed by seed in the order they run: the early-bird
-    searches, the dense reference, then each ticket ((seed, kind); None for the others) from each
-    starting point."""
+    searches (PROCEDURE="early_bird" only), the dense reference (for to_fraction also the full model the
+    search prunes), then each ticket ((seed, kind); None for the others) from each starting point."""
     budget = [f"--search_epochs={config['EPOCHS']}", "--retrain_epochs=0"]  # a fixed mask trains search + retrain
     granularity = f"--granularity={config['GRANULARITY']}"
+    searches = [config["CRITERION"], *config["COMPARE_WITH"]] if config["PROCEDURE"] == "early_bird" else []
     for seed in seeds or config["SEEDS"]:
-        for trainer in [config["CRITERION"], *config["COMPARE_WITH"]]:
+        for trainer in searches:
             yield f"eb-{trainer}-s{seed}", ["--measure_speed=false", *passed_on, f"--trainer={trainer}",
                                             f"--seed={seed}", granularity, "--save_eb_weights=true"], None
         yield f"dense-s{seed}", ["--measure_speed=false", *passed_on, "--trainer=dense", f"--seed={seed}",
@@ -117,15 +186,19 @@ def main(argv: list[str] | None = None) -> None:
         experiment.fail(e)
     out = Path(config["OUT_DIR"])
     ticket_of = {name: ticket for name, _, ticket in plan}
+    fraction = config["PROCEDURE"] == "to_fraction"
 
-    def write_ticket(name: str, failed: list[str]) -> bool:  # a ticket's masks, once its early-bird run is done
+    def write_ticket(name: str, failed: list[str]) -> bool:  # a ticket's masks, once its source run is done
         if ticket_of[name] is None:
             return True
         seed, kind = ticket_of[name]
-        source = out / f"eb-{config['CRITERION']}-s{seed}"
+        source = out / (f"dense-s{seed}" if fraction else f"eb-{config['CRITERION']}-s{seed}")
         if source.name in failed:
             return False
-        tickets.write_tickets(source, ticket_dir(config, seed, kind).parent, seed, config["TICKETS"])
+        if not fraction:
+            tickets.write_tickets(source, ticket_dir(config, seed, kind).parent, seed, config["TICKETS"])
+            return True
+        fraction_tickets(config, seed)
         return True
     failed = study_grid.run_cells(config["SCRIPT"], out, [(name, args) for name, args, _ in plan], "lottery",
                                   write_ticket)
@@ -135,6 +208,88 @@ def main(argv: list[str] | None = None) -> None:
         study_grid.finish(failed)
         experiment.fail(e)
     study_grid.finish(failed)
+
+
+# --- the to_fraction procedure ----------------------------------------------------------------------
+def search_dir(config: dict, seed: int) -> Path:
+    """OUT_DIR/search/s{seed}: one seed's to-fraction search (state, curve, plot, attention patterns)."""
+    return Path(config["OUT_DIR"]) / "search" / f"s{seed}"
+
+
+def fraction_tickets(config: dict, seed: int) -> None:
+    """Prune seed's fine-tuned dense run (OUT_DIR/dense-s{seed}/model) to KEEP_FRACTION of its dev score
+    (`pruning.importance.to_fraction_search`, resumable; a finished search returns at once), write the good,
+    random and bad tickets (`tickets.write_ticket_masks`: bad = the units removed first), the search's curve
+    plot, and, for heads, the attention pattern of every head (`pruning.patterns`) to search_dir."""
+    directory = search_dir(config, seed)
+    ticket_root = ticket_dir(config, seed, "good").parent
+    done = all((ticket_root / k / state_io.MASKS_FILE).exists() for k in config["TICKETS"])
+    structured = config["GRANULARITY"] != "weights"
+    wants_patterns = structured and config["PATTERN_SENTENCES"] and not (directory / PATTERNS_FILE).exists()
+    if done and not wants_patterns:
+        return
+    source = Path(config["OUT_DIR"]) / f"dense-s{seed}"
+    inputs = importance.load_run(source, config["IMPORTANCE_EXAMPLES"])
+    model = inputs.model
+    if structured:
+        initial = importance.full_structured_mask(model)
+
+        def scores(masks):
+            return importance.gate_importance(model, inputs.train, masks, config["IMPORTANCE_ABS"],
+                                              config["NORMALIZE_HEADS"])
+
+        def step(masks, s):
+            return importance.structured_step(masks, s, config["STEP"], config["MLP_STEP"])
+    else:
+        initial = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(model).items()}
+
+        def scores(masks):
+            return importance.magnitude_importance(model, masks)
+
+        def step(masks, s):
+            return importance.weights_step(masks, s, config["STEP"])
+    settings = {k: config[k] for k in ("GRANULARITY", "STEP", "MLP_STEP", "IMPORTANCE_EXAMPLES", "IMPORTANCE_ABS",
+                                       "NORMALIZE_HEADS")}
+    print(f"to-fraction search, seed {seed}: {inputs.description}, {len(inputs.dev)} dev batches", flush=True)
+    result = importance.to_fraction_search(initial, scores, lambda m: importance.dev_score(inputs, m, structured),
+                                           step, config["KEEP_FRACTION"], directory,
+                                           {**settings, "source": str(source.resolve())})
+    importance.plot_curve(result.curve, config["KEEP_FRACTION"], directory / "search_curve.png",
+                          f"{inputs.task.title} dev {inputs.task.headline}", f"seed {seed}")
+    meta = {"granularity": config["GRANULARITY"], "criterion": "to_fraction", "model": inputs.description,
+            "groups": {n: list(m.shape) for n, m in result.ticket.items()}, "source": str(source.resolve()),
+            "procedure": "to_fraction", "ticket_iteration": result.ticket_iteration,
+            "keep_fraction": config["KEEP_FRACTION"]}
+    tickets.write_ticket_masks(result.ticket, result.order, meta, ticket_root, seed, config["TICKETS"])
+    if wants_patterns:
+        tok = inputs.tokenizer  # the sentence-boundary tokens ([CLS], [SEP]; <s>, </s>), not [UNK]
+        boundary = [i for i in (tok.cls_token_id, tok.sep_token_id, tok.bos_token_id, tok.eos_token_id) if i is not None]
+        found = patterns.head_patterns(model, sentences(inputs.dev, config["PATTERN_SENTENCES"]), boundary, tok)
+        tmp = directory / (PATTERNS_FILE + ".tmp.npz")
+        np.savez(tmp, counts=found.counts, example=found.example, tokens=np.array(found.tokens),
+                 sentences=found.sentences, **{f"mass_{r}": v for r, v in found.masses.items()})
+        os.replace(tmp, directory / PATTERNS_FILE)
+
+
+PATTERNS_FILE = "patterns.npz"
+
+
+def sentences(batches: list[dict], n: int) -> list[dict]:
+    """The first `n` rows of `batches` (dicts of tensors), as batches."""
+    out, left = [], n
+    for batch in batches:
+        if left <= 0:
+            break
+        out.append({k: v[:left] for k, v in batch.items()})
+        left -= len(batch["input_ids"])
+    return out
+
+
+def read_patterns(path: Path) -> patterns.HeadPatterns:
+    """The `patterns.HeadPatterns` that `fraction_tickets` saved to `path`."""
+    with np.load(path) as f:
+        return patterns.HeadPatterns(f["counts"], {r: f[f"mass_{r}"] for r in patterns.REGIONS}, int(f["sentences"]),
+                                     f["example"], [str(t) for t in f["tokens"]])
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -172,6 +327,8 @@ def score_markdown(found: dict, config: dict) -> list[str]:
     """The score tables of lottery.md: every ticket from each starting point beside the dense reference
     (mean ± std over seeds), then the early-bird pipeline runs; the headline metric, named."""
     dense, label = found["dense"], tables.dev_metric_label(found["task"])
+    if config["PROCEDURE"] == "to_fraction":
+        return fraction_score_markdown(found, config)
     lines = [f"{label}, mean ± std over seeds (n). Every ticket and the dense reference trained "
              f"{config['EPOCHS']:g} epoch(s); \"before training\": the masked starting weights, not trained.", "",
              "| ticket | from the pretrained weights | from the early-bird weights | early-bird weights, before "
@@ -376,22 +533,187 @@ def plot_stability(stab: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def fraction_score_markdown(found: dict, config: dict) -> list[str]:
+    """The score table of a to_fraction study: each ticket trained from the pretrained weights, the same masked
+    weights before training, and (good) the ticket in the fine-tuned weights as the search scored it."""
+    label = tables.dev_metric_label(found["task"])
+    searched = [c["curve"][c["ticket_iteration"]]["score"] for c in curves(config).values()]
+    lines = [f"{label}, mean ± std over seeds (n). Every ticket and the dense (full) model trained "
+             f"{config['EPOCHS']:g} epoch(s) from the pretrained weights; the search pruned each seed's full model.",
+             "", "| ticket | trained from the pretrained weights | pretrained weights masked, before training | "
+             "fine-tuned weights masked (the search) |", "|---|---|---|---|",
+             f"| dense (no mask) | {_cell([score(r) for r in found['dense'].values()])} | – | "
+             f"{_cell([c['full_score'] for c in curves(config).values()])} |"]
+    for kind in tickets.KINDS:
+        pre = found["ticket"].get((kind, "pretrained"), {})
+        if pre or kind == "good":
+            lines.append(f"| {kind} | {_cell([score(r) for r in pre.values()])} | "
+                         f"{_cell([score(r, 'after_prune') for r in pre.values()])} | "
+                         f"{_cell(searched) if kind == 'good' else '–'} |")
+    return lines
+
+
+def curves(config: dict) -> dict[int, dict]:
+    """seed -> the search's saved curve (`importance.CURVE_FILE`: settings, full_score, ticket_iteration, done,
+    curve), for the seeds whose search has started."""
+    found = {}
+    for seed in config["SEEDS"]:
+        path = search_dir(config, seed) / importance.CURVE_FILE
+        if path.exists():
+            found[seed] = json.loads(path.read_text())
+    return found
+
+
+def good_tickets(out: Path) -> dict[int, dict]:
+    """seed -> the good ticket's masks in a study directory `out` (tickets/s{seed}/good)."""
+    found = {}
+    for directory in sorted((out / "tickets").glob("s*/good")):
+        if (directory / state_io.MASKS_FILE).exists() and directory.parent.name[1:].isdigit():
+            found[int(directory.parent.name[1:])] = read_run_masks(str(directory))[0]
+    return found
+
+
+def fraction_report(out: Path, config: dict, found: dict) -> tuple[list[str], dict]:
+    """The to_fraction sections of lottery.md and their figures (lottery_search.png, lottery_survival.png,
+    lottery_patterns.png in `out`), and the same numbers for lottery_fraction.json: each seed's ticket size; the
+    overlap of surviving units between seeds and with OTHER_STUDIES (other tasks), beside chance; the attention
+    pattern types of good-ticket, pruned and all heads with Fisher's test."""
+    task = found["task"]
+    found_curves = curves(config)
+    summary: dict = {"keep_fraction": config["KEEP_FRACTION"], "step": config["STEP"], "mlp_step": config["MLP_STEP"],
+                     "granularity": config["GRANULARITY"], "seeds": {}, "overlaps": [], "patterns": {}}
+    structured = config["GRANULARITY"] != "weights"
+    how = (f"{config['STEP']:g} of the heads left and {config['MLP_STEP']} whole MLP(s) a step, the lowest by Michel "
+           f"et al.'s gate importance" if structured else
+           f"{config['STEP']:g} of the weights left a step, the smallest by global magnitude, no retraining")
+    lines = [f"## Tickets at {config['KEEP_FRACTION']:g} of the full model's {tables.metric_title(task)}", "",
+             f"Each seed's fine-tuned dense model, pruned step by step ({how}) until its dev score fell below the "
+             "fraction; the ticket is the last mask above it.", ""]
+    lines += (["| seed | full | steps to the ticket | heads kept | MLPs kept | ticket's score (of full) | "
+               "next step's score |", "|---|---|---|---|---|---|---|"] if structured else
+              ["| seed | full | steps to the ticket | weights kept | ticket's score (of full) | next step's score |",
+               "|---|---|---|---|---|---|"])
+    for seed, c in sorted(found_curves.items()):
+        t = c["curve"][c["ticket_iteration"]]
+        after = c["curve"][c["ticket_iteration"] + 1] if len(c["curve"]) > c["ticket_iteration"] + 1 else None
+        nxt = f"{after['score']:.4f}" if after else ("none left to remove" if c["done"] else "running")
+        size = (f"{t['heads']} / {t['heads_total']} | {t['mlps']} / {t['mlps_total']}" if structured else
+                f"{t['weights']:,} ({t['weights'] / t['weights_total']:.1%})")
+        lines.append(f"| {seed} | {c['full_score']:.4f} | {c['ticket_iteration']} | {size} | {t['score']:.4f} "
+                     f"({t['fraction_of_full']:.1%}) | {nxt} |")
+        summary["seeds"][seed] = {"full_score": c["full_score"], "ticket_iteration": c["ticket_iteration"], **t}
+    if found_curves:
+        plot_curves(found_curves, config, out / "lottery_search.png", tables.dev_metric_label(task))
+        lines += ["", "![search](lottery_search.png)"]
+    goods = good_tickets(out)
+    studies = {task.title: goods} if goods else {}
+    for other in config["OTHER_STUDIES"]:
+        try:
+            title = collect(Path(other))["task"].title
+        except (SchemaError, tables.MixedTasks, ValueError):
+            title = Path(other).name
+        if title in studies:
+            title = f"{title} ({other})"
+        studies[title] = good_tickets(Path(other))
+    rows = heatmaps.overlaps(studies) if studies else []
+    summary["overlaps"] = rows
+    if rows:
+        lines += ["", "Overlap of the surviving units (good tickets): Jaccard index, mean ± std over pairs, beside "
+                  "the index of random choices with the same per-layer counts.", "",
+                  "| between | a / b | unit | pairs | Jaccard | by chance |", "|---|---|---|---|---|---|"]
+        groups: dict = {}
+        for r in rows:
+            groups.setdefault((r["between"], r["a"], r["b"], r["kind"]), []).append(r)
+        for (between, a, b, kind), g in sorted(groups.items()):
+            pair = a if between == "seeds" else f"{a} / {b}"
+            lines.append(f"| {between} | {pair} | {kind} | {len(g)} | {stats.mean_std([r['jaccard'] for r in g])} | "
+                         f"{stats.mean_std([r['chance'] for r in g])} |")
+    if structured and studies:
+        heatmaps.plot_survival({k: v for k, v in studies.items() if v}, out / "lottery_survival.png")
+        lines += ["", "Which heads and MLPs survive (1: in every ticket; per seed and averaged; MLPs: the column on "
+                  "the right):", "", "![survival](lottery_survival.png)"]
+    if structured:
+        lines += pattern_report(out, config, goods, summary)
+    return lines, summary
+
+
+def pattern_report(out: Path, config: dict, goods: dict, summary: dict) -> list[str]:
+    """The attention-pattern section: types of good-ticket, pruned and all heads (pooled over seeds) with
+    Fisher's exact test, each seed's p, and example maps (lottery_patterns.png, the first seed)."""
+    per_seed = {s: read_patterns(search_dir(config, s) / PATTERNS_FILE) for s in sorted(goods)
+                if (search_dir(config, s) / PATTERNS_FILE).exists()}
+    if not per_seed:
+        return []
+    kept = {s: heatmaps.grids(goods[s])[0].astype(bool) for s in per_seed}
+    pooled = patterns.shares(np.stack([per_seed[s].types() for s in per_seed]), np.stack([kept[s] for s in per_seed]))
+    seed_p = {s: {r["type"]: r["p"] for r in patterns.shares(per_seed[s].types(), kept[s])} for s in per_seed}
+    summary["patterns"] = {"pooled": pooled, "p_by_seed": seed_p,
+                           "sentences": {s: p.sentences for s, p in per_seed.items()}}
+    first = next(iter(per_seed))
+    patterns.plot_examples(per_seed[first], out / "lottery_patterns.png", kept[first])
+
+    def share(v):
+        return "–" if v is None else f"{v:.0%}"
+    lines = ["", f"Attention patterns (Kovaleva et al.'s types by the rule in `pruning/patterns.py`; each head's "
+             f"most frequent type over {per_seed[first].sentences} dev sentences of the fine-tuned full model), heads "
+             f"of {len(per_seed)} seed(s) pooled. p: Fisher's exact test, good-ticket against pruned heads (pooled, "
+             "then each seed).", "",
+             "| type | good-ticket heads | pruned heads | all heads | good-ticket heads by chance | p | p, each seed |",
+             "|---|---|---|---|---|---|---|"]
+    for r in pooled:
+        p = "–" if r["p"] is None else f"{r['p']:.3g}"
+        each = ", ".join("–" if seed_p[s][r["type"]] is None else f"{seed_p[s][r['type']]:.2g}" for s in per_seed)
+        lines.append(f"| {r['type']} | {r['kept']} ({share(r['kept_share'])}) | {r['pruned']} "
+                     f"({share(r['pruned_share'])}) | {r['all']} ({share(r['all_share'])}) | "
+                     f"{r['expected_kept']:.1f} | {p} | {each} |")
+    return lines + ["", "![patterns](lottery_patterns.png)"]
+
+
+def plot_curves(found: dict[int, dict], config: dict, path: Path, label: str) -> None:
+    """Every seed's search: the dev score against the fraction of heads (or weights) kept, the threshold, and
+    each seed's ticket circled, to `path`."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    kind = "heads" if config["GRANULARITY"] != "weights" else "weights"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for seed, c in sorted(found.items()):
+        x = [p[kind] / p[f"{kind}_total"] for p in c["curve"]]
+        line, = ax.plot(x, [p["score"] for p in c["curve"]], marker="o", ms=3, label=f"seed {seed}")
+        t = c["curve"][c["ticket_iteration"]]
+        ax.scatter([t[kind] / t[f"{kind}_total"]], [t["score"]], s=90, facecolors="none", edgecolors=line.get_color())
+        ax.axhline(config["KEEP_FRACTION"] * c["full_score"], color=line.get_color(), ls=":", lw=1)
+    ax.set_xlabel(f"fraction of {kind} kept" + (" (MLPs: one more removed each step)" if kind == "heads" else ""))
+    ax.set_ylabel(label)
+    ax.invert_xaxis()
+    ax.set_title(f"Pruning to {config['KEEP_FRACTION']:g} of the full score (circles: tickets; dotted: thresholds)",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write(out: Path, config: dict) -> str:
     """lottery.md, lottery_HEADLINE.png (the headline score: lottery_accuracy.png for SST-2) and
     lottery_stability.png in `out`, from the runs that finished. Raises `pruning.tables.MixedTasks` for
     runs of several tasks."""
     found = collect(out)
     stab = stability(found)
+    extra, summary = fraction_report(out, config, found) if config["PROCEDURE"] == "to_fraction" else ([], None)
+    early = summary is None  # the early-bird study's stability sections
     seconds = sum(r.train_seconds or 0 for group in (found["dense"], *found["eb"].values(),
                                                            *found["ticket"].values()) for r in group.values())
     n_runs = len(found["dense"]) + sum(len(g) for g in found["eb"].values()) + sum(len(g) for g in found["ticket"].values())
-    text = "\n".join([f"# Lottery tickets: {config['CRITERION']}, {config['GRANULARITY']}, "
+    source = config["CRITERION"] if config["PROCEDURE"] == "early_bird" else f"to {config['KEEP_FRACTION']:g} of the full score"
+    text = "\n".join([f"# Lottery tickets: {source}, {config['GRANULARITY']}, "
                       f"{tables.dev_metric_label(found['task'])}", "",
                       f"{n_runs} runs; their training (`trainer.train()`) took {seconds / 60:.1f} min in all; "
                       "start-up and final evaluations come on top.", "",
                       *score_markdown(found, config), "", *paired_markdown(found), "",
-                      *stability_markdown(stab, config["CRITERION"]), "",
-                      f"![score](lottery_{found['task'].headline}.png)", "", "![stability](lottery_stability.png)", ""])
+                      *(stability_markdown(stab, config["CRITERION"]) if early else []), "",
+                      f"![score](lottery_{found['task'].headline}.png)", "",
+                      *(["![stability](lottery_stability.png)", ""] if early else []), *extra, ""])
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "lottery.md.tmp"
     tmp.write_text(text)
@@ -400,6 +722,8 @@ def write(out: Path, config: dict) -> str:
         plot_score(found, out / f"lottery_{found['task'].headline}.png")
     if stab["seeds"] or stab["criteria"]:
         plot_stability(stab, out / "lottery_stability.png")
+    if summary is not None:
+        schema.write_json(out / "lottery_fraction.json", summary)
     return text
 
 

@@ -15,6 +15,8 @@
 - configuration, checks: a script's constants as its configuration; every check of the settings
 - experiment, data, models, results: the experiment behind the scripts
 - allocation: per-layer rates by an RL agent (allocate.py): budget, environment, reward, PPO search
+- tickets, importance, patterns, heatmaps: the lottery study (lottery.py): random and bad tickets; gate importance and
+  the to-fraction search; attention-pattern types; survival heatmaps and overlaps
 - deploy, precision: ONNX Runtime variants of a finished run (compress.py); which matrices get 4 bits
 """
 from pruning.config import PruningConfig

@@ -24,12 +24,27 @@ from pruning.units import layer_of
 KINDS = ("good", "random", "bad")
 
 
+def per_layer_fixed(good: dict[str, torch.Tensor]) -> set[str]:
+    """Groups whose kept units a per-layer count already fixes, copied from `good` into random and bad tickets:
+    in a to-fraction mask (one with a "<prefix>.mlps" group: `pruning.importance`), the MLPs group (a layer has
+    one MLP, so keeping each layer's count of MLPs keeps the same MLPs) and the neurons groups (they follow their
+    layer's MLP: all kept or all removed). Empty for any other mask."""
+    if not any(n.endswith(".mlps") for n in good):
+        return set()
+    return {n for n in good if n.endswith((".mlps", ".neurons"))}
+
+
 def random_mask(good: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Every group keeps as many units as in `good`, chosen uniformly at random (seeded)."""
+    """Every group keeps as many units as in `good`, chosen uniformly at random (seeded); the groups of
+    `per_layer_fixed` are copied (each layer keeps its MLP exactly when the good ticket does)."""
     generator = torch.Generator().manual_seed(seed)
+    fixed = per_layer_fixed(good)
     out = {}
     for name in sorted(good):  # a fixed order: the same seed gives the same mask whatever the dict order
         m = good[name]
+        if name in fixed:
+            out[name] = m.clone()
+            continue
         keep = torch.zeros(m.numel(), dtype=torch.bool)
         keep[torch.randperm(m.numel(), generator=generator)[:int(m.sum())]] = True
         out[name] = keep.view(m.shape)
@@ -37,11 +52,16 @@ def random_mask(good: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Ten
 
 
 def bad_mask(good: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Every group keeps as many units as in `good`: its lowest-scoring ones (ties: the first in order)."""
+    """Every group keeps as many units as in `good`: its lowest-scoring ones (ties: the first in order); the
+    groups of `per_layer_fixed` are copied."""
     if good.keys() != scores.keys() or any(good[n].shape != scores[n].shape for n in good):
         raise ValueError("bad_mask needs one score per unit of the good mask")
+    fixed = per_layer_fixed(good)
     out = {}
     for name, m in good.items():
+        if name in fixed:
+            out[name] = m.clone()
+            continue
         order = torch.argsort(scores[name].flatten().float(), stable=True)
         keep = torch.zeros(m.numel(), dtype=torch.bool)
         keep[order[:int(m.sum())]] = True
@@ -53,11 +73,25 @@ def write_tickets(run_dir: str | Path, out: str | Path, seed: int, kinds=KINDS) 
     """Ticket directories out/<kind> from a finished run's masks and scores; returns kind -> directory.
 
     Existing tickets are kept as they are (a study that is re-run trains the same masks)."""
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir = Path(run_dir)
     good, scores, meta = state_io.read_run_masks(str(run_dir))
     if "bad" in kinds and scores is None:
         raise ValueError(f"{run_dir} has no pruning scores in {state_io.MASKS_FILE} (a fixed-mask run, or one from "
                          "before scores were kept): bad tickets need the scores the mask was selected from")
+    snapshot = run_dir / SNAPSHOT_FILE
+    return write_ticket_masks(good, scores, {**meta, "source": str(run_dir.resolve())}, out, seed, kinds,
+                              snapshot if snapshot.exists() else None)
+
+
+def write_ticket_masks(good: dict[str, torch.Tensor], scores: dict[str, torch.Tensor] | None, meta: dict,
+                       out: str | Path, seed: int, kinds=KINDS, snapshot: Path | None = None) -> dict[str, Path]:
+    """Ticket directories out/<kind> (masks file `state.MASKS_FILE`) from a
+    good mask and the scores bad tickets take their lowest units by; `snapshot`: weights linked in as
+    SNAPSHOT_FILE (REWIND_TO=early_bird). Returns kind -> directory; existing tickets are kept as they are.
+    Raises ValueError when "bad" is asked for without scores."""
+    out = Path(out)
+    if "bad" in kinds and scores is None:
+        raise ValueError("bad tickets need the scores the good mask was selected from")
     made = {}
     for kind in kinds:
         ticket = out / kind
@@ -67,8 +101,7 @@ def write_tickets(run_dir: str | Path, out: str | Path, seed: int, kinds=KINDS) 
         masks = {"good": lambda: good, "random": lambda: random_mask(good, seed),
                  "bad": lambda: bad_mask(good, scores)}[kind]()
         ticket.mkdir(parents=True, exist_ok=True)
-        snapshot = run_dir / SNAPSHOT_FILE
-        if snapshot.exists() and not (ticket / SNAPSHOT_FILE).exists():
+        if snapshot is not None and not (ticket / SNAPSHOT_FILE).exists():
             tmp = ticket / (SNAPSHOT_FILE + ".tmp")
             tmp.unlink(missing_ok=True)
             try:  # the early-bird weights are the source run's: a hard link costs no disk
@@ -78,7 +111,7 @@ def write_tickets(run_dir: str | Path, out: str | Path, seed: int, kinds=KINDS) 
             os.replace(tmp, ticket / SNAPSHOT_FILE)
         # written last: a ticket directory with its masks file is complete
         state_io.write(str(ticket / state_io.MASKS_FILE), state_io.pack_masks(masks, "keep/"),
-                       {**meta, "ticket": kind, "source": str(run_dir.resolve()), "ticket_seed": seed})
+                       {**meta, "ticket": kind, "ticket_seed": seed})
     return made
 
 
@@ -116,8 +149,9 @@ def pairwise_overlaps(masks: dict, kinds: tuple[str, ...] = ("heads", "neurons",
 
 
 def split_kind(masks: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
-    """The groups of one unit kind: "heads" / "neurons" of a heads+neurons mask, or "weights"."""
-    structured = any(n.endswith((".heads", ".neurons")) for n in masks)
+    """The groups of one unit kind: "heads" / "neurons" / "mlps" (a to-fraction mask's whole MLPs) of a
+    structured mask, or "weights"."""
+    structured = any(n.endswith((".heads", ".neurons", ".mlps")) for n in masks)
     if kind == "weights":
         return {} if structured else dict(masks)
     return {n: m for n, m in masks.items() if n.endswith("." + kind)}

@@ -493,7 +493,9 @@ def whole_kinds(config: PruningConfig) -> tuple[str, ...]:
 
 def check_mask_source(run_dir: str, granularity: str) -> dict:
     """The metadata of MASK_FROM's masks file. Raises FileNotFoundError when `run_dir` holds none, and
-    ValueError when its mask is of another granularity (`read_masks` also checks the model's shapes)."""
+    ValueError when its mask is of another granularity (`read_masks` also checks the model's shapes). A mask with a
+    "<layers>.mlps" / "<layers>.layers" group (MLP_RATE / LAYER_RATE runs, the lottery's to-fraction tickets) gives
+    the run those whole unit kinds (`whole_kinds`)."""
     path = os.path.join(run_dir, state_io.MASKS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MASK_FROM={run_dir}: no {state_io.MASKS_FILE} there; point it at the directory "
