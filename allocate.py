@@ -2,6 +2,8 @@
 
     python allocate.py --train_subset=16000          # MiniLM, heads+neurons (1/3 heads, 40% neurons), 3 seeds
     python allocate.py --granularity=weights --pruning_rate=0.7 --out_dir=sweeps/allocate-weights
+    python allocate.py --train_subset=16000 --cost=throughput --latency_budget=uniform --out_dir=sweeps/allocate-fast
+    python allocate.py --train_subset=16000 --mode=iterative --cost=throughput --latency_budget=0.5 --accuracy_floor=0.85
 
 The budget is what the script's rates remove (HEAD_RATE and NEURON_RATE, or PRUNING_RATE): every
 allocation removes exactly as many heads, neurons or weights. For the first seed:
@@ -12,6 +14,13 @@ allocation removes exactly as many heads, neurons or weights. For the first seed
    loss) on the HELD_OUT train examples of the run's task (pairs tokenized as pairs) of those early-bird
    weights pruned by the criterion's scores, untrained (seconds, not a training). The dev set is
    never read. The search is checkpointed after every update: a killed search resumes.
+   Cost-aware (heads+neurons): the reward also charges the candidate's measured cost on this machine
+   (COST: latency at batch 1, time per sentence at COST_BATCH_SIZE, or peak memory; `pruning.inference_cost`,
+   each structure measured once), as metric - COST_WEIGHT x (cost / dense cost), and LATENCY_BUDGET
+   excludes candidates over a share of the dense cost (AMC's resource-constrained mode).
+   MODE="iterative" instead prunes STEP_RATE of what is left at each step, each step's split over the
+   layers chosen by a short PPO search, with FINETUNE_STEPS of fine-tuning between steps, until
+   LATENCY_BUDGET or ACCURACY_FLOOR (`pruning.iterative`; a killed loop resumes after its last step).
 Then for every seed, the best allocation found ("agent"), uniform rates and the global threshold run
 through the whole pipeline (early-bird search with those rates, pruning, retraining), every run with
 the same HELD_OUT sentences kept out. OUT_DIR/allocate.md holds the task's headline dev metric (mean ± std), paired
@@ -56,8 +65,8 @@ COST = "latency"                     # the measured cost the reward charges: "la
 COST_WEIGHT = 0.0                    # reward = metric - COST_WEIGHT x (COST of the candidate / COST of the dense model); 0: the metric alone
 LATENCY_BUDGET = ""                  # that ratio's hard limit: "" none, a fraction of dense (e.g. 0.6), or "uniform" (the uniform allocation's measured ratio)
 COST_BATCH_SIZE = 64                 # batch size of the throughput and peak-memory measurements
-COST_SENTENCES = 128                 # held-out sentences the costs are measured on (the first 32 also one at a time: the latency)
-COST_REPEATS = 5                     # timing rounds per structure, median kept; each structure is measured once (OUT_DIR/costs.json)
+COST_SENTENCES = 128                 # held-out sentences the costs are measured on (all HELD_OUT if fewer; the first 32 also one at a time: the latency)
+COST_REPEATS = 3                     # timing rounds per structure, each beside a round of the dense model (median ratio kept); each structure is measured once (OUT_DIR/costs.json)
 STEP_RATE = 0.1                      # iterative: each step removes this share of the heads and of the FFN neurons left
 FINETUNE_STEPS = 50                  # iterative: optimizer steps of fine-tuning after each step (the runs' BATCH_SIZE and LEARNING_RATE)
 ACCURACY_FLOOR = 0.0                 # iterative: stop when the held-out metric falls under this (0: no floor); the step before is the result
@@ -137,9 +146,6 @@ def check_cost_settings(config: dict) -> None:
     for key in ("COST_BATCH_SIZE", "COST_SENTENCES", "COST_REPEATS", "FINETUNE_STEPS", "STEP_EPISODES", "MAX_STEPS"):
         if config[key] < 1:
             raise fail(f"{key} must be >= 1, got {config[key]}")
-    if config["COST_SENTENCES"] > config["HELD_OUT"]:
-        raise fail(f"COST_SENTENCES={config['COST_SENTENCES']} must be at most HELD_OUT={config['HELD_OUT']}: the costs "
-                   "are measured on held-out sentences")
     costed = config["COST_WEIGHT"] > 0 or config["LATENCY_BUDGET"] is not None or config["MODE"] == "iterative"
     if costed and config["GRANULARITY"] != "heads+neurons":
         raise fail("a cost-aware reward, LATENCY_BUDGET and MODE=iterative need --granularity=heads+neurons: zeroed "
@@ -244,17 +250,18 @@ def reward_setup(config: dict, run_config: dict, source: Path, model, tokenizer,
     return reward, scores
 
 
-def cost_setup(config: dict, run_config: dict, out: Path, tokenizer):
-    """The measured cost of candidates (`pruning.inference_cost`): COST_SENTENCES held-out train examples at
-    COST_BATCH_SIZE (the first 32 also one at a time), COST_REPEATS rounds, cached by structure in
-    OUT_DIR/costs.json. Only the train file is read."""
+def cost_setup(config: dict, run_config: dict, out: Path, tokenizer, dense):
+    """The measured cost of candidates (`pruning.inference_cost`): the first COST_SENTENCES held-out train
+    examples (all of them when HELD_OUT is smaller) at COST_BATCH_SIZE (the first 32 also one at a time),
+    COST_REPEATS rounds, each followed by the same round of `dense` (a copy of the dense model: the ratios are
+    per-round), cached by structure in OUT_DIR/costs.json. Only the train file is read."""
     from pruning import data
     from pruning.inference_cost import CostCache, CostMeter
     task, train, _ = data.load_train(**data.run_task(run_config))
     _, held = data.hold_out(train, config["HELD_OUT"])
-    rows = held.select(range(config["COST_SENTENCES"]))
+    rows = held.select(range(min(config["COST_SENTENCES"], len(held))))
     meter = CostMeter(task_batches(rows, task, tokenizer, run_config, batch_size=config["COST_BATCH_SIZE"]),
-                      single=min(32, config["COST_SENTENCES"]), repeats=config["COST_REPEATS"])
+                      single=min(32, len(rows)), repeats=config["COST_REPEATS"], reference=copy.deepcopy(dense).eval())
     try:
         return CostCache(meter, out / "costs.json", meta=meter.meta())
     except ValueError as e:
@@ -270,7 +277,7 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
     source = out / f"uniform-s{config['SEEDS'][0]}"
     reward, scores = reward_setup(config, run_config, source, model, tokenizer, budget)
     structured = config["GRANULARITY"] == "heads+neurons"
-    costs = cost_setup(config, run_config, out, tokenizer) if structured else None
+    costs = cost_setup(config, run_config, out, tokenizer, model) if structured else None
     dense_cost = costs(model) if costs else None
     global_counts = _counts_of_rates(budget, allocation.global_rates(scores, budget))
     limit = config["LATENCY_BUDGET"]
@@ -300,7 +307,8 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
         with tqdm(total=config["EPISODES"], desc="search", unit="episode") as bar:
             def progress(done):
                 bar.n = done
-                bar.set_postfix_str(f"best {allocation.best(env.history)['reward']:.4f}")
+                within = [h["reward"] for h in env.history if h.get("within_budget", True)]
+                bar.set_postfix_str(f"best {max(within):.4f}" if within else "none within the budget yet")
                 bar.refresh()
             try:
                 history = agent.run(progress)

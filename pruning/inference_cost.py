@@ -14,8 +14,10 @@ shapes, the heads and FFN neurons each layer kept (`structure_key`), not on whic
   and free, in order; the running sum's maximum is the forward's peak). This measures the candidate's own
   tensors, unlike the process's RSS, which the allocator's reuse of freed memory and every other object
   of the process blur, and unlike tracemalloc, which does not see torch's allocations.
-Timing noise: one warm-up forward of each kind, then `repeats` rounds of both timings; each figure is the
-median over the rounds, with torch's thread count recorded beside it. `CostCache` keeps each structure's
+Timing noise: one warm-up forward of each kind, then `repeats` rounds of both timings, each round followed by
+the same round of the dense model (the reference), so the ratio to dense is the median of per-round ratios,
+measured under the same load (as `allocation.inference_speeds` does); the absolute figures are medians over
+the rounds, with torch's thread count recorded beside them. `CostCache` keeps each structure's
 figures in memory and in a JSON file (written atomically after every new structure), so each structure is
 timed once per search, and a resumed search reads back the very figures it used.
 """
@@ -86,11 +88,13 @@ class CostMeter:
 
     `batches`: the cost set at the cost batch size, dicts of the model's inputs (`pruning.data.MODEL_INPUTS`
     it has, (batch, tokens); other keys such as labels are ignored); `single`: how many of its sentences
-    to time one at a time; `repeats`: timing rounds (the median is kept). Raises ValueError for empty
-    batches, single < 1 or repeats < 1."""
+    to time one at a time; `repeats`: timing rounds (medians are kept); `reference` (the dense model): timed
+    in every round right after the candidate, so that the ratios to it ("latency_ratio", "throughput_ratio":
+    medians of the per-round ratios) do not drift with the machine's load over a long search; it gets one
+    untimed round before the first measurement. Raises ValueError for empty batches, single < 1 or repeats < 1."""
 
     def __init__(self, batches: list[dict[str, torch.Tensor]], single: int = 32, repeats: int = 5,
-                 clock: Callable[[], float] = time.perf_counter):
+                 reference: nn.Module | None = None, clock: Callable[[], float] = time.perf_counter):
         if not batches or single < 1 or repeats < 1:
             raise ValueError("the cost meter needs some sentences, single >= 1 and repeats >= 1")
         self.batches = [{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches]
@@ -102,36 +106,55 @@ class CostMeter:
                 n = int(b["attention_mask"][i].sum()) if "attention_mask" in b else b["input_ids"].shape[1]
                 self.single.append({k: v[i: i + 1, :n] for k, v in b.items()})
         self.single = self.single[:single]
-        self.repeats, self.clock = repeats, clock
+        self.repeats, self.clock, self.reference = repeats, clock, reference
         self.largest = max(self.batches, key=lambda b: b["input_ids"].numel())
+        self._warm = reference is None
 
     def meta(self) -> dict:
         """What the figures depend on besides the structure: a cache is only valid for the same."""
         return {"sentences": self.sentences, "batch_size": self.batch_size, "single": len(self.single),
-                "repeats": self.repeats, "threads": torch.get_num_threads()}
+                "repeats": self.repeats, "threads": torch.get_num_threads(),
+                "reference": structure_key(self.reference) if self.reference is not None else None}
+
+    def _round(self, model: nn.Module) -> tuple[float, float]:
+        """(seconds per sentence at batch 1, sentences per second at the cost batch size) of one round."""
+        started = self.clock()
+        for x in self.single:
+            model(**x)
+        latency = (self.clock() - started) / len(self.single)
+        started = self.clock()
+        for b in self.batches:
+            model(**b)
+        return latency, self.sentences / (self.clock() - started)
 
     @torch.inference_mode()
     def __call__(self, model: nn.Module) -> dict:
         """{"latency_ms": ms per sentence at batch 1, "sentences_per_second": at the cost batch size,
-        "peak_memory_mb": MB (2**20 bytes), "model_mb": of it, the parameters and buffers}: medians over
-        the rounds for the two timings."""
+        "peak_memory_mb": MB (2**20 bytes), "model_mb": of it, the parameters and buffers; with a reference,
+        "latency_ratio" and "throughput_ratio": the candidate's time over the reference's, < 1 faster}:
+        medians over the rounds for the timings."""
         model.eval()
+        if not self._warm:
+            self.reference.eval()
+            self._round(self.reference)
+            self._warm = True
         model(**self.single[0])
         model(**self.batches[0])  # warm-up
-        latency, throughput = [], []
+        rounds, ratios = [], []
         for _ in range(self.repeats):
-            started = self.clock()
-            for x in self.single:
-                model(**x)
-            latency.append((self.clock() - started) / len(self.single))
-            started = self.clock()
-            for b in self.batches:
-                model(**b)
-            throughput.append(self.sentences / (self.clock() - started))
+            rounds.append(self._round(model))
+            if self.reference is not None:
+                ref = self._round(self.reference)
+                ratios.append((rounds[-1][0] / ref[0], ref[1] / rounds[-1][1]))
         weights = model_bytes(model)
-        return {"latency_ms": 1000 * statistics.median(latency), "sentences_per_second": statistics.median(throughput),
-                "peak_memory_mb": (weights + peak_forward_bytes(model, self.largest)) / 2 ** 20,
-                "model_mb": weights / 2 ** 20}
+        out = {"latency_ms": 1000 * statistics.median(r[0] for r in rounds),
+               "sentences_per_second": statistics.median(r[1] for r in rounds),
+               "peak_memory_mb": (weights + peak_forward_bytes(model, self.largest)) / 2 ** 20,
+               "model_mb": weights / 2 ** 20}
+        if ratios:
+            out.update(latency_ratio=statistics.median(r[0] for r in ratios),
+                       throughput_ratio=statistics.median(r[1] for r in ratios))
+        return out
 
 
 class CostCache:
@@ -168,11 +191,14 @@ class CostCache:
 def cost_ratio(cost: dict, dense: dict, which: str) -> float:
     """A candidate's cost relative to the dense model's (< 1: cheaper). "latency": ms per sentence at batch
     1 over dense's; "throughput": the time per sentence at the cost batch size over dense's (dense
-    sentences/s over the candidate's); "memory": peak MB over dense's. Raises ValueError for another cost."""
+    sentences/s over the candidate's); "memory": peak MB over dense's. The two timings use the ratios
+    measured against the dense model in the same rounds when the figures have them (`CostMeter` with a
+    reference), else the two medians. Raises ValueError for another cost."""
     if which == "latency":
-        return cost["latency_ms"] / dense["latency_ms"]
+        return cost["latency_ratio"] if "latency_ratio" in cost else cost["latency_ms"] / dense["latency_ms"]
     if which == "throughput":
-        return dense["sentences_per_second"] / cost["sentences_per_second"]
+        return (cost["throughput_ratio"] if "throughput_ratio" in cost
+                else dense["sentences_per_second"] / cost["sentences_per_second"])
     if which == "memory":
         return cost["peak_memory_mb"] / dense["peak_memory_mb"]
     raise ValueError(f"unknown cost {which!r}; choose one of {', '.join(COSTS)}")

@@ -174,6 +174,47 @@ def test_the_meter_measures_the_pruned_model_smaller_than_dense():
     assert dense["peak_memory_mb"] == pytest.approx((inference_cost.model_bytes(model) + peak_dense) / 2 ** 20)
 
 
+class FakeClock:
+    """Time that only the fake models advance, under a load that grows by one every timing round pair
+    (4 clock readings a round: 8 for the candidate's round and the reference's)."""
+
+    def __init__(self):
+        self.t, self.readings = 0.0, 0
+
+    def __call__(self):
+        self.readings += 1
+        return self.t
+
+    @property
+    def load(self):
+        return 1 + max(self.readings - 4, 0) // 8
+
+
+class Timed(torch.nn.Module):
+    """A 'model' whose forward costs `seconds` per sentence times the clock's load, and allocates one tensor."""
+
+    def __init__(self, clock, seconds):
+        super().__init__()
+        self.clock, self.seconds, self.w = clock, seconds, torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, input_ids, attention_mask=None):
+        self.clock.t += self.seconds * len(input_ids) * self.clock.load
+        return torch.zeros(len(input_ids), 256)
+
+
+def test_ratios_to_dense_are_per_round_so_a_changing_load_cancels_out():
+    clock = FakeClock()
+    meter = CostMeter(batches(), single=4, repeats=3, reference=Timed(clock, 2e-3), clock=clock)
+    figures = meter(Timed(clock, 1e-3))
+    assert figures["latency_ratio"] == pytest.approx(0.5) and figures["throughput_ratio"] == pytest.approx(0.5)
+    assert figures["latency_ms"] == pytest.approx(2.0)  # the median round ran under load 2
+    assert figures["sentences_per_second"] == pytest.approx(16 / (16 * 1e-3 * 2))
+    dense = {"latency_ms": 1.0, "sentences_per_second": 1.0, "peak_memory_mb": 1.0}  # the medians are not used
+    assert inference_cost.cost_ratio(figures, dense, "latency") == pytest.approx(0.5)
+    assert inference_cost.cost_ratio(figures, dense, "throughput") == pytest.approx(0.5)
+    assert figures["peak_memory_mb"] == pytest.approx((3 * 4 + 8 * 256 * 4) / 2 ** 20)  # its weights + one batch's output
+
+
 def test_cost_ratios_are_cheaper_below_one():
     dense = {"latency_ms": 10.0, "sentences_per_second": 100.0, "peak_memory_mb": 50.0}
     fast = {"latency_ms": 5.0, "sentences_per_second": 400.0, "peak_memory_mb": 40.0}
@@ -332,7 +373,7 @@ def test_the_iterative_study_runs_and_hands_its_allocation_to_the_pipeline(tmp_p
 @pytest.mark.parametrize("bad,message", [
     (["--mode=greedy"], "--mode=greedy"), (["--cost=energy"], "--cost=energy"),
     (["--cost_weight=-1"], "COST_WEIGHT"), (["--latency_budget=fast"], "--latency_budget=fast"),
-    (["--latency_budget=0"], "LATENCY_BUDGET must be > 0"), (["--cost_sentences=5000"], "HELD_OUT"),
+    (["--latency_budget=0"], "LATENCY_BUDGET must be > 0"), (["--cost_repeats=0"], "COST_REPEATS"),
     (["--cost_weight=0.1", "--granularity=weights"], "heads+neurons"),
     (["--mode=iterative"], "LATENCY_BUDGET or ACCURACY_FLOOR"),
     (["--mode=iterative", "--accuracy_floor=0.8", "--criterion=gradient"], "--criterion=magnitude"),
