@@ -77,6 +77,10 @@ SETTINGS = ("SCRIPT", "CRITERION", "GRANULARITY", "SEEDS", "ALLOCATIONS", "HELD_
             "COST", "COST_WEIGHT", "LATENCY_BUDGET", "COST_BATCH_SIZE", "COST_SENTENCES", "COST_REPEATS", "STEP_RATE",
             "FINETUNE_STEPS", "ACCURACY_FLOOR", "STEP_EPISODES", "MAX_STEPS")
 MODES = ("episodes", "iterative")
+# What the search's result depends on: a finished search (allocation.json) made with other values is refused.
+SEARCH_SETTINGS = ("CRITERION", "HELD_OUT", "EPISODES", "EPISODES_PER_UPDATE", "REWARD", "MAX_LAYER_RATE", "AGENT_SEED",
+                   "MODE", "COST", "COST_WEIGHT", "LATENCY_BUDGET", "COST_BATCH_SIZE", "COST_SENTENCES",
+                   "COST_REPEATS", "STEP_RATE", "FINETUNE_STEPS", "ACCURACY_FLOOR", "STEP_EPISODES", "MAX_STEPS")
 KINDS_OF = {"heads+neurons": ("head", "neuron"), "weights": ("weight",)}
 RATE_KEY = {"head": "HEAD_RATE", "neuron": "NEURON_RATE", "weight": "PRUNING_RATE"}
 # What the study sets for every run itself.
@@ -272,8 +276,15 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
     """Run (or resume, or read) the search, episodes or iterative (MODE); write allocation.json."""
     from pruning.inference_cost import cost_ratio
     path = out / "allocation.json"
+    wanted = {k: config[k] for k in SEARCH_SETTINGS}
     if path.exists():
-        return json.loads(path.read_text())
+        result = json.loads(path.read_text())
+        differ = {k: (v, wanted[k]) for k, v in result.get("search_settings", wanted).items() if wanted.get(k) != v}
+        if differ:
+            experiment.fail(f"{path} holds a search made with other settings (" + ", ".join(
+                f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items()) + "): use another OUT_DIR, or delete "
+                f"{path.name}, search/, iterative/ and the agent's runs to search again")
+        return result
     source = out / f"uniform-s{config['SEEDS'][0]}"
     reward, scores = reward_setup(config, run_config, source, model, tokenizer, budget)
     structured = config["GRANULARITY"] == "heads+neurons"
@@ -336,6 +347,7 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
             figures = costs(reward.pruned(c))
             result["costs"][name] = {**figures, "ratio": cost_ratio(figures, dense_cost, config["COST"])}
     result["uniform_counts"], result["global_counts"] = budget.uniform(), global_counts
+    result["search_settings"] = wanted
     experiment.write_json(path, result)
     return result
 

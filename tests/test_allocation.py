@@ -241,6 +241,8 @@ def test_a_rerun_skips_the_finished_study(study):
     proc = run_script("allocate.py", [*args, "--measure_speed=false"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {p: p.stat().st_mtime for p in out.glob("*/results.json")} == stamps
+    proc = run_script("allocate.py", [*args, "--measure_speed=false", "--cost_weight=0.1"], timeout=300)
+    assert proc.returncode == 2 and "COST_WEIGHT: 0.05 there, 0.1 now" in proc.stderr  # not the search it asked for
 
 
 def test_the_reward_never_reads_the_dev_set(study, monkeypatch):
