@@ -65,7 +65,7 @@ COST = "latency"                     # the measured cost the reward charges: "la
 COST_WEIGHT = 0.0                    # reward = metric - COST_WEIGHT x (COST of the candidate / COST of the dense model); 0: the metric alone
 LATENCY_BUDGET = ""                  # that ratio's hard limit: "" none, a fraction of dense (e.g. 0.6), or "uniform" (the uniform allocation's measured ratio)
 COST_BATCH_SIZE = 64                 # batch size of the throughput and peak-memory measurements
-COST_SENTENCES = 128                 # held-out sentences the costs are measured on (all HELD_OUT if fewer; the first 32 also one at a time: the latency)
+COST_SENTENCES = 128                 # held-out sentences the costs are measured on (all HELD_OUT if fewer; 16 of them also one at a time: the latency)
 COST_REPEATS = 3                     # timing rounds per structure, each beside a round of the dense model (median ratio kept); each structure is measured once (OUT_DIR/costs.json)
 STEP_RATE = 0.1                      # iterative: each step removes this share of the heads and of the FFN neurons left
 FINETUNE_STEPS = 50                  # iterative: optimizer steps of fine-tuning after each step (the runs' BATCH_SIZE and LEARNING_RATE)
@@ -256,7 +256,7 @@ def reward_setup(config: dict, run_config: dict, source: Path, model, tokenizer,
 
 def cost_setup(config: dict, run_config: dict, out: Path, tokenizer, dense):
     """The measured cost of candidates (`pruning.inference_cost`): the first COST_SENTENCES held-out train
-    examples (all of them when HELD_OUT is smaller) at COST_BATCH_SIZE (the first 32 also one at a time),
+    examples (all of them when HELD_OUT is smaller) at COST_BATCH_SIZE (16 of them, spread over the lengths, also one at a time),
     COST_REPEATS rounds, each followed by the same round of `dense` (a copy of the dense model: the ratios are
     per-round), cached by structure in OUT_DIR/costs.json. Only the train file is read."""
     from pruning import data
@@ -265,7 +265,7 @@ def cost_setup(config: dict, run_config: dict, out: Path, tokenizer, dense):
     _, held = data.hold_out(train, config["HELD_OUT"])
     rows = held.select(range(min(config["COST_SENTENCES"], len(held))))
     meter = CostMeter(task_batches(rows, task, tokenizer, run_config, batch_size=config["COST_BATCH_SIZE"]),
-                      single=min(32, len(rows)), repeats=config["COST_REPEATS"], reference=copy.deepcopy(dense).eval())
+                      single=16, repeats=config["COST_REPEATS"], reference=copy.deepcopy(dense).eval())
     try:
         return CostCache(meter, out / "costs.json", meta=meter.meta())
     except ValueError as e:

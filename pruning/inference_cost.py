@@ -4,8 +4,8 @@ allocate.py's cost-aware reward charges (AMC, He et al. 2018, measured instead o
 A candidate is a physically pruned copy (`pruning.surgery.remove_units`): its cost depends only on its
 shapes, the heads and FFN neurons each layer kept (`structure_key`), not on which units or on the weights.
 `CostMeter` measures one model:
-- latency: milliseconds per sentence at batch 1, over the first `single` sentences of the cost set, one
-  forward each;
+- latency: milliseconds per sentence at batch 1, over `single` sentences spread evenly over the cost set,
+  one forward each, without padding;
 - throughput: sentences per second at the cost batch size (`batch_size`, allocate.py's COST_BATCH_SIZE)
   over the whole cost set, in fixed length-sorted batches;
 - peak memory: the bytes of the model's parameters and buffers plus the peak that one forward of the
@@ -88,24 +88,25 @@ class CostMeter:
 
     `batches`: the cost set at the cost batch size, dicts of the model's inputs (`pruning.data.MODEL_INPUTS`
     it has, (batch, tokens); other keys such as labels are ignored); `single`: how many of its sentences
-    to time one at a time; `repeats`: timing rounds (medians are kept); `reference` (the dense model): timed
+    (evenly spaced over the set) to time one at a time; `repeats`: timing rounds (medians are kept); `reference` (the dense model): timed
     in every round right after the candidate, so that the ratios to it ("latency_ratio", "throughput_ratio":
     medians of the per-round ratios) do not drift with the machine's load over a long search; it gets one
     untimed round before the first measurement. Raises ValueError for empty batches, single < 1 or repeats < 1."""
 
-    def __init__(self, batches: list[dict[str, torch.Tensor]], single: int = 32, repeats: int = 5,
+    def __init__(self, batches: list[dict[str, torch.Tensor]], single: int = 16, repeats: int = 3,
                  reference: nn.Module | None = None, clock: Callable[[], float] = time.perf_counter):
         if not batches or single < 1 or repeats < 1:
             raise ValueError("the cost meter needs some sentences, single >= 1 and repeats >= 1")
         self.batches = [{k: b[k] for k in MODEL_INPUTS if k in b} for b in batches]
         self.sentences = sum(len(b["input_ids"]) for b in self.batches)
         self.batch_size = max(len(b["input_ids"]) for b in self.batches)
-        self.single = []
+        every = []
         for b in self.batches:  # one sentence at a time, without its padding
             for i in range(len(b["input_ids"])):
                 n = int(b["attention_mask"][i].sum()) if "attention_mask" in b else b["input_ids"].shape[1]
-                self.single.append({k: v[i: i + 1, :n] for k, v in b.items()})
-        self.single = self.single[:single]
+                every.append({k: v[i: i + 1, :n] for k, v in b.items()})
+        single = min(single, len(every))  # spread over the set (length-sorted batches: not just the shortest)
+        self.single = [every[i * len(every) // single] for i in range(single)]
         self.repeats, self.clock, self.reference = repeats, clock, reference
         self.largest = max(self.batches, key=lambda b: b["input_ids"].numel())
         self._warm = reference is None

@@ -161,7 +161,8 @@ def test_the_structure_key_reads_each_layers_live_units():
 def test_the_meter_measures_the_pruned_model_smaller_than_dense():
     model, budget, reward, a, b = two_candidates()
     meter = CostMeter(batches(), single=4, repeats=3)
-    assert [x["input_ids"].shape for x in meter.single] == [(1, 5), (1, 10)] * 2  # each without its padding
+    assert [x["input_ids"].shape for x in meter.single] == [(1, 5)] * 4  # sentences 0, 4, 8, 12, without padding
+    assert [x["input_ids"].shape for x in CostMeter(batches(), single=3).single] == [(1, 5), (1, 10), (1, 5)]  # 0, 5, 10
     dense, pruned = meter(model), meter(reward.pruned(b))
     for figures in (dense, pruned):
         assert figures["latency_ms"] > 0 and figures["sentences_per_second"] > 0
