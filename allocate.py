@@ -397,7 +397,7 @@ def iterative_search(config: dict, run_config: dict, out: Path, model, tokenizer
                                             accuracy_floor=config["ACCURACY_FLOOR"] or None, cost_budget=limit,
                                             max_rate=config["MAX_LAYER_RATE"], max_steps=config["MAX_STEPS"])
     loop = iterative.IterativePruning(copy.deepcopy(model), out / "iterative", settings_, allocate_step, finetune_step,
-                                      reward.evaluate, cost_of)
+                                      reward.evaluate, cost_of, context={k: config[k] for k in SEARCH_SETTINGS})
     try:
         state = loop.run()
     except ValueError as e:

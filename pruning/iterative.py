@@ -84,21 +84,23 @@ class IterativePruning:
     (iterative.json, step-K.safetensors).
 
     `allocate(step, model, budget, scores) -> counts` (budget step name -> units removed, `Budget.check`ed);
-    `finetune(step, model)`; `evaluate(model) -> float`; `cost(model) -> (ratio to dense, figures dict)`.
-    Raises ValueError when the directory holds a loop with other settings or from another model."""
+    `finetune(step, model)`; `evaluate(model) -> float`; `cost(model) -> (ratio to dense, figures dict)`;
+    `context`: whatever else the callables depend on (allocate.py: its search settings), JSON-able. Raises
+    ValueError when the directory holds a loop with other settings, context or dense model."""
 
     STATE = "iterative.json"
 
     def __init__(self, model: nn.Module, directory: Path, settings: IterativeSettings,
                  allocate: Callable, finetune: Callable, evaluate: Callable, cost: Callable,
-                 scores: Callable = magnitude_scores):
-        self.model, self.dir, self.settings = model, Path(directory), settings
+                 scores: Callable = magnitude_scores, context: dict | None = None):
+        self.model, self.dir, self.settings, self.context = model, Path(directory), settings, context or {}
         self.allocate, self.finetune, self.evaluate, self.cost, self.scores = allocate, finetune, evaluate, cost, scores
         self.tracker = PrunableUnits(model, "heads+neurons")  # original indices of the units kept, per group
         self.dense_sizes = {n: g.size for n, g in self.tracker.groups.items()}
 
     def _meta(self) -> dict:
-        return json.loads(json.dumps({"settings": asdict(self.settings), "groups": self.dense_sizes}))
+        return json.loads(json.dumps({"settings": asdict(self.settings), "groups": self.dense_sizes,
+                                      "context": self.context}))
 
     def kept(self) -> dict[str, list[int]]:
         """group -> the original indices of the units the model still has."""
