@@ -256,7 +256,8 @@ def reward_setup(config: dict, run_config: dict, source: Path, model, tokenizer,
 
 def cost_setup(config: dict, run_config: dict, out: Path, tokenizer, dense):
     """The measured cost of candidates (`pruning.inference_cost`): the first COST_SENTENCES held-out train
-    examples (all of them when HELD_OUT is smaller) at COST_BATCH_SIZE (16 of them, spread over the lengths, also one at a time),
+    examples (all of them when HELD_OUT is smaller) at COST_BATCH_SIZE (16 of them, spread over the lengths,
+    also one at a time),
     COST_REPEATS rounds, each followed by the same round of `dense` (a copy of the dense model: the ratios are
     per-round), cached by structure in OUT_DIR/costs.json. Only the train file is read."""
     from pruning import data
@@ -312,8 +313,8 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
     else:
         env = allocation.AllocationEnv(budget, composite if costed else reward,
                                        allocation.global_rates(scores, budget))
-        settings_ = allocation.AgentSettings(episodes=config["EPISODES"],
-                                             episodes_per_update=config["EPISODES_PER_UPDATE"], seed=config["AGENT_SEED"])
+        settings_ = allocation.AgentSettings(episodes=config["EPISODES"], seed=config["AGENT_SEED"],
+                                             episodes_per_update=config["EPISODES_PER_UPDATE"])
         agent = allocation.Search(env, out / "search", settings_)
         with tqdm(total=config["EPISODES"], desc="search", unit="episode") as bar:
             def progress(done):
@@ -562,8 +563,9 @@ def search_lines(s: dict, task) -> list[str]:
         lines.append(f"| {label} | {value:.4f} |{extra}")
     lines.append("")
     if s.get("costs"):
-        lines += [f"Measured cost of each allocation's structure on this machine ({'the reward' if costed else 'not in the reward'}"
-                  "; medians of the timing rounds, OUT_DIR/costs.json):", "",
+        lines += ["Measured cost of each allocation's structure on this machine ("
+                  f"{'the reward' if costed else 'not in the reward'}; medians of the timing rounds, the ratios "
+                  "per round beside the dense model; OUT_DIR/costs.json):", "",
                   "| model | ms/sentence, batch 1 | sentences/s, cost batch | peak MB | "
                   f"{s['cost']} / dense |", "|---|---|---|---|---|"]
         lines += [f"| {n} | {c['latency_ms']:.2f} | {c['sentences_per_second']:.0f} | {c['peak_memory_mb']:.1f} | "

@@ -83,8 +83,8 @@ class Budget:
                 raise ValueError(f"{groups[0].name} is not inside an encoder layer: per-layer rates cannot cover it")
             size = sum(units.live_size(g.name) for g in groups)
             keep_one = len(groups) if KIND_RULES[kind]["keeps_one"] else 0
-            steps.append(Step(f"layer{layer}.{kind}s", kind, layer, size, min(size - keep_one, math.floor(max_rate * size)),
-                              tuple(g.name for g in groups)))
+            steps.append(Step(f"layer{layer}.{kind}s", kind, layer, size,
+                              min(size - keep_one, math.floor(max_rate * size)), tuple(g.name for g in groups)))
         return steps
 
     @classmethod

@@ -23,9 +23,11 @@ timed once per search, and a resumed search reads back the very figures it used.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +57,22 @@ def model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """File descriptor 2 to /dev/null for the block: the profiler's C++ side prints two lines at every start
+    and stop ("profiler_start", "profiler_stop"), which no log level silences: a search would print
+    hundreds."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @torch.inference_mode()
 def peak_forward_bytes(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
     """The most bytes that one forward of `inputs` holds allocated at once through torch's CPU allocator
@@ -63,7 +81,7 @@ def peak_forward_bytes(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int
     build without memory profiling)."""
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _stderr_to_devnull(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         model(**inputs)
     events = []
 
@@ -88,8 +106,8 @@ class CostMeter:
 
     `batches`: the cost set at the cost batch size, dicts of the model's inputs (`pruning.data.MODEL_INPUTS`
     it has, (batch, tokens); other keys such as labels are ignored); `single`: how many of its sentences
-    (evenly spaced over the set) to time one at a time; `repeats`: timing rounds (medians are kept); `reference` (the dense model): timed
-    in every round right after the candidate, so that the ratios to it ("latency_ratio", "throughput_ratio":
+    (evenly spaced over the set) to time one at a time; `repeats`: timing rounds (medians are kept);
+    `reference` (the dense model): timed in every round right after the candidate, so that the ratios to it ("latency_ratio", "throughput_ratio":
     medians of the per-round ratios) do not drift with the machine's load over a long search; it gets one
     untimed round before the first measurement. Raises ValueError for empty batches, single < 1 or repeats < 1."""
 
