@@ -63,7 +63,7 @@ OUT_DIR = "sweeps/allocate"          # one sub-directory per run, search/, alloc
 MODE = "episodes"                    # "episodes": one allocation of the fixed budget per episode (AMC); "iterative": STEP_RATE of what is left per step, fine-tuned between steps, until LATENCY_BUDGET or ACCURACY_FLOOR
 COST = "latency"                     # the measured cost the reward charges: "latency" (ms/sentence at batch 1), "throughput" (time/sentence at COST_BATCH_SIZE), "memory" (peak MB at COST_BATCH_SIZE)
 COST_WEIGHT = 0.0                    # reward = metric - COST_WEIGHT x (COST of the candidate / COST of the dense model); 0: the metric alone
-LATENCY_BUDGET = ""                  # that ratio's hard limit: "" none, a fraction of dense (e.g. 0.6), or "uniform" (the uniform allocation's measured ratio)
+LATENCY_BUDGET = ""                  # hard limit on that ratio (COST / dense COST): "" none, a fraction (e.g. 0.6), or "uniform" (uniform's measured ratio); episodes: never chosen above it; iterative: where it stops
 COST_BATCH_SIZE = 64                 # batch size of the throughput and peak-memory measurements
 COST_SENTENCES = 128                 # held-out sentences the costs are measured on (all HELD_OUT if fewer; 16 of them also one at a time: the latency)
 COST_REPEATS = 3                     # timing rounds per structure, each beside a round of the dense model (median ratio kept); each structure is measured once (OUT_DIR/costs.json)
