@@ -10,7 +10,10 @@ of FLOPs.
 
 The reward is computed once, at the end of an episode, by a callable given the counts: in
 allocate.py, the task's headline metric (or minus the loss) on held-out train examples of the
-early-bird weights pruned to those counts by the criterion's scores, with no fine-tuning (`SliceReward`).
+early-bird weights pruned to those counts by the criterion's scores, with no fine-tuning (`SliceReward`);
+cost-aware, that metric with the candidate's measured cost beside the dense model's, weighted or under a
+hard budget (`CompositeReward`, the costs from `pruning.inference_cost`). The iterative mode's steps
+(`Budget.of_share`) are budgets of the same kind over the live model (`pruning.iterative`).
 """
 from __future__ import annotations
 
