@@ -2,6 +2,8 @@
 
     python allocate.py --train_subset=16000          # MiniLM, heads+neurons (1/3 heads, 40% neurons), 3 seeds
     python allocate.py --granularity=weights --pruning_rate=0.7 --out_dir=sweeps/allocate-weights
+    python allocate.py --train_subset=16000 --cost=throughput --latency_budget=uniform --out_dir=sweeps/allocate-fast
+    python allocate.py --train_subset=16000 --mode=iterative --cost=throughput --latency_budget=0.5 --accuracy_floor=0.85
 
 The budget is what the script's rates remove (HEAD_RATE and NEURON_RATE, or PRUNING_RATE): every
 allocation removes exactly as many heads, neurons or weights. For the first seed:
@@ -12,6 +14,13 @@ allocation removes exactly as many heads, neurons or weights. For the first seed
    loss) on the HELD_OUT train examples of the run's task (pairs tokenized as pairs) of those early-bird
    weights pruned by the criterion's scores, untrained (seconds, not a training). The dev set is
    never read. The search is checkpointed after every update: a killed search resumes.
+   Cost-aware (heads+neurons): the reward also charges the candidate's measured cost on this machine
+   (COST: latency at batch 1, time per sentence at COST_BATCH_SIZE, or peak memory; `pruning.inference_cost`,
+   each structure measured once), as metric - COST_WEIGHT x (cost / dense cost), and LATENCY_BUDGET
+   excludes candidates over a share of the dense cost (AMC's resource-constrained mode).
+   MODE="iterative" instead prunes STEP_RATE of what is left at each step, each step's split over the
+   layers chosen by a short PPO search, with FINETUNE_STEPS of fine-tuning between steps, until
+   LATENCY_BUDGET or ACCURACY_FLOOR (`pruning.iterative`; a killed loop resumes after its last step).
 Then for every seed, the best allocation found ("agent"), uniform rates and the global threshold run
 through the whole pipeline (early-bird search with those rates, pruning, retraining), every run with
 the same HELD_OUT sentences kept out. OUT_DIR/allocate.md holds the task's headline dev metric (mean ± std), paired
@@ -23,6 +32,7 @@ killed ones resume. Any other --key=value goes to every run (see `python bert.py
 """
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -50,8 +60,27 @@ MAX_LAYER_RATE = 0.9                 # no layer loses more than this share of it
 AGENT_SEED = 0                       # seeds the agent's initialisation and exploration
 MEASURE_SPEED = True                 # heads+neurons: time each allocation's first-seed model against the dense model
 OUT_DIR = "sweeps/allocate"          # one sub-directory per run, search/, allocation.json, allocate.md and plots
+MODE = "episodes"                    # "episodes": one allocation of the fixed budget per episode (AMC); "iterative": STEP_RATE of what is left per step, fine-tuned between steps, until LATENCY_BUDGET or ACCURACY_FLOOR
+COST = "latency"                     # the measured cost the reward charges: "latency" (ms/sentence at batch 1), "throughput" (time/sentence at COST_BATCH_SIZE), "memory" (peak MB at COST_BATCH_SIZE)
+COST_WEIGHT = 0.0                    # reward = metric - COST_WEIGHT x (COST of the candidate / COST of the dense model); 0: the metric alone
+LATENCY_BUDGET = ""                  # hard limit on that ratio (COST / dense COST): "" none, a fraction (e.g. 0.6), or "uniform" (uniform's measured ratio); episodes: never chosen above it; iterative: where it stops
+COST_BATCH_SIZE = 64                 # batch size of the throughput and peak-memory measurements
+COST_SENTENCES = 128                 # held-out sentences the costs are measured on (all HELD_OUT if fewer; 16 of them also one at a time: the latency)
+COST_REPEATS = 3                     # timing rounds per structure, each beside a round of the dense model (median ratio kept); each structure is measured once (OUT_DIR/costs.json)
+STEP_RATE = 0.1                      # iterative: each step removes this share of the heads and of the FFN neurons left
+FINETUNE_STEPS = 50                  # iterative: optimizer steps of fine-tuning after each step (the runs' BATCH_SIZE and LEARNING_RATE)
+ACCURACY_FLOOR = 0.0                 # iterative: stop when the held-out metric falls under this (0: no floor); the step before is the result
+STEP_EPISODES = 48                   # iterative: PPO episodes of each step's search
+MAX_STEPS = 30                       # iterative: at most this many steps
 SETTINGS = ("SCRIPT", "CRITERION", "GRANULARITY", "SEEDS", "ALLOCATIONS", "HELD_OUT", "EPISODES",
-            "EPISODES_PER_UPDATE", "REWARD", "MAX_LAYER_RATE", "AGENT_SEED", "MEASURE_SPEED", "OUT_DIR")
+            "EPISODES_PER_UPDATE", "REWARD", "MAX_LAYER_RATE", "AGENT_SEED", "MEASURE_SPEED", "OUT_DIR", "MODE",
+            "COST", "COST_WEIGHT", "LATENCY_BUDGET", "COST_BATCH_SIZE", "COST_SENTENCES", "COST_REPEATS", "STEP_RATE",
+            "FINETUNE_STEPS", "ACCURACY_FLOOR", "STEP_EPISODES", "MAX_STEPS")
+MODES = ("episodes", "iterative")
+# What the search's result depends on: a finished search (allocation.json) made with other values is refused.
+SEARCH_SETTINGS = ("CRITERION", "HELD_OUT", "EPISODES", "EPISODES_PER_UPDATE", "REWARD", "MAX_LAYER_RATE", "AGENT_SEED",
+                   "MODE", "COST", "COST_WEIGHT", "LATENCY_BUDGET", "COST_BATCH_SIZE", "COST_SENTENCES",
+                   "COST_REPEATS", "STEP_RATE", "FINETUNE_STEPS", "ACCURACY_FLOOR", "STEP_EPISODES", "MAX_STEPS")
 KINDS_OF = {"heads+neurons": ("head", "neuron"), "weights": ("weight",)}
 RATE_KEY = {"head": "HEAD_RATE", "neuron": "NEURON_RATE", "weight": "PRUNING_RATE"}
 # What the study sets for every run itself.
@@ -84,6 +113,7 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
                                      "or loss")
     if not 0 < config["MAX_LAYER_RATE"] < 1:
         raise experiment.ConfigError(f"MAX_LAYER_RATE must lie in (0, 1), got {config['MAX_LAYER_RATE']}")
+    check_cost_settings(config)
     for kind in KINDS_OF[config["GRANULARITY"]]:
         rate = run_config[RATE_KEY[kind]]
         if isinstance(rate, tuple):
@@ -92,6 +122,46 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
     for _, args in runs(config, passed_on):  # each kind of run's whole configuration
         experiment.validate(experiment.configure(script, args))
     return config, passed_on, run_config
+
+
+def check_cost_settings(config: dict) -> None:
+    """The cost-aware and iterative settings (MODE, COST, COST_WEIGHT, LATENCY_BUDGET, the cost measurement,
+    STEP_RATE, FINETUNE_STEPS, ACCURACY_FLOOR, STEP_EPISODES, MAX_STEPS); LATENCY_BUDGET becomes None, a
+    float or "uniform". Raises ConfigError naming the setting."""
+    from pruning.inference_cost import COSTS
+    fail = experiment.ConfigError
+    if config["MODE"] not in MODES:
+        raise fail(f"--mode={config['MODE']}: choose one of {', '.join(MODES)}")
+    if config["COST"] not in COSTS:
+        raise fail(f"--cost={config['COST']}: choose one of {', '.join(COSTS)}")
+    if config["COST_WEIGHT"] < 0:
+        raise fail(f"COST_WEIGHT must be >= 0 (metric points per dense cost), got {config['COST_WEIGHT']}")
+    text = str(config["LATENCY_BUDGET"]).strip()
+    if text in ("", "none"):
+        config["LATENCY_BUDGET"] = None
+    elif text != "uniform":
+        try:
+            config["LATENCY_BUDGET"] = float(text)
+        except ValueError:
+            raise fail(f"--latency_budget={text}: give a fraction of the dense model's cost (e.g. 0.6), "
+                       "'uniform' or nothing") from None
+        if not config["LATENCY_BUDGET"] > 0:
+            raise fail(f"LATENCY_BUDGET must be > 0 (a fraction of the dense model's cost), got {text}")
+    for key in ("COST_BATCH_SIZE", "COST_SENTENCES", "COST_REPEATS", "FINETUNE_STEPS", "STEP_EPISODES", "MAX_STEPS"):
+        if config[key] < 1:
+            raise fail(f"{key} must be >= 1, got {config[key]}")
+    costed = config["COST_WEIGHT"] > 0 or config["LATENCY_BUDGET"] is not None or config["MODE"] == "iterative"
+    if costed and config["GRANULARITY"] != "heads+neurons":
+        raise fail("a cost-aware reward, LATENCY_BUDGET and MODE=iterative need --granularity=heads+neurons: zeroed "
+                   "weights leave every candidate as slow as the dense model")
+    if config["MODE"] == "iterative":
+        if not 0 < config["STEP_RATE"] < 1:
+            raise fail(f"STEP_RATE must lie in (0, 1), got {config['STEP_RATE']}")
+        if config["CRITERION"] != "magnitude":
+            raise fail(f"MODE=iterative ranks units by magnitude, rescored after each fine-tuning; --criterion="
+                       f"{config['CRITERION']} cannot be rescored between steps: use --criterion=magnitude")
+        if config["LATENCY_BUDGET"] is None and not config["ACCURACY_FLOOR"]:
+            raise fail("MODE=iterative stops at LATENCY_BUDGET or ACCURACY_FLOOR: set at least one")
 
 
 def budget_rates(config: dict, run_config: dict) -> dict[str, float]:
@@ -184,37 +254,160 @@ def reward_setup(config: dict, run_config: dict, source: Path, model, tokenizer,
     return reward, scores
 
 
+def cost_setup(config: dict, run_config: dict, out: Path, tokenizer, dense):
+    """The measured cost of candidates (`pruning.inference_cost`): the first COST_SENTENCES held-out train
+    examples (all of them when HELD_OUT is smaller) at COST_BATCH_SIZE (16 of them, spread over the lengths,
+    also one at a time),
+    COST_REPEATS rounds, each followed by the same round of `dense` (a copy of the dense model: the ratios are
+    per-round), cached by structure in OUT_DIR/costs.json. Only the train file is read."""
+    from pruning import data
+    from pruning.inference_cost import CostCache, CostMeter
+    task, train, _ = data.load_train(**data.run_task(run_config))
+    _, held = data.hold_out(train, config["HELD_OUT"])
+    rows = held.select(range(min(config["COST_SENTENCES"], len(held))))
+    meter = CostMeter(task_batches(rows, task, tokenizer, run_config, batch_size=config["COST_BATCH_SIZE"]),
+                      single=16, repeats=config["COST_REPEATS"], reference=copy.deepcopy(dense).eval())
+    try:
+        return CostCache(meter, out / "costs.json", meta=meter.meta())
+    except ValueError as e:
+        experiment.fail(e)
+
+
 def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) -> dict:
-    """Run (or resume, or read) the search; write allocation.json."""
+    """Run (or resume, or read) the search, episodes or iterative (MODE); write allocation.json."""
+    from pruning.inference_cost import cost_ratio
     path = out / "allocation.json"
+    wanted = {k: config[k] for k in SEARCH_SETTINGS}
     if path.exists():
-        return json.loads(path.read_text())
+        result = json.loads(path.read_text())
+        differ = {k: (v, wanted[k]) for k, v in result.get("search_settings", wanted).items() if wanted.get(k) != v}
+        if differ:
+            experiment.fail(f"{path} holds a search made with other settings (" + ", ".join(
+                f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items()) + "): use another OUT_DIR, or delete "
+                f"{path.name}, search/, iterative/ and the agent's runs to search again")
+        return result
     source = out / f"uniform-s{config['SEEDS'][0]}"
     reward, scores = reward_setup(config, run_config, source, model, tokenizer, budget)
-    env = allocation.AllocationEnv(budget, reward, allocation.global_rates(scores, budget))
-    settings_ = allocation.AgentSettings(episodes=config["EPISODES"], episodes_per_update=config["EPISODES_PER_UPDATE"],
-                                         seed=config["AGENT_SEED"])
-    agent = allocation.Search(env, out / "search", settings_)
-    with tqdm(total=config["EPISODES"], desc="search", unit="episode") as bar:
-        def progress(done):
-            bar.n = done
-            bar.set_postfix_str(f"best {allocation.best(env.history)['reward']:.4f}")
-            bar.refresh()
-        history = agent.run(progress)
-    best = allocation.best(history)
-    references = {name: reward(counts) for name, counts in
-                  (("uniform", budget.uniform()), ("global", _counts_of_rates(budget, env.global_rates)))}
-    policy = agent.policy_counts()
-    result = {"budget": budget.remove, "total": budget.total, "steps": [s.name for s in budget.steps],
-              "counts": best["counts"], "rates": budget.rates(best["counts"]), "reward": best["reward"],
-              "reward_metric": reward.name, "held_out": config["HELD_OUT"], "source": str(source),
-              "episodes": len(history), "search_seconds": agent.seconds,
-              "references": references, "uniform_counts": budget.uniform(),
-              "global_counts": _counts_of_rates(budget, env.global_rates),
-              "policy": {"counts": policy, "reward": reward(policy)},
-              "history": [h["reward"] for h in history]}
+    structured = config["GRANULARITY"] == "heads+neurons"
+    costs = cost_setup(config, run_config, out, tokenizer, model) if structured else None
+    dense_cost = costs(model) if costs else None
+    global_counts = _counts_of_rates(budget, allocation.global_rates(scores, budget))
+    limit = config["LATENCY_BUDGET"]
+    if limit == "uniform":
+        limit = cost_ratio(costs(reward.pruned(budget.uniform())), dense_cost, config["COST"])
+    costed = config["COST_WEIGHT"] > 0 or limit is not None
+    composite = allocation.CompositeReward(reward.pruned, reward.evaluate, costs, dense_cost, config["COST"],
+                                           config["COST_WEIGHT"], limit if config["MODE"] == "episodes" else None) \
+        if structured else None
+    result = {"mode": config["MODE"], "budget": budget.remove, "total": budget.total,
+              "steps": [s.name for s in budget.steps], "reward_metric": reward.name, "held_out": config["HELD_OUT"],
+              "source": str(source), "cost": config["COST"], "cost_weight": config["COST_WEIGHT"],
+              "latency_budget": limit, "latency_budget_setting": config["LATENCY_BUDGET"]}
+    if config["MODE"] == "iterative":
+        state, counts = iterative_search(config, run_config, out, model, tokenizer, reward, costs, dense_cost, limit,
+                                         budget)
+        result.update(counts=counts, rates=budget.rates(counts), iterative=state["steps"], stopped=state["stopped"],
+                      result_step=state["result_step"], search_seconds=state.get("seconds", 0.0), history=[],
+                      episodes=sum(len(json.loads(p.read_text())["history"])
+                                   for p in sorted((out / "search").glob("step-*/search.json"))))
+    else:
+        env = allocation.AllocationEnv(budget, composite if costed else reward,
+                                       allocation.global_rates(scores, budget))
+        settings_ = allocation.AgentSettings(episodes=config["EPISODES"], seed=config["AGENT_SEED"],
+                                             episodes_per_update=config["EPISODES_PER_UPDATE"])
+        agent = allocation.Search(env, out / "search", settings_)
+        with tqdm(total=config["EPISODES"], desc="search", unit="episode") as bar:
+            def progress(done):
+                bar.n = done
+                within = [h["reward"] for h in env.history if h.get("within_budget", True)]
+                bar.set_postfix_str(f"best {max(within):.4f}" if within else "none within the budget yet")
+                bar.refresh()
+            try:
+                history = agent.run(progress)
+                best = allocation.best(history)
+            except ValueError as e:
+                experiment.fail(e)
+        policy = agent.policy_counts()
+        score = (lambda c: composite(c)["reward"]) if costed else reward
+        result.update(counts=best["counts"], rates=budget.rates(best["counts"]), reward=best["reward"],
+                      episodes=len(history), search_seconds=agent.seconds,
+                      policy={"counts": policy, "reward": score(policy)}, history=[h["reward"] for h in history],
+                      within_budget=[h.get("within_budget", True) for h in history])
+    allocations = {"agent": result["counts"], "uniform": budget.uniform(), "global": global_counts}
+    if costed or config["MODE"] == "iterative":
+        parts = {name: composite(c) for name, c in allocations.items()}
+        result["references"] = {n: p["reward"] for n, p in parts.items() if n != "agent"}
+        result["candidates"] = {n: {k: p[k] for k in ("reward", "metric", "cost_ratio", "within_budget")}
+                                for n, p in parts.items()}
+        result.setdefault("reward", parts["agent"]["reward"])
+    else:
+        result["references"] = {n: reward(c) for n, c in allocations.items() if n != "agent"}
+    if costs:  # every allocation's structure, measured (or read from the cache), beside the dense model's
+        result["costs"] = {"dense": {**dense_cost, "ratio": 1.0}}
+        for name, c in allocations.items():
+            figures = costs(reward.pruned(c))
+            result["costs"][name] = {**figures, "ratio": cost_ratio(figures, dense_cost, config["COST"])}
+    result["uniform_counts"], result["global_counts"] = budget.uniform(), global_counts
+    result["search_settings"] = wanted
     experiment.write_json(path, result)
     return result
+
+
+def iterative_search(config: dict, run_config: dict, out: Path, model, tokenizer, reward, costs, dense_cost,
+                     limit, budget) -> tuple[dict, dict]:
+    """MODE="iterative" (`pruning.iterative`) from the source run's early-bird weights (in `model`): each step
+    a PPO search of STEP_EPISODES episodes (OUT_DIR/search/step-K/, seeded AGENT_SEED + K) with the composite
+    reward on the current weights, then FINETUNE_STEPS optimizer steps on the runs' training rows (the first
+    seed's TRAIN_SUBSET draw of the train file less the held-out examples), until the cost ratio is within
+    `limit` or the held-out metric under ACCURACY_FLOOR. Returns (the loop's state, the result's units removed
+    per budget step of the dense model). The loop's state is OUT_DIR/iterative/: a killed search resumes."""
+    from transformers import DataCollatorWithPadding
+
+    from pruning import data, iterative
+    from pruning.inference_cost import cost_ratio
+    task, train, _ = data.load_train(**data.run_task(run_config))
+    rest, _ = data.hold_out(train, config["HELD_OUT"])
+    rows = data.subset(rest, run_config["TRAIN_SUBSET"], config["SEEDS"][0])
+    encoded = data.tokenize(data.DatasetDict(train=rows), tokenizer, run_config["MAX_LENGTH"], task,
+                            run_config.get("TRUNCATION") or "head")["train"]
+    collator = DataCollatorWithPadding(tokenizer)
+
+    def allocate_step(k, current, step_budget, scores):
+        slice_ = allocation.SliceReward(current, "heads+neurons", scores, step_budget, reward.batches,
+                                        config["REWARD"], reward.task)
+        env = allocation.AllocationEnv(step_budget, allocation.CompositeReward(
+            slice_.pruned, slice_.evaluate, costs, dense_cost, config["COST"], config["COST_WEIGHT"]))
+        settings_ = allocation.AgentSettings(episodes=config["STEP_EPISODES"], seed=config["AGENT_SEED"] + k,
+                                             episodes_per_update=min(config["EPISODES_PER_UPDATE"],
+                                                                     config["STEP_EPISODES"]))
+        with tqdm(total=config["STEP_EPISODES"], desc=f"step {k}: search", unit="episode") as bar:
+            history = allocation.Search(env, out / "search" / f"step-{k}", settings_).run(
+                lambda done: bar.update(done - bar.n))
+        return allocation.best(history)["counts"]
+
+    def finetune_step(k, current):
+        iterative.finetune(current, encoded, collator, config["FINETUNE_STEPS"], run_config["LEARNING_RATE"],
+                           run_config["BATCH_SIZE"], config["SEEDS"][0] + k, out / "search" / "finetune",
+                           run_config["WEIGHT_DECAY"])
+
+    def cost_of(current):
+        figures = costs(current)
+        return cost_ratio(figures, dense_cost, config["COST"]), figures
+
+    settings_ = iterative.IterativeSettings(step_rate=config["STEP_RATE"], finetune_steps=config["FINETUNE_STEPS"],
+                                            accuracy_floor=config["ACCURACY_FLOOR"] or None, cost_budget=limit,
+                                            max_rate=config["MAX_LAYER_RATE"], max_steps=config["MAX_STEPS"])
+    loop = iterative.IterativePruning(copy.deepcopy(model), out / "iterative", settings_, allocate_step, finetune_step,
+                                      reward.evaluate, cost_of, context={k: config[k] for k in SEARCH_SETTINGS})
+    try:
+        state = loop.run()
+    except ValueError as e:
+        experiment.fail(e)
+    for r in state["steps"]:
+        print(f"step {r['step']}: {r['left']} left, held-out {reward.name} {r['metric']:.4f}, "
+              f"{config['COST']} {r['cost_ratio']:.3f} of dense")
+    print(f"stopped: {state['stopped']}; the result is step {state['result_step']}")
+    return state, loop.removed_per_step(state, budget.steps)
 
 
 def _counts_of_rates(budget, rates: dict[str, float]) -> dict[str, int]:
@@ -279,16 +472,7 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
     lines = [f"# Per-layer rates: an RL agent against uniform rates and the global threshold "
              f"({config['CRITERION']}, {config['GRANULARITY']})", ""]
     if search_result:
-        s = search_result
-        budget = ", ".join(f"{n:,} of {s['total'][k]:,} {k}s" for k, n in s["budget"].items())
-        lines += [f"Budget: every allocation removes exactly {budget}. Search: {s['episodes']} episodes of PPO in "
-                  f"{s['search_seconds'] / 60:.1f} min; reward = {reward_title(s['reward_metric'])} on "
-                  f"{s['held_out']} held-out {task.title} train examples of the first seed's early-bird weights, "
-                  "pruned and not trained.", "",
-                  f"| allocation | reward: held-out {reward_title(s['reward_metric'])} (untrained) |", "|---|---|",
-                  f"| agent (best episode) | {s['reward']:.4f} |",
-                  f"| agent (the final policy, no exploration) | {s['policy']['reward']:.4f} |",
-                  *(f"| {n} | {v:.4f} |" for n, v in s["references"].items()), ""]
+        lines += search_lines(search_result, task)
     lines += [f"{task.title} dev {metric} (`{task.headline}`) after the whole pipeline (early-bird search with the "
               "allocation's rates, pruning, retraining), mean ± std over seeds (n); paired by seed against the agent: "
               "the difference, the t-test over seeds, McNemar's exact test on each seed's dev predictions (a "
@@ -322,7 +506,9 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
         if by_seed:
             per = removed_per_layer(by_seed[min(by_seed)])
             lines.append(f"- {name}: " + "; ".join(f"{k} {v}" for k, v in per.items()))
-    lines += ["", "![rates](allocate_rates.png)", "", "![reward](allocate_reward.png)", ""]
+    lines += ["", "![rates](allocate_rates.png)", ""]
+    if search_result and search_result["history"]:
+        lines += ["![reward](allocate_reward.png)", ""]
     text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "allocate.md.tmp"
@@ -330,9 +516,62 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
     tmp.replace(out / "allocate.md")
     if found:
         plot_rates(found, config, out / "allocate_rates.png")
-    if search_result:
+    if search_result and search_result["history"]:
         plot_reward(search_result, config, out / "allocate_reward.png")
     return text
+
+
+def search_lines(s: dict, task) -> list[str]:
+    """allocate.md's account of the search (allocation.json `s`): the budget, the mode, the reward, each
+    allocation's reward and, where measured, its cost beside the dense model's."""
+    title = reward_title(s["reward_metric"])
+    budget = ", ".join(f"{n:,} of {s['total'][k]:,} {k}s" for k, n in s["budget"].items())
+    costed = bool(s.get("cost_weight")) or s.get("latency_budget") is not None
+    what = title + (f" − {s['cost_weight']:g} × ({s['cost']} / dense {s['cost']})" if s.get("cost_weight") else "")
+    limit = (f"; candidates whose {s['cost']} exceeds {s['latency_budget']:.3f} of dense's "
+             f"(LATENCY_BUDGET={s['latency_budget_setting']}) are never chosen" if s.get("latency_budget") is not None
+             and s.get("mode", "episodes") == "episodes" else "")
+    source = f"{s['held_out']} held-out {task.title} train examples of the first seed's early-bird weights"
+    if s.get("mode", "episodes") == "iterative":
+        removed = {k: s["total"][k] - s["iterative"][s["result_step"]]["left"][k] for k in s["total"]}
+        lines = [f"Iterative search: from {source}, each step removed STEP_RATE of the heads and FFN neurons left "
+                 f"(allocated by a PPO search of its own: {s['episodes']} episodes in all), then fine-tuned; "
+                 f"{s['search_seconds'] / 60:.1f} min. Reward = {what} on the held-out examples. Stopped: "
+                 f"{s['stopped']}; the agent's allocation is step {s['result_step']}'s, removing "
+                 + ", ".join(f"{n:,} of {s['total'][k]:,} {k}s" for k, n in removed.items())
+                 + f" (uniform and global remove {budget}).", "",
+                 f"| step | units left | held-out {s['reward_metric']} (fine-tuned) | {s['cost']} / dense |",
+                 "|---|---|---|---|"]
+        lines += [f"| {r['step']} | {', '.join(f'{n:,} {k}s' for k, n in r['left'].items())} | {r['metric']:.4f} | "
+                  f"{r['cost_ratio']:.3f} |" for r in s["iterative"]]
+        lines.append("")
+    else:
+        lines = [f"Budget: every allocation removes exactly {budget}. Search: {s['episodes']} episodes of PPO in "
+                 f"{s['search_seconds'] / 60:.1f} min; reward = {what} on {source}, pruned and not trained{limit}.",
+                 ""]
+    lines += ["| allocation | reward (untrained) |" + (" held-out metric | cost / dense | within budget |"
+                                                          if "candidates" in s else ""),
+              "|---|---|" + ("---|---|---|" if "candidates" in s else "")]
+    rows = [("agent" + (" (best episode)" if s.get("mode", "episodes") == "episodes" else ""), "agent", s["reward"]),
+            *((n, n, v) for n, v in s["references"].items())]
+    if "policy" in s:
+        rows.insert(1, ("agent (the final policy, no exploration)", None, s["policy"]["reward"]))
+    for label, key, value in rows:
+        c = s.get("candidates", {}).get(key)
+        extra = (f" {c['metric']:.4f} | {c['cost_ratio']:.3f} | {'yes' if c['within_budget'] else 'no'} |" if c else
+                 (" – | – | – |" if "candidates" in s else ""))
+        lines.append(f"| {label} | {value:.4f} |{extra}")
+    lines.append("")
+    if s.get("costs"):
+        lines += ["Measured cost of each allocation's structure on this machine ("
+                  f"{'the reward' if costed else 'not in the reward'}; medians of the timing rounds, the ratios "
+                  "per round beside the dense model; OUT_DIR/costs.json):", "",
+                  "| model | ms/sentence, batch 1 | sentences/s, cost batch | peak MB | "
+                  f"{s['cost']} / dense |", "|---|---|---|---|---|"]
+        lines += [f"| {n} | {c['latency_ms']:.2f} | {c['sentences_per_second']:.0f} | {c['peak_memory_mb']:.1f} | "
+                  f"{c['ratio']:.3f} |" for n, c in s["costs"].items()]
+        lines.append("")
+    return lines
 
 
 def reward_title(name: str) -> str:

@@ -10,7 +10,10 @@ of FLOPs.
 
 The reward is computed once, at the end of an episode, by a callable given the counts: in
 allocate.py, the task's headline metric (or minus the loss) on held-out train examples of the
-early-bird weights pruned to those counts by the criterion's scores, with no fine-tuning (`SliceReward`).
+early-bird weights pruned to those counts by the criterion's scores, with no fine-tuning (`SliceReward`);
+cost-aware, that metric with the candidate's measured cost beside the dense model's, weighted or under a
+hard budget (`CompositeReward`, the costs from `pruning.inference_cost`). The iterative mode's steps
+(`Budget.of_share`) are budgets of the same kind over the live model (`pruning.iterative`).
 """
 from __future__ import annotations
 
@@ -34,7 +37,15 @@ from pruning.data import MODEL_INPUTS
 from pruning.surgery import remove_units
 from pruning.units import PrunableUnits
 
-KINDS = ("head", "neuron", "weight")
+# What each unit kind allows. A new kind (the models issue's whole MLPs, whole layers) is one entry here, its
+# groups in `pruning.units.PrunableUnits` and its removal in `pruning.surgery.remove_units`; the budget, the
+# environment (its observation has one flag per kind) and the iterative mode follow from this table.
+#   keeps_one: each group keeps at least one of its units (a layer's last head or neuron stays);
+#   per_layer_rounding: `Budget.of` counts a uniform rate per layer, as the pipeline rounds it (heads).
+KIND_RULES = {"head": {"keeps_one": True, "per_layer_rounding": True},
+              "neuron": {"keeps_one": True, "per_layer_rounding": False},
+              "weight": {"keeps_one": False, "per_layer_rounding": False}}
+KINDS = tuple(KIND_RULES)
 
 
 @dataclass(frozen=True)
@@ -60,12 +71,10 @@ class Budget:
                 raise ValueError(f"the budget removes {n} {kind}s, but with at most {max_rate:g} of each layer (and one "
                                  f"unit kept) only {most} can go: lower the rate or raise MAX_LAYER_RATE")
 
-    @classmethod
-    def of(cls, units: PrunableUnits, rates: dict[str, float], max_rate: float) -> "Budget":
-        """The budget that uniform `rates` (by kind) give: heads are counted per layer as the pipeline
-        rounds them (round(rate x heads) in each layer); neurons and weights as one global count.
-        Raises ValueError for max_rate outside (0, 1), a group outside the encoder layers, per-layer
-        `rates`, or a budget the layers cannot absorb at max_rate."""
+    @staticmethod
+    def _steps(units: PrunableUnits, max_rate: float) -> list[Step]:
+        """One step per (layer, kind), layers in order, kinds in KINDS order; sizes are the units the model
+        has now (a fresh `PrunableUnits` of a pruned model: its live units)."""
         if not 0 < max_rate < 1:
             raise ValueError(f"MAX_LAYER_RATE must lie in (0, 1), got {max_rate}")
         spans: dict[tuple[int, str], list] = {}
@@ -75,17 +84,42 @@ class Budget:
         for (layer, kind), groups in sorted(spans.items(), key=lambda kv: (kv[0][0], KINDS.index(kv[0][1]))):
             if layer < 0:
                 raise ValueError(f"{groups[0].name} is not inside an encoder layer: per-layer rates cannot cover it")
-            size = sum(g.size for g in groups)
-            keep_one = len(groups) if kind != "weight" else 0
-            steps.append(Step(f"layer{layer}.{kind}s", kind, layer, size, min(size - keep_one, math.floor(max_rate * size)),
-                              tuple(g.name for g in groups)))
+            size = sum(units.live_size(g.name) for g in groups)
+            keep_one = len(groups) if KIND_RULES[kind]["keeps_one"] else 0
+            steps.append(Step(f"layer{layer}.{kind}s", kind, layer, size,
+                              min(size - keep_one, math.floor(max_rate * size)), tuple(g.name for g in groups)))
+        return steps
+
+    @classmethod
+    def of(cls, units: PrunableUnits, rates: dict[str, float], max_rate: float) -> "Budget":
+        """The budget that uniform `rates` (by kind) give: heads are counted per layer as the pipeline
+        rounds them (round(rate x heads) in each layer); neurons and weights as one global count.
+        Raises ValueError for max_rate outside (0, 1), a group outside the encoder layers, per-layer
+        `rates`, or a budget the layers cannot absorb at max_rate."""
+        steps = cls._steps(units, max_rate)
         remove = {}
         for kind in units.kinds():
             sizes = [s.size for s in steps if s.kind == kind]
             rate = rates[kind]
             if isinstance(rate, (tuple, list)):
                 raise ValueError(f"the budget needs one {kind} rate for the whole model, got per-layer rates {rate}")
-            remove[kind] = sum(round(rate * n) for n in sizes) if kind == "head" else round(rate * sum(sizes))
+            remove[kind] = (sum(round(rate * n) for n in sizes) if KIND_RULES[kind]["per_layer_rounding"]
+                            else round(rate * sum(sizes)))
+        return cls(steps, remove, max_rate)
+
+    @classmethod
+    def of_share(cls, units: PrunableUnits, share: float, max_rate: float) -> "Budget":
+        """The iterative mode's step: round(share x the units of each kind the model has now), one count
+        per kind over the whole model (no per-layer rounding), at most what the layers can give at
+        max_rate of their live units (less only when the model is nearly all pruned). `units`: a fresh
+        `PrunableUnits` of the live model. Raises ValueError for share or max_rate outside (0, 1)."""
+        if not 0 < share < 1:
+            raise ValueError(f"STEP_RATE must lie in (0, 1), got {share}")
+        steps = cls._steps(units, max_rate)
+        remove = {}
+        for kind in units.kinds():
+            kind_steps = [s for s in steps if s.kind == kind]
+            remove[kind] = min(round(share * sum(s.size for s in kind_steps)), sum(s.most for s in kind_steps))
         return cls(steps, remove, max_rate)
 
     def kind_steps(self, kind: str) -> list[Step]:
@@ -136,7 +170,8 @@ def proposed_rate(action: float, base: float, max_rate: float) -> float:
 class AllocationEnv(gym.Env):
     """One episode = one allocation of the budget over the groups; the reward comes at its end.
 
-    Observation of the group to set (all in [0, 1]): its layer, its kind, its size, the budget of its
+    Observation of the group to set (all in [0, 1]; 9 + len(KINDS) values): its layer, its kind (one flag
+    per KINDS entry), its size, the budget of its
     kind still to remove, the least and most it may lose, the uniform rate, the share of it the
     global threshold would prune, and the previous action.
     """
@@ -148,7 +183,7 @@ class AllocationEnv(gym.Env):
         self.global_rates = global_rates or {}
         self.layers = max(s.layer for s in budget.steps) + 1
         self.biggest = max(s.size for s in budget.steps)
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (12,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (9 + len(KINDS),), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.history: list[dict] = []   # every finished episode: counts, reward, seconds
         self._t, self._counts, self._last = 0, {}, 0.0
@@ -174,15 +209,17 @@ class AllocationEnv(gym.Env):
         return np.clip(np.asarray(obs, dtype=np.float32), 0.0, 1.0)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """Start an episode at the first step (gymnasium's reset): (observation float32 (12,), {})."""
+        """Start an episode at the first step (gymnasium's reset): (observation float32 (9 + len(KINDS),), {})."""
         super().reset(seed=seed)
         self._t, self._counts, self._last = 0, {}, 0.0
         return self._observation(), {}
 
     def step(self, action):
         """Set the current step's count from `action` (shape (1,), in [-1, 1]: `proposed_rate`, clipped to
-        what the later steps can absorb); gymnasium's (observation (12,), reward, terminated, truncated,
-        info). The reward (0 until the last step) comes from the reward callable, once per episode."""
+        what the later steps can absorb); gymnasium's (observation, reward, terminated, truncated, info).
+        The reward (0 until the last step) comes from the reward callable, once per episode: a float, or
+        a dict with "reward" and whatever else the episode's history entry should keep (`CompositeReward`:
+        the metric, the measured cost, whether it is within the budget)."""
         step = self.budget.steps[self._t]
         a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
         base = self.budget.remove[step.kind] / self.budget.total[step.kind]
@@ -194,8 +231,10 @@ class AllocationEnv(gym.Env):
             return self._observation(), 0.0, False, False, {}
         self.budget.check(self._counts)
         started = time.perf_counter()
-        reward = float(self.reward_fn(dict(self._counts)))
-        self.history.append({"counts": dict(self._counts), "reward": reward,
+        out = self.reward_fn(dict(self._counts))
+        extra = dict(out) if isinstance(out, dict) else {"reward": out}
+        reward = float(extra.pop("reward"))
+        self.history.append({"counts": dict(self._counts), "reward": reward, **extra,
                              "seconds": time.perf_counter() - started})
         return self._observation(), reward, True, False, {"counts": dict(self._counts)}
 
@@ -208,7 +247,7 @@ def masks_for(counts: dict[str, int], scores: dict[str, torch.Tensor], budget: B
     out = {}
     for step in budget.steps:
         out.update(mask_ops.select({g: scores[g] for g in step.groups}, counts[step.name] / step.size, "global",
-                                   min_keep=int(step.kind != "weight")))
+                                   min_keep=int(KIND_RULES[step.kind]["keeps_one"])))
     return out
 
 
@@ -222,7 +261,7 @@ def global_rates(scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, f
             rates.update({s.name: uniform[s.name] / s.size for s in steps})
             continue
         keep = mask_ops.select({g: scores[g] for s in steps for g in s.groups}, n / budget.total[kind], "global",
-                               min_keep=int(kind != "weight"))
+                               min_keep=int(KIND_RULES[kind]["keeps_one"]))
         rates.update({s.name: 1 - sum(int(keep[g].sum()) for g in s.groups) / s.size for s in steps})
     return rates
 
@@ -468,5 +507,60 @@ def inference_speeds(models: dict[str, nn.Module], batches: list[dict[str, torch
 
 
 def best(history: list[dict]) -> dict:
-    """The episode with the highest reward (the earliest of equals)."""
-    return max(enumerate(history), key=lambda kv: (kv[1]["reward"], -kv[0]))[1]
+    """The episode with the highest reward (the earliest of equals) among those within the cost budget
+    (entries without "within_budget" count as within: a reward without a budget). Raises ValueError when
+    no episode is within it."""
+    allowed = [(i, h) for i, h in enumerate(history) if h.get("within_budget", True)]
+    if not allowed:
+        raise ValueError(f"none of the {len(history)} allocations tried is within LATENCY_BUDGET: raise it, or "
+                         "raise the rates (HEAD_RATE, NEURON_RATE) so that the budget removes more")
+    return max(allowed, key=lambda kv: (kv[1]["reward"], -kv[0]))[1]
+
+
+# --- the cost-aware reward ---------------------------------------------------------------------------
+OVER_BUDGET = 2.0  # an over-budget candidate's reward: metric - OVER_BUDGET - (ratio - budget)
+
+
+class CompositeReward:
+    """The held-out metric of a candidate with its measured cost (AMC, He et al. 2018): called with counts
+    (step name -> units removed), it prunes a copy (`prune`, e.g. `SliceReward.pruned`), scores it
+    (`metric`, e.g. `SliceReward.evaluate`) and reads its cost (`costs`, a `pruning.inference_cost.CostCache`:
+    each structure measured once) as a ratio to `dense` (`inference_cost.cost_ratio` of `cost`: "latency",
+    "throughput" or "memory"; < 1 is cheaper than dense).
+
+    - weighted sum: reward = metric - weight x ratio (weight in metric units per dense cost: 0.05 trades
+      5 points of accuracy for the dense model's whole latency, i.e. 1 point for 20% of it);
+    - hard budget (`budget`, a ratio: AMC's resource-constrained mode): a candidate whose ratio exceeds it is
+      flagged "within_budget": False and never chosen (`best` skips it). The agent's action cannot be
+      clipped to a measured cost before the candidate exists, so it is penalised instead: its reward is
+      metric - OVER_BUDGET - (ratio - budget), under every in-budget candidate's for metrics in [-1, 1] at
+      weight x ratio < 1, and lower the further over.
+    Returns {"reward", "metric", "cost_ratio", "within_budget", "cost": the measured figures} (AllocationEnv
+    keeps them in the episode's history). Raises ValueError for a negative weight or a budget <= 0."""
+
+    def __init__(self, prune: Callable[[dict[str, int]], nn.Module], metric: Callable[[nn.Module], float],
+                 costs: Callable[[nn.Module], dict], dense: dict, cost: str = "latency", weight: float = 0.0,
+                 budget: float | None = None):
+        from pruning.inference_cost import COSTS
+        if cost not in COSTS:
+            raise ValueError(f"unknown cost {cost!r}; choose one of {', '.join(COSTS)}")
+        if weight < 0 or (budget is not None and budget <= 0):
+            raise ValueError(f"COST_WEIGHT must be >= 0 and LATENCY_BUDGET > 0; got {weight} and {budget}")
+        self.prune, self.metric, self.costs, self.dense = prune, metric, costs, dense
+        self.cost, self.weight, self.budget = cost, weight, budget
+        self.calls = 0
+
+    def of_model(self, model: nn.Module) -> dict:
+        """The reward's parts for a model already pruned (see the class docstring)."""
+        from pruning.inference_cost import cost_ratio
+        value = float(self.metric(model))
+        measured = self.costs(model)
+        ratio = cost_ratio(measured, self.dense, self.cost)
+        within = self.budget is None or ratio <= self.budget
+        reward = value - self.weight * ratio if within else value - OVER_BUDGET - (ratio - self.budget)
+        return {"reward": reward, "metric": value, "cost_ratio": ratio, "within_budget": within,
+                "cost": dict(measured)}
+
+    def __call__(self, counts: dict[str, int]) -> dict:
+        self.calls += 1
+        return self.of_model(self.prune(counts))

@@ -188,14 +188,16 @@ def test_held_out_sentences_are_the_same_for_every_seed_and_never_trained_on():
 # --- the script ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_bert_config):
-    """allocate.py on a tiny model: one seed, 16 episodes, every allocation (3 runs)."""
+    """allocate.py on a tiny model: one seed, 16 episodes, every allocation (3 runs); the reward charges the
+    measured latency (COST_WEIGHT)."""
     root = tmp_path_factory.mktemp("allocate")
     data = write_slice(root / "sst2", 400, 100)
     config = root / "tiny.json"
     config.write_text(json.dumps({**json.loads(Path(tiny_bert_config).read_text()), **HEADS4}))
     out = root / "out"
     args = [a for a in tiny_args(config, data, out) if not a.startswith("--measure_speed")]
-    args += ["--seeds=1", "--episodes=16", "--episodes_per_update=4", "--held_out=64", "--head_rate=0.25"]
+    args += ["--seeds=1", "--episodes=16", "--episodes_per_update=4", "--held_out=64", "--head_rate=0.25",
+             "--cost_weight=0.05", "--cost_repeats=1"]
     proc = run_script("allocate.py", args, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, args, proc
@@ -210,6 +212,11 @@ def test_the_study_runs_every_allocation_at_the_same_budget(study):
     out, _, proc = study
     result = json.loads((out / "allocation.json").read_text())
     assert result["episodes"] == 16 and len(result["history"]) == 16
+    assert set(result["costs"]) == {"dense", "agent", "uniform", "global"} and result["costs"]["dense"]["ratio"] == 1.0
+    for name, c in result["candidates"].items():  # the composite reward, from the cached measured costs
+        assert c["cost_ratio"] == result["costs"][name]["ratio"]
+        assert c["reward"] == pytest.approx(c["metric"] - 0.05 * c["cost_ratio"])
+    assert result["reward"] == max(result["history"])
     for seed in (1,):
         agent, uniform, global_ = (removed(out / f"{name}-s{seed}") for name in ("agent", "uniform", "global"))
         for kind in ("heads", "neurons"):  # the same number of units in all three
@@ -224,7 +231,7 @@ def test_the_study_runs_every_allocation_at_the_same_budget(study):
     held = [json.loads((out / name / "results.json").read_text())["train_rows"] for name in ("agent-s1", "global-s1")]
     assert held == [400 - 64] * 2
     text = (out / "allocate.md").read_text()
-    assert "| agent |" in text and "| uniform |" in text and "| global |" in text
+    assert "| agent |" in text and "| uniform |" in text and "| global |" in text and "| dense |" in text
     assert (out / "allocate_rates.png").exists() and (out / "allocate_reward.png").exists()
 
 
@@ -234,6 +241,8 @@ def test_a_rerun_skips_the_finished_study(study):
     proc = run_script("allocate.py", [*args, "--measure_speed=false"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {p: p.stat().st_mtime for p in out.glob("*/results.json")} == stamps
+    proc = run_script("allocate.py", [*args, "--measure_speed=false", "--cost_weight=0.1"], timeout=300)
+    assert proc.returncode == 2 and "COST_WEIGHT: 0.05 there, 0.1 now" in proc.stderr  # not the search it asked for
 
 
 def test_the_reward_never_reads_the_dev_set(study, monkeypatch):
