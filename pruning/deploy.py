@@ -390,15 +390,21 @@ def compress_openvino_weights(source: Path, directory: Path, four_bit_ratio: flo
     """NNCF weight compression of the OpenVINO variant in `source` into `directory`: INT4 asymmetric weights in
     groups of `group_size` input channels for `four_bit_ratio` of the matrices' weights (NNCF's data-free
     sensitivity picks which), INT8 asymmetric per channel for the rest; NNCF keeps the embeddings and the
-    last layer at INT8. Activations stay fp32. Returns {"four_bit_ratio", "group_size", "int4_tensors",
+    last layer at INT8. A matrix whose input size `group_size` does not divide gets a smaller power-of-two
+    group (NNCF's ADJUST fallback, groups of at least 16) or, failing that, INT8. Activations stay fp32. Returns {"four_bit_ratio", "group_size", "int4_tensors",
     "int8_tensors"}: the weight-side tensors (codes and zero points, 2-D and up) stored at each width."""
     import nncf
     _quiet()
     nncf.set_log_level(40)
     model = _read_openvino(source)
     if four_bit_ratio > 0:
+        # A matrix whose input size the group does not divide (pruned FFNs keep any number of neurons) gets
+        # the largest power-of-two group below `group_size` that does (at least 16), else INT8.
+        from nncf.quantization.advanced_parameters import GroupSizeFallbackMode
+        advanced = nncf.AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
+                                                      min_adjusted_group_size=16)
         compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=four_bit_ratio,
-                                           group_size=group_size)
+                                           group_size=group_size, advanced_parameters=advanced)
     else:
         compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
     widths = [op.get_output_element_type(0).bitwidth for op in compressed.get_ops()
@@ -411,6 +417,7 @@ def compress_openvino_weights(source: Path, directory: Path, four_bit_ratio: flo
 
 # --- what the embeddings cost ------------------------------------------------------------------------
 _PASS_THROUGH = ("Cast", "Convert", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten")
+_LOOKUPS = ("Gather", "GatherND", "GatherBlockQuantized")  # a remap table indexed by ids exports as GatherND
 
 
 def word_embedding_bytes(directory: Path) -> int:
@@ -441,7 +448,7 @@ def _onnx_lookup_bytes(directory: Path) -> int:
         for n in consumers.get(tensor, []):
             if n.op_type in _PASS_THROUGH and n.input[0] == tensor:
                 frontier.extend(n.output)
-            elif n.op_type in ("Gather", "GatherBlockQuantized") and len(n.input) > 1 and n.input[1] == tensor:
+            elif n.op_type in _LOOKUPS and len(n.input) > 1 and n.input[1] == tensor:
                 lookups.append(n)
                 frontier.extend(n.output)  # a remap's output indexes the embedding table
     packed = {}
@@ -479,7 +486,7 @@ def _openvino_lookup_bytes(model) -> int:
             consumer, index = target.get_node(), target.get_index()
             if consumer.get_type_name() in _PASS_THROUGH and index == 0:
                 frontier.append(consumer)
-            elif consumer.get_type_name() == "Gather" and index == 1:
+            elif consumer.get_type_name() in _LOOKUPS and index == 1:
                 lookups.append(consumer)
                 frontier.append(consumer)
     total, seen = 0, set()
