@@ -39,7 +39,8 @@ def load(directory=Path(__file__).resolve().parent, threads=2):
     if (directory / "model.xml").exists():
         import openvino as ov
         compiled = ov.Core().compile_model(str(directory / "model.xml"), "CPU", {"INFERENCE_NUM_THREADS": threads})
-        run = lambda feed: compiled(feed)[0]
+        names = [i.get_any_name() for i in compiled.inputs]
+        run = lambda feed: compiled({k: feed[k] for k in names})[0]
     else:
         import onnxruntime as ort
         model = (directory / "model.onnx").read_bytes()
@@ -58,7 +59,8 @@ def load(directory=Path(__file__).resolve().parent, threads=2):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        run = lambda feed: session.run(None, feed)[0]
+        names = [i.name for i in session.get_inputs()]
+        run = lambda feed: session.run(None, {k: feed[k] for k in names})[0]
 
     def classify(texts):
         items = [tuple(t.split("\\t", 1)) if meta["pair"] and "\\t" in t else t for t in texts]
@@ -66,7 +68,7 @@ def load(directory=Path(__file__).resolve().parent, threads=2):
         feed = {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
                 "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64)}
-        logits = run({k: feed[k] for k in meta["inputs"]})
+        logits = run(feed)  # the model takes the inputs it was exported with
         if meta["labels"] is None:
             return logits[:, 0].tolist(), logits
         return [meta["labels"][i] for i in logits.argmax(-1)], logits
