@@ -50,9 +50,9 @@ from pruning.tasks import METRIC_TITLES
 
 RUN = ""                     # a finished run's directory (also accepted as the first argument)
 VARIANTS = "int8,mixed,sparse"  # beside fp32: any of int8, mixed, sparse (skipped for structured runs), mixed+qat
-RUNTIME = "auto"             # auto (both timed; each precision names the faster on this machine), onnxruntime, openvino, both
-CALIBRATION_SENTENCES = 300  # OpenVINO int8: training sentences (never dev, seeded) for NNCF's post-training quantization
-TRIM_VOCAB = False           # also every pruned fp32/int8/mixed variant with the word embeddings cut to the training data's tokens
+RUNTIME = "auto"             # auto (both timed, the faster per precision named), onnxruntime, openvino, both
+CALIBRATION_SENTENCES = 300  # OpenVINO int8: training sentences (never dev, seeded) for NNCF's quantization
+TRIM_VOCAB = False           # also each pruned fp32/int8/mixed with the word embeddings cut to the training tokens
 FOUR_BIT_FRACTION = 0.5      # mixed: at least this fraction of the encoder's matrix weights get 4 bits, least important first
 EMBEDDING_BITS = 4           # mixed: 4 (block-quantized lookups) or 8; embeddings are half of MiniLM's parameters
 IMPORTANCE = "run"           # mixed: "run" = the run's criterion (gradient for slimming/dense runs), or magnitude/gradient/undecayed
@@ -569,7 +569,8 @@ def card_facts(record: dict, label: str, results: schema.RunResults) -> list[tup
     if v.get(headline) is not None:
         facts.append((f"dev {headline}", f"{v[headline]:.4f} ({task['dev_set']})"))
     facts += [("model bytes", f"{v['bytes'] / 1e6:.1f} MB ({v['bytes_without_word_embeddings'] / 1e6:.1f} MB without "
-                              f"the word embeddings); {v['compression']:.2f}x smaller than {record['compression_reference']}"),
+                              f"the word embeddings); {v['compression']:.2f}x smaller than "
+                              f"{record['compression_reference']}"),
               ("speed", f"{v['sentences_per_s']:.0f} sentences/s at batch {record['config']['BATCH_SIZE']}, "
                         f"{v['latency_ms']:.1f} ms at batch 1; {v['throughput_ratio']:.2f}x dense PyTorch fp32, "
                         f"{v['vs_fastest_dense']:.2f}x the fastest dense deployment ({record['fastest_dense']})"),

@@ -391,8 +391,9 @@ def compress_openvino_weights(source: Path, directory: Path, four_bit_ratio: flo
     groups of `group_size` input channels for `four_bit_ratio` of the matrices' weights (NNCF's data-free
     sensitivity picks which), INT8 asymmetric per channel for the rest; NNCF keeps the embeddings and the
     last layer at INT8. A matrix whose input size `group_size` does not divide gets a smaller power-of-two
-    group (NNCF's ADJUST fallback, groups of at least 16) or, failing that, INT8. Activations stay fp32. Returns {"four_bit_ratio", "group_size", "int4_tensors",
-    "int8_tensors"}: the weight-side tensors (codes and zero points, 2-D and up) stored at each width."""
+    group (NNCF's ADJUST fallback, groups of at least 16) or, failing that, INT8. Activations stay fp32.
+    Returns {"four_bit_ratio", "group_size", "int4_tensors", "int8_tensors"}: the weight-side tensors (codes
+    and zero points, 2-D and up) stored at each width."""
     import nncf
     _quiet()
     nncf.set_log_level(40)
