@@ -581,13 +581,13 @@ def card_facts(record: dict, label: str, results: schema.RunResults) -> list[tup
     return facts
 
 
-OLD_TASK = {"name": "sst2", "title": "SST-2", "metrics": ["accuracy", "f1"], "headline": "accuracy", "dev_set": "validation"}
+_OLD_TASK = {"name": "sst2", "title": "SST-2", "metrics": ["accuracy", "f1"], "headline": "accuracy", "dev_set": "validation"}
 
 
 def record_task(record: dict) -> dict:
     """The task a compress.json record scored (name, title, metrics, headline, dev_set); records from
     before tasks: SST-2's accuracy and F1."""
-    return record.get("task") or OLD_TASK
+    return record.get("task") or _OLD_TASK
 
 
 def markdown(record: dict, results: schema.RunResults) -> str:
