@@ -337,7 +337,7 @@ def _save_openvino(model, directory: Path) -> None:
     ov.save_model(model, str(Path(directory) / OPENVINO_FILE), compress_to_fp16=False)
 
 
-def convert_openvino(source: Path, directory: Path, probe: dict[str, np.ndarray], tolerance: float = 1e-4) -> None:
+def convert_openvino(source: Path, directory: Path, probe: dict[str, np.ndarray], tolerance: float = 1e-3) -> None:
     """Write `directory/model.xml` + `model.bin`: the fp32 ONNX variant in `source` (the very file ONNX
     Runtime runs, its BERT fusions included) converted by `openvino.convert_model`, weights kept in fp32.
     Checked on `probe` (int64 arrays (batch, tokens) by input name) against ONNX Runtime on that file;
