@@ -115,3 +115,13 @@ def test_word_embedding_bytes_are_the_lookup_tables(exported, tmp_path):
     expected = len(keep) * TINY["hidden_size"] * 4 + VOCAB * 4  # the kept rows and the int32 remap table
     assert deploy.word_embedding_bytes(tmp_path / "trim") == expected
     assert deploy.word_embedding_bytes(tmp_path / "ov-trim") == expected
+
+
+def test_a_file_openvino_cannot_convert_is_one_clear_error(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / deploy.ONNX_FILE).write_bytes(b"not an onnx model")
+    (tmp_path / "ov").mkdir()
+    with pytest.raises(deploy.DeployError, match="OpenVINO cannot convert"):
+        deploy.convert_openvino(tmp_path / "bad", tmp_path / "ov", probe_batch())
+    with pytest.raises(deploy.DeployError, match="holds no model.xml"):
+        deploy.openvino_compiled(tmp_path / "bad", 1)
