@@ -1,20 +1,27 @@
-"""Compress a finished run for CPU deployment and measure what it buys: size, speed and its task's metrics.
+"""Compress a finished run for CPU deployment and measure what it buys: size, speed, energy and its task's metrics.
 
     python compress.py runs/NAME                          # the variants below, into runs/NAME/compressed/
     python compress.py runs/NAME --dense=runs/DENSE_RUN   # dense reference rows with their accuracy
     python compress.py --help
 
-Variants, each run by ONNX Runtime (the common CPU runtime for BERT-class models) and evaluated on the dev
-set of the run's task (`pruning.data`, as the run tokenized it: pairs as pairs, segment ids exported) in a
-fresh process from its files alone, with the task's metrics (`pruning.tasks`); every row names the headline:
-- fp32:   the exported model (the baseline, as saved);
-- int8:   dynamic quantization, int8 weights for every linear layer and the embeddings;
-- mixed:  the run's criterion ranks the encoder's matrices; the least important FOUR_BIT_FRACTION of the
-          weights get 4 bits (blocks of BLOCK_SIZE), the rest int8; embeddings at EMBEDDING_BITS;
-- sparse: (unstructured runs) fp32 and int8 with mostly-zero tensors stored as bitmap + nonzero values;
-- mixed+qat: (QAT_STEPS > 0) mixed after a quantization-aware fine-tune of the 4-bit matrices.
+Variants, each run by ONNX Runtime and by OpenVINO (RUNTIME; both CPU runtimes for BERT-class models) and
+evaluated on the dev set of the run's task (`pruning.data`, as the run tokenized it: pairs as pairs, segment
+ids exported) in a fresh process from its files alone, with the task's metrics (`pruning.tasks`); every row
+names the headline:
+- fp32:   the exported model (the baseline, as saved); OpenVINO converts this same ONNX file;
+- int8:   ONNX Runtime: dynamic quantization, int8 weights for every linear layer and the embeddings;
+          OpenVINO: NNCF post-training quantization (int8 weights and activations, CALIBRATION_SENTENCES);
+- mixed:  ONNX Runtime: the run's criterion ranks the encoder's matrices; the least important FOUR_BIT_FRACTION
+          of the weights get 4 bits (blocks of BLOCK_SIZE), the rest int8; embeddings at EMBEDDING_BITS;
+          OpenVINO: NNCF weight compression, INT4 (groups of BLOCK_SIZE) for FOUR_BIT_FRACTION, INT8 for the rest;
+- sparse: (ONNX Runtime, unstructured runs) fp32 and int8 with mostly-zero tensors stored as bitmap + nonzero values;
+- mixed+qat: (ONNX Runtime, QAT_STEPS > 0) mixed after a quantization-aware fine-tune of the 4-bit matrices;
+- +trim:  (TRIM_VOCAB) fp32, int8 and mixed again with the word embeddings cut to the training data's tokens.
 Beside them, in the same process and sitting: the run's model and a dense model in PyTorch fp32, and the
-dense model in ONNX Runtime fp32. Writes compressed/compress.json, compressed/table.md and two plots.
+dense model in each runtime at fp32 and int8 (what a user would deploy instead). Every variant directory is a
+deployable artifact (`pruning.artifact`: tokenizer, label names, model card, a loading example without
+torch). Energy per 1,000 sentences where the machine has a readable counter (`pruning.energy`). Writes
+compressed/compress.json, compressed/table.md and two plots.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch.nn.utils import parametrize
@@ -35,7 +43,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
 
 import bert  # noqa: F401  (defines the toolkit's trainers, which criteria() finds)
 from pruning import data
-from pruning import deploy, experiment, schema
+from pruning import artifact, deploy, energy, experiment, schema, vocab
 from pruning.precision import FakeQuant4, assign_bits, average_bits, matrix_importance, prunable_linears
 from pruning.layouts import layout_of
 from pruning.results import parameter_split
@@ -43,6 +51,9 @@ from pruning.tasks import METRIC_TITLES
 
 RUN = ""                     # a finished run's directory (also accepted as the first argument)
 VARIANTS = "int8,mixed,sparse"  # beside fp32: any of int8, mixed, sparse (skipped for structured runs), mixed+qat
+RUNTIME = "auto"             # auto (both timed, the faster per precision named), onnxruntime, openvino, both
+CALIBRATION_SENTENCES = 300  # OpenVINO int8: training sentences (never dev, seeded) for NNCF's quantization
+TRIM_VOCAB = False           # also each pruned fp32/int8/mixed with the word embeddings cut to the training tokens
 FOUR_BIT_FRACTION = 0.5      # mixed: at least this fraction of the encoder's matrix weights get 4 bits, least important first
 EMBEDDING_BITS = 4           # mixed: 4 (block-quantized lookups) or 8; embeddings are half of MiniLM's parameters
 IMPORTANCE = "run"           # mixed: "run" = the run's criterion (gradient for slimming/dense runs), or magnitude/gradient/undecayed
@@ -59,6 +70,8 @@ ROUNDS = 3                   # timing rounds; the variants take turns in each
 OUT_DIR = ""                 # "" = RUN/compressed
 
 _KNOWN_VARIANTS = ("int8", "mixed", "sparse", "mixed+qat")
+_RUNTIMES = ("auto", "onnxruntime", "openvino", "both")
+_DEFAULTS = {k: v for k, v in dict(globals()).items() if k.isupper() and not k.startswith("_")}
 
 
 def read_run(run: Path, what: str) -> schema.RunResults:
@@ -82,6 +95,8 @@ def check(config: dict) -> schema.RunResults:
     if unknown:
         raise experiment.ConfigError(f"unknown variant(s) {', '.join(unknown)} in --variants; choose from "
                                      f"{', '.join(_KNOWN_VARIANTS)} (fp32 is always made)")
+    if config["RUNTIME"] not in _RUNTIMES:
+        raise experiment.ConfigError(f"--runtime={config['RUNTIME']}: choose one of {', '.join(_RUNTIMES)}")
     if "mixed+qat" in variants and config["QAT_STEPS"] <= 0:
         raise experiment.ConfigError("variant mixed+qat needs --qat_steps > 0")
     if config["QAT_STEPS"] < 0 or not config["QAT_LEARNING_RATE"] > 0:
@@ -106,7 +121,7 @@ def check(config: dict) -> schema.RunResults:
         if d.trainer != "dense" or d.model_source != results.model_source:
             raise experiment.ConfigError(f"--dense={dense} is a {d.trainer} run of {d.model_source}; it must be "
                                          f"a dense run of the same model ({results.model_source})")
-    for key in ("THREADS", "BATCH_SIZE", "LATENCY_SENTENCES", "ROUNDS", "CALIBRATION_BATCHES"):
+    for key in ("THREADS", "BATCH_SIZE", "LATENCY_SENTENCES", "ROUNDS", "CALIBRATION_BATCHES", "CALIBRATION_SENTENCES"):
         if config[key] < 1:
             raise experiment.ConfigError(f"--{key.lower()}={config[key]}: must be at least 1")
     return results
@@ -201,19 +216,25 @@ def qat_finetune(model, four_bit: list[str], train, config: dict, tokenizer, see
     return student.eval()
 
 
-def time_variants(runners: dict, batches, singles, rounds: int) -> dict:
+def time_variants(runners: dict, batches, singles, rounds: int, counter=None) -> dict:
     """Sentences/s at batch BATCH_SIZE (the whole dev set) and median batch-1 latency, the variants taking
     turns in each round. Each figure is the best of the rounds (noise on a shared machine only ever slows
-    a round down), and its ratio is taken to the best of the dense PyTorch model's rounds."""
+    a round down), and its ratio is taken to the best of the dense PyTorch model's rounds. With an energy
+    `counter` (`pruning.energy`: read() and joules(before, after)), the joules of each batch-64 pass too:
+    "joules_per_1000" is the least of the rounds per 1,000 sentences (other load only ever adds joules);
+    without one it is None."""
     sentences = sum(len(b["input_ids"]) for b in batches)
-    per_round = {name: {"throughput": [], "latency": []} for name in runners}
+    per_round = {name: {"throughput": [], "latency": [], "joules": []} for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
             run(singles[0])  # warm-up
+            before = counter.read() if counter is not None else None
             started = time.perf_counter()
             for b in batches:
                 run(b)
             per_round[name]["throughput"].append(sentences / (time.perf_counter() - started))
+            if counter is not None:
+                per_round[name]["joules"].append(counter.joules(before, counter.read()))
             latencies = []
             for s in singles:
                 started = time.perf_counter()
@@ -224,70 +245,166 @@ def time_variants(runners: dict, batches, singles, rounds: int) -> dict:
     dense_throughput, dense_latency = best["dense · PyTorch fp32"]
     return {name: {"sentences_per_s": throughput, "latency_ms": 1000 * latency,
                    "throughput_ratio": throughput / dense_throughput, "latency_ratio": latency / dense_latency,
+                   "joules_per_1000": (energy.joules_per_thousand(min(per_round[name]["joules"]), sentences)
+                                       if counter is not None else None),
                    "rounds": per_round[name]}
             for name, (throughput, latency) in best.items()}
 
 
+_RUNTIME_TITLES = {"onnxruntime": "ORT", "openvino": "OpenVINO", "pytorch": "PyTorch"}
+_PRECISION_NOTES = {
+    ("onnxruntime", "fp32"): "fp32 (exported with torch.onnx, ONNX Runtime's BERT fusions)",
+    ("onnxruntime", "int8"): "int8 weights per channel for every linear layer and the embeddings, activations "
+                             "quantized on the fly (ONNX Runtime dynamic quantization)",
+    ("onnxruntime", "mixed"): "8/4-bit: the least important matrices' weights at 4 bits (blocks), the rest int8 "
+                              "(ONNX Runtime MatMulNBits)",
+    ("onnxruntime", "mixed+qat"): "8/4-bit after quantization-aware fine-tuning",
+    ("openvino", "fp32"): "fp32 (the exported ONNX file converted by OpenVINO)",
+    ("openvino", "int8"): "int8 weights and activations (NNCF post-training quantization, preset mixed, "
+                          "model type transformer)",
+    ("openvino", "mixed"): "INT4 weights (groups) for a ratio of the matrices, INT8 for the rest, activations "
+                           "fp32 (NNCF weight compression)",
+}
+
+
+def command_line(config: dict) -> str:
+    """The compress.py command that gives `config`: the run, then every setting that is not the default."""
+    changed = [f"--{k.lower()}={v}" for k, v in config.items()
+               if k in _DEFAULTS and k not in ("RUN",) and v != _DEFAULTS[k]]
+    return " ".join(["python compress.py", config["RUN"], *changed])
+
+
+def vocabulary_keep(train_rows, tokenizer, model) -> tuple[np.ndarray, int]:
+    """(kept ids, the unknown token's id) for TRIM_VOCAB: every id of the tokenized training rows and
+    the tokenizer's special tokens. Raises ConfigError for a tokenizer without an unknown token."""
+    if tokenizer.unk_token_id is None:
+        raise experiment.ConfigError(f"--trim_vocab: the tokenizer ({type(tokenizer).__name__}) has no unknown "
+                                     "token to map unseen tokens to; run without --trim_vocab")
+    vocab_size = model.get_input_embeddings().num_embeddings
+    keep = vocab.seen_ids(train_rows["input_ids"], tokenizer.all_special_ids, vocab_size)
+    return keep, tokenizer.unk_token_id
+
+
 def main(config: dict) -> None:
-    """Export, quantize and pack the run's model into each variant (`pruning.deploy`), evaluate and time them
-    side by side, then write compress.json, table.md and the two plots to OUT_DIR (default RUN/compressed).
+    """Export, quantize and pack the run's model into each variant (`pruning.deploy`) in each runtime, evaluate
+    and time them side by side, write each variant's artifact files and model card (`pruning.artifact`),
+    then compress.json, table.md and the two plots to OUT_DIR (default RUN/compressed).
     Raises ConfigError (from `check`) for bad input, before any work."""
     results = check(config)
     run = Path(config["RUN"])
     out = Path(config["OUT_DIR"]) if config["OUT_DIR"] else run / "compressed"
     variants = [v for v in config["VARIANTS"].split(",") if v]
+    runtimes = ("onnxruntime", "openvino") if config["RUNTIME"] in ("auto", "both") else (config["RUNTIME"],)
     torch.set_num_threads(config["THREADS"])
     structured = results.config.granularity != "weights"
     if structured and "sparse" in variants:
         print("sparse: skipped, a heads+neurons model has its pruned units removed, not zeroed")
         variants.remove("sparse")
+    if "onnxruntime" not in runtimes and {"sparse", "mixed+qat"} & set(variants):
+        print("sparse, mixed+qat: skipped, they are ONNX Runtime variants")
+        variants = [v for v in variants if v not in ("sparse", "mixed+qat")]
 
     model = AutoModelForSequenceClassification.from_pretrained(str(run / "model"), trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run / "model"), trust_remote_code=True)  # no prompt for our config
     structure = results.pruning.structure
     dense = dense_reference(model, config["DENSE"], len(structure.heads_total_per_layer) if structure else None)
     task, datasets, _ = data.load(**data.run_task(results.config.settings))
+    trimmed, keep = None, None
+    if config["TRIM_VOCAB"]:
+        keep, unk = vocabulary_keep(encode(datasets["train"], task, tokenizer, results), tokenizer, model)
+        trimmed = vocab.trim_vocabulary(copy.deepcopy(model), keep, unk).eval()
     dev = encode(datasets[task.dev], task, tokenizer, results)
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".work"
     work.mkdir(exist_ok=True)
     dev_file = work / "dev.npz"
-    deploy.write_dev(dev_file, dev, deploy.model_inputs(model, dev.column_names), tokenizer.pad_token_id, task.metrics)
+    inputs = deploy.model_inputs(model, dev.column_names)
+    deploy.write_dev(dev_file, dev, inputs, tokenizer.pad_token_id, task.metrics)
     batches, _ = deploy.dev_batches(dev_file, config["BATCH_SIZE"])
     singles = deploy.dev_batches(dev_file, 1)[0][:config["LATENCY_SENTENCES"]]
     probe = batches[0]
+    labels = list(task.label_names) if task.label_names is not None else None
+    pair = len(task.text_columns) > 1
 
-    def write_variant(name: str, make) -> Path:
-        final = out / name
+    def write_variant(name: str, make, where: Path = out) -> Path:
+        final = where / name
         tmp = deploy.fresh_tmp(final)
         extra = make(tmp)
+        artifact.write_files(tmp, tokenizer, labels, inputs, results.config.max_length, pair)
         deploy.replace_directory(tmp, final)
-        print(f"  {name}: {deploy.directory_bytes(final) / 1e6:.1f} MB")
+        print(f"  {name}: {deploy.model_bytes(final) / 1e6:.1f} MB")
         return extra
 
     record = {"run": str(run), "dense_run": config["DENSE"] or None, "config": config,
               "task": {"name": task.name, "title": task.title, "metrics": list(task.metrics), "headline": task.headline,
                        "dev_set": task.dev},
-              "date": time.strftime("%Y-%m-%d %H:%M"), "threads": config["THREADS"], "variants": {}}
-    print(f"exporting {run / 'model'} and the dense reference to ONNX ...")
-    write_variant("fp32", lambda d: deploy.export_onnx(model, d, probe))
-    write_variant("dense-fp32", lambda d: deploy.export_onnx(dense, d, probe))
-    if "int8" in variants:
-        write_variant("int8", lambda d: deploy.quantize_int8(out / "fp32", d))
+              "date": time.strftime("%Y-%m-%d %H:%M"), "threads": config["THREADS"], "runtimes": list(runtimes),
+              "versions": versions(runtimes), "cpu": artifact.cpu_name(), "command": command_line(config),
+              "variants": {}}
+    # rows: label -> (directory, runtime, which model, precision); the PyTorch rows first.
+    rows = {"dense · PyTorch fp32": ((Path(config["DENSE"]) / "model") if config["DENSE"] else None, "pytorch",
+                                     "dense", "fp32"),
+            "pruned · PyTorch fp32": (run / "model", "pytorch", "pruned", "fp32")}
 
-    if "mixed" in variants or "mixed+qat" in variants:
+    def add(which: str, runtime: str, precision: str, directory: Path) -> None:
+        rows[f"{which} · {_RUNTIME_TITLES[runtime]} {precision}"] = (directory, runtime, which, precision)
+
+    # The ONNX export is ONNX Runtime's fp32 variant and OpenVINO's source; without ONNX Runtime it is staged.
+    onnx_home = out if "onnxruntime" in runtimes else work
+    sources = {"dense": (dense, "dense-"), "pruned": (model, "")}
+    if trimmed is not None:
+        sources["pruned+trim"] = (trimmed, "")
+    print(f"exporting {run / 'model'} and the dense reference to ONNX ...")
+    for which, (m, prefix) in sources.items():
+        suffix = "+trim" if which.endswith("+trim") else ""
+        write_variant(f"{prefix}fp32{suffix}", lambda d, m=m: deploy.export_onnx(m, d, probe), onnx_home)
+    calibration = None
+    if "openvino" in runtimes:
+        rows_cal = encode(data.subset(datasets["train"], config["CALIBRATION_SENTENCES"], results.config.seed + 3),
+                          task, tokenizer, results)
+        calibration = [{k: np.asarray([r[k]], dtype=np.int64) for k in inputs if k in r} | (
+            {"attention_mask": np.ones((1, len(r["input_ids"])), dtype=np.int64)}) for r in data.model_rows(rows_cal)]
+        for c in calibration:
+            c.setdefault("token_type_ids", np.zeros_like(c["input_ids"]))
+        record["openvino_int8"] = {"calibration_sentences": len(calibration), "preset": "mixed",
+                                   "model_type": "transformer", "seed": results.config.seed + 3}
+    int8_wanted = "int8" in variants
+    for which, (m, prefix) in sources.items():
+        suffix = "+trim" if which.endswith("+trim") else ""
+        base = which.removesuffix("+trim")
+        fp32_dir = onnx_home / f"{prefix}fp32{suffix}"
+        if "onnxruntime" in runtimes:
+            add(base, "onnxruntime", f"fp32{suffix}", fp32_dir)
+            if int8_wanted or which == "dense":  # the dense int8 rows are what a user would deploy instead
+                write_variant(f"{prefix}int8{suffix}", lambda d, s=fp32_dir: deploy.quantize_int8(s, d))
+                add(base, "onnxruntime", f"int8{suffix}", out / f"{prefix}int8{suffix}")
+        if "openvino" in runtimes:
+            ov_fp32 = out / f"{prefix}ov-fp32{suffix}"
+            write_variant(ov_fp32.name, lambda d, s=fp32_dir: deploy.convert_openvino(s, d, probe))
+            add(base, "openvino", f"fp32{suffix}", ov_fp32)
+            if int8_wanted or which == "dense":
+                info = write_variant(f"{prefix}ov-int8{suffix}",
+                                     lambda d: deploy.quantize_openvino_int8(ov_fp32, d, calibration))
+                record["openvino_int8"].setdefault("fake_quantize_ops", {})[which] = info["fake_quantize_ops"]
+                add(base, "openvino", f"int8{suffix}", out / f"{prefix}ov-int8{suffix}")
+            if "mixed" in variants and which != "dense":
+                info = write_variant(f"ov-mixed{suffix}", lambda d: deploy.compress_openvino_weights(
+                    ov_fp32, d, config["FOUR_BIT_FRACTION"], config["BLOCK_SIZE"]))
+                record.setdefault("openvino_mixed", {})[which] = info
+                add(base, "openvino", f"mixed{suffix}", out / f"ov-mixed{suffix}")
+
+    if "onnxruntime" in runtimes and ("mixed" in variants or "mixed+qat" in variants):
         name, criterion, options = importance_criterion(config, results)
         needs_batches = name != "magnitude"
-        calibration = (calibration_batches(datasets["train"], task, results, tokenizer, config["CALIBRATION_BATCHES"])
-                       if needs_batches else ())
-        importance = matrix_importance(model, criterion, options, calibration)
+        calibration_b = (calibration_batches(datasets["train"], task, results, tokenizer, config["CALIBRATION_BATCHES"])
+                         if needs_batches else ())
+        importance = matrix_importance(model, criterion, options, calibration_b)
         linears = prunable_linears(model)
         sizes = {n: m.weight.numel() for n, m in linears.items()}
         ranking = {n: -v for n, v in importance.items()} if config["REVERSE_IMPORTANCE"] else importance
         bits = assign_bits(ranking, sizes, config["FOUR_BIT_FRACTION"])
-        four, eight = bit_plan(onnx.load(str(out / "fp32" / deploy.ONNX_FILE)), model, bits, config["EMBEDDING_BITS"])
         record["mixed"] = {"importance": name, "reversed": config["REVERSE_IMPORTANCE"], "importance_options": options,
-                           "calibration_batches": len(calibration),
+                           "calibration_batches": len(calibration_b),
                            "matrix_importance": importance, "bits": bits, "sizes": sizes,
                            "four_bit_fraction": sum(sizes[n] for n in bits if bits[n] == 4) / sum(sizes.values()),
                            "average_encoder_bits": average_bits(bits, sizes),
@@ -296,7 +413,15 @@ def main(config: dict) -> None:
         print(f"mixed precision: {name} importance{reversed_text}; {sum(b == 4 for b in bits.values())} of "
               f"{len(bits)} matrices at 4 bits ({100 * record['mixed']['four_bit_fraction']:.0f}% of their weights)")
         if "mixed" in variants:
-            write_variant("mixed", lambda d: deploy.quantize_mixed(out / "fp32", d, four, eight, config["BLOCK_SIZE"]))
+            for which, (m, _) in sources.items():
+                if which == "dense":
+                    continue
+                suffix = "+trim" if which.endswith("+trim") else ""
+                fp32_dir = out / f"fp32{suffix}"
+                four, eight = bit_plan(onnx.load(str(fp32_dir / deploy.ONNX_FILE)), m, bits, config["EMBEDDING_BITS"])
+                write_variant(f"mixed{suffix}", lambda d, s=fp32_dir, f4=four, f8=eight: deploy.quantize_mixed(
+                    s, d, f4, f8, config["BLOCK_SIZE"]))
+                add("pruned", "onnxruntime", f"mixed{suffix}", out / f"mixed{suffix}")
         if "mixed+qat" in variants:
             train = encode(data.subset(datasets["train"], 32 * config["QAT_STEPS"], results.config.seed + 2), task,
                            tokenizer, results)
@@ -309,61 +434,92 @@ def main(config: dict) -> None:
                                            config["EMBEDDING_BITS"])
             write_variant("mixed+qat", lambda d: deploy.quantize_mixed(student_fp32, d, four_qat, eight_qat,
                                                                        config["BLOCK_SIZE"]))
+            add("pruned", "onnxruntime", "mixed+qat", out / "mixed+qat")
     if "sparse" in variants:
         for base in ("fp32", "int8") if "int8" in variants else ("fp32",):
             stats = write_variant(f"{base}+sparse", lambda d, b=base: deploy.pack_sparse(out / b, d))
             record.setdefault("sparse", {})[base] = stats
+            add("pruned", "onnxruntime", f"{base}+sparse", out / f"{base}+sparse")
+
+    # Table order: PyTorch, then the dense deployments, the pruned ones, the trimmed ones; ORT before OpenVINO.
+    precisions = ["fp32", "int8", "mixed", "mixed+qat", "fp32+sparse", "int8+sparse"]
+    order = {"pytorch": 0, "onnxruntime": 1, "openvino": 2}
+
+    def position(item):
+        _, (_, runtime, which, precision) = item
+        trim = precision.endswith("+trim")
+        return (runtime != "pytorch", which != "dense", trim, order[runtime],
+                precisions.index(precision.removesuffix("+trim")))
+    rows = dict(sorted(rows.items(), key=position))
 
     # Accuracy and memory: each variant in a fresh process, from its files alone.
-    rows = {"dense · PyTorch fp32": (Path(config["DENSE"]) / "model") if config["DENSE"] else None,
-            "dense · ORT fp32": out / "dense-fp32",
-            "pruned · PyTorch fp32": run / "model"}
-    made = ["fp32"] + [v for v in variants if v != "sparse"] + (
-        ["fp32+sparse"] + (["int8+sparse"] if "int8" in variants else []) if "sparse" in variants else [])
-    for name in made:
-        rows[f"pruned · ORT {name}"] = out / name
     dense_trained = bool(config["DENSE"])
-    params = {"dense": parameter_split(dense), "pruned": parameter_split(model)}
-    nonzero = {"dense": sum(int((p != 0).sum()) for p in dense.parameters()),
-               "pruned": sum(int((p != 0).sum()) for p in model.parameters())}
-    for label, directory in rows.items():
-        which = label.split(" · ")[0]
-        entry = {"runtime": "PyTorch" if "PyTorch" in label else "ONNX Runtime",
-                 "parameters": params[which]["total"], "nonzero_parameters": nonzero[which],
+    models = {"dense": dense, "pruned": model}
+    params = {k: parameter_split(m) for k, m in models.items()}
+    nonzero = {k: sum(int((p != 0).sum()) for p in m.parameters()) for k, m in models.items()}
+    if trimmed is not None:
+        params["pruned+trim"] = parameter_split(trimmed)
+        nonzero["pruned+trim"] = sum(int((p != 0).sum()) for p in trimmed.parameters())
+        record["trim_vocab"] = {"kept_tokens": len(keep), "vocabulary": model.get_input_embeddings().num_embeddings,
+                                "unk_id": tokenizer.unk_token_id}
+    for label, (directory, runtime, which, precision) in rows.items():
+        key = "pruned+trim" if precision.endswith("+trim") else which
+        entry = {"runtime": {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}[runtime],
+                 "model": which, "precision": precision, "trimmed_vocabulary": key == "pruned+trim",
+                 "parameters": params[key]["total"], "nonzero_parameters": nonzero[key],
                  "directory": str(directory) if directory else None}
         if directory is not None and (which == "pruned" or dense_trained):
             print(f"evaluating {label} in a fresh process ...")
             entry.update(deploy.evaluate_in_fresh_process(directory, dev_file, config["THREADS"], config["BATCH_SIZE"]))
-        if directory is not None:
-            files = [directory / "model.safetensors"] if "PyTorch" in label else None
-            entry["bytes"] = sum(f.stat().st_size for f in files) if files else deploy.directory_bytes(directory)
+        if runtime == "pytorch":
+            if directory is not None:
+                entry["bytes"] = (directory / "model.safetensors").stat().st_size
+            else:
+                with tempfile.TemporaryDirectory() as t:
+                    dense.save_pretrained(t)
+                    entry["bytes"] = os.path.getsize(Path(t) / "model.safetensors")
+            table = models[which].get_input_embeddings().weight
+            entry["word_embedding_bytes"] = table.numel() * table.element_size()
         else:
-            with tempfile.TemporaryDirectory() as t:
-                dense.save_pretrained(t)
-                entry["bytes"] = os.path.getsize(Path(t) / "model.safetensors")
+            entry["bytes"] = deploy.model_bytes(directory)
+            entry["word_embedding_bytes"] = deploy.word_embedding_bytes(directory)
+        entry["bytes_without_word_embeddings"] = entry["bytes"] - entry["word_embedding_bytes"]
         record["variants"][label] = entry
 
-    # Speed: every variant in this process, taking turns on the same batches.
-    print(f"timing {len(rows)} variants side by side ({config['ROUNDS']} rounds, {config['THREADS']} threads) ...")
+    # Speed and energy: every variant in this process, taking turns on the same batches.
+    counter, counter_text = energy.find_counter()
+    record["energy_counter"] = counter_text
+    print(f"timing {len(rows)} variants side by side ({config['ROUNDS']} rounds, {config['THREADS']} threads; "
+          f"energy: {counter_text}) ...")
     runners = {}
-    for label, directory in rows.items():
-        if label == "dense · PyTorch fp32":
-            runners[label] = deploy.pytorch_runner(dense)
-        elif label == "pruned · PyTorch fp32":
-            runners[label] = deploy.pytorch_runner(model)
-        else:
-            runners[label] = deploy.runner(directory, config["THREADS"])
-    for label, speed in time_variants(runners, batches, singles, config["ROUNDS"]).items():
+    for label, (directory, runtime, which, _) in rows.items():
+        runners[label] = (deploy.pytorch_runner(models[which]) if runtime == "pytorch"
+                          else deploy.runner(directory, config["THREADS"]))
+    for label, speed in time_variants(runners, batches, singles, config["ROUNDS"], counter).items():
         record["variants"][label].update(speed)
 
-    reference_bytes = record["variants"]["dense · ORT fp32"]["bytes"]
+    reference = "dense · ORT fp32" if "dense · ORT fp32" in record["variants"] else "dense · OpenVINO fp32"
+    reference_bytes = record["variants"][reference]["bytes"]
+    record["compression_reference"] = reference
+    dense_rows = {k: v for k, v in record["variants"].items() if v["model"] == "dense"}
+    fastest = max(dense_rows, key=lambda k: dense_rows[k]["sentences_per_s"])
+    record["fastest_dense"] = fastest
     dense_score = record["variants"]["dense · PyTorch fp32"].get(task.headline)
     for entry in record["variants"].values():
         entry["compression"] = reference_bytes / entry["bytes"]
         entry["bits_per_parameter"] = 8 * entry["bytes"] / entry["parameters"]
+        entry["vs_fastest_dense"] = entry["sentences_per_s"] / record["variants"][fastest]["sentences_per_s"]
         if dense_score is not None and entry.get(task.headline) is not None:
             entry["headline_vs_dense"] = entry[task.headline] - dense_score
+    if config["RUNTIME"] == "auto":
+        record["runtime_choice"] = runtime_choice(record["variants"])
+        for choice in record["runtime_choice"].values():
+            record["variants"][choice["label"]]["chosen"] = True
     experiment.write_json(out / "compress.json", record)
+    for label, entry in record["variants"].items():
+        if entry["runtime"] != "PyTorch":
+            artifact.write_card(Path(entry["directory"]), f"{run.name}: {label}", card_facts(record, label, results),
+                                record["command"], record["date"])
     table = markdown(record, results)
     (out / "table.md").write_text(table)
     plots(record, out)
@@ -371,39 +527,125 @@ def main(config: dict) -> None:
     shutil.rmtree(work)
 
 
-OLD_TASK = {"name": "sst2", "title": "SST-2", "metrics": ["accuracy", "f1"], "headline": "accuracy", "dev_set": "validation"}
+def versions(runtimes) -> dict:
+    """The runtimes' package versions (and torch's), for the record and the model cards."""
+    import onnxruntime
+    found = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+    if "openvino" in runtimes:
+        import nncf
+        import openvino
+        found.update(openvino=openvino.__version__, nncf=nncf.__version__)
+    return found
+
+
+def runtime_choice(variants: dict) -> dict:
+    """For each (model, precision) measured in both runtimes: the faster at batch 64 in this sitting,
+    {"runtime", "label", "sentences_per_s": {runtime: figure}}, keyed "pruned int8", "dense fp32", ..."""
+    groups: dict[str, dict] = {}
+    for label, v in variants.items():
+        if v["runtime"] != "PyTorch":
+            groups.setdefault(f"{v['model']} {v['precision']}", {})[v["runtime"]] = (label, v["sentences_per_s"])
+    return {key: {"runtime": max(g, key=lambda r: g[r][1]), "label": g[max(g, key=lambda r: g[r][1])][0],
+                  "sentences_per_s": {r: s for r, (_, s) in g.items()}}
+            for key, g in groups.items() if len(g) > 1}
+
+
+def card_facts(record: dict, label: str, results: schema.RunResults) -> list[tuple[str, str]]:
+    """The (name, value) rows of a variant's model card: what was pruned and quantized, and what was measured."""
+    v = record["variants"][label]
+    task = record_task(record)
+    runtime_key = "openvino" if v["runtime"] == "OpenVINO" else "onnxruntime"
+    precision = v["precision"].removesuffix("+trim").removesuffix("+sparse")
+    dense_params = record["variants"]["dense · PyTorch fp32"]["parameters"]
+    if v["model"] == "dense":
+        pruned = f"nothing: the dense reference ({record['dense_run'] or 'untrained, for speed and bytes only'})"
+    else:
+        pruned = (f"{results.trainer} ({results.config.granularity}) run `{record['run']}`: {v['parameters']:,} "
+                  f"parameters, {v['parameters'] / dense_params:.2f}x the dense model's {dense_params:,}")
+    facts = [("task", f"{task['title']} ({', '.join(task['metrics'])})"), ("pruned", pruned),
+             ("quantized", _PRECISION_NOTES.get((runtime_key, precision), precision)),
+             ("runtime", f"{v['runtime']} {record['versions'].get(runtime_key, '')}, {record['threads']} threads")]
+    if "+sparse" in v["precision"]:
+        facts.append(("storage", "mostly-zero tensors as bitmap + nonzero values (sparse.safetensors)"))
+    if v["trimmed_vocabulary"]:
+        t = record["trim_vocab"]
+        facts.append(("vocabulary", f"{t['kept_tokens']:,} of {t['vocabulary']:,} tokens kept (those of the training "
+                                    "data and the special tokens); the model maps every other id to the unknown token"))
+    headline = task["headline"]
+    if v.get(headline) is not None:
+        facts.append((f"dev {headline}", f"{v[headline]:.4f} ({task['dev_set']})"))
+    facts += [("model bytes", f"{v['bytes'] / 1e6:.1f} MB ({v['bytes_without_word_embeddings'] / 1e6:.1f} MB without "
+                              f"the word embeddings); {v['compression']:.2f}x smaller than "
+                              f"{record['compression_reference']}"),
+              ("speed", f"{v['sentences_per_s']:.0f} sentences/s at batch {record['config']['BATCH_SIZE']}, "
+                        f"{v['latency_ms']:.1f} ms at batch 1; {v['throughput_ratio']:.2f}x dense PyTorch fp32, "
+                        f"{v['vs_fastest_dense']:.2f}x the fastest dense deployment ({record['fastest_dense']})"),
+              ("energy", f"{v['joules_per_1000']:.1f} J per 1,000 sentences ({record['energy_counter']})"
+               if v.get("joules_per_1000") is not None else record["energy_counter"])]
+    if v.get("chosen"):
+        facts.append(("runtime choice", f"the faster runtime for {v['model']} {v['precision']} on this machine"))
+    return facts
+
+
+_OLD_TASK = {"name": "sst2", "title": "SST-2", "metrics": ["accuracy", "f1"], "headline": "accuracy", "dev_set": "validation"}
 
 
 def record_task(record: dict) -> dict:
     """The task a compress.json record scored (name, title, metrics, headline, dev_set); records from
     before tasks: SST-2's accuracy and F1."""
-    return record.get("task") or OLD_TASK
+    return record.get("task") or _OLD_TASK
 
 
 def markdown(record: dict, results: schema.RunResults) -> str:
     """table.md from a compress.json record: a row per variant with the task's metrics on its dev set
     (the headline first, fractions or correlations), Δ headline vs dense in points (×100), MB = 10**6
-    bytes on disk, latency in ms, sentences/s; then the mixed-precision and sparse notes."""
+    bytes on disk (model files; and without the word-embedding lookup), latency in ms, sentences/s, the
+    ratios to dense PyTorch fp32 and to the fastest dense deployment, joules per 1,000 sentences (or "no
+    energy counter"); then the runtime choice, the vocabulary trimming, mixed-precision and sparse notes."""
     def f(x, fmt):
         return "–" if x is None else format(x, fmt)
     task = record_task(record)
     titles = [METRIC_TITLES.get(m, m) for m in task["metrics"]]
+    counter = record.get("energy_counter", energy.NO_COUNTER)
+    no_counter = counter.startswith(energy.NO_COUNTER)
     lines = [f"Run `{record['run']}` ({results.trainer}, {results.config.granularity}); task {task['title']}, "
              f"scored by {METRIC_TITLES.get(task['headline'], task['headline'])} (`{task['headline']}`) on "
              f"{task['dev_set']}; dense reference: "
              f"{record['dense_run'] or 'untrained model of the same architecture (speed and bytes only)'}; "
-             f"{record['threads']} threads, {record['date']}.", "",
+             f"{record['threads']} threads, {record['date']}"
+             + (f", {record['cpu']}" if record.get("cpu") else "") + ".", "",
              "| variant | runtime | " + " | ".join(f"dev {t}" for t in titles) + f" | Δ {titles[0]} vs dense "
-             "| MB on disk | compression | bits/param | parameters | batch-1 latency ms | sentences/s @64 "
-             "| × dense PyTorch | peak RSS MB |",
-             "|---|---|" + "---|" * len(titles) + "---|---|---|---|---|---|---|---|---|"]
+             "| MB on disk | MB w/o word emb. | compression | bits/param | parameters | batch-1 latency ms "
+             "| sentences/s @64 | × dense PyTorch | × fastest dense | J / 1k sentences | peak RSS MB |",
+             "|---|---|" + "---|" * len(titles) + "---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, v in record["variants"].items():
         delta = v.get("headline_vs_dense", v.get("accuracy_vs_dense"))
-        lines.append(f"| {label} | {v['runtime']} | " + " | ".join(f(v.get(m), ".4f") for m in task["metrics"])
+        without = v.get("bytes_without_word_embeddings")
+        joules = "no energy counter" if no_counter else f(v.get("joules_per_1000"), ".1f")
+        fastest = v.get("vs_fastest_dense")
+        lines.append(f"| {label} | {v['runtime']}{' ◆' if v.get('chosen') else ''} | "
+                     + " | ".join(f(v.get(m), ".4f") for m in task["metrics"])
                      + f" | {'–' if delta is None else f'{100 * delta:+.2f}'} | {v['bytes'] / 1e6:.1f} | "
+                     f"{'–' if without is None else f'{without / 1e6:.1f}'} | "
                      f"{v['compression']:.2f}× | {v['bits_per_parameter']:.2f} | {v['parameters']:,} | "
                      f"{v['latency_ms']:.1f} | {v['sentences_per_s']:.0f} | {v['throughput_ratio']:.2f}× | "
+                     f"{'–' if fastest is None else f'{fastest:.2f}×'} | {joules} | "
                      f"{f(v.get('peak_rss_mb'), '.0f')} |")
+    if record.get("fastest_dense"):
+        lines += ["", f"Fastest dense deployment in this sitting: {record['fastest_dense']} "
+                      f"({record['variants'][record['fastest_dense']]['sentences_per_s']:.0f} sentences/s); "
+                      f"compression is against {record.get('compression_reference', 'dense · ORT fp32')}. "
+                      f"Energy: {counter}."]
+    choice = record.get("runtime_choice")
+    if choice:
+        lines += ["", "Runtime chosen (◆, --runtime=auto: the faster at batch 64 in this sitting): " + "; ".join(
+            f"{key} → {c['runtime']} (" + " vs ".join(f"{r} {s:.0f}" for r, s in c["sentences_per_s"].items()) + ")"
+            for key, c in choice.items()) + "."]
+    trim = record.get("trim_vocab")
+    if trim:
+        lines += ["", f"+trim: the word embeddings cut to the {trim['kept_tokens']:,} of {trim['vocabulary']:,} "
+                      "token ids that the training split and the special tokens use; a remap table in the model "
+                      "sends every other id to the unknown token."]
     mixed = record.get("mixed")
     if mixed:
         lines += ["", f"Mixed precision: importance from the {mixed['importance']} criterion"
@@ -412,6 +654,10 @@ def markdown(record: dict, results: schema.RunResults) -> str:
                       f"{100 * mixed['four_bit_fraction']:.0f}% of the encoder's matrix weights at 4 bits "
                       f"(average {mixed['average_encoder_bits']:.2f} bits), embeddings at {mixed['embedding_bits']} "
                       f"bits, 4-bit blocks of {mixed['block_size']}."]
+    ov_int8 = record.get("openvino_int8")
+    if ov_int8 and ov_int8.get("fake_quantize_ops"):
+        lines += ["", f"OpenVINO int8: NNCF post-training quantization, preset {ov_int8['preset']}, model type "
+                      f"{ov_int8['model_type']}, {ov_int8['calibration_sentences']} training sentences."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""Deployment formats of a trained classifier, run by ONNX Runtime on the CPU.
+"""Deployment formats of a trained classifier, run by ONNX Runtime or OpenVINO on the CPU.
 
 - `export_onnx`: the PyTorch model -> fp32 ONNX (torch.onnx's dynamo exporter; optimum does not support
   transformers 5), checked against PyTorch's logits, then ONNX Runtime's BERT fusions (SkipLayerNorm, BiasGelu).
@@ -8,6 +8,11 @@
 - `pack_sparse` / `load_model`: a bitmap container for weight tensors that are mostly exact zeros, so the bytes
   unstructured pruning saves are counted with their index cost. ONNX Runtime has no sparse CPU kernels for these
   layers: the tensors are unpacked to dense at load, and speed is that of the dense model.
+- `convert_openvino`: the fp32 ONNX variant -> OpenVINO IR (`model.xml` + `model.bin`, fp32 weights),
+  checked against ONNX Runtime's logits on the same file; `quantize_openvino_int8`: NNCF post-training
+  quantization (int8 weights and activations, calibrated on training sentences); `compress_openvino_weights`:
+  NNCF weight compression, INT4 (asymmetric, groups) for a ratio of the matrices and INT8 for the rest.
+- `word_embedding_bytes`: the bytes of a variant's files that hold the word-embedding lookup.
 - `evaluate` (also `python pruning/deploy.py VARIANT DEV.npz THREADS BATCH`): the task's metrics (those
   `write_dev` recorded: `pruning.tasks.compute_metrics`) and peak memory of one variant in a fresh process.
 
@@ -15,8 +20,9 @@ The exported graph takes `input_ids` and `attention_mask`, and `token_type_ids` 
 (`model_inputs`: a BERT-like model whose tokenizer writes segment ids, or whose type_vocab_size > 1), so a
 sentence-pair task deploys with its segment ids.
 
-Every variant is a directory (`model.onnx`, plus `sparse.safetensors` when packed, or a PyTorch checkpoint);
-its size on disk is the sum of its files.
+Every variant is a directory (`model.onnx`, plus `sparse.safetensors` when packed; `model.xml` + `model.bin`
+for OpenVINO; or a PyTorch checkpoint); its model bytes are the sum of its MODEL_FILES (the tokenizer, label
+names and model card that `pruning.artifact` adds beside them are counted apart).
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ import numpy as np
 
 ONNX_FILE = "model.onnx"
 SPARSE_FILE = "sparse.safetensors"
+OPENVINO_FILE = "model.xml"  # its weights in model.bin beside it
+MODEL_FILES = (ONNX_FILE, SPARSE_FILE, OPENVINO_FILE, "model.bin")
 # pruning.data.MODEL_INPUTS, not imported: this file also runs alone in a fresh process, without torch.
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -46,7 +54,7 @@ def _quiet():
     import logging
     import warnings
     warnings.filterwarnings("ignore")
-    for name in ("torch.onnx", "onnxruntime", "onnxscript", "root"):
+    for name in ("torch.onnx", "onnxruntime", "onnxscript", "root", "nncf"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -74,8 +82,14 @@ def fresh_tmp(final: Path) -> Path:
 
 
 def directory_bytes(path: Path) -> int:
-    """Size on disk of a variant: the sum of its files' sizes in bytes, subdirectories included."""
+    """Size on disk of a directory: the sum of its files' sizes in bytes, subdirectories included."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def model_bytes(path: Path) -> int:
+    """Size on disk of a variant's model: the sum of its MODEL_FILES that exist, in bytes (not the
+    tokenizer, label names or model card beside them)."""
+    return sum((Path(path) / name).stat().st_size for name in MODEL_FILES if (Path(path) / name).is_file())
 
 
 # --- export -----------------------------------------------------------------------------------------
@@ -298,6 +312,204 @@ def session(directory: Path, threads: int):
     return ort.InferenceSession(load_model(directory), options, providers=["CPUExecutionProvider"])
 
 
+# --- OpenVINO ---------------------------------------------------------------------------------------
+# Compiled on the CPU with a fixed thread count, one stream, fp32 arithmetic wherever a layer is not quantized
+# (a CPU with bf16 units would otherwise run the "fp32" model in bf16), and no thread pinning: the variants
+# are timed in one process taking turns, and pinned threads would change what runs after them.
+def openvino_config(threads: int) -> dict:
+    """The OpenVINO CPU plugin's settings for `threads` intra-op threads (see the comment above)."""
+    return {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False}
+
+
+def openvino_compiled(directory: Path, threads: int):
+    """The variant's `model.xml` compiled for the CPU (`openvino_config`). Raises DeployError when the
+    directory holds no OpenVINO model."""
+    import openvino as ov
+    path = Path(directory) / OPENVINO_FILE
+    if not path.exists():
+        raise DeployError(f"{directory} holds no {OPENVINO_FILE}: not an OpenVINO variant written by compress.py")
+    return ov.Core().compile_model(str(path), "CPU", openvino_config(threads))
+
+
+def _read_openvino(directory: Path):
+    import openvino as ov
+    return ov.Core().read_model(str(Path(directory) / OPENVINO_FILE))
+
+
+def _save_openvino(model, directory: Path) -> None:
+    import openvino as ov
+    ov.save_model(model, str(Path(directory) / OPENVINO_FILE), compress_to_fp16=False)
+
+
+def convert_openvino(source: Path, directory: Path, probe: dict[str, np.ndarray], tolerance: float = 1e-3) -> None:
+    """Write `directory/model.xml` + `model.bin`: the fp32 ONNX variant in `source` (the very file ONNX
+    Runtime runs, its BERT fusions included) converted by `openvino.convert_model`, weights kept in fp32.
+    Checked on `probe` (int64 arrays (batch, tokens) by input name) against ONNX Runtime on that file;
+    raises DeployError when OpenVINO cannot convert it or the logits differ by more than `tolerance`."""
+    import openvino as ov
+    _quiet()
+    path = Path(source) / ONNX_FILE
+    if (Path(source) / SPARSE_FILE).exists():
+        raise DeployError(f"{source} is bitmap-packed; convert its unpacked fp32 variant instead")
+    try:
+        model = ov.convert_model(str(path))
+    except Exception as e:
+        raise DeployError(f"OpenVINO cannot convert {path}: {str(e).strip().splitlines()[0]}") from None
+    _save_openvino(model, directory)
+    names = [i.name for i in session(source, 1).get_inputs()]
+    expected = session(source, threads=1).run(["logits"], {k: probe[k] for k in names})[0]
+    got = runner(directory, threads=1)(probe)
+    error = float(np.abs(got - expected).max())
+    if not error <= tolerance:
+        raise DeployError(f"the OpenVINO model's logits differ from ONNX Runtime's on the same file by {error:.2g} "
+                          f"(> {tolerance})")
+
+
+def quantize_openvino_int8(source: Path, directory: Path, calibration: list[dict[str, np.ndarray]]) -> dict:
+    """NNCF post-training quantization of the OpenVINO variant in `source` into `directory`: int8 weights
+    and activations, preset MIXED (symmetric weights, asymmetric activations), model type TRANSFORMER
+    (SmoothQuant, and the ops NNCF keeps in float for transformers), statistics from `calibration` (each
+    item one tokenized sentence: int64 arrays (1, tokens) by input name; training data, never dev).
+    Returns {"calibration_sentences", "preset", "fake_quantize_ops"}; raises DeployError when nothing
+    was quantized or `calibration` is empty."""
+    import nncf
+    _quiet()
+    nncf.set_log_level(40)  # logging.ERROR: no progress bars
+    if not calibration:
+        raise DeployError("post-training quantization needs calibration sentences; got none")
+    model = _read_openvino(source)
+    names = [i.get_any_name() for i in model.inputs]
+    dataset = nncf.Dataset(calibration, lambda item: {k: item[k] for k in names})
+    quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED,
+                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+    ops = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    if not ops:
+        raise DeployError(f"NNCF quantized nothing in {source}")
+    _save_openvino(quantized, directory)
+    return {"calibration_sentences": len(calibration), "preset": "mixed", "model_type": "transformer",
+            "fake_quantize_ops": ops}
+
+
+def compress_openvino_weights(source: Path, directory: Path, four_bit_ratio: float, group_size: int) -> dict:
+    """NNCF weight compression of the OpenVINO variant in `source` into `directory`: INT4 asymmetric weights in
+    groups of `group_size` input channels for `four_bit_ratio` of the matrices' weights (NNCF's data-free
+    sensitivity picks which), INT8 asymmetric per channel for the rest; NNCF keeps the embeddings and the
+    last layer at INT8. A matrix whose input size `group_size` does not divide gets a smaller power-of-two
+    group (NNCF's ADJUST fallback, groups of at least 16) or, failing that, INT8. Activations stay fp32.
+    Returns {"four_bit_ratio", "group_size", "int4_tensors", "int8_tensors"}: the weight-side tensors (codes
+    and zero points, 2-D and up) stored at each width."""
+    import nncf
+    _quiet()
+    nncf.set_log_level(40)
+    model = _read_openvino(source)
+    if four_bit_ratio > 0:
+        # A matrix whose input size the group does not divide (pruned FFNs keep any number of neurons) gets
+        # the largest power-of-two group below `group_size` that does (at least 16), else INT8.
+        from nncf.quantization.advanced_parameters import GroupSizeFallbackMode
+        advanced = nncf.AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
+                                                      min_adjusted_group_size=16)
+        compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, ratio=four_bit_ratio,
+                                           group_size=group_size, advanced_parameters=advanced)
+    else:
+        compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    widths = [op.get_output_element_type(0).bitwidth for op in compressed.get_ops()
+              if op.get_type_name() == "Constant" and op.get_output_element_type(0).is_integral()
+              and op.get_output_element_type(0).bitwidth in (4, 8) and len(op.get_output_shape(0)) >= 2]
+    _save_openvino(compressed, directory)
+    return {"four_bit_ratio": four_bit_ratio, "group_size": group_size, "int4_tensors": widths.count(4),
+            "int8_tensors": widths.count(8)}
+
+
+# --- what the embeddings cost ------------------------------------------------------------------------
+_PASS_THROUGH = ("Cast", "Convert", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten")
+_LOOKUPS = ("Gather", "GatherND", "GatherBlockQuantized")  # a remap table indexed by ids exports as GatherND
+
+
+def word_embedding_bytes(directory: Path) -> int:
+    """Bytes of a variant's stored tensors that serve the word-embedding lookup: every Gather whose indices
+    come from `input_ids` (through casts and reshapes, and through an id remap table of a trimmed vocabulary,
+    which is itself such a Gather), and every constant its table is computed from (quantized codes, scales,
+    zero points). ONNX (packed tensors included) and OpenVINO variants; found from the graph, not from names."""
+    directory = Path(directory)
+    if (directory / OPENVINO_FILE).exists():
+        return _openvino_lookup_bytes(_read_openvino(directory))
+    if (directory / ONNX_FILE).exists():
+        return _onnx_lookup_bytes(directory)
+    raise DeployError(f"{directory} is neither an ONNX nor an OpenVINO variant")
+
+
+def _onnx_lookup_bytes(directory: Path) -> int:
+    import onnx
+    graph = onnx.load(str(directory / ONNX_FILE)).graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    frontier, lookups = ["input_ids"], []
+    while frontier:
+        tensor = frontier.pop()
+        for n in consumers.get(tensor, []):
+            if n.op_type in _PASS_THROUGH and n.input[0] == tensor:
+                frontier.extend(n.output)
+            elif n.op_type in _LOOKUPS and len(n.input) > 1 and n.input[1] == tensor:
+                lookups.append(n)
+                frontier.extend(n.output)  # a remap's output indexes the embedding table
+    packed = {}
+    if (directory / SPARSE_FILE).exists():
+        from safetensors.numpy import load_file
+        for key, value in load_file(str(directory / SPARSE_FILE)).items():
+            packed[key.rsplit("/", 1)[0]] = packed.get(key.rsplit("/", 1)[0], 0) + value.nbytes
+    found, seen = set(), set()
+    stack = [i for n in lookups for k, i in enumerate(n.input) if k != 1 and i]
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in inits or tensor in packed:
+            found.add(tensor)
+        elif tensor in producer:
+            stack.extend(i for i in producer[tensor].input if i)
+    total = 0
+    for name in found:
+        if name in inits:
+            init = inits[name]
+            total += len(init.raw_data) if init.raw_data else onnx.numpy_helper.to_array(init).nbytes
+        else:
+            total += packed[name]
+    return total
+
+
+def _openvino_lookup_bytes(model) -> int:
+    starts = [p for p in model.get_parameters() if "input_ids" in p.output(0).get_names()]
+    frontier, lookups = list(starts), []
+    while frontier:
+        node = frontier.pop()
+        for target in node.output(0).get_target_inputs():
+            consumer, index = target.get_node(), target.get_index()
+            if consumer.get_type_name() in _PASS_THROUGH and index == 0:
+                frontier.append(consumer)
+            elif consumer.get_type_name() in _LOOKUPS and index == 1:
+                lookups.append(consumer)
+                frontier.append(consumer)
+    total, seen = 0, set()
+    stack = [n.input_value(0).get_node() for n in lookups]
+    while stack:
+        node = stack.pop()
+        if node.get_friendly_name() in seen:
+            continue
+        seen.add(node.get_friendly_name())
+        if node.get_type_name() == "Constant":
+            count = int(np.prod(list(node.get_output_shape(0)))) if len(node.get_output_shape(0)) else 1
+            total += (count * node.get_output_element_type(0).bitwidth + 7) // 8
+        elif node.get_type_name() != "Parameter":
+            stack.extend(v.get_node() for v in node.input_values())
+    return total
+
+
 # --- evaluation -------------------------------------------------------------------------------------
 def write_dev(path: Path, dev, inputs: tuple[str, ...], pad_id: int, metrics: tuple[str, ...]) -> None:
     """The tokenized dev set, for evaluation in another process. `dev`: columns by name (a tokenized
@@ -355,15 +567,20 @@ def _tasks():
 
 
 def runner(directory: Path, threads: int):
-    """A function batch -> logits for a variant directory: ONNX Runtime, or PyTorch for a checkpoint.
-    Logits: float32 array (batch, labels). Raises DeployError for a directory that is neither."""
+    """A function batch -> logits for a variant directory: OpenVINO (`model.xml`), ONNX Runtime
+    (`model.onnx`), or PyTorch for a checkpoint. Logits: float32 array (batch, labels). Raises DeployError
+    for a directory that is none of these."""
     directory = Path(directory)
+    if (directory / OPENVINO_FILE).exists():
+        compiled = openvino_compiled(directory, threads)
+        ov_names = [i.get_any_name() for i in compiled.inputs]
+        return lambda batch: compiled({k: batch[k] for k in ov_names})[0]
     if (directory / ONNX_FILE).exists():
         ort_session = session(directory, threads)
         names = [i.name for i in ort_session.get_inputs()]  # a graph exported without token_type_ids skips them
         return lambda batch: ort_session.run(["logits"], {k: batch[k] for k in names})[0]
     if not (directory / "config.json").exists():
-        raise DeployError(f"{directory} is neither an ONNX variant nor a saved model directory")
+        raise DeployError(f"{directory} is neither an ONNX or OpenVINO variant nor a saved model directory")
     import torch
     from transformers import AutoModelForSequenceClassification
     torch.set_num_threads(threads)

@@ -41,7 +41,7 @@ def test_every_variant_loads_fresh_and_predicts_like_pytorch(runs, tmp_path):
     run = runs["weights"]
     out = tmp_path / "compressed"
     done = run_script("compress.py", [str(run), f"--out_dir={out}", "--variants=int8,mixed,sparse,mixed+qat",
-                                      "--qat_steps=2", "--four_bit_fraction=0.5", *FAST])
+                                      "--qat_steps=2", "--four_bit_fraction=0.5", "--runtime=onnxruntime", *FAST])
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((out / "compress.json").read_text())
     variants = record["variants"]
@@ -74,12 +74,16 @@ def test_every_variant_loads_fresh_and_predicts_like_pytorch(runs, tmp_path):
         got = np.concatenate([deploy.runner(out / name, 1)(b) for b in batches])
         np.testing.assert_allclose(got, reference, atol=1e-4)
 
-    # Size accounting: bytes are the files on disk, compression is relative to the dense fp32 ONNX model.
+    # Size accounting: bytes are the model's files on disk (not the tokenizer, labels and card beside them),
+    # compression is relative to the dense fp32 ONNX model.
     dense_bytes = variants["dense · ORT fp32"]["bytes"]
+    assert not any("OpenVINO" in name for name in variants)
     for name, v in variants.items():
         if "ORT" in name:
-            files = [f for f in Path(v["directory"]).rglob("*") if f.is_file()]
+            files = [f for f in Path(v["directory"]).iterdir() if f.name in ("model.onnx", "sparse.safetensors")]
             assert v["bytes"] == sum(f.stat().st_size for f in files)
+            assert {"README.md", "tokenizer.json", "deploy.json", "classify.py"} <= {f.name for f in
+                                                                                  Path(v["directory"]).iterdir()}
         assert v["compression"] == pytest.approx(dense_bytes / v["bytes"])
         assert v["bits_per_parameter"] == pytest.approx(8 * v["bytes"] / v["parameters"])
     assert variants["pruned · ORT int8"]["bytes"] < variants["pruned · ORT fp32"]["bytes"] / 3
@@ -95,17 +99,56 @@ def test_every_variant_loads_fresh_and_predicts_like_pytorch(runs, tmp_path):
     assert not (out / ".work").exists() and not list(out.glob(".*tmp"))
 
 
-def test_structured_run_compresses_and_skips_sparse(runs, tmp_path):
+def test_structured_run_compresses_in_both_runtimes_and_skips_sparse(runs, tmp_path):
     out = tmp_path / "c"
-    done = run_script("compress.py", [str(runs["structured"]), f"--out_dir={out}", "--variants=int8,sparse", *FAST])
+    done = run_script("compress.py", [str(runs["structured"]), f"--out_dir={out}", "--variants=int8,sparse",
+                                      "--trim_vocab=true", "--calibration_sentences=40", *FAST])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sparse: skipped" in done.stdout
-    variants = json.loads((out / "compress.json").read_text())["variants"]
+    record = json.loads((out / "compress.json").read_text())
+    variants = record["variants"]
     assert not any("sparse" in v for v in variants)
     pruned, dense = variants["pruned · ORT fp32"], variants["dense · ORT fp32"]
     assert pruned["parameters"] < dense["parameters"] and pruned["bytes"] < dense["bytes"]
     assert pruned["accuracy"] == variants["pruned · PyTorch fp32"]["accuracy"]
     assert pruned["predictions"] == variants["pruned · PyTorch fp32"]["predictions"]
+    # OpenVINO beside ONNX Runtime: the same model's predictions in fp32; int8 evaluated in its own process
+    assert variants["pruned · OpenVINO fp32"]["predictions"] == pruned["predictions"]
+    assert variants["pruned · OpenVINO int8"]["accuracy"] is not None
+    assert record["openvino_int8"]["calibration_sentences"] == 40
+    # the rows a user would deploy instead: the dense model in each runtime at fp32 and int8
+    for row in ("dense · ORT fp32", "dense · ORT int8", "dense · OpenVINO fp32", "dense · OpenVINO int8"):
+        assert variants[row]["sentences_per_s"] > 0
+    fastest = record["fastest_dense"]
+    assert variants[fastest]["sentences_per_s"] == max(v["sentences_per_s"] for v in variants.values()
+                                                       if v["model"] == "dense")
+    for v in variants.values():
+        assert v["vs_fastest_dense"] == pytest.approx(v["sentences_per_s"] / variants[fastest]["sentences_per_s"])
+        assert 0 < v["word_embedding_bytes"] < v["bytes"]
+        assert v["bytes_without_word_embeddings"] == v["bytes"] - v["word_embedding_bytes"]
+    # --runtime=auto: each precision measured in both runtimes names the faster, and only that one is marked
+    choice = record["runtime_choice"]
+    assert set(choice) == {"dense fp32", "dense int8", "pruned fp32", "pruned int8", "pruned fp32+trim",
+                           "pruned int8+trim"}
+    for c in choice.values():
+        assert c["runtime"] == max(c["sentences_per_s"], key=c["sentences_per_s"].get)
+        assert variants[c["label"]]["chosen"] and variants[c["label"]]["runtime"] == c["runtime"]
+    assert sum(bool(v.get("chosen")) for v in variants.values()) == len(choice)
+    # the trimmed vocabulary: fewer embedding bytes, its dev accuracy reported beside the untrimmed one
+    trimmed = variants["pruned · ORT fp32+trim"]
+    assert trimmed["word_embedding_bytes"] < pruned["word_embedding_bytes"] / 2 and trimmed["accuracy"] is not None
+    assert record["trim_vocab"]["kept_tokens"] < record["trim_vocab"]["vocabulary"]
+    # energy: a figure per row where the machine has a counter, the table says so where it has none
+    table = (out / "table.md").read_text()
+    from pruning import energy
+    if energy.find_counter()[0] is None:
+        assert "no energy counter" in table and all(v["joules_per_1000"] is None for v in variants.values())
+    else:
+        assert all(v["joules_per_1000"] > 0 for v in variants.values())
+    # every variant directory is an artifact with a model card naming what it measured
+    card = (out / "ov-int8" / "README.md").read_text()
+    assert f"{variants['pruned · OpenVINO int8']['accuracy']:.4f}" in card and "compress.py" in card
+    assert "NNCF post-training quantization" in card
 
 
 @pytest.mark.parametrize("args, message", [
@@ -115,6 +158,8 @@ def test_structured_run_compresses_and_skips_sparse(runs, tmp_path):
     (["--block_size=24"], "power of two"),
     (["--importance=slimming"], "--importance=slimming"),
     (["--dense=RUN"], "must be a dense run"),
+    (["--runtime=tensorrt"], "--runtime=tensorrt: choose one of auto, onnxruntime, openvino, both"),
+    (["--calibration_sentences=0"], "--calibration_sentences=0"),
 ])
 def test_bad_settings_are_named_before_any_work(runs, args, message):
     import compress
