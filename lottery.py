@@ -698,6 +698,7 @@ def write(out: Path, config: dict) -> str:
     """lottery.md, lottery_HEADLINE.png (the headline score: lottery_accuracy.png for SST-2) and
     lottery_stability.png in `out`, from the runs that finished. Raises `pruning.tables.MixedTasks` for
     runs of several tasks."""
+    config = {"PROCEDURE": "early_bird", **config}  # settings recorded before PROCEDURE existed
     found = collect(out)
     stab = stability(found)
     extra, summary = fraction_report(out, config, found) if config["PROCEDURE"] == "to_fraction" else ([], None)
