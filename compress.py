@@ -306,7 +306,7 @@ def main(config: dict) -> None:
 
     model = AutoModelForSequenceClassification.from_pretrained(str(run / "model"), trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run / "model"), trust_remote_code=True)  # no prompt for our config
-    structure = results.pruning.structure
+    structure = results.pruning.structure if results.pruning else None  # a dense run has no pruning section
     dense = dense_reference(model, config["DENSE"], len(structure.heads_total_per_layer) if structure else None)
     task, datasets, _ = data.load(**data.run_task(results.config.settings))
     trimmed, keep = None, None
