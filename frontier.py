@@ -27,7 +27,6 @@ Any --key=value that is not a setting below goes to every run (e.g. --train_subs
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -257,14 +256,6 @@ def compress(config: dict, cells: list[dict], failed: list[str]) -> list[str]:
 
 
 # --- collecting ---------------------------------------------------------------------------------------
-def summary(values) -> dict:
-    """{"mean", "std", "n"} of the non-None values (std: `pruning.stats`' sample std, None below 2 values;
-    mean None when there are none)."""
-    values = [v for v in values if v is not None]
-    return {"mean": statistics.mean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
-
-
 def sitting_figures(record: dict, label: str) -> dict:
     """One deployment's figures in one compress.json sitting: the headline metric, its difference to the
     sitting's dense PyTorch fp32 row, sentences/s, ratios to the dense PyTorch fp32 and to the fastest
@@ -293,13 +284,13 @@ def deployment_label(label: str) -> str:
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
-    """A deployment over seeds: per_seed kept, and summary() of each figure; the headline's paired
+    """A deployment over seeds: per_seed kept, and `pruning.stats.summary` of each figure; the headline's paired
     t-test against the dense model of the same seeds (`pruning.stats.paired_p`)."""
     seeds = sorted(per_seed)
     figures = ("headline", "headline_vs_dense", "sentences_per_s", "vs_dense_pytorch_fp32", "vs_fastest_dense_int8",
                "bytes", "bytes_without_word_embeddings", "compression")
     entry = {"seeds": seeds, "per_seed": {str(s): per_seed[s] for s in seeds}}
-    entry.update({k: summary([per_seed[s][k] for s in seeds]) for k in figures})
+    entry.update({k: stats.summary([per_seed[s][k] for s in seeds]) for k in figures})
     pairs = [(per_seed[s]["headline"], per_seed[s]["dense_headline"]) for s in seeds
              if per_seed[s]["headline"] is not None and per_seed[s]["dense_headline"] is not None]
     entry["paired_p"] = stats.paired_p([a for a, _ in pairs], [b for _, b in pairs]) if pairs else None
@@ -552,7 +543,7 @@ def plots(result: dict, out: Path) -> None:
                        label=f"dense − {result['config']['TOLERANCE']:g} points")
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
         ax.set_xlabel(xlabel + " (log)")
         ax.set_ylabel(f"{task['title']} dev {title} (×100)")
         ax.set_title(f"{title} against {'speed' if key != 'bytes' else 'size'} (★ dense; ○ fp32, □ int8, ◇ mixed)")
