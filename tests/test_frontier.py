@@ -135,7 +135,7 @@ def test_bad_settings_are_named_before_any_work(tmp_path, args, message):
     assert not (tmp_path / "f").exists()
 
 
-def test_an_agent_allocation_of_weights_is_refused(tmp_path):
+def test_an_agent_allocation_of_weights_is_rejected(tmp_path):
     agent = tmp_path / "allocate"
     agent.mkdir()
     (agent / "allocation.json").write_text(json.dumps({"rates": {"weight": [0.5, 0.5]}}))
@@ -210,7 +210,7 @@ def test_figures_are_ratios_within_each_sitting_and_means_over_seeds(tmp_path):
     assert verdicts == ["met", "met", "not measured"]
 
 
-def test_a_compression_made_with_other_settings_is_refused(tmp_path):
+def test_a_compression_made_with_other_settings_is_rejected(tmp_path):
     out = tmp_path / "f"
     args = [f"--out_dir={out}", "--seeds=42", "--aggressive=", "--training=plain", "--variants=fp32,int8",
             "--runtime=onnxruntime"]
