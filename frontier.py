@@ -104,6 +104,17 @@ def agent_rates(agent_dir: Path) -> dict[str, tuple[float, ...]]:
     return {allocate.RATE_KEY[kind]: tuple(float(r) for r in rs) for kind, rs in rates.items()}
 
 
+def agent_source(agent_dir: Path) -> dict:
+    """The settings of the run the agent searched on (allocation.json's "source", allocate.py's first
+    uniform run: its run_config.json): {"MODEL", "HEAD_RATE", "NEURON_RATE"}, or {} when it is not there."""
+    source = json.loads((Path(agent_dir) / "allocation.json").read_text()).get("source")
+    path = Path(source) / "run_config.json" if source else None
+    if path is None or not path.exists():
+        return {}
+    config = json.loads(path.read_text()).get("config", {})
+    return {k: config.get(k) for k in ("MODEL", "HEAD_RATE", "NEURON_RATE")}
+
+
 def points(config: dict) -> dict[str, dict]:
     """name -> settings of every pruned point: "uniform", the AGGRESSIVE ones, "agent" (with AGENT_DIR).
     Settings: allocation ("uniform", "aggressive", "agent"), head_rate, neuron_rate (a number, or per-layer
@@ -116,7 +127,8 @@ def points(config: dict) -> dict[str, dict]:
     if config["AGENT_DIR"]:
         rates = agent_rates(Path(config["AGENT_DIR"]))
         found["agent"] = {"allocation": "agent", "head_rate": rates["HEAD_RATE"], "neuron_rate": rates["NEURON_RATE"],
-                          "layer_rate": 0.0, "agent_dir": config["AGENT_DIR"]}
+                          "layer_rate": 0.0, "agent_dir": config["AGENT_DIR"],
+                          "searched_on": agent_source(Path(config["AGENT_DIR"]))}
     return found
 
 
@@ -154,8 +166,10 @@ def compress_args(config: dict, cell: dict) -> list[str]:
     COMPRESS_BATCH_SIZE (as its BATCH_SIZE), THREADS, and the seed's dense run as --dense."""
     out = Path(config["OUT_DIR"])
     extra = [v for v in config["VARIANTS"] if v != "fp32"]
-    return [str(out / cell["name"]), f"--dense={out / ('dense-s' + str(cell['seed']))}", f"--variants={','.join(extra)}",
-            f"--runtime={config['RUNTIME']}", f"--batch_size={config['COMPRESS_BATCH_SIZE']}", f"--threads={config['THREADS']}"]
+    dense = out / f"dense-s{cell['seed']}"
+    return [str(out / cell["name"]), f"--dense={dense}", f"--variants={','.join(extra)}",
+            f"--runtime={config['RUNTIME']}", f"--batch_size={config['COMPRESS_BATCH_SIZE']}",
+            f"--threads={config['THREADS']}"]
 
 
 def compressed_differently(config: dict, cell: dict) -> str | None:
@@ -201,6 +215,12 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], list[dict]
         if not 0 <= config[key] < 1:
             raise experiment.ConfigError(f"--{key.lower()}={config[key]}: a rate in [0, 1)")
     cells = plan(config, passed_on)
+    searched = next((c["settings"]["searched_on"] for c in cells if c["point"] == "agent"), {})
+    model = experiment.configure(script, passed_on)["MODEL"]
+    if searched.get("MODEL") and str(searched["MODEL"]) != str(model):
+        raise experiment.ConfigError(f"--agent_dir={config['AGENT_DIR']}: the agent allocated the layers of "
+                                     f"{searched['MODEL']}, the runs train {model}: pass --model={searched['MODEL']}, "
+                                     "or search with allocate.py on this model")
     for cell in cells:  # a teacher is the dense run of the plan: it is checked once it has finished
         teacher = Path(config["OUT_DIR"]) / cell["teacher"] if cell["teacher"] else None
         args = [a for a in cell["args"] if teacher is None or teacher.exists() or not a.startswith("--teacher=")]
@@ -486,15 +506,25 @@ def markdown(result: dict) -> str:
     for key, what in (("speed", "speed (× dense PyTorch fp32 of the same sitting)"), ("bytes", "bytes on disk")):
         lines += ["", f"## Pareto frontier: {title} against {what}", "", header, "|---" * 12 + "|"]
         for c in result["frontier"][key]:
+            without = c["bytes_without_word_embeddings"]
             lines.append(f"| {c['name']} | {c['deployment']} | {c['seeds']} | {c['headline']:.4f}"
                          + (f" ± {c['headline_std']:.4f}" if c["headline_std"] is not None else "")
                          + f" | {'–' if c['delta'] is None else format(100 * c['delta'], '+.2f')} | "
-                         f"{stats.fmt(c['paired_p'], 3)} | {c['sentences_per_s']:.0f} | {c['vs_dense_pytorch_fp32']:.2f}× | "
+                         f"{stats.fmt(c['paired_p'], 3)} | {c['sentences_per_s']:.0f} | "
+                         f"{c['vs_dense_pytorch_fp32']:.2f}× | "
                          f"{c['vs_fastest_dense_int8']:.2f}× | {c['bytes'] / 1e6:.1f} | "
-                         f"{stats.fmt(None if c['bytes_without_word_embeddings'] is None else c['bytes_without_word_embeddings'] / 1e6, 1)} | "
+                         f"{stats.fmt(None if without is None else without / 1e6, 1)} | "
                          f"{c['compression']:.2f}× |")
     lines += ["", "## Targets (issue 23)", ""]
     lines += [f"- **{t['verdict']}**: {t['target']}. {t['text']}." for t in result["targets"]]
+    agent = next((p for p in result["points"] if p["point"] == "agent"), None)
+    if agent:
+        searched = agent["settings"].get("searched_on") or {}
+        lines += ["", f"The agent point: the per-layer rates of `{agent['settings']['agent_dir']}/allocation.json`"
+                      + (f", searched on a run of {searched.get('MODEL')} with heads {searched.get('HEAD_RATE')!r}, "
+                         f"neurons {searched.get('NEURON_RATE')!r} (its uniform budget)" if searched else "")
+                      + f"; the uniform point here removes heads {result['config']['HEAD_RATE']:.3g}, neurons "
+                        f"{result['config']['NEURON_RATE']:.3g}."]
     missing = [p["name"] for p in result["points"] if not p["deployments"]]
     if missing:
         lines += ["", f"Not measured (no compressed run): {', '.join(missing)}."]
@@ -516,8 +546,8 @@ def plots(result: dict, out: Path) -> None:
     markers = {"fp32": "o", "int8": "s", "mixed": "D"}
     dense = result["dense_headline"]["mean"]
     for key, xlabel, filename, scale in (
-            ("vs_dense_pytorch_fp32", f"sentences/s at batch {result['config']['COMPRESS_BATCH_SIZE']}, × dense PyTorch fp32 "
-                                      "of the same sitting", "frontier_speed.png", 1),
+            ("vs_dense_pytorch_fp32", f"sentences/s at batch {result['config']['COMPRESS_BATCH_SIZE']}, × dense "
+                                      "PyTorch fp32 of the same sitting", "frontier_speed.png", 1),
             ("bytes", "MB on disk (model files)", "frontier_bytes.png", 1e-6)):
         fig, ax = plt.subplots(figsize=(10, 5.5))
         seen = set()
@@ -546,7 +576,8 @@ def plots(result: dict, out: Path) -> None:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
         ax.set_xlabel(xlabel + " (log)")
         ax.set_ylabel(f"{task['title']} dev {title} (×100)")
-        ax.set_title(f"{title} against {'speed' if key != 'bytes' else 'size'} (★ dense; ○ fp32, □ int8, ◇ mixed)")
+        what = "speed" if key != "bytes" else "size"
+        ax.set_title(f"{title} against {what} (★ dense; ○ fp32, □ int8, ◇ mixed)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()

@@ -135,6 +135,21 @@ def test_bad_settings_are_named_before_any_work(tmp_path, args, message):
     assert not (tmp_path / "f").exists()
 
 
+def test_an_agent_allocation_of_another_model_is_rejected(tmp_path):
+    source = tmp_path / "allocate" / "uniform-s42"
+    source.mkdir(parents=True)
+    (source / "run_config.json").write_text(json.dumps({"config": {"MODEL": "bert-base-uncased", "HEAD_RATE": 0.5,
+                                                                   "NEURON_RATE": 0.4}}))
+    (tmp_path / "allocate" / "allocation.json").write_text(json.dumps(
+        {"source": str(source), "rates": {"head": [0.5] * 12, "neuron": [0.4] * 12}}))
+    with pytest.raises(experiment.ConfigError, match="--model=bert-base-uncased"):
+        frontier.settings([f"--agent_dir={tmp_path / 'allocate'}", f"--out_dir={tmp_path / 'f'}"])
+    config, _, cells = frontier.settings([f"--agent_dir={tmp_path / 'allocate'}", f"--out_dir={tmp_path / 'f'}",
+                                          "--model=bert-base-uncased", "--seeds=42"])
+    agent = by_name(cells)["agent-s42"]
+    assert agent["settings"]["searched_on"] == {"MODEL": "bert-base-uncased", "HEAD_RATE": 0.5, "NEURON_RATE": 0.4}
+
+
 def test_an_agent_allocation_of_weights_is_rejected(tmp_path):
     agent = tmp_path / "allocate"
     agent.mkdir()
@@ -253,3 +268,18 @@ def test_a_tiny_study_trains_compresses_and_skips_what_is_done(tiny_bert_config,
     again = run_script("frontier.py", args, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(stamps) == 5 and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_the_agent_point_is_compared_with_uniform_in_the_report(tmp_path):
+    out = tmp_path / "f"
+    agent = write_allocation(tmp_path / "allocate", [0.5] * 6, [0.4] * 6)
+    config, _, cells = frontier.settings([f"--out_dir={out}", "--seeds=42", "--aggressive=", "--training=plain",
+                                          "--variants=int8", "--runtime=onnxruntime", f"--agent_dir={agent}"])
+    sitting(out, "uniform-s42", 42, speed=1.0, dense_acc=0.88, acc=0.87, config={})
+    faster = sitting(out, "agent-s42", 42, speed=1.0, dense_acc=0.88, acc=0.87, config={})
+    faster["variants"]["pruned · ORT int8"]["sentences_per_s"] = 1200.0           # as accurate, faster
+    (out / "agent-s42" / "compressed" / "compress.json").write_text(json.dumps(faster))
+    result = frontier.write(config, cells, "python frontier.py")
+    agent_verdict = result["targets"][2]
+    assert agent_verdict["verdict"] == "met" and "12.00× vs 10.00×" in agent_verdict["text"]
+    assert f"{agent}/allocation.json" in (out / "frontier.md").read_text()
