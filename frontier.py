@@ -223,7 +223,8 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], list[dict]
                                      "or search with allocate.py on this model")
     for cell in cells:  # a teacher is the dense run of the plan: it is checked once it has finished
         teacher = Path(config["OUT_DIR"]) / cell["teacher"] if cell["teacher"] else None
-        args = [a for a in cell["args"] if teacher is None or teacher.exists() or not a.startswith("--teacher=")]
+        trained = teacher is not None and (teacher / "results.json").exists()
+        args = [a for a in cell["args"] if teacher is None or trained or not a.startswith("--teacher=")]
         experiment.validate(experiment.configure(script, args))
     check_cells(config["SCRIPT"], Path(config["OUT_DIR"]), [(c["name"], c["args"]) for c in cells])
     for cell in cells:
