@@ -55,6 +55,14 @@ def mean_std(values: Sequence[float | None]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def summary(values: Sequence[float | None]) -> dict:
+    """{"mean", "std", "n"} of the values that are not None, as numbers (the figures `mean_std` writes):
+    std is the sample standard deviation (n − 1), None below two values; mean is None without values."""
+    values = [v for v in values if v is not None]
+    return {"mean": statistics.mean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
 def p_text(boot: dict) -> str:
     """The p of a `bootstrap_difference` for a table, 3 significant digits. When no resample crossed zero
     the estimate is 0, which only says p < 2 / resamples (two-sided): it reads "< 0.0002" for 10,000.
