@@ -399,51 +399,42 @@ def _fig(c: dict, tolerance: float) -> str:
             f"PyTorch fp32, {c['compression']:.2f}× smaller than dense fp32 ({c['seeds']} seed(s))")
 
 
-def speed_target(items: list[dict], tolerance: float) -> dict:
-    """The issue's speed target: a deployment >= 2x the fastest dense int8 deployment and >= 8x dense PyTorch
-    fp32 (SPEED_TARGETS, each against the dense rows of its own sitting), its mean headline at most
-    `tolerance` points under dense. {"verdict": "met" | "missed" | "not measured", "text", "best"}."""
+def _target(items: list[dict], tolerance: float, meets, key: str, word: str) -> dict:
+    """A target verdict: among deployments whose mean headline is at most `tolerance` points under dense, the best by
+    `key` that `meets` (a predicate on a deployment); else "missed", naming the best by `key` overall and within the
+    tolerance (`word`: "fastest" / "smallest"). {"verdict": "met" | "missed" | "not measured", "text", "best"}."""
     measured = [c for c in items if c["delta"] is not None]
     if not measured:
         return {"verdict": "not measured", "text": "no deployment with a measured headline", "best": None}
     within = [c for c in measured if c["delta"] >= -tolerance / 100]
-    met = [c for c in within if all(c[k] >= v for k, v in SPEED_TARGETS.items())]
+    met = [c for c in within if meets(c)]
     if met:
-        best = max(met, key=lambda c: c["vs_fastest_dense_int8"])
+        best = max(met, key=lambda c: c[key])
         return {"verdict": "met", "text": _fig(best, tolerance), "best": best}
-    fastest = max(measured, key=lambda c: c["vs_fastest_dense_int8"])
-    text = f"fastest overall: {_fig(fastest, tolerance)}"
+    top = max(measured, key=lambda c: c[key])
+    text = f"{word} overall: {_fig(top, tolerance)}"
     best = None
     if within:
-        best = max(within, key=lambda c: c["vs_fastest_dense_int8"])
-        text = (f"fastest within the tolerance: {_fig(best, tolerance)}" if best is fastest
-                else f"fastest within the tolerance: {_fig(best, tolerance)}; {text}")
+        best = max(within, key=lambda c: c[key])
+        text = (f"{word} within the tolerance: {_fig(best, tolerance)}" if best is top
+                else f"{word} within the tolerance: {_fig(best, tolerance)}; {text}")
     else:
         text = f"no deployment within {tolerance:g} points of dense; {text}"
     return {"verdict": "missed", "text": text, "best": best}
+
+
+def speed_target(items: list[dict], tolerance: float) -> dict:
+    """The issue's speed target: a deployment >= 2x the fastest dense int8 deployment and >= 8x dense PyTorch
+    fp32 (SPEED_TARGETS, each against the dense rows of its own sitting), its mean headline at most
+    `tolerance` points under dense. {"verdict": "met" | "missed" | "not measured", "text", "best"}."""
+    return _target(items, tolerance, lambda c: all(c[k] >= v for k, v in SPEED_TARGETS.items()),
+                   "vs_fastest_dense_int8", "fastest")
 
 
 def size_target(items: list[dict], tolerance: float) -> dict:
     """The issue's size target: a deployment >= 8x smaller on disk than dense fp32 (SIZE_TARGET, embeddings
     included) at the dense accuracy (mean headline at most `tolerance` points under). As speed_target."""
-    measured = [c for c in items if c["delta"] is not None]
-    if not measured:
-        return {"verdict": "not measured", "text": "no deployment with a measured headline", "best": None}
-    within = [c for c in measured if c["delta"] >= -tolerance / 100]
-    met = [c for c in within if c["compression"] >= SIZE_TARGET]
-    if met:
-        best = max(met, key=lambda c: c["compression"])
-        return {"verdict": "met", "text": _fig(best, tolerance), "best": best}
-    smallest = max(measured, key=lambda c: c["compression"])
-    text = f"smallest overall: {_fig(smallest, tolerance)}"
-    best = None
-    if within:
-        best = max(within, key=lambda c: c["compression"])
-        text = (f"smallest within the tolerance: {_fig(best, tolerance)}" if best is smallest
-                else f"smallest within the tolerance: {_fig(best, tolerance)}; {text}")
-    else:
-        text = f"no deployment within {tolerance:g} points of dense; {text}"
-    return {"verdict": "missed", "text": text, "best": best}
+    return _target(items, tolerance, lambda c: c["compression"] >= SIZE_TARGET, "compression", "smallest")
 
 
 def agent_target(items: list[dict], agent: str = "agent", uniform: str = "uniform") -> dict:
