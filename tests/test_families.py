@@ -301,7 +301,14 @@ def test_a_distilbert_heads_and_neurons_run_end_to_end(sst2_slice, tmp_path):
 
 # Tiny configs of the new families for a run with the packaged MiniLM tokenizer (vocabulary 30522; its [PAD],
 # [CLS], [SEP] are 0, 101, 102: ModernBERT's special token ids must lie inside the vocabulary).
+TINY_RUN = {"vocab_size": 30522, "max_position_embeddings": 64, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 64}
 RUN_CONFIGS = {
+    "electra": {"model_type": "electra", "embedding_size": 16, **TINY_RUN},
+    "xlm-roberta": {"model_type": "xlm-roberta", "pad_token_id": 1, "type_vocab_size": 1,
+                    **TINY_RUN, "max_position_embeddings": 66},
+    "distilbert": {"model_type": "distilbert", "vocab_size": 30522, "max_position_embeddings": 64, "dim": 32,
+                   "n_layers": 2, "n_heads": 4, "hidden_dim": 64},
     "deberta-v3": {"model_type": "deberta-v2", "vocab_size": 30522, "max_position_embeddings": 64, "hidden_size": 32,
                    "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "type_vocab_size": 0,
                    "relative_attention": True, "pos_att_type": "p2c|c2p", "share_att_key": True,
@@ -315,7 +322,7 @@ RUN_CONFIGS = {
 
 @pytest.mark.parametrize("trainer", ["magnitude", "gradient", "undecayed", "slimming", "activation"])
 @pytest.mark.parametrize("family", list(RUN_CONFIGS))
-def test_a_heads_and_neurons_run_of_the_new_families_end_to_end(family, trainer, sst2_slice, tmp_path):
+def test_a_heads_and_neurons_run_of_every_family_end_to_end_with_every_criterion(family, trainer, sst2_slice, tmp_path):
     config = tmp_path / f"tiny-{family}.json"
     config.write_text(json.dumps(RUN_CONFIGS[family]))
     out = tmp_path / "runs"
@@ -335,8 +342,9 @@ def test_a_heads_and_neurons_run_of_the_new_families_end_to_end(family, trainer,
     if trainer == "gradient":
         assert results["speed"]["batch64_pruned"] > 0 and results["speed"]["batch64_dense"] > 0
     model = AutoModelForSequenceClassification.from_pretrained(run / "model", trust_remote_code=True)
-    assert type(model).__name__ == f"Pruned{'DebertaV2' if family == 'deberta-v3' else 'ModernBert'}" \
-                                   "ForSequenceClassification"
+    stock = {"electra": "Electra", "xlm-roberta": "XLMRoberta", "distilbert": "DistilBert", "deberta-v3": "DebertaV2",
+             "modernbert": "ModernBert"}[family]
+    assert type(model).__name__ == f"Pruned{stock}ForSequenceClassification"
     assert per_layer_structure(model) == {"attention_heads_per_layer": [2, 2],
                                           "intermediate_size_per_layer": structure["neurons_kept_per_layer"]}
     assert model.config.kept_heads == structure["heads_kept"]
