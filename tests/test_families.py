@@ -299,12 +299,12 @@ def test_a_distilbert_heads_and_neurons_run_end_to_end(sst2_slice, tmp_path):
     assert type(AutoTokenizer.from_pretrained(run / "model")).__name__ == "BertTokenizer"
 
 
-# Tiny configs of every family but BERT (test_structured_runs runs it with every criterion) for a run with the
-# packaged MiniLM tokenizer (vocabulary 30522; its [PAD], [CLS], [SEP] are 0, 101, 102: ModernBERT's special
-# token ids must lie inside the vocabulary).
+# Tiny configs of every family for a run with the packaged MiniLM tokenizer (vocabulary 30522; its [PAD], [CLS],
+# [SEP] are 0, 101, 102: ModernBERT's special token ids must lie inside the vocabulary).
 TINY_RUN = {"vocab_size": 30522, "max_position_embeddings": 64, "hidden_size": 32, "num_hidden_layers": 2,
             "num_attention_heads": 4, "intermediate_size": 64}
 RUN_CONFIGS = {
+    "bert": {"model_type": "bert", **TINY_RUN},
     "electra": {"model_type": "electra", "embedding_size": 16, **TINY_RUN},
     "roberta": {"model_type": "roberta", "pad_token_id": 1, "type_vocab_size": 1, **TINY_RUN,
                 "max_position_embeddings": 66},
@@ -345,8 +345,8 @@ def test_a_heads_and_neurons_run_of_every_family_end_to_end_with_every_criterion
     if trainer == "gradient":
         assert results["speed"]["batch64_pruned"] > 0 and results["speed"]["batch64_dense"] > 0
     model = AutoModelForSequenceClassification.from_pretrained(run / "model", trust_remote_code=True)
-    stock = {"roberta": "Roberta", "electra": "Electra", "xlm-roberta": "XLMRoberta", "distilbert": "DistilBert", "deberta-v3": "DebertaV2",
-             "modernbert": "ModernBert"}[family]
+    stock = {"bert": "Bert", "roberta": "Roberta", "electra": "Electra", "xlm-roberta": "XLMRoberta",
+             "distilbert": "DistilBert", "deberta-v3": "DebertaV2", "modernbert": "ModernBert"}[family]
     assert type(model).__name__ == f"Pruned{stock}ForSequenceClassification"
     assert per_layer_structure(model) == {"attention_heads_per_layer": [2, 2],
                                           "intermediate_size_per_layer": structure["neurons_kept_per_layer"]}
