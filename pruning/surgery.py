@@ -23,11 +23,6 @@ from torch import nn
 from pruning.units import PrunableUnits, Slice, UnitGroup
 
 
-def _unit_index(keep: torch.Tensor, width: int, chunks: int = 1) -> torch.Tensor:
-    """Row/column indices of the kept units, `width` entries each in each of `chunks` parts (`Slice.index`)."""
-    return Slice("", 0, width, False, chunks).index(keep)
-
-
 @torch.no_grad()
 def _shrink(linear: nn.Linear, index: torch.Tensor, dim: int, optimizer) -> None:
     params = [(linear.weight, dim)] + ([(linear.bias, 0)] if dim == 0 and linear.bias is not None else [])
