@@ -12,8 +12,8 @@ from pruning import PrunableUnits, PruningConfig
 from pruning.layouts import BY_MODEL_TYPE, layout_of
 from pruning.pruned_model import as_pruned_model, per_layer_structure
 from pruning.surgery import UnitGates, remove_units
-from test_families import (EAGER_ONLY, FAMILIES, HEAD_SIZE, HEADS, HIDDEN, NEURONS, PER_HEAD, PER_NEURON, batch,
-                           config_of, logits)
+from test_families import (EAGER_ONLY, FAMILIES, HEAD_SIZE, HEADS, HIDDEN, NEURONS, PER_HEAD, PER_NEURON,
+                           RUN_CONFIGS, batch, config_of, logits)
 from test_resume import finished, kill_and_resume, reference_run, same_run
 
 LAYERS = 3
@@ -203,3 +203,25 @@ def test_a_first_layer_built_unlike_the_others_is_never_removed(family):
     masks = PruningConfig(granularity="heads+neurons", layer_rate=0.34).select(units, {**scores,
                                                                                       **units.whole_scores(scores)})
     assert masks[units.whole_group("layer").name].tolist() == [True, False, True]
+
+
+# Every family: a 4-layer tiny model (test_families' run configs) whose early bird never comes (EB_EPSILON tiny), so
+# it prunes at step 20 (one layer and one more MLP), retrains to step 40 and is killed at step 29.
+WHOLE_EVERY_FAMILY = dict(WHOLE, eb_epsilon=1e-9, max_length=64)
+
+
+@pytest.mark.parametrize("family", [f for f in RUN_CONFIGS if f != "bert"])  # BERT: the test above
+def test_every_family_removes_whole_units_end_to_end_and_resumes_exactly(family, sst2_slice, tmp_path):
+    config = dict(RUN_CONFIGS[family])
+    config["n_layers" if family == "distilbert" else "num_hidden_layers"] = 4
+    path = tmp_path / f"tiny-{family}-4.json"
+    path.write_text(json.dumps(config))
+    reference = reference_run(path, sst2_slice, tmp_path / "reference", WHOLE_EVERY_FAMILY)
+    pruning = reference[0]["pruning"]
+    assert pruning["prune_step"] == 20 and len(pruning["structure"]["layers_kept"]) == 3
+    kept = pruning["structure"]
+    assert set(kept["mlps_kept"]) <= set(kept["layers_kept"]) and len(kept["mlps_kept"]) in (2, 3)  # 1 MLP, maybe the layer's
+    if family in ("deberta-v3", "modernbert"):
+        assert 0 in kept["layers_kept"]  # built unlike the others: it stays
+    resumed = kill_and_resume(path, sst2_slice, tmp_path / "killed", WHOLE_EVERY_FAMILY, 29, 27, "retrain")
+    same_run(reference, resumed)
