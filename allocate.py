@@ -18,6 +18,8 @@ allocation removes exactly as many heads, neurons or weights. For the first seed
    (COST: latency at batch 1, time per sentence at COST_BATCH_SIZE, or peak memory; `pruning.inference_cost`,
    each structure measured once), as metric - COST_WEIGHT x (cost / dense cost), and LATENCY_BUDGET
    excludes candidates over a share of the dense cost (AMC's resource-constrained mode).
+   With MLP_RATE or LAYER_RATE above 0 (--layer_rate=0.17: one of six layers), the agent also chooses which layers lose their whole
+   MLP or go entirely (episodes mode; the agent's runs get them as per-layer 0/1 rates).
    MODE="iterative" instead prunes STEP_RATE of what is left at each step, each step's split over the
    layers chosen by a short PPO search, with FINETUNE_STEPS of fine-tuning between steps, until
    LATENCY_BUDGET or ACCURACY_FLOOR (`pruning.iterative`; a killed loop resumes after its last step).
@@ -82,7 +84,9 @@ SEARCH_SETTINGS = ("CRITERION", "HELD_OUT", "EPISODES", "EPISODES_PER_UPDATE", "
                    "MODE", "COST", "COST_WEIGHT", "LATENCY_BUDGET", "COST_BATCH_SIZE", "COST_SENTENCES",
                    "COST_REPEATS", "STEP_RATE", "FINETUNE_STEPS", "ACCURACY_FLOOR", "STEP_EPISODES", "MAX_STEPS")
 KINDS_OF = {"heads+neurons": ("head", "neuron"), "weights": ("weight",)}
-RATE_KEY = {"head": "HEAD_RATE", "neuron": "NEURON_RATE", "weight": "PRUNING_RATE"}
+WHOLE_KINDS = ("mlp", "layer")        # heads+neurons: allocated too when the runs' MLP_RATE / LAYER_RATE is above 0
+RATE_KEY = {"head": "HEAD_RATE", "neuron": "NEURON_RATE", "weight": "PRUNING_RATE", "mlp": "MLP_RATE",
+            "layer": "LAYER_RATE"}
 # What the study sets for every run itself.
 STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--threshold": "--allocations", "--mask_from": None,
               "--save_eb_weights": None, "--run_name": None, "--resume": None}
@@ -114,11 +118,15 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
     if not 0 < config["MAX_LAYER_RATE"] < 1:
         raise experiment.ConfigError(f"MAX_LAYER_RATE must lie in (0, 1), got {config['MAX_LAYER_RATE']}")
     check_cost_settings(config)
-    for kind in KINDS_OF[config["GRANULARITY"]]:
-        rate = run_config[RATE_KEY[kind]]
+    for kind in (*KINDS_OF[config["GRANULARITY"]], *WHOLE_KINDS):
+        rate = run_config.get(RATE_KEY[kind], 0.0)
         if isinstance(rate, tuple):
             raise experiment.ConfigError(f"--{RATE_KEY[kind].lower()} sets the budget: give one rate for the whole "
                                          "model, not one per layer (the agent chooses those)")
+    if config["MODE"] == "iterative" and set(unit_kinds(config, run_config)) & set(WHOLE_KINDS):
+        raise experiment.ConfigError("MODE=iterative prunes heads and neurons step by step; whole MLPs and layers "
+                                     "are allocated in MODE=episodes: set --mode=episodes, or --mlp_rate=0 "
+                                     "--layer_rate=0")
     for _, args in runs(config, passed_on):  # each kind of run's whole configuration
         experiment.validate(experiment.configure(script, args))
     return config, passed_on, run_config
@@ -164,20 +172,31 @@ def check_cost_settings(config: dict) -> None:
             raise fail("MODE=iterative stops at LATENCY_BUDGET or ACCURACY_FLOOR: set at least one")
 
 
+def unit_kinds(config: dict, run_config: dict) -> tuple[str, ...]:
+    """The unit kinds the agent allocates: heads and neurons (and whole MLPs and layers where the runs' MLP_RATE /
+    LAYER_RATE is above 0), or weights."""
+    if config["GRANULARITY"] != "heads+neurons":
+        return KINDS_OF[config["GRANULARITY"]]
+    return (*KINDS_OF["heads+neurons"], *(k for k in WHOLE_KINDS if run_config.get(RATE_KEY[k])))
+
+
 def budget_rates(config: dict, run_config: dict) -> dict[str, float]:
     """The uniform rates (fractions) the budget is made from, by unit kind, as the source run recorded them
-    (HEAD_RATE / NEURON_RATE, or PRUNING_RATE)."""
-    return {kind: run_config[RATE_KEY[kind]] for kind in KINDS_OF[config["GRANULARITY"]]}
+    (HEAD_RATE / NEURON_RATE and any MLP_RATE / LAYER_RATE, or PRUNING_RATE)."""
+    return {kind: run_config[RATE_KEY[kind]] for kind in unit_kinds(config, run_config)}
 
 
 def rate_args(config: dict, run_config: dict, allocation_name: str, counts: dict | None, budget) -> list[str]:
-    """The rate settings of one allocation: per-layer rates (agent, uniform) or one global threshold."""
+    """The rate settings of one allocation: per-layer rates (agent; uniform, whose whole MLPs and layers the
+    pipeline picks by score at the one rate) or one global threshold."""
     if allocation_name == "global":
         return [f"--{RATE_KEY[k].lower()}={r!r}" for k, r in budget_rates(config, run_config).items()]
     if budget is None:  # validation, before the model (and so its per-layer rates) is known
         return []
     rates = budget.rates(counts if allocation_name == "agent" else budget.uniform())
-    return [f"--{RATE_KEY[k].lower()}={','.join(repr(r) for r in rs)}" for k, rs in rates.items()]
+    args = [f"--{RATE_KEY[k].lower()}={','.join(repr(r) for r in rs)}" for k, rs in rates.items()]
+    return args + [f"--{RATE_KEY[k].lower()}={budget_rates(config, run_config)[k]!r}"
+                   for k in budget.remove if k not in rates]
 
 
 def runs(config: dict, passed_on: list[str], counts: dict | None = None, budget=None, run_config=None):
@@ -217,9 +236,10 @@ def model_budget(config: dict, run_config: dict):
     from pruning.units import PrunableUnits
     model, tokenizer, _ = models.load_model_and_tokenizer(run_config["MODEL"], run_config["TOKENIZER"],
                                                           num_labels=run_task(run_config).num_labels)
+    whole = tuple(k for k in unit_kinds(config, run_config) if k in WHOLE_KINDS)
     try:
-        budget = allocation.Budget.of(PrunableUnits(model, config["GRANULARITY"]), budget_rates(config, run_config),
-                                      config["MAX_LAYER_RATE"])
+        budget = allocation.Budget.of(PrunableUnits(model, config["GRANULARITY"], whole),
+                                      budget_rates(config, run_config), config["MAX_LAYER_RATE"])
     except ValueError as e:
         raise experiment.ConfigError(str(e)) from None
     return model, tokenizer, budget
@@ -294,7 +314,7 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
     global_counts = _counts_of_rates(budget, allocation.global_rates(scores, budget))
     limit = config["LATENCY_BUDGET"]
     if limit == "uniform":
-        limit = cost_ratio(costs(reward.pruned(budget.uniform())), dense_cost, config["COST"])
+        limit = cost_ratio(costs(reward.pruned(budget.uniform(scores))), dense_cost, config["COST"])
     costed = config["COST_WEIGHT"] > 0 or limit is not None
     composite = allocation.CompositeReward(reward.pruned, reward.evaluate, costs, dense_cost, config["COST"],
                                            config["COST_WEIGHT"], limit if config["MODE"] == "episodes" else None) \
@@ -333,7 +353,7 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
                       episodes=len(history), search_seconds=agent.seconds,
                       policy={"counts": policy, "reward": score(policy)}, history=[h["reward"] for h in history],
                       within_budget=[h.get("within_budget", True) for h in history])
-    allocations = {"agent": result["counts"], "uniform": budget.uniform(), "global": global_counts}
+    allocations = {"agent": result["counts"], "uniform": budget.uniform(scores), "global": global_counts}
     if costed or config["MODE"] == "iterative":
         parts = {name: composite(c) for name, c in allocations.items()}
         result["references"] = {n: p["reward"] for n, p in parts.items() if n != "agent"}
@@ -347,7 +367,7 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
         for name, c in allocations.items():
             figures = costs(reward.pruned(c))
             result["costs"][name] = {**figures, "ratio": cost_ratio(figures, dense_cost, config["COST"])}
-    result["uniform_counts"], result["global_counts"] = budget.uniform(), global_counts
+    result["uniform_counts"], result["global_counts"] = budget.uniform(scores), global_counts
     result["search_settings"] = wanted
     experiment.write_json(path, result)
     return result
@@ -427,11 +447,15 @@ def collect(out: Path, config: dict) -> dict:
 
 
 def removed_per_layer(run: RunResults) -> dict[str, list[int]]:
-    """Units each layer lost, by kind, from a run's final masks."""
+    """Units each layer lost, by kind, from a run's final masks (whole MLPs and layers: 1 where removed)."""
+    from pruning.units import layer_of
     masks = read_run_masks(run.run_dir)[0]
     out: dict = {}
     for name, m in sorted(masks.items(), key=lambda kv: kv[0]):
-        from pruning.units import layer_of
+        whole = next((k for k in ("mlps", "layers") if name.endswith(f".{k}")), None)
+        if whole:  # one group over the layers, one unit per layer
+            out[whole] = dict(enumerate((~m).int().tolist()))
+            continue
         kind = "heads" if name.endswith(".heads") else "neurons" if name.endswith(".neurons") else "weights"
         layer = layer_of(name + ".") if kind != "weights" else layer_of(name)
         per = out.setdefault(kind, {})

@@ -89,16 +89,17 @@ def point_name(head: float, neuron: float, layer: float) -> str:
 
 
 def agent_rates(agent_dir: Path) -> dict[str, tuple[float, ...]]:
-    """The per-layer rates of a finished allocate.py search, by bert.py setting ("HEAD_RATE", "NEURON_RATE"):
-    allocation.json's "rates" (`pruning.allocation.Budget.rates` of the agent's counts), mapped through
-    allocate.py's RATE_KEY. Raises ConfigError when there is no allocation.json or it is not of heads+neurons."""
+    """The per-layer rates of a finished allocate.py search, by bert.py setting ("HEAD_RATE", "NEURON_RATE", and
+    "MLP_RATE" / "LAYER_RATE" (0 or 1 per layer) where the agent allocated whole MLPs or layers): allocation.json's
+    "rates" (`pruning.allocation.Budget.rates` of the agent's counts), mapped through allocate.py's RATE_KEY.
+    Raises ConfigError when there is no allocation.json or it is not of heads+neurons."""
     import allocate
     path = Path(agent_dir) / "allocation.json"
     if not path.exists():
         raise experiment.ConfigError(f"--agent_dir={agent_dir}: no allocation.json there; run allocate.py "
                                      "--granularity=heads+neurons into it first, or set --agent_dir=''")
     rates = json.loads(path.read_text()).get("rates") or {}
-    if set(rates) != {"head", "neuron"}:
+    if not {"head", "neuron"} <= set(rates) <= {"head", "neuron", "mlp", "layer"}:
         raise experiment.ConfigError(f"{path}: the agent allocated {', '.join(sorted(rates)) or 'nothing'}; the "
                                      "frontier needs a heads+neurons allocation (head and neuron rates per layer)")
     return {allocate.RATE_KEY[kind]: tuple(float(r) for r in rs) for kind, rs in rates.items()}
@@ -127,7 +128,8 @@ def points(config: dict) -> dict[str, dict]:
     if config["AGENT_DIR"]:
         rates = agent_rates(Path(config["AGENT_DIR"]))
         found["agent"] = {"allocation": "agent", "head_rate": rates["HEAD_RATE"], "neuron_rate": rates["NEURON_RATE"],
-                          "layer_rate": 0.0, "agent_dir": config["AGENT_DIR"],
+                          "layer_rate": rates.get("LAYER_RATE", 0.0), "mlp_rate": rates.get("MLP_RATE", 0.0),
+                          "agent_dir": config["AGENT_DIR"],
                           "searched_on": agent_source(Path(config["AGENT_DIR"]))}
     return found
 
@@ -154,6 +156,7 @@ def plan(config: dict, passed_on: list[str]) -> list[dict]:
                         "--granularity=heads+neurons", _rate_arg("head_rate", settings["head_rate"]),
                         _rate_arg("neuron_rate", settings["neuron_rate"]),
                         _rate_arg("layer_rate", settings["layer_rate"])]
+                args += [_rate_arg("mlp_rate", settings["mlp_rate"])] if settings.get("mlp_rate") else []
                 args += [f"--teacher={out / teacher}"] if teacher else []
                 cells.append({"name": f"{name}{'-kd' if teacher else ''}-s{seed}", "point": name, "training": training,
                               "seed": seed, "settings": {**settings, "distilled": bool(teacher)}, "teacher": teacher,

@@ -37,8 +37,8 @@ GRANULARITY = "weights"            # "weights": unstructured zeros; "heads+neuro
 PRUNING_RATE = 0.5                 # weights: fraction of prunable weights set to zero, in [0, 1); "r0,r1,..." = per layer
 HEAD_RATE = 1 / 3                  # heads+neurons: fraction of the heads removed in each layer (one always stays)
 NEURON_RATE = 0.4                  # heads+neurons: fraction of the FFN neurons removed (THRESHOLD: global or per layer)
-MLP_RATE = 0.0                     # heads+neurons: fraction of the layers whose whole FFN (MLP) is removed
-LAYER_RATE = 0.0                   # heads+neurons: fraction of the encoder layers removed (one always stays)
+MLP_RATE = 0.0                     # heads+neurons: fraction of the layers whose whole FFN (MLP) is removed; "0,1,0,..." = these
+LAYER_RATE = 0.0                   # heads+neurons: fraction of the encoder layers removed (one always stays); "0,1,0,..." = these
 THRESHOLD = "global"               # "global": one threshold over all weights (neurons); "layerwise": the rate in each tensor (layer)
 UNDECAYED_EPSILON = 0.01           # epsilon of the undecayed score |-w*g + epsilon*w^2| (0.01 = the AdamW decay)
 SLIMMING_L1 = 1e-4                 # L1 penalty on the slimming coefficients (EarlyBERT's value)

@@ -37,14 +37,19 @@ from pruning.data import MODEL_INPUTS
 from pruning.surgery import remove_units
 from pruning.units import PrunableUnits
 
-# What each unit kind allows. A new kind (the models issue's whole MLPs, whole layers) is one entry here, its
-# groups in `pruning.units.PrunableUnits` and its removal in `pruning.surgery.remove_units`; the budget, the
-# environment (its observation has one flag per kind) and the iterative mode follow from this table.
+# What each unit kind allows. A new kind is one entry here, its groups in `pruning.units.PrunableUnits` and its
+# removal in `pruning.surgery.remove_units`; the budget, the environment (its observation has one flag per kind)
+# and the iterative mode follow from this table.
 #   keeps_one: each group keeps at least one of its units (a layer's last head or neuron stays);
-#   per_layer_rounding: `Budget.of` counts a uniform rate per layer, as the pipeline rounds it (heads).
-KIND_RULES = {"head": {"keeps_one": True, "per_layer_rounding": True},
-              "neuron": {"keeps_one": True, "per_layer_rounding": False},
-              "weight": {"keeps_one": False, "per_layer_rounding": False}}
+#   per_layer_rounding: `Budget.of` counts a uniform rate per layer, as the pipeline rounds it (heads);
+#   whole: one unit per layer, all in one group over the layers (`PrunableUnits.whole`): a layer's step removes
+#   its MLP or the layer itself, or not (MAX_LAYER_RATE does not apply). The pipeline picks these by score at a
+#   uniform rate, so the uniform allocation of a whole kind is that pick (`Budget.uniform` with the scores).
+KIND_RULES = {"head": {"keeps_one": True, "per_layer_rounding": True, "whole": False},
+              "neuron": {"keeps_one": True, "per_layer_rounding": False, "whole": False},
+              "weight": {"keeps_one": False, "per_layer_rounding": False, "whole": False},
+              "mlp": {"keeps_one": False, "per_layer_rounding": False, "whole": True},
+              "layer": {"keeps_one": False, "per_layer_rounding": False, "whole": True}}
 KINDS = tuple(KIND_RULES)
 
 
@@ -56,7 +61,8 @@ class Step:
     layer: int
     size: int                 # units in the dense model
     most: int                 # the most units it may lose (heads and neurons: one always stays)
-    groups: tuple[str, ...]   # the unit groups it spans (weights: the layer's tensors, ranked together)
+    groups: tuple[str, ...]   # the unit groups it spans (weights: the layer's tensors, ranked together; whole kinds:
+                              # the one group over the layers, of which this step is element `layer`)
 
 
 class Budget:
@@ -74,13 +80,19 @@ class Budget:
     @staticmethod
     def _steps(units: PrunableUnits, max_rate: float) -> list[Step]:
         """One step per (layer, kind), layers in order, kinds in KINDS order; sizes are the units the model
-        has now (a fresh `PrunableUnits` of a pruned model: its live units)."""
+        has now (a fresh `PrunableUnits` of a pruned model: its live units). A whole kind (`units.whole`) has a
+        step of size 1 in each live layer; a layer 0 the family always keeps (`Layout.first_layer_stays`) may
+        lose nothing."""
         if not 0 < max_rate < 1:
             raise ValueError(f"MAX_LAYER_RATE must lie in (0, 1), got {max_rate}")
         spans: dict[tuple[int, str], list] = {}
         for g in units.groups.values():
             spans.setdefault((g.layer, g.kind), []).append(g)
         steps = []
+        for g in units.whole.values():
+            for layer in g.origin.tolist():
+                most = 0 if g.kind == "layer" and layer == 0 and units.layout.first_layer_stays else 1
+                steps.append(Step(f"layer{layer}.{g.kind}s", g.kind, layer, 1, most, (g.name,)))
         for (layer, kind), groups in sorted(spans.items(), key=lambda kv: (kv[0][0], KINDS.index(kv[0][1]))):
             if layer < 0:
                 raise ValueError(f"{groups[0].name} is not inside an encoder layer: per-layer rates cannot cover it")
@@ -88,7 +100,7 @@ class Budget:
             keep_one = len(groups) if KIND_RULES[kind]["keeps_one"] else 0
             steps.append(Step(f"layer{layer}.{kind}s", kind, layer, size,
                               min(size - keep_one, math.floor(max_rate * size)), tuple(g.name for g in groups)))
-        return steps
+        return sorted(steps, key=lambda s: (s.layer, KINDS.index(s.kind)))
 
     @classmethod
     def of(cls, units: PrunableUnits, rates: dict[str, float], max_rate: float) -> "Budget":
@@ -126,12 +138,18 @@ class Budget:
         """The steps of one unit kind ("head", "neuron" or "weight"), in episode order."""
         return [s for s in self.steps if s.kind == kind]
 
-    def uniform(self) -> dict[str, int]:
+    def uniform(self, scores: dict[str, torch.Tensor] | None = None) -> dict[str, int]:
         """The same rate in every layer, up to one unit: the budget split in proportion to the sizes
-        (largest remainders first, ties to the earlier layer)."""
+        (largest remainders first, ties to the earlier layer). A whole kind's uniform allocation is what the
+        pipeline removes at its uniform rate, the lowest-scoring MLPs or layers (`whole_pick`): its steps are
+        there only when `scores` (group -> float tensor, the whole groups' included) are given."""
         counts = {}
         for kind, n in self.remove.items():
             steps = self.kind_steps(kind)
+            if KIND_RULES[kind]["whole"]:
+                if scores is not None:
+                    counts.update(self.whole_pick(kind, scores))
+                continue
             shares = [n * s.size / self.total[kind] for s in steps]
             base = [math.floor(x) for x in shares]
             for i in sorted(range(len(steps)), key=lambda i: (base[i] - shares[i], i))[: n - sum(base)]:
@@ -139,10 +157,25 @@ class Budget:
             counts.update({s.name: min(c, s.most) for s, c in zip(steps, base)})
         return counts
 
+    def whole_pick(self, kind: str, scores: dict[str, torch.Tensor]) -> dict[str, int]:
+        """The steps of a whole kind ("mlp" or "layer") as the pipeline sets them at the budget's uniform rate:
+        its `remove[kind]` lowest-scoring MLPs or layers (`masks.select` over the one group, ties to the
+        earlier layer), 1 for those and 0 for the rest. `scores`: whole group -> float tensor (layers,), -inf
+        for removed ones (a layer 0 the family keeps scores the largest float32: `PrunableUnits.whole_scores`)."""
+        steps = self.kind_steps(kind)
+        (group,) = steps[0].groups
+        size = scores[group].numel()
+        keep = mask_ops.select({group: scores[group]}, self.remove[kind] / size, "global")[group]
+        return {s.name: int(not bool(keep[s.layer])) for s in steps}
+
     def rates(self, counts: dict[str, int]) -> dict[str, tuple[float, ...]]:
-        """Per-layer rates, by kind, that make the pipeline remove exactly `counts` (round(rate x size))."""
+        """Per-layer rates, by kind, that make the pipeline remove exactly `counts` (round(rate x size)); a
+        whole kind's are 0.0 or 1.0 per layer (its MLP or the layer kept or removed; a layer removed before
+        has none). Kinds with no step in `counts` are left out."""
         out = {}
         for kind in self.remove:
+            if not any(s.name in counts for s in self.kind_steps(kind)):
+                continue
             rates = []
             for s in self.kind_steps(kind):
                 r = counts[s.name] / s.size
@@ -170,10 +203,11 @@ def proposed_rate(action: float, base: float, max_rate: float) -> float:
 class AllocationEnv(gym.Env):
     """One episode = one allocation of the budget over the groups; the reward comes at its end.
 
-    Observation of the group to set (all in [0, 1]; 9 + len(KINDS) values): its layer, its kind (one flag
-    per KINDS entry), its size, the budget of its
+    Observation of the group to set (all in [0, 1]; 9 + len(kinds) values): its layer, its kind (one flag
+    per KINDS entry; the whole kinds' flags only where the budget has them), its size, the budget of its
     kind still to remove, the least and most it may lose, the uniform rate, the share of it the
-    global threshold would prune, and the previous action.
+    global threshold would prune (for a whole kind: whether the pipeline's pick removes it), and the
+    previous action.
     """
     metadata = {"render_modes": []}
 
@@ -183,7 +217,8 @@ class AllocationEnv(gym.Env):
         self.global_rates = global_rates or {}
         self.layers = max(s.layer for s in budget.steps) + 1
         self.biggest = max(s.size for s in budget.steps)
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (9 + len(KINDS),), dtype=np.float32)
+        self.kinds = tuple(k for k in KINDS if not KIND_RULES[k]["whole"] or k in budget.remove)
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (9 + len(self.kinds),), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.history: list[dict] = []   # every finished episode: counts, reward, seconds
         self._t, self._counts, self._last = 0, {}, 0.0
@@ -202,14 +237,14 @@ class AllocationEnv(gym.Env):
         lo, hi = self._bounds() if self._t < len(self.budget.steps) else (0, 0)
         done = self._done(step.kind)
         remove = max(self.budget.remove[step.kind], 1)
-        obs = [step.layer / max(self.layers - 1, 1), *(float(step.kind == k) for k in KINDS),
+        obs = [step.layer / max(self.layers - 1, 1), *(float(step.kind == k) for k in self.kinds),
                step.size / self.biggest, (self.budget.remove[step.kind] - done) / remove, lo / step.size,
                hi / step.size, self.budget.remove[step.kind] / self.budget.total[step.kind],
                self.global_rates.get(step.name, 0.0), (self._last + 1) / 2, self._t / len(self.budget.steps)]
         return np.clip(np.asarray(obs, dtype=np.float32), 0.0, 1.0)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """Start an episode at the first step (gymnasium's reset): (observation float32 (9 + len(KINDS),), {})."""
+        """Start an episode at the first step (gymnasium's reset): (observation float32 (9 + len(kinds),), {})."""
         super().reset(seed=seed)
         self._t, self._counts, self._last = 0, {}, 0.0
         return self._observation(), {}
@@ -242,10 +277,17 @@ class AllocationEnv(gym.Env):
 # --- the reward ------------------------------------------------------------------------------------
 def masks_for(counts: dict[str, int], scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, torch.Tensor]:
     """Keep-masks that remove the `counts` lowest-scoring units of each step, ranked over its
-    groups together, as the pipeline ranks a per-layer rate (ties by position). `scores`: group ->
-    float tensor of the group's shape; returns group -> bool tensor of that shape (`masks.select`)."""
+    groups together, as the pipeline ranks a per-layer rate (ties by position); a whole kind's step
+    removes its layer's MLP or the layer when its count is 1. `scores`: group -> float tensor of the group's
+    shape; returns group -> bool tensor of that shape (`masks.select`), the whole groups' not yet carried
+    down to the heads and neurons (`PrunableUnits.compose`)."""
     out = {}
     for step in budget.steps:
+        if KIND_RULES[step.kind]["whole"]:
+            (group,) = step.groups
+            keep = out.setdefault(group, torch.isfinite(scores[group]))  # removed before: stays removed
+            keep[step.layer] = bool(keep[step.layer]) and counts[step.name] == 0
+            continue
         out.update(mask_ops.select({g: scores[g] for g in step.groups}, counts[step.name] / step.size, "global",
                                    min_keep=int(KIND_RULES[step.kind]["keeps_one"])))
     return out
@@ -254,10 +296,10 @@ def masks_for(counts: dict[str, int], scores: dict[str, torch.Tensor], budget: B
 def global_rates(scores: dict[str, torch.Tensor], budget: Budget) -> dict[str, float]:
     """The share of each step that one global threshold over its kind would prune at the budget
     (heads: the uniform share, as the pipeline always ranks heads within each layer)."""
-    rates, uniform = {}, budget.uniform()
+    rates, uniform = {}, budget.uniform(scores)
     for kind, n in budget.remove.items():
         steps = budget.kind_steps(kind)
-        if kind == "head":
+        if kind == "head" or KIND_RULES[kind]["whole"]:  # as the pipeline picks them
             rates.update({s.name: uniform[s.name] / s.size for s in steps})
             continue
         keep = mask_ops.select({g: scores[g] for s in steps for g in s.groups}, n / budget.total[kind], "global",
@@ -317,12 +359,13 @@ class SliceReward:
 
     def pruned(self, counts: dict[str, int]) -> nn.Module:
         """A deep copy of the model pruned to `counts` (step name -> units removed) by `masks_for`: units
-        removed (`remove_units`) or weights zeroed."""
+        removed (`remove_units`; whole MLPs and layers carried down to their units first) or weights zeroed."""
         masks = masks_for(counts, self.scores, self.budget)
         model = copy.deepcopy(self.model)
-        units = PrunableUnits(model, self.granularity)
+        whole = tuple(k for k in self.budget.remove if KIND_RULES[k]["whole"])
+        units = PrunableUnits(model, self.granularity, whole)
         if units.structured:
-            remove_units(units, masks)
+            remove_units(units, units.compose(masks))
         else:
             with torch.no_grad():
                 for name, p in units.params.items():

@@ -11,6 +11,9 @@ from pruning.distill import check_settings as check_distillation
 from pruning.units import GRANULARITIES, WHOLE_KINDS, PrunableUnits
 
 REWIND_POINTS = ("pretrained", "early_bird")
+# A whole kind's rate: one fraction of the layers, chosen by score; or one value per encoder layer, each 0 or 1
+# (1: that layer's MLP, or the layer, goes), which is how a per-layer allocation (allocate.py's agent) names them.
+WholeRate = float | tuple[int, ...]
 
 
 @dataclass
@@ -22,8 +25,8 @@ class PruningConfig:
     rate: mask_ops.Rate = 0.5         # weights: fraction of prunable weights set to zero (or one per layer)
     head_rate: mask_ops.Rate = 1 / 3  # heads+neurons: fraction of the heads removed in each layer
     neuron_rate: mask_ops.Rate = 0.4  # heads+neurons: fraction of the FFN neurons removed
-    mlp_rate: float = 0.0             # heads+neurons: fraction of the layers whose whole FFN (MLP) is removed
-    layer_rate: float = 0.0           # heads+neurons: fraction of the encoder layers removed
+    mlp_rate: WholeRate = 0.0         # heads+neurons: fraction of the layers whose whole FFN (MLP) is removed
+    layer_rate: WholeRate = 0.0       # heads+neurons: fraction of the encoder layers removed
     scope: str = "global"             # weights and neurons: one threshold over all, or "layerwise"
     search_epochs: float = 1.0        # budget for the dense search; prune at its end if no early bird
     retrain_epochs: float = 1.0       # training with the mask held fixed, after pruning
@@ -51,10 +54,16 @@ class PruningConfig:
         for what, rate in (("pruning rate", self.rate), ("head rate", self.head_rate),
                            ("neuron rate", self.neuron_rate)):
             mask_ops.check_rate(rate, what)
+        self.mlp_rate, self.layer_rate = (tuple(r) if isinstance(r, list) else r
+                                          for r in (self.mlp_rate, self.layer_rate))
         for what, rate in (("MLP_RATE", self.mlp_rate), ("LAYER_RATE", self.layer_rate)):
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            if isinstance(rate, tuple):
+                if not rate or any(isinstance(r, bool) or r not in (0, 1) for r in rate):
+                    raise ValueError(f"{what} per layer is one value per encoder layer, each 0 (kept) or 1 "
+                                     f"(removed), got {rate!r}")
+            elif isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
                 raise ValueError(f"{what} is the fraction of the encoder's layers (their MLPs, or the layers "
-                                 f"themselves) removed: one number in [0, 1), got {rate!r}")
+                                 f"themselves) removed: one number in [0, 1), or one 0/1 per layer; got {rate!r}")
         if self.whole_kinds and self.granularity != "heads+neurons":
             raise ValueError("MLP_RATE and LAYER_RATE remove whole MLPs and layers physically: they need "
                              f"GRANULARITY='heads+neurons' (got {self.granularity!r})")
@@ -84,7 +93,7 @@ class PruningConfig:
     @property
     def whole_kinds(self) -> tuple[str, ...]:
         """The whole unit kinds this config removes: ("mlp",) when mlp_rate > 0, ("layer",) when layer_rate > 0."""
-        return tuple(k for k, r in (("mlp", self.mlp_rate), ("layer", self.layer_rate)) if r)
+        return tuple(k for k, r in (("mlp", self.mlp_rate), ("layer", self.layer_rate)) if any(_values(r)))
 
     @property
     def total_epochs(self) -> float:
@@ -92,12 +101,14 @@ class PruningConfig:
         return self.search_epochs + self.retrain_epochs
 
     def scaled(self, fraction: float) -> "PruningConfig":
-        """The same config with every rate multiplied by `fraction` (a step of a gradual schedule)."""
+        """The same config with every rate multiplied by `fraction` (a step of a gradual schedule); per-layer
+        whole rates (0 or 1 per layer) cannot be scaled and stay (gradual schedules refuse whole kinds)."""
         def scale(rate):
             return tuple(r * fraction for r in rate) if isinstance(rate, tuple) else rate * fraction
         return replace(self, rate=scale(self.rate), head_rate=scale(self.head_rate),
-                       neuron_rate=scale(self.neuron_rate), mlp_rate=scale(self.mlp_rate),
-                       layer_rate=scale(self.layer_rate))
+                       neuron_rate=scale(self.neuron_rate),
+                       mlp_rate=self.mlp_rate if isinstance(self.mlp_rate, tuple) else scale(self.mlp_rate),
+                       layer_rate=self.layer_rate if isinstance(self.layer_rate, tuple) else scale(self.layer_rate))
 
     def rate_of(self, kind: str) -> mask_ops.Rate:
         """The rate for a unit kind: "weight" -> rate, "head" -> head_rate, "neuron" -> neuron_rate,
@@ -107,13 +118,24 @@ class PruningConfig:
 
     def check_model(self, units: PrunableUnits) -> None:
         """Errors that need the model: per-layer rate counts, a head rate that empties a layer, a layer rate
-        that removes every layer. Raises ValueError for any of them."""
+        that removes every layer (or, per layer, a layer 0 the family keeps: `Layout.first_layer_stays`).
+        Raises ValueError for any of them."""
         for kind in units.kinds():
             rate = self.rate_of(kind)
             groups = [g for g in units.mask_groups.values() if g.kind == kind]
-            if kind == "layer" and round(rate * groups[0].size) >= groups[0].size:
-                raise ValueError(f"LAYER_RATE {rate:g} would remove all {groups[0].size} encoder layers; use a rate "
-                                 f"below {(groups[0].size - 0.5) / groups[0].size:.4f}")
+            if kind in WHOLE_KINDS:
+                n, what = groups[0].size, kind.upper() + "_RATE"
+                if isinstance(rate, tuple) and len(rate) != n:
+                    raise ValueError(f"{len(rate)} per-layer {what} values given, but the model has {n} encoder "
+                                     "layers: give one 0/1 per layer")
+                if kind != "layer":
+                    continue
+                if (sum(rate) if isinstance(rate, tuple) else round(rate * n)) >= n:
+                    raise ValueError(f"LAYER_RATE {rate} would remove all {n} encoder layers; keep at least one")
+                if isinstance(rate, tuple) and rate[0] and units.layout.first_layer_stays:
+                    raise ValueError(f"LAYER_RATE {rate} removes layer 0, which {units.layout.model_types[0]} builds "
+                                     "unlike the others and always keeps: set its value to 0")
+                continue
             layers = sorted({g.layer for g in groups})
             if isinstance(rate, tuple) and len(rate) != len(layers):
                 raise ValueError(f"{len(rate)} per-layer {kind} rates given, but the model has {len(layers)} "
@@ -137,6 +159,9 @@ class PruningConfig:
         out, groups = {}, units.mask_groups
         for kind in units.kinds():
             names = [n for n, g in groups.items() if g.kind == kind]
+            if kind in WHOLE_KINDS and isinstance(self.rate_of(kind), tuple):  # these layers, whatever their scores
+                out.update({n: torch.tensor([not r for r in self.rate_of(kind)]) for n in names})
+                continue
             out.update(mask_ops.select({n: scores[n] for n in names}, self.rate_of(kind),
                                        "layerwise" if kind == "head" else "global" if kind in WHOLE_KINDS
                                        else self.scope,
@@ -145,3 +170,8 @@ class PruningConfig:
         if current is not None:
             out = {n: out[n] & current[n].to(out[n].device) for n in groups}
         return units.compose({n: out[n] for n in groups})
+
+
+def _values(rate) -> tuple:
+    """A rate's values: the per-layer tuple, or the one number as a 1-tuple."""
+    return rate if isinstance(rate, tuple) else (rate,)

@@ -61,7 +61,7 @@ def _parse_trainer(text: str):
                       f"(or the class names {', '.join(c.__name__ for c in known.values())})")
 
 
-RATE_KEYS = ("PRUNING_RATE", "HEAD_RATE", "NEURON_RATE")
+RATE_KEYS = ("PRUNING_RATE", "HEAD_RATE", "NEURON_RATE", "MLP_RATE", "LAYER_RATE")
 
 
 def _parse_value(key: str, text: str, default):
@@ -69,7 +69,10 @@ def _parse_value(key: str, text: str, default):
         return _parse_trainer(text)
     if key in RATE_KEYS and "," in text:  # one rate per encoder layer
         try:
-            return tuple(float(t) for t in text.split(","))
+            values = tuple(float(t) for t in text.split(","))
+            # whole MLPs and layers per layer are 0 (kept) or 1 (removed)
+            return tuple(int(v) for v in values) if key in ("MLP_RATE", "LAYER_RATE") and \
+                all(v in (0, 1) for v in values) else values
         except ValueError:
             raise ConfigError(f"--{key.lower()}={text!r}: expected a number or one number per layer, "
                               "comma-separated") from None
