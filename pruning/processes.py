@@ -12,7 +12,10 @@ What differs from `python script.py`: the modules in PRELOAD are imported once, 
 the server started with (read at import time by a few libraries: HF_HUB_OFFLINE, for example), and
 multiprocessing re-imports the caller's main module as `__mp_main__` in the child (every script here
 guards its work with `if __name__ == "__main__"`); everything else, including the environment the
-script sees and its exit handlers (`atexit`, run before the child exits), is the caller's. Source:
+script sees and its exit handlers (`atexit`, run before the child exits), is the caller's. And it does not outlive its caller: a forked run's parent is the server, which a
+killed caller leaves behind, so each run watches its caller and kills itself (SIGKILL, which every run
+resumes from) once the caller is gone; otherwise a study killed and started again would have two runs
+training into one directory. Source:
 https://docs.python.org/3/library/multiprocessing.html#contexts-and-start-methods
 """
 from __future__ import annotations
@@ -21,10 +24,14 @@ import atexit
 import multiprocessing
 import os
 import runpy
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 PRELOAD = ("torch", "transformers", "datasets", "pruning.experiment")
+WATCH_SECONDS = 1.0  # how often a forked run checks that its caller is alive
 _context = None
 
 
@@ -36,8 +43,27 @@ def _server():
     return _context
 
 
-def _main(script: str, args: list[str], cwd: str, env: dict, stdout: str, stderr: str) -> None:
-    """The child: the caller's directory, environment and output files, then the script as __main__."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, but another user's
+        return True
+    return True
+
+
+def _end_with(caller: int) -> None:
+    """Kill this process (SIGKILL) once the process `caller` has gone."""
+    while _alive(caller):
+        time.sleep(WATCH_SECONDS)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _main(script: str, args: list[str], cwd: str, env: dict, stdout: str, stderr: str, caller: int) -> None:
+    """The child: the caller's directory, environment and output files, then the script as __main__; it dies
+    with its caller (`_end_with`)."""
+    threading.Thread(target=_end_with, args=(caller,), daemon=True, name="end-with-caller").start()
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -62,7 +88,7 @@ def run_python(script: str | Path, args: list[str], stdout: str | Path, stderr: 
     Raises TimeoutError (after killing it) when it runs longer than `timeout` seconds."""
     process = _server().Process(target=_main, args=(str(script), [str(a) for a in args], str(cwd or os.getcwd()),
                                                      dict(os.environ if env is None else env), str(stdout),
-                                                     str(stderr or stdout)))
+                                                     str(stderr or stdout), os.getpid()))
     process.start()
     process.join(timeout)
     if process.exitcode is None:

@@ -1,7 +1,12 @@
 """A script run forked from the preloaded server behaves as `python script.py` would: its own argv,
 directory, environment, output, exit status, death by signal and exit handlers."""
 import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +55,46 @@ def test_a_run_past_its_timeout_is_killed(tmp_path):
     (tmp_path / "slow.py").write_text("import time\nif __name__ == '__main__':\n    time.sleep(60)\n")
     with pytest.raises(TimeoutError, match="slow.py ran longer than 1 s"):
         run_python(tmp_path / "slow.py", [], tmp_path / "log", timeout=1)
+
+
+CALLER = textwrap.dedent("""
+    import sys
+    from pruning.processes import run_python
+    if __name__ == "__main__":
+        run_python(sys.argv[1], [], sys.argv[2])
+""")
+SLEEPER = textwrap.dedent("""
+    import os, time
+    if __name__ == "__main__":
+        print(os.getpid(), flush=True)
+        time.sleep(120)
+""")
+
+
+def test_a_forked_run_dies_with_its_caller(tmp_path):
+    """A study killed (SIGKILL: no handler runs) takes its running script along, instead of leaving it to train
+    beside the study started again."""
+    (tmp_path / "caller.py").write_text(CALLER)
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    caller = subprocess.Popen([sys.executable, str(tmp_path / "caller.py"), str(tmp_path / "sleeper.py"), str(out)],
+                              env=env)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and out.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child = int(out.read_text())
+    os.kill(child, 0)  # running
+    caller.send_signal(signal.SIGKILL)
+    caller.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the forked run outlived its caller")
