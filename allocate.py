@@ -521,8 +521,9 @@ def write(out: Path, config: dict, search_result: dict | None, speed: dict | Non
         lines.append(f"| {name} | {stats.mean_std(values)} ({len(values)}) | {diff} | {t_p} | {mc} | {boot} | "
                      f"{stats.mean_std(kept)} | {ratio} |")
     if speed:
+        threads = f"{speed['threads']} thread" + ("s" if speed["threads"] != 1 else "")
         lines += ["", f"Speed: {speed['dense']['per_second']:.0f} dev sentences/s for the dense model "
-                      f"({speed['rounds']} interleaved rounds, {speed['threads']} threads)."]
+                      f"({speed['rounds']} interleaved rounds, {threads})."]
     lines += ["", "Units removed per layer (agent and uniform: the same in every seed; global: each seed's own "
               "threshold, the first seed shown):", ""]
     for name in config["ALLOCATIONS"]:
