@@ -150,6 +150,24 @@ def test_an_agent_allocation_of_another_model_is_rejected(tmp_path):
     assert agent["settings"]["searched_on"] == {"MODEL": "bert-base-uncased", "HEAD_RATE": 0.5, "NEURON_RATE": 0.4}
 
 
+def test_an_agent_allocation_with_whole_layers_and_mlps_trains_exactly_those(tmp_path):
+    """allocate.py's agent chose which layer and which MLP go (0/1 per layer): the agent point's runs get them as
+    per-layer LAYER_RATE / MLP_RATE, which bert.py reads as exactly those layers."""
+    agent = tmp_path / "allocate"
+    agent.mkdir()
+    heads, neurons = [0.25, 0.5, 0.25, 0.5, 0.25, 0.5], [0.3, 0.4, 0.5, 0.3, 0.4, 0.5]
+    layers, mlps = [0.0, 0.0, 0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    (agent / "allocation.json").write_text(json.dumps({"rates": {"head": heads, "neuron": neurons, "layer": layers,
+                                                                 "mlp": mlps}}))
+    _, _, cells = frontier.settings([f"--agent_dir={agent}", f"--out_dir={tmp_path / 'f'}", "--seeds=42"])
+    cells = by_name(cells)
+    args = cells["agent-kd-s42"]["args"]
+    assert {"--layer_rate=0.0,0.0,0.0,1.0,0.0,0.0", "--mlp_rate=0.0,1.0,0.0,0.0,0.0,0.0"} <= set(args)
+    run = experiment.configure(frontier_script_namespace(), args)
+    assert (run["LAYER_RATE"], run["MLP_RATE"]) == ((0, 0, 0, 1, 0, 0), (0, 1, 0, 0, 0, 0))
+    assert not any(a.startswith("--mlp_rate") for a in cells["uniform-s42"]["args"])  # only where the agent set it
+
+
 def test_an_agent_allocation_of_weights_is_rejected(tmp_path):
     agent = tmp_path / "allocate"
     agent.mkdir()
