@@ -18,8 +18,8 @@ allocation removes exactly as many heads, neurons or weights. For the first seed
    (COST: latency at batch 1, time per sentence at COST_BATCH_SIZE, or peak memory; `pruning.inference_cost`,
    each structure measured once), as metric - COST_WEIGHT x (cost / dense cost), and LATENCY_BUDGET
    excludes candidates over a share of the dense cost (AMC's resource-constrained mode).
-   With MLP_RATE or LAYER_RATE above 0 (--layer_rate=0.17: one of six layers), the agent also chooses which layers lose their whole
-   MLP or go entirely (episodes mode; the agent's runs get them as per-layer 0/1 rates).
+   With MLP_RATE or LAYER_RATE above 0 (--layer_rate=0.17: one of six layers), the agent also chooses which
+   layers lose their whole MLP or go entirely (episodes mode; the agent's runs get them as per-layer 0/1 rates).
    MODE="iterative" instead prunes STEP_RATE of what is left at each step, each step's split over the
    layers chosen by a short PPO search, with FINETUNE_STEPS of fine-tuning between steps, until
    LATENCY_BUDGET or ACCURACY_FLOOR (`pruning.iterative`; a killed loop resumes after its last step).

@@ -12,10 +12,11 @@ What differs from `python script.py`: the modules in PRELOAD are imported once, 
 the server started with (read at import time by a few libraries: HF_HUB_OFFLINE, for example), and
 multiprocessing re-imports the caller's main module as `__mp_main__` in the child (every script here
 guards its work with `if __name__ == "__main__"`); everything else, including the environment the
-script sees and its exit handlers (`atexit`, run before the child exits), is the caller's. And it does not outlive its caller: a forked run's parent is the server, which a
-killed caller leaves behind, so each run watches its caller and kills itself (SIGKILL, which every run
-resumes from) once the caller is gone; otherwise a study killed and started again would have two runs
-training into one directory. Source:
+script sees and its exit handlers (`atexit`, run before the child exits), is the caller's.
+
+A forked run does not outlive its caller. Its parent is the server, which a killed caller leaves behind, so
+each run watches its caller and kills itself (SIGKILL, which every run resumes from) once the caller is gone;
+otherwise a study killed and started again would have two runs training into one directory. Source:
 https://docs.python.org/3/library/multiprocessing.html#contexts-and-start-methods
 """
 from __future__ import annotations
