@@ -48,6 +48,7 @@ from pruning.schema import RunResults
 from pruning.state import read_run_masks
 from pruning.tasks import METRIC_TITLES
 from pruning.trainer import SNAPSHOT_FILE
+from pruning.units import WHOLE_KINDS  # heads+neurons: allocated too when the runs' MLP_RATE / LAYER_RATE is above 0
 
 SCRIPT = "bert.py"                   # the experiment every run uses
 CRITERION = "magnitude"              # the criterion that scores units, in the search and in every run
@@ -84,7 +85,6 @@ SEARCH_SETTINGS = ("CRITERION", "HELD_OUT", "EPISODES", "EPISODES_PER_UPDATE", "
                    "MODE", "COST", "COST_WEIGHT", "LATENCY_BUDGET", "COST_BATCH_SIZE", "COST_SENTENCES",
                    "COST_REPEATS", "STEP_RATE", "FINETUNE_STEPS", "ACCURACY_FLOOR", "STEP_EPISODES", "MAX_STEPS")
 KINDS_OF = {"heads+neurons": ("head", "neuron"), "weights": ("weight",)}
-WHOLE_KINDS = ("mlp", "layer")        # heads+neurons: allocated too when the runs' MLP_RATE / LAYER_RATE is above 0
 RATE_KEY = {"head": "HEAD_RATE", "neuron": "NEURON_RATE", "weight": "PRUNING_RATE", "mlp": "MLP_RATE",
             "layer": "LAYER_RATE"}
 # What the study sets for every run itself.
@@ -452,7 +452,7 @@ def removed_per_layer(run: RunResults) -> dict[str, list[int]]:
     masks = read_run_masks(run.run_dir)[0]
     out: dict = {}
     for name, m in sorted(masks.items(), key=lambda kv: kv[0]):
-        whole = next((k for k in ("mlps", "layers") if name.endswith(f".{k}")), None)
+        whole = next((f"{k}s" for k in WHOLE_KINDS if name.endswith(f".{k}s")), None)
         if whole:  # one group over the layers, one unit per layer
             out[whole] = dict(enumerate((~m).int().tolist()))
             continue

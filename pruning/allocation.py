@@ -135,7 +135,7 @@ class Budget:
         return cls(steps, remove, max_rate)
 
     def kind_steps(self, kind: str) -> list[Step]:
-        """The steps of one unit kind ("head", "neuron" or "weight"), in episode order."""
+        """The steps of one unit kind (a KINDS entry), in episode order."""
         return [s for s in self.steps if s.kind == kind]
 
     def uniform(self, scores: dict[str, torch.Tensor] | None = None) -> dict[str, int]:

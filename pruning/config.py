@@ -13,7 +13,7 @@ from pruning.units import GRANULARITIES, WHOLE_KINDS, PrunableUnits
 REWIND_POINTS = ("pretrained", "early_bird")
 # A whole kind's rate: one fraction of the layers, chosen by score; or one value per encoder layer, each 0 or 1
 # (1: that layer's MLP, or the layer, goes), which is how a per-layer allocation (allocate.py's agent) names them.
-WholeRate = float | tuple[int, ...]
+WholeRate = float | tuple[float, ...]
 
 
 @dataclass
@@ -49,13 +49,12 @@ class PruningConfig:
     def __post_init__(self):
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}")
-        self.rate, self.head_rate, self.neuron_rate = (tuple(r) if isinstance(r, list) else r
-                                                       for r in (self.rate, self.head_rate, self.neuron_rate))
+        self.rate, self.head_rate, self.neuron_rate, self.mlp_rate, self.layer_rate = (
+            tuple(r) if isinstance(r, list) else r
+            for r in (self.rate, self.head_rate, self.neuron_rate, self.mlp_rate, self.layer_rate))
         for what, rate in (("pruning rate", self.rate), ("head rate", self.head_rate),
                            ("neuron rate", self.neuron_rate)):
             mask_ops.check_rate(rate, what)
-        self.mlp_rate, self.layer_rate = (tuple(r) if isinstance(r, list) else r
-                                          for r in (self.mlp_rate, self.layer_rate))
         for what, rate in (("MLP_RATE", self.mlp_rate), ("LAYER_RATE", self.layer_rate)):
             if isinstance(rate, tuple):
                 if not rate or any(isinstance(r, bool) or r not in (0, 1) for r in rate):
@@ -93,7 +92,7 @@ class PruningConfig:
     @property
     def whole_kinds(self) -> tuple[str, ...]:
         """The whole unit kinds this config removes: ("mlp",) when mlp_rate > 0, ("layer",) when layer_rate > 0."""
-        return tuple(k for k, r in (("mlp", self.mlp_rate), ("layer", self.layer_rate)) if any(_values(r)))
+        return tuple(k for k, r in (("mlp", self.mlp_rate), ("layer", self.layer_rate)) if any(r if isinstance(r, tuple) else (r,)))
 
     @property
     def total_epochs(self) -> float:
@@ -171,7 +170,3 @@ class PruningConfig:
             out = {n: out[n] & current[n].to(out[n].device) for n in groups}
         return units.compose({n: out[n] for n in groups})
 
-
-def _values(rate) -> tuple:
-    """A rate's values: the per-layer tuple, or the one number as a 1-tuple."""
-    return rate if isinstance(rate, tuple) else (rate,)

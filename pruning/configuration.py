@@ -69,10 +69,7 @@ def _parse_value(key: str, text: str, default):
         return _parse_trainer(text)
     if key in RATE_KEYS and "," in text:  # one rate per encoder layer
         try:
-            values = tuple(float(t) for t in text.split(","))
-            # whole MLPs and layers per layer are 0 (kept) or 1 (removed)
-            return tuple(int(v) for v in values) if key in ("MLP_RATE", "LAYER_RATE") and \
-                all(v in (0, 1) for v in values) else values
+            return tuple(float(t) for t in text.split(","))
         except ValueError:
             raise ConfigError(f"--{key.lower()}={text!r}: expected a number or one number per layer, "
                               "comma-separated") from None

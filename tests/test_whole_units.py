@@ -213,7 +213,7 @@ WHOLE_EVERY_FAMILY = dict(WHOLE, eb_epsilon=1e-9, max_length=64)
 @pytest.mark.parametrize("family", [f for f in RUN_CONFIGS if f != "bert"])  # BERT: the test above
 def test_every_family_removes_whole_units_end_to_end_and_resumes_exactly(family, sst2_slice, tmp_path):
     config = dict(RUN_CONFIGS[family])
-    config["n_layers" if family == "distilbert" else "num_hidden_layers"] = 4
+    config[BY_MODEL_TYPE[config["model_type"]].config_layers] = 4
     path = tmp_path / f"tiny-{family}-4.json"
     path.write_text(json.dumps(config))
     reference = reference_run(path, sst2_slice, tmp_path / "reference", WHOLE_EVERY_FAMILY)
