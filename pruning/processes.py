@@ -22,6 +22,7 @@ https://docs.python.org/3/library/multiprocessing.html#contexts-and-start-method
 from __future__ import annotations
 
 import atexit
+import gc
 import multiprocessing
 import os
 import runpy
@@ -64,6 +65,7 @@ def _end_with(caller: int) -> None:
 def _main(script: str, args: list[str], cwd: str, env: dict, stdout: str, stderr: str, caller: int) -> None:
     """The child: the caller's directory, environment and output files, then the script as __main__; it dies
     with its caller (`_end_with`)."""
+    gc.freeze()  # the preloaded modules' objects: full collections (HF's Trainer runs one per train()) skip them
     threading.Thread(target=_end_with, args=(caller,), daemon=True, name="end-with-caller").start()
     os.chdir(cwd)
     os.environ.clear()

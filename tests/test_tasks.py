@@ -246,6 +246,22 @@ def test_head_tail_keeps_the_first_quarter_and_the_last_three(tokenizer):
     assert head_only[0]["input_ids"][1:-1] == body[:18] and data.truncated_count(head_only) == 1
 
 
+def test_a_cached_tokenization_is_reused_only_for_the_same_tokenizer_and_settings(tokenizer, tmp_path):
+    # A dataset read from disk (as datasets' loaders give it) caches each map in a file named by its fingerprint:
+    # another tokenizer, length or truncation must not find the first one's tokens.
+    Dataset.from_dict({"sentence": ["a fine film", "awful"], "label": [1, 0]}).save_to_disk(str(tmp_path / "ds"))
+    ds = DatasetDict(train=Dataset.load_from_disk(str(tmp_path / "ds")))
+    first = data.tokenize(ds, tokenizer, 64)["train"]
+    assert data.tokenize(ds, tokenizer, 64)["train"]._fingerprint == first._fingerprint      # same transform
+    assert data.tokenize(ds, tokenizer, 3)["train"]["input_ids"][0] == first["input_ids"][0][:2] + [tokenizer.sep_token_id]
+    assert data.tokenize(ds, tokenizer, 64, None, "head+tail")["train"]._fingerprint != first._fingerprint
+    other = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    other.add_tokens(["fine film"])                                   # one more token: another vocabulary
+    again = data.tokenize(ds, other, 64)["train"]
+    assert again._fingerprint != first._fingerprint and again["input_ids"][0] == other("a fine film")["input_ids"]
+    assert again["input_ids"][0] != first["input_ids"][0]
+
+
 # --- runs ---------------------------------------------------------------------------------------------
 def _run(tmp_path, task, folder, *extra, trainer="dense"):
     out = tmp_path / "runs"
