@@ -464,7 +464,7 @@ def _tokenizer_fingerprint(tokenizer) -> str | None:
     state = json.loads(backend.to_str())
     state.pop("truncation", None), state.pop("padding", None)  # the last call's, not the tokenizer's
     settings = sorted((k, str(v)) for k, v in tokenizer.init_kwargs.items())
-    return Hasher.hash((type(tokenizer).__name__, state, settings))
+    return Hasher.hash((type(tokenizer).__name__, json.dumps(state, sort_keys=True), settings))  # a str: fast to hash
 
 
 def _head_tail(tokenizer, texts: list[str], max_length: int) -> dict:

@@ -608,26 +608,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
 
 
-def evaluate(directory: Path, dev: Path, threads: int, batch_size: int = 64) -> dict:
-    """Load a variant and predict the dev set `write_dev` wrote: the task's metrics under their standard
-    names (fractions or correlations), "predictions" (class ids, or a regression's values), "load_seconds",
-    and this process's memory in MB before loading and at its peak (taken before the metrics' own imports).
-    Raises DeployError as `runner` does."""
-    tasks = _tasks()
-    batches, labels = dev_batches(dev, batch_size)
+def predict(directory: Path, dev: Path, threads: int, batch_size: int = 64) -> dict:
+    """Load a variant and predict the dev set `write_dev` wrote: "predictions" (class ids, or a
+    regression's values, in dev order), "load_seconds", and this process's memory in MB before loading
+    and at its peak. Imports only numpy and the variant's runtime. Raises DeployError as `runner` does."""
+    batches, _ = dev_batches(dev, batch_size)
     before = peak_rss_mb()
     started = time.perf_counter()
     run = runner(directory, threads)
     load_seconds = time.perf_counter() - started
-    predictions = np.concatenate([tasks.predictions_of(run(b)) for b in batches])
-    peak = peak_rss_mb()
-    metrics = tuple(str(m) for m in np.load(dev)["metrics"])
-    return {**tasks.compute_metrics(metrics, predictions, labels), "predictions": predictions.tolist(),
-            "load_seconds": load_seconds, "rss_before_load_mb": before, "peak_rss_mb": peak}
+    predictions = np.concatenate([_tasks().predictions_of(run(b)) for b in batches])
+    return {"predictions": predictions.tolist(), "load_seconds": load_seconds, "rss_before_load_mb": before,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def with_metrics(predicted: dict, dev: Path) -> dict:
+    """`predict`'s answer with the task's metrics under their standard names (fractions or correlations),
+    scored against the labels `write_dev` wrote."""
+    data = np.load(dev)
+    metrics = tuple(str(m) for m in data["metrics"])
+    return {**_tasks().compute_metrics(metrics, np.asarray(predicted["predictions"]), data["labels"]), **predicted}
+
+
+def evaluate(directory: Path, dev: Path, threads: int, batch_size: int = 64) -> dict:
+    """`predict` scored: the task's metrics beside the predictions, load time and memory."""
+    return with_metrics(predict(directory, dev, threads, batch_size), dev)
 
 
 def evaluate_in_fresh_process(directory: Path, dev: Path, threads: int, batch_size: int = 64) -> dict:
-    """`evaluate` in a new Python process: the variant must load from its files alone."""
+    """`evaluate`, its predictions made in a new Python process: the variant must load from its files
+    alone, and the process's memory is the runtime's and the model's (the metrics, which import scipy and
+    scikit-learn, are computed here)."""
     import subprocess
     # This file run as a script, not `-m pruning.deploy`: the package would import torch and transformers,
     # whose memory an ONNX Runtime deployment does not pay.
@@ -635,10 +646,10 @@ def evaluate_in_fresh_process(directory: Path, dev: Path, threads: int, batch_si
                           capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if done.returncode != 0:
         raise DeployError(f"{directory} failed to load or run in a fresh process:\n{done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return with_metrics(json.loads(done.stdout.strip().splitlines()[-1]), dev)
 
 
 if __name__ == "__main__":
     _quiet()
     variant, dev_path, n_threads, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    print(json.dumps(evaluate(Path(variant), Path(dev_path), n_threads, batch)))
+    print(json.dumps(predict(Path(variant), Path(dev_path), n_threads, batch)))
