@@ -14,10 +14,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")       # no Hub on CI: fail at once instead of retrying
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One intra-op thread per test process, before torch is imported: the suite runs two xdist workers on two
-# cores, and tiny models on two threads each (four on two cores) spend their time switching, not computing.
-# Forked runs inherit it through the preloaded server (`pruning.processes`).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# One intra-op thread in every test process, set before torch is imported: the suite runs two xdist workers
+# on two cores, and tiny models on two threads each (four on two cores) spend their time switching, not
+# computing. Forked runs inherit it through the preloaded server (`pruning.processes`), so their weights
+# match a Ray task's (Ray gives a task of one CPU one thread) bit for bit.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

@@ -1,13 +1,9 @@
 """The sweep on a Ray cluster (a local one of two worker slots): one task per cell, finished cells
 skipped, a killed cell resumed, the same results as cells run one after another."""
-import os
-import subprocess
-import sys
-
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run_script, tiny_args
+from conftest import run_script, tiny_args
 
 
 def weights(run_dir):
@@ -15,11 +11,9 @@ def weights(run_dir):
 
 
 def bert(args, sabotage=()):
-    """bert.py on one thread, as a Ray task of one CPU runs (Ray sets OMP_NUM_THREADS to the task's CPUs),
-    so that the weights can be compared bit for bit."""
-    script = [str(REPO / "tests" / "sabotaged_run.py"), *sabotage] if sabotage else [str(REPO / "bert.py")]
-    return subprocess.run([sys.executable, *script, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """bert.py, forked like every script run of the tests: on one thread (conftest), as a Ray task of one CPU
+    runs (Ray sets OMP_NUM_THREADS to the task's CPUs), so that the weights can be compared bit for bit."""
+    return run_script("tests/sabotaged_run.py", [*sabotage, *args]) if sabotage else run_script("bert.py", args)
 
 
 def test_a_cluster_sweep_skips_finished_cells_and_resumes_a_killed_one(tiny_bert_config, sst2_slice, tmp_path):

@@ -21,11 +21,14 @@ FAST = ["--rounds=1", "--latency_sentences=2", "--threads=1"]
 
 @pytest.fixture(scope="module")
 def runs(tiny_bert_config, sst2_slice, tmp_path_factory):
-    """A finished unstructured run (magnitude, 50%) and a finished heads+neurons run of a tiny BERT."""
+    """A finished unstructured run (magnitude, 50%) and a finished heads+neurons run of a one-layer tiny BERT
+    (every compress.py run exports each model to ONNX, which takes a second or two per layer)."""
+    config = tmp_path_factory.mktemp("config") / "one-layer-bert.json"
+    config.write_text(json.dumps({**json.loads(tiny_bert_config.read_text()), "num_hidden_layers": 1}))
     out = {}
     for name, extra in (("weights", {}), ("structured", STRUCTURED)):
         target = tmp_path_factory.mktemp(name)
-        done = run_script("bert.py", tiny_args(tiny_bert_config, sst2_slice, target, **extra))
+        done = run_script("bert.py", tiny_args(config, sst2_slice, target, **extra))
         assert done.returncode == 0, done.stderr[-2000:]
         out[name] = only_run_dir(target)
     return out

@@ -1,6 +1,7 @@
 """A script run forked from the preloaded server behaves as `python script.py` would: its own argv,
 directory, environment, output, exit status, death by signal and exit handlers."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pruning import processes
 from pruning.processes import run_python
 
 SCRIPT = textwrap.dedent("""
@@ -59,9 +61,10 @@ def test_a_run_past_its_timeout_is_killed(tmp_path):
 
 CALLER = textwrap.dedent("""
     import sys
-    from pruning.processes import run_python
+    import processes  # pruning/processes.py, copied beside this file: the package would import torch and HF
     if __name__ == "__main__":
-        run_python(sys.argv[1], [], sys.argv[2])
+        processes.PRELOAD = ()  # the sleeper needs none of it: the server starts at once
+        processes.run_python(sys.argv[1], [], sys.argv[2])
 """)
 SLEEPER = textwrap.dedent("""
     import os, time
@@ -76,11 +79,9 @@ def test_a_forked_run_dies_with_its_caller(tmp_path):
     beside the study started again."""
     (tmp_path / "caller.py").write_text(CALLER)
     (tmp_path / "sleeper.py").write_text(SLEEPER)
+    shutil.copy(Path(processes.__file__), tmp_path / "processes.py")  # it imports nothing of the package
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    caller = subprocess.Popen([sys.executable, str(tmp_path / "caller.py"), str(tmp_path / "sleeper.py"), str(out)],
-                              env=env)
+    caller = subprocess.Popen([sys.executable, str(tmp_path / "caller.py"), str(tmp_path / "sleeper.py"), str(out)])
     deadline = time.monotonic() + 120
     while not (out.exists() and out.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -1,9 +1,6 @@
 """Heads + neurons through the scripts: end to end, the saved model, fixed masks, user-written Trainers."""
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -130,12 +127,10 @@ def test_a_trainer_written_in_a_copy_of_bert_py_runs(tiny_bert_config, sst2_slic
     script = (REPO / "bert.py").read_text()
     body, main = script.split('if __name__ == "__main__":')
     (tmp_path / "my_bert.py").write_text(body + USER_SCRIPT + 'if __name__ == "__main__":' + main)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     out = tmp_path / "runs"
     for extra in ({}, STRUCTURED):
-        proc = subprocess.run([sys.executable, str(tmp_path / "my_bert.py"), *tiny_args(
-            tiny_bert_config, sst2_slice, out, run_name=f"random-{len(extra)}", **extra)],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        proc = run_script(str(tmp_path / "my_bert.py"), tiny_args(tiny_bert_config, sst2_slice, out,
+                                                                 run_name=f"random-{len(extra)}", **extra))
         assert proc.returncode == 0, proc.stderr[-3000:]
         res = results_of(out / f"random-{len(extra)}")
         assert res["trainer"] == "random" and res["pruning"]["criterion"] == "random"
