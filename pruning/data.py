@@ -456,15 +456,16 @@ def tokenize(ds: DatasetDict, tokenizer, max_length: int, task: Task | None = No
 
 def _tokenizer_fingerprint(tokenizer) -> str | None:
     """A hash of everything a fast tokenizer does: its backend's JSON (vocabulary, normalizer, pre- and
-    post-processor, added tokens; not the truncation and padding its last call set), its class and its settings; None for a slow tokenizer (datasets then
+    post-processor, added tokens), its class and its settings; None for a slow tokenizer (datasets then
     pickles and hashes it)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
     state = json.loads(backend.to_str())
-    state.pop("truncation", None), state.pop("padding", None)  # the last call's, not the tokenizer's
+    for last_call in ("truncation", "padding"):  # what the last call set, not what the tokenizer is
+        state.pop(last_call, None)
     settings = sorted((k, str(v)) for k, v in tokenizer.init_kwargs.items())
-    return Hasher.hash((type(tokenizer).__name__, json.dumps(state, sort_keys=True), settings))  # a str: fast to hash
+    return Hasher.hash((type(tokenizer).__name__, json.dumps(state, sort_keys=True), settings))  # a str: fast
 
 
 def _head_tail(tokenizer, texts: list[str], max_length: int) -> dict:

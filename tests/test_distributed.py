@@ -1,16 +1,20 @@
-"""Two processes (torchrun, gloo on CPU): identical masks on every rank, one writer, unscaled loss."""
+"""Two processes (torchrun, or two ranks forked with its environment; gloo on CPU): identical masks on every
+rank, one writer, unscaled loss."""
 import json
 import math
 import os
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import REPO, only_run_dir, tiny_args
+from pruning.processes import run_python
 
 
 def free_port() -> int:
@@ -19,17 +23,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("extra", [dict(trainer="gradient"),
-                                   dict(trainer="slimming", granularity="heads+neurons", head_rate=0.5),
-                                   dict(trainer="activation", granularity="heads+neurons", head_rate=0.5)])
-def test_torchrun_two_processes(extra, tiny_bert_config, sst2_slice, tmp_path):
-    # --standalone: torchrun picks a free rendezvous port itself (no window for another process to take it).
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "bert.py", *tiny_args(tiny_bert_config, sst2_slice, tmp_path, batch_size=8, **extra)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+def forked_ranks(args: list[str], out: Path) -> subprocess.CompletedProcess:
+    """bert.py as two ranks forked like every script run of the tests (`pruning.processes`), each with the
+    environment torchrun gives its workers (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT), which is all HF's Trainer and torch.distributed read: the same run as under torchrun, without
+    two new interpreters importing torch. Output: both ranks' together; status: the first failure's."""
+    port = free_port()
+
+    def rank(r: int) -> int:
+        env = {**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        return run_python(REPO / "bert.py", args, out / f"rank{r}.out", out / f"rank{r}.err", cwd=REPO, env=env,
+                          timeout=300)
+    with ThreadPoolExecutor(2) as pool:
+        statuses = list(pool.map(rank, range(2)))
+    stdout, stderr = ("".join((out / f"rank{r}.{kind}").read_text() for r in range(2)) for kind in ("out", "err"))
+    return subprocess.CompletedProcess(["bert.py", *args], next((s for s in statuses if s), 0), stdout, stderr)
+
+
+# The unstructured run under torchrun itself (what the README documents); the structured criteria's rank
+# agreement (slimming's hand-reduced gradients, activation's reduced sums) as two forked ranks.
+@pytest.mark.parametrize("extra, launcher", [(dict(trainer="gradient"), "torchrun"),
+                                             (dict(trainer="slimming", granularity="heads+neurons", head_rate=0.5),
+                                              "forked"),
+                                             (dict(trainer="activation", granularity="heads+neurons", head_rate=0.5),
+                                              "forked")])
+def test_two_processes_agree(extra, launcher, tiny_bert_config, sst2_slice, tmp_path):
+    runs = tmp_path / "runs"
+    args = tiny_args(tiny_bert_config, sst2_slice, runs, batch_size=8, **extra)
+    if launcher == "torchrun":
+        # --standalone: torchrun picks a free rendezvous port itself (no window for another process to take it).
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "bert.py", *args]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    else:
+        proc = forked_ranks(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    run_dir = only_run_dir(tmp_path)          # rank 1 wrote no second run directory
+    run_dir = only_run_dir(runs)              # rank 1 wrote no second run directory
     res = json.loads((run_dir / "results.json").read_text())
     context = proc.stdout[-2000:] + proc.stderr[-2000:]
     assert res["world_size"] == 2, context
