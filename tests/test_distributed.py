@@ -6,12 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from conftest import REPO, only_run_dir, tiny_args
 from pruning.processes import run_python
@@ -23,8 +22,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def forked_ranks(args: list[str], out: Path) -> subprocess.CompletedProcess:
-    """bert.py as two ranks forked like every script run of the tests (`pruning.processes`), each with the
+def forked_ranks(args: list[str], out: Path, script: Path = REPO / "bert.py") -> subprocess.CompletedProcess:
+    """`script` (bert.py) as two ranks forked like every script run of the tests (`pruning.processes`), each with the
     environment torchrun gives its workers (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT), which is all HF's Trainer and torch.distributed read: the same run as under torchrun, without
     two new interpreters importing torch. Output: both ranks' together; status: the first failure's."""
@@ -33,12 +32,11 @@ def forked_ranks(args: list[str], out: Path) -> subprocess.CompletedProcess:
     def rank(r: int) -> int:
         env = {**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        return run_python(REPO / "bert.py", args, out / f"rank{r}.out", out / f"rank{r}.err", cwd=REPO, env=env,
-                          timeout=300)
+        return run_python(script, args, out / f"rank{r}.out", out / f"rank{r}.err", cwd=REPO, env=env, timeout=300)
     with ThreadPoolExecutor(2) as pool:
         statuses = list(pool.map(rank, range(2)))
     stdout, stderr = ("".join((out / f"rank{r}.{kind}").read_text() for r in range(2)) for kind in ("out", "err"))
-    return subprocess.CompletedProcess(["bert.py", *args], next((s for s in statuses if s), 0), stdout, stderr)
+    return subprocess.CompletedProcess([str(script), *args], next((s for s in statuses if s), 0), stdout, stderr)
 
 
 # The unstructured run under torchrun itself (what the README documents); the structured criteria's rank
@@ -85,27 +83,24 @@ def test_two_processes_agree(extra, launcher, tiny_bert_config, sst2_slice, tmp_
     assert proc.stdout.count("results:") == 1, context
 
 
-def _disagree(rank, port, queue):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+DISAGREE = textwrap.dedent("""
+    import torch.distributed as dist
     from pruning.masks import assert_same_on_all_ranks
-    try:
-        assert_same_on_all_ranks(f"print-{rank}", "test")
-        queue.put((rank, "agreed"))
-    except RuntimeError as e:
-        queue.put((rank, str(e)))
-    finally:
-        dist.destroy_process_group()
+    if __name__ == "__main__":
+        dist.init_process_group("gloo")  # env://: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+        try:
+            assert_same_on_all_ranks(f"print-{dist.get_rank()}", "test")
+            print("agreed")
+        except RuntimeError as e:
+            print(e)
+        finally:
+            dist.destroy_process_group()
+""")
 
 
-def test_ranks_with_different_masks_stop_loudly():
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_disagree, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    answers = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(60)
-    assert all("ranks computed different test masks" in a for a in answers.values()), answers
+def test_ranks_with_different_masks_stop_loudly(tmp_path):
+    (tmp_path / "disagree.py").write_text(DISAGREE)
+    proc = forked_ranks([], tmp_path, tmp_path / "disagree.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = proc.stdout.strip().splitlines()
+    assert len(answers) == 2 and all("ranks computed different test masks" in a for a in answers), proc.stdout
