@@ -14,6 +14,9 @@ multiprocessing re-imports the caller's main module as `__mp_main__` in the chil
 guards its work with `if __name__ == "__main__"`); everything else, including the environment the
 script sees and its exit handlers (`atexit`, run before the child exits), is the caller's.
 
+A forked run's own runs (the cells of a study that the tests run as a script) are forked by the same server, not
+by a second one that would import everything again.
+
 A forked run does not outlive its caller. Its parent is the server, which a killed caller leaves behind, so
 each run watches its caller and kills itself (SIGKILL, which every run resumes from) once the caller is gone;
 otherwise a study killed and started again would have two runs training into one directory. Source:
@@ -66,10 +69,23 @@ def _end_with(caller: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _use_this_server() -> None:
+    """In a forked run: its own runs (a study's cells) are forked by the server that forked it, instead of a new
+    server importing PRELOAD again (about 7 s of CPU). multiprocessing hands the child the server's address,
+    its "alive" pipe and the resource tracker's pipe, but not the server's pid, so its ensure_running() would
+    start another server; here it only checks the resource tracker. Where those internals differ (another
+    Python), nothing changes and a new server starts as before."""
+    from multiprocessing import forkserver, resource_tracker
+    server = getattr(forkserver, "_forkserver", None)
+    if getattr(server, "_forkserver_address", None) and getattr(server, "_forkserver_alive_fd", None) is not None:
+        server.ensure_running = resource_tracker.ensure_running
+
+
 def _main(script: str, args: list[str], cwd: str, env: dict, stdout: str, stderr: str, caller: int) -> None:
     """The child: the caller's directory, environment and output files, then the script as __main__; it dies
     with its caller (`_end_with`)."""
     gc.freeze()  # the preloaded modules' objects: full collections (HF's Trainer runs one per train()) skip them
+    _use_this_server()
     threading.Thread(target=_end_with, args=(caller,), daemon=True, name="end-with-caller").start()
     os.chdir(cwd)
     os.environ.clear()

@@ -59,6 +59,35 @@ def test_a_run_past_its_timeout_is_killed(tmp_path):
         run_python(tmp_path / "slow.py", [], tmp_path / "log", timeout=1)
 
 
+STUDY = textwrap.dedent("""
+    import os, sys
+    from pruning.processes import run_python
+    if __name__ == "__main__":
+        print("study", os.getppid(), flush=True)
+        status = run_python(sys.argv[1], ["7"], sys.argv[2])
+        print("cell status", status, flush=True)
+""")
+CELL = textwrap.dedent("""
+    import os, sys
+    if __name__ == "__main__":
+        print("cell", os.getppid(), "torch" in sys.modules, flush=True)
+        sys.exit(int(sys.argv[1]))
+""")
+
+
+def test_a_forked_runs_own_runs_are_forked_by_the_same_server(tmp_path):
+    """A study run as a forked script (as the tests and frontier.py run allocate.py) forks its cells from the server
+    that forked it: no second server importing torch again. The cell finds torch preloaded, and its status comes
+    back to the study."""
+    (tmp_path / "study.py").write_text(STUDY)
+    (tmp_path / "cell.py").write_text(CELL)
+    assert run_python(tmp_path / "study.py", [tmp_path / "cell.py", tmp_path / "cell.log"], tmp_path / "study.log") == 0
+    study = (tmp_path / "study.log").read_text().split()
+    cell = (tmp_path / "cell.log").read_text().split()
+    assert study[0] == "study" and cell[0] == "cell" and cell[1] == study[1] and cell[2] == "True"
+    assert study[-3:] == ["cell", "status", "7"]
+
+
 CALLER = textwrap.dedent("""
     import sys
     import processes  # pruning/processes.py, copied beside this file: the package would import torch and HF
