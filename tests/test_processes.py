@@ -76,7 +76,7 @@ CELL = textwrap.dedent("""
 
 
 def test_a_forked_runs_own_runs_are_forked_by_the_same_server(tmp_path):
-    """A study run as a forked script (as the tests and frontier.py run allocate.py) forks its cells from the server
+    """A study run as a forked script (as the tests run every study) forks its cells from the server
     that forked it: no second server importing torch again. The cell finds torch preloaded, and its status comes
     back to the study."""
     (tmp_path / "study.py").write_text(STUDY)
