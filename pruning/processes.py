@@ -37,7 +37,7 @@ from pathlib import Path
 
 # What every run imports: the libraries, and what its plots (matplotlib) and metrics (scipy, scikit-learn) load
 # lazily (about 0.8 s of a run otherwise; pyplot chooses no backend on import: the plots still select Agg). Not
-# compress.py's exporters and runtimes: most runs are trainings, and a study's runs start a server of their own.
+# compress.py's exporters and runtimes: most runs are trainings, and every server start would pay for them.
 PRELOAD = ("torch", "transformers", "datasets", "pruning.experiment", "matplotlib.pyplot", "scipy.stats",
            "sklearn.metrics")
 WATCH_SECONDS = 1.0  # how often a forked run checks that its caller is alive
