@@ -92,7 +92,8 @@ class PruningConfig:
     @property
     def whole_kinds(self) -> tuple[str, ...]:
         """The whole unit kinds this config removes: ("mlp",) when mlp_rate > 0, ("layer",) when layer_rate > 0."""
-        return tuple(k for k, r in (("mlp", self.mlp_rate), ("layer", self.layer_rate)) if any(r if isinstance(r, tuple) else (r,)))
+        rates = (("mlp", self.mlp_rate), ("layer", self.layer_rate))
+        return tuple(k for k, r in rates if any(r if isinstance(r, tuple) else (r,)))
 
     @property
     def total_epochs(self) -> float:

@@ -612,12 +612,13 @@ def predict(directory: Path, dev: Path, threads: int, batch_size: int = 64) -> d
     """Load a variant and predict the dev set `write_dev` wrote: "predictions" (class ids, or a
     regression's values, in dev order), "load_seconds", and this process's memory in MB before loading
     and at its peak. Imports only numpy and the variant's runtime. Raises DeployError as `runner` does."""
+    tasks = _tasks()
     batches, _ = dev_batches(dev, batch_size)
     before = peak_rss_mb()
     started = time.perf_counter()
     run = runner(directory, threads)
     load_seconds = time.perf_counter() - started
-    predictions = np.concatenate([_tasks().predictions_of(run(b)) for b in batches])
+    predictions = np.concatenate([tasks.predictions_of(run(b)) for b in batches])
     return {"predictions": predictions.tolist(), "load_seconds": load_seconds, "rss_before_load_mb": before,
             "peak_rss_mb": peak_rss_mb()}
 

@@ -52,8 +52,7 @@ def test_two_processes_agree(extra, launcher, tiny_bert_config, sst2_slice, tmp_
     if launcher == "torchrun":
         # --standalone: torchrun picks a free rendezvous port itself (no window for another process to take it).
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "bert.py", *args]
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)  # one thread: conftest
     else:
         proc = forked_ranks(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
