@@ -82,15 +82,15 @@ def refused(capsys, args) -> str:
     return lines[0]
 
 
-def run_script(script: str, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+def run_script(script: str, args: list[str], timeout: int = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """`python script *args` (a path relative to the repository, or absolute) in a process of its own, run
-    from the repository: its exit status and output, as subprocess.run(capture_output=True) gives them.
+    from `cwd` (the repository): its exit status and output, as subprocess.run(capture_output=True) gives them.
     The process is forked from `pruning.processes`' preloaded server, so it does not import torch again."""
     from pruning.processes import run_python
     script = str(REPO / script)
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        status = run_python(script, [str(a) for a in args], out, err, cwd=REPO, timeout=timeout)
+        status = run_python(script, [str(a) for a in args], out, err, cwd=cwd, timeout=timeout)
         return subprocess.CompletedProcess([sys.executable, script, *args], status,
                                            out.read_text() if out.exists() else "",
                                            err.read_text() if err.exists() else "")

@@ -130,7 +130,8 @@ def test_a_trainer_written_in_a_copy_of_bert_py_runs(tiny_bert_config, sst2_slic
     out = tmp_path / "runs"
     for extra in ({}, STRUCTURED):
         proc = run_script(str(tmp_path / "my_bert.py"), tiny_args(tiny_bert_config, sst2_slice, out,
-                                                                 run_name=f"random-{len(extra)}", **extra))
+                                                                 run_name=f"random-{len(extra)}", **extra),
+                          cwd=tmp_path)  # from the user's own folder, as before the run was forked
         assert proc.returncode == 0, proc.stderr[-3000:]
         res = results_of(out / f"random-{len(extra)}")
         assert res["trainer"] == "random" and res["pruning"]["criterion"] == "random"
