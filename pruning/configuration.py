@@ -64,15 +64,33 @@ def _parse_trainer(text: str):
 RATE_KEYS = ("PRUNING_RATE", "HEAD_RATE", "NEURON_RATE", "MLP_RATE", "LAYER_RATE")
 
 
+def rate_value(key: str, value, where: str = ""):
+    """A rate constant's value in its one form, whatever form it was written in: a float (one rate) or a
+    tuple of floats (one per encoder layer). Accepts a number, a sequence of numbers, or text ("0.5",
+    "0.3,0.6"), so a constant edited to per-layer rates still takes one number on the command line and
+    the other way round. Raises ConfigError naming `key` (as `where` writes it) for anything else."""
+    where = where or f"{key}={value!r}"
+    try:
+        if isinstance(value, str):
+            parts = [t.strip() for t in value.split(",")]
+            value = float(parts[0]) if len(parts) == 1 else tuple(float(t) for t in parts)
+        elif isinstance(value, (list, tuple)):
+            value = tuple(float(v) for v in value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+        else:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a rate (a number) or one rate per encoder layer, comma-separated "
+                          "(e.g. 0.5 or 0.3,0.4,0.5)") from None
+    return value
+
+
 def _parse_value(key: str, text: str, default):
     if key == "TRAINER":
         return _parse_trainer(text)
-    if key in RATE_KEYS and "," in text:  # one rate per encoder layer
-        try:
-            return tuple(float(t) for t in text.split(","))
-        except ValueError:
-            raise ConfigError(f"--{key.lower()}={text!r}: expected a number or one number per layer, "
-                              "comma-separated") from None
+    if key in RATE_KEYS:  # one rule for every rate, whatever form its constant has
+        return rate_value(key, text, f"--{key.lower()}={text!r}")
     try:
         if isinstance(default, bool):
             if text.lower() in ("1", "true", "yes"):
@@ -103,6 +121,9 @@ def _help_texts(script: str) -> dict[str, str]:
 def configure(namespace: dict, argv: list[str] | None = None) -> dict:
     """The script's upper-case constants, with `--key=value` overrides applied and type-checked."""
     config = {k: v for k, v in namespace.items() if k.isupper() and not k.startswith("_")}
+    for key in RATE_KEYS:  # the constants themselves take the same forms as their overrides
+        if key in config:
+            config[key] = rate_value(key, config[key])
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         script = namespace.get("__file__", "script.py")

@@ -28,7 +28,7 @@ def run(config):
     ("--threshold=per-row", "unknown threshold scope"),
     ("--trainer=movement", "unknown trainer .movement.; choose one of dense, activation, gradient, magnitude, slimming, undecayed"),
     ("--pruning_rat=0.5", "unknown setting --pruning_rat"),
-    ("--pruning_rate=half", "--pruning_rate='half': expected float"),
+    ("--pruning_rate=half", "--pruning_rate='half': expected a rate"),
     ("--eb_window=2.5", "expected int"),
     ("--resume=maybe", "expected bool"),
     ("pruning_rate=0.5", "write overrides as --key=value"),
@@ -170,7 +170,7 @@ def test_resume_needs_a_run_with_checkpoints(tmp_path):
 def test_rates_may_be_given_per_layer_on_the_command_line():
     assert configure("--pruning_rate=0.2,0.4")["PRUNING_RATE"] == (0.2, 0.4)
     assert configure("--head_rate=0.25,0.5,0.5")["HEAD_RATE"] == (0.25, 0.5, 0.5)
-    with pytest.raises(experiment.ConfigError, match="one number per layer"):
+    with pytest.raises(experiment.ConfigError, match="one rate per encoder layer"):
         configure("--neuron_rate=0.2,x")
     with pytest.raises(experiment.ConfigError, match=r"pruning rate must be a number in \[0, 1\)"):
         experiment.validate(configure("--pruning_rate=0.2,1.5"))
