@@ -217,9 +217,10 @@ def _read_custom(data_dir: str) -> tuple[DatasetDict, dict[str, str], str]:
 
 def load_custom(data_dir: str, text_columns: tuple[str, ...], label_column: str) -> tuple[Task, DatasetDict, str]:
     """The custom task's data: `text_columns` (one or two) and `label_column` of each split, with the
-    task its labels imply: a Hub ClassLabel's names; strings (sorted); whole numbers 0..K-1; or floats
-    (a regression). Raises DataError naming the file for a missing column, an empty text or split, or
-    a dev label the train split does not have."""
+    task its labels imply (`custom_classes`): a Hub ClassLabel's names; strings (sorted); whole numbers
+    (ids 0..K-1 as they are, any others as class names in increasing order); or floats (a regression).
+    Raises DataError naming the file and row for a missing column or label cell, an empty text or split,
+    or a dev label the train split does not have."""
     raw, where, source = _read_custom(data_dir)
     for split, ds in raw.items():
         for column in (*text_columns, *((label_column,) if split != "test" else ())):
@@ -232,29 +233,19 @@ def load_custom(data_dir: str, text_columns: tuple[str, ...], label_column: str)
             bad = next((i for i, t in enumerate(ds[column]) if not isinstance(t, str)), None)
             if bad is not None:
                 raise DataError(f"{where[split]}: row {bad + 1} has no text in {column!r} ({ds[column][bad]!r})")
-    feature = raw["train"].features[label_column]
-    train_labels = raw["train"][label_column]
-    if getattr(feature, "names", None):
-        names = tuple(feature.names)
-    elif all(isinstance(y, str) for y in train_labels):
-        names = tuple(sorted(set(train_labels)))
-    elif all(isinstance(y, (int, np.integer)) and not isinstance(y, bool) for y in train_labels):
-        if min(train_labels) < 0:
-            raise DataError(f"{where['train']}: label {min(train_labels)} is negative; class labels are 0..K-1")
-        names = tuple(str(i) for i in range(max(train_labels) + 1))
-    elif all(isinstance(y, (int, float)) and not isinstance(y, bool) for y in train_labels):
-        names = None  # a regression
-    else:
-        raise DataError(f"{where['train']}: the labels in {label_column!r} mix types; use class names, class ids "
-                        "0..K-1, or numbers (a regression)")
-    if names is not None and len(names) < 2:
-        raise DataError(f"{where['train']}: every label is {names[0]!r}; a classifier needs two classes or more")
+        if split != "test":
+            bad = next((i for i, y in enumerate(ds[label_column]) if _missing(y)), None)
+            if bad is not None:
+                raise DataError(f"{where[split]}: row {bad + 1} has no label in {label_column!r}; fill it in or "
+                                "drop the row")
+    names, ids = custom_classes(raw["train"].features[label_column], raw["train"][label_column],
+                                f"{where['train']}: the labels in {label_column!r}")
     task = custom_task(text_columns, names, hub=data_dir[len(HUB_PREFIX):] if data_dir.startswith(HUB_PREFIX) else "")
     splits = {}
     for split, ds in raw.items():
         columns = {c: ds[c] for c in text_columns}
         if split != "test":
-            columns["label"] = [_custom_label(y, names, f"{where[split]}: row {i + 1}")
+            columns["label"] = [_custom_label(y, names, ids, f"{where[split]}: row {i + 1}")
                                 for i, y in enumerate(ds[label_column])]
         else:
             columns["index"] = list(range(len(ds)))
@@ -262,15 +253,58 @@ def load_custom(data_dir: str, text_columns: tuple[str, ...], label_column: str)
     return task, DatasetDict(splits), source
 
 
-def _custom_label(y, names, where):
+def _missing(y) -> bool:
+    """An empty label cell as the readers give it: None (JSON, parquet, a Hub dataset) or NaN (CSV/TSV)."""
+    return y is None or (isinstance(y, float) and y != y)
+
+
+def _whole(y) -> bool:
+    return isinstance(y, (int, np.integer)) and not isinstance(y, bool)
+
+
+def custom_classes(feature, labels: list, what: str) -> tuple[tuple[str, ...] | None, dict | None]:
+    """(class names, label value -> class id) of a custom task's train labels, or (None, None) for a
+    regression. Class id i is names[i]:
+    - a Hub ClassLabel: its names, its ids;
+    - strings: the distinct strings, sorted;
+    - whole numbers 0..K-1: the ids as they are, named "0".."K-1";
+    - any other whole numbers (1 and 2; 1..5 stars; 0, 1, 3): class names, in increasing order, so no
+      class that never occurs is made up; a note says how they map;
+    - other numbers: a regression.
+    Raises DataError (`what` names the file and column) for negative ids, mixed types, or one class."""
+    if getattr(feature, "names", None):
+        names = tuple(feature.names)
+        ids = {i: i for i in range(len(names))}
+    elif all(isinstance(y, str) for y in labels):
+        names = tuple(sorted(set(labels)))
+        ids = {name: i for i, name in enumerate(names)}
+    elif all(_whole(y) for y in labels):
+        values = sorted({int(y) for y in labels})
+        names = tuple(str(v) for v in values)
+        ids = {v: i for i, v in enumerate(values)}
+        if values != list(range(len(values))) and len(values) > 1:
+            print(f"note: {what} are the whole numbers {', '.join(names)}, not the class ids 0..{len(values) - 1}: "
+                  "they are read as class names, in increasing order ("
+                  + ", ".join(f"{v} -> class {i}" for v, i in ids.items()) + ")", flush=True)
+    elif all(isinstance(y, (int, float)) and not isinstance(y, bool) for y in labels):
+        return None, None  # a regression
+    else:
+        kinds = sorted({type(y).__name__ for y in labels})
+        raise DataError(f"{what} mix types ({', '.join(kinds)}); use class names, whole numbers, or numbers (a "
+                        "regression) throughout")
+    if len(names) < 2:
+        raise DataError(f"{what}: every label is {names[0]!r}; a classifier needs two classes or more")
+    return names, ids
+
+
+def _custom_label(y, names, ids, where):
     if names is None:
         if isinstance(y, bool) or not isinstance(y, (int, float)):
             raise DataError(f"{where}: label {y!r} is not a number")
         return float(y)
-    if isinstance(y, str) and y in names:
-        return names.index(y)
-    if isinstance(y, (int, np.integer)) and not isinstance(y, bool) and 0 <= y < len(names):
-        return int(y)
+    key = int(y) if _whole(y) else y
+    if isinstance(key, (str, int)) and not isinstance(key, bool) and key in ids:
+        return ids[key]
     raise DataError(f"{where}: label {y!r} is not one the train split has ({', '.join(names)})")
 
 
