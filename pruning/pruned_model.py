@@ -167,6 +167,14 @@ for _model, _config in _STOCK:
     _PRUNED.append((_model, _pruned_model_class, _pruned_config_class))
 
 
+def pruned_class_of(config):
+    """The pruned classifier class a saved config names in `architectures` (e.g.
+    "PrunedBertForSequenceClassification"), or None for any other config: how a model saved by a
+    heads+neurons run loads with these classes rather than with trust_remote_code's copy."""
+    names = set(getattr(config, "architectures", None) or [])
+    return next((model_class for _, model_class, _ in _PRUNED if model_class.__name__ in names), None)
+
+
 def _pruned_classes(model) -> tuple[type, type]:
     # type(model).__mro__, not an exact type match: a model loaded with trust_remote_code is an instance of the
     # copy of this module's class in HF's module cache, which still derives from the transformers class.

@@ -16,6 +16,7 @@ from earlybird import pack_mask, unpack_mask
 
 PRUNING_STATE_FILE = "pruning_state.safetensors"
 MASKS_FILE = "masks.safetensors"
+RUN_CONFIG_FILE = "run_config.json"  # in the run directory, from its start: what a continuation is compared with
 
 
 def write(path: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -62,16 +63,53 @@ def read_run_masks(run_dir: str) -> tuple[dict[str, torch.Tensor], dict[str, tor
     return unpack_masks(tensors, "keep/", shapes), (scores if len(scores) == len(shapes) else None), meta
 
 
+TRAINER_STATE_FILE = "trainer_state.json"  # HF writes it last in every checkpoint-N folder
+
+
+def complete_checkpoints(output_dir: str, pruned: bool = True) -> list[str]:
+    """The checkpoint-N folders under `output_dir` that were completely written, oldest first: with
+    the pruning state, written after everything HF saves (`pruned`), or else with HF's trainer state,
+    its last file, readable as JSON. A folder that a kill or a full disk left half-written (only
+    config.json, say) is not one: nothing resumes from it, and a run that has only such folders has
+    nothing to resume. [] when `output_dir` does not exist."""
+    steps = []
+    if os.path.isdir(output_dir):
+        steps = sorted(int(d.split("-")[-1]) for d in os.listdir(output_dir)
+                       if d.startswith("checkpoint-") and d.split("-")[-1].isdigit())
+    return [path for path in (os.path.join(output_dir, f"checkpoint-{step}") for step in steps)
+            if _complete(path, pruned)]
+
+
+def _complete(path: str, pruned: bool) -> bool:
+    if pruned:
+        return os.path.isfile(os.path.join(path, PRUNING_STATE_FILE))
+    try:
+        with open(os.path.join(path, TRAINER_STATE_FILE), encoding="utf-8") as f:
+            json.load(f)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def run_checkpoints(run_dir) -> list[str]:
+    """`complete_checkpoints` of a run directory's checkpoints/, as its own record says to judge them:
+    a dense run (TRAINER "dense" in its RUN_CONFIG_FILE) by HF's trainer state, any other by its pruning
+    state (a run directory without a readable record: by the pruning state where any checkpoint has
+    one). The one test of "is there something to resume" for runs, resumes and grid cells alike."""
+    run_dir = os.fspath(run_dir)
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    try:
+        with open(os.path.join(run_dir, RUN_CONFIG_FILE), encoding="utf-8") as f:
+            pruned = json.load(f)["config"]["TRAINER"] != "dense"
+    except (OSError, ValueError, KeyError, TypeError):
+        pruned = bool(complete_checkpoints(checkpoints, pruned=True))
+    return complete_checkpoints(checkpoints, pruned)
+
+
 def last_checkpoint_with_pruning_state(output_dir: str) -> str:
     """The newest checkpoint-N folder whose pruning state was completely written. Raises
     FileNotFoundError when `output_dir` holds none."""
-    steps = []
-    if os.path.isdir(output_dir):
-        for d in os.listdir(output_dir):
-            if d.startswith("checkpoint-") and d.split("-")[-1].isdigit():
-                steps.append(int(d.split("-")[-1]))
-    for step in sorted(steps, reverse=True):
-        path = os.path.join(output_dir, f"checkpoint-{step}")
-        if os.path.isfile(os.path.join(path, PRUNING_STATE_FILE)):
-            return path
-    raise FileNotFoundError(f"no checkpoint with a complete pruning state under {output_dir}; nothing to resume")
+    found = complete_checkpoints(output_dir, pruned=True)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint with a complete pruning state under {output_dir}; nothing to resume")
+    return found[-1]

@@ -127,8 +127,12 @@ def test_checkpoint_without_pruning_state_is_an_error_not_a_dense_model(tiny_ber
     for state in (tmp_path / "crash" / "checkpoints").glob(f"*/{PRUNING_STATE_FILE}"):
         state.unlink()
     proc = run_script("bert.py", args + ["--resume=true"])
-    assert proc.returncode == 2 and "no checkpoint with a complete pruning state" in proc.stderr
-    assert not (tmp_path / "crash" / "results.json").exists()
+    # a checkpoint without its pruning state is a partial one: nothing to resume, and how to clear the name
+    assert proc.returncode == 2 and "is partial" in proc.stderr and "there is nothing to resume" in proc.stderr
+    assert f"rm -r {tmp_path / 'crash'}" in proc.stderr and not (tmp_path / "crash" / "results.json").exists()
+    from pruning.state import last_checkpoint_with_pruning_state
+    with pytest.raises(FileNotFoundError, match="no checkpoint with a complete pruning state"):
+        last_checkpoint_with_pruning_state(str(tmp_path / "crash" / "checkpoints"))
 
 
 def test_resuming_with_another_criterion_is_one_clear_error(tiny_bert_config, sst2_slice, tmp_path):
