@@ -117,10 +117,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def write_card(directory: Path, title: str, facts: list[tuple[str, str]], command: str, date: str) -> None:
-    """README.md of a variant: `title`, a table of `facts` (name, value: what was pruned and quantized, the
-    measured metric, speed, bytes, energy), the command and date that measured them, and the loading
-    example. Written to a temporary file, then renamed into place."""
+def write_card(directory: Path, title: str, facts: list[tuple[str, str]], command: str, date: str,
+               results=None, measured: dict | None = None) -> None:
+    """README.md of a variant: the Hub's YAML metadata (`pruning.model_card.variant_metadata`: the runtime; with
+    the run's `results` (RunResults) and the variant's `measured` entry of compress.json, also the dataset, the
+    variant's own dev scores and, for the pruned model's variants, the base model), then `title`, a table of
+    `facts` (name, value: what was pruned and quantized, the measured metric, speed, bytes, energy), the command
+    and date that measured them, and the loading example. Written to a temporary file, then renamed into place."""
+    from pruning import model_card
     directory = Path(directory)
     runtime = json.loads((directory / META_FILE).read_text())["runtime"]
     package = "openvino" if runtime == "openvino" else "onnxruntime"
@@ -132,6 +136,5 @@ def write_card(directory: Path, title: str, facts: list[tuple[str, str]], comman
         "or from Python (`classify.py`, in this directory):", "", "```python", EXAMPLE.strip(), "```", "",
         "Files: the model (`model.onnx`, or `model.xml` + `model.bin`), `tokenizer.json` (truncation and "
         "padding set), `deploy.json` (label names, inputs), `classify.py`."]
-    tmp = directory / f".{CARD_FILE}.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, directory / CARD_FILE)
+    data = model_card.variant_metadata(runtime, title, results, measured)
+    model_card.save(model_card.card_text(data, "\n".join(lines)), directory)
