@@ -20,7 +20,7 @@ import torch
 from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
                           set_seed)
 
-from pruning import checks, distill, evaluation, schema, tasks
+from pruning import checks, distill, evaluation, model_card, schema, tasks
 from pruning import results as run_results
 from pruning.callbacks import EarlyStopping
 from pruning.checks import RUN_CONFIG_FILE, run_directory, validate
@@ -359,6 +359,11 @@ def print_summary(results: schema.RunResults, run_dir: Path) -> None:
     p = results.pruning
     if p and p.fixed_mask_from:
         print(f"  fixed mask from {p.fixed_mask_from}, trained from step 0")
+    elif results.post_training:
+        post = results.post_training
+        print(f"  retraining-free (Fisher, {'rearranged, ' if post.rearranged else ''}"
+              f"{'tuned' if post.tuned else 'not tuned'}): FLOPs {post.flops_pruned / post.flops_input:.3f} of the "
+              f"input model's (constraint {post.constraint:g}), {post.sample:,} train examples")
     elif p:
         eb = (f"found at step {p.eb_step} (epoch {p.eb_epoch:.2f})" if p.eb_found
               else f"NOT found within {p.search_steps_budget} steps; pruned at the end of the search budget")
@@ -396,7 +401,11 @@ def main(namespace: dict, argv: list[str] | None = None, callbacks: tuple = ()) 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         config = configure(namespace, argv)
-        run(config, namespace.get("__file__", "script.py"), callbacks)
+        script = namespace.get("__file__", "script.py")
+        results = run(config, script, callbacks)
+        if results is not None:  # the main process, results.json written: the model card of model/
+            model_card.write_run_card(results["run_dir"], results, machine=model_card.this_machine(),
+                                      command=model_card.command_line(script, sys.argv[1:] if argv is None else argv))
     except (ConfigError, data.DataError, models.ModelError, FileNotFoundError, ResumeMismatch) as e:
         fail(e)
     except FloatingPointError as e:  # training diverged

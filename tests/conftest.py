@@ -133,11 +133,6 @@ def _starts_a_run(func, starters: set[str]) -> bool:
     return bool(_STARTS_A_RUN.search(src)) or any(f"{name}(" in src for name in starters)
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts a Python process or trains at length (deselect with "
-                                       "-m 'not slow' for the edit-test loop; CI runs everything)")
-
-
 def pytest_collection_finish(session):
     """Everything the test modules imported (torch, transformers, datasets: about 500,000 objects) moves to
     the collector's permanent generation: HF's Trainer runs a full collection at every train(), which
