@@ -259,6 +259,22 @@ class PruningSummary:
 
 
 @dataclass(frozen=True)
+class PostTraining:
+    """A retraining-free run (prune_finetuned.py; Kwon et al. 2022): its constraint, what the steps took, and
+    how far mask tuning brought each layer's output back. FLOPs are of one pass over the sample's sentences."""
+    constraint: Optional[float] = None       # the FLOPs budget, a fraction of the input model's
+    flops_input: Optional[float] = None      # the input model (FLOPs)
+    flops_pruned: Optional[float] = None     # the pruned model (FLOPs)
+    sample: Optional[int] = None             # train examples the Fisher information and the tuning read
+    rearranged: Optional[bool] = None        # step 2 ran
+    tuned: Optional[bool] = None             # step 3 ran
+    damping: Optional[float] = None          # of the least-squares solve, relative to its mean diagonal
+    step_seconds: Optional[dict] = None      # seconds by step: load, fisher, search, rearrange, tune, apply, evaluate
+    tuning: Optional[dict] = None            # group -> {"before", "after"}: relative reconstruction errors, and "used"
+    input_run: Optional[str] = None          # the finished run the model came from ("" for a model directory or Hub id)
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     """The task of a run (`pruning.tasks.Task`, results.json "task"); files from before tasks read as SST-2."""
     name: str = "sst2"
@@ -360,6 +376,7 @@ class RunResults:
     distillation: Optional[Distillation] = None
     phase_seconds: dict = field(default_factory=dict)  # seconds by phase (dense: "train"; "teacher" if distilled)
     pruning: Optional[PruningSummary] = _optional("pruning runs only")
+    post_training: Optional[PostTraining] = _optional("retraining-free runs (prune_finetuned.py) only")
     raw: dict = field(default_factory=dict, repr=False, compare=False, metadata={"file": False})
 
     @property
