@@ -64,6 +64,9 @@ class Layout:
     optional_head_projections: tuple[str, ...] = ()  # per-head output rows too, present only in some configs
     config_layers: str = "num_hidden_layers"  # the config's encoder layer count (kept in step with the list)
     first_layer_stays: bool = False  # layer 0 differs from the rest (built by index): LAYER_RATE never removes it
+    # Modules whose input is the residual stream that the attention / FFN output projection is added to. None:
+    # `query` and `ffn_up` themselves (post-LN families: each sublayer takes the residual as its input).
+    residual_inputs: tuple[str, str] | None = None
 
     @property
     def head_projections(self) -> tuple[str, ...]:
@@ -80,6 +83,13 @@ class Layout:
     def ffn_chunks(self) -> int:
         """Equal parts of `ffn_up`'s output rows, in each of which a neuron owns one row: 2 when gated, else 1."""
         return 2 if self.gated_ffn else 1
+
+    def residual_input(self, kind: str) -> str:
+        """The module of a layer whose input is the residual that the "head" (attention) or "neuron" (FFN)
+        output projection's output is added to."""
+        if self.residual_inputs:
+            return self.residual_inputs[0 if kind == "head" else 1]
+        return self.query if kind == "head" else self.ffn_up
 
     def head_projections_in(self, layer: nn.Module) -> list[tuple[str, int]]:
         """[(path, chunks)] of every Linear of this layer whose output rows are per head: `head_projections`
@@ -140,7 +150,8 @@ DEBERTA_V2 = Layout("DeBERTa-v2", ("deberta-v2",), "encoder.layer", "attention.s
                     first_layer_stays=True)  # the optional conv applies after the first layer
 MODERNBERT = Layout("ModernBERT", ("modernbert",), "layers", "attn", "attn.Wqkv", None, None, "attn.Wo",
                     "mlp.Wi", "mlp.Wo", None, "head_dim", None, "num_attention_heads", "intermediate_size",
-                    fused_qkv=True, gated_ffn=True, first_layer_stays=True)  # layer 0: no attention LayerNorm
+                    fused_qkv=True, gated_ffn=True, first_layer_stays=True,  # layer 0: no attention LayerNorm
+                    residual_inputs=("attn_norm", "mlp_norm"))  # pre-LN: x + attn(attn_norm(x)), then the MLP
 LAYOUTS = (BERT, DISTILBERT, DEBERTA_V2, MODERNBERT)
 BY_MODEL_TYPE = {t: layout for layout in LAYOUTS for t in layout.model_types}
 

@@ -27,7 +27,11 @@ def structure(trainer) -> dict | None:
     """Heads kept per layer (original indices) and FFN neurons kept per layer, for heads+neurons runs, in the
     dense model's layer numbering (a removed layer keeps no heads and no neurons); with whole MLPs / layers,
     the dense indices of the layers that kept their MLP / themselves."""
-    units = trainer.units
+    return structure_of(trainer.units)
+
+
+def structure_of(units) -> dict | None:
+    """`structure` of a `units.PrunableUnits` (None unless heads+neurons)."""
     if not units.structured:
         return None
     heads = [g for g in units.groups.values() if g.kind == "head"]
@@ -153,6 +157,31 @@ def forward_flops(model: nn.Module, lengths: list[int], count_zeros: bool = True
     relative = [sum(_relative_position_macs(layer, layout, t, macs)[0] for layer in layers) for t in lengths]
     return float(sum(2 * t * per_token + 4 * t * t * attention_width + 2 * per_sentence + 2 * r
                      for t, r in zip(lengths, relative)))
+
+
+def unit_flops(model: nn.Module, lengths: list[int]) -> list[tuple[float, float]]:
+    """[(FLOPs of one attention head, FLOPs of one FFN neuron)] of each encoder layer over sentences of these
+    token lengths, as `forward_flops` counts them, so removing units lowers `forward_flops` by exactly their sum:
+    a head's share of its layer's head projections and attention output projection per token, its attention
+    scores and weighted sum (4 * T^2 * head size), and its share of DeBERTa-v2's relative-position terms (all
+    linear in the head count); a neuron's row of the up projection (both rows of a gated one) and column of
+    the down projection per token. A layer without neurons left has 0.0 for a neuron. Raises ValueError for a
+    family without a declared layout."""
+    layout = layout_of(model)
+    out = []
+    for layer in layout.layer_list(model):
+        heads, size = layout.heads_in(layer), layout.head_size(layer)
+        _, position_only = _relative_position_macs(layer, layout, 1, lambda m: m.weight.numel())
+        projections = [layer.get_submodule(p) for p, _ in layout.head_projections_in(layer)]
+        per_token = sum(m.weight.numel() for m in projections if id(m) not in position_only)
+        per_token += layer.get_submodule(layout.attention_output).weight.numel()
+        head = sum(2 * t * per_token / heads + 4 * t * t * size
+                   + 2 * _relative_position_macs(layer, layout, t, lambda m: m.weight.numel())[0] / heads
+                   for t in lengths)
+        neurons = layout.ffn_size_in(layer)
+        ffn = layer.get_submodule(layout.ffn_up).weight.numel() + layer.get_submodule(layout.ffn_down).weight.numel()
+        out.append((float(head), float(2 * sum(lengths) * ffn / neurons) if neurons else 0.0))
+    return out
 
 
 def dev_predictions(trainer, dataset, task=None) -> dict | None:
