@@ -26,7 +26,7 @@ TOKENIZER = ""                     # "" = the model's own; "../shared/roberta-ba
 TASK = "sst2"                      # a GLUE task (cola sst2 mrpc qqp stsb mnli qnli rte wnli), imdb, or custom (README: Tasks)
 DATA_DIR = ""                      # the task's files in its own layout; "" = ../shared/<task> ($SST2_DIR for sst2), then the Hub; custom: a folder or hub:<id>
 TEXT_COLUMNS = "text"              # custom: the text column, or two comma-separated (a pair)
-LABEL_COLUMN = "label"             # custom: class names, class ids 0..K-1, or numbers (a regression)
+LABEL_COLUMN = "label"             # custom: class names, whole numbers (ids 0..K-1; others are class names), or numbers (a regression)
 TRAIN_SUBSET = 0                   # train on a seeded random subset of this many examples; 0 = all
 HELD_OUT = 0                       # train examples never trained on (one fixed draw for every seed): allocate.py's reward slice
 MAX_LENGTH = 128                   # tokens kept per example (batches are padded only to their own longest); up to the model's positions
