@@ -226,6 +226,15 @@ def test_the_script_prunes_a_finished_run_to_its_budget_and_compress_reads_it(ti
                                             "--latency_sentences=4", f"--dense={tmp_path / 'runs' / 'dense'}"])
     assert compressed.returncode == 0, compressed.stderr[-3000:]
     assert (run / "compressed" / "compress.json").exists()
+    # the study over inputs and constraints: its cells are such runs, its table their mean over inputs
+    study = run_script("prune_finetuned_study.py", [f"--inputs={tmp_path / 'runs' / 'dense'}", "--constraints=0.8",
+                                                    f"--out_dir={tmp_path / 'study'}", "--sample=32",
+                                                    "--measure_speed=false"])
+    assert study.returncode == 0, study.stderr[-3000:]
+    row = json.loads((tmp_path / "study" / "study.json").read_text())["rows"][0]
+    cell = json.loads((tmp_path / "study" / "dense-c0.8" / "results.json").read_text())
+    assert row["tuned"]["mean"] == cell["metrics"]["final"]["accuracy"] and row["seeds"] == 1
+    assert row["flops"]["mean"] <= 0.8 and "| 0.8 |" in (tmp_path / "study" / "table.md").read_text()
 
 
 @pytest.mark.parametrize("args,message", [
