@@ -21,10 +21,13 @@ Beside them, in the same process and sitting: the run's model and a dense model 
 dense model in each runtime at fp32 and int8 (what a user would deploy instead). Every variant directory is a
 deployable artifact (`pruning.artifact`: tokenizer, label names, model card, a loading example without
 torch). Energy per 1,000 sentences where the machine has a readable counter (`pruning.energy`). Writes
-compressed/compress.json, compressed/table.md and two plots.
+compressed/compress.json, compressed/table.md and two plots. Settings, data and the mixed-precision plan
+are checked before anything is written; the rest is made in compressed/.work and moved into place only
+when all of it succeeded.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -83,7 +86,8 @@ def read_run(run: Path, what: str) -> schema.RunResults:
 
 
 def check(config: dict) -> schema.RunResults:
-    """Everything that can be wrong with the input, before any work; returns the run's results.json."""
+    """Everything that can be wrong with the input, before any work (a runtime's own limits asked of it:
+    `check_block_size`); returns the run's results.json. Raises ConfigError naming the setting and the fix."""
     run = Path(config["RUN"]) if config["RUN"] else None
     if run is None:
         raise experiment.ConfigError("name the run to compress: python compress.py runs/NAME")
@@ -106,9 +110,7 @@ def check(config: dict) -> schema.RunResults:
         raise experiment.ConfigError(f"--four_bit_fraction={config['FOUR_BIT_FRACTION']}: must be in [0, 1]")
     if config["EMBEDDING_BITS"] not in (4, 8):
         raise experiment.ConfigError(f"--embedding_bits={config['EMBEDDING_BITS']}: must be 4 or 8")
-    if config["BLOCK_SIZE"] < 16 or config["BLOCK_SIZE"] & (config["BLOCK_SIZE"] - 1):
-        raise experiment.ConfigError(f"--block_size={config['BLOCK_SIZE']}: ONNX Runtime's 4-bit kernels take a "
-                                     "power of two >= 16")
+    check_block_size(config, variants)
     importance = config["IMPORTANCE"]
     if importance != "run" and importance not in criteria():
         raise experiment.ConfigError(f"--importance={importance}: choose run or one of {', '.join(criteria())}")
@@ -285,16 +287,93 @@ def vocabulary_keep(train_rows, tokenizer, model) -> tuple[np.ndarray, int]:
     return keep, tokenizer.unk_token_id
 
 
+def runtimes_of(config: dict) -> tuple[str, ...]:
+    """The runtimes RUNTIME makes variants for: both for auto and both, else the one named."""
+    return ("onnxruntime", "openvino") if config["RUNTIME"] in ("auto", "both") else (config["RUNTIME"],)
+
+
+def check_block_size(config: dict, variants: list[str]) -> None:
+    """BLOCK_SIZE (input columns per 4-bit block) against each runtime that will use it. ONNX Runtime (mixed,
+    mixed+qat) is asked whether its 4-bit quantizer and kernels take it (`deploy.four_bit_block_size_taken`:
+    onnxruntime 1.32 takes 16 to 256), and a refusal names the sizes it takes. NNCF (OpenVINO's mixed) takes
+    any group of at least 1 column (a matrix whose width the group does not divide gets a smaller one:
+    `deploy.compress_openvino_weights`). Raises ConfigError."""
+    size = config["BLOCK_SIZE"]
+    if size < 1:
+        raise experiment.ConfigError(f"--block_size={size}: must be at least 1 (input columns per 4-bit block)")
+    if "onnxruntime" in runtimes_of(config) and {"mixed", "mixed+qat"} & set(variants) \
+            and not deploy.four_bit_block_size_taken(size):
+        import onnxruntime
+        taken = ", ".join(map(str, deploy.four_bit_block_sizes()))
+        raise experiment.ConfigError(
+            f"--block_size={size}: ONNX Runtime {onnxruntime.__version__}'s 4-bit quantizer takes blocks of "
+            f"{taken} input columns; choose one of those (or --runtime=openvino, or leave mixed and mixed+qat out "
+            "of --variants)")
+
+
+def mixed_plan(config: dict, results: schema.RunResults, model, train, task, tokenizer) -> dict:
+    """Which encoder matrices get 4 bits and which 8 in the ONNX Runtime mixed variants, from the PyTorch
+    model alone (so that it is decided before anything is written): the importance criterion
+    (`importance_criterion`) scores each matrix on CALIBRATION_BATCHES batches of the `train` split when it
+    ranks what it observes (`pruning.precision.matrix_importance`), and `assign_bits` gives the least
+    important (the most, with REVERSE_IMPORTANCE) 4 bits. Returns compress.json's "mixed" record: importance,
+    bits and sizes by module name, the fraction and average bits reached, EMBEDDING_BITS and BLOCK_SIZE.
+    Raises what the criterion raises (ValueError, RuntimeError) when it cannot score."""
+    name, criterion, options = importance_criterion(config, results)
+    calibration = (calibration_batches(train, task, results, tokenizer, config["CALIBRATION_BATCHES"])
+                   if criterion.observes else ())
+    importance = matrix_importance(model, criterion, options, calibration, seed=results.config.seed)
+    sizes = {n: m.weight.numel() for n, m in prunable_linears(model).items()}
+    ranking = {n: -v for n, v in importance.items()} if config["REVERSE_IMPORTANCE"] else importance
+    bits = assign_bits(ranking, sizes, config["FOUR_BIT_FRACTION"])
+    return {"importance": name, "reversed": config["REVERSE_IMPORTANCE"], "importance_options": options,
+            "calibration_batches": len(calibration), "matrix_importance": importance, "bits": bits, "sizes": sizes,
+            "four_bit_fraction": sum(sizes[n] for n in bits if bits[n] == 4) / sum(sizes.values()),
+            "average_encoder_bits": average_bits(bits, sizes),
+            "embedding_bits": config["EMBEDDING_BITS"], "block_size": config["BLOCK_SIZE"]}
+
+
+@contextlib.contextmanager
+def staging(out: Path):
+    """A fresh `out/.work` (an earlier one removed) for everything this invocation writes before it is
+    published (`publish`); removed when the block ends, whether it succeeded or failed, and `out` with it
+    when this invocation created `out` and left it empty. Yields the work directory."""
+    created = not out.exists()
+    work = out / ".work"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def publish(work: Path, out: Path, files: list[str]) -> None:
+    """Move each variant directory of `work`/variants into `out` (each replacing the one of its name, which
+    is removed only after the move), then each of `files` (names in `work`), in order: compress.json last,
+    so that it only ever describes variants that are in place."""
+    for directory in sorted(p for p in (work / "variants").iterdir() if p.is_dir()):
+        deploy.replace_directory(directory, out / directory.name)
+    for name in files:
+        os.replace(work / name, out / name)
+
+
 def main(config: dict) -> None:
     """Export, quantize and pack the run's model into each variant (`pruning.deploy`) in each runtime, evaluate
     and time them side by side, write each variant's artifact files and model card (`pruning.artifact`),
     then compress.json, table.md and the two plots to OUT_DIR (default RUN/compressed).
-    Raises ConfigError (from `check`) for bad input, before any work."""
+    Raises ConfigError (from `check`) for bad input, before any work. Everything that can refuse without
+    the exported graph (the settings, the data, the mixed-precision plan) is done before anything is
+    written; the rest is written into OUT_DIR/.work and moved into place only once every variant is made,
+    evaluated and timed, so a failure leaves OUT_DIR as it was."""
     results = check(config)
     run = Path(config["RUN"])
     out = Path(config["OUT_DIR"]) if config["OUT_DIR"] else run / "compressed"
     variants = [v for v in config["VARIANTS"].split(",") if v]
-    runtimes = ("onnxruntime", "openvino") if config["RUNTIME"] in ("auto", "both") else (config["RUNTIME"],)
+    runtimes = runtimes_of(config)
     torch.set_num_threads(config["THREADS"])
     structured = results.config.granularity != "weights"
     if structured and "sparse" in variants:
@@ -314,9 +393,35 @@ def main(config: dict) -> None:
         keep, unk = vocabulary_keep(encode(datasets["train"], task, tokenizer, results), tokenizer, model)
         trimmed = vocab.trim_vocabulary(copy.deepcopy(model), keep, unk).eval()
     dev = encode(datasets[task.dev], task, tokenizer, results)
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / ".work"
-    work.mkdir(exist_ok=True)
+    plan = None
+    if "onnxruntime" in runtimes and ("mixed" in variants or "mixed+qat" in variants):
+        plan = mixed_plan(config, results, model, datasets["train"], task, tokenizer)
+        bits = plan["bits"]
+        reversed_text = " (reversed)" if config["REVERSE_IMPORTANCE"] else ""
+        print(f"mixed precision: {plan['importance']} importance{reversed_text}; {sum(b == 4 for b in bits.values())} "
+              f"of {len(bits)} matrices at 4 bits ({100 * plan['four_bit_fraction']:.0f}% of their weights)")
+    with staging(out) as work:
+        record = make_and_measure(config, results, variants, runtimes, plan, model, dense, trimmed, keep, tokenizer,
+                                  task, datasets, dev, work)
+        table = markdown(record, results)
+        (work / "table.md").write_text(table)
+        plots(record, work)
+        experiment.write_json(work / "compress.json", record)
+        publish(work, out, ["table.md", "accuracy_vs_bytes.png", "accuracy_vs_speed.png", "compress.json"])
+    print("\n" + table + f"\nwritten: {out}/compress.json, table.md, accuracy_vs_bytes.png, accuracy_vs_speed.png")
+
+
+def make_and_measure(config: dict, results: schema.RunResults, variants: list[str], runtimes: tuple[str, ...],
+                     plan: dict | None, model, dense, trimmed, keep, tokenizer, task, datasets, dev,
+                     work: Path) -> dict:
+    """Write every variant into `work`/variants (the ONNX export that only OpenVINO uses into `work`), each
+    with its artifact files and model card, evaluate each in a fresh process and time them side by side;
+    returns the compress.json record, whose directories are where `publish` will put them:
+    OUT_DIR/NAME. `plan`: `mixed_plan`'s record, or None without ONNX Runtime mixed variants."""
+    run = Path(config["RUN"])
+    out = Path(config["OUT_DIR"]) if config["OUT_DIR"] else run / "compressed"
+    staged = work / "variants"
+    staged.mkdir()
     dev_file = work / "dev.npz"
     inputs = deploy.model_inputs(model, dev.column_names)
     deploy.write_dev(dev_file, dev, inputs, tokenizer.pad_token_id, task.metrics)
@@ -326,13 +431,12 @@ def main(config: dict) -> None:
     labels = list(task.label_names) if task.label_names is not None else None
     pair = len(task.text_columns) > 1
 
-    def write_variant(name: str, make, where: Path = out) -> Path:
-        final = where / name
-        tmp = deploy.fresh_tmp(final)
-        extra = make(tmp)
-        artifact.write_files(tmp, tokenizer, labels, inputs, results.config.max_length, pair)
-        deploy.replace_directory(tmp, final)
-        print(f"  {name}: {deploy.model_bytes(final) / 1e6:.1f} MB")
+    def write_variant(name: str, make, where: Path = staged):
+        directory = where / name
+        directory.mkdir()
+        extra = make(directory)
+        artifact.write_files(directory, tokenizer, labels, inputs, results.config.max_length, pair)
+        print(f"  {name}: {deploy.model_bytes(directory) / 1e6:.1f} MB")
         return extra
 
     record = {"run": str(run), "dense_run": config["DENSE"] or None, "config": config,
@@ -349,8 +453,8 @@ def main(config: dict) -> None:
     def add(which: str, runtime: str, precision: str, directory: Path) -> None:
         rows[f"{which} · {_RUNTIME_TITLES[runtime]} {precision}"] = (directory, runtime, which, precision)
 
-    # The ONNX export is ONNX Runtime's fp32 variant and OpenVINO's source; without ONNX Runtime it is staged.
-    onnx_home = out if "onnxruntime" in runtimes else work
+    # The ONNX export is ONNX Runtime's fp32 variant and OpenVINO's source; without ONNX Runtime it is not published.
+    onnx_home = staged if "onnxruntime" in runtimes else work
     sources = {"dense": (dense, "dense-"), "pruned": (model, "")}
     if trimmed is not None:
         sources["pruned+trim"] = (trimmed, "")
@@ -377,51 +481,35 @@ def main(config: dict) -> None:
             add(base, "onnxruntime", f"fp32{suffix}", fp32_dir)
             if int8_wanted or which == "dense":  # the dense int8 rows are what a user would deploy instead
                 write_variant(f"{prefix}int8{suffix}", lambda d, s=fp32_dir: deploy.quantize_int8(s, d))
-                add(base, "onnxruntime", f"int8{suffix}", out / f"{prefix}int8{suffix}")
+                add(base, "onnxruntime", f"int8{suffix}", staged / f"{prefix}int8{suffix}")
         if "openvino" in runtimes:
-            ov_fp32 = out / f"{prefix}ov-fp32{suffix}"
+            ov_fp32 = staged / f"{prefix}ov-fp32{suffix}"
             write_variant(ov_fp32.name, lambda d, s=fp32_dir: deploy.convert_openvino(s, d, probe))
             add(base, "openvino", f"fp32{suffix}", ov_fp32)
             if int8_wanted or which == "dense":
                 info = write_variant(f"{prefix}ov-int8{suffix}",
                                      lambda d: deploy.quantize_openvino_int8(ov_fp32, d, calibration))
                 record["openvino_int8"].setdefault("fake_quantize_ops", {})[which] = info["fake_quantize_ops"]
-                add(base, "openvino", f"int8{suffix}", out / f"{prefix}ov-int8{suffix}")
+                add(base, "openvino", f"int8{suffix}", staged / f"{prefix}ov-int8{suffix}")
             if "mixed" in variants and which != "dense":
                 info = write_variant(f"ov-mixed{suffix}", lambda d: deploy.compress_openvino_weights(
                     ov_fp32, d, config["FOUR_BIT_FRACTION"], config["BLOCK_SIZE"]))
                 record.setdefault("openvino_mixed", {})[which] = info
-                add(base, "openvino", f"mixed{suffix}", out / f"ov-mixed{suffix}")
+                add(base, "openvino", f"mixed{suffix}", staged / f"ov-mixed{suffix}")
 
-    if "onnxruntime" in runtimes and ("mixed" in variants or "mixed+qat" in variants):
-        name, criterion, options = importance_criterion(config, results)
-        needs_batches = name != "magnitude"
-        calibration_b = (calibration_batches(datasets["train"], task, results, tokenizer, config["CALIBRATION_BATCHES"])
-                         if needs_batches else ())
-        importance = matrix_importance(model, criterion, options, calibration_b)
-        linears = prunable_linears(model)
-        sizes = {n: m.weight.numel() for n, m in linears.items()}
-        ranking = {n: -v for n, v in importance.items()} if config["REVERSE_IMPORTANCE"] else importance
-        bits = assign_bits(ranking, sizes, config["FOUR_BIT_FRACTION"])
-        record["mixed"] = {"importance": name, "reversed": config["REVERSE_IMPORTANCE"], "importance_options": options,
-                           "calibration_batches": len(calibration_b),
-                           "matrix_importance": importance, "bits": bits, "sizes": sizes,
-                           "four_bit_fraction": sum(sizes[n] for n in bits if bits[n] == 4) / sum(sizes.values()),
-                           "average_encoder_bits": average_bits(bits, sizes),
-                           "embedding_bits": config["EMBEDDING_BITS"], "block_size": config["BLOCK_SIZE"]}
-        reversed_text = " (reversed)" if config["REVERSE_IMPORTANCE"] else ""
-        print(f"mixed precision: {name} importance{reversed_text}; {sum(b == 4 for b in bits.values())} of "
-              f"{len(bits)} matrices at 4 bits ({100 * record['mixed']['four_bit_fraction']:.0f}% of their weights)")
+    if plan is not None:
+        record["mixed"] = plan
+        bits = plan["bits"]
         if "mixed" in variants:
             for which, (m, _) in sources.items():
                 if which == "dense":
                     continue
                 suffix = "+trim" if which.endswith("+trim") else ""
-                fp32_dir = out / f"fp32{suffix}"
+                fp32_dir = staged / f"fp32{suffix}"
                 four, eight = bit_plan(onnx.load(str(fp32_dir / deploy.ONNX_FILE)), m, bits, config["EMBEDDING_BITS"])
                 write_variant(f"mixed{suffix}", lambda d, s=fp32_dir, f4=four, f8=eight: deploy.quantize_mixed(
                     s, d, f4, f8, config["BLOCK_SIZE"]))
-                add("pruned", "onnxruntime", f"mixed{suffix}", out / f"mixed{suffix}")
+                add("pruned", "onnxruntime", f"mixed{suffix}", staged / f"mixed{suffix}")
         if "mixed+qat" in variants:
             train = encode(data.subset(datasets["train"], 32 * config["QAT_STEPS"], results.config.seed + 2), task,
                            tokenizer, results)
@@ -434,12 +522,12 @@ def main(config: dict) -> None:
                                            config["EMBEDDING_BITS"])
             write_variant("mixed+qat", lambda d: deploy.quantize_mixed(student_fp32, d, four_qat, eight_qat,
                                                                        config["BLOCK_SIZE"]))
-            add("pruned", "onnxruntime", "mixed+qat", out / "mixed+qat")
+            add("pruned", "onnxruntime", "mixed+qat", staged / "mixed+qat")
     if "sparse" in variants:
         for base in ("fp32", "int8") if "int8" in variants else ("fp32",):
-            stats = write_variant(f"{base}+sparse", lambda d, b=base: deploy.pack_sparse(out / b, d))
+            stats = write_variant(f"{base}+sparse", lambda d, b=base: deploy.pack_sparse(staged / b, d))
             record.setdefault("sparse", {})[base] = stats
-            add("pruned", "onnxruntime", f"{base}+sparse", out / f"{base}+sparse")
+            add("pruned", "onnxruntime", f"{base}+sparse", staged / f"{base}+sparse")
 
     # Table order: PyTorch, then the dense deployments, the pruned ones, the trimmed ones; ORT before OpenVINO.
     precisions = ["fp32", "int8", "mixed", "mixed+qat", "fp32+sparse", "int8+sparse"]
@@ -464,10 +552,11 @@ def main(config: dict) -> None:
                                 "unk_id": tokenizer.unk_token_id}
     for label, (directory, runtime, which, precision) in rows.items():
         key = "pruned+trim" if precision.endswith("+trim") else which
+        published = out / directory.name if directory is not None and directory.parent == staged else directory
         entry = {"runtime": {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}[runtime],
                  "model": which, "precision": precision, "trimmed_vocabulary": key == "pruned+trim",
                  "parameters": params[key]["total"], "nonzero_parameters": nonzero[key],
-                 "directory": str(directory) if directory else None}
+                 "directory": str(published) if published else None}
         if directory is not None and (which == "pruned" or dense_trained):
             print(f"evaluating {label} in a fresh process ...")
             entry.update(deploy.evaluate_in_fresh_process(directory, dev_file, config["THREADS"], config["BATCH_SIZE"]))
@@ -515,16 +604,11 @@ def main(config: dict) -> None:
         record["runtime_choice"] = runtime_choice(record["variants"])
         for choice in record["runtime_choice"].values():
             record["variants"][choice["label"]]["chosen"] = True
-    experiment.write_json(out / "compress.json", record)
-    for label, entry in record["variants"].items():
-        if entry["runtime"] != "PyTorch":
-            artifact.write_card(Path(entry["directory"]), f"{run.name}: {label}", card_facts(record, label, results),
+    for label, (directory, runtime, _, _) in rows.items():
+        if runtime != "pytorch":
+            artifact.write_card(directory, f"{run.name}: {label}", card_facts(record, label, results),
                                 record["command"], record["date"])
-    table = markdown(record, results)
-    (out / "table.md").write_text(table)
-    plots(record, out)
-    print("\n" + table + f"\nwritten: {out}/compress.json, table.md, accuracy_vs_bytes.png, accuracy_vs_speed.png")
-    shutil.rmtree(work)
+    return record
 
 
 def versions(runtimes) -> dict:

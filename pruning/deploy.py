@@ -1,10 +1,12 @@
 """Deployment formats of a trained classifier, run by ONNX Runtime or OpenVINO on the CPU.
 
 - `export_onnx`: the PyTorch model -> fp32 ONNX (torch.onnx's dynamo exporter; optimum does not support
-  transformers 5), checked against PyTorch's logits, then ONNX Runtime's BERT fusions (SkipLayerNorm, BiasGelu).
+  transformers 5), checked against PyTorch's logits, then ONNX Runtime's BERT fusions (SkipLayerNorm, BiasGelu;
+  not EmbedLayerNormalization, which would hide the word table from both quantizers).
 - `quantize_int8`: ONNX Runtime's dynamic quantization (int8 weights, activations quantized on the fly).
 - `quantize_mixed`: per matrix 8 or 4 bits: 4-bit block-quantized weights (MatMulNBits, and
-  GatherBlockQuantized for embeddings), int8 dynamic quantization for the rest.
+  GatherBlockQuantized for embeddings), int8 dynamic quantization for the rest; `four_bit_block_size_taken`:
+  whether ONNX Runtime's 4-bit path takes a block size, asked of the runtime itself.
 - `pack_sparse` / `load_model`: a bitmap container for weight tensors that are mostly exact zeros, so the bytes
   unstructured pruning saves are counted with their index cost. ONNX Runtime has no sparse CPU kernels for these
   layers: the tensors are unpacked to dense at load, and speed is that of the dense model.
@@ -12,7 +14,8 @@
   checked against ONNX Runtime's logits on the same file; `quantize_openvino_int8`: NNCF post-training
   quantization (int8 weights and activations, calibrated on training sentences); `compress_openvino_weights`:
   NNCF weight compression, INT4 (asymmetric, groups) for a ratio of the matrices and INT8 for the rest.
-- `word_embedding_bytes`: the bytes of a variant's files that hold the word-embedding lookup.
+- `word_embedding_bytes`: the bytes of a variant's files that hold the word-embedding lookup (any lookup form,
+  each tensor at its stored data type); `float_word_tables`: word tables a quantized variant left in float.
 - `evaluate` (also `python pruning/deploy.py VARIANT DEV.npz THREADS BATCH`): the task's metrics (those
   `write_dev` recorded: `pruning.tasks.compute_metrics`) and peak memory of one variant in a fresh process.
 
@@ -139,6 +142,10 @@ def export_onnx(model, directory: Path, probe: dict[str, np.ndarray], tolerance:
     # ORT's SkipLayerNormalization fusion indexes a LayerNorm's bias input; ModernBERT's LayerNorms have none.
     options.enable_skip_layer_norm = not any(isinstance(m, torch.nn.LayerNorm) and m.bias is None
                                              for m in model.modules())
+    # ORT's EmbedLayerNormalization fusion (it matches DistilBERT's embeddings) puts the word table inside one
+    # node that neither quantizer touches (both quantize Gather lookups only): the int8 and 8/4-bit variants
+    # would keep it fp32. Unfused, every family's lookups are Gathers (optimum#290).
+    options.enable_embed_layer_norm = False
     fused = optimize_model(str(raw), model_type="bert", num_heads=0, hidden_size=0, optimization_options=options)
     fused.save_model_to_file(str(directory / ONNX_FILE))
     raw.unlink()
@@ -181,7 +188,13 @@ def linear_initializers(onnx_model, linears: dict[str, "np.ndarray"]) -> dict[st
 
 
 def embedding_gathers(onnx_model) -> list[str]:
-    """Gather nodes that look up a 2-D initializer: the word, position and token-type embeddings."""
+    """Gather nodes that look up a 2-D initializer: the word, position and token-type embeddings, in the form
+    ONNX Runtime's quantizers take. Raises DeployError when the word embeddings are looked up by another
+    node (ORT's fused EmbedLayerNormalization: `export_onnx` does not fuse it, a graph made elsewhere may),
+    which both quantizers would leave in fp32."""
+    fused = [n for n, _ in word_lookups(onnx_model.graph) if n.op_type not in ("Gather", "GatherND")]
+    if fused:
+        raise DeployError(_unquantizable(fused[0]))
     inits = {i.name: i for i in onnx_model.graph.initializer}
     return [n.name for n in onnx_model.graph.node
             if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2]
@@ -189,7 +202,9 @@ def embedding_gathers(onnx_model) -> list[str]:
 
 # --- quantization -----------------------------------------------------------------------------------
 def quantize_int8(source: Path, directory: Path, nodes: list[str] | None = None) -> None:
-    """int8 weights (per output channel) for every MatMul/Gemm and the embeddings, or for `nodes` only."""
+    """int8 weights (per output channel) for every MatMul/Gemm and the embeddings, or for `nodes` only.
+    Quantizing everything, raises DeployError when the written model still stores a word-embedding table
+    in floating point (`float_word_tables`: a lookup form ONNX Runtime's quantizer does not take)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     _quiet()
@@ -198,31 +213,28 @@ def quantize_int8(source: Path, directory: Path, nodes: list[str] | None = None)
                      per_channel=True, weight_type=QuantType.QInt8,
                      # types behind a 4-bit (com.microsoft) node are unknown to ONNX's shape inference
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    if nodes is None:
+        left = float_word_tables(onnx.load(str(directory / ONNX_FILE)).graph)
+        if left:
+            raise DeployError(_unquantizable(next(iter(left.values()))))
 
 
 def quantize_mixed(source: Path, directory: Path, four_bit: list[str], eight_bit: list[str],
                    block_size: int = 32) -> None:
     """`four_bit` nodes (MatMul or embedding Gather) get 4-bit weights in blocks of `block_size` along the
-    input dimension (asymmetric, one fp32 scale and a 4-bit zero point per block); `eight_bit` nodes int8.
-    Checked on the result: exactly the named nodes changed, at the named width (DeployError otherwise,
-    and for a name that is no MatMul or Gather of the graph). ONNX Runtime's MatMulNBitsQuantizer."""
+    input dimension (asymmetric, one fp32 scale and a 4-bit zero point per block); `eight_bit` nodes
+    (MatMul, Gemm or Gather) int8. Checked on the result: exactly the named nodes changed, at the named
+    width (DeployError otherwise, and for a name that is no such node of the graph: a fused embedding
+    lookup, which neither quantizer takes, is refused here). ONNX Runtime's MatMulNBitsQuantizer."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                  MatMulNBitsQuantizer)
     _quiet()
     model = onnx.load(str(Path(source) / ONNX_FILE))
-    candidates = {n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather")}
-    if not set(four_bit) <= candidates:
-        raise DeployError(f"no MatMul or Gather node named {sorted(set(four_bit) - candidates)[:3]} in the graph")
+    for names, ops in ((four_bit, ("MatMul", "Gather")), (eight_bit, ("MatMul", "Gemm", "Gather"))):
+        unknown = set(names) - {n.name for n in model.graph.node if n.op_type in ops}
+        if unknown:
+            raise DeployError(f"no {' or '.join(ops)} node named {sorted(unknown)[:3]} in the graph")
     if four_bit:
-        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, bits=4,
-                                              op_types_to_quantize=("MatMul", "Gather"),
-                                              quant_axes=(("MatMul", 0), ("Gather", 1)))
-        # ONNX Runtime quantizes every node of those types unless excluded (nodes_to_include only adds).
-        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, algo_config=config,
-                                         nodes_to_exclude=sorted(candidates - set(four_bit)))
-        quantizer.process()
-        model = quantizer.model.model
+        model = _four_bit(model, four_bit, block_size)
     four_bit_ops = sum(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in model.graph.node)
     if four_bit_ops != len(four_bit) or {n.name for n in model.graph.node} & set(four_bit):
         raise DeployError(f"ONNX Runtime made {four_bit_ops} nodes 4-bit where {len(four_bit)} were asked for")
@@ -240,6 +252,60 @@ def quantize_mixed(source: Path, directory: Path, four_bit: list[str], eight_bit
             raise DeployError(f"ONNX Runtime left {len(left)} nodes in fp32 that were to be int8: {sorted(left)[:3]}")
     else:
         os.replace(staged, directory / ONNX_FILE)
+
+
+def _four_bit(model, four_bit: list[str], block_size: int):
+    """`model` (an onnx ModelProto) with its `four_bit` MatMul and Gather nodes made MatMulNBits and
+    GatherBlockQuantized by ONNX Runtime's MatMulNBitsQuantizer, blocks of `block_size`; every other
+    node of those types is left alone. Raises what the quantizer raises (a block size it cannot take:
+    `four_bit_block_size_taken`)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                  MatMulNBitsQuantizer)
+    candidates = {n.name for n in model.graph.node if n.op_type in ("MatMul", "Gather")}
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=False, bits=4,
+                                          op_types_to_quantize=("MatMul", "Gather"),
+                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
+    # ONNX Runtime quantizes every node of those types unless excluded (nodes_to_include only adds).
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, algo_config=config,
+                                     nodes_to_exclude=sorted(candidates - set(four_bit)))
+    quantizer.process()
+    return quantizer.model.model
+
+
+# --- what the runtimes take -------------------------------------------------------------------------
+def four_bit_block_size_taken(block_size: int) -> bool:
+    """Whether ONNX Runtime's 4-bit path takes blocks of `block_size` input columns, asked of the runtime
+    itself: a small graph (a MatMul of 64 input columns and a word-embedding Gather of 64 columns) is
+    quantized by the quantizer `quantize_mixed` runs (`_four_bit`), loaded and run. The limits live in
+    ONNX Runtime's C++ kernels and its Python quantizer, which state them only by refusing (onnxruntime
+    1.32: 16, 32, 64, 128, 256)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    _quiet()
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["embedded"], name="lookup"),
+         helper.make_node("MatMul", ["embedded", "weight"], ["out"], name="matmul")], "probe",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 8])],
+        [numpy_helper.from_array(rng.standard_normal((16, 64)).astype(np.float32), "table"),
+         numpy_helper.from_array(rng.standard_normal((64, 8)).astype(np.float32), "weight")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        quantized = _four_bit(model, ["lookup", "matmul"], block_size)
+        if sum(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in quantized.graph.node) != 2:
+            return False
+        ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"input_ids": np.arange(3, dtype=np.int64)})
+    except Exception:  # any refusal: a kernel's RuntimeError, the quantizer's assertion, a load that fails
+        return False
+    return True
+
+
+def four_bit_block_sizes(largest: int = 4096) -> list[int]:
+    """The powers of two up to `largest` that ONNX Runtime's 4-bit path takes (`four_bit_block_size_taken`),
+    ascending: what a refusal of BLOCK_SIZE names."""
+    return [2 ** k for k in range(largest.bit_length()) if four_bit_block_size_taken(2 ** k)]
 
 
 # --- sparse storage ---------------------------------------------------------------------------------
@@ -424,13 +490,22 @@ def compress_openvino_weights(source: Path, directory: Path, four_bit_ratio: flo
 # --- what the embeddings cost ------------------------------------------------------------------------
 _PASS_THROUGH = ("Cast", "Convert", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten")
 _LOOKUPS = ("Gather", "GatherND", "GatherBlockQuantized")  # a remap table indexed by ids exports as GatherND
+# Every ONNX node that looks rows up by token id: (the input that takes the ids, the inputs that hold the table
+# and what dequantizes it inside the node; the table itself first). ORT's EmbedLayerNormalization fusion puts
+# the word table in input 2 (its quantizer's QEmbedLayerNormalization: codes 2, scale 8, zero point 13);
+# `export_onnx` does not fuse it, but a graph made elsewhere may.
+_ONNX_LOOKUPS = {"Gather": (1, (0,)), "GatherND": (1, (0,)), "GatherBlockQuantized": (1, (0, 2, 3)),
+                 "EmbedLayerNormalization": (0, (2,)), "QEmbedLayerNormalization": (0, (2, 8, 13))}
 
 
 def word_embedding_bytes(directory: Path) -> int:
-    """Bytes of a variant's stored tensors that serve the word-embedding lookup: every Gather whose indices
+    """Bytes of a variant's stored tensors that serve the word-embedding lookup: every lookup whose indices
     come from `input_ids` (through casts and reshapes, and through an id remap table of a trimmed vocabulary,
-    which is itself such a Gather), and every constant its table is computed from (quantized codes, scales,
-    zero points). ONNX (packed tensors included) and OpenVINO variants; found from the graph, not from names."""
+    which is itself such a Gather; in any form `word_lookups` knows), every constant its table is computed
+    from (quantized codes, scales, zero points) and the scale and zero point of a dequantization right after
+    it. Each tensor counts what its stored data type takes (`tensor_bytes`; a packed one, its packed
+    bytes), as written, never as intended. ONNX (packed tensors included) and OpenVINO variants; found from
+    the graph, not from names."""
     directory = Path(directory)
     if (directory / OPENVINO_FILE).exists():
         return _openvino_lookup_bytes(_read_openvino(directory))
@@ -439,48 +514,104 @@ def word_embedding_bytes(directory: Path) -> int:
     raise DeployError(f"{directory} is neither an ONNX nor an OpenVINO variant")
 
 
-def _onnx_lookup_bytes(directory: Path) -> int:
-    import onnx
-    graph = onnx.load(str(directory / ONNX_FILE)).graph
-    inits = {i.name: i for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
+def tensor_bytes(initializer) -> int:
+    """Bytes an ONNX initializer's values take in its stored data type: elements x bits per element
+    (4 for int4/uint4, 2 for int2/uint2), rounded up to whole bytes; what `raw_data` holds."""
+    from onnx import helper
+    count = int(np.prod(initializer.dims)) if len(initializer.dims) else 1
+    bits = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}.get(
+        helper.tensor_dtype_to_string(initializer.data_type).removeprefix("TensorProto."))
+    if bits is None:
+        bits = 8 * np.dtype(helper.tensor_dtype_to_np_dtype(initializer.data_type)).itemsize
+    return (count * bits + 7) // 8
+
+
+def word_lookups(graph) -> list[tuple[object, tuple[int, ...]]]:
+    """The nodes of an ONNX graph that look up rows by the ids of `input_ids` (through casts and reshapes, and
+    through an id remap table), each with the positions of its inputs that hold the table (`_ONNX_LOOKUPS`:
+    the table first): the word-embedding lookups, in whichever form they were exported or fused."""
     consumers: dict[str, list] = {}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    frontier, lookups = ["input_ids"], []
+    frontier, found = ["input_ids"], []
     while frontier:
         tensor = frontier.pop()
         for n in consumers.get(tensor, []):
             if n.op_type in _PASS_THROUGH and n.input[0] == tensor:
                 frontier.extend(n.output)
-            elif n.op_type in _LOOKUPS and len(n.input) > 1 and n.input[1] == tensor:
-                lookups.append(n)
-                frontier.extend(n.output)  # a remap's output indexes the embedding table
+            elif n.op_type in _ONNX_LOOKUPS and len(n.input) > _ONNX_LOOKUPS[n.op_type][0] \
+                    and n.input[_ONNX_LOOKUPS[n.op_type][0]] == tensor:
+                found.append((n, _ONNX_LOOKUPS[n.op_type][1]))
+                frontier.extend(n.output[:1])  # a remap's output indexes the embedding table
+    return found
+
+
+def _sources(graph, tensors: list[str]) -> set[str]:
+    """The graph's initializers (and other graph-level names with no producer) that `tensors` are
+    computed from, `tensors` included."""
+    producer = {o: n for n in graph.node for o in n.output}
+    found, stack = set(), [t for t in tensors if t]
+    while stack:
+        tensor = stack.pop()
+        if tensor in found:
+            continue
+        found.add(tensor)
+        if tensor in producer:
+            stack.extend(i for i in producer[tensor].input if i)
+    return {t for t in found if t not in producer}
+
+
+def word_table_tensors(graph) -> set[str]:
+    """Names of the stored tensors that serve the word lookups of an ONNX graph (`word_lookups`): those
+    their table inputs are computed from, and the scale and zero point of a DequantizeLinear applied to a
+    lookup's output (ONNX Runtime's int8 Gather). Unpacked initializers or names packed beside them."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    tensors = []
+    for node, tables in word_lookups(graph):
+        tensors += [node.input[k] for k in tables if k < len(node.input)]
+        tensors += [i for c in consumers.get(node.output[0], []) if c.op_type == "DequantizeLinear"
+                    and c.input[0] == node.output[0] for i in c.input[1:]]
+    return _sources(graph, tensors) - {i.name for i in graph.input}
+
+
+def float_word_tables(graph) -> dict[str, object]:
+    """The word-embedding tables of an ONNX graph still stored in floating point: initializer name -> the
+    lookup node it serves, for every table (2-D or more) that a lookup's table input is computed from
+    (not the per-block scales beside quantized codes). Empty for a variant whose word embeddings are
+    quantized; an fp32 variant lists its table."""
+    from onnx import TensorProto
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+    inits = {i.name: i for i in graph.initializer}
+    left = {}
+    for node, tables in word_lookups(graph):
+        for name in _sources(graph, [node.input[tables[0]]]):
+            if name in inits and inits[name].data_type in floats and len(inits[name].dims) >= 2:
+                left[name] = node
+    return left
+
+
+def _unquantizable(lookup) -> str:
+    """What a DeployError says of a word lookup that ONNX Runtime's quantizers leave in floating point."""
+    return (f"the word embeddings are looked up by {lookup.op_type} node {lookup.name!r}, which ONNX Runtime's "
+            "quantizers leave in floating point (they quantize Gather lookups); export the model with "
+            "pruning.deploy.export_onnx, which keeps every family's lookups as Gather nodes")
+
+
+def _onnx_lookup_bytes(directory: Path) -> int:
+    import onnx
+    graph = onnx.load(str(directory / ONNX_FILE)).graph
+    inits = {i.name: i for i in graph.initializer}
     packed = {}
     if (directory / SPARSE_FILE).exists():
         from safetensors.numpy import load_file
         for key, value in load_file(str(directory / SPARSE_FILE)).items():
             packed[key.rsplit("/", 1)[0]] = packed.get(key.rsplit("/", 1)[0], 0) + value.nbytes
-    found, seen = set(), set()
-    stack = [i for n in lookups for k, i in enumerate(n.input) if k != 1 and i]
-    while stack:
-        tensor = stack.pop()
-        if tensor in seen:
-            continue
-        seen.add(tensor)
-        if tensor in inits or tensor in packed:
-            found.add(tensor)
-        elif tensor in producer:
-            stack.extend(i for i in producer[tensor].input if i)
-    total = 0
-    for name in found:
-        if name in inits:
-            init = inits[name]
-            total += len(init.raw_data) if init.raw_data else onnx.numpy_helper.to_array(init).nbytes
-        else:
-            total += packed[name]
-    return total
+    return sum(tensor_bytes(inits[name]) if name in inits else packed.get(name, 0)
+               for name in word_table_tensors(graph))
 
 
 def _openvino_lookup_bytes(model) -> int:

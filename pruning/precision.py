@@ -15,34 +15,58 @@ from pruning.units import PrunableUnits
 
 
 def matrix_importance(model: nn.Module, criterion_class: type[Criterion], options: dict | None = None,
-                      batches=()) -> dict[str, float]:
+                      batches=(), seed: int = 0) -> dict[str, float]:
     """Mean criterion score of each prunable Linear's nonzero weights, by module name.
 
-    A criterion that learns from gradients (gradient, undecayed) sums its per-step score over `batches`
-    (dicts of tensors with labels, from the training set: never the dev set the results are reported on);
-    the model is in eval mode, so the scores are those of the deployed function. Raises ValueError for an
-    accumulating criterion without batches."""
+    A criterion that ranks only what it observed (`Criterion.observes`: gradient, undecayed, activation) is
+    shown `batches` (dicts of tensors with labels, from the training set: never the dev set the results
+    are reported on), each as one search step that is never applied (`observe_batches`). Raises
+    ValueError for such a criterion without batches, and what the criterion raises for bad `options`."""
     units = PrunableUnits(model, "weights")
     criterion = criterion_class(units, **(options or {}))
-    if isinstance(criterion, AccumulatedCriterion):
-        if not batches:
-            raise ValueError(f"the {criterion.name} criterion scores weights from gradients: it needs batches")
-        was_training = model.training
-        model.eval()
-        for batch in batches:
-            model.zero_grad(set_to_none=True)
-            model(**batch).loss.backward()
-            criterion.on_gradients()
-            criterion.observe()
+    try:
+        if criterion.observes:
+            if not batches:
+                raise ValueError(f"the {criterion.name} criterion scores what it observes on training batches: "
+                                 "it needs batches")
+            observe_batches(model, criterion, batches, seed)
+        scores = criterion.scores()
+        out = {}
+        for name, p in units.params.items():
+            live = p.detach() != 0
+            out[name.removesuffix(".weight")] = float(scores[name][live].float().mean()) if live.any() else 0.0
+        return out
+    finally:
+        criterion.close()  # the hooks of an activation criterion must not outlive the scoring
+
+
+def observe_batches(model: nn.Module, criterion: Criterion, batches, seed: int = 0) -> None:
+    """Show `criterion` each of `batches` as a counted search step (`on_gradients`, `observe`, `after_step`),
+    without an optimizer step. A criterion that learns from gradients (`AccumulatedCriterion`) reads each
+    batch's gradient with the model in eval mode, so its scores are those of the deployed function. One that
+    observes forwards (activation) counts training-mode forwards only, as in a run's search steps, so the
+    batches run in training mode as those steps did (dropout on, from the CPU generator seeded with `seed`,
+    the caller's random state left as it was), without gradients. The model's mode is restored and its
+    gradients cleared."""
+    reads_gradients = isinstance(criterion, AccumulatedCriterion)
+    was_training = model.training
+    model.train(not reads_gradients)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for batch in batches:
+                model.zero_grad(set_to_none=True)
+                if reads_gradients:
+                    model(**batch).loss.backward()
+                else:
+                    with torch.no_grad():
+                        model(**batch)
+                criterion.on_gradients()
+                criterion.observe()
+                criterion.after_step()
+    finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
-    scores = criterion.scores()
-    out = {}
-    for name, p in units.params.items():
-        live = p.detach() != 0
-        out[name.removesuffix(".weight")] = float(scores[name][live].float().mean()) if live.any() else 0.0
-    criterion.close()
-    return out
 
 
 def assign_bits(importance: dict[str, float], sizes: dict[str, int], four_bit_fraction: float) -> dict[str, int]:

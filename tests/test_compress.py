@@ -20,11 +20,18 @@ FAST = ["--rounds=1", "--latency_sentences=2", "--threads=1"]
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_bert_config, sst2_slice, tmp_path_factory):
-    """A finished unstructured run (magnitude, 50%) and a finished heads+neurons run of a one-layer tiny BERT
-    (every compress.py run exports each model to ONNX, which takes a second or two per layer)."""
+def one_layer_config(tiny_bert_config, tmp_path_factory):
+    """The tiny BERT config with one encoder layer (every compress.py run exports each model to ONNX, which
+    takes a second or two per layer)."""
     config = tmp_path_factory.mktemp("config") / "one-layer-bert.json"
     config.write_text(json.dumps({**json.loads(tiny_bert_config.read_text()), "num_hidden_layers": 1}))
+    return config
+
+
+@pytest.fixture(scope="module")
+def runs(one_layer_config, sst2_slice, tmp_path_factory):
+    """A finished unstructured run (magnitude, 50%) and a finished heads+neurons run of a one-layer tiny BERT."""
+    config = one_layer_config
     out = {}
     for name, extra in (("weights", {}), ("structured", STRUCTURED)):
         target = tmp_path_factory.mktemp(name)
@@ -154,11 +161,101 @@ def test_structured_run_compresses_in_both_runtimes_and_skips_sparse(runs, tmp_p
     assert "NNCF post-training quantization" in card
 
 
+@pytest.fixture(scope="module")
+def activation_run(one_layer_config, sst2_slice, tmp_path_factory):
+    """A finished unstructured run of the activation criterion (Wanda's |w| * ||x||) on the one-layer tiny BERT."""
+    target = tmp_path_factory.mktemp("activation")
+    done = run_script("bert.py", tiny_args(one_layer_config, sst2_slice, target, trainer="activation"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return only_run_dir(target)
+
+
+def test_an_activation_run_compresses_with_the_default_variants(activation_run, tmp_path):
+    """Issue 34, case 4: the mixed variant ranked the matrices with the activation criterion in eval mode, whose
+    hooks count training-mode forwards only, and scores() raised after four variants were written."""
+    out = tmp_path / "c"
+    done = run_script("compress.py", [str(activation_run), f"--out_dir={out}", "--runtime=onnxruntime", *FAST])
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "compress.json").read_text())
+    assert {"pruned · ORT int8", "pruned · ORT mixed", "pruned · ORT fp32+sparse",
+            "pruned · ORT int8+sparse"} <= set(record["variants"])
+    mixed = record["mixed"]
+    assert mixed["importance"] == "activation" and mixed["calibration_batches"] == 8
+    assert all(v > 0 for v in mixed["matrix_importance"].values())
+    four = list(mixed["bits"].values()).count(4)
+    ops = [n.op_type for n in onnx.load(str(out / "mixed" / deploy.ONNX_FILE)).graph.node]
+    assert ops.count("MatMulNBits") == four >= 1
+
+
+def test_a_refusal_midway_leaves_the_output_directory_as_it_was(runs, tmp_path, monkeypatch):
+    """Whatever refuses after the settings check leaves nothing half-written: a criterion that cannot score
+    stops before anything is written (OUT_DIR is not even made), and a step that fails after some variants
+    were made (here the mixed quantizer, after fp32 and int8 of both models) leaves an earlier OUT_DIR as
+    it was, its variants and compress.json untouched and no work directory behind."""
+    import compress
+    args = [f"--run={runs['weights']}", "--variants=int8,mixed", "--runtime=onnxruntime", *FAST]
+
+    def cannot_score(*_, **__):
+        raise RuntimeError("activation scores need at least one counted training step")
+
+    def refuse(*_, **__):
+        raise deploy.DeployError("refused")
+
+    fresh = tmp_path / "fresh"
+    with monkeypatch.context() as m:
+        m.setattr(compress, "matrix_importance", cannot_score)
+        with pytest.raises(RuntimeError, match="counted training step"):
+            compress.main(experiment.configure(vars(compress), [*args, f"--out_dir={fresh}"]))
+    assert not fresh.exists()
+
+    earlier = tmp_path / "earlier"
+    (earlier / "int8").mkdir(parents=True)
+    (earlier / "int8" / "model.onnx").write_text("the earlier int8 model")
+    (earlier / "compress.json").write_text("{}")
+    before = {str(f.relative_to(earlier)): f.read_text() for f in earlier.rglob("*") if f.is_file()}
+    with monkeypatch.context() as m:
+        m.setattr(deploy, "quantize_mixed", refuse)
+        with pytest.raises(deploy.DeployError, match="refused"):
+            compress.main(experiment.configure(vars(compress), [*args, f"--out_dir={earlier}"]))
+    assert {str(f.relative_to(earlier)): f.read_text() for f in earlier.rglob("*") if f.is_file()} == before
+    assert sorted(p.name for p in earlier.iterdir()) == ["compress.json", "int8"]
+
+
+def test_block_size_is_checked_against_what_onnx_runtime_takes(runs, tmp_path):
+    """Issue 34, case 8: --block_size=512 passed a power-of-two check, three kinds of variant were written, then
+    ONNX Runtime refused it with a traceback. The sizes are asked of ONNX Runtime itself, and only where a
+    4-bit ONNX Runtime variant will be made (NNCF, for OpenVINO's mixed, takes any group of >= 1 columns)."""
+    import onnxruntime
+
+    import compress
+
+    def check(*args):
+        return compress.check(experiment.configure(vars(compress), [f"--run={runs['weights']}", *args]))
+    taken = deploy.four_bit_block_sizes()
+    assert 512 not in taken and {16, 32, 256} <= set(taken)
+    message = (f"--block_size=512: ONNX Runtime {onnxruntime.__version__}'s 4-bit quantizer takes blocks of "
+               f"{', '.join(map(str, taken))} input columns; choose one of those")
+    with pytest.raises(experiment.ConfigError, match=re.escape(message)):
+        check("--block_size=512")  # the default variants: mixed in both runtimes
+    with pytest.raises(experiment.ConfigError, match=re.escape(message)):
+        check("--block_size=512", "--variants=mixed+qat", "--qat_steps=2", "--runtime=onnxruntime")
+    check("--block_size=512", "--runtime=openvino")  # NNCF's groups: any size, smaller where a width needs it
+    check("--block_size=512", "--variants=int8")  # no 4-bit variant: the size is not used
+    check("--block_size=256")
+    out = tmp_path / "out"
+    done = run_script("compress.py", [str(runs["weights"]), "--block_size=512", f"--out_dir={out}"])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [f"error: {message} (or --runtime=openvino, or leave mixed and "
+                                                "mixed+qat out of --variants)"]
+    assert not out.exists() and not (runs["weights"] / "compressed").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--variants=int4"], "unknown variant"),
     (["--variants=mixed+qat"], "needs --qat_steps"),
     (["--embedding_bits=2"], "must be 4 or 8"),
-    (["--block_size=24"], "power of two"),
+    (["--block_size=24"], "--block_size=24: ONNX Runtime"),
+    (["--block_size=0", "--runtime=openvino"], "--block_size=0: must be at least 1"),
     (["--importance=slimming"], "--importance=slimming"),
     (["--dense=RUN"], "must be a dense run"),
     (["--runtime=tensorrt"], "--runtime=tensorrt: choose one of auto, onnxruntime, openvino, both"),
@@ -229,6 +326,69 @@ def test_matrix_importance_is_the_mean_score_of_live_weights(tiny_bert_config):
     importance = matrix_importance(model, MagnitudeCriterion)
     assert importance["bert.encoder.layer.0.attention.self.query"] == pytest.approx(3.0)  # zeros do not count
     assert len(importance) == 12
+
+
+def tiny_classifier_and_batches(tiny_bert_config):
+    """A tiny two-layer BERT in eval mode (12 prunable matrices) and two padded training batches with labels."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(tiny_bert_config)).eval()
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(2):
+        ids = torch.randint(1000, 3000, (4, 9), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, 6:] = 0
+        batches.append({"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1, 0])})
+    return model, batches
+
+
+@pytest.mark.parametrize("name", ["magnitude", "gradient", "undecayed", "activation"])
+def test_matrix_importance_works_for_every_criterion_and_leaves_the_model_as_it_was(tiny_bert_config, name):
+    """Every criterion that scores single weights ranks the matrices for mixed precision; one that ranks what it
+    observed (gradient, undecayed, activation) from the calibration batches, reproducibly, without leaving
+    hooks, gradients, another mode or a moved random state behind."""
+    import compress
+    criterion = compress.criteria()[name]
+    model, batches = tiny_classifier_and_batches(tiny_bert_config)
+    batches = batches if criterion.observes else ()
+    rng = torch.get_rng_state()
+    importance = matrix_importance(model, criterion, {}, batches)
+    assert len(importance) == 12 and all(np.isfinite(v) and v > 0 for v in importance.values())
+    assert matrix_importance(model, criterion, {}, batches) == importance
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    assert torch.equal(torch.get_rng_state(), rng)
+    if criterion.observes:
+        with pytest.raises(ValueError, match="it needs batches"):
+            matrix_importance(model, criterion, {}, ())
+
+
+def test_activation_importance_is_wandas_score_over_the_calibration_forwards(tiny_bert_config):
+    """The activation criterion counts training-mode forwards only (a run's search steps): the calibration
+    batches run as those steps did, dropout drawn from the seed, and a matrix scores the mean over its
+    weights of |w| * RMS over real tokens of the input feature it multiplies (Wanda)."""
+    from activation_pruning import ActivationCriterion
+    model, batches = tiny_classifier_and_batches(tiny_bert_config)
+    importance = matrix_importance(model, ActivationCriterion, {}, batches, seed=3)
+    query = model.bert.encoder.layer[1].attention.self.query
+    squares, tokens, current = torch.zeros(query.in_features, dtype=torch.float64), 0.0, {}
+
+    def count(module, args):
+        real = current["mask"].reshape(-1).double()
+        squares.add_(real @ args[0].reshape(-1, query.in_features).double().square())
+    handle = query.register_forward_pre_hook(count)
+    model.train()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(3)
+        for batch in batches:
+            current["mask"] = batch["attention_mask"]
+            tokens += float(batch["attention_mask"].sum())
+            model(**batch)
+    handle.remove()
+    model.eval()
+    expected = float((query.weight.detach().abs() * (squares / tokens).sqrt().float()).mean())
+    assert importance["bert.encoder.layer.1.attention.self.query"] == pytest.approx(expected, rel=1e-5)
 
 
 def one_matmul_model(weight: np.ndarray) -> onnx.ModelProto:
@@ -305,3 +465,20 @@ def test_export_failure_is_one_clear_error(tmp_path):
     with pytest.raises(deploy.DeployError, match="cannot export Unexportable"):
         deploy.export_onnx(Unexportable(), tmp_path, {"input_ids": np.ones((2, 3), dtype=np.int64),
                                                       "attention_mask": np.ones((2, 3), dtype=np.int64)})
+
+
+def test_the_block_size_probe_says_what_the_4_bit_quantizer_does(tmp_path):
+    """`four_bit_block_size_taken` asks ONNX Runtime on a small graph; a real model's 4-bit quantization agrees."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "fp32").mkdir()
+    onnx.save(one_matmul_model(rng.standard_normal((512, 8)).astype(np.float32)),
+              str(tmp_path / "fp32" / deploy.ONNX_FILE))
+    for size in (8, 16, 256, 512):
+        (tmp_path / str(size)).mkdir()
+        try:
+            deploy.quantize_mixed(tmp_path / "fp32", tmp_path / str(size), four_bit=["mm"], eight_bit=[],
+                                  block_size=size)
+            made = True
+        except Exception:
+            made = False
+        assert deploy.four_bit_block_size_taken(size) == made == (size in (16, 256)), size
