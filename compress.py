@@ -607,7 +607,8 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
     for label, (directory, runtime, _, _) in rows.items():
         if runtime != "pytorch":
             artifact.write_card(directory, f"{run.name}: {label}", card_facts(record, label, results),
-                                record["command"], record["date"])
+                                record["command"], record["date"], results=results,
+                                measured=record["variants"][label])
     return record
 
 

@@ -8,9 +8,10 @@ onnxruntime or openvino, no torch, nothing of this repository) and `README.md`, 
 from __future__ import annotations
 
 import json
-import os
 import platform
 from pathlib import Path
+
+from pruning import model_card
 
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "deploy.json"
@@ -124,7 +125,6 @@ def write_card(directory: Path, title: str, facts: list[tuple[str, str]], comman
     variant's own dev scores and, for the pruned model's variants, the base model), then `title`, a table of
     `facts` (name, value: what was pruned and quantized, the measured metric, speed, bytes, energy), the command
     and date that measured them, and the loading example. Written to a temporary file, then renamed into place."""
-    from pruning import model_card
     directory = Path(directory)
     runtime = json.loads((directory / META_FILE).read_text())["runtime"]
     package = "openvino" if runtime == "openvino" else "onnxruntime"
