@@ -105,14 +105,7 @@ def main():
     final = trainer.evaluate()
 
     summary = trainer.pruning_summary()    # the early bird, the steps, the evaluations at pruning
-    if pruning.granularity != "weights":   # heads and neurons are gone: save with each layer's own shapes
-        from pruning.pruned_model import as_pruned_model
-        from pruning.results import structure
-        kept = structure(trainer)
-        layers = kept["layers_kept"]
-        as_pruned_model(trainer.model, [kept["heads_kept"][i] for i in layers] if layers else kept["heads_kept"],
-                        layers)
-    trainer.save_model(f"{args.output_dir}/model")   # AutoModelForSequenceClassification.from_pretrained loads it
+    trainer.save_model(f"{args.output_dir}/model")   # heads+neurons: with each layer's own shapes; one call loads it
     summary["evals"]["final"] = final
     with open(f"{args.output_dir}/pruning_summary.json", "w") as f:
         json.dump(summary, f, indent=1)

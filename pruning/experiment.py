@@ -252,13 +252,8 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
         speed = run_results.measure_speed(model, data.model_rows(dev),
                                           encoded["train"].select(range(min(160, len(encoded["train"])))).to_list(),
                                           DataCollatorWithPadding(tokenizer))
-    if pruned and pruning.granularity != "weights":
-        from pruning.pruned_model import as_pruned_model
-        kept = run_results.structure(trainer)
-        layers = kept.get("layers_kept")  # with whole layers removed: the heads of the layers that stay
-        as_pruned_model(model, [kept["heads_kept"][i] for i in layers] if layers else kept["heads_kept"],
-                        layers)  # saves with its per-layer shapes
-    trainer.save_model(str(run_dir / "model"))  # on every rank: HF decides which one writes
+    trainer.save_model(str(run_dir / "model"))  # on every rank: HF decides which one writes; heads+neurons runs
+    # save with their per-layer shapes (PruningTrainer.save_model)
     if not is_main:
         return None
 

@@ -30,6 +30,8 @@ from pruning.config import PruningConfig
 from pruning.criterion import Criterion
 from pruning.distill import LOGITS_COLUMN, distillation_loss
 from pruning.masks import assert_same_on_all_ranks, fingerprint
+from pruning.pruned_model import as_pruned_model
+from pruning.results import structure_of
 from pruning.run_state import GradualSchedule, RunState
 from pruning.schedule import PhasePlan, gradual_fractions, gradual_steps
 from pruning.surgery import remove_units
@@ -307,6 +309,19 @@ class PruningTrainer(Trainer):
     def restart_pending(self, step: int) -> bool:
         """True when the run stops at optimizer step `step` to continue on the smaller model from its checkpoint."""
         return self._restart_at == step
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """HF's save_model; a heads+neurons model whose units were removed is first turned into its family's
+        pruned class (`pruned_model.as_pruned_model`, with the original indices of the heads and layers kept),
+        so the directory loads with `AutoModelForSequenceClassification.from_pretrained(path,
+        trust_remote_code=True)`. Checkpoints (`_internal_call`) save the model as it trains; they are read back
+        by this trainer's own resume."""
+        if not _internal_call and self.units.structured and self.masks is not None:
+            kept = structure_of(self.units)
+            layers = kept.get("layers_kept")
+            as_pruned_model(self.model, [kept["heads_kept"][i] for i in layers] if layers else kept["heads_kept"],
+                            layers)
+        super().save_model(output_dir, _internal_call)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """HF's train(), then once more from each pruning checkpoint of a structured run (see the module
