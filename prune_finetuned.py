@@ -7,6 +7,7 @@
 Fisher information of head and neuron masks over SAMPLE training examples (never the dev set), a mask search
 under the FLOPs budget CONSTRAINT, rearrangement within each layer, and least-squares tuning of the kept
 units' mask values layer by layer (`pruning.retraining_free`); the pruned units are then physically removed.
+With RETRAIN_EPOCHS > 0 a short recovery follows, distilled from the input model (a cheap start for longer recipes).
 Writes OUT_DIR/NAME like a training run: results.json (with "post_training": each step's time and how tuning
 changed each layer's error), model/ (loads with one call), masks.safetensors, structure.png; compress.py and
 report.py read it. Nothing is written until the pruned model is made: a failure leaves OUT_DIR as it was.
@@ -24,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoConfig, DataCollatorWithPadding
+from datasets import Dataset
+from transformers import AutoConfig, DataCollatorWithPadding, Trainer, TrainingArguments
 
-from pruning import data, experiment, models, schema
+from pruning import data, distill, experiment, models, schema
 from pruning import results as run_results
 from pruning import retraining_free as rf
 from pruning.fisher import ExampleMasks, example_losses, fisher_information
@@ -51,7 +53,13 @@ BATCH_SIZE = 32            # sentences per batch of those passes
 REARRANGE = True           # step 2: rearrange each layer's mask under its block of the Fisher information
 TUNE = True                # step 3: tune the kept units' mask values by least squares, layer by layer
 DAMPING = 1e-3             # of the least-squares solve, relative to the mean diagonal of its normal equations
-SEED = 0                   # draws the sample
+SEED = 0                   # draws the sample (and the recovery's subset and order)
+# --- optional recovery: a short training of the pruned model, distilled from the input model
+RETRAIN_EPOCHS = 0.0       # epochs over RETRAIN_SUBSET train examples after pruning; 0 = none (retraining-free)
+RETRAIN_SUBSET = 0         # train examples for the recovery (seeded); 0 = the whole train split
+LEARNING_RATE = 2e-5       # recovery: AdamW peak learning rate (linear warm-up over 6% of the steps, then decay)
+DISTILL_TEMPERATURE = 2.0  # recovery: softmax temperature of the distillation loss (as bert.py's)
+DISTILL_HARDNESS = 1.0     # recovery: weight of the input model's soft labels; 1 - hardness goes to the true labels
 # --- output
 MEASURE_SPEED = True       # time the pruned model against a dense one of its architecture, side by side (PyTorch)
 OUT_DIR = "runs"           # the run directory is created here
@@ -73,6 +81,12 @@ def check(config: dict) -> dict:
             raise experiment.ConfigError(f"--{key.lower()}={config[key]}: must be at least {least}")
     if config["DAMPING"] < 0:
         raise experiment.ConfigError(f"--damping={config['DAMPING']}: must be >= 0")
+    if config["RETRAIN_EPOCHS"] < 0 or config["RETRAIN_SUBSET"] < 0 or not config["LEARNING_RATE"] > 0:
+        raise experiment.ConfigError("--retrain_epochs and --retrain_subset must be >= 0 and --learning_rate > 0")
+    try:
+        distill.check_settings(config["DISTILL_TEMPERATURE"], config["DISTILL_HARDNESS"])
+    except ValueError as e:
+        raise experiment.ConfigError(str(e)) from None
     source, run = config["MODEL"], None
     if (Path(source) / schema.FILE).exists() and (Path(source) / "model" / "config.json").exists():
         run = schema.read(source)
@@ -107,8 +121,10 @@ def load_inputs(config: dict, inputs: dict):
         inputs["source"], tokenizer_name, num_labels=task.num_labels, label_names=task.label_names,
         how_to_fix="Set --model to a finished run, a saved model directory or a Hub id")
     sample = data.subset(datasets["train"], config["SAMPLE"], config["SEED"])
-    encoded = data.tokenize(data.DatasetDict(train=sample, **{s: datasets[s] for s in task.dev_splits}),
-                            tokenizer, config["MAX_LENGTH"], task)
+    splits = {"train": sample, **{s: datasets[s] for s in task.dev_splits}}
+    if config["RETRAIN_EPOCHS"]:
+        splits["recovery"] = data.subset(datasets["train"], config["RETRAIN_SUBSET"], config["SEED"] + 1)
+    encoded = data.tokenize(data.DatasetDict(splits), tokenizer, config["MAX_LENGTH"], task)
     return task, model.eval(), tokenizer, description, encoded, source
 
 
@@ -159,6 +175,40 @@ def prune(config: dict, model, units: PrunableUnits, batches: list[dict], costs:
     return keep, values, report, fisher.diagonal
 
 
+class RecoveryTrainer(Trainer):
+    """HF's Trainer whose loss is the distillation loss (`distill.distillation_loss`) against the input model's
+    logits, which every training row carries under `distill.LOGITS_COLUMN`."""
+
+    def __init__(self, *args, temperature: float, hardness: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.temperature, self.hardness = temperature, hardness
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        teacher, labels = inputs.pop(distill.LOGITS_COLUMN), inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = distill.distillation_loss(outputs.logits, teacher, labels, self.temperature, self.hardness)
+        return (loss, outputs) if return_outputs else loss
+
+
+def recover(config: dict, model, rows: list[dict], teacher_logits, collate) -> dict:
+    """Train the pruned `model` for RETRAIN_EPOCHS over `rows`, distilled from `teacher_logits` (the input
+    model's, (rows, labels)); returns the recovery's record (epochs, examples, optimizer steps, seconds)."""
+    started = time.perf_counter()
+    train = Dataset.from_list([{**r, distill.LOGITS_COLUMN: t.tolist()} for r, t in zip(rows, teacher_logits)])
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(output_dir=scratch, num_train_epochs=config["RETRAIN_EPOCHS"],
+                                 per_device_train_batch_size=config["BATCH_SIZE"], learning_rate=config["LEARNING_RATE"],
+                                 warmup_steps=0.06, weight_decay=0.01, save_strategy="no", report_to=[],  # a float: a ratio
+                                 logging_steps=50, seed=config["SEED"], remove_unused_columns=False, use_cpu=True)
+        trainer = RecoveryTrainer(model=model, args=args, train_dataset=train, data_collator=collate,
+                                  temperature=config["DISTILL_TEMPERATURE"], hardness=config["DISTILL_HARDNESS"])
+        steps = trainer.train().global_step
+    model.eval()
+    return {"epochs": config["RETRAIN_EPOCHS"], "examples": len(rows), "steps": steps,
+            "learning_rate": config["LEARNING_RATE"], "temperature": config["DISTILL_TEMPERATURE"],
+            "hardness": config["DISTILL_HARDNESS"], "seconds": time.perf_counter() - started}
+
+
 def run_directory(config: dict) -> Path:
     """OUT_DIR/RUN_NAME (refused when it exists) or a fresh time-stamped name."""
     out = Path(config["OUT_DIR"])
@@ -195,6 +245,8 @@ def main(config: dict) -> dict:
     dense_split = run_results.parameter_split(model)
     started = time.perf_counter()
     before, _ = evaluate(model, dev[task.dev], task)
+    recovery_rows = data.model_rows(encoded["recovery"]) if config["RETRAIN_EPOCHS"] else []
+    teacher_logits = distill.compute_logits(model, recovery_rows, collate) if recovery_rows else None
     keep, values, report, scores = prune(config, model, units, batches, costs, seconds)
     untuned, _ = evaluate(model, dev[task.dev], task, {n: m.float() for n, m in keep.items()}, units)
     seconds["evaluate"] = time.perf_counter() - started
@@ -202,6 +254,11 @@ def main(config: dict) -> dict:
     removed = rf.apply(units, values)
     seconds["apply"] = time.perf_counter() - started
     final, predicted = evaluate(model, dev[task.dev], task)
+    recovery = None
+    if recovery_rows:  # the tuned model's metrics stay in the record; "final" is after the recovery
+        recovery = {**recover(config, model, recovery_rows, teacher_logits, collate), "tuned": final}
+        seconds["recovery"] = recovery["seconds"]
+        final, predicted = evaluate(model, dev[task.dev], task)
     flops = run_results.forward_flops(model, lengths)
     print(f"FLOPs on the sample: {flops / costs.dense:.3f} of the input model's (constraint {config['CONSTRAINT']:g})")
     speed = None
@@ -211,7 +268,8 @@ def main(config: dict) -> dict:
     results = write_run(config, inputs, run_dir, task, model, tokenizer, description, source, encoded, units,
                         {"before_prune": before, "after_prune": untuned, "final": final}, predicted, removed,
                         {"flops_input": costs.dense, "flops_pruned": flops, "report": report, "seconds": seconds,
-                         "dense_split": dense_split, "speed": speed, "keep": keep, "scores": scores})
+                         "dense_split": dense_split, "speed": speed, "keep": keep, "scores": scores,
+                         "recovery": recovery})
     experiment.print_summary(schema.parse(results), run_dir)
     return results
 
@@ -241,12 +299,13 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
             "truncation": {"strategy": "head", "max_length": config["MAX_LENGTH"],
                            "train": data.truncated_count(encoded["train"]),
                            "dev": {task.dev: data.truncated_count(dev)}},
-            "test_predictions": None, "config": settings, "world_size": 1, "optimizer_steps": 0,
+            "test_predictions": None, "config": settings, "world_size": 1,
+            "optimizer_steps": extra["recovery"]["steps"] if extra["recovery"] else 0,
             "metrics": metrics, "total_params": sum(p.numel() for p in model.parameters()),
             "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),
             "parameters": {"dense": extra["dense_split"], "final": run_results.parameter_split(model)},
             **run_results.sparsity_of({n: p.detach() for n, p in prunable_parameters(model).items()}),
-            "train_seconds": 0.0, "peak_rss_mb": experiment.peak_rss_mb(),
+            "train_seconds": extra["recovery"]["seconds"] if extra["recovery"] else 0.0, "peak_rss_mb": experiment.peak_rss_mb(),
             "cost": {"train_flos": None, "dev_tokens": int(sum(lengths)), "mean_train_tokens": None,
                      "train_flops": 0.0, "inference_flops_dense": run_results.forward_flops(model, lengths),
                      "inference_flops_nonzero": run_results.forward_flops(model, lengths, count_zeros=False),
@@ -254,8 +313,12 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
             "speed": extra["speed"], "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
             "log_history": [], "accuracy_timeline": [], "cost_series": [], "early_stopping": None,
-            "dev_predictions": {"predicted": predicted.tolist(), "label": list(dev["label"])}, "distillation": None,
-            "phase_seconds": {"prune": sum(extra["seconds"].values())},
+            "dev_predictions": {"predicted": predicted.tolist(), "label": list(dev["label"])}, "distillation": None if not extra["recovery"] else {
+                "teacher": config["MODEL"], "temperature": config["DISTILL_TEMPERATURE"],
+                "hardness": config["DISTILL_HARDNESS"], "cached": False, "seconds": None, "compute_seconds": None,
+                "file": None},
+            "phase_seconds": {"prune": sum(v for k, v in extra["seconds"].items() if k != "recovery"),
+                              **({"retrain": extra["seconds"]["recovery"]} if "recovery" in extra["seconds"] else {})},
             "pruning": pruning_summary(config, structure, removed, extra["seconds"]),
             "post_training": {
                 "constraint": config["CONSTRAINT"], "flops_input": extra["flops_input"],
@@ -264,7 +327,7 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
                 "step_seconds": extra["seconds"],
                 "tuning": None if report is None else {n: {"before": report.before[n], "after": report.after[n],
                                                           "used": report.tuned[n]} for n in report.before},
-                "input_run": str(Path(config["MODEL"])) if inputs["run"] else ""},
+                "input_run": str(Path(config["MODEL"])) if inputs["run"] else "", "recovery": extra["recovery"]},
         }
         results = schema.write(work / schema.FILE, results)
         run_results.plot_structure(structure, work / "structure.png", title=f"{description} · retraining-free · "

@@ -272,6 +272,8 @@ class PostTraining:
     step_seconds: Optional[dict] = None      # seconds by step: load, fisher, search, rearrange, tune, apply, evaluate
     tuning: Optional[dict] = None            # group -> {"before", "after"}: relative reconstruction errors, and "used"
     input_run: Optional[str] = None          # the finished run the model came from ("" for a model directory or Hub id)
+    recovery: Optional[dict] = None          # RETRAIN_EPOCHS > 0: epochs, examples, steps, seconds, settings, and the
+                                             # tuned model's metrics before it ("tuned"); metrics.final is after it
 
 
 @dataclass(frozen=True)

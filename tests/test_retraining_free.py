@@ -237,10 +237,31 @@ def test_the_script_prunes_a_finished_run_to_its_budget_and_compress_reads_it(ti
     assert row["flops"]["mean"] <= 0.8 and "| 0.8 |" in (tmp_path / "study" / "table.md").read_text()
 
 
+def test_a_short_recovery_distilled_from_the_input_model_trains_the_pruned_model(tiny_bert_config, tmp_path):
+    data = write_slice(tmp_path / "sst2", 160, 48)
+    dense = run_script("bert.py", tiny_args(tiny_bert_config, data, tmp_path / "runs", trainer="dense",
+                                            run_name="dense", search_epochs=1.0, retrain_epochs=0.0))
+    assert dense.returncode == 0, dense.stderr[-2000:]
+    done = run_script("prune_finetuned.py", [f"--model={tmp_path / 'runs' / 'dense'}", f"--out_dir={tmp_path / 'pf'}",
+                                             "--run_name=r", "--constraint=0.5", "--sample=32", "--retrain_epochs=1",
+                                             "--retrain_subset=96", "--learning_rate=1e-3", "--measure_speed=false"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "pf" / "r" / "results.json").read_text())
+    recovery = results["post_training"]["recovery"]
+    assert recovery["examples"] == 96 and recovery["steps"] == results["optimizer_steps"] == 3  # 96 rows / 32
+    assert recovery["tuned"]["accuracy"] is not None and results["distillation"]["teacher"].endswith("dense")
+    assert results["phase_seconds"]["retrain"] == recovery["seconds"] > 0
+    # the recovered weights are what was saved: they differ from the pruned, tuned model's
+    tuned = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pf" / "r" / "model", trust_remote_code=True)
+    assert tuned.config.attention_heads_per_layer == results["pruning"]["structure"]["heads_kept_per_layer"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--constraint=1.5"], "--constraint=1.5: a fraction of the model's FLOPs in (0, 1]"),
     (["--constraint=0.01"], "below what one head per layer costs"),
     (["--sample=0"], "--sample=0: must be at least 1"),
+    (["--retrain_epochs=-1"], "--retrain_epochs and --retrain_subset must be >= 0"),
+    (["--distill_hardness=2"], "DISTILL_HARDNESS must lie in [0, 1]"),
 ])
 def test_bad_settings_are_one_error_before_any_work(tiny_bert_config, tmp_path, args, message):
     data = write_slice(tmp_path / "sst2", 40, 20)
