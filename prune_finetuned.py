@@ -28,7 +28,7 @@ from tqdm import tqdm
 from datasets import Dataset
 from transformers import AutoConfig, DataCollatorWithPadding, Trainer, TrainingArguments
 
-from pruning import data, distill, experiment, models, schema
+from pruning import data, distill, experiment, model_card, models, schema
 from pruning import results as run_results
 from pruning import retraining_free as rf
 from pruning.fisher import ExampleMasks, example_losses, fisher_information
@@ -288,8 +288,9 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
         write_masks(work, extra["keep"], extra["scores"], description)
         dev = encoded[task.dev]
         lengths, report = list(dev["length"]), extra["report"]
-        settings = {k: v for k, v in config.items()} | {"MODEL": config["MODEL"], "GRANULARITY": "heads+neurons",
-                                                        "TRAINER": "retraining-free", **inputs["settings"]}
+        task_settings = {k: inputs["settings"][k] for k in ("TASK", "DATA_DIR", "TEXT_COLUMNS", "LABEL_COLUMN")
+                         if k in inputs["settings"]}  # the task as resolved (a finished run's own)
+        settings = {**config, **task_settings, "GRANULARITY": "heads+neurons", "TRAINER": "retraining-free"}
         results = {
             "script": Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "prune_finetuned.py",
             "run_dir": str(run_dir), "trainer": "retraining-free", "model": description,
@@ -330,6 +331,8 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
                 "input_run": str(Path(config["MODEL"])) if inputs["run"] else "", "recovery": extra["recovery"]},
         }
         results = schema.write(work / schema.FILE, results)
+        model_card.save(model_card.run_card(schema.parse(results), work / "model", machine=model_card.this_machine(),
+                                            command=model_card.command_line(__file__, sys.argv[1:])), work / "model")
         run_results.plot_structure(structure, work / "structure.png", title=f"{description} · retraining-free · "
                                    f"FLOPs {config['CONSTRAINT']:g}")
         os.replace(work, run_dir)

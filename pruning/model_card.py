@@ -140,7 +140,7 @@ def eval_results(results: schema.RunResults, scores: dict | None = None) -> list
 def _tags(results: schema.RunResults | None, pruned: bool) -> list[str]:
     tags = [TASK_TYPE]
     if pruned and results is not None and results.pruning is not None:
-        tags += ["pruning", "early-bird"]
+        tags += ["pruning", "retraining-free" if results.post_training is not None else "early-bird"]
         if results.pruning.criterion:
             tags.append(f"{results.pruning.criterion}-pruning")
         tags.append("structured-pruning" if results.config.granularity != "weights" else "unstructured-pruning")
@@ -186,8 +186,13 @@ def card_text(data: ModelCardData, body: str) -> str:
 # --- the body -------------------------------------------------------------------------------------------
 def _results_section(r: schema.RunResults) -> list[str]:
     task, m = r.task, r.metrics
-    stages = [("dense, at the pruning step", m.before_prune), ("pruned, before retraining", m.after_prune),
-              ("pruned and retrained: this model" if r.pruning is not None else "this model", m.final)]
+    if r.post_training is not None:  # prune_finetuned.py: the input model, the mask untuned, the tuned model
+        stages = [("the input model", m.before_prune), ("pruned, masks not tuned", m.after_prune),
+                  ("pruned" + (", tuned" if r.post_training.tuned else "")
+                   + (" and recovered" if r.post_training.recovery else "") + ": this model", m.final)]
+    else:
+        stages = [("dense, at the pruning step", m.before_prune), ("pruned, before retraining", m.after_prune),
+                  ("pruned and retrained: this model" if r.pruning is not None else "this model", m.final)]
     out = []
     for i, dev_set in enumerate(task.dev_sets):
         rows = [(name, s.on(None if i == 0 else dev_set)) for name, s in stages if s is not None]
@@ -233,7 +238,15 @@ def _pruning_section(r: schema.RunResults) -> list[str]:
     if d.window is not None:
         lines.append(f"- Early-Bird detector: a mask every {d.check_every} steps, window {d.window}, "
                      f"epsilon {d.epsilon:g}")
-    if p.retrain_steps is not None:
+    post = r.post_training
+    if post is not None:  # prune_finetuned.py: no early bird, no training unless a recovery followed
+        lines.append(f"- retraining-free (Kwon et al. 2022): Fisher information of head and neuron masks over "
+                     f"{post.sample:,} training examples, FLOPs {post.flops_pruned / post.flops_input:.3f} of the "
+                     f"input model's (constraint {post.constraint:g})" + (", masks tuned by least squares"
+                                                                          if post.tuned else ""))
+        if post.recovery:
+            lines.append(f"- then {post.recovery['steps']} steps of recovery, distilled from the input model")
+    elif p.retrain_steps is not None:
         lines.append(f"- retrained {p.retrain_steps} steps with the mask held fixed")
     if r.config.granularity == "weights" and r.prunable_params:
         zeros = r.prunable_params - (r.prunable_nonzero or 0)
@@ -346,7 +359,11 @@ def run_card(results, model_dir: str | Path | None = None, command: str | None =
     name = Path(r.run_dir).name if r.run_dir else (model_dir.parent.name if model_dir is not None else "model")
     p = r.pruning
     what = f"{r.model}" if r.model else "A model"
-    if p is not None:
+    if r.post_training is not None:
+        intro = (f"{what}, a fine-tuned classifier pruned without retraining (Kwon et al. 2022: Fisher information "
+                 f"of its head and neuron masks, {p.granularity}) to {r.post_training.constraint:g} of its FLOPs"
+                 + (", then briefly recovered by distillation from it." if r.post_training.recovery else "."))
+    elif p is not None:
         how = (f"pruned with early-bird {p.criterion} pruning ({p.granularity or r.config.granularity})"
                if p.criterion else "pruned")
         intro = f"{what}, fine-tuned on {r.task.title} and {how}, then retrained with the mask held fixed."

@@ -213,6 +213,10 @@ def test_the_script_prunes_a_finished_run_to_its_budget_and_compress_reads_it(ti
     assert set(post["step_seconds"]) >= {"fisher", "search", "rearrange", "tune", "apply"}
     assert results["metrics"]["final"]["accuracy"] is not None and results["pruning"]["criterion"] == "fisher"
     assert not [p for p in (tmp_path / "pf").iterdir() if p.name.startswith(".")]  # no work directory left
+    from huggingface_hub import ModelCard
+    card = ModelCard.load(run / "model" / "README.md")  # the Hub's parser reads its metadata
+    assert "retraining-free" in card.data.tags and "| the input model |" in card.text
+    assert results["config"]["GRANULARITY"] == "heads+neurons" and results["config"]["TASK"] == "sst2"
     # one call loads it in a fresh process, as the toolkit's pruned class, with the run's per-layer structure
     load = ("import sys; from transformers import AutoModelForSequenceClassification as A; "
             "m = A.from_pretrained(sys.argv[1], trust_remote_code=True); "
