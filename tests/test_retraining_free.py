@@ -197,12 +197,19 @@ def test_every_family_pruned_to_a_budget_computes_what_its_masks_computed(family
     assert flops <= 0.6 * dense_flops * (1 + 1e-9) and sum(removed.values()) > 0
 
 
-def test_the_script_prunes_a_finished_run_to_its_budget_and_compress_reads_it(tiny_bert_config, tmp_path):
-    data = write_slice(tmp_path / "sst2", 160, 48)
-    dense = run_script("bert.py", tiny_args(tiny_bert_config, data, tmp_path / "runs", trainer="dense",
+@pytest.fixture(scope="module")
+def finished(tiny_bert_config, tmp_path_factory):
+    """A finished dense run of the tiny BERT on 160 SST-2 sentences: the fine-tuned model the script prunes."""
+    out = tmp_path_factory.mktemp("finished")
+    data = write_slice(out / "sst2", 160, 48)
+    dense = run_script("bert.py", tiny_args(tiny_bert_config, data, out / "runs", trainer="dense",
                                             run_name="dense", search_epochs=1.0, retrain_epochs=0.0))
     assert dense.returncode == 0, dense.stderr[-2000:]
-    done = run_script("prune_finetuned.py", [f"--model={tmp_path / 'runs' / 'dense'}", f"--out_dir={tmp_path / 'pf'}",
+    return out / "runs" / "dense"
+
+
+def test_the_script_prunes_a_finished_run_to_its_budget_and_compress_reads_it(finished, tmp_path):
+    done = run_script("prune_finetuned.py", [f"--model={finished}", f"--out_dir={tmp_path / 'pf'}",
                                              "--run_name=c05", "--constraint=0.5", "--sample=64",
                                              "--measure_speed=false"])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -227,11 +234,11 @@ def test_the_script_prunes_a_finished_run_to_its_budget_and_compress_reads_it(ti
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.split("]")[0] + "]" == str(structure["heads_kept_per_layer"])
     compressed = run_script("compress.py", [str(run), "--variants=int8", "--runtime=onnxruntime", "--rounds=1",
-                                            "--latency_sentences=4", f"--dense={tmp_path / 'runs' / 'dense'}"])
+                                            "--latency_sentences=4", f"--dense={finished}"])
     assert compressed.returncode == 0, compressed.stderr[-3000:]
     assert (run / "compressed" / "compress.json").exists()
     # the study over inputs and constraints: its cells are such runs, its table their mean over inputs
-    study = run_script("prune_finetuned_study.py", [f"--inputs={tmp_path / 'runs' / 'dense'}", "--constraints=0.8",
+    study = run_script("prune_finetuned_study.py", [f"--inputs={finished}", "--constraints=0.8",
                                                     f"--out_dir={tmp_path / 'study'}", "--sample=32",
                                                     "--measure_speed=false"])
     assert study.returncode == 0, study.stderr[-3000:]
@@ -241,12 +248,8 @@ def test_the_script_prunes_a_finished_run_to_its_budget_and_compress_reads_it(ti
     assert row["flops"]["mean"] <= 0.8 and "| 0.8 |" in (tmp_path / "study" / "table.md").read_text()
 
 
-def test_a_short_recovery_distilled_from_the_input_model_trains_the_pruned_model(tiny_bert_config, tmp_path):
-    data = write_slice(tmp_path / "sst2", 160, 48)
-    dense = run_script("bert.py", tiny_args(tiny_bert_config, data, tmp_path / "runs", trainer="dense",
-                                            run_name="dense", search_epochs=1.0, retrain_epochs=0.0))
-    assert dense.returncode == 0, dense.stderr[-2000:]
-    done = run_script("prune_finetuned.py", [f"--model={tmp_path / 'runs' / 'dense'}", f"--out_dir={tmp_path / 'pf'}",
+def test_a_short_recovery_distilled_from_the_input_model_trains_the_pruned_model(finished, tmp_path):
+    done = run_script("prune_finetuned.py", [f"--model={finished}", f"--out_dir={tmp_path / 'pf'}",
                                              "--run_name=r", "--constraint=0.5", "--sample=32", "--retrain_epochs=1",
                                              "--retrain_subset=96", "--learning_rate=1e-3", "--measure_speed=false"])
     assert done.returncode == 0, done.stderr[-3000:]
