@@ -66,6 +66,9 @@ OUT_DIR = "runs"           # the run directory is created here
 RUN_NAME = ""              # "" = prune_finetuned-c<CONSTRAINT>-s<SEED>-<time stamp>
 
 
+TASK_DEFAULTS = {"TASK": TASK, "DATA_DIR": DATA_DIR, "TEXT_COLUMNS": TEXT_COLUMNS, "LABEL_COLUMN": LABEL_COLUMN}
+
+
 def check(config: dict) -> dict:
     """Everything about the settings and the input model that can be wrong, before any work: the ranges, the
     model (a classifier head; its labels against the task's), the task's data and the family's layout.
@@ -92,8 +95,8 @@ def check(config: dict) -> dict:
         run = schema.read(source)
         source = str(Path(source) / "model")
     settings = dict(run.config.settings) if run else {}
-    for key in ("TASK", "DATA_DIR", "TEXT_COLUMNS", "LABEL_COLUMN"):
-        if config[key] and (key != "TEXT_COLUMNS" or config[key] != "text" or not run):
+    for key in ("TASK", "DATA_DIR", "TEXT_COLUMNS", "LABEL_COLUMN"):  # a finished run's own, unless set here
+        if config[key] and (not run or config[key] != TASK_DEFAULTS[key]):
             settings[key] = config[key]
     settings.setdefault("TASK", "sst2")
     path, kind = models.resolve(source, "model", "Set --model to a finished run, a saved model directory or a Hub id")

@@ -263,6 +263,20 @@ def test_a_short_recovery_distilled_from_the_input_model_trains_the_pruned_model
     assert tuned.config.attention_heads_per_layer == results["pruning"]["structure"]["heads_kept_per_layer"]
 
 
+def test_a_finished_custom_task_run_is_pruned_on_its_own_columns_and_classes(tiny_bert_config, tmp_path):
+    from test_bug_reports import three_classes
+    data = three_classes(tmp_path / "three")
+    custom = {"task": "custom", "text_columns": "text", "label_column": "sentiment", "trainer": "dense",
+              "run_name": "dense", "search_epochs": 1.0, "retrain_epochs": 0.0}
+    assert run_script("bert.py", tiny_args(tiny_bert_config, data, tmp_path / "runs", **custom)).returncode == 0
+    done = run_script("prune_finetuned.py", [f"--model={tmp_path / 'runs' / 'dense'}", f"--out_dir={tmp_path / 'pf'}",
+                                             "--run_name=c", "--constraint=0.7", "--sample=40", "--measure_speed=false"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "pf" / "c" / "results.json").read_text())
+    assert results["task"]["label_names"] == ["negative", "neutral", "positive"]
+    assert results["config"]["LABEL_COLUMN"] == "sentiment" and results["dev_rows"] == 24
+
+
 @pytest.mark.parametrize("args,message", [
     (["--constraint=1.5"], "--constraint=1.5: a fraction of the model's FLOPs in (0, 1]"),
     (["--constraint=0.01"], "below what one head per layer costs"),
