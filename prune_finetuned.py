@@ -14,6 +14,7 @@ report.py read it. Nothing is written until the pruned model is made: a failure 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
@@ -99,10 +100,11 @@ def check(config: dict) -> dict:
         if config[key] and (not run or config[key] != TASK_DEFAULTS[key]):
             settings[key] = config[key]
     settings.setdefault("TASK", "sst2")
-    path, kind = models.resolve(source, "model", "Set --model to a finished run, a saved model directory or a Hub id")
+    path, _ = models.resolve(source, "model", "Set --model to a finished run, a saved model directory or a Hub id")
     saved = AutoConfig.from_pretrained(path)
-    if not any(a.endswith("ForSequenceClassification") for a in (saved.architectures or [])):
-        raise experiment.ConfigError(f"MODEL={config['MODEL']!r} has no classifier head ({', '.join(saved.architectures or ['no architectures'])}): "
+    architectures = saved.architectures or ["no architectures"]
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise experiment.ConfigError(f"MODEL={config['MODEL']!r} has no classifier head ({', '.join(architectures)}): "
                                      "retraining-free pruning keeps a fine-tuned classifier's function; fine-tune it "
                                      "first (python bert.py --trainer=dense ...)")
     try:
@@ -114,9 +116,10 @@ def check(config: dict) -> dict:
 
 
 def load_inputs(config: dict, inputs: dict):
-    """(task, model, tokenizer, sample rows, dev rows per dev set, data source): the task's data read strictly,
-    the model with the task's labels (one error when its head does not fit: `models.check_head`), the seeded
-    training sample and the dev sets, tokenized."""
+    """(task, model in eval mode, tokenizer, the model's description, the tokenized splits, where the data came
+    from): the task's data read strictly, the model with the task's labels (one error when its head does not fit:
+    `models.check_head`), and tokenized: the seeded sample ("train"), the dev sets and, with RETRAIN_EPOCHS, the
+    recovery's examples ("recovery")."""
     task, datasets, source = data.load(**data.run_task(inputs["settings"]))
     tokenizer_name = inputs["tokenizer"] if inputs["tokenizer"] and not Path(inputs["source"], "tokenizer.json").exists() \
         else ""
@@ -135,17 +138,12 @@ def evaluate(model, batches: list[dict], task, masks: dict | None = None, units=
     """(results.json metrics: the task's metrics and the mean loss, the predictions) of `model` on `batches`,
     with mask values `masks` (group -> (units,)) on `units` when given."""
     logits, labels = [], []
-    context = ExampleMasks(units, masks) if masks is not None else None
-    with torch.no_grad():
-        try:
-            for batch in batches:
-                if context is not None:
-                    context.set(batch["input_ids"].shape[0])
-                logits.append(model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float())
-                labels.append(batch["labels"])
-        finally:
-            if context is not None:
-                context.__exit__()
+    with torch.no_grad(), ExampleMasks(units, masks) if masks is not None else contextlib.nullcontext() as gates:
+        for batch in batches:
+            if gates is not None:
+                gates.set(batch["input_ids"].shape[0])
+            logits.append(model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float())
+            labels.append(batch["labels"])
     logits, labels = torch.cat(logits), torch.cat(labels)
     predictions = task.predictions(logits.numpy())
     metrics = {name: None for name in schema.Metrics.__dataclass_fields__ if name != "other_dev_sets"}
