@@ -298,7 +298,8 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
             "script": Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "prune_finetuned.py",
             "run_dir": str(run_dir), "trainer": "retraining-free", "model": description,
             # a finished run's own MODEL: what compress.py's --dense=<that run> is checked against
-            "model_source": inputs["run"].model_source if inputs["run"] else config["MODEL"], "task": experiment.task_record(task), "data": source,
+            "model_source": inputs["run"].model_source if inputs["run"] else config["MODEL"],
+            "task": experiment.task_record(task), "data": source,
             "train_rows": len(encoded["train"]), "dev_rows": len(dev),
             "truncation": {"strategy": "head", "max_length": config["MAX_LENGTH"],
                            "train": data.truncated_count(encoded["train"]),
@@ -317,7 +318,8 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
             "speed": extra["speed"], "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
             "log_history": [], "accuracy_timeline": [], "cost_series": [], "early_stopping": None,
-            "dev_predictions": {"predicted": predicted.tolist(), "label": list(dev["label"])}, "distillation": None if not extra["recovery"] else {
+            "dev_predictions": {"predicted": predicted.tolist(), "label": list(dev["label"])},
+            "distillation": None if not extra["recovery"] else {
                 "teacher": config["MODEL"], "temperature": config["DISTILL_TEMPERATURE"],
                 "hardness": config["DISTILL_HARDNESS"], "cached": False, "seconds": None, "compute_seconds": None,
                 "file": None},
