@@ -29,7 +29,7 @@ from tqdm import tqdm
 from datasets import Dataset
 from transformers import AutoConfig, DataCollatorWithPadding, Trainer, TrainingArguments
 
-from pruning import data, distill, experiment, model_card, models, schema
+from pruning import data, distill, evaluation, experiment, model_card, models, schema
 from pruning import results as run_results
 from pruning import retraining_free as rf
 from pruning.fisher import ExampleMasks, example_losses, fisher_information
@@ -152,6 +152,15 @@ def evaluate(model, batches: list[dict], task, masks: dict | None = None, units=
     return metrics, predictions
 
 
+def evaluate_dev_sets(model, dev: dict[str, list[dict]], task, masks: dict | None = None,
+                      units=None) -> tuple[dict, np.ndarray]:
+    """`evaluate` on the task's first dev set, with the other dev sets (MNLI's mismatched) under
+    "other_dev_sets" by their short names; the predictions are the first dev set's."""
+    metrics, predicted = evaluate(model, dev[task.dev], task, masks, units)
+    others = {evaluation.dev_set_name(s): evaluate(model, dev[s], task, masks, units)[0] for s in task.dev_splits[1:]}
+    return ({**metrics, "other_dev_sets": others} if others else metrics), predicted
+
+
 def prune(config: dict, model, units: PrunableUnits, batches: list[dict], costs: rf.Costs, seconds: dict):
     """Steps 1-3 (`pruning.retraining_free`) on `batches`: (the searched/rearranged keep-mask, the mask values
     to apply, the tuning report or None). Each step's seconds go into `seconds`."""
@@ -245,23 +254,23 @@ def main(config: dict) -> dict:
     seconds["load"] = time.perf_counter() - started
     dense_split = run_results.parameter_split(model)
     started = time.perf_counter()
-    before, _ = evaluate(model, dev[task.dev], task)
+    before, _ = evaluate_dev_sets(model, dev, task)
     seconds["evaluate"] = time.perf_counter() - started
     recovery_rows = data.model_rows(encoded["recovery"]) if config["RETRAIN_EPOCHS"] else []
     teacher_logits = distill.compute_logits(model, recovery_rows, collate) if recovery_rows else None
     keep, values, report, scores = prune(config, model, units, batches, costs, seconds)
     started = time.perf_counter()
-    untuned, _ = evaluate(model, dev[task.dev], task, {n: m.float() for n, m in keep.items()}, units)
+    untuned, _ = evaluate_dev_sets(model, dev, task, {n: m.float() for n, m in keep.items()}, units)
     seconds["evaluate"] += time.perf_counter() - started
     started = time.perf_counter()
     removed = rf.apply(units, values)
     seconds["apply"] = time.perf_counter() - started
-    final, predicted = evaluate(model, dev[task.dev], task)
+    final, predicted = evaluate_dev_sets(model, dev, task)
     recovery = None
     if recovery_rows:  # the tuned model's metrics stay in the record; "final" is after the recovery
         recovery = {**recover(config, model, recovery_rows, teacher_logits, collate), "tuned": final}
         seconds["recovery"] = recovery["seconds"]
-        final, predicted = evaluate(model, dev[task.dev], task)
+        final, predicted = evaluate_dev_sets(model, dev, task)
     flops = run_results.forward_flops(model, lengths)
     print(f"FLOPs on the sample: {flops / costs.dense:.3f} of the input model's (constraint {config['CONSTRAINT']:g})")
     speed = None

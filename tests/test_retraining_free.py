@@ -277,6 +277,20 @@ def test_a_finished_custom_task_run_is_pruned_on_its_own_columns_and_classes(tin
     assert results["config"]["LABEL_COLUMN"] == "sentiment" and results["dev_rows"] == 24
 
 
+def test_a_pair_task_with_two_dev_sets_is_pruned_and_scored_on_both(tiny_bert_config, tmp_path):
+    from task_files import write_glue
+    data = write_glue("mnli", tmp_path / "mnli", train=64, dev=24)
+    mnli = {"task": "mnli", "trainer": "dense", "run_name": "dense", "search_epochs": 1.0, "retrain_epochs": 0.0}
+    assert run_script("bert.py", tiny_args(tiny_bert_config, data, tmp_path / "runs", **mnli)).returncode == 0
+    done = run_script("prune_finetuned.py", [f"--model={tmp_path / 'runs' / 'dense'}", f"--out_dir={tmp_path / 'pf'}",
+                                             "--run_name=c", "--constraint=0.7", "--sample=32", "--measure_speed=false"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "pf" / "c" / "results.json").read_text())["metrics"]
+    for stage in ("before_prune", "after_prune", "final"):
+        assert metrics[stage]["accuracy"] is not None
+        assert metrics[stage]["other_dev_sets"]["mismatched"]["accuracy"] is not None
+
+
 @pytest.mark.parametrize("args,message", [
     (["--constraint=1.5"], "--constraint=1.5: a fraction of the model's FLOPs in (0, 1]"),
     (["--constraint=0.01"], "below what one head per layer costs"),
