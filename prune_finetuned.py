@@ -102,9 +102,9 @@ def check(config: dict) -> dict:
     settings.setdefault("TASK", "sst2")
     path, _ = models.resolve(source, "model", "Set --model to a finished run, a saved model directory or a Hub id")
     saved = AutoConfig.from_pretrained(path)
-    architectures = saved.architectures or ["no architectures"]
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
-        raise experiment.ConfigError(f"MODEL={config['MODEL']!r} has no classifier head ({', '.join(architectures)}): "
+    if not models.has_classifier_head(saved):
+        architectures = ", ".join(saved.architectures or ["no architectures"])
+        raise experiment.ConfigError(f"MODEL={config['MODEL']!r} has no classifier head ({architectures}): "
                                      "retraining-free pruning keeps a fine-tuned classifier's function; fine-tune it "
                                      "first (python bert.py --trainer=dense ...)")
     try:
@@ -245,12 +245,10 @@ def main(config: dict) -> dict:
     units = PrunableUnits(model, "heads+neurons")
     lengths = list(encoded["train"]["length"])
     costs = rf.unit_costs(model, units, lengths)
-    kinds = {name: g.kind for name, g in units.groups.items()}
-    try:  # an impossible budget is refused before any work
-        rf.search_mask({n: torch.zeros(len(g.origin)) for n, g in units.groups.items()}, kinds, costs,
-                       config["CONSTRAINT"] * costs.dense)
-    except ValueError as e:
-        raise experiment.ConfigError(f"--constraint={config['CONSTRAINT']:g}: {e}") from None
+    least = rf.smallest_budget(costs, {name: g.kind for name, g in units.groups.items()}) / costs.dense
+    if config["CONSTRAINT"] < least:  # an impossible budget is refused before any work
+        raise experiment.ConfigError(f"--constraint={config['CONSTRAINT']:g} is below what one head per layer costs "
+                                     f"with every FFN neuron removed: set it to at least {least:.3f}")
     seconds["load"] = time.perf_counter() - started
     dense_split = run_results.parameter_split(model)
     started = time.perf_counter()

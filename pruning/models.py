@@ -149,6 +149,11 @@ def load_model_and_tokenizer(model: str, tokenizer: str = "", num_labels: int = 
     return net, tok, description
 
 
+def has_classifier_head(config) -> bool:
+    """Whether a saved config's `architectures` names a trained sequence-classification head."""
+    return any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or []))
+
+
 def check_head(model: str, config, labels: tuple[str, ...] | int) -> None:
     """Refuse a checkpoint whose trained classifier head does not fit the task: another number of
     classes, or class names (`config.id2label`, when it holds names rather than HF's LABEL_i defaults)
@@ -156,7 +161,7 @@ def check_head(model: str, config, labels: tuple[str, ...] | int) -> None:
     (a pretrained encoder: `architectures` names no ForSequenceClassification) gets a new head and
     passes. Raises ModelError naming MODEL and the fix (transformers#14218: otherwise a size-mismatch
     RuntimeError deep inside from_pretrained)."""
-    if not any(a.endswith("ForSequenceClassification") for a in (getattr(config, "architectures", None) or [])):
+    if not has_classifier_head(config):
         return
     wanted = len(labels) if isinstance(labels, tuple) else labels
     have = [config.id2label[i] for i in sorted(config.id2label)]

@@ -65,15 +65,20 @@ def unit_costs(model: nn.Module, units: PrunableUnits, lengths: list[int]) -> Co
     return Costs(unit, dense, dense - sum(unit[n] * len(g.origin) for n, g in units.groups.items()))
 
 
+def smallest_budget(costs: Costs, kinds: dict[str, str]) -> float:
+    """The fewest FLOPs any mask can reach (`search_mask` keeps one head per head group): `costs.fixed` plus
+    one head of every layer. `kinds`: group -> "head" or "neuron"."""
+    return costs.fixed + sum(costs.unit[g] for g, kind in kinds.items() if kind == "head")
+
+
 def search_mask(importance: dict[str, torch.Tensor], kinds: dict[str, str], costs: Costs,
                 budget: float) -> dict[str, torch.Tensor]:
     """Keep-masks (group -> bool (units,)) of greatest summed `importance` (group -> (units,), e.g. the Fisher
     diagonal) whose model costs at most `budget` FLOPs (`costs.of`), with the most important head of every
     head group kept. `kinds`: group -> "head" or "neuron". Raises ValueError when the budget cannot even pay
     for one head per layer, naming the smallest fraction of the model's FLOPs it can reach."""
-    heads = [g for g in importance if kinds[g] == "head"]
-    forced = {g: int(importance[g].argmax()) for g in heads if importance[g].numel()}
-    floor = costs.fixed + sum(costs.unit[g] for g in forced)
+    forced = {g: int(importance[g].argmax()) for g in importance if kinds[g] == "head" and importance[g].numel()}
+    floor = smallest_budget(costs, kinds)
     if budget < floor:
         raise ValueError(f"the FLOPs budget ({budget / costs.dense:.3f} of the model's) is below what one head per "
                          f"layer costs with every FFN neuron removed: at least {floor / costs.dense:.3f}")
@@ -302,7 +307,7 @@ def apply(units: PrunableUnits, values: dict[str, torch.Tensor]) -> dict[str, in
     """Fold the mask `values` (group -> (units,), 0 = pruned) into the output projections' weights and remove
     the pruned units: the model then computes without hooks what it computed with these masks. Returns the
     units removed per group (`surgery.remove_units`)."""
-    fold_gates(units, {n: v for n, v in values.items()})
+    fold_gates(units, values)
     return remove_units(units, {n: v != 0 for n, v in values.items()})
 
 
