@@ -12,7 +12,6 @@ Any other --key=value goes to every prune_finetuned.py run.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path

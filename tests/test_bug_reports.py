@@ -5,14 +5,13 @@ label cell, a checkpoint whose head does not fit (transformers#14218, #15876) an
 a full disk during a checkpoint (SimpleTuner#2353, LlamaFactory#5155), and per-layer rate constants.
 The compress.py cases are in test_compress.py."""
 import json
-import sys
 
 import pytest
 from transformers import AutoConfig, AutoModelForSequenceClassification, pipeline
 
 import bert
-from conftest import REPO, TINY, only_run_dir, refused, run_script, tiny_args, write_slice
-from pruning import checks, data, experiment, models
+from conftest import REPO, only_run_dir, refused, run_script, tiny_args, write_slice
+from pruning import checks, data, models
 from pruning.configuration import ConfigError, configure
 from pruning.state import PRUNING_STATE_FILE, run_checkpoints
 

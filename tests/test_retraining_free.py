@@ -17,7 +17,7 @@ from pruning.fisher import ExampleMasks, example_losses, fisher_information
 from pruning.results import forward_flops
 from pruning.surgery import UnitGates
 from pruning.units import PrunableUnits
-from test_families import FAMILIES, batch, tiny
+from test_families import FAMILIES, tiny
 
 
 def labelled(model, n=6, seed=2):
