@@ -18,7 +18,7 @@ are removed at pruning; they add nothing to the model or its saved weights.
 import torch
 
 from pruning import Criterion, PruningTrainer
-from pruning.surgery import output_slice
+from pruning.core.surgery import output_slice
 
 STATISTICS = ("mean_abs", "apoz")
 

@@ -15,21 +15,21 @@ allocation removes exactly as many heads, neurons or weights. For the first seed
    weights pruned by the criterion's scores, untrained (seconds, not a training). The dev set is
    never read. The search is checkpointed after every update: a killed search resumes.
    Cost-aware (heads+neurons): the reward also charges the candidate's measured cost on this machine
-   (COST: latency at batch 1, time per sentence at COST_BATCH_SIZE, or peak memory; `pruning.inference_cost`,
+   (COST: latency at batch 1, time per sentence at COST_BATCH_SIZE, or peak memory; `pruning.deploy.inference_cost`,
    each structure measured once), as metric - COST_WEIGHT x (cost / dense cost), and LATENCY_BUDGET
    excludes candidates over a share of the dense cost (AMC's resource-constrained mode).
    With MLP_RATE or LAYER_RATE above 0 (--layer_rate=0.17: one of six layers), the agent also chooses which
    layers lose their whole MLP or go entirely (episodes mode; the agent's runs get them as per-layer 0/1 rates).
    MODE="iterative" instead prunes STEP_RATE of what is left at each step, each step's split over the
    layers chosen by a short PPO search, with FINETUNE_STEPS of fine-tuning between steps, until
-   LATENCY_BUDGET or ACCURACY_FLOOR (`pruning.iterative`; a killed loop resumes after its last step).
+   LATENCY_BUDGET or ACCURACY_FLOOR (`pruning.studies.iterative`; a killed loop resumes after its last step).
 Then for every seed, the best allocation found ("agent"), uniform rates and the global threshold run
 through the whole pipeline (early-bird search with those rates, pruning, retraining), every run with
 the same HELD_OUT sentences kept out. OUT_DIR/allocate.md holds the task's headline dev metric (mean ± std), paired
 tests against the agent, the per-layer rates, the reward curve and, for heads+neurons, the inference
 speed of each allocation measured side by side with the dense model.
 
-Each training is one run of SCRIPT in its own process (`pruning.cells`): finished runs are skipped and
+Each training is one run of SCRIPT in its own process (`pruning.grid.cells`): finished runs are skipped and
 killed ones resume. Any other --key=value goes to every run (see `python bert.py --help`).
 """
 from __future__ import annotations
@@ -42,13 +42,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pruning import allocation, experiment, grid, schema, stats, tables
-from pruning.cells import check_cell, run_cell
-from pruning.schema import RunResults
-from pruning.state import read_run_masks
-from pruning.tasks import METRIC_TITLES
-from pruning.trainer import SNAPSHOT_FILE
-from pruning.units import WHOLE_KINDS  # heads+neurons: allocated too when the runs' MLP_RATE / LAYER_RATE is above 0
+from pruning.data.tasks import METRIC_TITLES
+from pruning.grid import loop
+from pruning.grid.cells import check_cell, run_cell
+from pruning.run import experiment, schema
+from pruning.run.checkpoint import read_run_masks
+from pruning.run.schema import RunResults
+from pruning.run.trainer import SNAPSHOT_FILE
+from pruning.studies import allocation, stats, sweep_tables
+from pruning.core.units import WHOLE_KINDS  # heads+neurons: allocated too when the runs' MLP_RATE / LAYER_RATE is above 0
 
 SCRIPT = "bert.py"                   # the experiment every run uses
 CRITERION = "magnitude"              # the criterion that scores units, in the search and in every run
@@ -99,13 +101,13 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
     if config["CRITERION"] not in experiment.trainers() or config["CRITERION"] == "dense":
         raise experiment.ConfigError(f"unknown pruning criterion {config['CRITERION']!r}; choose from "
                                      f"{', '.join(n for n in experiment.trainers() if n != 'dense')}")
-    grid.check_granularity(config["GRANULARITY"])
+    loop.check_granularity(config["GRANULARITY"])
     config["ALLOCATIONS"] = [a.strip() for a in config["ALLOCATIONS"].split(",") if a.strip()]
     wrong = [a for a in config["ALLOCATIONS"] if a not in ("agent", "uniform", "global")]
     if wrong or "uniform" not in config["ALLOCATIONS"]:
         raise experiment.ConfigError(f"--allocations={','.join(config['ALLOCATIONS'])}: give some of agent, uniform, "
                                      "global, comma-separated, with uniform (its first-seed run feeds the search)")
-    config["SEEDS"] = grid.seeds(config["SEEDS"])
+    config["SEEDS"] = loop.seeds(config["SEEDS"])
     for key in ("HELD_OUT", "EPISODES", "EPISODES_PER_UPDATE"):
         if config[key] < 1:
             raise experiment.ConfigError(f"{key} must be >= 1, got {config[key]}")
@@ -136,7 +138,7 @@ def check_cost_settings(config: dict) -> None:
     """The cost-aware and iterative settings (MODE, COST, COST_WEIGHT, LATENCY_BUDGET, the cost measurement,
     STEP_RATE, FINETUNE_STEPS, ACCURACY_FLOOR, STEP_EPISODES, MAX_STEPS); LATENCY_BUDGET becomes None, a
     float or "uniform". Raises ConfigError naming the setting."""
-    from pruning.inference_cost import COSTS
+    from pruning.deploy.inference_cost import COSTS
     fail = experiment.ConfigError
     if config["MODE"] not in MODES:
         raise fail(f"--mode={config['MODE']}: choose one of {', '.join(MODES)}")
@@ -217,23 +219,23 @@ def runs(config: dict, passed_on: list[str], counts: dict | None = None, budget=
 
 # --- the search ------------------------------------------------------------------------------------
 def run_task(run_config: dict):
-    """The runs' task (`pruning.tasks.Task`) from their TASK setting; the custom task's from its train
-    split (`pruning.data.load_train`). Raises ConfigError for data that cannot be read."""
-    from pruning import data, tasks
-    settings = data.run_task(run_config)
+    """The runs' task (`pruning.data.tasks.Task`) from their TASK setting; the custom task's from its train
+    split (`pruning.data.loading.load_train`). Raises ConfigError for data that cannot be read."""
+    from pruning.data import loading, tasks
+    settings = loading.run_task(run_config)
     try:
         if tasks.known(settings["task"]) and settings["task"].lower() != tasks.CUSTOM:
             return tasks.get(settings["task"])
-        return data.load_train(**settings)[0]
-    except data.DataError as e:
+        return loading.load_train(**settings)[0]
+    except loading.DataError as e:
         raise experiment.ConfigError(str(e)) from None
 
 
 def model_budget(config: dict, run_config: dict):
     """(model, tokenizer, budget): what the script's rates remove from this model (its head sized for
     the runs' task)."""
-    from pruning import models
-    from pruning.units import PrunableUnits
+    from pruning.core.units import PrunableUnits
+    from pruning.data import models
     model, tokenizer, _ = models.load_model_and_tokenizer(run_config["MODEL"], run_config["TOKENIZER"],
                                                           num_labels=run_task(run_config).num_labels)
     whole = tuple(k for k in unit_kinds(config, run_config) if k in WHOLE_KINDS)
@@ -250,10 +252,11 @@ def task_batches(rows, task, tokenizer, run_config: dict, batch_size: int = 128)
     TRUNCATION) in fixed length-sorted batches (`allocation.batches_of`)."""
     from transformers import DataCollatorWithPadding
 
-    from pruning import data
-    encoded = data.tokenize(data.DatasetDict(rows=rows), tokenizer, run_config["MAX_LENGTH"], task,
+    from datasets import DatasetDict
+    from pruning.data import loading
+    encoded = loading.tokenize(DatasetDict(rows=rows), tokenizer, run_config["MAX_LENGTH"], task,
                             run_config.get("TRUNCATION") or "head")["rows"]
-    return allocation.batches_of(data.model_rows(encoded), DataCollatorWithPadding(tokenizer), batch_size)
+    return allocation.batches_of(loading.model_rows(encoded), DataCollatorWithPadding(tokenizer), batch_size)
 
 
 def reward_setup(config: dict, run_config: dict, source: Path, model, tokenizer, budget):
@@ -261,29 +264,29 @@ def reward_setup(config: dict, run_config: dict, source: Path, model, tokenizer,
     metric, or loss) and the criterion's scores, from the source run. Only the train file is read."""
     from safetensors.torch import load_file
 
-    from pruning import data
+    from pruning.data import loading
 
     _, scores, _ = read_run_masks(str(source))
     if scores is None:
         experiment.fail(f"{source} kept no scores of its units (a run from before they were saved); delete it")
     model.load_state_dict(load_file(str(source / SNAPSHOT_FILE)))
-    task, train, _ = data.load_train(**data.run_task(run_config))  # the train file only: the dev set is never read
-    _, held = data.hold_out(train, config["HELD_OUT"])
+    task, train, _ = loading.load_train(**loading.run_task(run_config))  # the train file only: the dev set is never read
+    _, held = loading.hold_out(train, config["HELD_OUT"])
     reward = allocation.SliceReward(model, config["GRANULARITY"], scores, budget,
                                     task_batches(held, task, tokenizer, run_config), config["REWARD"], task)
     return reward, scores
 
 
 def cost_setup(config: dict, run_config: dict, out: Path, tokenizer, dense):
-    """The measured cost of candidates (`pruning.inference_cost`): the first COST_SENTENCES held-out train
+    """The measured cost of candidates (`pruning.deploy.inference_cost`): the first COST_SENTENCES held-out train
     examples (all of them when HELD_OUT is smaller) at COST_BATCH_SIZE (16 of them, spread over the lengths,
     also one at a time),
     COST_REPEATS rounds, each followed by the same round of `dense` (a copy of the dense model: the ratios are
     per-round), cached by structure in OUT_DIR/costs.json. Only the train file is read."""
-    from pruning import data
-    from pruning.inference_cost import CostCache, CostMeter
-    task, train, _ = data.load_train(**data.run_task(run_config))
-    _, held = data.hold_out(train, config["HELD_OUT"])
+    from pruning.data import loading
+    from pruning.deploy.inference_cost import CostCache, CostMeter
+    task, train, _ = loading.load_train(**loading.run_task(run_config))
+    _, held = loading.hold_out(train, config["HELD_OUT"])
     rows = held.select(range(min(config["COST_SENTENCES"], len(held))))
     meter = CostMeter(task_batches(rows, task, tokenizer, run_config, batch_size=config["COST_BATCH_SIZE"]),
                       single=16, repeats=config["COST_REPEATS"], reference=copy.deepcopy(dense).eval())
@@ -295,7 +298,7 @@ def cost_setup(config: dict, run_config: dict, out: Path, tokenizer, dense):
 
 def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) -> dict:
     """Run (or resume, or read) the search, episodes or iterative (MODE); write allocation.json."""
-    from pruning.inference_cost import cost_ratio
+    from pruning.deploy.inference_cost import cost_ratio
     path = out / "allocation.json"
     wanted = {k: config[k] for k in SEARCH_SETTINGS}
     if path.exists():
@@ -375,7 +378,7 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
 
 def iterative_search(config: dict, run_config: dict, out: Path, model, tokenizer, reward, costs, dense_cost,
                      limit, budget) -> tuple[dict, dict]:
-    """MODE="iterative" (`pruning.iterative`) from the source run's early-bird weights (in `model`): each step
+    """MODE="iterative" (`pruning.studies.iterative`) from the source run's early-bird weights (in `model`): each step
     a PPO search of STEP_EPISODES episodes (OUT_DIR/search/step-K/, seeded AGENT_SEED + K) with the composite
     reward on the current weights, then FINETUNE_STEPS optimizer steps on the runs' training rows (the first
     seed's TRAIN_SUBSET draw of the train file less the held-out examples), until the cost ratio is within
@@ -383,12 +386,14 @@ def iterative_search(config: dict, run_config: dict, out: Path, model, tokenizer
     per budget step of the dense model). The loop's state is OUT_DIR/iterative/: a killed search resumes."""
     from transformers import DataCollatorWithPadding
 
-    from pruning import data, iterative
-    from pruning.inference_cost import cost_ratio
-    task, train, _ = data.load_train(**data.run_task(run_config))
-    rest, _ = data.hold_out(train, config["HELD_OUT"])
-    rows = data.subset(rest, run_config["TRAIN_SUBSET"], config["SEEDS"][0])
-    encoded = data.tokenize(data.DatasetDict(train=rows), tokenizer, run_config["MAX_LENGTH"], task,
+    from datasets import DatasetDict
+    from pruning.data import loading
+    from pruning.deploy.inference_cost import cost_ratio
+    from pruning.studies import iterative
+    task, train, _ = loading.load_train(**loading.run_task(run_config))
+    rest, _ = loading.hold_out(train, config["HELD_OUT"])
+    rows = loading.subset(rest, run_config["TRAIN_SUBSET"], config["SEEDS"][0])
+    encoded = loading.tokenize(DatasetDict(train=rows), tokenizer, run_config["MAX_LENGTH"], task,
                             run_config.get("TRUNCATION") or "head")["train"]
     collator = DataCollatorWithPadding(tokenizer)
 
@@ -438,7 +443,7 @@ def _counts_of_rates(budget, rates: dict[str, float]) -> dict[str, int]:
 def collect(out: Path, config: dict) -> dict:
     """Finished comparison runs: found[allocation][seed]."""
     found: dict = {}
-    for r in tables.load(out):
+    for r in sweep_tables.load(out):
         name = Path(r.run_dir).name
         alloc, _, seed = name.rpartition("-s")
         if alloc in ("agent", "uniform", "global") and seed.isdigit():
@@ -448,7 +453,7 @@ def collect(out: Path, config: dict) -> dict:
 
 def removed_per_layer(run: RunResults) -> dict[str, list[int]]:
     """Units each layer lost, by kind, from a run's final masks (whole MLPs and layers: 1 where removed)."""
-    from pruning.units import layer_of
+    from pruning.core.units import layer_of
     masks = read_run_masks(run.run_dir)[0]
     out: dict = {}
     for name, m in sorted(masks.items(), key=lambda kv: kv[0]):
@@ -469,11 +474,11 @@ def speeds(found: dict, run_config: dict) -> dict | None:
     ratios to dense); None when no run finished."""
     from transformers import AutoModelForSequenceClassification
 
-    from pruning import data, models
+    from pruning.data import loading, models
     firsts = {name: by_seed[min(by_seed)] for name, by_seed in found.items() if by_seed}
     if not firsts:
         return None
-    task, datasets, _ = data.load(**data.run_task(run_config))
+    task, datasets, _ = loading.load(**loading.run_task(run_config))
     dense, tokenizer, _ = models.load_model_and_tokenizer(run_config["MODEL"], run_config["TOKENIZER"],
                                                           num_labels=task.num_labels)
     nets = {"dense": dense.eval()}
@@ -651,7 +656,7 @@ def plot_reward(result: dict, config: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the first seed's uniform run (the search's source), the agent's search (He et al.
-    2018 AMC, `pruning.allocation`), then every allocation's pipeline runs and allocate.md. Bad settings
+    2018 AMC, `pruning.studies.allocation`), then every allocation's pipeline runs and allocate.md. Bad settings
     exit with status 2 (`experiment.fail`); failed runs end in SystemExit naming them."""
     try:
         config, passed_on, run_config = settings(argv)
@@ -667,13 +672,13 @@ def main(argv: list[str] | None = None) -> None:
     del model
     plan = [(n, a) for n, a in runs(config, passed_on, result["counts"], budget, run_config) if n != first]
     try:
-        failed = grid.run_cells(config["SCRIPT"], out, plan, "runs")
+        failed = loop.run_cells(config["SCRIPT"], out, plan, "runs")
     except experiment.ConfigError as e:
         experiment.fail(e)
     found = collect(out, config)
     speed = speeds(found, run_config) if config["MEASURE_SPEED"] and config["GRANULARITY"] != "weights" else None
     print(write(out, config, result, speed))
-    grid.finish(failed)
+    loop.finish(failed)
 
 
 if __name__ == "__main__":

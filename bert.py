@@ -11,7 +11,7 @@ from transformers import Trainer  # noqa: F401  (TRAINER = Trainer is the dense 
 from activation_pruning import ActivationPruningTrainer  # noqa: F401
 from gradient_pruning import GradientPruningTrainer  # noqa: F401
 from magnitude_pruning import MagnitudePruningTrainer
-from pruning import experiment
+from pruning.run import experiment
 from slimming_pruning import SlimmingPruningTrainer  # noqa: F401
 from undecayed_pruning import UndecayedPruningTrainer  # noqa: F401
 

@@ -5,8 +5,8 @@
     python compress.py --help
 
 Variants, each run by ONNX Runtime and by OpenVINO (RUNTIME; both CPU runtimes for BERT-class models) and
-evaluated on the dev set of the run's task (`pruning.data`, as the run tokenized it: pairs as pairs, segment
-ids exported) in a fresh process from its files alone, with the task's metrics (`pruning.tasks`); every row
+evaluated on the dev set of the run's task (`pruning.data.loading`, as the run tokenized it: pairs as pairs, segment
+ids exported) in a fresh process from its files alone, with the task's metrics (`pruning.data.tasks`); every row
 names the headline:
 - fp32:   the exported model (the baseline, as saved); OpenVINO converts this same ONNX file;
 - int8:   ONNX Runtime: dynamic quantization, int8 weights for every linear layer and the embeddings;
@@ -19,8 +19,8 @@ names the headline:
 - +trim:  (TRIM_VOCAB) fp32, int8 and mixed again with the word embeddings cut to the training data's tokens.
 Beside them, in the same process and sitting: the run's model and a dense model in PyTorch fp32, and the
 dense model in each runtime at fp32 and int8 (what a user would deploy instead). Every variant directory is a
-deployable artifact (`pruning.artifact`: tokenizer, label names, model card, a loading example without
-torch). Energy per 1,000 sentences where the machine has a readable counter (`pruning.energy`). Writes
+deployable artifact (`pruning.deploy.artifact`: tokenizer, label names, model card, a loading example without
+torch). Energy per 1,000 sentences where the machine has a readable counter (`pruning.deploy.energy`). Writes
 compressed/compress.json, compressed/table.md and two plots. Settings, data and the mixed-precision plan
 are checked before anything is written; the rest is made in compressed/.work and moved into place only
 when all of it succeeded.
@@ -45,12 +45,14 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           Trainer, TrainingArguments)
 
 import bert  # noqa: F401  (defines the toolkit's trainers, which criteria() finds)
-from pruning import data
-from pruning import artifact, deploy, energy, experiment, schema, vocab
-from pruning.precision import FakeQuant4, assign_bits, average_bits, matrix_importance, prunable_linears
-from pruning.layouts import layout_of
-from pruning.results import parameter_split
-from pruning.tasks import METRIC_TITLES
+from pruning.core.layouts import layout_of
+from datasets import DatasetDict
+from pruning.data import loading
+from pruning.data.tasks import METRIC_TITLES
+from pruning.deploy import artifact, energy, runtimes, vocab
+from pruning.deploy.precision import FakeQuant4, assign_bits, average_bits, matrix_importance, prunable_linears
+from pruning.run import experiment, schema
+from pruning.run.measurements import parameter_split
 
 RUN = ""                     # a finished run's directory (also accepted as the first argument)
 VARIANTS = "int8,mixed,sparse"  # beside fp32: any of int8, mixed, sparse (skipped for structured runs), mixed+qat
@@ -78,7 +80,7 @@ _DEFAULTS = {k: v for k, v in dict(globals()).items() if k.isupper() and not k.s
 
 
 def read_run(run: Path, what: str) -> schema.RunResults:
-    """A finished run's results (`pruning.schema`); a file this code cannot read is a ConfigError."""
+    """A finished run's results (`pruning.run.schema`); a file this code cannot read is a ConfigError."""
     try:
         return schema.read(run)
     except schema.SchemaError as e:
@@ -163,15 +165,15 @@ def dense_reference(run_model, dense_dir: str, dense_layers: int | None = None):
 
 def encode(rows, task, tokenizer, results: schema.RunResults):
     """`rows` of the run's task tokenized as the run tokenized them (pairs as pairs, its MAX_LENGTH and
-    TRUNCATION): a `datasets.Dataset` (`pruning.data.tokenize`)."""
-    return data.tokenize(data.DatasetDict(rows=rows), tokenizer, results.config.max_length, task,
+    TRUNCATION): a `datasets.Dataset` (`pruning.data.loading.tokenize`)."""
+    return loading.tokenize(DatasetDict(rows=rows), tokenizer, results.config.max_length, task,
                          results.config.settings.get("TRUNCATION") or "head")["rows"]
 
 
 def calibration_batches(train, task, results: schema.RunResults, tokenizer, n: int):
     """`n` batches of 32 examples of the training split (seeded by the run's seed), never the dev set:
     padded tensors of the model's inputs (segment ids of a pair included) and labels."""
-    features = data.model_rows(encode(data.subset(train, 32 * n, results.config.seed + 1), task, tokenizer, results))
+    features = loading.model_rows(encode(loading.subset(train, 32 * n, results.config.seed + 1), task, tokenizer, results))
     collate = DataCollatorWithPadding(tokenizer)
     return [collate(features[i:i + 32]) for i in range(0, len(features), 32)]
 
@@ -180,8 +182,8 @@ def bit_plan(graph, model, bits: dict[str, int], embedding_bits: int) -> tuple[l
     """The exported graph's nodes to quantize at 4 and at 8 bits: the encoder's matrices as `bits` says, the
     embedding lookups at `embedding_bits`, the pooler and classifier (Gemm) at 8."""
     weights = {n: m.weight.detach().numpy() for n, m in prunable_linears(model).items()}
-    nodes = deploy.linear_initializers(graph, weights)
-    embeddings = deploy.embedding_gathers(graph)
+    nodes = runtimes.linear_initializers(graph, weights)
+    embeddings = runtimes.embedding_gathers(graph)
     four = [nodes[n][0] for n, b in bits.items() if b == 4] + (embeddings if embedding_bits == 4 else [])
     eight = [nodes[n][0] for n, b in bits.items() if b == 8] + (embeddings if embedding_bits == 8 else [])
     return four, eight + [n.name for n in graph.graph.node if n.op_type == "Gemm"]
@@ -222,7 +224,7 @@ def time_variants(runners: dict, batches, singles, rounds: int, counter=None) ->
     """Sentences/s at batch BATCH_SIZE (the whole dev set) and median batch-1 latency, the variants taking
     turns in each round. Each figure is the best of the rounds (noise on a shared machine only ever slows
     a round down), and its ratio is taken to the best of the dense PyTorch model's rounds. With an energy
-    `counter` (`pruning.energy`: read() and joules(before, after)), the joules of each batch-64 pass too:
+    `counter` (`pruning.deploy.energy`: read() and joules(before, after)), the joules of each batch-64 pass too:
     "joules_per_1000" is the least of the rounds per 1,000 sentences (other load only ever adds joules);
     without one it is None."""
     sentences = sum(len(b["input_ids"]) for b in batches)
@@ -294,17 +296,17 @@ def runtimes_of(config: dict) -> tuple[str, ...]:
 
 def check_block_size(config: dict, variants: list[str]) -> None:
     """BLOCK_SIZE (input columns per 4-bit block) against each runtime that will use it. ONNX Runtime (mixed,
-    mixed+qat) is asked whether its 4-bit quantizer and kernels take it (`deploy.four_bit_block_size_taken`:
+    mixed+qat) is asked whether its 4-bit quantizer and kernels take it (`runtimes.four_bit_block_size_taken`:
     onnxruntime 1.32 takes 16 to 256), and a refusal names the sizes it takes. NNCF (OpenVINO's mixed) takes
     any group of at least 1 column (a matrix whose width the group does not divide gets a smaller one:
-    `deploy.compress_openvino_weights`). Raises ConfigError."""
+    `runtimes.compress_openvino_weights`). Raises ConfigError."""
     size = config["BLOCK_SIZE"]
     if size < 1:
         raise experiment.ConfigError(f"--block_size={size}: must be at least 1 (input columns per 4-bit block)")
     if "onnxruntime" in runtimes_of(config) and {"mixed", "mixed+qat"} & set(variants) \
-            and not deploy.four_bit_block_size_taken(size):
+            and not runtimes.four_bit_block_size_taken(size):
         import onnxruntime
-        taken = ", ".join(map(str, deploy.four_bit_block_sizes()))
+        taken = ", ".join(map(str, runtimes.four_bit_block_sizes()))
         raise experiment.ConfigError(
             f"--block_size={size}: ONNX Runtime {onnxruntime.__version__}'s 4-bit quantizer takes blocks of "
             f"{taken} input columns; choose one of those (or --runtime=openvino, or leave mixed and mixed+qat out "
@@ -315,7 +317,7 @@ def mixed_plan(config: dict, results: schema.RunResults, model, train, task, tok
     """Which encoder matrices get 4 bits and which 8 in the ONNX Runtime mixed variants, from the PyTorch
     model alone (so that it is decided before anything is written): the importance criterion
     (`importance_criterion`) scores each matrix on CALIBRATION_BATCHES batches of the `train` split when it
-    ranks what it observes (`pruning.precision.matrix_importance`), and `assign_bits` gives the least
+    ranks what it observes (`pruning.deploy.precision.matrix_importance`), and `assign_bits` gives the least
     important (the most, with REVERSE_IMPORTANCE) 4 bits. Returns compress.json's "mixed" record: importance,
     bits and sizes by module name, the fraction and average bits reached, EMBEDDING_BITS and BLOCK_SIZE.
     Raises what the criterion raises (ValueError, RuntimeError) when it cannot score."""
@@ -356,14 +358,14 @@ def publish(work: Path, out: Path, files: list[str]) -> None:
     is removed only after the move), then each of `files` (names in `work`), in order: compress.json last,
     so that it only ever describes variants that are in place."""
     for directory in sorted(p for p in (work / "variants").iterdir() if p.is_dir()):
-        deploy.replace_directory(directory, out / directory.name)
+        runtimes.replace_directory(directory, out / directory.name)
     for name in files:
         os.replace(work / name, out / name)
 
 
 def main(config: dict) -> None:
-    """Export, quantize and pack the run's model into each variant (`pruning.deploy`) in each runtime, evaluate
-    and time them side by side, write each variant's artifact files and model card (`pruning.artifact`),
+    """Export, quantize and pack the run's model into each variant (`pruning.deploy.runtimes`) in each runtime, evaluate
+    and time them side by side, write each variant's artifact files and model card (`pruning.deploy.artifact`),
     then compress.json, table.md and the two plots to OUT_DIR (default RUN/compressed).
     Raises ConfigError (from `check`) for bad input, before any work. Everything that can refuse without
     the exported graph (the settings, the data, the mixed-precision plan) is done before anything is
@@ -387,7 +389,7 @@ def main(config: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(run / "model"), trust_remote_code=True)  # no prompt for our config
     structure = results.pruning.structure if results.pruning else None  # a dense run has no pruning section
     dense = dense_reference(model, config["DENSE"], len(structure.heads_total_per_layer) if structure else None)
-    task, datasets, _ = data.load(**data.run_task(results.config.settings))
+    task, datasets, _ = loading.load(**loading.run_task(results.config.settings))
     trimmed, keep = None, None
     if config["TRIM_VOCAB"]:
         keep, unk = vocabulary_keep(encode(datasets["train"], task, tokenizer, results), tokenizer, model)
@@ -423,10 +425,10 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
     staged = work / "variants"
     staged.mkdir()
     dev_file = work / "dev.npz"
-    inputs = deploy.model_inputs(model, dev.column_names)
-    deploy.write_dev(dev_file, dev, inputs, tokenizer.pad_token_id, task.metrics)
-    batches, _ = deploy.dev_batches(dev_file, config["BATCH_SIZE"])
-    singles = deploy.dev_batches(dev_file, 1)[0][:config["LATENCY_SENTENCES"]]
+    inputs = runtimes.model_inputs(model, dev.column_names)
+    runtimes.write_dev(dev_file, dev, inputs, tokenizer.pad_token_id, task.metrics)
+    batches, _ = runtimes.dev_batches(dev_file, config["BATCH_SIZE"])
+    singles = runtimes.dev_batches(dev_file, 1)[0][:config["LATENCY_SENTENCES"]]
     probe = batches[0]
     labels = list(task.label_names) if task.label_names is not None else None
     pair = len(task.text_columns) > 1
@@ -436,7 +438,7 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
         directory.mkdir()
         extra = make(directory)
         artifact.write_files(directory, tokenizer, labels, inputs, results.config.max_length, pair)
-        print(f"  {name}: {deploy.model_bytes(directory) / 1e6:.1f} MB")
+        print(f"  {name}: {runtimes.model_bytes(directory) / 1e6:.1f} MB")
         return extra
 
     record = {"run": str(run), "dense_run": config["DENSE"] or None, "config": config,
@@ -461,13 +463,13 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
     print(f"exporting {run / 'model'} and the dense reference to ONNX ...")
     for which, (m, prefix) in sources.items():
         suffix = "+trim" if which.endswith("+trim") else ""
-        write_variant(f"{prefix}fp32{suffix}", lambda d, m=m: deploy.export_onnx(m, d, probe), onnx_home)
+        write_variant(f"{prefix}fp32{suffix}", lambda d, m=m: runtimes.export_onnx(m, d, probe), onnx_home)
     calibration = None
     if "openvino" in runtimes:
-        rows_cal = encode(data.subset(datasets["train"], config["CALIBRATION_SENTENCES"], results.config.seed + 3),
+        rows_cal = encode(loading.subset(datasets["train"], config["CALIBRATION_SENTENCES"], results.config.seed + 3),
                           task, tokenizer, results)
         calibration = [{k: np.asarray([r[k]], dtype=np.int64) for k in inputs if k in r} | (
-            {"attention_mask": np.ones((1, len(r["input_ids"])), dtype=np.int64)}) for r in data.model_rows(rows_cal)]
+            {"attention_mask": np.ones((1, len(r["input_ids"])), dtype=np.int64)}) for r in loading.model_rows(rows_cal)]
         for c in calibration:
             c.setdefault("token_type_ids", np.zeros_like(c["input_ids"]))
         record["openvino_int8"] = {"calibration_sentences": len(calibration), "preset": "mixed",
@@ -480,19 +482,19 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
         if "onnxruntime" in runtimes:
             add(base, "onnxruntime", f"fp32{suffix}", fp32_dir)
             if int8_wanted or which == "dense":  # the dense int8 rows are what a user would deploy instead
-                write_variant(f"{prefix}int8{suffix}", lambda d, s=fp32_dir: deploy.quantize_int8(s, d))
+                write_variant(f"{prefix}int8{suffix}", lambda d, s=fp32_dir: runtimes.quantize_int8(s, d))
                 add(base, "onnxruntime", f"int8{suffix}", staged / f"{prefix}int8{suffix}")
         if "openvino" in runtimes:
             ov_fp32 = staged / f"{prefix}ov-fp32{suffix}"
-            write_variant(ov_fp32.name, lambda d, s=fp32_dir: deploy.convert_openvino(s, d, probe))
+            write_variant(ov_fp32.name, lambda d, s=fp32_dir: runtimes.convert_openvino(s, d, probe))
             add(base, "openvino", f"fp32{suffix}", ov_fp32)
             if int8_wanted or which == "dense":
                 info = write_variant(f"{prefix}ov-int8{suffix}",
-                                     lambda d: deploy.quantize_openvino_int8(ov_fp32, d, calibration))
+                                     lambda d: runtimes.quantize_openvino_int8(ov_fp32, d, calibration))
                 record["openvino_int8"].setdefault("fake_quantize_ops", {})[which] = info["fake_quantize_ops"]
                 add(base, "openvino", f"int8{suffix}", staged / f"{prefix}ov-int8{suffix}")
             if "mixed" in variants and which != "dense":
-                info = write_variant(f"ov-mixed{suffix}", lambda d: deploy.compress_openvino_weights(
+                info = write_variant(f"ov-mixed{suffix}", lambda d: runtimes.compress_openvino_weights(
                     ov_fp32, d, config["FOUR_BIT_FRACTION"], config["BLOCK_SIZE"]))
                 record.setdefault("openvino_mixed", {})[which] = info
                 add(base, "openvino", f"mixed{suffix}", staged / f"ov-mixed{suffix}")
@@ -506,26 +508,26 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
                     continue
                 suffix = "+trim" if which.endswith("+trim") else ""
                 fp32_dir = staged / f"fp32{suffix}"
-                four, eight = bit_plan(onnx.load(str(fp32_dir / deploy.ONNX_FILE)), m, bits, config["EMBEDDING_BITS"])
-                write_variant(f"mixed{suffix}", lambda d, s=fp32_dir, f4=four, f8=eight: deploy.quantize_mixed(
+                four, eight = bit_plan(onnx.load(str(fp32_dir / runtimes.ONNX_FILE)), m, bits, config["EMBEDDING_BITS"])
+                write_variant(f"mixed{suffix}", lambda d, s=fp32_dir, f4=four, f8=eight: runtimes.quantize_mixed(
                     s, d, f4, f8, config["BLOCK_SIZE"]))
                 add("pruned", "onnxruntime", f"mixed{suffix}", staged / f"mixed{suffix}")
         if "mixed+qat" in variants:
-            train = encode(data.subset(datasets["train"], 32 * config["QAT_STEPS"], results.config.seed + 2), task,
+            train = encode(loading.subset(datasets["train"], 32 * config["QAT_STEPS"], results.config.seed + 2), task,
                            tokenizer, results)
             four_modules = [n for n, b in bits.items() if b == 4]
             student = qat_finetune(model, four_modules, train, config, tokenizer, results.config.seed, work)
             student_fp32 = work / "fp32+qat"  # staging only: the variant is its quantized form
             student_fp32.mkdir()
-            deploy.export_onnx(student, student_fp32, probe)
-            four_qat, eight_qat = bit_plan(onnx.load(str(student_fp32 / deploy.ONNX_FILE)), student, bits,
+            runtimes.export_onnx(student, student_fp32, probe)
+            four_qat, eight_qat = bit_plan(onnx.load(str(student_fp32 / runtimes.ONNX_FILE)), student, bits,
                                            config["EMBEDDING_BITS"])
-            write_variant("mixed+qat", lambda d: deploy.quantize_mixed(student_fp32, d, four_qat, eight_qat,
+            write_variant("mixed+qat", lambda d: runtimes.quantize_mixed(student_fp32, d, four_qat, eight_qat,
                                                                        config["BLOCK_SIZE"]))
             add("pruned", "onnxruntime", "mixed+qat", staged / "mixed+qat")
     if "sparse" in variants:
         for base in ("fp32", "int8") if "int8" in variants else ("fp32",):
-            stats = write_variant(f"{base}+sparse", lambda d, b=base: deploy.pack_sparse(staged / b, d))
+            stats = write_variant(f"{base}+sparse", lambda d, b=base: runtimes.pack_sparse(staged / b, d))
             record.setdefault("sparse", {})[base] = stats
             add("pruned", "onnxruntime", f"{base}+sparse", staged / f"{base}+sparse")
 
@@ -559,7 +561,7 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
                  "directory": str(published) if published else None}
         if directory is not None and (which == "pruned" or dense_trained):
             print(f"evaluating {label} in a fresh process ...")
-            entry.update(deploy.evaluate_in_fresh_process(directory, dev_file, config["THREADS"], config["BATCH_SIZE"]))
+            entry.update(runtimes.evaluate_in_fresh_process(directory, dev_file, config["THREADS"], config["BATCH_SIZE"]))
         if runtime == "pytorch":
             if directory is not None:
                 entry["bytes"] = (directory / "model.safetensors").stat().st_size
@@ -570,8 +572,8 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
             table = models[which].get_input_embeddings().weight
             entry["word_embedding_bytes"] = table.numel() * table.element_size()
         else:
-            entry["bytes"] = deploy.model_bytes(directory)
-            entry["word_embedding_bytes"] = deploy.word_embedding_bytes(directory)
+            entry["bytes"] = runtimes.model_bytes(directory)
+            entry["word_embedding_bytes"] = runtimes.word_embedding_bytes(directory)
         entry["bytes_without_word_embeddings"] = entry["bytes"] - entry["word_embedding_bytes"]
         record["variants"][label] = entry
 
@@ -582,8 +584,8 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
           f"energy: {counter_text}) ...")
     runners = {}
     for label, (directory, runtime, which, _) in rows.items():
-        runners[label] = (deploy.pytorch_runner(models[which]) if runtime == "pytorch"
-                          else deploy.runner(directory, config["THREADS"]))
+        runners[label] = (runtimes.pytorch_runner(models[which]) if runtime == "pytorch"
+                          else runtimes.runner(directory, config["THREADS"]))
     for label, speed in time_variants(runners, batches, singles, config["ROUNDS"], counter).items():
         record["variants"][label].update(speed)
 
@@ -785,9 +787,9 @@ if __name__ == "__main__":
         argv = [f"--run={argv[0]}"] + argv[1:]
     try:
         main(experiment.configure(globals(), argv))
-    except (experiment.ConfigError, data.DataError, FileNotFoundError) as e:
+    except (experiment.ConfigError, loading.DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except deploy.DeployError as e:
+    except runtimes.DeployError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -5,7 +5,7 @@
     python frontier.py --help
 
 Points, each a heads+neurons ticket of CRITERION trained by SCRIPT (an ordinary bert.py run, one process
-per run through `pruning.grid` / `pruning.cells`: finished runs skipped, killed ones resumed):
+per run through `pruning.grid.loop` / `pruning.grid.cells`: finished runs skipped, killed ones resumed):
 - "uniform": HEAD_RATE of each layer's heads and NEURON_RATE of the FFN neurons (EarlyBERT's 1/3, 0.4);
 - AGGRESSIVE: (head rate, neuron rate, layer rate) tuples, whole encoder layers through LAYER_RATE;
 - "agent" (AGENT_DIR): the per-layer head and neuron rates of a finished allocate.py search (its allocation.json);
@@ -31,10 +31,12 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-from pruning import experiment, grid, stats
-from pruning.cells import check_cells
-from pruning.processes import run_python
-from pruning.tasks import METRIC_TITLES
+from pruning.data.tasks import METRIC_TITLES
+from pruning.grid import loop
+from pruning.grid.cells import check_cells
+from pruning.grid.processes import run_python
+from pruning.run import experiment
+from pruning.studies import stats
 
 SCRIPT = "bert.py"                 # the experiment every training uses
 CRITERION = "slimming"             # the criterion of every pruned point (EarlyBERT's); the dense runs use Trainer
@@ -91,7 +93,7 @@ def point_name(head: float, neuron: float, layer: float) -> str:
 def agent_rates(agent_dir: Path) -> dict[str, tuple[float, ...]]:
     """The per-layer rates of a finished allocate.py search, by bert.py setting ("HEAD_RATE", "NEURON_RATE", and
     "MLP_RATE" / "LAYER_RATE" (0 or 1 per layer) where the agent allocated whole MLPs or layers): allocation.json's
-    "rates" (`pruning.allocation.Budget.rates` of the agent's counts), mapped through allocate.py's RATE_KEY.
+    "rates" (`pruning.studies.allocation.Budget.rates` of the agent's counts), mapped through allocate.py's RATE_KEY.
     Raises ConfigError when there is no allocation.json or it is not of heads+neurons."""
     import allocate
     path = Path(agent_dir) / "allocation.json"
@@ -198,7 +200,7 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], list[dict]
     if config["CRITERION"] not in experiment.trainers() or config["CRITERION"] == "dense":
         raise experiment.ConfigError(f"unknown pruning criterion {config['CRITERION']!r}; choose from "
                                      f"{', '.join(n for n in experiment.trainers() if n != 'dense')}")
-    config["SEEDS"] = grid.seeds(config["SEEDS"])
+    config["SEEDS"] = loop.seeds(config["SEEDS"])
     for key, allowed in (("TRAINING", TRAININGS), ("VARIANTS", PRECISIONS)):
         values = [v.strip() for v in config[key].split(",") if v.strip()]
         wrong = [v for v in values if v not in allowed]
@@ -241,7 +243,7 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], list[dict]
 
 # --- running ------------------------------------------------------------------------------------------
 def train(config: dict, cells: list[dict]) -> list[str]:
-    """Every training (`pruning.grid.run_cells`: skipped when finished, resumed when killed); a kd run whose
+    """Every training (`pruning.grid.loop.run_cells`: skipped when finished, resumed when killed); a kd run whose
     teacher failed is not started. Returns the names of the runs that failed or were not started."""
     teachers = {c["name"]: c["teacher"] for c in cells}
     skipped = []
@@ -251,7 +253,7 @@ def train(config: dict, cells: list[dict]) -> list[str]:
             skipped.append(name)
             return False
         return True
-    failed = grid.run_cells(config["SCRIPT"], Path(config["OUT_DIR"]), [(c["name"], c["args"]) for c in cells],
+    failed = loop.run_cells(config["SCRIPT"], Path(config["OUT_DIR"]), [(c["name"], c["args"]) for c in cells],
                             "frontier", before)
     return failed + skipped
 
@@ -308,8 +310,8 @@ def deployment_label(label: str) -> str:
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict:
-    """A deployment over seeds: per_seed kept, and `pruning.stats.summary` of each figure; the headline's paired
-    t-test against the dense model of the same seeds (`pruning.stats.paired_p`)."""
+    """A deployment over seeds: per_seed kept, and `pruning.studies.stats.summary` of each figure; the headline's paired
+    t-test against the dense model of the same seeds (`pruning.studies.stats.paired_p`)."""
     seeds = sorted(per_seed)
     figures = ("headline", "headline_vs_dense", "sentences_per_s", "vs_dense_pytorch_fp32", "vs_fastest_dense_int8",
                "bytes", "bytes_without_word_embeddings", "compression")
@@ -623,7 +625,7 @@ def main(argv: list[str] | None = None) -> None:
     result = write(config, cells, " ".join(["python frontier.py", *argv]))
     print(markdown(result))
     print(f"written: {config['OUT_DIR']}/frontier.json, frontier.md, frontier_speed.png, frontier_bytes.png")
-    grid.finish(sorted(set(failed) | set(bad)))
+    loop.finish(sorted(set(failed) | set(bad)))
 
 
 if __name__ == "__main__":

@@ -8,17 +8,17 @@ on early-bird tickets (PROCEDURE="early_bird") or by the paper's own procedure (
     python lottery.py --procedure=to_fraction --granularity=weights --train_subset=16000 --out_dir=sweeps/lottery-imp
 
 PROCEDURE="to_fraction", for every seed: the dense model fine-tunes EPOCHS (dense-sSEED); the search
-(`pruning.importance.to_fraction_search`, resumable in OUT_DIR/search/sSEED) prunes it, heads by Michel et al.'s
+(`pruning.studies.to_fraction.to_fraction_search`, resumable in OUT_DIR/search/sSEED) prunes it, heads by Michel et al.'s
 gate importance (STEP of the remaining heads a step, at least one per layer) and MLP_STEP whole MLPs a step,
 or (GRANULARITY="weights") STEP of the remaining weights by global magnitude, until its dev score falls below
 KEEP_FRACTION of the full model's; the last mask above is the good ticket; random and bad tickets keep its
 per-layer counts of heads and MLPs (bad: the units the search removed first); every ticket trains from the
 pretrained weights for EPOCHS. lottery.md then adds the ticket sizes, the search curves, layer x head / MLP
 survival heatmaps per seed and averaged (and across tasks with OTHER_STUDIES), the overlap of surviving units
-between seeds and tasks against chance, and the attention pattern types (Kovaleva et al., `pruning.patterns`)
+between seeds and tasks against chance, and the attention pattern types (Kovaleva et al., `pruning.studies.patterns`)
 of good-ticket, pruned and all heads with Fisher's exact test; lottery_fraction.json holds the same numbers.
 A ticket that removes whole MLPs trains them removed (the mask's "<layers>.mlps" group gives the run the
-whole-MLP unit kind: `pruning.trainer.whole_kinds`). (CRITERION only names the PruningTrainer that trains the
+whole-MLP unit kind: `pruning.run.trainer.whole_kinds`). (CRITERION only names the PruningTrainer that trains the
 fixed masks; COMPARE_WITH is not used.)
 
 PROCEDURE="early_bird", for every seed:
@@ -35,7 +35,7 @@ The score is the task's headline metric (--task, passed to every run with --data
 --label_column and --truncation: SST-2 accuracy by default, CoLA Matthews correlation, STS-B Pearson r,
 MRPC/QQP F1, ...), named in lottery.md's title, tables and plot axis.
 
-Each training is one run of SCRIPT in its own process (`pruning.cells`): a finished run is skipped
+Each training is one run of SCRIPT in its own process (`pruning.grid.cells`): a finished run is skipped
 and a killed one resumes, so the study can be stopped and re-run at any time. Any --key=value that
 is not a study setting below goes to every run (see `python bert.py --help`).
 """
@@ -51,15 +51,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pruning import experiment, heatmaps, importance, patterns, stats, tables, tickets
-from pruning import grid as study_grid  # (`grid` names the survival arrays below)
-from pruning.cells import check_cells
-from pruning.config import REWIND_POINTS
-from pruning import schema
-from pruning.schema import RunResults, SchemaError
-from pruning import state as state_io
-from pruning.state import read_run_masks
-from pruning.units import prunable_parameters
+from pruning.run import experiment
+from pruning.studies import heatmaps, patterns, stats, sweep_tables, tickets, to_fraction
+from pruning.grid import loop as study_grid  # (`grid` names the survival arrays below)
+from pruning.core.units import prunable_parameters
+from pruning.grid.cells import check_cells
+from pruning.run import checkpoint as state_io, schema
+from pruning.run.checkpoint import read_run_masks
+from pruning.run.pruning_config import REWIND_POINTS
+from pruning.run.schema import RunResults, SchemaError
 
 SCRIPT = "bert.py"                  # the experiment every run uses
 PROCEDURE = "early_bird"            # where the good ticket comes from: "early_bird", or "to_fraction" (below)
@@ -135,9 +135,9 @@ def check_fraction_settings(config: dict, split: dict) -> None:
         raise experiment.ConfigError(f"MLP_STEP must be >= 0 whole MLPs, got {config['MLP_STEP']}")
     if not 0 < config["KEEP_FRACTION"] <= 1:
         raise experiment.ConfigError(f"KEEP_FRACTION must be in (0, 1], got {config['KEEP_FRACTION']}")
-    if config["IMPORTANCE_ABS"] not in importance.ABSOLUTE:
+    if config["IMPORTANCE_ABS"] not in to_fraction.ABSOLUTE:
         raise experiment.ConfigError(f"IMPORTANCE_ABS={config['IMPORTANCE_ABS']!r}: choose one of "
-                                     f"{', '.join(importance.ABSOLUTE)}")
+                                     f"{', '.join(to_fraction.ABSOLUTE)}")
     for key in ("IMPORTANCE_EXAMPLES", "PATTERN_SENTENCES"):
         if config[key] < 0:
             raise experiment.ConfigError(f"{key} must be >= 0 (0 = all / none), got {config[key]}")
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                                   write_ticket)
     try:
         write(out, config)
-    except (SchemaError, tables.MixedTasks) as e:  # runs put into OUT_DIR by hand: no report
+    except (SchemaError, sweep_tables.MixedTasks) as e:  # runs put into OUT_DIR by hand: no report
         study_grid.finish(failed)
         experiment.fail(e)
     study_grid.finish(failed)
@@ -218,9 +218,9 @@ def search_dir(config: dict, seed: int) -> Path:
 
 def fraction_tickets(config: dict, seed: int) -> None:
     """Prune seed's fine-tuned dense run (OUT_DIR/dense-s{seed}/model) to KEEP_FRACTION of its dev score
-    (`pruning.importance.to_fraction_search`, resumable; a finished search returns at once), write the good,
+    (`pruning.studies.to_fraction.to_fraction_search`, resumable; a finished search returns at once), write the good,
     random and bad tickets (`tickets.write_ticket_masks`: bad = the units removed first), the search's curve
-    plot, and, for heads, the attention pattern of every head (`pruning.patterns`) to search_dir."""
+    plot, and, for heads, the attention pattern of every head (`pruning.studies.patterns`) to search_dir."""
     directory = search_dir(config, seed)
     ticket_root = ticket_dir(config, seed, "good").parent
     done = all((ticket_root / k / state_io.MASKS_FILE).exists() for k in config["TICKETS"])
@@ -229,32 +229,32 @@ def fraction_tickets(config: dict, seed: int) -> None:
     if done and not wants_patterns:
         return
     source = Path(config["OUT_DIR"]) / f"dense-s{seed}"
-    inputs = importance.load_run(source, config["IMPORTANCE_EXAMPLES"])
+    inputs = to_fraction.load_run(source, config["IMPORTANCE_EXAMPLES"])
     model = inputs.model
     if structured:
-        initial = importance.full_structured_mask(model)
+        initial = to_fraction.full_structured_mask(model)
 
         def scores(masks):
-            return importance.gate_importance(model, inputs.train, masks, config["IMPORTANCE_ABS"],
+            return to_fraction.gate_importance(model, inputs.train, masks, config["IMPORTANCE_ABS"],
                                               config["NORMALIZE_HEADS"])
 
         def step(masks, s):
-            return importance.structured_step(masks, s, config["STEP"], config["MLP_STEP"])
+            return to_fraction.structured_step(masks, s, config["STEP"], config["MLP_STEP"])
     else:
         initial = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(model).items()}
 
         def scores(masks):
-            return importance.magnitude_importance(model, masks)
+            return to_fraction.magnitude_importance(model, masks)
 
         def step(masks, s):
-            return importance.weights_step(masks, s, config["STEP"])
+            return to_fraction.weights_step(masks, s, config["STEP"])
     settings = {k: config[k] for k in ("GRANULARITY", "STEP", "MLP_STEP", "IMPORTANCE_EXAMPLES", "IMPORTANCE_ABS",
                                        "NORMALIZE_HEADS")}
     print(f"to-fraction search, seed {seed}: {inputs.description}, {len(inputs.dev)} dev batches", flush=True)
-    result = importance.to_fraction_search(initial, scores, lambda m: importance.dev_score(inputs, m, structured),
+    result = to_fraction.to_fraction_search(initial, scores, lambda m: to_fraction.dev_score(inputs, m, structured),
                                            step, config["KEEP_FRACTION"], directory,
                                            {**settings, "source": str(source.resolve())})
-    importance.plot_curve(result.curve, config["KEEP_FRACTION"], directory / "search_curve.png",
+    to_fraction.plot_curve(result.curve, config["KEEP_FRACTION"], directory / "search_curve.png",
                           f"{inputs.task.title} dev {inputs.task.headline}", f"seed {seed}")
     meta = {"granularity": config["GRANULARITY"], "criterion": "to_fraction", "model": inputs.description,
             "groups": {n: list(m.shape) for n, m in result.ticket.items()}, "source": str(source.resolve()),
@@ -299,10 +299,10 @@ NAME = re.compile(r"^(?:(?P<kind>good|random|bad)-(?P<rewind>pretrained|early_bi
 
 def collect(out: Path) -> dict:
     """The study's finished runs by role: dense[seed], eb[trainer][seed], ticket[(kind, rewind)][seed],
-    and their task (a `pruning.schema.TaskInfo`). Raises `pruning.tables.MixedTasks` for runs of several
-    tasks (`tables.load`)."""
-    results = tables.load(out)
-    found = {"dense": {}, "eb": {}, "ticket": {}, "task": tables.task_of(results)}
+    and their task (a `pruning.run.schema.TaskInfo`). Raises `pruning.studies.sweep_tables.MixedTasks` for runs of several
+    tasks (`sweep_tables.load`)."""
+    results = sweep_tables.load(out)
+    found = {"dense": {}, "eb": {}, "ticket": {}, "task": sweep_tables.task_of(results)}
     for r in results:
         m = NAME.match(Path(r.run_dir).name)
         if not m:
@@ -326,7 +326,7 @@ def score(r: RunResults, stage: str = "final") -> float | None:
 def score_markdown(found: dict, config: dict) -> list[str]:
     """The score tables of lottery.md: every ticket from each starting point beside the dense reference
     (mean ± std over seeds), then the early-bird pipeline runs; the headline metric, named."""
-    dense, label = found["dense"], tables.dev_metric_label(found["task"])
+    dense, label = found["dense"], sweep_tables.dev_metric_label(found["task"])
     if config["PROCEDURE"] == "to_fraction":
         return fraction_score_markdown(found, config)
     lines = [f"{label}, mean ± std over seeds (n). Every ticket and the dense reference trained "
@@ -341,7 +341,7 @@ def score_markdown(found: dict, config: dict) -> list[str]:
                          f"{_cell([score(r) for r in eb.values()])} | "
                          f"{_cell([score(r, 'after_prune') for r in eb.values()])} |")
     lines += ["", "The early-bird pipeline itself (search, prune, retrain with the mask; its own budget):", "",
-              f"| criterion | final {tables.metric_title(found['task'])} | early bird at step | parameters kept "
+              f"| criterion | final {sweep_tables.metric_title(found['task'])} | early bird at step | parameters kept "
               "(without embeddings) |",
               "|---|---|---|---|"]
     for trainer, by_seed in sorted(found["eb"].items()):
@@ -368,10 +368,10 @@ def paired_markdown(found: dict) -> list[str]:
     mcnemar = ("McNemar's exact test on each seed's dev predictions (right or wrong per example)"
                if task.headline not in stats.REGRESSION_METRICS else
                f"no McNemar test ({task.title} is a regression: no prediction is right or wrong)")
-    lines = [f"Paired by seed (the same data order and dropout): the difference in {tables.dev_metric_label(task)} "
+    lines = [f"Paired by seed (the same data order and dropout): the difference in {sweep_tables.dev_metric_label(task)} "
              "(mean ± std over seeds) and the paired t-test over seeds (training noise; with 3 seeds only large "
              f"differences reach p < 0.05); {mcnemar}; and a bootstrap over the dev examples of the mean "
-             f"difference in {tables.metric_title(task)} (95% interval, p): how much it rests on which examples "
+             f"difference in {sweep_tables.metric_title(task)} (95% interval, p): how much it rests on which examples "
              "the dev set holds.", "",
              "| A / B | seeds | A − B | p (paired t) | McNemar p, each seed | bootstrap 95% interval | "
              "p (bootstrap) |", "|---|---|---|---|---|---|---|"]
@@ -488,7 +488,7 @@ def plot_score(found: dict, path: Path) -> None:
     if dense:
         ax.axhline(statistics.mean(dense), color="k", ls="--", lw=1, label="dense, mean")
     ax.set_xticks(range(len(tickets.KINDS)), tickets.KINDS)
-    ax.set_ylabel(tables.dev_metric_label(found["task"]))
+    ax.set_ylabel(sweep_tables.dev_metric_label(found["task"]))
     ax.set_title("Tickets trained with a fixed mask (dots: seeds, bars: means)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -536,7 +536,7 @@ def plot_stability(stab: dict, path: Path) -> None:
 def fraction_score_markdown(found: dict, config: dict) -> list[str]:
     """The score table of a to_fraction study: each ticket trained from the pretrained weights, the same masked
     weights before training, and (good) the ticket in the fine-tuned weights as the search scored it."""
-    label = tables.dev_metric_label(found["task"])
+    label = sweep_tables.dev_metric_label(found["task"])
     searched = [c["curve"][c["ticket_iteration"]]["score"] for c in curves(config).values()]
     lines = [f"{label}, mean ± std over seeds (n). Every ticket and the dense (full) model trained "
              f"{config['EPOCHS']:g} epoch(s) from the pretrained weights; the search pruned each seed's full model.",
@@ -554,11 +554,11 @@ def fraction_score_markdown(found: dict, config: dict) -> list[str]:
 
 
 def curves(config: dict) -> dict[int, dict]:
-    """seed -> the search's saved curve (`importance.CURVE_FILE`: settings, full_score, ticket_iteration, done,
+    """seed -> the search's saved curve (`to_fraction.CURVE_FILE`: settings, full_score, ticket_iteration, done,
     curve), for the seeds whose search has started."""
     found = {}
     for seed in config["SEEDS"]:
-        path = search_dir(config, seed) / importance.CURVE_FILE
+        path = search_dir(config, seed) / to_fraction.CURVE_FILE
         if path.exists():
             found[seed] = json.loads(path.read_text())
     return found
@@ -586,7 +586,7 @@ def fraction_report(out: Path, config: dict, found: dict) -> tuple[list[str], di
     how = (f"{config['STEP']:g} of the heads left and {config['MLP_STEP']} whole MLP(s) a step, the lowest by Michel "
            f"et al.'s gate importance" if structured else
            f"{config['STEP']:g} of the weights left a step, the smallest by global magnitude, no retraining")
-    lines = [f"## Tickets at {config['KEEP_FRACTION']:g} of the full model's {tables.metric_title(task)}", "",
+    lines = [f"## Tickets at {config['KEEP_FRACTION']:g} of the full model's {sweep_tables.metric_title(task)}", "",
              f"Each seed's fine-tuned dense model, pruned step by step ({how}) until its dev score fell below the "
              "fraction; the ticket is the last mask above it.", ""]
     lines += (["| seed | full | steps to the ticket | heads kept | MLPs kept | ticket's score (of full) | "
@@ -603,14 +603,14 @@ def fraction_report(out: Path, config: dict, found: dict) -> tuple[list[str], di
                      f"({t['fraction_of_full']:.1%}) | {nxt} |")
         summary["seeds"][seed] = {"full_score": c["full_score"], "ticket_iteration": c["ticket_iteration"], **t}
     if found_curves:
-        plot_curves(found_curves, config, out / "lottery_search.png", tables.dev_metric_label(task))
+        plot_curves(found_curves, config, out / "lottery_search.png", sweep_tables.dev_metric_label(task))
         lines += ["", "![search](lottery_search.png)"]
     goods = good_tickets(out)
     studies = {task.title: goods} if goods else {}
     for other in config["OTHER_STUDIES"]:
         try:
             title = collect(Path(other))["task"].title
-        except (SchemaError, tables.MixedTasks, ValueError):
+        except (SchemaError, sweep_tables.MixedTasks, ValueError):
             title = Path(other).name
         if title in studies:
             title = f"{title} ({other})"
@@ -654,7 +654,7 @@ def pattern_report(out: Path, config: dict, goods: dict, summary: dict) -> list[
 
     def share(v):
         return "–" if v is None else f"{v:.0%}"
-    lines = ["", f"Attention patterns (Kovaleva et al.'s types by the rule in `pruning/patterns.py`; each head's "
+    lines = ["", f"Attention patterns (Kovaleva et al.'s types by the rule in `pruning/studies/patterns.py`; each head's "
              f"most frequent type over {per_seed[first].sentences} dev sentences of the fine-tuned full model), heads "
              f"of {len(per_seed)} seed(s) pooled. p: Fisher's exact test, good-ticket against pruned heads (pooled, "
              "then each seed).", "",
@@ -696,7 +696,7 @@ def plot_curves(found: dict[int, dict], config: dict, path: Path, label: str) ->
 
 def write(out: Path, config: dict) -> str:
     """lottery.md, lottery_HEADLINE.png (the headline score: lottery_accuracy.png for SST-2) and
-    lottery_stability.png in `out`, from the runs that finished. Raises `pruning.tables.MixedTasks` for
+    lottery_stability.png in `out`, from the runs that finished. Raises `pruning.studies.sweep_tables.MixedTasks` for
     runs of several tasks."""
     config = {"PROCEDURE": "early_bird", **config}  # settings recorded before PROCEDURE existed
     found = collect(out)
@@ -708,7 +708,7 @@ def write(out: Path, config: dict) -> str:
     n_runs = len(found["dense"]) + sum(len(g) for g in found["eb"].values()) + sum(len(g) for g in found["ticket"].values())
     source = config["CRITERION"] if config["PROCEDURE"] == "early_bird" else f"to {config['KEEP_FRACTION']:g} of the full score"
     text = "\n".join([f"# Lottery tickets: {source}, {config['GRANULARITY']}, "
-                      f"{tables.dev_metric_label(found['task'])}", "",
+                      f"{sweep_tables.dev_metric_label(found['task'])}", "",
                       f"{n_runs} runs; their training (`trainer.train()`) took {seconds / 60:.1f} min in all; "
                       "start-up and final evaluations come on top.", "",
                       *score_markdown(found, config), "", *paired_markdown(found), "",

@@ -4,7 +4,7 @@ norm that structured magnitude pruning uses (e.g. Torch-Pruning's group magnitud
 import torch
 
 from pruning import Criterion, PruningTrainer
-from pruning.units import GRANULARITIES
+from pruning.core.units import GRANULARITIES
 
 
 class MagnitudeCriterion(Criterion):

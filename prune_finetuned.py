@@ -6,7 +6,7 @@
 
 Fisher information of head and neuron masks over SAMPLE training examples (never the dev set), a mask search
 under the FLOPs budget CONSTRAINT, rearrangement within each layer, and least-squares tuning of the kept
-units' mask values layer by layer (`pruning.retraining_free`); the pruned units are then physically removed.
+units' mask values layer by layer (`pruning.studies.retraining_free`); the pruned units are then physically removed.
 With RETRAIN_EPOCHS > 0 a short recovery follows, distilled from the input model (a cheap start for longer recipes).
 Writes OUT_DIR/NAME like a training run: results.json (with "post_training": each step's time and how tuning
 changed each layer's error), model/ (loads with one call), masks.safetensors, structure.png; compress.py and
@@ -26,18 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from transformers import AutoConfig, DataCollatorWithPadding, Trainer, TrainingArguments
 
-from pruning import data, distill, evaluation, experiment, model_card, models, schema
-from pruning import results as run_results
-from pruning import retraining_free as rf
-from pruning.fisher import ExampleMasks, example_losses, fisher_information
-from pruning.layouts import layout_of
-from pruning.pruned_model import as_pruned_model
-from pruning.state import MASKS_FILE, pack_masks
-from pruning.state import write as write_state
-from pruning.units import PrunableUnits, prunable_parameters
+from pruning.core.fisher import ExampleMasks, example_losses, fisher_information
+from pruning.core.layouts import layout_of
+from pruning.core.pruned_model import as_pruned_model
+from pruning.core.units import PrunableUnits, prunable_parameters
+from pruning.data import evaluation, loading, models
+from pruning.run import distill, experiment, measurements as run_results, model_card, schema
+from pruning.run.checkpoint import MASKS_FILE, pack_masks, write as write_state
+from pruning.studies import retraining_free as rf
 
 # --- what to prune
 MODEL = ""                 # a finished run's directory, a saved model directory, or a Hub id (a fine-tuned classifier)
@@ -120,17 +119,17 @@ def load_inputs(config: dict, inputs: dict):
     from): the task's data read strictly, the model with the task's labels (one error when its head does not fit:
     `models.check_head`), and tokenized: the seeded sample ("train"), the dev sets and, with RETRAIN_EPOCHS, the
     recovery's examples ("recovery")."""
-    task, datasets, source = data.load(**data.run_task(inputs["settings"]))
+    task, datasets, source = loading.load(**loading.run_task(inputs["settings"]))
     tokenizer_name = inputs["tokenizer"] if inputs["tokenizer"] and not Path(inputs["source"], "tokenizer.json").exists() \
         else ""
     model, tokenizer, description = models.load_model_and_tokenizer(
         inputs["source"], tokenizer_name, num_labels=task.num_labels, label_names=task.label_names,
         how_to_fix="Set --model to a finished run, a saved model directory or a Hub id")
-    sample = data.subset(datasets["train"], config["SAMPLE"], config["SEED"])
+    sample = loading.subset(datasets["train"], config["SAMPLE"], config["SEED"])
     splits = {"train": sample, **{s: datasets[s] for s in task.dev_splits}}
     if config["RETRAIN_EPOCHS"]:
-        splits["recovery"] = data.subset(datasets["train"], config["RETRAIN_SUBSET"], config["SEED"] + 1)
-    encoded = data.tokenize(data.DatasetDict(splits), tokenizer, config["MAX_LENGTH"], task)
+        splits["recovery"] = loading.subset(datasets["train"], config["RETRAIN_SUBSET"], config["SEED"] + 1)
+    encoded = loading.tokenize(DatasetDict(splits), tokenizer, config["MAX_LENGTH"], task)
     return task, model.eval(), tokenizer, description, encoded, source
 
 
@@ -162,7 +161,7 @@ def evaluate_dev_sets(model, dev: dict[str, list[dict]], task, masks: dict | Non
 
 
 def prune(config: dict, model, units: PrunableUnits, batches: list[dict], costs: rf.Costs, seconds: dict):
-    """Steps 1-3 (`pruning.retraining_free`) on `batches`: (the searched/rearranged keep-mask, the mask values
+    """Steps 1-3 (`pruning.studies.retraining_free`) on `batches`: (the searched/rearranged keep-mask, the mask values
     to apply, the tuning report or None). Each step's seconds go into `seconds`."""
     started = time.perf_counter()
     with tqdm(total=sum(b["input_ids"].shape[0] for b in batches), desc="fisher", unit="ex") as bar:
@@ -239,9 +238,9 @@ def main(config: dict) -> dict:
     seconds: dict[str, float] = {}
     task, model, tokenizer, description, encoded, source = load_inputs(config, inputs)
     collate = DataCollatorWithPadding(tokenizer)
-    rows = data.model_rows(encoded["train"])
+    rows = loading.model_rows(encoded["train"])
     batches = rf.sample_batches(rows, collate, config["BATCH_SIZE"])
-    dev = {s: rf.sample_batches(data.model_rows(encoded[s]), collate, 64) for s in task.dev_splits}
+    dev = {s: rf.sample_batches(loading.model_rows(encoded[s]), collate, 64) for s in task.dev_splits}
     units = PrunableUnits(model, "heads+neurons")
     lengths = list(encoded["train"]["length"])
     costs = rf.unit_costs(model, units, lengths)
@@ -254,7 +253,7 @@ def main(config: dict) -> dict:
     started = time.perf_counter()
     before, _ = evaluate_dev_sets(model, dev, task)
     seconds["evaluate"] = time.perf_counter() - started
-    recovery_rows = data.model_rows(encoded["recovery"]) if config["RETRAIN_EPOCHS"] else []
+    recovery_rows = loading.model_rows(encoded["recovery"]) if config["RETRAIN_EPOCHS"] else []
     teacher_logits = distill.compute_logits(model, recovery_rows, collate) if recovery_rows else None
     keep, values, report, scores = prune(config, model, units, batches, costs, seconds)
     started = time.perf_counter()
@@ -273,7 +272,7 @@ def main(config: dict) -> dict:
     print(f"FLOPs on the sample: {flops / costs.dense:.3f} of the input model's (constraint {config['CONSTRAINT']:g})")
     speed = None
     if config["MEASURE_SPEED"]:
-        speed = run_results.measure_speed(model, data.model_rows(encoded[task.dev]), encoded["train"].select(
+        speed = run_results.measure_speed(model, loading.model_rows(encoded[task.dev]), encoded["train"].select(
             range(min(160, len(encoded["train"])))).to_list(), collate)
     results = write_run(config, inputs, run_dir, task, model, tokenizer, description, source, encoded, units,
                         {"before_prune": before, "after_prune": untuned, "final": final}, predicted, removed,
@@ -309,8 +308,8 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
             "task": experiment.task_record(task), "data": source,
             "train_rows": len(encoded["train"]), "dev_rows": len(dev),
             "truncation": {"strategy": "head", "max_length": config["MAX_LENGTH"],
-                           "train": data.truncated_count(encoded["train"]),
-                           "dev": {task.dev: data.truncated_count(dev)}},
+                           "train": loading.truncated_count(encoded["train"]),
+                           "dev": {task.dev: loading.truncated_count(dev)}},
             "test_predictions": None, "config": settings, "world_size": 1,
             "optimizer_steps": extra["recovery"]["steps"] if extra["recovery"] else 0,
             "metrics": metrics, "total_params": sum(p.numel() for p in model.parameters()),
@@ -381,5 +380,5 @@ def pruning_summary(config, structure, removed, seconds) -> dict:
 if __name__ == "__main__":
     try:
         main(experiment.configure(globals()))
-    except (experiment.ConfigError, data.DataError, models.ModelError, FileNotFoundError) as e:
+    except (experiment.ConfigError, loading.DataError, models.ModelError, FileNotFoundError) as e:
         experiment.fail(e)

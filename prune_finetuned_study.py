@@ -16,8 +16,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from pruning import experiment, schema, stats
-from pruning.processes import run_python
+from pruning.grid.processes import run_python
+from pruning.run import experiment, schema
+from pruning.studies import stats
 
 INPUTS = ""                         # comma-separated finished runs (fine-tuned models): one per seed
 CONSTRAINTS = "0.9,0.75,0.6,0.5"    # FLOPs budgets, fractions of each input model's
@@ -47,7 +48,7 @@ def cells(config: dict) -> list[tuple[Path, float, str]]:
 
 
 def run_cells(config: dict, passed_on: list[str]) -> None:
-    """Each cell's prune_finetuned.py run, forked from `pruning.processes`' preloaded server; finished cells are
+    """Each cell's prune_finetuned.py run, forked from `pruning.grid.processes`' preloaded server; finished cells are
     skipped. Raises SystemExit naming the log of a cell that failed."""
     out = Path(config["OUT_DIR"])
     out.mkdir(parents=True, exist_ok=True)

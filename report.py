@@ -5,10 +5,10 @@
     python report.py --help                          # every setting, its default and meaning
 
 One row per run and mean ± std over seeds, paired by seed with the dense run (the statistics are
-`pruning.stats`); heads + neurons runs get their own tables (`pruning.tables`). Every score is the
+`pruning.studies.stats`); heads + neurons runs get their own tables (`pruning.studies.sweep_tables`). Every score is the
 task's headline metric, read from the runs' results.json and named in every header and axis (SST-2
 accuracy, MRPC and QQP F1, CoLA Matthews correlation, STS-B Pearson r; the task's other metrics get
-columns of their own). The plots (`pruning.plots`) draw every criterion found among the runs:
+columns of their own). The plots (`pruning.studies.sweep_plots`) draw every criterion found among the runs:
 HEADLINE_vs_sparsity.png (accuracy_vs_sparsity.png for SST-2), mask_distance.png, time_breakdown.png,
 and cost_vs_step.png, every run's dev score, active parameters and training FLOPs by step. A directory
 whose runs are of several tasks is refused, naming them (one table per task: report each task's runs
@@ -17,7 +17,8 @@ from a directory of their own). sweep.py writes the same at its end.
 import sys
 from pathlib import Path
 
-from pruning import experiment, schema, tables
+from pruning.run import experiment, schema
+from pruning.studies import sweep_tables
 
 SWEEP_DIR = "sweeps/bert"      # the sweep directory: one sub-directory per run, each with its results.json
 PATIENCES = "2,3"              # early-stopping patiences (evaluations) to replay on runs that trained their whole budget
@@ -38,6 +39,6 @@ if __name__ == "__main__":
         experiment.fail(f"--sweep_dir={config['SWEEP_DIR']} must be a sweep directory (sweep.py's OUT_DIR) and "
                         f"--patiences whole numbers >= 1, comma-separated; got {config['PATIENCES']!r}")
     try:
-        tables.write(Path(config["SWEEP_DIR"]), patiences, config["PLOTS"])
-    except (schema.SchemaError, tables.MixedTasks) as e:  # a results.json too new or malformed, or runs of two tasks
+        sweep_tables.write(Path(config["SWEEP_DIR"]), patiences, config["PLOTS"])
+    except (schema.SchemaError, sweep_tables.MixedTasks) as e:  # a results.json too new or malformed, or runs of two tasks
         experiment.fail(e)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pruning import Criterion, PruningTrainer
-from pruning.surgery import UnitGates, fold_gates
+from pruning.core.surgery import UnitGates, fold_gates
 
 
 class SlimmingCriterion(Criterion):

@@ -12,12 +12,12 @@
                                                          # same seed, gradual pruning, both
 
 Every cell is one `python bert.py --run_name=CELL ...` in its own process (the same experiment code,
-not a copy; `pruning.cells`). A cell with results.json is skipped, a cell killed midway resumes from
+not a copy; `pruning.grid.cells`). A cell with results.json is skipped, a cell killed midway resumes from
 its checkpoint, so the sweep can be stopped and re-run at any time. Any --key=value that is not a sweep setting below
 is handed to every cell (see `python bert.py --help`), among them the task: --task, --data_dir,
 --text_columns, --label_column, --truncation; every cell's whole configuration is checked before the
 first run (an unknown task or truncation fails at once), and a cell on disk made for another task is
-refused, so one OUT_DIR holds one task. At the end, `pruning.tables.write` (what report.py runs) writes
+refused, so one OUT_DIR holds one task. At the end, `pruning.studies.sweep_tables.write` (what report.py runs) writes
 results.csv, results.md and the plots into OUT_DIR, every score in the task's headline metric (SST-2
 accuracy, CoLA Matthews correlation, STS-B Pearson r, MRPC/QQP F1, ...), named in every header and axis.
 """
@@ -26,8 +26,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 import bert  # noqa: F401  (defines every trainer a cell may name)
-from pruning import experiment, grid, schema, tables
-from pruning.cells import check_cells, run_on_ray
+from pruning.grid import loop
+from pruning.grid.cells import check_cells, run_on_ray
+from pruning.run import experiment, schema
+from pruning.studies import sweep_tables
 
 SCRIPT = "bert.py"                              # the experiment each cell runs
 TRAINERS = "dense,magnitude,gradient,undecayed" # comma-separated; dense runs once per seed
@@ -71,7 +73,7 @@ def cells(trainers, rates, seeds, dense_eval_every, granularity="weights", varia
 
 def main():
     """Entry point: check every cell's settings, run the grid (locally, or one Ray task per cell with CLUSTER,
-    the dense cells first), then write the report (`pruning.tables.write`). Bad settings exit with status 2;
+    the dense cells first), then write the report (`pruning.studies.sweep_tables.write`). Bad settings exit with status 2;
     failed cells end in SystemExit naming them."""
     try:
         config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, owned=SWEEP_OWNS)
@@ -82,8 +84,8 @@ def main():
         if t not in experiment.trainers():
             experiment.fail(f"unknown trainer {t!r} in --trainers; choose from {', '.join(experiment.trainers())}")
     try:
-        grid.check_granularity(config["GRANULARITY"])
-        seeds = grid.seeds(config["SEEDS"])
+        loop.check_granularity(config["GRANULARITY"])
+        seeds = loop.seeds(config["SEEDS"])
         rates = [float(r) for r in config["RATES"].split(",") if r.strip()]
     except experiment.ConfigError as e:
         experiment.fail(e)
@@ -122,13 +124,13 @@ def main():
             failed = run_on_ray(config["SCRIPT"], out, waves, config["CLUSTER"], config["CELL_CPUS"],
                                 config["LOCAL_CPUS"], done)
     else:
-        failed = grid.run_cells(config["SCRIPT"], out, [(n, [*a, *passed_on]) for n, a in plan], "sweep")
+        failed = loop.run_cells(config["SCRIPT"], out, [(n, [*a, *passed_on]) for n, a in plan], "sweep")
     try:
-        tables.write(out)
-    except (schema.SchemaError, tables.MixedTasks) as e:  # runs put into OUT_DIR by hand: no report
-        grid.finish(failed)
+        sweep_tables.write(out)
+    except (schema.SchemaError, sweep_tables.MixedTasks) as e:  # runs put into OUT_DIR by hand: no report
+        loop.finish(failed)
         experiment.fail(e)
-    grid.finish(failed)
+    loop.finish(failed)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,44 @@
-"""Early-bird pruning of BERT and RoBERTa: the shared machinery behind bert.py and roberta.py.
+"""Early-bird pruning of BERT-family encoders: the machinery behind bert.py, roberta.py and the study scripts.
 
-- units:     what can be pruned (weights, or heads and FFN neurons) and where units live in the weights
-- layouts:   where each architecture family (BERT layout, DistilBERT, DeBERTa-v2, ModernBERT) keeps its heads
-             and FFN neurons (fused and gated projections included)
-- criterion: the criterion base classes (a criterion only scores units)
-- masks:     scores -> exact-count keep-masks (global, per layer, per tensor)
-- schedule:  the phase plan, learning-rate policy and gradual (cubic) schedule
-- distill:   the distillation loss and the teacher's cached logits
-- surgery:   physical removal of heads and neurons; gates on unit outputs
-- callbacks: the TrainerCallbacks of a run, one job each (early stopping among them)
-- cost:      CostLog, the run's active parameters, FLOPs, memory and time as it goes
-- trainer:   PruningTrainer, which wires them into HF's Trainer
-- pruned_model: save/load of models whose layers keep different numbers of heads and neurons
-- configuration, checks: a script's constants as its configuration; every check of the settings
-- experiment, data, models, results: the experiment behind the scripts
-- allocation: per-layer rates by an RL agent (allocate.py): budget, environment, reward, PPO search
-- tickets, importance, patterns, heatmaps: the lottery study (lottery.py): random and bad tickets; gate importance and
-  the to-fraction search; attention-pattern types; survival heatmaps and overlaps
-- deploy, precision: ONNX Runtime variants of a finished run (compress.py); which matrices get 4 bits
+The package is layered; each layer imports only the layers listed before it (import-linter checks this in the
+test suite: pyproject.toml's [tool.importlinter] contracts, tests/test_architecture.py):
+
+- settings: a script's constants as its configuration (`--key=value`, `--help`, one-line errors); standard library
+            only, so every script answers `--help` and a bad setting without importing torch
+- core:     units, architecture layouts, criterion base classes, keep-masks, surgery, Fisher information of mask
+            gates, the saved pruned-model classes
+- data:     tasks, reading and tokenizing their files, model and tokenizer lookup, dev-set metrics
+- run:      PruningTrainer and its callbacks, settings checks, schedule, distillation, checkpoints, cost log,
+            trainer registry, the experiment's phases, end-of-run measurements, results.json's schema, model cards
+- deploy:   ONNX export, ONNX Runtime and OpenVINO, quantization, artifacts, vocabulary trimming, energy
+- studies:  RL allocation, the lottery study, retraining-free pruning, sweep tables and plots, statistics
+- grid:     processes, grid cells, the grid loop (sweep.py, lottery.py, allocate.py)
+
+The public API below is importable from `pruning` itself; it is loaded on first use (PEP 562), so `import pruning`
+costs nothing until a name is read.
 """
-from pruning.config import PruningConfig
-from pruning.criterion import AccumulatedCriterion, Criterion
-from pruning.masks import keep_masks, kth_smallest
-from pruning.state import PRUNING_STATE_FILE
-from pruning.trainer import PruningTrainer
-from pruning.units import PrunableUnits, prunable_parameters
+from __future__ import annotations
 
-__all__ = ["AccumulatedCriterion", "Criterion", "PRUNING_STATE_FILE", "PrunableUnits", "PruningConfig",
-           "PruningTrainer", "keep_masks", "kth_smallest", "prunable_parameters"]
+import importlib
+
+_PUBLIC = {
+    "AccumulatedCriterion": "pruning.core.criterion", "Criterion": "pruning.core.criterion",
+    "keep_masks": "pruning.core.masks", "kth_smallest": "pruning.core.masks",
+    "PrunableUnits": "pruning.core.units", "prunable_parameters": "pruning.core.units",
+    "PRUNING_STATE_FILE": "pruning.run.checkpoint", "PruningConfig": "pruning.run.pruning_config",
+    "PruningTrainer": "pruning.run.trainer",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    """`pruning.<public name>`, imported from its module on first use. Raises AttributeError for other names."""
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pruning' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

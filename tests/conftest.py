@@ -16,7 +16,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One intra-op thread in every test process, set before torch is imported: the suite runs two xdist workers
 # on two cores, and tiny models on two threads each (four on two cores) spend their time switching, not
-# computing. Forked runs inherit it through the preloaded server (`pruning.processes`), so their weights
+# computing. Forked runs inherit it through the preloaded server (`pruning.grid.processes`), so their weights
 # match a Ray task's (Ray gives a task of one CPU one thread) bit for bit.
 os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -72,7 +72,7 @@ def refused(capsys, args) -> str:
     """Run bert.py's experiment in this process with `args`; it must stop with exit status 2 and one
     `error:` line on standard error, no traceback. Returns that line."""
     import bert
-    from pruning import experiment
+    from pruning.run import experiment
     with pytest.raises(SystemExit) as stop:
         experiment.main(vars(bert), [str(a) for a in args])
     err = capsys.readouterr().err
@@ -85,8 +85,8 @@ def refused(capsys, args) -> str:
 def run_script(script: str, args: list[str], timeout: int = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """`python script *args` (a path relative to the repository, or absolute) in a process of its own, run
     from `cwd` (the repository): its exit status and output, as subprocess.run(capture_output=True) gives them.
-    The process is forked from `pruning.processes`' preloaded server, so it does not import torch again."""
-    from pruning.processes import run_python
+    The process is forked from `pruning.grid.processes`' preloaded server, so it does not import torch again."""
+    from pruning.grid.processes import run_python
     script = str(REPO / script)
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from transformers import TrainerCallback  # noqa: E402
 
 import bert  # noqa: E402
-from pruning import experiment  # noqa: E402
+from pruning.run import experiment  # noqa: E402
 
 
 class Sabotage(TrainerCallback):

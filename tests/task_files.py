@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from pruning.tasks import TASKS, Task
+from pruning.data.tasks import TASKS, Task
 
 WORDS = {0: ["dull", "grim", "weak", "sad", "flat"], 1: ["fine", "warm", "bright", "good", "keen"],
          2: ["odd", "rare", "slow", "loud", "new"]}

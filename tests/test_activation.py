@@ -8,9 +8,9 @@ from transformers import BertConfig, BertForSequenceClassification
 from activation_pruning import ActivationCriterion
 from conftest import TINY, only_run_dir, run_script, tiny_args
 from pruning import PrunableUnits
-from pruning.callbacks import EarlyStopping, stopping_evaluation
-from pruning.cost import active_parameters
-from pruning.run_state import RunState
+from pruning.run.callbacks import EarlyStopping, stopping_evaluation
+from pruning.run.run_state import RunState
+from pruning.run.training_cost import active_parameters
 
 BATCH = {"input_ids": torch.tensor([[101, 2023, 2003, 1037, 102], [101, 2204, 102, 0, 0]]),
          "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}

@@ -1,4 +1,4 @@
-"""allocate.py and pruning.allocation: the exact budget, the pipeline's own masks, the gymnasium API,
+"""allocate.py and pruning.studies.allocation: the exact budget, the pipeline's own masks, the gymnasium API,
 learning on a hand-built case, resuming a killed search, and the held-out sentences."""
 import json
 from pathlib import Path
@@ -10,11 +10,11 @@ from gymnasium.utils.env_checker import check_env
 from transformers import BertConfig, BertForSequenceClassification
 
 from conftest import TINY, run_script, tiny_args, write_slice
-from pruning import allocation
-from pruning import data as sst2
-from pruning.config import PruningConfig
-from pruning.state import read_run_masks
-from pruning.units import PrunableUnits
+from pruning.core.units import PrunableUnits
+from pruning.data import loading as sst2
+from pruning.run.checkpoint import read_run_masks
+from pruning.run.pruning_config import PruningConfig
+from pruning.studies import allocation
 
 HEADS4 = {**TINY, "num_attention_heads": 4}  # 4 heads of 8: room to move heads between layers
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import TINY, run_script, tiny_args, write_slice
-from pruning import allocation
-from pruning.config import PruningConfig
-from pruning import schema
-from pruning.configuration import ConfigError, _parse_value
-from pruning.state import read_run_masks
-from pruning.units import PrunableUnits
+from pruning.core.units import PrunableUnits
+from pruning.run import schema
+from pruning.run.checkpoint import read_run_masks
+from pruning.run.configuration import ConfigError, _parse_value
+from pruning.run.pruning_config import PruningConfig
+from pruning.studies import allocation
 from test_whole_units import LAYERS, tiny
 
 RATES = {"head": 0.25, "neuron": 0.4, "mlp": 1 / 3, "layer": 1 / 3}  # of 3 layers: one MLP and one layer go

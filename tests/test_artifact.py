@@ -1,4 +1,4 @@
-"""A variant directory is a deployable artifact (pruning.artifact): its classify.py loads the model and the
+"""A variant directory is a deployable artifact (pruning.deploy.artifact): its classify.py loads the model and the
 tokenizer and classifies raw sentences in a process where torch (and transformers, and this repository)
 cannot be imported, and gives the labels the toolkit's own runner gives."""
 import json
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from pruning import artifact, deploy
+from pruning.deploy import artifact, runtimes
 from test_vocab import TRAIN, tiny_model, tiny_tokenizer
 
 TEXTS = ["the film is good", "a very dull plot and a bad actor", "the movie was great"]
@@ -30,11 +30,11 @@ def test_a_variant_classifies_sentences_without_torch(tmp_path, runtime):
     probe = {k: v.numpy() for k, v in tokenizer(TRAIN, padding=True, return_tensors="pt").items()}
     variant = tmp_path / "variant"
     variant.mkdir()
-    deploy.export_onnx(model, variant, probe)
+    runtimes.export_onnx(model, variant, probe)
     if runtime == "openvino":
         onnx_dir, variant = variant, tmp_path / "ov-variant"
         variant.mkdir()
-        deploy.convert_openvino(onnx_dir, variant, probe)
+        runtimes.convert_openvino(onnx_dir, variant, probe)
     artifact.write_files(variant, tokenizer, ["negative", "positive"], tuple(probe), max_length=16, pair=False)
     artifact.write_card(variant, "tiny: pruned · fp32", [("dev accuracy", "0.5000")], "python compress.py RUN", "today")
     card = (variant / "README.md").read_text()
@@ -51,7 +51,7 @@ def test_a_variant_classifies_sentences_without_torch(tmp_path, runtime):
     printed = [line.split("\t") for line in done.stdout.strip().splitlines()]
 
     batch = {k: v.numpy() for k, v in tokenizer(TEXTS, padding=True, return_tensors="pt").items()}
-    expected = deploy.runner(variant, 1)(batch).argmax(-1)
+    expected = runtimes.runner(variant, 1)(batch).argmax(-1)
     assert printed == [[["negative", "positive"][i], t] for i, t in zip(expected, TEXTS)]
     # the shipped tokenizer gives the ids the toolkit's tokenizer gives, padding included
     from tokenizers import Tokenizer

@@ -5,8 +5,8 @@ import threading
 import pytest
 
 import bert
-from pruning import data as sst2
-from pruning import experiment, models
+from pruning.data import loading as sst2, models
+from pruning.run import experiment
 from conftest import SST2, tiny_args, write_slice
 
 

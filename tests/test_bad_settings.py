@@ -8,8 +8,8 @@ import pytest
 
 import bert
 from conftest import ROBERTA_TOKENIZER, TINY, refused, run_script, tiny_args, write_slice
-from pruning import checks, experiment
-from pruning.cells import check_cell, run_cell
+from pruning.grid.cells import check_cell, run_cell
+from pruning.run import checks, experiment
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_warmup_rounded_up_over_the_search_leaves_nothing_to_score(capsys, tiny_
 
 
 def test_a_warmup_one_step_shorter_is_accepted(tiny_bert_config, data):
-    from pruning.schedule import PhasePlan
+    from pruning.run.schedule import PhasePlan
     _, total = checks.planned_steps(300, 16, 1, 2.0)
     assert total == 38 and checks.hf_warmup_steps(0.4736, total) == 18  # ceil(17.997)
     plan = PhasePlan.of(total, 2.0, 1.0, 1.0, checks.hf_warmup_steps(0.4736, total), True)
@@ -199,13 +199,13 @@ def test_a_sweep_rerun_with_another_setting_is_refused_before_any_run(tiny_bert_
 
 # --- case 6: figures "so far" never fall -----------------------------------------------------------
 def test_peak_memory_so_far_is_a_running_maximum_kept_across_a_resume(monkeypatch):
-    from pruning import cost
+    from pruning.run import training_cost
     readings = iter([539.54, 539.29, 541.0, 400.0])  # one reading can fall (VmHWM vs RSS); the figure must not
-    monkeypatch.setattr(cost, "peak_memory_mb", lambda: next(readings))
-    log = cost.CostLog(mean_length=10)
+    monkeypatch.setattr(training_cost, "peak_memory_mb", lambda: next(readings))
+    log = training_cost.CostLog(mean_length=10)
     assert [log.peak_memory_so_far() for _ in range(3)] == [539.54, 539.54, 541.0]
     saved = log.state()["attributes"]
-    resumed = cost.CostLog(mean_length=10)
+    resumed = training_cost.CostLog(mean_length=10)
     resumed.__dict__.update(saved)  # what on_train_begin restores from the checkpoint
     assert resumed.peak_memory_so_far() == 541.0
 

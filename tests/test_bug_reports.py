@@ -11,9 +11,10 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, pipelin
 
 import bert
 from conftest import REPO, only_run_dir, refused, run_script, tiny_args, write_slice
-from pruning import checks, data, models
-from pruning.configuration import ConfigError, configure
-from pruning.state import PRUNING_STATE_FILE, run_checkpoints
+from pruning.data import loading, models
+from pruning.run import checks
+from pruning.run.checkpoint import PRUNING_STATE_FILE, run_checkpoints
+from pruning.run.configuration import ConfigError, configure
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_a_pruned_three_class_run_saves_its_class_names_and_can_be_pruned_again(
 def test_whole_number_labels_other_than_0_to_k_are_class_names_not_phantom_classes(labels, names, tmp_path, capsys):
     train = "text,stars\n" + "".join(f"review {i},{labels[i % len(labels)]}\n" for i in range(2 * len(labels)))
     dev = "text,stars\n" + "".join(f"seen {i},{y}\n" for i, y in enumerate(reversed(labels)))
-    task, ds, _ = data.load("custom", str(write_csvs(tmp_path, train, dev)), ("text",), "stars")
+    task, ds, _ = loading.load("custom", str(write_csvs(tmp_path, train, dev)), ("text",), "stars")
     assert task.label_names == names and task.num_labels == len(labels)  # no class that never occurs
     assert ds["validation"]["label"] == list(reversed(range(len(labels))))
     note = capsys.readouterr().out
@@ -92,7 +93,7 @@ def test_whole_number_labels_other_than_0_to_k_are_class_names_not_phantom_class
 
 
 def test_class_ids_0_to_k_stay_as_they_are_without_a_note(tmp_path, capsys):
-    task, ds, _ = data.load("custom", str(write_csvs(tmp_path, "text,y\na,1\nb,0\nc,2\n", "text,y\nd,2\n")),
+    task, ds, _ = loading.load("custom", str(write_csvs(tmp_path, "text,y\na,1\nb,0\nc,2\n", "text,y\nd,2\n")),
                             ("text",), "y")
     assert task.label_names == ("0", "1", "2") and ds["train"]["label"] == [1, 0, 2]
     assert "note:" not in capsys.readouterr().out
@@ -109,15 +110,15 @@ def test_a_missing_label_is_named_by_file_and_row(split, fmt, tmp_path):
         else:
             text = "".join(json.dumps({"review": t, "stars": y}) + "\n" for t, y in broken)
         (tmp_path / f"{name}.{fmt}").write_text(text)
-    with pytest.raises(data.DataError, match=rf"{split}\.{fmt}: row 3 has no label in 'stars'; fill it in or drop"):
-        data.load("custom", str(tmp_path), ("review",), "stars")
+    with pytest.raises(loading.DataError, match=rf"{split}\.{fmt}: row 3 has no label in 'stars'; fill it in or drop"):
+        loading.load("custom", str(tmp_path), ("review",), "stars")
 
 
 def test_labels_of_mixed_types_name_the_types(tmp_path):
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"t": "x", "y": y}) + "\n" for y in ("good", 1, "bad")))
     (tmp_path / "dev.jsonl").write_text(json.dumps({"t": "x", "y": "good"}) + "\n")
-    with pytest.raises(data.DataError, match=r"train.jsonl: the labels in 'y' mix types \(int, str\)"):
-        data.load("custom", str(tmp_path), ("t",), "y")
+    with pytest.raises(loading.DataError, match=r"train.jsonl: the labels in 'y' mix types \(int, str\)"):
+        loading.load("custom", str(tmp_path), ("t",), "y")
 
 
 # --- 6. a checkpoint whose classifier head does not fit ----------------------------------------------

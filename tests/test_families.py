@@ -1,4 +1,4 @@
-"""Heads + neurons on every architecture family `pruning.layouts` declares (BERT, RoBERTa, ELECTRA, XLM-RoBERTa,
+"""Heads + neurons on every architecture family `pruning.core.layouts` declares (BERT, RoBERTa, ELECTRA, XLM-RoBERTa,
 DistilBERT, DeBERTa-v2/v3, ModernBERT), on tiny random-init configs: removal equals gating, parameter counts,
 save -> fresh-process load, the tokenizer beside it, ONNX export, runs end to end (DistilBERT; DeBERTa-v3 and
 ModernBERT with every criterion), and the refusal of other architectures."""
@@ -14,14 +14,15 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Ber
 import bert
 from conftest import run_script
 from magnitude_pruning import MagnitudeCriterion
-from pruning import PrunableUnits, PruningConfig, experiment
-from pruning.checks import check_architecture
-from pruning.configuration import ConfigError
-from pruning.layouts import layout_of
-from pruning.pruned_model import as_pruned_model, per_layer_structure
-from pruning.results import forward_flops, parameter_split
-from pruning.surgery import UnitGates, remove_units
-from pruning.units import Slice
+from pruning import PrunableUnits, PruningConfig
+from pruning.core.layouts import layout_of
+from pruning.core.pruned_model import as_pruned_model, per_layer_structure
+from pruning.core.surgery import UnitGates, remove_units
+from pruning.core.units import Slice
+from pruning.run import experiment
+from pruning.run.checks import check_architecture
+from pruning.run.configuration import ConfigError
+from pruning.run.measurements import forward_flops, parameter_split
 
 # "deberta-v2": DeBERTa-v2 with its own relative-position projections (share_att_key=False: pos_key_proj and
 # pos_query_proj, per head too); "deberta-v3": DeBERTa-v3's settings (the key and query projections shared with
@@ -149,8 +150,8 @@ def test_a_chunked_slice_maps_each_unit_to_its_entries_in_every_chunk():
 
 
 def test_layer_numbers_are_read_from_modernberts_names_too():
-    from pruning.tickets import by_layer
-    from pruning.units import layer_of
+    from pruning.core.units import layer_of
+    from pruning.studies.tickets import by_layer
     assert layer_of("model.layers.3.attn.Wqkv.weight") == 3 and layer_of("model.layers.1.heads.") == 1
     assert layer_of("bert.encoder.layer.2.output.dense.weight") == 2 and layer_of("classifier.weight") == -1
     units = PrunableUnits(tiny("modernbert"), "heads+neurons")
@@ -219,7 +220,7 @@ def test_the_activation_criterion_refuses_apoz_for_a_gated_ffn():
 
 
 def test_saved_models_load_in_a_fresh_process_with_equal_logits_and_the_tokenizer_without_a_prompt(tmp_path):
-    from pruning.models import _packaged_path
+    from pruning.data.models import _packaged_path
     directories = []
     for family in FAMILIES:
         model, _ = pruned(family, "eager" if family in EAGER_ONLY else "sdpa")
@@ -257,7 +258,7 @@ def test_saved_models_load_in_a_fresh_process_with_equal_logits_and_the_tokenize
 
 @pytest.mark.parametrize("family", ["electra", "distilbert", "deberta-v2", "deberta-v3", "modernbert"])
 def test_onnx_export_of_a_pruned_model_gives_pytorchs_logits(family, tmp_path):
-    from pruning.deploy import export_onnx
+    from pruning.deploy.runtimes import export_onnx
     model, _ = pruned(family)
     probe = {k: v.numpy().astype(np.int64) for k, v in batch().items()}
     export_onnx(model, tmp_path, probe)  # raises DeployError when the logits differ by more than 1e-3

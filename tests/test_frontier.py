@@ -9,7 +9,7 @@ import pytest
 from conftest import run_script, tiny_args
 
 import frontier
-from pruning import experiment
+from pruning.run import experiment
 
 
 def item(name, deployment="ORT int8", headline=0.88, delta=0.0, fp32=1.0, int8=1.0, compression=1.0, bytes_=1e8):

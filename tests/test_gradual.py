@@ -8,9 +8,9 @@ from transformers import TrainerCallback
 
 import bert
 from conftest import run_script, tiny_args
-from pruning import experiment
-from pruning.schedule import PhasePlan, gradual_fractions, gradual_steps
-from pruning.units import prunable_parameters
+from pruning.core.units import prunable_parameters
+from pruning.run import experiment
+from pruning.run.schedule import PhasePlan, gradual_fractions, gradual_steps
 from test_resume import kill_and_resume, reference_run, same_run
 
 # 20 steps an epoch; gradient scores settle at step 6; retraining to step 26; updates at steps 9, 13, 16.

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pruning import heatmaps
+from pruning.studies import heatmaps
 
 P = "bert.encoder.layer"
 

@@ -8,9 +8,9 @@ import torch
 
 import lottery
 from conftest import tiny_args
-from pruning import importance
-from pruning.experiment import ConfigError
-from pruning.state import read_run_masks
+from pruning.run.checkpoint import read_run_masks
+from pruning.run.experiment import ConfigError
+from pruning.studies import to_fraction
 
 
 def test_bad_to_fraction_settings_are_one_clear_error_before_any_run(tmp_path):
@@ -64,16 +64,16 @@ def test_the_study_searches_writes_tickets_trains_them_and_reports(study):
     names = {p.name for p in out.iterdir() if (p / "results.json").exists()}
     assert names == {f"{run}-s{seed}" for seed in (1, 2) for run in ("dense", "good-pretrained", "bad-pretrained")}
     for seed in (1, 2):
-        curve = json.loads((out / "search" / f"s{seed}" / importance.CURVE_FILE).read_text())
+        curve = json.loads((out / "search" / f"s{seed}" / to_fraction.CURVE_FILE).read_text())
         assert curve["done"] and curve["settings"]["source"].endswith(f"dense-s{seed}")
         heads = [p["heads"] for p in curve["curve"]]
-        assert all(a - b == importance.heads_to_remove(a, 0.1) for a, b in zip(heads, heads[1:]))
+        assert all(a - b == to_fraction.heads_to_remove(a, 0.1) for a, b in zip(heads, heads[1:]))
         assert all(p["mlps"] == 2 for p in curve["curve"])
         ticket = curve["curve"][curve["ticket_iteration"]]
         assert ticket["meets"] and all(p["meets"] for p in curve["curve"][:curve["ticket_iteration"] + 1])
         good = read_run_masks(str(out / "tickets" / f"s{seed}" / "good"))[0]
         bad = read_run_masks(str(out / "tickets" / f"s{seed}" / "bad"))[0]
-        assert importance.counts(good)["heads"] == ticket["heads"]
+        assert to_fraction.counts(good)["heads"] == ticket["heads"]
         assert {n: int(m.sum()) for n, m in bad.items()} == {n: int(m.sum()) for n, m in good.items()}
         trained = read_run_masks(str(out / f"good-pretrained-s{seed}"))[0]   # trained with the ticket fixed
         assert trained.keys() == good.keys() and all(torch.equal(trained[n], good[n]) for n in trained)
@@ -92,7 +92,7 @@ def test_the_study_searches_writes_tickets_trains_them_and_reports(study):
 
 def test_rerunning_the_study_searches_nothing_again(study):
     out, argv = study
-    files = [out / "search" / "s1" / importance.STATE_FILE, *out.glob("tickets/s*/*/masks.safetensors"),
+    files = [out / "search" / "s1" / to_fraction.STATE_FILE, *out.glob("tickets/s*/*/masks.safetensors"),
              *out.glob("*/results.json")]
     before = {p: p.stat().st_mtime_ns for p in files}
     (out / "lottery.md").unlink()
@@ -113,7 +113,7 @@ def test_a_study_of_another_task_adds_overlaps_between_tasks(study, tmp_path):
 def test_tickets_that_remove_whole_mlps_are_searched_trained_and_reported(four_heads, sst2_slice, tmp_path):
     argv = study_argv(tmp_path, four_heads, sst2_slice, "--seeds=1", "--tickets=good", "--keep_fraction=0.01")
     lottery.main(argv)
-    curve = json.loads((tmp_path / "search" / "s1" / importance.CURVE_FILE).read_text())
+    curve = json.loads((tmp_path / "search" / "s1" / to_fraction.CURVE_FILE).read_text())
     assert [p["mlps"] for p in curve["curve"]][:3] == [2, 1, 0]
     assert curve["done"] and curve["curve"][-1]["heads"] == 2       # one head per layer left, nothing to remove
     good = read_run_masks(str(tmp_path / "tickets" / "s1" / "good"))[0]
@@ -127,7 +127,7 @@ def test_iterative_magnitude_pruning_to_the_fraction_trains_its_weights_ticket(f
     """GRANULARITY=weights: 10% of the remaining weights a step by global magnitude; the ticket trains fixed."""
     lottery.main(study_argv(tmp_path, four_heads, sst2_slice, "--seeds=1", "--tickets=good", "--granularity=weights",
                             "--pattern_sentences=0"))
-    curve = json.loads((tmp_path / "search" / "s1" / importance.CURVE_FILE).read_text())
+    curve = json.loads((tmp_path / "search" / "s1" / to_fraction.CURVE_FILE).read_text())
     kept = [p["weights"] for p in curve["curve"]]
     assert kept[0] == curve["curve"][0]["weights_total"] and len(kept) > 2
     assert all(a - b == max(1, round(0.1 * a)) for a, b in zip(kept, kept[1:]))

@@ -1,4 +1,4 @@
-"""The model card of a run's model/ (pruning.model_card) and of a compress.py variant (pruning.artifact.write_card):
+"""The model card of a run's model/ (pruning.run.model_card) and of a compress.py variant (pruning.deploy.artifact.write_card):
 huggingface_hub's own parser reads its metadata back, it carries the run's real figures and leaves out what the run
 lacks, and writing it twice gives the same bytes."""
 import copy
@@ -10,7 +10,8 @@ from huggingface_hub import ModelCard, ModelCardData, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from conftest import only_run_dir, run_script, tiny_args
-from pruning import artifact, model_card, schema
+from pruning.deploy import artifact
+from pruning.run import model_card, schema
 
 # Three layers, so that a whole MLP and a whole layer can go beside heads and neurons.
 STRUCTURED = {"granularity": "heads+neurons", "head_rate": 0.5, "mlp_rate": 0.34, "layer_rate": 0.34}

@@ -1,4 +1,4 @@
-"""OpenVINO beside ONNX Runtime (pruning.deploy): the converted model gives PyTorch's logits, NNCF's int8 and
+"""OpenVINO beside ONNX Runtime (pruning.deploy.runtimes): the converted model gives PyTorch's logits, NNCF's int8 and
 8/4-bit models load and evaluate in a fresh process, and the word-embedding bytes are found from the graph."""
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from conftest import TINY
-from pruning import deploy, vocab
+from pruning.deploy import runtimes, vocab
 
 VOCAB = 30522
 
@@ -44,9 +44,9 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("ov")
     model = tiny_model()
     (root / "fp32").mkdir()
-    deploy.export_onnx(model, root / "fp32", probe_batch())
+    runtimes.export_onnx(model, root / "fp32", probe_batch())
     (root / "ov-fp32").mkdir()
-    deploy.convert_openvino(root / "fp32", root / "ov-fp32", probe_batch())
+    runtimes.convert_openvino(root / "fp32", root / "ov-fp32", probe_batch())
     return model, root
 
 
@@ -54,10 +54,10 @@ def test_openvino_conversion_gives_pytorchs_logits(exported):
     model, root = exported
     batch = sentences(1, seed=5)[0]
     expected = pytorch_logits(model, batch)
-    np.testing.assert_allclose(deploy.runner(root / "ov-fp32", 1)(batch), expected, atol=1e-5)
-    np.testing.assert_allclose(deploy.runner(root / "ov-fp32", 1)(probe_batch()), pytorch_logits(model, probe_batch()),
+    np.testing.assert_allclose(runtimes.runner(root / "ov-fp32", 1)(batch), expected, atol=1e-5)
+    np.testing.assert_allclose(runtimes.runner(root / "ov-fp32", 1)(probe_batch()), pytorch_logits(model, probe_batch()),
                                atol=1e-5)  # padded rows too
-    assert deploy.model_bytes(root / "ov-fp32") == sum((root / "ov-fp32" / f).stat().st_size
+    assert runtimes.model_bytes(root / "ov-fp32") == sum((root / "ov-fp32" / f).stat().st_size
                                                        for f in ("model.xml", "model.bin"))
 
 
@@ -65,33 +65,33 @@ def test_openvino_conversion_gives_pytorchs_logits(exported):
 def test_openvino_int8_evaluates_in_a_fresh_process(exported, tmp_path):
     model, root = exported
     (tmp_path / "ov-int8").mkdir()
-    info = deploy.quantize_openvino_int8(root / "ov-fp32", tmp_path / "ov-int8", sentences(40))
+    info = runtimes.quantize_openvino_int8(root / "ov-fp32", tmp_path / "ov-int8", sentences(40))
     assert info["calibration_sentences"] == 40 and info["fake_quantize_ops"] > 0
     dev = sentences(50, seed=9)
     rows = {"input_ids": [d["input_ids"][0].tolist() for d in dev]}
     expected = np.concatenate([pytorch_logits(model, d) for d in dev]).argmax(-1)
     rows["label"] = expected.tolist()  # labels = the fp32 model's own predictions: accuracy = agreement
-    deploy.write_dev(tmp_path / "dev.npz", rows, deploy.INPUTS, 0, ("accuracy",))
-    result = deploy.evaluate_in_fresh_process(tmp_path / "ov-int8", tmp_path / "dev.npz", 1, 16)
-    in_process = np.concatenate([deploy.runner(tmp_path / "ov-int8", 1)(b)
-                                 for b in deploy.dev_batches(tmp_path / "dev.npz", 16)[0]]).argmax(-1)
+    runtimes.write_dev(tmp_path / "dev.npz", rows, runtimes.INPUTS, 0, ("accuracy",))
+    result = runtimes.evaluate_in_fresh_process(tmp_path / "ov-int8", tmp_path / "dev.npz", 1, 16)
+    in_process = np.concatenate([runtimes.runner(tmp_path / "ov-int8", 1)(b)
+                                 for b in runtimes.dev_batches(tmp_path / "dev.npz", 16)[0]]).argmax(-1)
     assert result["predictions"] == in_process.tolist()
     assert result["accuracy"] == pytest.approx(float((in_process == expected).mean()))
-    assert deploy.model_bytes(tmp_path / "ov-int8") < deploy.model_bytes(root / "ov-fp32") / 2.5
+    assert runtimes.model_bytes(tmp_path / "ov-int8") < runtimes.model_bytes(root / "ov-fp32") / 2.5
 
 
 def test_openvino_weight_compression_puts_a_ratio_at_4_bits(exported, tmp_path):
     model, root = exported
     (tmp_path / "mixed").mkdir()
-    info = deploy.compress_openvino_weights(root / "ov-fp32", tmp_path / "mixed", 1.0, 32)
+    info = runtimes.compress_openvino_weights(root / "ov-fp32", tmp_path / "mixed", 1.0, 32)
     assert info["int4_tensors"] > 0
     (tmp_path / "int8w").mkdir()
-    eight = deploy.compress_openvino_weights(root / "ov-fp32", tmp_path / "int8w", 0.0, 32)
+    eight = runtimes.compress_openvino_weights(root / "ov-fp32", tmp_path / "int8w", 0.0, 32)
     assert eight["int4_tensors"] == 0 and eight["int8_tensors"] > 0
     # the weights (model.bin) shrink; the graph (model.xml) grows by the decompression ops of each matrix
     assert (tmp_path / "mixed" / "model.bin").stat().st_size < (tmp_path / "int8w" / "model.bin").stat().st_size
     batch = probe_batch()
-    got, expected = deploy.runner(tmp_path / "mixed", 1)(batch), pytorch_logits(model, batch)
+    got, expected = runtimes.runner(tmp_path / "mixed", 1)(batch), pytorch_logits(model, batch)
     assert np.abs(got - expected).max() > 0  # it really is quantized, and still close
     np.testing.assert_allclose(got, expected, atol=0.05)
 
@@ -99,29 +99,29 @@ def test_openvino_weight_compression_puts_a_ratio_at_4_bits(exported, tmp_path):
 def test_word_embedding_bytes_are_the_lookup_tables(exported, tmp_path):
     model, root = exported
     table = VOCAB * TINY["hidden_size"] * 4
-    assert deploy.word_embedding_bytes(root / "fp32") == table  # the fp32 table, nothing else
-    assert deploy.word_embedding_bytes(root / "ov-fp32") == table
+    assert runtimes.word_embedding_bytes(root / "fp32") == table  # the fp32 table, nothing else
+    assert runtimes.word_embedding_bytes(root / "ov-fp32") == table
     (tmp_path / "int8").mkdir()
-    deploy.quantize_int8(root / "fp32", tmp_path / "int8")
-    int8 = deploy.word_embedding_bytes(tmp_path / "int8")
+    runtimes.quantize_int8(root / "fp32", tmp_path / "int8")
+    int8 = runtimes.word_embedding_bytes(tmp_path / "int8")
     assert VOCAB * TINY["hidden_size"] <= int8 < table / 3  # int8 codes plus their scales
     keep = np.arange(0, VOCAB, 7)
     keep = np.union1d(keep, [100])
     trimmed = vocab.trim_vocabulary(tiny_model(), keep, unk_id=100).eval()
     (tmp_path / "trim").mkdir()
-    deploy.export_onnx(trimmed, tmp_path / "trim", probe_batch())
+    runtimes.export_onnx(trimmed, tmp_path / "trim", probe_batch())
     (tmp_path / "ov-trim").mkdir()
-    deploy.convert_openvino(tmp_path / "trim", tmp_path / "ov-trim", probe_batch())
+    runtimes.convert_openvino(tmp_path / "trim", tmp_path / "ov-trim", probe_batch())
     expected = len(keep) * TINY["hidden_size"] * 4 + VOCAB * 4  # the kept rows and the int32 remap table
-    assert deploy.word_embedding_bytes(tmp_path / "trim") == expected
-    assert deploy.word_embedding_bytes(tmp_path / "ov-trim") == expected
+    assert runtimes.word_embedding_bytes(tmp_path / "trim") == expected
+    assert runtimes.word_embedding_bytes(tmp_path / "ov-trim") == expected
 
 
 def test_a_file_openvino_cannot_convert_is_one_clear_error(tmp_path):
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / deploy.ONNX_FILE).write_bytes(b"not an onnx model")
+    (tmp_path / "bad" / runtimes.ONNX_FILE).write_bytes(b"not an onnx model")
     (tmp_path / "ov").mkdir()
-    with pytest.raises(deploy.DeployError, match="OpenVINO cannot convert"):
-        deploy.convert_openvino(tmp_path / "bad", tmp_path / "ov", probe_batch())
-    with pytest.raises(deploy.DeployError, match="holds no model.xml"):
-        deploy.openvino_compiled(tmp_path / "bad", 1)
+    with pytest.raises(runtimes.DeployError, match="OpenVINO cannot convert"):
+        runtimes.convert_openvino(tmp_path / "bad", tmp_path / "ov", probe_batch())
+    with pytest.raises(runtimes.DeployError, match="holds no model.xml"):
+        runtimes.openvino_compiled(tmp_path / "bad", 1)

@@ -121,7 +121,7 @@ def test_the_example_runs_outside_the_checkout_with_the_installed_package(instal
 import importlib, json
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from pruning import prunable_parameters
-from pruning.masks import fingerprint
+from pruning.core.masks import fingerprint
 out = {"files": {m: importlib.import_module(m).__file__ for m in %r}}
 weights = AutoModelForSequenceClassification.from_pretrained("weights/model")
 params = prunable_parameters(weights)

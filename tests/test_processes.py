@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pruning import processes
-from pruning.processes import run_python
+from pruning.grid import processes
+from pruning.grid.processes import run_python
 
 SCRIPT = textwrap.dedent("""
     import atexit, os, signal, sys
@@ -61,7 +61,7 @@ def test_a_run_past_its_timeout_is_killed(tmp_path):
 
 STUDY = textwrap.dedent("""
     import os, sys
-    from pruning.processes import run_python
+    from pruning.grid.processes import run_python
     if __name__ == "__main__":
         print("study", os.getppid(), flush=True)
         status = run_python(sys.argv[1], ["7"], sys.argv[2])
@@ -90,7 +90,7 @@ def test_a_forked_runs_own_runs_are_forked_by_the_same_server(tmp_path):
 
 CALLER = textwrap.dedent("""
     import sys
-    import processes  # pruning/processes.py, copied beside this file: the package would import torch and HF
+    import processes  # pruning/grid/processes.py, copied beside this file: the package would import torch and HF
     if __name__ == "__main__":
         processes.PRELOAD = ()  # the sleeper needs none of it: the server starts at once
         processes.run_python(sys.argv[1], [], sys.argv[2])

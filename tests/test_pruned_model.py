@@ -33,7 +33,7 @@ def pruned_model():
     Its name must end in "pruned_model": save_pretrained copies the defining file under its own name and writes
     the module's last name component into auto_map, and the two have to agree.
     """
-    spec = importlib.util.spec_from_file_location("pruned_model", REPO / "pruning" / "pruned_model.py")
+    spec = importlib.util.spec_from_file_location("pruned_model", REPO / "pruning" / "core" / "pruned_model.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # save_pretrained finds the file to copy through sys.modules
     spec.loader.exec_module(module)

@@ -11,7 +11,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from transformers import AutoModelForSequenceClassification
 
-from pruning import deploy
+from pruning.deploy import runtimes
 from test_families import config_of
 
 VOCAB = 1000
@@ -20,17 +20,17 @@ FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorPr
 
 def exported(family: str, directory):
     """A tiny random-init classifier of `family` with a VOCAB-token vocabulary, exported to `directory`/fp32
-    by `deploy.export_onnx`; returns (its word-embedding table's shape, the fp32 directory)."""
+    by `runtimes.export_onnx`; returns (its word-embedding table's shape, the fp32 directory)."""
     config = config_of(family)
     config.vocab_size = VOCAB
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config).eval()
     ids = np.random.default_rng(0).integers(3, VOCAB, (2, 8)).astype(np.int64)
     probe = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    if "token_type_ids" in deploy.model_inputs(model, ["input_ids"]):
+    if "token_type_ids" in runtimes.model_inputs(model, ["input_ids"]):
         probe["token_type_ids"] = np.zeros_like(ids)
     (directory / "fp32").mkdir()
-    deploy.export_onnx(model, directory / "fp32", probe)
+    runtimes.export_onnx(model, directory / "fp32", probe)
     return tuple(model.get_input_embeddings().weight.shape), directory / "fp32"
 
 
@@ -47,7 +47,7 @@ def export(tmp_path_factory):
 
 
 def graph_of(directory):
-    return onnx.load(str(directory / deploy.ONNX_FILE)).graph
+    return onnx.load(str(directory / runtimes.ONNX_FILE)).graph
 
 
 def word_lookup(graph):
@@ -87,26 +87,26 @@ def test_int8_and_mixed_keep_no_float_word_table_and_count_its_stored_bytes(fami
     (rows, width), fp32 = export(family)
     graph = graph_of(fp32)
     assert word_lookup(graph).op_type == "Gather"  # DistilBERT's embeddings are no longer fused
-    assert deploy.word_embedding_bytes(fp32) == rows * width * 4 == stored_bytes(graph, lookup_tensors(graph))
+    assert runtimes.word_embedding_bytes(fp32) == rows * width * 4 == stored_bytes(graph, lookup_tensors(graph))
     (tmp_path / "int8").mkdir()
-    deploy.quantize_int8(fp32, tmp_path / "int8")
-    model = onnx.load(str(fp32 / deploy.ONNX_FILE))
-    embeddings = deploy.embedding_gathers(model)
+    runtimes.quantize_int8(fp32, tmp_path / "int8")
+    model = onnx.load(str(fp32 / runtimes.ONNX_FILE))
+    embeddings = runtimes.embedding_gathers(model)
     matrices = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm")
                 and any(i in {t.name for t in model.graph.initializer} for i in n.input[1:2])]
     (tmp_path / "mixed").mkdir()
-    deploy.quantize_mixed(fp32, tmp_path / "mixed", four_bit=embeddings, eight_bit=matrices, block_size=32)
+    runtimes.quantize_mixed(fp32, tmp_path / "mixed", four_bit=embeddings, eight_bit=matrices, block_size=32)
     for name, op, codes in (("int8", "Gather", (TensorProto.INT8, TensorProto.UINT8)),
                             ("mixed", "GatherBlockQuantized", (TensorProto.INT4, TensorProto.UINT4))):
         graph = graph_of(tmp_path / name)
         assert not float_tables(graph, rows, width), name
-        assert not deploy.float_word_tables(graph), name
+        assert not runtimes.float_word_tables(graph), name
         lookup = word_lookup(graph)
         table = {i.name: i for i in graph.initializer}[lookup.input[0]]
         assert lookup.op_type == op and table.data_type in codes, (name, lookup.op_type, table.data_type)
         # the reported bytes are those the written initializers hold, scales and zero points included
-        assert deploy.word_embedding_bytes(tmp_path / name) == stored_bytes(graph, lookup_tensors(graph)), name
-        assert deploy.word_embedding_bytes(tmp_path / name) < rows * width * 4 / 3, name
+        assert runtimes.word_embedding_bytes(tmp_path / name) == stored_bytes(graph, lookup_tensors(graph)), name
+        assert runtimes.word_embedding_bytes(tmp_path / name) < rows * width * 4 / 3, name
 
 
 def test_a_fused_embedding_lookup_is_counted_and_refused_not_left_in_fp32(export, tmp_path):
@@ -117,27 +117,27 @@ def test_a_fused_embedding_lookup_is_counted_and_refused_not_left_in_fp32(export
     (rows, width), fp32 = export("distilbert")
     fused = tmp_path / "fused"
     fused.mkdir()
-    optimize_model(str(fp32 / deploy.ONNX_FILE), model_type="bert", num_heads=0,
-                   hidden_size=0).save_model_to_file(str(fused / deploy.ONNX_FILE))
+    optimize_model(str(fp32 / runtimes.ONNX_FILE), model_type="bert", num_heads=0,
+                   hidden_size=0).save_model_to_file(str(fused / runtimes.ONNX_FILE))
     graph = graph_of(fused)
     [lookup] = [n for n in graph.node if n.op_type == "EmbedLayerNormalization"]  # its ids: input_ids cast to int32
     assert not [n for n in graph.node if n.op_type == "Gather" and "input_ids" in n.input]
-    assert deploy.word_embedding_bytes(fused) == rows * width * 4  # the table the Gather-only count missed
-    assert list(deploy.float_word_tables(graph)) == [lookup.input[2]]
+    assert runtimes.word_embedding_bytes(fused) == rows * width * 4  # the table the Gather-only count missed
+    assert list(runtimes.float_word_tables(graph)) == [lookup.input[2]]
     (tmp_path / "int8").mkdir()
-    with pytest.raises(deploy.DeployError, match="looked up by EmbedLayerNormalization node"):
-        deploy.quantize_int8(fused, tmp_path / "int8")
-    with pytest.raises(deploy.DeployError, match="looked up by EmbedLayerNormalization node"):
-        deploy.embedding_gathers(onnx.load(str(fused / deploy.ONNX_FILE)))
-    with pytest.raises(deploy.DeployError, match="no MatMul or Gemm or Gather node"):
-        deploy.quantize_mixed(fused, tmp_path / "int8", four_bit=[], eight_bit=[lookup.name])
+    with pytest.raises(runtimes.DeployError, match="looked up by EmbedLayerNormalization node"):
+        runtimes.quantize_int8(fused, tmp_path / "int8")
+    with pytest.raises(runtimes.DeployError, match="looked up by EmbedLayerNormalization node"):
+        runtimes.embedding_gathers(onnx.load(str(fused / runtimes.ONNX_FILE)))
+    with pytest.raises(runtimes.DeployError, match="no MatMul or Gemm or Gather node"):
+        runtimes.quantize_mixed(fused, tmp_path / "int8", four_bit=[], eight_bit=[lookup.name])
 
 
 def test_stored_bytes_follow_the_data_type():
     def tensor(data_type, dims):
         return helper.make_tensor("t", data_type, dims, np.zeros(int(np.prod(dims)), dtype=np.int64).tolist())
-    assert deploy.tensor_bytes(tensor(TensorProto.FLOAT, [10, 3])) == 120
-    assert deploy.tensor_bytes(tensor(TensorProto.INT8, [10, 3])) == 30
-    assert deploy.tensor_bytes(tensor(TensorProto.UINT4, [10, 3])) == 15
-    assert deploy.tensor_bytes(tensor(TensorProto.INT4, [7])) == 4  # half bytes round up
-    assert deploy.tensor_bytes(tensor(TensorProto.FLOAT16, [])) == 2  # a scalar
+    assert runtimes.tensor_bytes(tensor(TensorProto.FLOAT, [10, 3])) == 120
+    assert runtimes.tensor_bytes(tensor(TensorProto.INT8, [10, 3])) == 30
+    assert runtimes.tensor_bytes(tensor(TensorProto.UINT4, [10, 3])) == 15
+    assert runtimes.tensor_bytes(tensor(TensorProto.INT4, [7])) == 4  # half bytes round up
+    assert runtimes.tensor_bytes(tensor(TensorProto.FLOAT16, [])) == 2  # a scalar

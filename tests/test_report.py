@@ -7,7 +7,8 @@ import pytest
 
 import sweep
 from conftest import run_script
-from pruning import plots, schema, tables
+from pruning.run import schema
+from pruning.studies import sweep_plots, sweep_tables
 
 
 def result(trainer, seed, acc, rate=None, eb=None, search=0.0, retrain=0.0, timeline=()):
@@ -43,7 +44,7 @@ def sweep_dir(tmp_path):
 
 
 def test_report_rows_b3_and_files(sweep_dir):
-    rows = {(r["trainer"], r["seed"]): r for r in tables.write(sweep_dir)}
+    rows = {(r["trainer"], r["seed"]): r for r in sweep_tables.write(sweep_dir)}
     mag = rows[("magnitude", 1)]
     # 0.86 is first reached by the dense run at 20 s; search + retrain = 12 s (pruning evals left out).
     assert mag["dense_s_to_same_score"] == 20.0 and mag["b3_ratio"] == pytest.approx(0.6)
@@ -100,16 +101,16 @@ def test_variants_get_their_own_rows_and_a_paired_test_against_dense(tmp_path):
             r = result("magnitude", seed, acc, rate=0.9, eb=100, search=4.0, retrain=6.0)
             r["config"]["TEACHER"] = teacher
             results.append(r)
-    rows = tables.rows_of([schema.parse(r) for r in results])   # version 1: no schema_version, few keys
+    rows = sweep_tables.rows_of([schema.parse(r) for r in results])   # version 1: no schema_version, few keys
     assert {r["variant"] for r in rows} == {"plain", "kd"}
-    md = tables.markdown(rows, schema.TaskInfo())
+    md = sweep_tables.markdown(rows, schema.TaskInfo())
     assert "| magnitude | kd | 0.9 | 3 |" in md and "| magnitude | plain | 0.9 | 3 |" in md
     kd_line = next(line for line in md.splitlines() if line.startswith("| magnitude | kd | 0.9 | 3 |"))
     assert "-0.0100 ± 0.0000" in kd_line
     ablation = md[md.index("against the one-shot (plain) run"):]   # kd against plain, seed by seed: +2 points
     assert "| magnitude | kd | 0.9 | 3 | 0.8800 ± 0.0100 | 0.0200 ± 0.0000 |" in ablation
     assert "| magnitude | plain |" not in ablation
-    assert "best: magnitude (kd) 0.8800" in tables.targets(rows, schema.TaskInfo())
+    assert "best: magnitude (kd) 0.8800" in sweep_tables.targets(rows, schema.TaskInfo())
 
 
 def test_heads_and_neurons_runs_get_their_own_table_beside_the_dense_run_of_their_seed(sweep_dir):
@@ -123,7 +124,7 @@ def test_heads_and_neurons_runs_get_their_own_table_beside_the_dense_run_of_thei
         r["speed"] = {"train_step_speedup": 1.5, "batch1_ratio": 1.2, "batch64_ratio": 1.6}
         (sweep_dir / f"slim{seed}").mkdir()
         (sweep_dir / f"slim{seed}" / "results.json").write_text(json.dumps(r))
-    rows = tables.write(sweep_dir)
+    rows = sweep_tables.write(sweep_dir)
     assert not any(r["trainer"] == "slimming" for r in rows)     # not in the unstructured table
     text = (sweep_dir / "results.md").read_text()
     table = text.split("## Heads + neurons")[1]
@@ -135,7 +136,7 @@ def test_heads_and_neurons_runs_get_their_own_table_beside_the_dense_run_of_thei
 
 def test_overlap_of_hand_built_masks_and_its_chance_level():
     import torch
-    from pruning.masks import overlap
+    from pruning.core.masks import overlap
     a = {"l0": torch.tensor([1, 1, 0, 0], dtype=torch.bool), "l1": torch.tensor([1, 1, 1, 0], dtype=torch.bool)}
     b = {"l0": torch.tensor([1, 0, 1, 0], dtype=torch.bool), "l1": torch.tensor([0, 1, 1, 1], dtype=torch.bool)}
     o = overlap(a, b)
@@ -159,12 +160,12 @@ def test_every_criterion_found_is_plotted_not_a_fixed_list(sweep_dir):
         r["pruning"]["distance_history"] = {"neurons": r["pruning"]["distance_history"]}   # one per detector
         (sweep_dir / f"act{seed}").mkdir()
         (sweep_dir / f"act{seed}" / "results.json").write_text(json.dumps(r))
-    results = tables.load(sweep_dir)
-    rows = tables.write(sweep_dir)
-    curves = plots.score_curves(rows)
+    results = sweep_tables.load(sweep_dir)
+    rows = sweep_tables.write(sweep_dir)
+    curves = sweep_plots.score_curves(rows)
     assert list(curves) == ["activation", "gradient", "magnitude"]
     assert curves["activation"] == {"sparsity": [0.7], "final": [pytest.approx(0.835)], "after_prune": [0.7]}
-    distances = plots.distance_curves([r for r in results if r.pruning])
+    distances = sweep_plots.distance_curves([r for r in results if r.pruning])
     assert [line["label"] for line in distances["activation"]] == ["rate 0.7, seed 1", "rate 0.7, seed 2"]
     assert distances["activation"][0]["steps"] == [100] and distances["activation"][0]["eb_distance"] == 0.05
     assert distances["gradient"][0]["eb_step"] is None and "dense" not in distances
@@ -190,7 +191,7 @@ def test_report_script_takes_the_sweep_directory_as_its_argument(sweep_dir):
 
 
 def test_report_script_refuses_a_results_file_of_a_newer_schema_version(sweep_dir):
-    from pruning import schema
+    from pruning.run import schema
     (sweep_dir / "run9").mkdir()
     (sweep_dir / "run9" / "results.json").write_text(json.dumps({"schema_version": schema.SCHEMA_VERSION + 1}))
     proc = run_script("report.py", [str(sweep_dir), "--plots=false"])
@@ -199,7 +200,7 @@ def test_report_script_refuses_a_results_file_of_a_newer_schema_version(sweep_di
         f"code reads (up to {schema.SCHEMA_VERSION}); read it with the version of the code that wrote it, or update this one")
 
 
-# --- tasks other than SST-2: results written through pruning.schema.write, as runs write them ------------------
+# --- tasks other than SST-2: results written through pruning.run.schema.write, as runs write them ------------------
 STSB_LABELS = [0.0, 1.0, 2.0, 3.0, 4.0]
 STSB = {"name": "stsb", "title": "STS-B", "metrics": ["pearson", "spearmanr"], "headline": "pearson",
         "label_names": None, "text_columns": ["sentence1", "sentence2"], "dev_sets": ["validation"]}
@@ -248,13 +249,13 @@ def test_hand_built_pearson_values():
 
 def test_an_stsb_sweep_reports_and_names_pearson_everywhere(stsb_sweep, monkeypatch):
     import matplotlib.axes
-    from pruning import stats
+    from pruning.studies import stats
     monkeypatch.setattr(stats, "METRIC_RESAMPLES", 1000)
     ylabels = []
     original = matplotlib.axes.Axes.set_ylabel
     monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel", lambda ax, label, **kw: (ylabels.append(label),
                                                                                        original(ax, label, **kw))[1])
-    rows = {(r["trainer"], r["seed"]): r for r in tables.write(stsb_sweep)}
+    rows = {(r["trainer"], r["seed"]): r for r in sweep_tables.write(stsb_sweep)}
     # B3 in Pearson r: the dense run first reaches 0.8 at 20 s, 0.6 at 10 s; search + retrain took 10 s
     assert rows[("magnitude", 1)]["dense_s_to_same_score"] == 20.0 and rows[("magnitude", 1)]["b3_ratio"] == 0.5
     assert rows[("magnitude", 2)]["dense_s_to_same_score"] == 10.0 and rows[("magnitude", 2)]["b3_ratio"] == 1.0
@@ -288,12 +289,12 @@ def test_metric_labels_name_the_task_and_its_dev_set():
     cola = schema.TaskInfo(name="cola", title="CoLA", metrics=["matthews_correlation", "accuracy"],
                            headline="matthews_correlation")
     mnli = schema.TaskInfo(name="mnli", title="MNLI", metrics=["accuracy"], dev_sets=["matched", "mismatched"])
-    assert tables.dev_metric_label(cola) == "CoLA dev Matthews corr." and tables.metric_title(cola) == "Matthews corr."
-    assert tables.dev_metric_label(schema.TaskInfo()) == "SST-2 dev accuracy"
-    assert tables.dev_metric_label(mnli) == "MNLI dev accuracy (matched)"
-    assert tables.extra_scores(mnli) == [("accuracy", "mismatched")]
-    assert tables.extra_title("accuracy", "mismatched") == "accuracy final (mismatched)"
-    assert tables.csv_columns(cola)[0][6:10] == ["matthews_correlation_before_prune", "matthews_correlation_after_prune",
+    assert sweep_tables.dev_metric_label(cola) == "CoLA dev Matthews corr." and sweep_tables.metric_title(cola) == "Matthews corr."
+    assert sweep_tables.dev_metric_label(schema.TaskInfo()) == "SST-2 dev accuracy"
+    assert sweep_tables.dev_metric_label(mnli) == "MNLI dev accuracy (matched)"
+    assert sweep_tables.extra_scores(mnli) == [("accuracy", "mismatched")]
+    assert sweep_tables.extra_title("accuracy", "mismatched") == "accuracy final (mismatched)"
+    assert sweep_tables.csv_columns(cola)[0][6:10] == ["matthews_correlation_before_prune", "matthews_correlation_after_prune",
                                                  "matthews_correlation_final", "accuracy_final"]
 
 
@@ -301,8 +302,8 @@ def test_a_sweep_directory_mixing_tasks_is_refused_naming_them(sweep_dir):
     stsb_run(sweep_dir, "stsb-dense-s1", "dense", 1, PERFECT, 1.0)
     message = (f"{sweep_dir} holds runs of 2 tasks (SST-2: run0, run1, run2, run3, run4; STS-B: stsb-dense-s1); "
                "a table pools one task's runs")
-    with pytest.raises(tables.MixedTasks) as e:
-        tables.load(sweep_dir)
+    with pytest.raises(sweep_tables.MixedTasks) as e:
+        sweep_tables.load(sweep_dir)
     assert str(e.value).startswith(message)
     proc = run_script("report.py", [str(sweep_dir), "--plots=false"])
     assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}")
@@ -311,7 +312,7 @@ def test_a_sweep_directory_mixing_tasks_is_refused_naming_them(sweep_dir):
 
 def test_lottery_report_of_an_stsb_study_names_pearson_and_leaves_out_mcnemar(tmp_path, monkeypatch):
     import lottery
-    from pruning import stats
+    from pruning.studies import stats
     monkeypatch.setattr(stats, "METRIC_RESAMPLES", 1000)
     for name, seed, predicted, pearson in (("dense-s1", 1, PERFECT, 1.0), ("dense-s2", 2, SWAP_END, 0.9),
                                            ("good-pretrained-s1", 1, SWAP_TWO, 0.8),

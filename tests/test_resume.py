@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from conftest import run_script, tiny_args
 from pruning import PRUNING_STATE_FILE
-from pruning.state import read_run_masks
+from pruning.run.checkpoint import read_run_masks
 
 # 20 steps an epoch; checks every 2 steps, EB at step 6, retraining to step 26; a checkpoint every 3 steps.
 SETTINGS = dict(trainer="gradient", save_every=3)
@@ -130,7 +130,7 @@ def test_checkpoint_without_pruning_state_is_an_error_not_a_dense_model(tiny_ber
     # a checkpoint without its pruning state is a partial one: nothing to resume, and how to clear the name
     assert proc.returncode == 2 and "is partial" in proc.stderr and "there is nothing to resume" in proc.stderr
     assert f"rm -r {tmp_path / 'crash'}" in proc.stderr and not (tmp_path / "crash" / "results.json").exists()
-    from pruning.state import last_checkpoint_with_pruning_state
+    from pruning.run.checkpoint import last_checkpoint_with_pruning_state
     with pytest.raises(FileNotFoundError, match="no checkpoint with a complete pruning state"):
         last_checkpoint_with_pruning_state(str(tmp_path / "crash" / "checkpoints"))
 

@@ -1,4 +1,4 @@
-"""Retraining-free pruning (Kwon et al. 2022; pruning.fisher, pruning.retraining_free, prune_finetuned.py): the
+"""Retraining-free pruning (Kwon et al. 2022; pruning.core.fisher, pruning.studies.retraining_free, prune_finetuned.py): the
 Fisher information against gradients taken by hand, the mask search against brute force, rearrangement's
 objective, mask tuning's exact recovery on a constructed model, removal equal to masking, the FLOPs budget
 met on every family, and the script end to end (one-call load in a fresh process, compress.py, bad input)."""
@@ -12,11 +12,11 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, BertConfig
 
 from conftest import run_script, tiny_args, write_slice
-from pruning import retraining_free as rf
-from pruning.fisher import ExampleMasks, example_losses, fisher_information
-from pruning.results import forward_flops
-from pruning.surgery import UnitGates
-from pruning.units import PrunableUnits
+from pruning.core.fisher import ExampleMasks, example_losses, fisher_information
+from pruning.core.surgery import UnitGates
+from pruning.core.units import PrunableUnits
+from pruning.run.measurements import forward_flops
+from pruning.studies import retraining_free as rf
 from test_families import FAMILIES, tiny
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pruning.run_state import GradualSchedule, Prune, RunState, UpdateMask
+from pruning.run.run_state import GradualSchedule, Prune, RunState, UpdateMask
 
 
 class FakeClock:

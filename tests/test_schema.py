@@ -1,4 +1,4 @@
-"""pruning.schema: a results.json of the previous layout (version 1) reads typed, a newer version or a
+"""pruning.run.schema: a results.json of the previous layout (version 1) reads typed, a newer version or a
 malformed file is one clear error, write() refuses an undeclared key, and a round trip keeps everything."""
 import copy
 import dataclasses
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pruning import schema
+from pruning.run import schema
 
 
 def version_1() -> dict:

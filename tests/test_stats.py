@@ -1,10 +1,11 @@
-"""pruning.stats on hand-built cases with known answers: the paired t-test, McNemar's exact test, the
+"""pruning.studies.stats on hand-built cases with known answers: the paired t-test, McNemar's exact test, the
 bootstrap over dev sentences, and the cells every paired table is written with."""
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from pruning import schema, stats
+from pruning.run import schema
+from pruning.studies import stats
 
 
 def test_paired_t_test_matches_the_hand_computed_value():

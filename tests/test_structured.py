@@ -9,9 +9,9 @@ from transformers import (AutoModelForSequenceClassification, BertConfig, BertFo
 from gradient_pruning import GradientCriterion
 from magnitude_pruning import MagnitudeCriterion
 from pruning import PrunableUnits, PruningConfig
-from pruning.masks import select
-from pruning.schedule import PhasePlan
-from pruning.surgery import UnitGates, remove_units
+from pruning.core.masks import select
+from pruning.core.surgery import UnitGates, remove_units
+from pruning.run.schedule import PhasePlan
 from slimming_pruning import SlimmingCriterion
 from undecayed_pruning import UndecayedCriterion
 
@@ -244,7 +244,7 @@ def test_phase_plan_and_learning_rate_policy():
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_saved_structured_model_loads_in_one_call_with_identical_logits(kind, tmp_path, caplog):
-    from pruning.pruned_model import as_pruned_model
+    from pruning.core.pruned_model import as_pruned_model
     model = tiny(kind, "sdpa")
     units = PrunableUnits(model, "heads+neurons")
     remove_units(units, some_masks(units))
@@ -262,7 +262,7 @@ def test_saved_structured_model_loads_in_one_call_with_identical_logits(kind, tm
 def test_speed_probe_restores_the_model_exactly_and_works_on_a_few_rows():
     from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models as tok_models
-    from pruning.results import measure_speed
+    from pruning.run.measurements import measure_speed
     model = tiny().train()
     units = PrunableUnits(model, "heads+neurons")
     remove_units(units, some_masks(units))

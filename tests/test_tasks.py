@@ -9,7 +9,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers import AutoTokenizer
 
 import bert
-from pruning import data, experiment, tasks
+from pruning.data import loading, tasks
+from pruning.run import experiment
 from task_files import write_glue, write_imdb
 
 GLUE = tasks.GLUE_TASKS
@@ -53,7 +54,7 @@ def test_each_task_declares_its_official_metric_and_labels():
 def test_every_glue_layout_reads_with_its_columns_labels_and_splits(name, tmp_path):
     task = tasks.TASKS[name]
     folder = write_glue(name, tmp_path / name, train=12, dev=6, test=4)
-    loaded, ds, source = data.load(name, str(folder), with_test=True)
+    loaded, ds, source = loading.load(name, str(folder), with_test=True)
     assert loaded is task and source == str(folder)
     assert set(ds) == {"train", *task.dev_splits, *task.test_splits}
     for split in ("train", *task.dev_splits):
@@ -70,7 +71,7 @@ def test_every_glue_layout_reads_with_its_columns_labels_and_splits(name, tmp_pa
 def test_mnli_string_labels_map_to_the_hubs_class_ids(tmp_path):
     folder = write_glue("mnli", tmp_path, train=3, dev=3)
     rows = list(csv.reader(open(folder / "train.tsv"), delimiter="\t", quoting=csv.QUOTE_NONE))[1:]
-    _, ds, _ = data.load("mnli", str(folder))
+    _, ds, _ = loading.load("mnli", str(folder))
     assert [r[-1] for r in rows] == ["entailment", "neutral", "contradiction"] and ds["train"]["label"] == [0, 1, 2]
 
 
@@ -80,12 +81,12 @@ def test_cola_is_read_without_a_header(tmp_path):
     for name in ("train.tsv", "dev.tsv"):
         (folder / name).write_text("gj04\t1\t\tThe sailors rode the breeze clear of the rocks.\n"
                                    "gj04\t0\t*\tThe more we study verbs, the crazier they get get.\n")
-    _, ds, _ = data.load("cola", str(folder))
+    _, ds, _ = loading.load("cola", str(folder))
     assert ds["train"]["label"] == [1, 0] and ds["train"]["sentence"][0].startswith("The sailors")
 
 
 def test_imdb_reads_the_aclimdb_layout_and_evaluates_on_its_test_reviews(tmp_path):
-    task, ds, _ = data.load("imdb", str(write_imdb(tmp_path / "aclImdb", per_class=3)))
+    task, ds, _ = loading.load("imdb", str(write_imdb(tmp_path / "aclImdb", per_class=3)))
     assert task.dev == "test" and set(ds) == {"train", "test"} and ds["train"]["label"] == [0] * 3 + [1] * 3
     assert "<br />" in ds["test"]["text"][0]  # the reviews as distributed
 
@@ -121,28 +122,28 @@ def test_bad_files_name_the_file_line_and_the_fix(name, file, text, message, tmp
     else:
         folder = _glue_file(tmp_path, name, file, text)
     if message is None:  # QNLI's headline is accuracy: one class in dev is fine
-        data.load(name, folder)
+        loading.load(name, folder)
         return
-    with pytest.raises(data.DataError, match=message):
-        data.load(name, folder)
+    with pytest.raises(loading.DataError, match=message):
+        loading.load(name, folder)
 
 
 def test_a_metric_the_dev_set_cannot_give_is_refused(tmp_path):
     folder = write_glue("cola", tmp_path / "cola", train=4, dev=4)
     (folder / "dev.tsv").write_text("gj04\t1\t\tA fine sentence.\ngj04\t1\t\tAnother one.\n")
-    with pytest.raises(data.DataError, match="every dev label is class 1, so matthews_correlation is undefined"):
-        data.load("cola", str(folder))
+    with pytest.raises(loading.DataError, match="every dev label is class 1, so matthews_correlation is undefined"):
+        loading.load("cola", str(folder))
 
 
 def test_another_tasks_folder_and_missing_files_are_named(tmp_path):
     sst2 = write_glue("sst2", tmp_path / "sst2", train=4, dev=4)
-    with pytest.raises(data.DataError, match=r"train.tsv:1: the header is `sentence<TAB>label`.*SST-2's"):
-        data.load("qnli", str(sst2))
-    with pytest.raises(data.DataError, match=r"dev_matched.tsv: file not found.*MNLI's GLUE files train.tsv, "
+    with pytest.raises(loading.DataError, match=r"train.tsv:1: the header is `sentence<TAB>label`.*SST-2's"):
+        loading.load("qnli", str(sst2))
+    with pytest.raises(loading.DataError, match=r"dev_matched.tsv: file not found.*MNLI's GLUE files train.tsv, "
                                              r"dev_matched.tsv, dev_mismatched.tsv"):
-        data.load("mnli", str(_mnli_without_dev(tmp_path)))
-    with pytest.raises(data.DataError, match=r"neg: folder not found.*aclImdb layout"):
-        data.load("imdb", str(sst2))
+        loading.load("mnli", str(_mnli_without_dev(tmp_path)))
+    with pytest.raises(loading.DataError, match=r"neg: folder not found.*aclImdb layout"):
+        loading.load("imdb", str(sst2))
 
 
 def _mnli_without_dev(tmp_path):
@@ -170,21 +171,21 @@ def test_the_hub_path_reads_nyu_mll_glue_columns(monkeypatch):
     import datasets
     calls = []
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append(a) or _hub_mnli())
-    task, ds, source = data.load("mnli", "", with_test=True)
+    task, ds, source = loading.load("mnli", "", with_test=True)
     assert calls == [("nyu-mll/glue", "mnli")] and source == "hub:nyu-mll/glue/mnli"
     assert len(ds["validation_mismatched"]) == 3 and ds["train"]["label"][:3] == [0, 1, 2]
     assert ds["test_matched"].column_names == ["premise", "hypothesis", "index"]
     bad = _hub_mnli()
     bad["train"] = bad["train"].cast_column("label", Value("int64")).map(lambda r: {"label": 7})
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: bad)
-    with pytest.raises(data.DataError, match=r"hub:nyu-mll/glue/mnli \[train\]: labels \[7\] are outside MNLI's"):
-        data.load("mnli", "")
+    with pytest.raises(loading.DataError, match=r"hub:nyu-mll/glue/mnli \[train\]: labels \[7\] are outside MNLI's"):
+        loading.load("mnli", "")
 
 
 def test_without_the_hub_the_error_says_where_to_put_the_files(monkeypatch):
-    with pytest.raises(data.DataError, match=r"no RTE data directory.*--data_dir=/path/to/RTE holding RTE's GLUE "
+    with pytest.raises(loading.DataError, match=r"no RTE data directory.*--data_dir=/path/to/RTE holding RTE's GLUE "
                                              r"files train.tsv, dev.tsv"):
-        data.load("rte", "")
+        loading.load("rte", "")
 
 
 # --- custom data --------------------------------------------------------------------------------------
@@ -193,20 +194,20 @@ def test_custom_csv_jsonl_and_parquet_folders(tmp_path):
     csv_dir.mkdir()
     (csv_dir / "train.csv").write_text("review,stars\nfine film,good\nawful,bad\nok,good\n")
     (csv_dir / "dev.csv").write_text("review,stars\nnice,good\nbad one,bad\n")
-    task, ds, _ = data.load("custom", str(csv_dir), ("review",), "stars")
+    task, ds, _ = loading.load("custom", str(csv_dir), ("review",), "stars")
     assert task.label_names == ("bad", "good") and ds["validation"]["label"] == [1, 0] and task.headline == "accuracy"
     pairs = tmp_path / "jsonl"
     pairs.mkdir()
     for name in ("train", "validation"):
         (pairs / f"{name}.jsonl").write_text("\n".join(json.dumps({"a": f"x{i}", "b": f"y{i}", "y": i % 3})
                                                        for i in range(6)) + "\n")
-    task, ds, _ = data.load("custom", str(pairs), ("a", "b"), "y")
+    task, ds, _ = loading.load("custom", str(pairs), ("a", "b"), "y")
     assert task.is_pair and task.num_labels == 3 and task.metrics == ("accuracy",)
     scores = tmp_path / "parquet"
     scores.mkdir()
     for name in ("train", "validation"):
         Dataset.from_dict({"text": ["a", "b", "c"], "score": [0.5, 2.0, 4.25]}).to_parquet(str(scores / f"{name}.parquet"))
-    task, ds, _ = data.load("custom", str(scores), ("text",), "score")
+    task, ds, _ = loading.load("custom", str(scores), ("text",), "score")
     assert task.is_regression and task.headline == "pearson" and ds["train"]["label"] == [0.5, 2.0, 4.25]
 
 
@@ -217,14 +218,14 @@ def test_custom_csv_jsonl_and_parquet_folders(tmp_path):
 def test_custom_bad_data_is_named(dev, columns, message, tmp_path):
     (tmp_path / "train.csv").write_text("review,stars\nfine film,good\nawful,bad\n")
     (tmp_path / "dev.csv").write_text(dev)
-    with pytest.raises(data.DataError, match=message):
-        data.load("custom", str(tmp_path), columns, "stars")
+    with pytest.raises(loading.DataError, match=message):
+        loading.load("custom", str(tmp_path), columns, "stars")
 
 
 # --- tokens: pairs, long documents ---------------------------------------------------------------------
 def test_pairs_are_tokenized_as_pairs_with_segment_ids(tokenizer, tmp_path):
-    task, ds, _ = data.load("mrpc", str(write_glue("mrpc", tmp_path, train=2, dev=2)))
-    row = data.tokenize(ds, tokenizer, 64, task)["train"][0]
+    task, ds, _ = loading.load("mrpc", str(write_glue("mrpc", tmp_path, train=2, dev=2)))
+    row = loading.tokenize(ds, tokenizer, 64, task)["train"][0]
     a, b = ds["train"][0]["sentence1"], ds["train"][0]["sentence2"]
     assert row["input_ids"] == tokenizer(a, b)["input_ids"]
     sep = row["input_ids"].index(tokenizer.sep_token_id)
@@ -234,16 +235,16 @@ def test_pairs_are_tokenized_as_pairs_with_segment_ids(tokenizer, tmp_path):
 def test_head_tail_keeps_the_first_quarter_and_the_last_three(tokenizer):
     words = [f"w{i}" for i in range(40)]  # w0 ... w39: one or more tokens each
     ds = DatasetDict(train=Dataset.from_dict({"text": [" ".join(words), "short one"], "label": [0, 1]}))
-    enc = data.tokenize(ds, tokenizer, 20, tasks.TASKS["imdb"], "head+tail")["train"]
+    enc = loading.tokenize(ds, tokenizer, 20, tasks.TASKS["imdb"], "head+tail")["train"]
     body = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
-    head, tail = data.head_tail_split(20 - 2)
+    head, tail = loading.head_tail_split(20 - 2)
     assert (head, tail) == (5, 13)  # 18 * 128 / 510 = 4.5 -> 5 (Sun et al.'s proportion)
     assert enc[0]["input_ids"] == [tokenizer.cls_token_id, *body[:head], *body[-tail:], tokenizer.sep_token_id]
     assert enc[1]["input_ids"] == tokenizer("short one")["input_ids"]
-    assert data.truncated_count(enc) == 1 and enc[0]["full_length"] == len(body) + 2
-    assert data.head_tail_split(510) == (128, 382)
-    head_only = data.tokenize(ds, tokenizer, 20, tasks.TASKS["imdb"])["train"]
-    assert head_only[0]["input_ids"][1:-1] == body[:18] and data.truncated_count(head_only) == 1
+    assert loading.truncated_count(enc) == 1 and enc[0]["full_length"] == len(body) + 2
+    assert loading.head_tail_split(510) == (128, 382)
+    head_only = loading.tokenize(ds, tokenizer, 20, tasks.TASKS["imdb"])["train"]
+    assert head_only[0]["input_ids"][1:-1] == body[:18] and loading.truncated_count(head_only) == 1
 
 
 def test_a_cached_tokenization_is_reused_only_for_the_same_tokenizer_and_settings(tokenizer, tmp_path):
@@ -251,13 +252,13 @@ def test_a_cached_tokenization_is_reused_only_for_the_same_tokenizer_and_setting
     # another tokenizer, length or truncation must not find the first one's tokens.
     Dataset.from_dict({"sentence": ["a fine film", "awful"], "label": [1, 0]}).save_to_disk(str(tmp_path / "ds"))
     ds = DatasetDict(train=Dataset.load_from_disk(str(tmp_path / "ds")))
-    first = data.tokenize(ds, tokenizer, 64)["train"]
-    assert data.tokenize(ds, tokenizer, 64)["train"]._fingerprint == first._fingerprint      # same transform
-    assert data.tokenize(ds, tokenizer, 3)["train"]["input_ids"][0] == first["input_ids"][0][:2] + [tokenizer.sep_token_id]
-    assert data.tokenize(ds, tokenizer, 64, None, "head+tail")["train"]._fingerprint != first._fingerprint
+    first = loading.tokenize(ds, tokenizer, 64)["train"]
+    assert loading.tokenize(ds, tokenizer, 64)["train"]._fingerprint == first._fingerprint      # same transform
+    assert loading.tokenize(ds, tokenizer, 3)["train"]["input_ids"][0] == first["input_ids"][0][:2] + [tokenizer.sep_token_id]
+    assert loading.tokenize(ds, tokenizer, 64, None, "head+tail")["train"]._fingerprint != first._fingerprint
     other = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
     other.add_tokens(["fine film"])                                   # one more token: another vocabulary
-    again = data.tokenize(ds, other, 64)["train"]
+    again = loading.tokenize(ds, other, 64)["train"]
     assert again._fingerprint != first._fingerprint and again["input_ids"][0] == other("a fine film")["input_ids"]
     assert again["input_ids"][0] != first["input_ids"][0]
 

@@ -7,11 +7,11 @@ import torch
 
 import lottery
 from conftest import run_script, tiny_args
-from pruning import state as state_io
-from pruning import tickets
-from pruning.experiment import ConfigError
-from pruning.state import read_run_masks
-from pruning.trainer import SNAPSHOT_FILE
+from pruning.run import checkpoint as state_io
+from pruning.run.checkpoint import read_run_masks
+from pruning.run.experiment import ConfigError
+from pruning.run.trainer import SNAPSHOT_FILE
+from pruning.studies import tickets
 
 
 def counts(masks):

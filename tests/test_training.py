@@ -6,14 +6,13 @@ import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification,
                           DataCollatorWithPadding, TrainerCallback, TrainingArguments)
 
-from pruning import data as sst2
-from pruning import models
-from pruning.evaluation import metric_function
-from pruning.tasks import TASKS
+from pruning.data import loading as sst2, models
+from pruning.data.evaluation import metric_function
+from pruning.data.tasks import TASKS
 from gradient_pruning import GradientPruningTrainer
 from magnitude_pruning import MagnitudePruningTrainer
 from pruning import PruningConfig, prunable_parameters
-from pruning.results import sparsity_of
+from pruning.run.measurements import sparsity_of
 from undecayed_pruning import UndecayedPruningTrainer
 
 

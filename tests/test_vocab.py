@@ -1,4 +1,4 @@
-"""Vocabulary trimming (pruning.vocab, compress.py --trim_vocab): on a tiny model with a tiny WordPiece
+"""Vocabulary trimming (pruning.deploy.vocab, compress.py --trim_vocab): on a tiny model with a tiny WordPiece
 tokenizer, sentences whose tokens were all seen keep their logits exactly, and unseen tokens become UNK."""
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
 from conftest import TINY
-from pruning import deploy, vocab
+from pruning.deploy import runtimes, vocab
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "film", "movie", "plot", "is", "was", "good",
          "bad", "dull", "great", "and", "##s", "actor", "story", "not", "very"]
@@ -63,8 +63,8 @@ def test_seen_sentences_keep_their_logits_exactly(trimmed, tmp_path):
     np.testing.assert_array_equal(logits(small, tokenizer, texts), logits(model, tokenizer, texts))
     # and so does the exported model (the remap table is the graph's first lookup)
     batch = {k: v.numpy() for k, v in tokenizer(texts, padding=True, return_tensors="pt").items()}
-    deploy.export_onnx(small, tmp_path, batch)
-    np.testing.assert_allclose(deploy.runner(tmp_path, 1)(batch), logits(model, tokenizer, texts), atol=1e-5)
+    runtimes.export_onnx(small, tmp_path, batch)
+    np.testing.assert_allclose(runtimes.runner(tmp_path, 1)(batch), logits(model, tokenizer, texts), atol=1e-5)
 
 
 def test_unseen_tokens_map_to_unk(trimmed):
@@ -81,7 +81,7 @@ def test_unseen_tokens_map_to_unk(trimmed):
 
 def test_bad_trims_are_refused(trimmed):
     import compress
-    from pruning import experiment
+    from pruning.run import experiment
     _, model, _, _ = trimmed
     with pytest.raises(ValueError, match="unknown token"):
         vocab.RemappedEmbedding(model.get_input_embeddings(), np.array([0, 2, 3]), unk_id=1)

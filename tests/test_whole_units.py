@@ -9,9 +9,9 @@ import torch
 
 from conftest import TINY, run_script
 from pruning import PrunableUnits, PruningConfig
-from pruning.layouts import BY_MODEL_TYPE, layout_of
-from pruning.pruned_model import as_pruned_model, per_layer_structure
-from pruning.surgery import UnitGates, remove_units
+from pruning.core.layouts import BY_MODEL_TYPE, layout_of
+from pruning.core.pruned_model import as_pruned_model, per_layer_structure
+from pruning.core.surgery import UnitGates, remove_units
 from test_families import (EAGER_ONLY, FAMILIES, HEAD_SIZE, HEADS, HIDDEN, NEURONS, PER_HEAD, PER_NEURON,
                            RUN_CONFIGS, batch, config_of, logits)
 from test_resume import finished, kill_and_resume, reference_run, same_run
@@ -126,7 +126,7 @@ def test_removing_whole_mlps_and_layers_equals_gating_them_and_drops_their_param
 
 
 def test_models_with_whole_units_removed_save_load_in_a_fresh_process_and_export_to_onnx(tmp_path):
-    from pruning.deploy import export_onnx
+    from pruning.deploy.runtimes import export_onnx
     directories = []
     for family in FAMILIES:
         model = tiny(family, "eager" if family in EAGER_ONLY else "sdpa")
