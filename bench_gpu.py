@@ -22,8 +22,9 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 import bert
+from pruning import settings
 from pruning.data import loading as sst2, models
-from pruning.run import experiment
+from pruning.run import experiment, pruning_config
 from slimming_pruning import SlimmingPruningTrainer
 
 MODEL = "configs/bert-base.json"      # BERT-base architecture, random init
@@ -70,7 +71,7 @@ def trainer_for(cfg: dict, out: str, encoded=None, plain: bool = False):
         ds = sst2.DatasetDict(train=sst2.subset(ds["train"], SENTENCES, 0), validation=ds["validation"].select(range(64)))
         encoded = sst2.tokenize(ds, tok, cfg["MAX_LENGTH"])
     timer = TokenTimer()
-    trainer = experiment.build_trainer(cfg, experiment.pruning_config(cfg), model.cuda(), tok, encoded, out,
+    trainer = experiment.build_trainer(cfg, pruning_config.pruning_config(cfg), model.cuda(), tok, encoded, out,
                                        callbacks=(timer,))
     trainer.args.disable_tqdm = True
     if plain:
@@ -82,7 +83,7 @@ def trainer_for(cfg: dict, out: str, encoded=None, plain: bool = False):
 
 def main() -> None:
     if not torch.cuda.is_available():
-        experiment.fail("bench_gpu.py measures GPU training: this machine has no CUDA GPU (torch.cuda.is_available() "
+        settings.fail("bench_gpu.py measures GPU training: this machine has no CUDA GPU (torch.cuda.is_available() "
                         "is False); run it on one")
     rows = []
     with tempfile.TemporaryDirectory() as out:
@@ -132,6 +133,6 @@ def full_run(args: list[str], out: Path) -> tuple[str, str, str]:
 if __name__ == "__main__":
     try:  # the constants above, overridable as --key=value
         globals().update(experiment.configure(globals(), sys.argv[1:]))
-    except experiment.ConfigError as e:
-        experiment.fail(e)
+    except settings.ConfigError as e:
+        settings.fail(e)
     main()

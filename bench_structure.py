@@ -17,6 +17,7 @@ import time
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from pruning import settings
 from pruning.core.layouts import layout_of
 from pruning.core.surgery import remove_units
 from pruning.core.units import PrunableUnits
@@ -52,10 +53,10 @@ ARCHITECTURES = {
 def build(family: str, variant: str, layers_removed: list[int]):
     """The family's architecture with random weights (seed 0), as `variant`: "dense", "heads+neurons" (HEAD_RATE
     of every layer's heads and NEURON_RATE of its neurons removed, the first ones of each) or "layers"."""
-    settings = dict(ARCHITECTURES[family])
-    kind, attn = settings.pop("model_type"), settings.pop("attn")
+    arch = dict(ARCHITECTURES[family])
+    kind, attn = arch.pop("model_type"), arch.pop("attn")
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(kind, num_labels=2, **settings))
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(kind, num_labels=2, **arch))
     model.set_attn_implementation(attn)
     if variant == "heads+neurons":
         units = PrunableUnits(model, "heads+neurons")
@@ -98,17 +99,17 @@ def sentences_per_second(model, batches) -> float:
 
 def main():
     """Time every family's three models in ROUNDS interleaved rounds and print the table."""
-    settings = {"FAMILIES": FAMILIES, "SENTENCES": SENTENCES, "BATCH_SIZE": BATCH_SIZE, "ROUNDS": ROUNDS,
+    constants = {"FAMILIES": FAMILIES, "SENTENCES": SENTENCES, "BATCH_SIZE": BATCH_SIZE, "ROUNDS": ROUNDS,
                 "THREADS": THREADS, "HEAD_RATE": HEAD_RATE, "NEURON_RATE": NEURON_RATE,
                 "LAYERS_REMOVED": LAYERS_REMOVED, "__file__": __file__}
     try:
-        config = experiment.configure(settings)
-    except experiment.ConfigError as e:
-        experiment.fail(e)
+        config = experiment.configure(constants)
+    except settings.ConfigError as e:
+        settings.fail(e)
     families = [f for f in config["FAMILIES"].split(",") if f]
     unknown = [f for f in families if f not in ARCHITECTURES]
     if unknown or config["ROUNDS"] < 1 or config["SENTENCES"] < config["BATCH_SIZE"]:
-        experiment.fail(f"--families must name {', '.join(ARCHITECTURES)} (got {unknown}), ROUNDS >= 1 and "
+        settings.fail(f"--families must name {', '.join(ARCHITECTURES)} (got {unknown}), ROUNDS >= 1 and "
                         f"SENTENCES >= BATCH_SIZE")
     globals().update(HEAD_RATE=config["HEAD_RATE"], NEURON_RATE=config["NEURON_RATE"])
     layers_removed = [int(i) for i in str(config["LAYERS_REMOVED"]).split(",") if i != ""]

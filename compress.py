@@ -44,9 +44,11 @@ from torch.nn.utils import parametrize
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                           Trainer, TrainingArguments)
 
-import bert  # noqa: F401  (defines the toolkit's trainers, which criteria() finds)
+from pruning import settings
 from pruning.core.layouts import layout_of
+from pruning.run import pruning_config, schema, trainers
 from datasets import DatasetDict
+from pruning import host
 from pruning.data import loading
 from pruning.data.tasks import METRIC_TITLES
 from pruning.deploy import artifact, energy, runtimes, vocab
@@ -84,7 +86,7 @@ def read_run(run: Path, what: str) -> schema.RunResults:
     try:
         return schema.read(run)
     except schema.SchemaError as e:
-        raise experiment.ConfigError(f"{what}: {e}") from None
+        raise settings.ConfigError(f"{what}: {e}") from None
 
 
 def check(config: dict) -> schema.RunResults:
@@ -92,48 +94,48 @@ def check(config: dict) -> schema.RunResults:
     `check_block_size`); returns the run's results.json. Raises ConfigError naming the setting and the fix."""
     run = Path(config["RUN"]) if config["RUN"] else None
     if run is None:
-        raise experiment.ConfigError("name the run to compress: python compress.py runs/NAME")
+        raise settings.ConfigError("name the run to compress: python compress.py runs/NAME")
     if not (run / "results.json").exists() or not (run / "model" / "config.json").exists():
-        raise experiment.ConfigError(f"{run} is not a finished run (no results.json and model/): wait for it to "
+        raise settings.ConfigError(f"{run} is not a finished run (no results.json and model/): wait for it to "
                                      "finish, or resume it with --resume=true --run_name=NAME")
     variants = [v for v in config["VARIANTS"].split(",") if v]
     unknown = [v for v in variants if v not in _KNOWN_VARIANTS]
     if unknown:
-        raise experiment.ConfigError(f"unknown variant(s) {', '.join(unknown)} in --variants; choose from "
+        raise settings.ConfigError(f"unknown variant(s) {', '.join(unknown)} in --variants; choose from "
                                      f"{', '.join(_KNOWN_VARIANTS)} (fp32 is always made)")
     if config["RUNTIME"] not in _RUNTIMES:
-        raise experiment.ConfigError(f"--runtime={config['RUNTIME']}: choose one of {', '.join(_RUNTIMES)}")
+        raise settings.ConfigError(f"--runtime={config['RUNTIME']}: choose one of {', '.join(_RUNTIMES)}")
     if "mixed+qat" in variants and config["QAT_STEPS"] <= 0:
-        raise experiment.ConfigError("variant mixed+qat needs --qat_steps > 0")
+        raise settings.ConfigError("variant mixed+qat needs --qat_steps > 0")
     if config["QAT_STEPS"] < 0 or not config["QAT_LEARNING_RATE"] > 0:
-        raise experiment.ConfigError(f"--qat_steps must be >= 0 and --qat_learning_rate > 0, got {config['QAT_STEPS']} "
+        raise settings.ConfigError(f"--qat_steps must be >= 0 and --qat_learning_rate > 0, got {config['QAT_STEPS']} "
                                      f"and {config['QAT_LEARNING_RATE']}")
     if not 0 <= config["FOUR_BIT_FRACTION"] <= 1:
-        raise experiment.ConfigError(f"--four_bit_fraction={config['FOUR_BIT_FRACTION']}: must be in [0, 1]")
+        raise settings.ConfigError(f"--four_bit_fraction={config['FOUR_BIT_FRACTION']}: must be in [0, 1]")
     if config["EMBEDDING_BITS"] not in (4, 8):
-        raise experiment.ConfigError(f"--embedding_bits={config['EMBEDDING_BITS']}: must be 4 or 8")
+        raise settings.ConfigError(f"--embedding_bits={config['EMBEDDING_BITS']}: must be 4 or 8")
     check_block_size(config, variants)
     importance = config["IMPORTANCE"]
     if importance != "run" and importance not in criteria():
-        raise experiment.ConfigError(f"--importance={importance}: choose run or one of {', '.join(criteria())}")
+        raise settings.ConfigError(f"--importance={importance}: choose run or one of {', '.join(criteria())}")
     results = read_run(run, "--run")
     if config["DENSE"]:
         dense = Path(config["DENSE"])
         if not (dense / "results.json").exists() or not (dense / "model" / "config.json").exists():
-            raise experiment.ConfigError(f"--dense={dense} is not a finished run (no results.json and model/)")
+            raise settings.ConfigError(f"--dense={dense} is not a finished run (no results.json and model/)")
         d = read_run(dense, "--dense")
         if d.trainer != "dense" or d.model_source != results.model_source:
-            raise experiment.ConfigError(f"--dense={dense} is a {d.trainer} run of {d.model_source}; it must be "
+            raise settings.ConfigError(f"--dense={dense} is a {d.trainer} run of {d.model_source}; it must be "
                                          f"a dense run of the same model ({results.model_source})")
     for key in ("THREADS", "BATCH_SIZE", "LATENCY_SENTENCES", "ROUNDS", "CALIBRATION_BATCHES", "CALIBRATION_SENTENCES"):
         if config[key] < 1:
-            raise experiment.ConfigError(f"--{key.lower()}={config[key]}: must be at least 1")
+            raise settings.ConfigError(f"--{key.lower()}={config[key]}: must be at least 1")
     return results
 
 
 def criteria() -> dict[str, type]:
-    """Criteria that score single weights, by name (every PruningTrainer subclass the scripts define)."""
-    return {name: cls.criterion_class for name, cls in experiment.trainers().items()
+    """Criteria that score single weights, by name (the trainer registry's, `pruning.settings.TRAINERS`)."""
+    return {name: cls.criterion_class for name, cls in trainers.trainers().items()
             if name != "dense" and "weights" in cls.criterion_class.granularities}
 
 
@@ -143,7 +145,7 @@ def importance_criterion(config: dict, results: schema.RunResults) -> tuple[str,
     name = results.trainer if config["IMPORTANCE"] == "run" else config["IMPORTANCE"]
     if name not in known:  # slimming's coefficients are folded away; a dense run has no criterion
         name = "gradient"
-    options = experiment.criterion_options({**results.config.settings, "TRAINER": experiment.trainers()[name]})
+    options = pruning_config.criterion_options({**results.config.settings, "TRAINER": trainers.trainers()[name]})
     return name, known[name], options
 
 
@@ -282,7 +284,7 @@ def vocabulary_keep(train_rows, tokenizer, model) -> tuple[np.ndarray, int]:
     """(kept ids, the unknown token's id) for TRIM_VOCAB: every id of the tokenized training rows and
     the tokenizer's special tokens. Raises ConfigError for a tokenizer without an unknown token."""
     if tokenizer.unk_token_id is None:
-        raise experiment.ConfigError(f"--trim_vocab: the tokenizer ({type(tokenizer).__name__}) has no unknown "
+        raise settings.ConfigError(f"--trim_vocab: the tokenizer ({type(tokenizer).__name__}) has no unknown "
                                      "token to map unseen tokens to; run without --trim_vocab")
     vocab_size = model.get_input_embeddings().num_embeddings
     keep = vocab.seen_ids(train_rows["input_ids"], tokenizer.all_special_ids, vocab_size)
@@ -302,12 +304,12 @@ def check_block_size(config: dict, variants: list[str]) -> None:
     `runtimes.compress_openvino_weights`). Raises ConfigError."""
     size = config["BLOCK_SIZE"]
     if size < 1:
-        raise experiment.ConfigError(f"--block_size={size}: must be at least 1 (input columns per 4-bit block)")
+        raise settings.ConfigError(f"--block_size={size}: must be at least 1 (input columns per 4-bit block)")
     if "onnxruntime" in runtimes_of(config) and {"mixed", "mixed+qat"} & set(variants) \
             and not runtimes.four_bit_block_size_taken(size):
         import onnxruntime
         taken = ", ".join(map(str, runtimes.four_bit_block_sizes()))
-        raise experiment.ConfigError(
+        raise settings.ConfigError(
             f"--block_size={size}: ONNX Runtime {onnxruntime.__version__}'s 4-bit quantizer takes blocks of "
             f"{taken} input columns; choose one of those (or --runtime=openvino, or leave mixed and mixed+qat out "
             "of --variants)")
@@ -408,7 +410,7 @@ def main(config: dict) -> None:
         table = markdown(record, results)
         (work / "table.md").write_text(table)
         plots(record, work)
-        experiment.write_json(work / "compress.json", record)
+        schema.write_json(work / "compress.json", record)
         publish(work, out, ["table.md", "accuracy_vs_bytes.png", "accuracy_vs_speed.png", "compress.json"])
     print("\n" + table + f"\nwritten: {out}/compress.json, table.md, accuracy_vs_bytes.png, accuracy_vs_speed.png")
 
@@ -445,7 +447,7 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
               "task": {"name": task.name, "title": task.title, "metrics": list(task.metrics), "headline": task.headline,
                        "dev_set": task.dev},
               "date": time.strftime("%Y-%m-%d %H:%M"), "threads": config["THREADS"], "runtimes": list(runtimes),
-              "versions": versions(runtimes), "cpu": artifact.cpu_name(), "command": command_line(config),
+              "versions": versions(runtimes), "cpu": host.cpu_name(), "command": command_line(config),
               "variants": {}}
     # rows: label -> (directory, runtime, which model, precision); the PyTorch rows first.
     rows = {"dense · PyTorch fp32": ((Path(config["DENSE"]) / "model") if config["DENSE"] else None, "pytorch",
@@ -787,7 +789,7 @@ if __name__ == "__main__":
         argv = [f"--run={argv[0]}"] + argv[1:]
     try:
         main(experiment.configure(globals(), argv))
-    except (experiment.ConfigError, loading.DataError, FileNotFoundError) as e:
+    except (settings.ConfigError, loading.DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except runtimes.DeployError as e:

@@ -35,7 +35,8 @@ from pruning.data.tasks import METRIC_TITLES
 from pruning.grid import loop
 from pruning.grid.cells import check_cells
 from pruning.grid.processes import run_python
-from pruning.run import experiment
+from pruning.run import checks, experiment, schema
+from pruning.settings import ConfigError, fail, grid_settings, trainer_names
 from pruning.studies import stats
 
 SCRIPT = "bert.py"                 # the experiment every training uses
@@ -75,12 +76,12 @@ def parse_rates(value) -> list[tuple[float, float, float]]:
             value = [tuple(float(Fraction(x.strip())) for x in item.split(":")) for item in value.split(",")
                      if item.strip()]
         except (ValueError, ZeroDivisionError):
-            raise experiment.ConfigError(f"--aggressive={value!r}: give head:neuron:layer rates, comma-separated, "
+            raise ConfigError(f"--aggressive={value!r}: give head:neuron:layer rates, comma-separated, "
                                          "e.g. 0.5:0.6:0,0.75:0.8:0.5") from None
     points = [tuple(float(r) for r in p) for p in value]
     for p in points:
         if len(p) != 3 or not all(0 <= r < 1 for r in p):
-            raise experiment.ConfigError(f"AGGRESSIVE point {p}: give three rates (heads, neurons, layers), each in "
+            raise ConfigError(f"AGGRESSIVE point {p}: give three rates (heads, neurons, layers), each in "
                                          "[0, 1)")
     return points
 
@@ -98,11 +99,11 @@ def agent_rates(agent_dir: Path) -> dict[str, tuple[float, ...]]:
     import allocate
     path = Path(agent_dir) / "allocation.json"
     if not path.exists():
-        raise experiment.ConfigError(f"--agent_dir={agent_dir}: no allocation.json there; run allocate.py "
+        raise ConfigError(f"--agent_dir={agent_dir}: no allocation.json there; run allocate.py "
                                      "--granularity=heads+neurons into it first, or set --agent_dir=''")
     rates = json.loads(path.read_text()).get("rates") or {}
     if not {"head", "neuron"} <= set(rates) <= {"head", "neuron", "mlp", "layer"}:
-        raise experiment.ConfigError(f"{path}: the agent allocated {', '.join(sorted(rates)) or 'nothing'}; the "
+        raise ConfigError(f"{path}: the agent allocated {', '.join(sorted(rates)) or 'nothing'}; the "
                                      "frontier needs a heads+neurons allocation (head and neuron rates per layer)")
     return {allocate.RATE_KEY[kind]: tuple(float(r) for r in rs) for kind, rs in rates.items()}
 
@@ -196,47 +197,47 @@ def compressed_differently(config: dict, cell: dict) -> str | None:
 def settings(argv: list[str] | None = None) -> tuple[dict, list[str], list[dict]]:
     """The study's settings, the arguments passed on to every run, and the plan; every check before any work.
     Raises ConfigError naming the setting."""
-    config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, argv, owned=STUDY_OWNS)
-    if config["CRITERION"] not in experiment.trainers() or config["CRITERION"] == "dense":
-        raise experiment.ConfigError(f"unknown pruning criterion {config['CRITERION']!r}; choose from "
-                                     f"{', '.join(n for n in experiment.trainers() if n != 'dense')}")
+    config, passed_on, script = grid_settings(globals(), SETTINGS, argv, owned=STUDY_OWNS)
+    if config["CRITERION"] not in trainer_names(script) or config["CRITERION"] == "dense":
+        raise ConfigError(f"unknown pruning criterion {config['CRITERION']!r}; choose from "
+                          f"{', '.join(n for n in trainer_names(script) if n != 'dense')}")
     config["SEEDS"] = loop.seeds(config["SEEDS"])
     for key, allowed in (("TRAINING", TRAININGS), ("VARIANTS", PRECISIONS)):
         values = [v.strip() for v in config[key].split(",") if v.strip()]
         wrong = [v for v in values if v not in allowed]
         if wrong or not values:
-            raise experiment.ConfigError(f"--{key.lower()}={config[key]}: give some of {', '.join(allowed)}, "
+            raise ConfigError(f"--{key.lower()}={config[key]}: give some of {', '.join(allowed)}, "
                                          "comma-separated")
         config[key] = values
     if config["RUNTIME"] not in RUNTIMES:
-        raise experiment.ConfigError(f"--runtime={config['RUNTIME']}: choose one of {', '.join(RUNTIMES)}")
+        raise ConfigError(f"--runtime={config['RUNTIME']}: choose one of {', '.join(RUNTIMES)}")
     for key in ("COMPRESS_BATCH_SIZE", "THREADS"):
         if config[key] < 1:
-            raise experiment.ConfigError(f"--{key.lower()}={config[key]}: must be at least 1")
+            raise ConfigError(f"--{key.lower()}={config[key]}: must be at least 1")
     if not config["TOLERANCE"] >= 0:
-        raise experiment.ConfigError(f"--tolerance={config['TOLERANCE']}: points under dense, >= 0")
+        raise ConfigError(f"--tolerance={config['TOLERANCE']}: points under dense, >= 0")
     config["AGGRESSIVE"] = parse_rates(config["AGGRESSIVE"])
     for key in ("HEAD_RATE", "NEURON_RATE"):
         if not 0 <= config[key] < 1:
-            raise experiment.ConfigError(f"--{key.lower()}={config[key]}: a rate in [0, 1)")
+            raise ConfigError(f"--{key.lower()}={config[key]}: a rate in [0, 1)")
     cells = plan(config, passed_on)
     searched = next((c["settings"]["searched_on"] for c in cells if c["point"] == "agent"), {})
     model = experiment.configure(script, passed_on)["MODEL"]
     if searched.get("MODEL") and str(searched["MODEL"]) != str(model):
-        raise experiment.ConfigError(f"--agent_dir={config['AGENT_DIR']}: the agent allocated the layers of "
+        raise ConfigError(f"--agent_dir={config['AGENT_DIR']}: the agent allocated the layers of "
                                      f"{searched['MODEL']}, the runs train {model}: pass --model={searched['MODEL']}, "
                                      "or search with allocate.py on this model")
     for cell in cells:  # a teacher is the dense run of the plan: it is checked once it has finished
         teacher = Path(config["OUT_DIR"]) / cell["teacher"] if cell["teacher"] else None
         trained = teacher is not None and (teacher / "results.json").exists()
         args = [a for a in cell["args"] if teacher is None or trained or not a.startswith("--teacher=")]
-        experiment.validate(experiment.configure(script, args))
+        checks.validate(experiment.configure(script, args))
     check_cells(config["SCRIPT"], Path(config["OUT_DIR"]), [(c["name"], c["args"]) for c in cells])
     for cell in cells:
         if cell["training"] != "dense":
             why = compressed_differently(config, cell)
             if why:
-                raise experiment.ConfigError(f"{why}: run the study into another --out_dir, or delete that "
+                raise ConfigError(f"{why}: run the study into another --out_dir, or delete that "
                                              "compressed/ directory to compress the run again")
     return config, passed_on, cells
 
@@ -597,7 +598,7 @@ def write(config: dict, cells: list[dict], command: str) -> dict:
                            "bytes": pareto(items, "bytes", x_higher=False)},
               "targets": targets(items, config["TOLERANCE"]),
               "note": "speeds are ratios to the dense rows of each point's own compress.py sitting"}
-    experiment.write_json(out / "frontier.json", result)
+    schema.write_json(out / "frontier.json", result)
     text = markdown(result)
     tmp = out / "frontier.md.tmp"
     tmp.write_text(text)
@@ -614,13 +615,13 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         config, _, cells = settings(argv)
-    except experiment.ConfigError as e:
-        experiment.fail(e)
+    except ConfigError as e:
+        fail(e)
     Path(config["OUT_DIR"]).mkdir(parents=True, exist_ok=True)
     try:
         failed = train(config, cells)
-    except experiment.ConfigError as e:
-        experiment.fail(e)
+    except ConfigError as e:
+        fail(e)
     bad = compress(config, cells, failed)
     result = write(config, cells, " ".join(["python frontier.py", *argv]))
     print(markdown(result))

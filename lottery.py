@@ -51,7 +51,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pruning.run import experiment
+from pruning.run import checks, experiment
+from pruning.settings import ConfigError, fail, grid_settings, trainer_names
 from pruning.studies import heatmaps, patterns, stats, sweep_tables, tickets, to_fraction
 from pruning.grid import loop as study_grid  # (`grid` names the survival arrays below)
 from pruning.core.units import prunable_parameters
@@ -93,57 +94,57 @@ STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--mask_from": "-
 
 def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
     """The study's settings and the arguments for every run, checked before any training."""
-    config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, argv, owned=STUDY_OWNS)
+    config, passed_on, script = grid_settings(globals(), SETTINGS, argv, owned=STUDY_OWNS)
     if config["PROCEDURE"] not in PROCEDURES:
-        raise experiment.ConfigError(f"--procedure={config['PROCEDURE']}: choose one of {', '.join(PROCEDURES)}")
+        raise ConfigError(f"--procedure={config['PROCEDURE']}: choose one of {', '.join(PROCEDURES)}")
     fraction = config["PROCEDURE"] == "to_fraction"
     if config["REWINDS"] == "auto":
         config["REWINDS"] = "pretrained" if fraction else "pretrained,early_bird"
     split = {k: [t.strip() for t in config[k].split(",") if t.strip()]
              for k in ("COMPARE_WITH", "SEEDS", "TICKETS", "REWINDS", "OTHER_STUDIES")}
-    known = experiment.trainers()
+    known = trainer_names(script)
     for name in [config["CRITERION"], *split["COMPARE_WITH"]]:
         if name not in known or name == "dense":
-            raise experiment.ConfigError(f"unknown pruning criterion {name!r}; choose from "
+            raise ConfigError(f"unknown pruning criterion {name!r}; choose from "
                                          f"{', '.join(n for n in known if n != 'dense')}")
     study_grid.check_granularity(config["GRANULARITY"])
     for key, allowed in (("TICKETS", tickets.KINDS), ("REWINDS", REWIND_POINTS)):
         wrong = [t for t in split[key] if t not in allowed] or ([] if split[key] else ["(none)"])
         if wrong:
-            raise experiment.ConfigError(f"--{key.lower()}: {', '.join(wrong)} not understood; give some of "
+            raise ConfigError(f"--{key.lower()}: {', '.join(wrong)} not understood; give some of "
                                          f"{', '.join(allowed)}, comma-separated")
     seeds = study_grid.seeds(config["SEEDS"])
     if not config["EPOCHS"] > 0:
-        raise experiment.ConfigError(f"EPOCHS must be > 0, got {config['EPOCHS']}")
+        raise ConfigError(f"EPOCHS must be > 0, got {config['EPOCHS']}")
     if fraction:
         check_fraction_settings(config, split)
     config.update(split, SEEDS=seeds)
     for _, args, ticket in runs(config, passed_on, seeds[:1]):  # each kind of run's whole configuration
         if ticket is None:  # (a ticket's directory only exists once its source run has finished)
-            experiment.validate(experiment.configure(script, args))
+            checks.validate(experiment.configure(script, args))
     return config, passed_on
 
 
 def check_fraction_settings(config: dict, split: dict) -> None:
     """The to_fraction procedure's own settings. Raises ConfigError naming the setting and the fix."""
     if "early_bird" in split["REWINDS"]:
-        raise experiment.ConfigError("--rewinds=early_bird: PROCEDURE=to_fraction prunes the fine-tuned model and has no "
+        raise ConfigError("--rewinds=early_bird: PROCEDURE=to_fraction prunes the fine-tuned model and has no "
                                      "early-bird weights to rewind to; use --rewinds=pretrained")
     if not 0 < config["STEP"] < 1:
-        raise experiment.ConfigError(f"STEP must be in (0, 1) (a share of the remaining units), got {config['STEP']}")
+        raise ConfigError(f"STEP must be in (0, 1) (a share of the remaining units), got {config['STEP']}")
     if config["MLP_STEP"] < 0:
-        raise experiment.ConfigError(f"MLP_STEP must be >= 0 whole MLPs, got {config['MLP_STEP']}")
+        raise ConfigError(f"MLP_STEP must be >= 0 whole MLPs, got {config['MLP_STEP']}")
     if not 0 < config["KEEP_FRACTION"] <= 1:
-        raise experiment.ConfigError(f"KEEP_FRACTION must be in (0, 1], got {config['KEEP_FRACTION']}")
+        raise ConfigError(f"KEEP_FRACTION must be in (0, 1], got {config['KEEP_FRACTION']}")
     if config["IMPORTANCE_ABS"] not in to_fraction.ABSOLUTE:
-        raise experiment.ConfigError(f"IMPORTANCE_ABS={config['IMPORTANCE_ABS']!r}: choose one of "
+        raise ConfigError(f"IMPORTANCE_ABS={config['IMPORTANCE_ABS']!r}: choose one of "
                                      f"{', '.join(to_fraction.ABSOLUTE)}")
     for key in ("IMPORTANCE_EXAMPLES", "PATTERN_SENTENCES"):
         if config[key] < 0:
-            raise experiment.ConfigError(f"{key} must be >= 0 (0 = all / none), got {config[key]}")
+            raise ConfigError(f"{key} must be >= 0 (0 = all / none), got {config[key]}")
     for other in split["OTHER_STUDIES"]:
         if not (Path(other) / "tickets").is_dir():
-            raise experiment.ConfigError(f"--other_studies: {other} holds no tickets/ of a to_fraction study; give "
+            raise ConfigError(f"--other_studies: {other} holds no tickets/ of a to_fraction study; give "
                                          "the OUT_DIR of a finished one")
 
 
@@ -182,8 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         config, passed_on = settings(argv)
         plan = list(runs(config, passed_on))
         check_cells(config["SCRIPT"], Path(config["OUT_DIR"]), [(name, args) for name, args, _ in plan])
-    except experiment.ConfigError as e:
-        experiment.fail(e)
+    except ConfigError as e:
+        fail(e)
     out = Path(config["OUT_DIR"])
     ticket_of = {name: ticket for name, _, ticket in plan}
     fraction = config["PROCEDURE"] == "to_fraction"
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         write(out, config)
     except (SchemaError, sweep_tables.MixedTasks) as e:  # runs put into OUT_DIR by hand: no report
         study_grid.finish(failed)
-        experiment.fail(e)
+        fail(e)
     study_grid.finish(failed)
 
 
@@ -326,7 +327,7 @@ def score(r: RunResults, stage: str = "final") -> float | None:
 def score_markdown(found: dict, config: dict) -> list[str]:
     """The score tables of lottery.md: every ticket from each starting point beside the dense reference
     (mean ± std over seeds), then the early-bird pipeline runs; the headline metric, named."""
-    dense, label = found["dense"], sweep_tables.dev_metric_label(found["task"])
+    dense, label = found["dense"], schema.dev_metric_label(found["task"])
     if config["PROCEDURE"] == "to_fraction":
         return fraction_score_markdown(found, config)
     lines = [f"{label}, mean ± std over seeds (n). Every ticket and the dense reference trained "
@@ -341,7 +342,7 @@ def score_markdown(found: dict, config: dict) -> list[str]:
                          f"{_cell([score(r) for r in eb.values()])} | "
                          f"{_cell([score(r, 'after_prune') for r in eb.values()])} |")
     lines += ["", "The early-bird pipeline itself (search, prune, retrain with the mask; its own budget):", "",
-              f"| criterion | final {sweep_tables.metric_title(found['task'])} | early bird at step | parameters kept "
+              f"| criterion | final {schema.metric_title(found['task'])} | early bird at step | parameters kept "
               "(without embeddings) |",
               "|---|---|---|---|"]
     for trainer, by_seed in sorted(found["eb"].items()):
@@ -368,10 +369,10 @@ def paired_markdown(found: dict) -> list[str]:
     mcnemar = ("McNemar's exact test on each seed's dev predictions (right or wrong per example)"
                if task.headline not in stats.REGRESSION_METRICS else
                f"no McNemar test ({task.title} is a regression: no prediction is right or wrong)")
-    lines = [f"Paired by seed (the same data order and dropout): the difference in {sweep_tables.dev_metric_label(task)} "
+    lines = [f"Paired by seed (the same data order and dropout): the difference in {schema.dev_metric_label(task)} "
              "(mean ± std over seeds) and the paired t-test over seeds (training noise; with 3 seeds only large "
              f"differences reach p < 0.05); {mcnemar}; and a bootstrap over the dev examples of the mean "
-             f"difference in {sweep_tables.metric_title(task)} (95% interval, p): how much it rests on which examples "
+             f"difference in {schema.metric_title(task)} (95% interval, p): how much it rests on which examples "
              "the dev set holds.", "",
              "| A / B | seeds | A − B | p (paired t) | McNemar p, each seed | bootstrap 95% interval | "
              "p (bootstrap) |", "|---|---|---|---|---|---|---|"]
@@ -488,7 +489,7 @@ def plot_score(found: dict, path: Path) -> None:
     if dense:
         ax.axhline(statistics.mean(dense), color="k", ls="--", lw=1, label="dense, mean")
     ax.set_xticks(range(len(tickets.KINDS)), tickets.KINDS)
-    ax.set_ylabel(sweep_tables.dev_metric_label(found["task"]))
+    ax.set_ylabel(schema.dev_metric_label(found["task"]))
     ax.set_title("Tickets trained with a fixed mask (dots: seeds, bars: means)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -536,7 +537,7 @@ def plot_stability(stab: dict, path: Path) -> None:
 def fraction_score_markdown(found: dict, config: dict) -> list[str]:
     """The score table of a to_fraction study: each ticket trained from the pretrained weights, the same masked
     weights before training, and (good) the ticket in the fine-tuned weights as the search scored it."""
-    label = sweep_tables.dev_metric_label(found["task"])
+    label = schema.dev_metric_label(found["task"])
     searched = [c["curve"][c["ticket_iteration"]]["score"] for c in curves(config).values()]
     lines = [f"{label}, mean ± std over seeds (n). Every ticket and the dense (full) model trained "
              f"{config['EPOCHS']:g} epoch(s) from the pretrained weights; the search pruned each seed's full model.",
@@ -586,7 +587,7 @@ def fraction_report(out: Path, config: dict, found: dict) -> tuple[list[str], di
     how = (f"{config['STEP']:g} of the heads left and {config['MLP_STEP']} whole MLP(s) a step, the lowest by Michel "
            f"et al.'s gate importance" if structured else
            f"{config['STEP']:g} of the weights left a step, the smallest by global magnitude, no retraining")
-    lines = [f"## Tickets at {config['KEEP_FRACTION']:g} of the full model's {sweep_tables.metric_title(task)}", "",
+    lines = [f"## Tickets at {config['KEEP_FRACTION']:g} of the full model's {schema.metric_title(task)}", "",
              f"Each seed's fine-tuned dense model, pruned step by step ({how}) until its dev score fell below the "
              "fraction; the ticket is the last mask above it.", ""]
     lines += (["| seed | full | steps to the ticket | heads kept | MLPs kept | ticket's score (of full) | "
@@ -603,7 +604,7 @@ def fraction_report(out: Path, config: dict, found: dict) -> tuple[list[str], di
                      f"({t['fraction_of_full']:.1%}) | {nxt} |")
         summary["seeds"][seed] = {"full_score": c["full_score"], "ticket_iteration": c["ticket_iteration"], **t}
     if found_curves:
-        plot_curves(found_curves, config, out / "lottery_search.png", sweep_tables.dev_metric_label(task))
+        plot_curves(found_curves, config, out / "lottery_search.png", schema.dev_metric_label(task))
         lines += ["", "![search](lottery_search.png)"]
     goods = good_tickets(out)
     studies = {task.title: goods} if goods else {}
@@ -708,7 +709,7 @@ def write(out: Path, config: dict) -> str:
     n_runs = len(found["dense"]) + sum(len(g) for g in found["eb"].values()) + sum(len(g) for g in found["ticket"].values())
     source = config["CRITERION"] if config["PROCEDURE"] == "early_bird" else f"to {config['KEEP_FRACTION']:g} of the full score"
     text = "\n".join([f"# Lottery tickets: {source}, {config['GRANULARITY']}, "
-                      f"{sweep_tables.dev_metric_label(found['task'])}", "",
+                      f"{schema.dev_metric_label(found['task'])}", "",
                       f"{n_runs} runs; their training (`trainer.train()`) took {seconds / 60:.1f} min in all; "
                       "start-up and final evaluations come on top.", "",
                       *score_markdown(found, config), "", *paired_markdown(found), "",

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from datasets import Dataset, DatasetDict
 from transformers import AutoConfig, DataCollatorWithPadding, Trainer, TrainingArguments
 
+from pruning import host, settings
 from pruning.core.fisher import ExampleMasks, example_losses, fisher_information
 from pruning.core.layouts import layout_of
 from pruning.core.pruned_model import as_pruned_model
@@ -75,42 +76,42 @@ def check(config: dict) -> dict:
     Returns the resolved inputs (model directory, task settings, input run). Raises ConfigError, DataError or
     ModelError naming the setting and the fix."""
     if not config["MODEL"]:
-        raise experiment.ConfigError("name the fine-tuned model: --model=runs/NAME (a finished run), a saved model "
+        raise settings.ConfigError("name the fine-tuned model: --model=runs/NAME (a finished run), a saved model "
                                      "directory, or a Hub id")
     if not 0 < config["CONSTRAINT"] <= 1:
-        raise experiment.ConfigError(f"--constraint={config['CONSTRAINT']}: a fraction of the model's FLOPs in (0, 1]")
+        raise settings.ConfigError(f"--constraint={config['CONSTRAINT']}: a fraction of the model's FLOPs in (0, 1]")
     for key, least in (("SAMPLE", 1), ("BATCH_SIZE", 1), ("MAX_LENGTH", 3)):
         if config[key] < least:
-            raise experiment.ConfigError(f"--{key.lower()}={config[key]}: must be at least {least}")
+            raise settings.ConfigError(f"--{key.lower()}={config[key]}: must be at least {least}")
     if config["DAMPING"] < 0:
-        raise experiment.ConfigError(f"--damping={config['DAMPING']}: must be >= 0")
+        raise settings.ConfigError(f"--damping={config['DAMPING']}: must be >= 0")
     if config["RETRAIN_EPOCHS"] < 0 or config["RETRAIN_SUBSET"] < 0 or not config["LEARNING_RATE"] > 0:
-        raise experiment.ConfigError("--retrain_epochs and --retrain_subset must be >= 0 and --learning_rate > 0")
+        raise settings.ConfigError("--retrain_epochs and --retrain_subset must be >= 0 and --learning_rate > 0")
     try:
         distill.check_settings(config["DISTILL_TEMPERATURE"], config["DISTILL_HARDNESS"])
     except ValueError as e:
-        raise experiment.ConfigError(str(e)) from None
+        raise settings.ConfigError(str(e)) from None
     source, run = config["MODEL"], None
     if (Path(source) / schema.FILE).exists() and (Path(source) / "model" / "config.json").exists():
         run = schema.read(source)
         source = str(Path(source) / "model")
-    settings = dict(run.config.settings) if run else {}
+    task_settings = dict(run.config.settings) if run else {}
     for key in ("TASK", "DATA_DIR", "TEXT_COLUMNS", "LABEL_COLUMN"):  # a finished run's own, unless set here
         if config[key] and (not run or config[key] != TASK_DEFAULTS[key]):
-            settings[key] = config[key]
-    settings.setdefault("TASK", "sst2")
+            task_settings[key] = config[key]
+    task_settings.setdefault("TASK", "sst2")
     path, _ = models.resolve(source, "model", "Set --model to a finished run, a saved model directory or a Hub id")
     saved = AutoConfig.from_pretrained(path)
     if not models.has_classifier_head(saved):
         architectures = ", ".join(saved.architectures or ["no architectures"])
-        raise experiment.ConfigError(f"MODEL={config['MODEL']!r} has no classifier head ({architectures}): "
+        raise settings.ConfigError(f"MODEL={config['MODEL']!r} has no classifier head ({architectures}): "
                                      "retraining-free pruning keeps a fine-tuned classifier's function; fine-tune it "
                                      "first (python bert.py --trainer=dense ...)")
     try:
         layout_of(saved)
     except ValueError as e:
-        raise experiment.ConfigError(str(e).replace("granularity 'heads+neurons'", "prune_finetuned.py")) from None
-    return {"source": source, "run": run, "settings": settings,
+        raise settings.ConfigError(str(e).replace("granularity 'heads+neurons'", "prune_finetuned.py")) from None
+    return {"source": source, "run": run, "settings": task_settings,
             "tokenizer": config["TOKENIZER"] or (run.config.settings.get("TOKENIZER", "") if run else "")}
 
 
@@ -223,7 +224,7 @@ def run_directory(config: dict) -> Path:
     out = Path(config["OUT_DIR"])
     if config["RUN_NAME"]:
         if (out / config["RUN_NAME"]).exists():
-            raise experiment.ConfigError(f"{out / config['RUN_NAME']} exists; choose another --run_name or leave it "
+            raise settings.ConfigError(f"{out / config['RUN_NAME']} exists; choose another --run_name or leave it "
                                          "empty for a fresh, time-stamped directory")
         return out / config["RUN_NAME"]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -246,7 +247,7 @@ def main(config: dict) -> dict:
     costs = rf.unit_costs(model, units, lengths)
     least = rf.smallest_budget(costs, {name: g.kind for name, g in units.groups.items()}) / costs.dense
     if config["CONSTRAINT"] < least:  # an impossible budget is refused before any work
-        raise experiment.ConfigError(f"--constraint={config['CONSTRAINT']:g} is below what one head per layer costs "
+        raise settings.ConfigError(f"--constraint={config['CONSTRAINT']:g} is below what one head per layer costs "
                                      f"with every FFN neuron removed: set it to at least {least:.3f}")
     seconds["load"] = time.perf_counter() - started
     dense_split = run_results.parameter_split(model)
@@ -316,7 +317,7 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
             "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),
             "parameters": {"dense": extra["dense_split"], "final": run_results.parameter_split(model)},
             **run_results.sparsity_of({n: p.detach() for n, p in prunable_parameters(model).items()}),
-            "train_seconds": extra["recovery"]["seconds"] if extra["recovery"] else 0.0, "peak_rss_mb": experiment.peak_rss_mb(),
+            "train_seconds": extra["recovery"]["seconds"] if extra["recovery"] else 0.0, "peak_rss_mb": host.peak_rss_mb(),
             "cost": {"train_flos": None, "dev_tokens": int(sum(lengths)), "mean_train_tokens": None,
                      "train_flops": 0.0, "inference_flops_dense": run_results.forward_flops(model, lengths),
                      "inference_flops_nonzero": run_results.forward_flops(model, lengths, count_zeros=False),
@@ -380,5 +381,5 @@ def pruning_summary(config, structure, removed, seconds) -> dict:
 if __name__ == "__main__":
     try:
         main(experiment.configure(globals()))
-    except (experiment.ConfigError, loading.DataError, models.ModelError, FileNotFoundError) as e:
-        experiment.fail(e)
+    except (settings.ConfigError, loading.DataError, models.ModelError, FileNotFoundError) as e:
+        settings.fail(e)

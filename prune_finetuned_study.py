@@ -16,6 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from pruning import settings
 from pruning.grid.processes import run_python
 from pruning.run import experiment, schema
 from pruning.studies import stats
@@ -34,16 +35,16 @@ def cells(config: dict) -> list[tuple[Path, float, str]]:
     run or a constraint outside (0, 1]."""
     inputs = [Path(p) for p in config["INPUTS"].split(",") if p]
     if not inputs:
-        raise experiment.ConfigError("name the fine-tuned runs: --inputs=runs/A,runs/B,runs/C (one per seed)")
+        raise settings.ConfigError("name the fine-tuned runs: --inputs=runs/A,runs/B,runs/C (one per seed)")
     for run in inputs:
         if not (run / schema.FILE).exists():
-            raise experiment.ConfigError(f"--inputs: {run} is not a finished run (no {schema.FILE})")
+            raise settings.ConfigError(f"--inputs: {run} is not a finished run (no {schema.FILE})")
     try:
         constraints = [float(c) for c in config["CONSTRAINTS"].split(",") if c]
     except ValueError:
-        raise experiment.ConfigError(f"--constraints={config['CONSTRAINTS']!r}: comma-separated numbers") from None
+        raise settings.ConfigError(f"--constraints={config['CONSTRAINTS']!r}: comma-separated numbers") from None
     if not constraints or not all(0 < c <= 1 for c in constraints):
-        raise experiment.ConfigError(f"--constraints={config['CONSTRAINTS']!r}: fractions in (0, 1]")
+        raise settings.ConfigError(f"--constraints={config['CONSTRAINTS']!r}: fractions in (0, 1]")
     return [(run, c, f"{run.name}-c{c:g}") for c in constraints for run in inputs]
 
 
@@ -111,7 +112,7 @@ def main(config: dict, passed_on: list[str]) -> None:
     run_cells(config, passed_on)
     study = table(config)
     out = Path(config["OUT_DIR"])
-    experiment.write_json(out / "study.json", study)
+    schema.write_json(out / "study.json", study)
     (out / "table.md").write_text(markdown(study))
     print(markdown(study))
 
@@ -122,5 +123,5 @@ if __name__ == "__main__":
         settings = experiment.configure({**{k: globals()[k] for k in SETTINGS}, "__file__": __file__}, own)
         cells(settings)
         main(settings, [a for a in sys.argv[1:] if a not in own])
-    except (experiment.ConfigError, schema.SchemaError) as e:
-        experiment.fail(e)
+    except (settings.ConfigError, schema.SchemaError) as e:
+        settings.fail(e)

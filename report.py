@@ -17,6 +17,7 @@ from a directory of their own). sweep.py writes the same at its end.
 import sys
 from pathlib import Path
 
+from pruning import settings
 from pruning.run import experiment, schema
 from pruning.studies import sweep_tables
 
@@ -31,14 +32,14 @@ if __name__ == "__main__":
     try:
         config = experiment.configure(globals(), argv)
         patiences = tuple(int(p) for p in config["PATIENCES"].split(",") if p.strip())
-    except experiment.ConfigError as e:
-        experiment.fail(e)
+    except settings.ConfigError as e:
+        settings.fail(e)
     except ValueError:
-        experiment.fail(f"--patiences={config['PATIENCES']!r}: expected whole numbers >= 1, comma-separated")
+        settings.fail(f"--patiences={config['PATIENCES']!r}: expected whole numbers >= 1, comma-separated")
     if not Path(config["SWEEP_DIR"]).is_dir() or any(p < 1 for p in patiences):
-        experiment.fail(f"--sweep_dir={config['SWEEP_DIR']} must be a sweep directory (sweep.py's OUT_DIR) and "
+        settings.fail(f"--sweep_dir={config['SWEEP_DIR']} must be a sweep directory (sweep.py's OUT_DIR) and "
                         f"--patiences whole numbers >= 1, comma-separated; got {config['PATIENCES']!r}")
     try:
         sweep_tables.write(Path(config["SWEEP_DIR"]), patiences, config["PLOTS"])
     except (schema.SchemaError, sweep_tables.MixedTasks) as e:  # a results.json too new or malformed, or runs of two tasks
-        experiment.fail(e)
+        settings.fail(e)

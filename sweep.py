@@ -25,10 +25,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import bert  # noqa: F401  (defines every trainer a cell may name)
+from pruning import settings
 from pruning.grid import loop
 from pruning.grid.cells import check_cells, run_on_ray
-from pruning.run import experiment, schema
+from pruning.run import checks, experiment, schema
 from pruning.studies import sweep_tables
 
 SCRIPT = "bert.py"                              # the experiment each cell runs
@@ -76,41 +76,41 @@ def main():
     the dense cells first), then write the report (`pruning.studies.sweep_tables.write`). Bad settings exit with status 2;
     failed cells end in SystemExit naming them."""
     try:
-        config, passed_on, script = experiment.grid_settings(globals(), SETTINGS, owned=SWEEP_OWNS)
-    except experiment.ConfigError as e:
-        experiment.fail(e)
-    trainers = [t.strip() for t in config["TRAINERS"].split(",") if t.strip()]
-    for t in trainers:
-        if t not in experiment.trainers():
-            experiment.fail(f"unknown trainer {t!r} in --trainers; choose from {', '.join(experiment.trainers())}")
+        config, passed_on, script = settings.grid_settings(globals(), SETTINGS, owned=SWEEP_OWNS)
+    except settings.ConfigError as e:
+        settings.fail(e)
+    trainer_names = [t.strip() for t in config["TRAINERS"].split(",") if t.strip()]
+    for t in trainer_names:
+        if t not in settings.trainer_names(script):
+            settings.fail(f"unknown trainer {t!r} in --trainers; choose from {', '.join(settings.trainer_names(script))}")
     try:
         loop.check_granularity(config["GRANULARITY"])
         seeds = loop.seeds(config["SEEDS"])
         rates = [float(r) for r in config["RATES"].split(",") if r.strip()]
-    except experiment.ConfigError as e:
-        experiment.fail(e)
+    except settings.ConfigError as e:
+        settings.fail(e)
     except ValueError:
         rates = []
     if not rates:
-        experiment.fail(f"--rates={config['RATES']!r}: give at least one number, comma-separated")
+        settings.fail(f"--rates={config['RATES']!r}: give at least one number, comma-separated")
     if config["DENSE_EVAL_EVERY"] < 1 or config["CELL_CPUS"] <= 0 or config["LOCAL_CPUS"] < 0:
-        experiment.fail("DENSE_EVAL_EVERY must be >= 1, CELL_CPUS > 0 and LOCAL_CPUS >= 0 (0 = all), got "
+        settings.fail("DENSE_EVAL_EVERY must be >= 1, CELL_CPUS > 0 and LOCAL_CPUS >= 0 (0 = all), got "
                         f"{config['DENSE_EVAL_EVERY']}, {config['CELL_CPUS']} and {config['LOCAL_CPUS']}")
     variants = [v.strip() for v in config["VARIANTS"].split(",") if v.strip()]
     wrong = [v for v in variants if v not in VARIANT_NAMES]
     if wrong or not variants:
-        experiment.fail(f"--variants={config['VARIANTS']}: give some of {', '.join(VARIANT_NAMES)}, comma-separated")
-    if any("kd" in v for v in variants) and "dense" not in trainers:
-        experiment.fail("the kd variants distil from the dense cell of each seed: add dense to --trainers")
+        settings.fail(f"--variants={config['VARIANTS']}: give some of {', '.join(VARIANT_NAMES)}, comma-separated")
+    if any("kd" in v for v in variants) and "dense" not in trainer_names:
+        settings.fail("the kd variants distil from the dense cell of each seed: add dense to --trainers")
     out = Path(config["OUT_DIR"])
-    plan = list(cells(trainers, rates, seeds, config["DENSE_EVAL_EVERY"], config["GRANULARITY"], variants,
+    plan = list(cells(trainer_names, rates, seeds, config["DENSE_EVAL_EVERY"], config["GRANULARITY"], variants,
                       config["GRADUAL"], out))
     try:  # every cell's whole configuration, and every cell already on disk made with it: before any run
         for name, args in plan:
-            experiment.validate(experiment.configure(script, [*args, *passed_on]))
+            checks.validate(experiment.configure(script, [*args, *passed_on]))
         check_cells(config["SCRIPT"], out, [(n, [*a, *passed_on]) for n, a in plan])
-    except experiment.ConfigError as e:
-        experiment.fail(e)
+    except settings.ConfigError as e:
+        settings.fail(e)
     out.mkdir(parents=True, exist_ok=True)
     failed = []
     if config["CLUSTER"]:  # one Ray task per cell: the dense cells first (they teach the kd cells), then the rest
@@ -129,7 +129,7 @@ def main():
         sweep_tables.write(out)
     except (schema.SchemaError, sweep_tables.MixedTasks) as e:  # runs put into OUT_DIR by hand: no report
         loop.finish(failed)
-        experiment.fail(e)
+        settings.fail(e)
     loop.finish(failed)
 
 

@@ -13,7 +13,7 @@ from conftest import TINY, run_script, tiny_args, write_slice
 from pruning.core.units import PrunableUnits
 from pruning.run import schema
 from pruning.run.checkpoint import read_run_masks
-from pruning.run.configuration import ConfigError, _parse_value
+from pruning.settings import ConfigError, _parse_value
 from pruning.run.pruning_config import PruningConfig
 from pruning.studies import allocation
 from test_whole_units import LAYERS, tiny
@@ -136,10 +136,10 @@ def test_per_layer_whole_rates_are_checked_against_the_model():
     with pytest.raises(ValueError, match="removes layer 0"):
         PruningConfig(granularity="heads+neurons", layer_rate=(1, 0, 0)).check_model(modern)
     assert PruningConfig(granularity="heads+neurons", layer_rate=(0, 0, 0)).whole_kinds == ()
-    assert _parse_value("LAYER_RATE", "0.0,1.0,0.0", 0.0) == (0, 1, 0)
-    assert _parse_value("HEAD_RATE", "0.0,1.0", 0.0) == (0.0, 1.0)
+    assert _parse_value("LAYER_RATE", "0.0,1.0,0.0", 0.0, {}) == (0, 1, 0)
+    assert _parse_value("HEAD_RATE", "0.0,1.0", 0.0, {}) == (0.0, 1.0)
     with pytest.raises(ConfigError):
-        _parse_value("MLP_RATE", "0,x", 0.0)
+        _parse_value("MLP_RATE", "0,x", 0.0, {})
 
 
 # --- the script ------------------------------------------------------------------------------------

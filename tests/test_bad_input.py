@@ -5,8 +5,9 @@ import threading
 import pytest
 
 import bert
+from pruning import settings
 from pruning.data import loading as sst2, models
-from pruning.run import experiment
+from pruning.run import checks, experiment
 from conftest import SST2, tiny_args, write_slice
 
 
@@ -35,7 +36,7 @@ def run(config):
     ("--warmup_ratio=0.5", "the LR warm-up .0.5 of the budget. lasts past the search budget"),
 ])
 def test_bad_settings_fail_before_anything_is_written(arg, message, tmp_path):
-    with pytest.raises(experiment.ConfigError, match=message):
+    with pytest.raises(settings.ConfigError, match=message):
         run(configure(arg, f"--out_dir={tmp_path}"))
     assert not any(tmp_path.iterdir())
 
@@ -154,23 +155,23 @@ def test_output_dir_holding_a_finished_run_is_refused_and_untouched(tmp_path):
     finished = tmp_path / "runs" / "done"
     finished.mkdir(parents=True)
     (finished / "results.json").write_text('{"accuracy": 0.9}')
-    with pytest.raises(experiment.ConfigError, match="already holds a finished run"):
+    with pytest.raises(settings.ConfigError, match="already holds a finished run"):
         run(configure(f"--out_dir={tmp_path / 'runs'}", "--run_name=done"))
     assert (finished / "results.json").read_text() == '{"accuracy": 0.9}'
     assert sorted(p.name for p in finished.iterdir()) == ["results.json"]
 
 
 def test_resume_needs_a_run_with_checkpoints(tmp_path):
-    with pytest.raises(experiment.ConfigError, match="RESUME needs RUN_NAME"):
+    with pytest.raises(settings.ConfigError, match="RESUME needs RUN_NAME"):
         run(configure("--resume=true", f"--out_dir={tmp_path}"))
-    with pytest.raises(experiment.ConfigError, match="has no checkpoints"):
+    with pytest.raises(settings.ConfigError, match="has no checkpoints"):
         run(configure("--resume=true", "--run_name=ghost", f"--out_dir={tmp_path}"))
 
 
 def test_rates_may_be_given_per_layer_on_the_command_line():
     assert configure("--pruning_rate=0.2,0.4")["PRUNING_RATE"] == (0.2, 0.4)
     assert configure("--head_rate=0.25,0.5,0.5")["HEAD_RATE"] == (0.25, 0.5, 0.5)
-    with pytest.raises(experiment.ConfigError, match="one rate per encoder layer"):
+    with pytest.raises(settings.ConfigError, match="one rate per encoder layer"):
         configure("--neuron_rate=0.2,x")
-    with pytest.raises(experiment.ConfigError, match=r"pruning rate must be a number in \[0, 1\)"):
-        experiment.validate(configure("--pruning_rate=0.2,1.5"))
+    with pytest.raises(settings.ConfigError, match=r"pruning rate must be a number in \[0, 1\)"):
+        checks.validate(configure("--pruning_rate=0.2,1.5"))

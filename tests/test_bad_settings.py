@@ -8,6 +8,7 @@ import pytest
 
 import bert
 from conftest import ROBERTA_TOKENIZER, TINY, refused, run_script, tiny_args, write_slice
+from pruning import settings
 from pruning.grid.cells import check_cell, run_cell
 from pruning.run import checks, experiment
 
@@ -174,7 +175,7 @@ def test_a_grid_cell_is_skipped_only_when_made_with_the_same_settings(tmp_path):
     out, args = tmp_path / "grid", ["--trainer=magnitude", "--seed=1", "--pruning_rate=0.5"]
     finished_cell(out, "magnitude-r0.5-s1", args)
     assert run_cell("bert.py", out, "magnitude-r0.5-s1", args)  # the same settings: skipped, finished
-    with pytest.raises(experiment.ConfigError) as e:
+    with pytest.raises(settings.ConfigError) as e:
         run_cell("bert.py", out, "magnitude-r0.5-s1", [*args, "--gradual_rewarm=True"])
     assert "--gradual_rewarm: recorded False, requested True" in str(e.value)
     assert "another --out_dir" in str(e.value) and "magnitude-r0.5-s1" in str(e.value)

@@ -14,7 +14,8 @@ from conftest import REPO, only_run_dir, refused, run_script, tiny_args, write_s
 from pruning.data import loading, models
 from pruning.run import checks
 from pruning.run.checkpoint import PRUNING_STATE_FILE, run_checkpoints
-from pruning.run.configuration import ConfigError, configure
+from pruning.run.experiment import configure
+from pruning.settings import ConfigError
 
 
 @pytest.fixture(scope="module")

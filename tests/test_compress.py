@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from conftest import only_run_dir, run_script, tiny_args
+from pruning import settings
 from pruning.deploy import runtimes
 from pruning.deploy.precision import FakeQuant4, assign_bits, matrix_importance
 from pruning.run import experiment
@@ -236,9 +237,9 @@ def test_block_size_is_checked_against_what_onnx_runtime_takes(runs, tmp_path):
     assert 512 not in taken and {16, 32, 256} <= set(taken)
     message = (f"--block_size=512: ONNX Runtime {onnxruntime.__version__}'s 4-bit quantizer takes blocks of "
                f"{', '.join(map(str, taken))} input columns; choose one of those")
-    with pytest.raises(experiment.ConfigError, match=re.escape(message)):
+    with pytest.raises(settings.ConfigError, match=re.escape(message)):
         check("--block_size=512")  # the default variants: mixed in both runtimes
-    with pytest.raises(experiment.ConfigError, match=re.escape(message)):
+    with pytest.raises(settings.ConfigError, match=re.escape(message)):
         check("--block_size=512", "--variants=mixed+qat", "--qat_steps=2", "--runtime=onnxruntime")
     check("--block_size=512", "--runtime=openvino")  # NNCF's groups: any size, smaller where a width needs it
     check("--block_size=512", "--variants=int8")  # no 4-bit variant: the size is not used
@@ -265,7 +266,7 @@ def test_block_size_is_checked_against_what_onnx_runtime_takes(runs, tmp_path):
 def test_bad_settings_are_named_before_any_work(runs, args, message):
     import compress
     args = [a.replace("RUN", str(runs["structured"])) for a in args]
-    with pytest.raises(experiment.ConfigError, match=re.escape(message)):
+    with pytest.raises(settings.ConfigError, match=re.escape(message)):
         compress.check(experiment.configure(vars(compress), [f"--run={runs['weights']}", *args]))
 
 
@@ -284,7 +285,7 @@ def test_a_results_file_of_a_newer_schema_version_is_refused_naming_it(tmp_path)
     (tmp_path / "run" / "model").mkdir(parents=True)
     (tmp_path / "run" / "model" / "config.json").write_text("{}")
     (tmp_path / "run" / "results.json").write_text(json.dumps({"schema_version": schema.SCHEMA_VERSION + 1}))
-    with pytest.raises(experiment.ConfigError, match=re.escape(
+    with pytest.raises(settings.ConfigError, match=re.escape(
             f"--run: {tmp_path / 'run' / 'results.json'}: schema_version {schema.SCHEMA_VERSION + 1} is newer")):
         compress.check(experiment.configure(vars(compress), [f"--run={tmp_path / 'run'}"]))
 

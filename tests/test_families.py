@@ -21,7 +21,7 @@ from pruning.core.surgery import UnitGates, remove_units
 from pruning.core.units import Slice
 from pruning.run import experiment
 from pruning.run.checks import check_architecture
-from pruning.run.configuration import ConfigError
+from pruning.settings import ConfigError
 from pruning.run.measurements import forward_flops, parameter_split
 
 # "deberta-v2": DeBERTa-v2 with its own relative-position projections (share_att_key=False: pos_key_proj and

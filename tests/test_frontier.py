@@ -9,6 +9,7 @@ import pytest
 from conftest import run_script, tiny_args
 
 import frontier
+from pruning import settings
 from pruning.run import experiment
 
 
@@ -129,7 +130,7 @@ def frontier_script_namespace():
     (["--agent_dir=/nonexistent"], "allocation.json"), (["--no_such_setting=1"], "unknown setting"),
 ])
 def test_bad_settings_are_named_before_any_work(tmp_path, args, message):
-    with pytest.raises(experiment.ConfigError, match=None) as e:
+    with pytest.raises(settings.ConfigError, match=None) as e:
         frontier.settings([f"--out_dir={tmp_path / 'f'}", *args])
     assert message in str(e.value)
     assert not (tmp_path / "f").exists()
@@ -142,7 +143,7 @@ def test_an_agent_allocation_of_another_model_is_rejected(tmp_path):
                                                                    "NEURON_RATE": 0.4}}))
     (tmp_path / "allocate" / "allocation.json").write_text(json.dumps(
         {"source": str(source), "rates": {"head": [0.5] * 12, "neuron": [0.4] * 12}}))
-    with pytest.raises(experiment.ConfigError, match="--model=bert-base-uncased"):
+    with pytest.raises(settings.ConfigError, match="--model=bert-base-uncased"):
         frontier.settings([f"--agent_dir={tmp_path / 'allocate'}", f"--out_dir={tmp_path / 'f'}"])
     config, _, cells = frontier.settings([f"--agent_dir={tmp_path / 'allocate'}", f"--out_dir={tmp_path / 'f'}",
                                           "--model=bert-base-uncased", "--seeds=42"])
@@ -172,7 +173,7 @@ def test_an_agent_allocation_of_weights_is_rejected(tmp_path):
     agent = tmp_path / "allocate"
     agent.mkdir()
     (agent / "allocation.json").write_text(json.dumps({"rates": {"weight": [0.5, 0.5]}}))
-    with pytest.raises(experiment.ConfigError, match="heads\\+neurons"):
+    with pytest.raises(settings.ConfigError, match="heads\\+neurons"):
         frontier.settings([f"--agent_dir={agent}", f"--out_dir={tmp_path / 'f'}"])
 
 
@@ -249,9 +250,9 @@ def test_a_compression_made_with_other_settings_is_rejected(tmp_path):
             "--runtime=onnxruntime"]
     sitting(out, "uniform-s42", 42, 1.0, 0.88, 0.87, config={})
     frontier.settings(args)                                            # the same settings: kept
-    with pytest.raises(experiment.ConfigError, match="RUNTIME: 'onnxruntime' there, 'openvino' now"):
+    with pytest.raises(settings.ConfigError, match="RUNTIME: 'onnxruntime' there, 'openvino' now"):
         frontier.settings([*args[:-1], "--runtime=openvino"])
-    with pytest.raises(experiment.ConfigError, match="VARIANTS"):
+    with pytest.raises(settings.ConfigError, match="VARIANTS"):
         frontier.settings([*args[:-2], "--variants=fp32,int8,mixed", args[-1]])
 
 

@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard, ModelCardData, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from conftest import only_run_dir, run_script, tiny_args
+from pruning import host
 from pruning.deploy import artifact
 from pruning.run import model_card, schema
 
@@ -89,7 +90,7 @@ def test_the_card_carries_the_runs_real_figures(runs, name):
     # measured speed and bytes, with the machine and the threads they were measured with
     speed = raw["speed"]
     assert f"batch 64: {speed['batch64_pruned']:,.0f} sentences/s against {speed['batch64_dense']:,.0f}" in text
-    assert f"on {artifact.cpu_name()}, {speed['threads']} thread" in text
+    assert f"on {host.cpu_name()}, {speed['threads']} thread" in text
     size = (run_dir / "model" / "model.safetensors").stat().st_size
     assert f"`model.safetensors` {size / 1e6:.1f} MB ({size:,} bytes)" in text
     assert f"{raw['parameters']['final']['total']:,} of the dense model's {raw['parameters']['dense']['total']:,}" in text

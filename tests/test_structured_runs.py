@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
 from conftest import REPO, only_run_dir, run_script, tiny_args
-from pruning.data import loading as sst2
 from pruning import prunable_parameters
+from pruning.data import loading as sst2
 
 STRUCTURED = {"granularity": "heads+neurons", "head_rate": 0.5, "neuron_rate": 0.4}
 

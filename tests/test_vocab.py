@@ -7,6 +7,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
 from conftest import TINY
+from pruning import settings
 from pruning.deploy import runtimes, vocab
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "film", "movie", "plot", "is", "was", "good",
@@ -81,7 +82,6 @@ def test_unseen_tokens_map_to_unk(trimmed):
 
 def test_bad_trims_are_refused(trimmed):
     import compress
-    from pruning.run import experiment
     _, model, _, _ = trimmed
     with pytest.raises(ValueError, match="unknown token"):
         vocab.RemappedEmbedding(model.get_input_embeddings(), np.array([0, 2, 3]), unk_id=1)
@@ -90,5 +90,5 @@ def test_bad_trims_are_refused(trimmed):
 
     class NoUnk:
         unk_token_id = None
-    with pytest.raises(experiment.ConfigError, match="no unknown token"):
+    with pytest.raises(settings.ConfigError, match="no unknown token"):
         compress.vocabulary_keep({"input_ids": [[0]]}, NoUnk(), model)

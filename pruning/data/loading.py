@@ -22,6 +22,7 @@ from datasets import Dataset, DatasetDict
 from datasets.fingerprint import Hasher
 
 from pruning.data.tasks import CUSTOM, Split, TASKS, Task, custom_task, get
+from pruning.settings import text_columns
 
 REPO_SHARED = Path(__file__).resolve().parents[3] / "shared"  # ../shared beside the repository
 REPO_SHARED_SST2 = REPO_SHARED / "sst2"
@@ -426,7 +427,6 @@ def load_train(task: str = "sst2", data_dir: str = "", text_columns: tuple[str, 
 def run_task(settings: dict) -> dict:
     """`load`'s and `load_train`'s task arguments from a run's settings (results.json "config", or a
     script's configuration): task, data_dir, text_columns, label_column. Runs from before tasks: SST-2."""
-    from pruning.run.checks import text_columns  # checks imports this module
     return {"task": settings.get("TASK") or "sst2", "data_dir": settings.get("DATA_DIR") or "",
             "text_columns": text_columns(settings), "label_column": settings.get("LABEL_COLUMN") or "label"}
 

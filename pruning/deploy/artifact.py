@@ -8,9 +8,9 @@ onnxruntime or openvino, no torch, nothing of this repository) and `README.md`, 
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
+from pruning.host import cpu_name
 from pruning.run import model_card
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -105,17 +105,6 @@ def write_files(directory: Path, tokenizer, labels: list[str] | None, inputs: tu
             "max_length": max_length, "runtime": runtime}
     (directory / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     (directory / EXAMPLE_FILE).write_text(EXAMPLE)
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write_card(directory: Path, title: str, facts: list[tuple[str, str]], command: str, date: str,

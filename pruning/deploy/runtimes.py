@@ -33,13 +33,16 @@ import importlib.util
 import inspect
 import json
 import os
-import resource
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+if not __package__:  # run as a bare script: `pruning` imports nothing heavy, so the package is used as it is
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pruning.host import peak_rss_mb  # noqa: E402
 
 ONNX_FILE = "model.onnx"
 SPARSE_FILE = "sparse.safetensors"
@@ -728,15 +731,6 @@ def pytorch_runner(model):
         with torch.inference_mode():
             return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
     return run
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM), in MB (2**20 bytes). Not ru_maxrss: Linux carries that
-    over from the parent across fork and exec, so a child would report at least its parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
 
 
 def predict(directory: Path, dev: Path, threads: int, batch_size: int = 64) -> dict:

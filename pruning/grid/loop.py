@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from pruning.core.units import GRANULARITIES
 from pruning.grid.cells import run_cell
-from pruning.run.configuration import ConfigError
+from pruning.settings import ConfigError
 
 
 def seeds(text: str) -> list[int]:

@@ -20,9 +20,10 @@ from pruning.data import tasks
 from pruning.data.loading import TRUNCATIONS
 from pruning.run import distill
 from pruning.run.checkpoint import RUN_CONFIG_FILE, run_checkpoints
-from pruning.run.configuration import ConfigError, pruning_config, rate_text, trainer_name, trainers
-from pruning.run.pruning_config import PruningConfig
+from pruning.run.pruning_config import PruningConfig, pruning_config
 from pruning.run.trainer import SNAPSHOT_FILE, check_mask_source
+from pruning.run.trainers import trainers
+from pruning.settings import ConfigError, rate_text, text_columns, trainer_name
 
 
 # Settings that cannot change what a run computes: a continuation (--resume=true, a grid cell run
@@ -169,11 +170,6 @@ def check_hardware_settings(config: dict) -> None:
 
 
 # --- the task -----------------------------------------------------------------------------------------
-def text_columns(config: dict) -> tuple[str, ...]:
-    """TEXT_COLUMNS as a tuple: "text" -> ("text",), "sentence1,sentence2" -> a pair."""
-    return tuple(c.strip() for c in str(config.get("TEXT_COLUMNS", "")).split(",") if c.strip())
-
-
 def check_task_settings(config: dict) -> None:
     """TASK, TEXT_COLUMNS, TRUNCATION and PREDICT_TEST on their own (the data is checked as it is read)."""
     task = config.get("TASK", "sst2")

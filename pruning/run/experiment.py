@@ -1,8 +1,10 @@
-"""One experiment, shared by bert.py and roberta.py: data and model, one `trainer.train()` (search ->
-prune -> retrain), results. The configuration comes from `pruning.run.configuration` (the script's
-constants and the command line), its checks from `pruning.run.checks`: everything that can be wrong with
-the input is refused before the run directory is created, and a run never writes into a directory
-that holds another run's results.
+"""One experiment, shared by bert.py and roberta.py: data and model, one `trainer.train()` (search -> prune ->
+retrain), results. `run` reads as its phases (`place_run`, `load_inputs`, `check_step_plan`, `attach_teacher`,
+`make_trainer`, `announce`, `train`, `evaluate`, `collect_results`, `add_pruning_results`), each a function of its
+own. The configuration comes from `pruning.settings` (the script's constants and the command line; `configure`
+below also turns a trainer's name into its class), its checks from `pruning.run.checks`: everything that can be
+wrong with the input is refused before the run directory is created, and a run never writes into a directory that
+holds another run's results.
 """
 from __future__ import annotations
 
@@ -13,31 +15,32 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
-                          set_seed)
+import transformers
+from datasets import DatasetDict
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from pruning.data import evaluation, tasks
-from pruning.run import checks, distill, measurements as run_results, model_card, schema
-from pruning.run.callbacks import EarlyStopping
-from pruning.run.checks import RUN_CONFIG_FILE, run_directory, validate
-from pruning.run.pruning_config import PruningConfig
-# The scripts' API: configuration and checks are used through this module by every script.
-from pruning.run.configuration import (PRUNING_SETTINGS, RATE_KEYS, ConfigError, configure, criterion_options,  # noqa: F401
-                                   describe, fail, grid_settings, pruning_config, rate_text, trainer_name, trainers)
-from pruning.data.tasks import METRIC_TITLES, Task
-from pruning.deploy.runtimes import peak_rss_mb
-from pruning.run.checkpoint import run_checkpoints
-from pruning.run.schedule import PhasePlan
-from pruning.run.tracking import report_scalars
-from pruning.run.training_cost import CostLog, accuracy_timeline, cost_series
-from pruning.run.schema import write_json  # noqa: F401  (the scripts write their JSON through experiment.write_json)
+from earlybird import plot_distances
+from pruning import settings
 from pruning.core.units import prunable_parameters
+from pruning.data import evaluation, loading, models, tasks
+from pruning.data.tasks import METRIC_TITLES, Task
+from pruning.host import peak_rss_mb
+from pruning.run import checks, distill, measurements, model_card, schema, trainers
+from pruning.run.callbacks import EarlyStopping
+from pruning.run.checkpoint import run_checkpoints
+from pruning.run.checks import RUN_CONFIG_FILE, run_directory, validate
+from pruning.run.pruning_config import PruningConfig, describe
+from pruning.run.schedule import PhasePlan
+from pruning.run.schema import write_json
+from pruning.run.tracking import report_scalars
 from pruning.run.trainer import PruningTrainer, ResumeMismatch, SNAPSHOT_FILE, write_masks
-
+from pruning.run.training_cost import CostLog, accuracy_timeline, cost_series
+from pruning.settings import ConfigError, fail, text_columns, trainer_name
 
 MODEL_HINT = ("Set --model to a local checkpoint directory, or build the architecture from a config with random "
               "init: --model=configs/roberta-base.json --tokenizer=../shared/roberta-base-tokenizer")
@@ -142,25 +145,80 @@ def early_stopping_of(trainer) -> EarlyStopping | None:
     return next((c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStopping)), None)
 
 
+@dataclass
+class Place:
+    """Where a run writes and who writes: its directory, whether this is the main process, how many processes, and
+    the settings a continuation must match."""
+    run_dir: Path
+    is_main: bool
+    world: int
+    started_with: dict
+
+
+@dataclass
+class Inputs:
+    """What a run trains on: the task, its data (read, subset and tokenized), the model and its tokenizer."""
+    task: Task
+    data_source: str
+    model: object
+    tokenizer: object
+    model_description: str
+    train_rows: object
+    encoded: object
+    truncation: dict
+
+    @property
+    def dev(self):
+        return self.encoded[self.task.dev]
+
+
 def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     """Run the experiment; return the results dict (on the main process) and write the run directory.
 
-    `callbacks` are extra TrainerCallbacks (the tests use one to SIGKILL a run at a chosen step).
+    `callbacks` are extra TrainerCallbacks (the tests use one to SIGKILL a run at a chosen step). Every check runs
+    before the first training step; each phase below is a function of its own.
     """
-    from datasets import DatasetDict
-    from pruning.data import loading, models
-
     pruning = validate(config)
+    place = place_run(config, script)
+    inputs = load_inputs(config, pruning)
+    check_step_plan(config, pruning, inputs, place.world)
+    teacher = attach_teacher(config, inputs)
+    dense_split = measurements.parameter_split(inputs.model)
+    trainer, cost = make_trainer(config, pruning, inputs, place, callbacks)
+    announce(config, pruning, inputs, place, script)
+    train_seconds = train(trainer, config, place)
+    outcome = evaluate(trainer, config, inputs, place)
+    if not place.is_main:
+        return None
+    results = collect_results(config, script, trainer, inputs, place, outcome, cost, dense_split, train_seconds,
+                              teacher)
+    if isinstance(trainer, PruningTrainer):
+        add_pruning_results(results, trainer, pruning, inputs, place, teacher)
+    else:  # periodic dev evaluations (EVAL_EVERY) are not training time
+        results["phase_seconds"] = {"train": cost.train_seconds}
+    results = schema.write(place.run_dir / schema.FILE, results)  # declared in pruning.run.schema; refuses an undeclared key
+    print_summary(schema.parse(results), place.run_dir)
+    return results
+
+
+def place_run(config: dict, script: str) -> Place:
+    """The run directory (named on the main process, broadcast to the others) and, for RESUME, the check that the
+    run on disk is the same experiment (before any loading). Raises ConfigError as `checks.check_continuation`."""
     is_main, world = _distributed_main_process()
     run_dir = Path(_broadcast(str(run_directory(config, script)) if is_main else None))
     started_with = {"config": checks.recordable(config), "world_size": world}
-    if config["RESUME"]:  # before any loading: a continuation must be the same experiment
+    if config["RESUME"]:
         checks.check_continuation(run_dir, {**started_with["config"], "WORLD_SIZE": world},
                                   "Resume with the recorded settings, or start a new run under another RUN_NAME.")
-    # Model names first (seconds), then data, then the model itself: all fail before any training.
+    return Place(run_dir, is_main, world, started_with)
+
+
+def load_inputs(config: dict, pruning: PruningConfig) -> Inputs:
+    """Model names first (seconds), then the data, then the model itself, each checked as it comes: all of it fails
+    before any training. Raises ConfigError, DataError or ModelError naming the setting to change."""
     models.resolve(config["MODEL"], "model", MODEL_HINT)
-    task, datasets, data_source = loading.load(config["TASK"], config["DATA_DIR"], checks.text_columns(config),
-                                            config["LABEL_COLUMN"], with_test=config["PREDICT_TEST"])
+    task, datasets, data_source = loading.load(config["TASK"], config["DATA_DIR"], text_columns(config),
+                                               config["LABEL_COLUMN"], with_test=config["PREDICT_TEST"])
     checks.check_task(config, task, datasets)
     set_seed(config["SEED"])  # before building the model, so a random init is reproducible
     model, tokenizer, model_description = models.load_model_and_tokenizer(
@@ -176,137 +234,180 @@ def run(config: dict, script: str, callbacks: tuple = ()) -> dict | None:
     train_rows = loading.subset(trainable, config["TRAIN_SUBSET"], config["SEED"])
     try:
         encoded = loading.tokenize(DatasetDict(train=train_rows, **{s: datasets[s] for s in datasets if s != "train"}),
-                                tokenizer, config["MAX_LENGTH"], task, config["TRUNCATION"])
+                                   tokenizer, config["MAX_LENGTH"], task, config["TRUNCATION"])
     except ValueError as e:  # head+tail with a slow tokenizer
         raise ConfigError(str(e)) from None
-    dev = encoded[task.dev]
     truncation = {"strategy": config["TRUNCATION"], "max_length": config["MAX_LENGTH"],
                   "train": loading.truncated_count(encoded["train"]),
                   "dev": {evaluation.dev_set_name(s): loading.truncated_count(encoded[s]) for s in task.dev_splits}}
-    others = tuple(evaluation.dev_set_name(s) for s in task.dev_splits[1:])
+    return Inputs(task, data_source, model, tokenizer, model_description, train_rows, encoded, truncation)
 
-    def metrics_of(evals: dict) -> dict:
-        return evaluation.stage_metrics(evals, task, others)
-    if config["TRAINER"] is not Trainer and not pruning.mask_from:  # the step plan against the criterion
-        _, total = checks.planned_steps(len(train_rows), config["BATCH_SIZE"], world, pruning.total_epochs,
-                                         config.get("GRAD_ACCUMULATION", 1))
-        plan = PhasePlan.of(total, pruning.total_epochs, pruning.search_epochs, pruning.retrain_epochs,
-                            checks.hf_warmup_steps(config["WARMUP_RATIO"], total), pruning.skip_warmup)
-        checks.check_plan(plan, config["TRAINER"].criterion_class,
-                          (pruning.gradual_updates, pruning.gradual_span) if pruning.gradual_updates else None)
-    teacher = None
-    if config.get("TEACHER"):  # the teacher's logits for every train sentence, computed once and cached
-        try:
-            logits, teacher = distill.cached_logits(config["TEACHER"], encoded["train"].to_list(),
-                                                    DataCollatorWithPadding(tokenizer),
-                                                    Path(config["OUT_DIR"]) / "teacher_logits", model.config.vocab_size)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        encoded["train"] = encoded["train"].add_column(distill.LOGITS_COLUMN, logits.tolist())
-        teacher.update(teacher=os.path.abspath(config["TEACHER"]), temperature=config["DISTILL_TEMPERATURE"],
-                       hardness=config["DISTILL_HARDNESS"])
-    dense_split = run_results.parameter_split(model)
+
+def check_step_plan(config: dict, pruning: PruningConfig, inputs: Inputs, world: int) -> None:
+    """The step plan against the criterion (`checks.check_plan`): a pruning run that searches needs steps to score
+    in. Nothing to check for the dense baseline or a fixed mask. Raises ConfigError."""
+    if config["TRAINER"] is Trainer or pruning.mask_from:
+        return
+    _, total = checks.planned_steps(len(inputs.train_rows), config["BATCH_SIZE"], world, pruning.total_epochs,
+                                    config.get("GRAD_ACCUMULATION", 1))
+    plan = PhasePlan.of(total, pruning.total_epochs, pruning.search_epochs, pruning.retrain_epochs,
+                        checks.hf_warmup_steps(config["WARMUP_RATIO"], total), pruning.skip_warmup)
+    checks.check_plan(plan, config["TRAINER"].criterion_class,
+                      (pruning.gradual_updates, pruning.gradual_span) if pruning.gradual_updates else None)
+
+
+def attach_teacher(config: dict, inputs: Inputs) -> dict | None:
+    """With TEACHER: the teacher's logits for every train sentence, computed once, cached under OUT_DIR and added
+    to the train set as a column; returns what results.json records of it (None without a teacher)."""
+    if not config.get("TEACHER"):
+        return None
+    encoded = inputs.encoded
+    try:
+        logits, teacher = distill.cached_logits(config["TEACHER"], encoded["train"].to_list(),
+                                                DataCollatorWithPadding(inputs.tokenizer),
+                                                Path(config["OUT_DIR"]) / "teacher_logits",
+                                                inputs.model.config.vocab_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    encoded["train"] = encoded["train"].add_column(distill.LOGITS_COLUMN, logits.tolist())
+    teacher.update(teacher=os.path.abspath(config["TEACHER"]), temperature=config["DISTILL_TEMPERATURE"],
+                   hardness=config["DISTILL_HARDNESS"])
+    return teacher
+
+
+def make_trainer(config: dict, pruning: PruningConfig, inputs: Inputs, place: Place, callbacks: tuple):
+    """The run's trainer and its cost log. Settings that need the model (a head rate that empties a layer, an
+    unsupported architecture, a fixed mask for another model) are checked by PruningTrainer before it creates any
+    directory; they raise ConfigError."""
     if config.get("SAVE_EB_WEIGHTS"):
-        pruning.snapshot_path = str(run_dir / SNAPSHOT_FILE)
-
-    name = trainer_name(config["TRAINER"])
-    cost = CostLog(mean_length=float(np.mean(encoded["train"]["length"])))
-    try:  # settings that need the model: a head rate that empties a layer, an unsupported architecture,
-        # a fixed mask for another model (PruningTrainer checks them before it creates any directory)
-        trainer = build_trainer(config, pruning, model, tokenizer, encoded, run_dir / "checkpoints",
-                                (cost, *callbacks), task)
+        pruning.snapshot_path = str(place.run_dir / SNAPSHOT_FILE)
+    cost = CostLog(mean_length=float(np.mean(inputs.encoded["train"]["length"])))
+    try:
+        trainer = build_trainer(config, pruning, inputs.model, inputs.tokenizer, inputs.encoded,
+                                place.run_dir / "checkpoints", (cost, *callbacks), inputs.task)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if isinstance(trainer, PruningTrainer):
         cost.pruned_zeros = trainer.pruned_zeros
+    return trainer, cost
 
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / RUN_CONFIG_FILE).exists():  # what a continuation must match
-            write_json(run_dir / RUN_CONFIG_FILE, {**started_with, "script": Path(script).name})
-        print(f"run directory: {run_dir}\nmodel: {model_description}\ntask: {task.title} ({task.headline})\n"
-              f"data: {data_source} ({len(train_rows):,} train / "
-              + " + ".join(f"{len(encoded[s]):,}" for s in task.dev_splits) + " dev examples; truncated to "
-              f"{config['MAX_LENGTH']} tokens ({config['TRUNCATION']}): {truncation['train']:,} train / "
-              f"{sum(truncation['dev'].values()):,} dev)\ntrainer: {name}"
-              + (f", {describe(pruning)}" if name != "dense" else ""), flush=True)
 
+def announce(config: dict, pruning: PruningConfig, inputs: Inputs, place: Place, script: str) -> None:
+    """On the main process: create the run directory, record what a continuation must match (RUN_CONFIG_FILE, once)
+    and print what is about to run."""
+    if not place.is_main:
+        return
+    run_dir, task, encoded, truncation = place.run_dir, inputs.task, inputs.encoded, inputs.truncation
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / RUN_CONFIG_FILE).exists():
+        write_json(run_dir / RUN_CONFIG_FILE, {**place.started_with, "script": Path(script).name})
+    name = trainer_name(config["TRAINER"])
+    print(f"run directory: {run_dir}\nmodel: {inputs.model_description}\ntask: {task.title} ({task.headline})\n"
+          f"data: {inputs.data_source} ({len(inputs.train_rows):,} train / "
+          + " + ".join(f"{len(encoded[s]):,}" for s in task.dev_splits) + " dev examples; truncated to "
+          f"{config['MAX_LENGTH']} tokens ({config['TRUNCATION']}): {truncation['train']:,} train / "
+          f"{sum(truncation['dev'].values()):,} dev)\ntrainer: {name}"
+          + (f", {describe(pruning)}" if name != "dense" else ""), flush=True)
+
+
+def train(trainer, config: dict, place: Place) -> float:
+    """`trainer.train()`, resumed from the newest complete checkpoint with RESUME (HF's own pick for a dense run is
+    the newest folder, complete or not). A run that fails before its first complete checkpoint leaves nothing
+    that blocks its name. Returns this process's training seconds (its share, when resumed)."""
     started = time.perf_counter()
-    pruned = isinstance(trainer, PruningTrainer)
     resume = None
-    if config["RESUME"]:  # the newest complete checkpoint; HF's own pick for a dense run is the newest folder
-        resume = True if pruned else run_checkpoints(run_dir)[-1]
+    if config["RESUME"]:
+        resume = True if isinstance(trainer, PruningTrainer) else run_checkpoints(place.run_dir)[-1]
     try:
         trainer.train(resume_from_checkpoint=resume)
     except BaseException:
-        if is_main and not run_checkpoints(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing to resume: leave nothing that blocks the name
+        if place.is_main and not run_checkpoints(place.run_dir):
+            shutil.rmtree(place.run_dir, ignore_errors=True)
         raise
-    train_seconds = time.perf_counter() - started  # this process's share, when resumed
-    final = evaluation.evaluate_dev_sets(trainer)
-    dev_predictions = run_results.dev_predictions(trainer, dev, task)  # on every rank: predict() gathers
-    test_predictions = (evaluation.write_test_predictions(trainer, task, encoded, run_dir / "predictions")
-                        if config["PREDICT_TEST"] and is_main else None)
-    speed = None
-    if is_main and pruned and config.get("MEASURE_SPEED", False):  # a dense run would time itself against itself
-        speed = run_results.measure_speed(model, loading.model_rows(dev),
-                                          encoded["train"].select(range(min(160, len(encoded["train"])))).to_list(),
-                                          DataCollatorWithPadding(tokenizer))
-    trainer.save_model(str(run_dir / "model"))  # on every rank: HF decides which one writes; heads+neurons runs
-    # save with their per-layer shapes (PruningTrainer.save_model)
-    if not is_main:
-        return None
+    return time.perf_counter() - started
 
+
+def evaluate(trainer, config: dict, inputs: Inputs, place: Place) -> dict:
+    """After training: every dev set, the dev predictions (on every rank: predict() gathers), the test predictions
+    (PREDICT_TEST), the speed against a dense model (MEASURE_SPEED, pruned runs only: a dense run would time itself
+    against itself), and the model saved to run_dir/model (on every rank: HF decides which one writes; heads+neurons
+    runs save with their per-layer shapes)."""
+    task, encoded, dev = inputs.task, inputs.encoded, inputs.dev
+    final = evaluation.evaluate_dev_sets(trainer)
+    dev_predictions = measurements.dev_predictions(trainer, dev, task)
+    test_predictions = (evaluation.write_test_predictions(trainer, task, encoded, place.run_dir / "predictions")
+                        if config["PREDICT_TEST"] and place.is_main else None)
+    speed = None
+    if place.is_main and isinstance(trainer, PruningTrainer) and config.get("MEASURE_SPEED", False):
+        speed = measurements.measure_speed(inputs.model, loading.model_rows(dev),
+                                          encoded["train"].select(range(min(160, len(encoded["train"])))).to_list(),
+                                          DataCollatorWithPadding(inputs.tokenizer))
+    trainer.save_model(str(place.run_dir / "model"))
+    return {"final": final, "dev_predictions": dev_predictions, "test_predictions": test_predictions, "speed": speed}
+
+
+def _metrics_of(evals: dict, task: Task) -> dict:
+    return evaluation.stage_metrics(evals, task, tuple(evaluation.dev_set_name(s) for s in task.dev_splits[1:]))
+
+
+def collect_results(config: dict, script: str, trainer, inputs: Inputs, place: Place, outcome: dict, cost: CostLog,
+                    dense_split: dict, train_seconds: float, teacher: dict | None) -> dict:
+    """The results dict of any run (the pruning summary is added by `add_pruning_results`), as results.json declares
+    it (`pruning.run.schema`)."""
+    model, task, dev, final = inputs.model, inputs.task, inputs.dev, outcome["final"]
     params = prunable_parameters(model)
     lengths = dev["length"]
-    results = {
-        "script": Path(script).name, "run_dir": str(run_dir), "trainer": name, "model": model_description,
-        "model_source": config["MODEL"],
-        "task": task_record(task), "data": data_source, "train_rows": len(train_rows), "dev_rows": len(dev),
-        "truncation": truncation, "test_predictions": test_predictions,
+    return {
+        "script": Path(script).name, "run_dir": str(place.run_dir), "trainer": trainer_name(config["TRAINER"]),
+        "model": inputs.model_description, "model_source": config["MODEL"],
+        "task": task_record(task), "data": inputs.data_source, "train_rows": len(inputs.train_rows),
+        "dev_rows": len(dev), "truncation": inputs.truncation, "test_predictions": outcome["test_predictions"],
         "config": {k: (trainer_name(v) if k == "TRAINER" else v) for k, v in config.items()},
-        "world_size": world, "optimizer_steps": trainer.state.global_step,
-        "metrics": {"final": metrics_of(final)},
+        "world_size": place.world, "optimizer_steps": trainer.state.global_step,
+        "metrics": {"final": _metrics_of(final, task)},
         "total_params": sum(p.numel() for p in model.parameters()),
         "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),
-        "parameters": {"dense": dense_split, "final": run_results.parameter_split(model)},
-        **run_results.sparsity_of({n: p.detach() for n, p in params.items()}),
+        "parameters": {"dense": dense_split, "final": measurements.parameter_split(model)},
+        **measurements.sparsity_of({n: p.detach() for n, p in params.items()}),
         "train_seconds": train_seconds, "peak_rss_mb": peak_rss_mb(),
         "cost": {"train_flos": float(trainer.state.total_flos), "dev_tokens": int(sum(lengths)),
                  "mean_train_tokens": cost.mean_length, "train_flops": cost.train_flops,
-                 "inference_flops_dense": run_results.forward_flops(model, lengths),
-                 "inference_flops_nonzero": run_results.forward_flops(model, lengths, count_zeros=False),
+                 "inference_flops_dense": measurements.forward_flops(model, lengths),
+                 "inference_flops_nonzero": measurements.forward_flops(model, lengths, count_zeros=False),
                  "dev_sentences_per_second": final.get("eval_samples_per_second")},
-        "speed": speed,
+        "speed": outcome["speed"],
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "log_history": trainer.state.log_history,
         "accuracy_timeline": accuracy_timeline(trainer.state.log_history, task.headline),
-        "cost_series": cost_series(trainer.state.log_history, task.headline), "early_stopping": early_stopping_summary(trainer),
-        "dev_predictions": dev_predictions, "distillation": teacher,
+        "cost_series": cost_series(trainer.state.log_history, task.headline),
+        "early_stopping": early_stopping_summary(trainer),
+        "dev_predictions": outcome["dev_predictions"], "distillation": teacher,
     }
-    if pruned:
-        summary = trainer.pruning_summary()
-        evals = summary.pop("evals")
-        results["metrics"] = {"before_prune": metrics_of(evals.get("before_prune", {})),
-                              "after_prune": metrics_of(evals.get("after_prune", {})), "final": metrics_of(final)}
-        results["pruning"] = summary
-        results["phase_seconds"] = summary["phase_seconds"]
-        if teacher:  # the teacher's forward passes over the train set, charged to every run that uses them
-            results["phase_seconds"]["teacher"] = teacher["compute_seconds"]
-        write_masks(trainer, str(run_dir), model_description)
-        from earlybird import plot_distances
-        title = f"{model_description} · {summary['criterion']} · {describe(pruning)}"
-        if not summary["fixed_mask_from"]:
-            plot_distances(summary["distance_history"], summary["detector"]["epsilon"], run_dir / "mask_distance.png",
-                           title=title, eb_step=summary["eb_step"], prune_step=summary["prune_step"])
-        if summary["structure"]:
-            run_results.plot_structure(summary["structure"], run_dir / "structure.png", title=title)
-    else:  # periodic dev evaluations (EVAL_EVERY) are not training time
-        results["phase_seconds"] = {"train": cost.train_seconds}
-    results = schema.write(run_dir / schema.FILE, results)  # declared in pruning.run.schema; refuses an undeclared key
-    print_summary(schema.parse(results), run_dir)
-    return results
+
+
+def add_pruning_results(results: dict, trainer: PruningTrainer, pruning: PruningConfig, inputs: Inputs,
+                        place: Place, teacher: dict | None) -> None:
+    """A pruning run's additions to `results`: the metrics before and after pruning, the pruning summary and phase
+    times (the teacher's forward passes charged to every run that uses them), masks.safetensors, the detector's
+    distance plot and the structure plot."""
+    summary = trainer.pruning_summary()
+    evals = summary.pop("evals")
+    task, run_dir = inputs.task, place.run_dir
+    results["metrics"] = {"before_prune": _metrics_of(evals.get("before_prune", {}), task),
+                          "after_prune": _metrics_of(evals.get("after_prune", {}), task),
+                          "final": results["metrics"]["final"]}
+    results["pruning"] = summary
+    results["phase_seconds"] = summary["phase_seconds"]
+    if teacher:
+        results["phase_seconds"]["teacher"] = teacher["compute_seconds"]
+    write_masks(trainer, str(run_dir), inputs.model_description)
+    title = f"{inputs.model_description} · {summary['criterion']} · {describe(pruning)}"
+    if not summary["fixed_mask_from"]:
+        plot_distances(summary["distance_history"], summary["detector"]["epsilon"], run_dir / "mask_distance.png",
+                       title=title, eb_step=summary["eb_step"], prune_step=summary["prune_step"])
+    if summary["structure"]:
+        measurements.plot_structure(summary["structure"], run_dir / "structure.png", title=title)
 
 
 def early_stopping_summary(trainer) -> dict | None:
@@ -389,9 +490,15 @@ def print_summary(results: schema.RunResults, run_dir: Path) -> None:
     print(f"  results: {run_dir / schema.FILE}\n")
 
 
+def configure(namespace: dict, argv: list[str] | None = None) -> dict:
+    """A script's configuration (`pruning.settings.configure`: constants, `--key=value`, `--help`) with TRAINER as
+    a class (`pruning.run.trainers.resolve`: a registered name imports its criterion module only now). Raises
+    ConfigError as those do."""
+    return trainers.resolve(settings.configure(namespace, argv))
+
+
 def main(namespace: dict, argv: list[str] | None = None, callbacks: tuple = ()) -> None:
     """Entry point of bert.py / roberta.py: one clear line on bad input instead of a traceback."""
-    from pruning.data import loading, models
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         config = configure(namespace, argv)

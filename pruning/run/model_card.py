@@ -22,6 +22,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from pruning.host import cpu_name
 from pruning.run import schema
 
 CARD_FILE = "README.md"
@@ -97,9 +98,8 @@ def needs_remote_code(model_dir: Path | None, results: schema.RunResults) -> boo
 
 
 def this_machine() -> str:
-    """This machine's CPU model name (`pruning.deploy.artifact.cpu_name`): pass it as `machine` only from the process
+    """This machine's CPU model name (`pruning.host.cpu_name`): pass it as `machine` only from the process
     that measured the run's speed."""
-    from pruning.deploy.artifact import cpu_name
     return cpu_name()
 
 

@@ -1,6 +1,8 @@
-"""What to prune and when: one dataclass, validated on construction."""
+"""What to prune and when: one dataclass, validated on construction, and the PruningConfig a script's constants
+describe (`pruning_config`, `describe`)."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -9,6 +11,7 @@ from earlybird import EarlyBirdDetector
 from pruning.core import masks as mask_ops
 from pruning.core.units import GRANULARITIES, PrunableUnits, WHOLE_KINDS
 from pruning.run.distill import check_settings as check_distillation
+from pruning.settings import rate_text
 
 REWIND_POINTS = ("pretrained", "early_bird")
 # A whole kind's rate: one fraction of the layers, chosen by score; or one value per encoder layer, each 0 or 1
@@ -171,3 +174,41 @@ class PruningConfig:
             out = {n: out[n] & current[n].to(out[n].device) for n in groups}
         return units.compose({n: out[n] for n in groups})
 
+
+def criterion_options(config: dict) -> dict:
+    """The criterion's own settings, by naming convention: constructor argument `epsilon` of the
+    criterion named "undecayed" is the constant UNDECAYED_EPSILON (likewise SLIMMING_L1)."""
+    criterion = getattr(config["TRAINER"], "criterion_class", None)
+    if criterion is None:  # the dense baseline
+        return {}
+    names = list(inspect.signature(criterion.__init__).parameters)[2:]  # after self, units
+    return {n: config[f"{criterion.name}_{n}".upper()] for n in names if f"{criterion.name}_{n}".upper() in config}
+
+
+# Script constant -> PruningConfig field. A script without some of them (e.g. a copy of bert.py from
+# before they existed) gets PruningConfig's defaults.
+PRUNING_SETTINGS = {"GRANULARITY": "granularity", "PRUNING_RATE": "rate", "HEAD_RATE": "head_rate",
+                    "NEURON_RATE": "neuron_rate", "MLP_RATE": "mlp_rate", "LAYER_RATE": "layer_rate", "THRESHOLD": "scope", "SEARCH_EPOCHS": "search_epochs",
+                    "RETRAIN_EPOCHS": "retrain_epochs", "EB_CHECK_EVERY": "check_every", "EB_WINDOW": "window",
+                    "EB_EPSILON": "epsilon", "EB_SKIP_WARMUP": "skip_warmup", "MASK_FROM": "mask_from",
+                    "REWIND_TO": "rewind_to", "DISTILL_TEMPERATURE": "distill_temperature",
+                    "DISTILL_HARDNESS": "distill_hardness", "GRADUAL_UPDATES": "gradual_updates",
+                    "GRADUAL_START": "gradual_start", "GRADUAL_SPAN": "gradual_span", "GRADUAL_REWARM": "gradual_rewarm"}
+
+
+def pruning_config(config: dict) -> PruningConfig:
+    """The PruningConfig the script's constants describe (PRUNING_SETTINGS; missing ones take its
+    defaults). Raises ValueError as PruningConfig does for invalid values."""
+    return PruningConfig(**{field: config[key] for key, field in PRUNING_SETTINGS.items() if key in config},
+                         distill=bool(config.get("TEACHER")), criterion_options=criterion_options(config))
+
+
+def describe(pruning: PruningConfig) -> str:
+    """One line saying what is pruned: the rate(s) and scope, and the MASK_FROM source of a fixed mask."""
+    if pruning.granularity == "weights":
+        text = f"pruning rate {rate_text(pruning.rate)} ({pruning.scope})"
+    else:
+        text = (f"heads {rate_text(pruning.head_rate)} per layer, FFN neurons {rate_text(pruning.neuron_rate)} "
+                f"({pruning.scope})")
+        text += "".join(f", whole {kind}s {rate_text(pruning.rate_of(kind))}" for kind in pruning.whole_kinds)
+    return text + (f", fixed mask from {pruning.mask_from}" if pruning.mask_from else "")

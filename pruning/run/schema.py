@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from pruning.data.tasks import METRIC_TITLES
+
 SCHEMA_VERSION = 3
 FILE = "results.json"
 
@@ -288,6 +290,18 @@ class TaskInfo:
     dev_sets: list = field(default_factory=lambda: ["validation"])  # the first is the one trained against
 
 
+def metric_title(task: TaskInfo) -> str:
+    """The headline metric's display name, for column headers: "accuracy", "F1", "Matthews corr.", ..."""
+    return METRIC_TITLES.get(task.headline, task.headline)
+
+
+def dev_metric_label(task: TaskInfo) -> str:
+    """The headline as an axis or a table names it: "SST-2 dev accuracy", "CoLA dev Matthews corr.",
+    "MNLI dev accuracy (matched)" (the dev set it is measured on, when the task has several)."""
+    dev_set = f" ({task.dev_sets[0]})" if len(task.dev_sets) > 1 else ""
+    return f"{task.title} dev {metric_title(task)}{dev_set}"
+
+
 @dataclass(frozen=True)
 class Truncation:
     """How inputs were cut to MAX_LENGTH, and how many examples lost tokens (results.json "truncation")."""
@@ -483,7 +497,7 @@ def check(data: dict, cls=RunResults, where: str = "results") -> None:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a dict, got {type(data).__name__}")
     if cls is RunConfig:
-        return  # the script's settings: declared by pruning.run.configuration
+        return  # the script's settings: declared by pruning.settings
     declared, hints = _declared(cls), _hints(cls)
     unknown = sorted(set(data) - set(declared))
     if unknown:

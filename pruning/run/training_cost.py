@@ -19,7 +19,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from pruning.deploy.runtimes import peak_rss_mb
+from pruning.host import peak_rss_mb
 from pruning.run.measurements import forward_flops
 
 COST_KEYS = ("train_seconds", "tokens_trained", "train_flops", "forward_flops_at_mean_length", "active_params",
@@ -38,7 +38,7 @@ def active_parameters(model, pruned_zeros: int = 0) -> tuple[int, int]:
 
 def peak_memory_mb() -> float:
     """Peak accelerator memory allocated (GPU runs: torch.cuda.max_memory_allocated), else this
-    process's peak resident memory (`deploy.peak_rss_mb`); in MB (2**20 bytes)."""
+    process's peak resident memory (`pruning.host.peak_rss_mb`); in MB (2**20 bytes)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2 ** 20
     return peak_rss_mb()

@@ -2,7 +2,7 @@
 (`HEADLINE_vs_sparsity.png`: accuracy_vs_sparsity.png for SST-2, matthews_correlation_vs_sparsity.png for
 CoLA, ...), the early-bird detector's mask distance by step, where the training time went, and every
 run's dev score, active parameters and training FLOPs by step (`cost_vs_step.png`). Score axes name the
-task and its headline metric ("CoLA dev Matthews corr.", `pruning.studies.sweep_tables.dev_metric_label`).
+task and its headline metric ("CoLA dev Matthews corr.", `pruning.run.schema.dev_metric_label`).
 
 Every criterion found among the runs is drawn (each trainer but "dense"): `criteria_of`.
 """
@@ -12,8 +12,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from pruning.run.schema import RunResults, TaskInfo
-from pruning.studies.sweep_tables import dev_metric_label
+from pruning.run.schema import RunResults, TaskInfo, dev_metric_label
 
 # Colours of the first criteria, kept from the plots of earlier sweeps; any other criterion takes the next free one.
 KNOWN_COLORS = {"magnitude": "tab:blue", "gradient": "tab:orange", "undecayed": "tab:green"}

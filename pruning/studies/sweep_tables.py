@@ -24,8 +24,9 @@ from pruning.core.masks import overlap
 from pruning.data.tasks import CUSTOM, METRIC_TITLES
 from pruning.run import checkpoint as state_io
 from pruning.run.callbacks import stopping_evaluation
-from pruning.run.experiment import rate_text
-from pruning.run.schema import FILE as RESULTS_FILE, RunResults, TaskInfo, read as read_results
+from pruning.run.schema import FILE as RESULTS_FILE, RunResults, TaskInfo, dev_metric_label, metric_title, read as read_results
+from pruning.settings import rate_text
+from pruning.studies import sweep_plots
 from pruning.studies.stats import dev_outputs, fmt, mean_std, paired_cells
 from pruning.studies.tickets import split_kind
 
@@ -65,18 +66,6 @@ def load(out: Path) -> list[RunResults]:
 def task_of(results: list[RunResults]) -> TaskInfo:
     """The task of `load`ed runs (one task); SST-2 when there are none."""
     return results[0].task if results else TaskInfo()
-
-
-def metric_title(task: TaskInfo) -> str:
-    """The headline metric's display name, for column headers: "accuracy", "F1", "Matthews corr.", ..."""
-    return METRIC_TITLES.get(task.headline, task.headline)
-
-
-def dev_metric_label(task: TaskInfo) -> str:
-    """The headline as an axis or a table names it: "SST-2 dev accuracy", "CoLA dev Matthews corr.",
-    "MNLI dev accuracy (matched)" (the dev set it is measured on, when the task has several)."""
-    dev_set = f" ({task.dev_sets[0]})" if len(task.dev_sets) > 1 else ""
-    return f"{task.title} dev {metric_title(task)}{dev_set}"
 
 
 def extra_scores(task: TaskInfo) -> list[tuple[str, str | None]]:
@@ -444,7 +433,6 @@ def write(out: Path, patiences: tuple[int, ...] = (2, 3), plots: bool = True) ->
     (`csv_columns`). Returns the rows of the unstructured runs (an empty list, after saying so, when no
     run has finished). Raises MixedTasks when the runs are of several tasks (`load`), SchemaError for a
     results.json it cannot read."""
-    from pruning.studies import sweep_plots as sweep_plots
     out = Path(out)
     results = load(out)
     if not results:

@@ -1,22 +1,18 @@
-"""A script's configuration: its upper-case constants, overridden as `--key=value` and type-checked;
-the trainers a run can name; a grid script's own settings and the arguments it passes on; the
-`PruningConfig` the constants describe.
+"""A script's configuration, with no torch: its upper-case constants, overridden as `--key=value` and type-checked,
+`--help`, the one-line error every script refuses bad settings with, a grid script's own settings, and the names of
+the trainers a run can use (the registry `TRAINERS`; `pruning.run.trainers` turns a name into its class).
 
-The nanoGPT way: the constants at the top of bert.py (or any script) are the configuration, and
-`--help` prints them with the comment after each.
+The nanoGPT way: the constants at the top of bert.py (or any script) are the configuration, and `--help` prints them
+with the comment after each. This module imports the standard library only (an import-linter contract in
+pyproject.toml), so every script answers `--help` and a bad setting in a fraction of a second.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import re
+import runpy
 import sys
 from pathlib import Path
-
-from transformers import Trainer
-
-from pruning.run.pruning_config import PruningConfig
-from pruning.run.trainer import PruningTrainer
 
 
 class ConfigError(ValueError):
@@ -29,36 +25,70 @@ def fail(error) -> None:
     raise SystemExit(2) from None
 
 
-def trainers() -> dict[str, type]:
-    """Every trainer a run can use, by name: the dense baseline and each PruningTrainer subclass that
-    has been defined (imported by the script, or written in it) — no registry to edit."""
-    found, todo = {}, list(PruningTrainer.__subclasses__())
-    while todo:
-        cls = todo.pop(0)
-        todo += cls.__subclasses__()
-        found.setdefault(trainer_name(cls), cls)
-    return {"dense": Trainer, **dict(sorted(found.items()))}
+# The trainer registry: name -> "module:Class", imported only when a run uses it (`pruning.run.trainers`). A
+# PruningTrainer subclass written in the script itself (a copy of bert.py) is found in the script's namespace.
+TRAINERS = {
+    "dense": "transformers:Trainer",
+    "activation": "activation_pruning:ActivationPruningTrainer",
+    "gradient": "gradient_pruning:GradientPruningTrainer",
+    "magnitude": "magnitude_pruning:MagnitudePruningTrainer",
+    "slimming": "slimming_pruning:SlimmingPruningTrainer",
+    "undecayed": "undecayed_pruning:UndecayedPruningTrainer",
+}
+
+
+def register_trainer(name: str, path: str) -> None:
+    """Add a trainer to the registry: `name` as configs and results write it, `path` as "module:Class" (imported
+    when a run names it). Raises ConfigError for a name already taken by another class or a malformed path."""
+    if not re.fullmatch(r"[\w.]+:\w+", path):
+        raise ConfigError(f"trainer path {path!r}: write it as module:Class, e.g. my_pruning:MyPruningTrainer")
+    if TRAINERS.get(name, path) != path:
+        raise ConfigError(f"trainer name {name!r} is taken by {TRAINERS[name]}")
+    TRAINERS[name] = path
+
+
+def is_dense(trainer) -> bool:
+    """Whether `trainer` is transformers.Trainer itself (the dense baseline), read off the class, without importing."""
+    return isinstance(trainer, type) and trainer.__name__ == "Trainer" and trainer.__module__.startswith("transformers")
 
 
 def trainer_name(trainer) -> str:
-    """A trainer's name in configs and results: "dense" for transformers.Trainer, else its criterion's
-    `name` (or the class name less "PruningTrainer", lower-cased). Raises ConfigError for anything else."""
-    if trainer is Trainer:
+    """A trainer's name in configs and results: a registered name as it is; "dense" for transformers.Trainer; else the
+    class's criterion `name` (or the class name less "PruningTrainer", lower-cased). Raises ConfigError otherwise."""
+    if isinstance(trainer, str) and trainer in TRAINERS:
+        return trainer
+    if is_dense(trainer):
         return "dense"
-    if isinstance(trainer, type) and issubclass(trainer, PruningTrainer):
-        name = trainer.criterion_class.name
+    criterion = getattr(trainer, "criterion_class", None)
+    if isinstance(trainer, type) and criterion is not None:
+        name = getattr(criterion, "name", "criterion")
         return name if name != "criterion" else trainer.__name__.removesuffix("PruningTrainer").lower()
-    raise ConfigError(f"unknown TRAINER {trainer!r}: it must be transformers.Trainer (the dense baseline) or a "
-                      "subclass of pruning.PruningTrainer")
+    raise ConfigError(f"unknown TRAINER {trainer!r}: it must be transformers.Trainer (the dense baseline), a "
+                      f"registered name ({', '.join(TRAINERS)}) or a subclass of pruning.PruningTrainer")
 
 
-def _parse_trainer(text: str):
-    known = trainers()
-    for name, cls in known.items():
+def script_trainers(namespace: dict) -> dict[str, type]:
+    """The PruningTrainer subclasses a script's namespace holds (written in it or imported by it), by name."""
+    return {trainer_name(v): v for v in namespace.values()
+            if isinstance(v, type) and getattr(v, "criterion_class", None) is not None and v.__name__ != "PruningTrainer"}
+
+
+def trainer_names(namespace: dict | None = None) -> list[str]:
+    """Every trainer a run can name: the registry's, then those of the script's namespace."""
+    return list(dict.fromkeys([*TRAINERS, *sorted(script_trainers(namespace or {}))]))
+
+
+def _parse_trainer(text: str, namespace: dict):
+    """A TRAINER given as text: a registered name or class name (a name string), or a class of the script's own."""
+    own = script_trainers(namespace)
+    for name, cls in own.items():
         if text.lower() in (name, cls.__name__.lower()):
             return cls
-    raise ConfigError(f"unknown trainer {text!r}; choose one of {', '.join(known)} "
-                      f"(or the class names {', '.join(c.__name__ for c in known.values())})")
+    for name, path in TRAINERS.items():
+        if text.lower() in (name, path.split(":")[1].lower()):
+            return name
+    raise ConfigError(f"unknown trainer {text!r}; choose one of {', '.join(trainer_names(namespace))} "
+                      f"(or the class names {', '.join(p.split(':')[1] for p in TRAINERS.values())})")
 
 
 RATE_KEYS = ("PRUNING_RATE", "HEAD_RATE", "NEURON_RATE", "MLP_RATE", "LAYER_RATE")
@@ -86,9 +116,20 @@ def rate_value(key: str, value, where: str = ""):
     return value
 
 
-def _parse_value(key: str, text: str, default):
+def rate_text(rate) -> str:
+    """A rate as text, 3 significant digits: "0.5", or per-layer rates joined by commas."""
+    return ",".join(f"{x:.3g}" for x in rate) if isinstance(rate, (tuple, list)) else f"{rate:.3g}"
+
+
+
+def text_columns(config: dict) -> tuple[str, ...]:
+    """TEXT_COLUMNS as a tuple: "text" -> ("text",), "sentence1,sentence2" -> a pair."""
+    return tuple(c.strip() for c in str(config.get("TEXT_COLUMNS", "")).split(",") if c.strip())
+
+
+def _parse_value(key: str, text: str, default, namespace: dict):
     if key == "TRAINER":
-        return _parse_trainer(text)
+        return _parse_trainer(text, namespace)
     if key in RATE_KEYS:  # one rule for every rate, whatever form its constant has
         return rate_value(key, text, f"--{key.lower()}={text!r}")
     try:
@@ -142,7 +183,7 @@ def configure(namespace: dict, argv: list[str] | None = None) -> dict:
         if key not in config:
             raise ConfigError(f"unknown setting --{key.lower()}; known settings: "
                               f"{', '.join('--' + k.lower() for k in config)}")
-        config[key] = _parse_value(key, text, config[key])
+        config[key] = _parse_value(key, text, config[key], namespace)
     return config
 
 
@@ -153,7 +194,6 @@ def grid_settings(namespace: dict, names: tuple[str, ...], argv: list[str] | Non
     runs (its SCRIPT). The passed-on arguments are checked against that script, so a typo fails at
     once instead of in every run. `owned` maps the run options the grid sets itself for each run
     (e.g. "--seed") to the grid setting to use instead (e.g. "--seeds"), or None: they are refused."""
-    import runpy
     argv = sys.argv[1:] if argv is None else argv
     grid = os.path.basename(namespace.get("__file__", "the grid"))
     for arg in argv:
@@ -174,48 +214,3 @@ def grid_settings(namespace: dict, names: tuple[str, ...], argv: list[str] | Non
     except ConfigError as e:
         raise ConfigError(f"{e}; or one of {grid}'s own: {', '.join(sorted(own))}") from None
     return config, passed_on, script_namespace
-
-
-def criterion_options(config: dict) -> dict:
-    """The criterion's own settings, by naming convention: constructor argument `epsilon` of the
-    criterion named "undecayed" is the constant UNDECAYED_EPSILON (likewise SLIMMING_L1)."""
-    trainer = config["TRAINER"]
-    if not (isinstance(trainer, type) and issubclass(trainer, PruningTrainer)):
-        return {}
-    criterion = trainer.criterion_class
-    names = list(inspect.signature(criterion.__init__).parameters)[2:]  # after self, units
-    return {n: config[f"{criterion.name}_{n}".upper()] for n in names if f"{criterion.name}_{n}".upper() in config}
-
-
-# Script constant -> PruningConfig field. A script without some of them (e.g. a copy of bert.py from
-# before they existed) gets PruningConfig's defaults.
-PRUNING_SETTINGS = {"GRANULARITY": "granularity", "PRUNING_RATE": "rate", "HEAD_RATE": "head_rate",
-                    "NEURON_RATE": "neuron_rate", "MLP_RATE": "mlp_rate", "LAYER_RATE": "layer_rate", "THRESHOLD": "scope", "SEARCH_EPOCHS": "search_epochs",
-                    "RETRAIN_EPOCHS": "retrain_epochs", "EB_CHECK_EVERY": "check_every", "EB_WINDOW": "window",
-                    "EB_EPSILON": "epsilon", "EB_SKIP_WARMUP": "skip_warmup", "MASK_FROM": "mask_from",
-                    "REWIND_TO": "rewind_to", "DISTILL_TEMPERATURE": "distill_temperature",
-                    "DISTILL_HARDNESS": "distill_hardness", "GRADUAL_UPDATES": "gradual_updates",
-                    "GRADUAL_START": "gradual_start", "GRADUAL_SPAN": "gradual_span", "GRADUAL_REWARM": "gradual_rewarm"}
-
-
-def pruning_config(config: dict) -> PruningConfig:
-    """The PruningConfig the script's constants describe (PRUNING_SETTINGS; missing ones take its
-    defaults). Raises ValueError as PruningConfig does for invalid values."""
-    return PruningConfig(**{field: config[key] for key, field in PRUNING_SETTINGS.items() if key in config},
-                         distill=bool(config.get("TEACHER")), criterion_options=criterion_options(config))
-
-
-def rate_text(rate) -> str:
-    """A rate as text, 3 significant digits: "0.5", or per-layer rates joined by commas."""
-    return ",".join(f"{x:.3g}" for x in rate) if isinstance(rate, (tuple, list)) else f"{rate:.3g}"
-
-
-def describe(pruning: PruningConfig) -> str:
-    """One line saying what is pruned: the rate(s) and scope, and the MASK_FROM source of a fixed mask."""
-    if pruning.granularity == "weights":
-        text = f"pruning rate {rate_text(pruning.rate)} ({pruning.scope})"
-    else:
-        text = (f"heads {rate_text(pruning.head_rate)} per layer, FFN neurons {rate_text(pruning.neuron_rate)} "
-                f"({pruning.scope})")
-        text += "".join(f", whole {kind}s {rate_text(pruning.rate_of(kind))}" for kind in pruning.whole_kinds)
-    return text + (f", fixed mask from {pruning.mask_from}" if pruning.mask_from else "")
