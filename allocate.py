@@ -34,6 +34,11 @@ killed ones resume. Any other --key=value goes to every run (see `python bert.py
 """
 from __future__ import annotations
 
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__)
+
 import copy
 import json
 import sys

@@ -19,6 +19,11 @@ Also: the time to turn scores into a global mask at this model's size and at BER
 The rows timed are TASK's train examples (`pruning.data.loading`: DATA_DIR, or the task's default lookup),
 tokenized as a run tokenizes them; the model's head has the task's number of labels.
 """
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__)
+
 import math
 import statistics
 import time

@@ -10,6 +10,11 @@
 3. The full default runs on SST-2, timed as subprocesses: `python bert.py --precision=bf16` and
    `python bert.py --granularity=heads+neurons --trainer=slimming --precision=bf16`.
 """
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__)
+
 import json
 import statistics
 import subprocess

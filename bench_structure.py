@@ -11,6 +11,11 @@ figure is the median over rounds of sentences/s, a ratio the median of per-round
     python bench_structure.py                           # prints a markdown table
     python bench_structure.py --families=modernbert --rounds=5
 """
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__)
+
 import statistics
 import time
 

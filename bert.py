@@ -6,6 +6,11 @@
 
 The configuration is the block of constants below; any of them can be overridden as --name=value.
 """
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__, check=True)
+
 from transformers import Trainer  # noqa: F401  (TRAINER = Trainer is the dense baseline)
 
 from activation_pruning import ActivationPruningTrainer  # noqa: F401

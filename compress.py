@@ -27,6 +27,11 @@ when all of it succeeded.
 """
 from __future__ import annotations
 
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__)
+
 import contextlib
 import copy
 import os

@@ -26,6 +26,11 @@ Any --key=value that is not a setting below goes to every run (e.g. --train_subs
 """
 from __future__ import annotations
 
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__)
+
 import json
 import sys
 from fractions import Fraction

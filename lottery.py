@@ -41,6 +41,11 @@ is not a study setting below goes to every run (see `python bert.py --help`).
 """
 from __future__ import annotations
 
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__)
+
 import json
 import os
 import re

@@ -14,6 +14,11 @@ report.py read it. Nothing is written until the pruned model is made: a failure 
 """
 from __future__ import annotations
 
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__)
+
 import contextlib
 import datetime
 import os

@@ -12,6 +12,11 @@ Any other --key=value goes to every prune_finetuned.py run.
 """
 from __future__ import annotations
 
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__)
+
 import statistics
 import sys
 from pathlib import Path

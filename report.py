@@ -14,6 +14,11 @@ and cost_vs_step.png, every run's dev score, active parameters and training FLOP
 whose runs are of several tasks is refused, naming them (one table per task: report each task's runs
 from a directory of their own). sweep.py writes the same at its end.
 """
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__)
+
 import sys
 from pathlib import Path
 

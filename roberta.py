@@ -11,6 +11,11 @@ local checkpoint directory, or train the roberta-base architecture from random i
 roberta-base tokenizer (results then say "random init"):
     python roberta.py --model=configs/roberta-base.json --tokenizer=../shared/roberta-base-tokenizer
 """
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__, check=True)
+
 from transformers import Trainer  # noqa: F401  (TRAINER = Trainer is the dense baseline)
 
 from activation_pruning import ActivationPruningTrainer  # noqa: F401

@@ -21,6 +21,11 @@ refused, so one OUT_DIR holds one task. At the end, `pruning.studies.sweep_table
 results.csv, results.md and the plots into OUT_DIR, every score in the task's headline metric (SST-2
 accuracy, CoLA Matthews correlation, STS-B Pearson r, MRPC/QQP F1, ...), named in every header and axis.
 """
+from pruning.settings import preflight
+
+if __name__ == "__main__":  # --help (and a misspelt setting) answered before torch is imported
+    preflight(__file__)
+
 from pathlib import Path
 
 from tqdm import tqdm

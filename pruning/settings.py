@@ -8,6 +8,7 @@ pyproject.toml), so every script answers `--help` and a bad setting in a fractio
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 import runpy
@@ -167,13 +168,8 @@ def configure(namespace: dict, argv: list[str] | None = None) -> dict:
             config[key] = rate_value(key, config[key])
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        script = namespace.get("__file__", "script.py")
-        texts = _help_texts(script)
-        print(f"usage: python {os.path.basename(script)} [--key=value ...]\n\nSettings (constants at the top of "
-              f"{os.path.basename(script)}; override any of them on the command line):")
-        for k, v in config.items():
-            shown = trainer_name(v) if k == "TRAINER" else repr(v)
-            print(f"  --{k.lower():<20} {shown:<28} {texts.get(k, '')}")
+        _print_help(namespace.get("__file__", "script.py"),
+                    {k: trainer_name(v) if k == "TRAINER" else repr(v) for k, v in config.items()})
         raise SystemExit(0)
     for arg in argv:
         m = re.fullmatch(r"--([A-Za-z_][A-Za-z0-9_]*)=(.*)", arg)
@@ -214,3 +210,66 @@ def grid_settings(namespace: dict, names: tuple[str, ...], argv: list[str] | Non
     except ConfigError as e:
         raise ConfigError(f"{e}; or one of {grid}'s own: {', '.join(sorted(own))}") from None
     return config, passed_on, script_namespace
+
+
+def _source_constants(script: str) -> dict[str, tuple[object, str]]:
+    """The upper-case constants of a script's source, without running it: name -> (value, shown). A literal (or
+    arithmetic on literals, e.g. 1 / 3) is evaluated; a class name is shown as its registered trainer name."""
+    tree = ast.parse(Path(script).read_text())
+    by_class = {path.split(":")[1]: name for name, path in TRAINERS.items()}
+    constants = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        key = node.targets[0].id
+        if not key.isupper() or key.startswith("_"):
+            continue
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:
+            if all(isinstance(n, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop))
+                   for n in ast.walk(node.value)):
+                value = eval(compile(ast.Expression(node.value), script, "eval"), {"__builtins__": {}})
+            else:
+                value = None
+        source = ast.get_source_segment(Path(script).read_text(), node.value) or ""
+        shown = by_class.get(source, source) if value is None else repr(value)
+        constants[key] = (value, shown)
+    return constants
+
+
+def _print_help(script: str, shown: dict[str, str]) -> None:
+    texts = _help_texts(script)
+    print(f"usage: python {os.path.basename(script)} [--key=value ...]\n\nSettings (constants at the top of "
+          f"{os.path.basename(script)}; override any of them on the command line):")
+    for k, v in shown.items():
+        print(f"  --{k.lower():<20} {v:<28} {texts.get(k, '')}")
+
+
+def preflight(script: str, argv: list[str] | None = None, check: bool = False) -> None:
+    """Answer `--help`, and with `check` refuse a setting the script does not have or a value of the wrong type,
+    from the script's source alone: called at the top of a script, before it imports torch, so both take a fraction
+    of a second. Exits 0 after the help and 2 (`fail`) on a bad setting; returns otherwise. `check` is for scripts
+    that take only `--key=value` settings of their own (a grid script passes other settings on to its runs)."""
+    argv = sys.argv[1:] if argv is None else argv
+    constants = _source_constants(script)
+    if any(a in ("-h", "--help") for a in argv):
+        _print_help(script, {k: shown for k, (_, shown) in constants.items()})
+        raise SystemExit(0)
+    if not check:
+        return
+    try:
+        for arg in argv:
+            m = re.fullmatch(r"--([A-Za-z_][A-Za-z0-9_]*)=(.*)", arg)
+            if not m:
+                raise ConfigError(f"cannot read argument {arg!r}: write overrides as --key=value, e.g. --pruning_rate=0.7")
+            key = m.group(1).upper()
+            if key not in constants:
+                raise ConfigError(f"unknown setting --{key.lower()}; known settings: "
+                                  f"{', '.join('--' + k.lower() for k in constants)}")
+            default = constants[key][0]
+            if key != "TRAINER" and default is not None:  # a trainer may be a class of the script's own
+                _parse_value(key, m.group(2), default, {})
+    except ConfigError as e:
+        fail(e)
+
