@@ -388,8 +388,8 @@ def iterative_search(config: dict, run_config: dict, out: Path, model, tokenizer
     a PPO search of STEP_EPISODES episodes (OUT_DIR/search/step-K/, seeded AGENT_SEED + K) with the composite
     reward on the current weights, then FINETUNE_STEPS optimizer steps on the runs' training rows (the first
     seed's TRAIN_SUBSET draw of the train file less the held-out examples), until the cost ratio is within
-    `limit` or the held-out metric under ACCURACY_FLOOR. Returns (the loop's state, the result's units removed
-    per budget step of the dense model). The loop's state is OUT_DIR/iterative/: a killed search resumes."""
+    `limit` or the held-out metric under ACCURACY_FLOOR. Returns (the pruner's state, the result's units removed
+    per budget step of the dense model). The pruner's state is OUT_DIR/iterative/: a killed search resumes."""
     from transformers import DataCollatorWithPadding
 
     from datasets import DatasetDict
@@ -428,17 +428,17 @@ def iterative_search(config: dict, run_config: dict, out: Path, model, tokenizer
     settings_ = iterative.IterativeSettings(step_rate=config["STEP_RATE"], finetune_steps=config["FINETUNE_STEPS"],
                                             accuracy_floor=config["ACCURACY_FLOOR"] or None, cost_budget=limit,
                                             max_rate=config["MAX_LAYER_RATE"], max_steps=config["MAX_STEPS"])
-    loop = iterative.IterativePruning(copy.deepcopy(model), out / "iterative", settings_, allocate_step, finetune_step,
+    pruner = iterative.IterativePruning(copy.deepcopy(model), out / "iterative", settings_, allocate_step, finetune_step,
                                       reward.evaluate, cost_of, context={k: config[k] for k in SEARCH_SETTINGS})
     try:
-        state = loop.run()
+        state = pruner.run()
     except ValueError as e:
         fail(e)
     for r in state["steps"]:
         print(f"step {r['step']}: {r['left']} left, held-out {reward.name} {r['metric']:.4f}, "
               f"{config['COST']} {r['cost_ratio']:.3f} of dense")
     print(f"stopped: {state['stopped']}; the result is step {state['result_step']}")
-    return state, loop.removed_per_step(state, budget.steps)
+    return state, pruner.removed_per_step(state, budget.steps)
 
 
 def _counts_of_rates(budget, rates: dict[str, float]) -> dict[str, int]:

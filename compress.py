@@ -45,20 +45,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from datasets import DatasetDict
 from torch.nn.utils import parametrize
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                           Trainer, TrainingArguments)
 
-from pruning import settings
+from pruning import host, settings
 from pruning.core.layouts import layout_of
-from pruning.run import pruning_config, schema, trainers
-from datasets import DatasetDict
-from pruning import host
 from pruning.data import loading
 from pruning.data.tasks import METRIC_TITLES
 from pruning.deploy import artifact, energy, runtimes, vocab
 from pruning.deploy.precision import FakeQuant4, assign_bits, average_bits, matrix_importance, prunable_linears
-from pruning.run import experiment, schema
+from pruning.run import experiment, pruning_config, schema, trainers
 from pruning.run.measurements import parameter_split
 
 RUN = ""                     # a finished run's directory (also accepted as the first argument)
@@ -159,15 +157,15 @@ def dense_reference(run_model, dense_dir: str, dense_layers: int | None = None):
     (`dense_layers` encoder layers when whole layers were removed; None: the run model's count)."""
     if dense_dir:
         return AutoModelForSequenceClassification.from_pretrained(str(Path(dense_dir) / "model")).eval()
-    settings = run_model.config.to_dict()
+    arch = run_model.config.to_dict()
     for key in ("attention_heads_per_layer", "intermediate_size_per_layer", "kept_heads", "kept_layers", "auto_map",
                 "architectures"):
-        settings.pop(key, None)
+        arch.pop(key, None)
     if dense_layers is not None and getattr(run_model.config, "kept_layers", None) is not None:
-        settings.pop("layer_types", None)  # the family's default pattern for the dense layer count
-        settings[layout_of(run_model).config_layers] = dense_layers
-    kind = settings.pop("model_type").removeprefix("pruned_")
-    return AutoModelForSequenceClassification.from_config(AutoConfig.for_model(kind, **settings)).eval()
+        arch.pop("layer_types", None)  # the family's default pattern for the dense layer count
+        arch[layout_of(run_model).config_layers] = dense_layers
+    kind = arch.pop("model_type").removeprefix("pruned_")
+    return AutoModelForSequenceClassification.from_config(AutoConfig.for_model(kind, **arch)).eval()
 
 
 def encode(rows, task, tokenizer, results: schema.RunResults):
@@ -382,13 +380,13 @@ def main(config: dict) -> None:
     run = Path(config["RUN"])
     out = Path(config["OUT_DIR"]) if config["OUT_DIR"] else run / "compressed"
     variants = [v for v in config["VARIANTS"].split(",") if v]
-    runtimes = runtimes_of(config)
+    runtime_names = runtimes_of(config)
     torch.set_num_threads(config["THREADS"])
     structured = results.config.granularity != "weights"
     if structured and "sparse" in variants:
         print("sparse: skipped, a heads+neurons model has its pruned units removed, not zeroed")
         variants.remove("sparse")
-    if "onnxruntime" not in runtimes and {"sparse", "mixed+qat"} & set(variants):
+    if "onnxruntime" not in runtime_names and {"sparse", "mixed+qat"} & set(variants):
         print("sparse, mixed+qat: skipped, they are ONNX Runtime variants")
         variants = [v for v in variants if v not in ("sparse", "mixed+qat")]
 
@@ -403,14 +401,14 @@ def main(config: dict) -> None:
         trimmed = vocab.trim_vocabulary(copy.deepcopy(model), keep, unk).eval()
     dev = encode(datasets[task.dev], task, tokenizer, results)
     plan = None
-    if "onnxruntime" in runtimes and ("mixed" in variants or "mixed+qat" in variants):
+    if "onnxruntime" in runtime_names and ("mixed" in variants or "mixed+qat" in variants):
         plan = mixed_plan(config, results, model, datasets["train"], task, tokenizer)
         bits = plan["bits"]
         reversed_text = " (reversed)" if config["REVERSE_IMPORTANCE"] else ""
         print(f"mixed precision: {plan['importance']} importance{reversed_text}; {sum(b == 4 for b in bits.values())} "
               f"of {len(bits)} matrices at 4 bits ({100 * plan['four_bit_fraction']:.0f}% of their weights)")
     with staging(out) as work:
-        record = make_and_measure(config, results, variants, runtimes, plan, model, dense, trimmed, keep, tokenizer,
+        record = make_and_measure(config, results, variants, runtime_names, plan, model, dense, trimmed, keep, tokenizer,
                                   task, datasets, dev, work)
         table = markdown(record, results)
         (work / "table.md").write_text(table)
@@ -420,7 +418,7 @@ def main(config: dict) -> None:
     print("\n" + table + f"\nwritten: {out}/compress.json, table.md, accuracy_vs_bytes.png, accuracy_vs_speed.png")
 
 
-def make_and_measure(config: dict, results: schema.RunResults, variants: list[str], runtimes: tuple[str, ...],
+def make_and_measure(config: dict, results: schema.RunResults, variants: list[str], runtime_names: tuple[str, ...],
                      plan: dict | None, model, dense, trimmed, keep, tokenizer, task, datasets, dev,
                      work: Path) -> dict:
     """Write every variant into `work`/variants (the ONNX export that only OpenVINO uses into `work`), each
@@ -451,8 +449,8 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
     record = {"run": str(run), "dense_run": config["DENSE"] or None, "config": config,
               "task": {"name": task.name, "title": task.title, "metrics": list(task.metrics), "headline": task.headline,
                        "dev_set": task.dev},
-              "date": time.strftime("%Y-%m-%d %H:%M"), "threads": config["THREADS"], "runtimes": list(runtimes),
-              "versions": versions(runtimes), "cpu": host.cpu_name(), "command": command_line(config),
+              "date": time.strftime("%Y-%m-%d %H:%M"), "threads": config["THREADS"], "runtimes": list(runtime_names),
+              "versions": versions(runtime_names), "cpu": host.cpu_name(), "command": command_line(config),
               "variants": {}}
     # rows: label -> (directory, runtime, which model, precision); the PyTorch rows first.
     rows = {"dense · PyTorch fp32": ((Path(config["DENSE"]) / "model") if config["DENSE"] else None, "pytorch",
@@ -463,7 +461,7 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
         rows[f"{which} · {_RUNTIME_TITLES[runtime]} {precision}"] = (directory, runtime, which, precision)
 
     # The ONNX export is ONNX Runtime's fp32 variant and OpenVINO's source; without ONNX Runtime it is not published.
-    onnx_home = staged if "onnxruntime" in runtimes else work
+    onnx_home = staged if "onnxruntime" in runtime_names else work
     sources = {"dense": (dense, "dense-"), "pruned": (model, "")}
     if trimmed is not None:
         sources["pruned+trim"] = (trimmed, "")
@@ -472,7 +470,7 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
         suffix = "+trim" if which.endswith("+trim") else ""
         write_variant(f"{prefix}fp32{suffix}", lambda d, m=m: runtimes.export_onnx(m, d, probe), onnx_home)
     calibration = None
-    if "openvino" in runtimes:
+    if "openvino" in runtime_names:
         rows_cal = encode(loading.subset(datasets["train"], config["CALIBRATION_SENTENCES"], results.config.seed + 3),
                           task, tokenizer, results)
         calibration = [{k: np.asarray([r[k]], dtype=np.int64) for k in inputs if k in r} | (
@@ -486,12 +484,12 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
         suffix = "+trim" if which.endswith("+trim") else ""
         base = which.removesuffix("+trim")
         fp32_dir = onnx_home / f"{prefix}fp32{suffix}"
-        if "onnxruntime" in runtimes:
+        if "onnxruntime" in runtime_names:
             add(base, "onnxruntime", f"fp32{suffix}", fp32_dir)
             if int8_wanted or which == "dense":  # the dense int8 rows are what a user would deploy instead
                 write_variant(f"{prefix}int8{suffix}", lambda d, s=fp32_dir: runtimes.quantize_int8(s, d))
                 add(base, "onnxruntime", f"int8{suffix}", staged / f"{prefix}int8{suffix}")
-        if "openvino" in runtimes:
+        if "openvino" in runtime_names:
             ov_fp32 = staged / f"{prefix}ov-fp32{suffix}"
             write_variant(ov_fp32.name, lambda d, s=fp32_dir: runtimes.convert_openvino(s, d, probe))
             add(base, "openvino", f"fp32{suffix}", ov_fp32)
@@ -621,11 +619,11 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
     return record
 
 
-def versions(runtimes) -> dict:
-    """The runtimes' package versions (and torch's), for the record and the model cards."""
+def versions(runtime_names) -> dict:
+    """The runtime_names' package versions (and torch's), for the record and the model cards."""
     import onnxruntime
     found = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
-    if "openvino" in runtimes:
+    if "openvino" in runtime_names:
         import nncf
         import openvino
         found.update(openvino=openvino.__version__, nncf=nncf.__version__)

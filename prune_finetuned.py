@@ -303,9 +303,9 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
         write_masks(work, extra["keep"], extra["scores"], description)
         dev = encoded[task.dev]
         lengths, report = list(dev["length"]), extra["report"]
-        task_settings = {k: inputs["settings"][k] for k in ("TASK", "DATA_DIR", "TEXT_COLUMNS", "LABEL_COLUMN")
-                         if k in inputs["settings"]}  # the task as resolved (a finished run's own)
-        settings = {**config, **task_settings, "GRANULARITY": "heads+neurons", "TRAINER": "retraining-free"}
+        task_settings = {k: inputs["run_settings"][k] for k in ("TASK", "DATA_DIR", "TEXT_COLUMNS", "LABEL_COLUMN")
+                         if k in inputs["run_settings"]}  # the task as resolved (a finished run's own)
+        run_settings = {**config, **task_settings, "GRANULARITY": "heads+neurons", "TRAINER": "retraining-free"}
         results = {
             "script": Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "prune_finetuned.py",
             "run_dir": str(run_dir), "trainer": "retraining-free", "model": description,
@@ -316,7 +316,7 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
             "truncation": {"strategy": "head", "max_length": config["MAX_LENGTH"],
                            "train": loading.truncated_count(encoded["train"]),
                            "dev": {task.dev: loading.truncated_count(dev)}},
-            "test_predictions": None, "config": settings, "world_size": 1,
+            "test_predictions": None, "config": run_settings, "world_size": 1,
             "optimizer_steps": extra["recovery"]["steps"] if extra["recovery"] else 0,
             "metrics": metrics, "total_params": sum(p.numel() for p in model.parameters()),
             "nonzero_params": sum(int((p != 0).sum()) for p in model.parameters()),

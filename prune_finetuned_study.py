@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pruning import settings
 from pruning.grid.processes import run_python
-from pruning.run import experiment, schema
+from pruning.run import schema
 from pruning.studies import stats
 
 INPUTS = ""                         # comma-separated finished runs (fine-tuned models): one per seed
@@ -125,8 +125,8 @@ def main(config: dict, passed_on: list[str]) -> None:
 if __name__ == "__main__":
     try:
         own = [a for a in sys.argv[1:] if a.split("=")[0] in {f"--{k.lower()}" for k in SETTINGS} or a in ("-h", "--help")]
-        settings = experiment.configure({**{k: globals()[k] for k in SETTINGS}, "__file__": __file__}, own)
-        cells(settings)
-        main(settings, [a for a in sys.argv[1:] if a not in own])
+        study_settings = settings.configure({**{k: globals()[k] for k in SETTINGS}, "__file__": __file__}, own)
+        cells(study_settings)
+        main(study_settings, [a for a in sys.argv[1:] if a not in own])
     except (settings.ConfigError, schema.SchemaError) as e:
         settings.fail(e)
