@@ -303,8 +303,8 @@ def write_run(config, inputs, run_dir, task, model, tokenizer, description, sour
         write_masks(work, extra["keep"], extra["scores"], description)
         dev = encoded[task.dev]
         lengths, report = list(dev["length"]), extra["report"]
-        task_settings = {k: inputs["run_settings"][k] for k in ("TASK", "DATA_DIR", "TEXT_COLUMNS", "LABEL_COLUMN")
-                         if k in inputs["run_settings"]}  # the task as resolved (a finished run's own)
+        task_settings = {k: inputs["settings"][k] for k in ("TASK", "DATA_DIR", "TEXT_COLUMNS", "LABEL_COLUMN")
+                         if k in inputs["settings"]}  # the task as resolved (a finished run's own)
         run_settings = {**config, **task_settings, "GRANULARITY": "heads+neurons", "TRAINER": "retraining-free"}
         results = {
             "script": Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "prune_finetuned.py",

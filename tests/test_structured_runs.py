@@ -125,7 +125,7 @@ TRAINER = RandomPruningTrainer
 
 def test_a_trainer_written_in_a_copy_of_bert_py_runs(tiny_bert_config, sst2_slice, tmp_path):
     script = (REPO / "bert.py").read_text()
-    body, main = script.split('if __name__ == "__main__":')
+    body, main = script.rsplit('if __name__ == "__main__":', 1)  # the last one: the run (the first answers --help)
     (tmp_path / "my_bert.py").write_text(body + USER_SCRIPT + 'if __name__ == "__main__":' + main)
     out = tmp_path / "runs"
     for extra in ({}, STRUCTURED):
