@@ -180,7 +180,7 @@ class PruningTrainer(Trainer):
         already pruned stay pruned and rank first, so each bucket's count is exact. `scores`: group ->
         float tensor of (live units,) or the weight's shape; returns group -> bool tensor (dense units,)."""
         original = self.units.to_original(scores, fill=float("-inf"))
-        original.update(self.units.whole_scores(original))
+        original.update(self.criterion.whole_scores(original))
         if self.masks is not None and not self.units.structured:
             original = {n: s.masked_fill(~self.masks[n].to(s.device), float("-inf")) for n, s in original.items()}
         config = self.pruning if fraction == 1.0 else self.pruning.scaled(fraction)
@@ -189,7 +189,7 @@ class PruningTrainer(Trainer):
     def keep_scores(self, scores: dict[str, torch.Tensor]) -> None:
         """Keep the scores the pruning mask is selected from (original space; removed units -inf)."""
         original = self.units.to_original(scores, fill=float("-inf"))
-        original.update(self.units.whole_scores(original))
+        original.update(self.criterion.whole_scores(original))
         self.scores_at_prune = {n: s.detach().float().cpu().clone() for n, s in original.items()}
 
     def prune(self, masks, step: int, found: bool, optimizer, control) -> None:
