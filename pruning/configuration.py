@@ -195,14 +195,16 @@ PRUNING_SETTINGS = {"GRANULARITY": "granularity", "PRUNING_RATE": "rate", "HEAD_
                     "EB_EPSILON": "epsilon", "EB_SKIP_WARMUP": "skip_warmup", "MASK_FROM": "mask_from",
                     "REWIND_TO": "rewind_to", "DISTILL_TEMPERATURE": "distill_temperature",
                     "DISTILL_HARDNESS": "distill_hardness", "GRADUAL_UPDATES": "gradual_updates",
-                    "GRADUAL_START": "gradual_start", "GRADUAL_SPAN": "gradual_span", "GRADUAL_REWARM": "gradual_rewarm"}
+                    "GRADUAL_START": "gradual_start", "GRADUAL_SPAN": "gradual_span", "GRADUAL_REWARM": "gradual_rewarm",
+                    "DISTILL_HIDDEN": "distill_hidden", "DISTILL_LAYER_MAP": "distill_layer_map"}
 
 
 def pruning_config(config: dict) -> PruningConfig:
     """The PruningConfig the script's constants describe (PRUNING_SETTINGS; missing ones take its
     defaults). Raises ValueError as PruningConfig does for invalid values."""
     return PruningConfig(**{field: config[key] for key, field in PRUNING_SETTINGS.items() if key in config},
-                         distill=bool(config.get("TEACHER")), criterion_options=criterion_options(config))
+                         distill=bool(config.get("TEACHER")), criterion_options=criterion_options(config),
+                         teacher=config.get("TEACHER", "") if config.get("DISTILL_HIDDEN") else "")
 
 
 def rate_text(rate) -> str:

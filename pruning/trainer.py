@@ -153,10 +153,24 @@ class PruningTrainer(Trainer):
         teacher = inputs.pop(LOGITS_COLUMN, None)
         if teacher is None or not self.distilling:  # evaluation batches carry no teacher logits
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        outputs = model(**inputs)
+        hidden = self.pruning.distill_hidden > 0
+        outputs = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
         loss = distillation_loss(outputs.logits, teacher, inputs.get("labels"), self.pruning.distill_temperature,
                                  self.pruning.distill_hardness)
+        if hidden:  # layer-wise distillation from the dense model run online (pruning.hidden_distill)
+            loss = loss + self.pruning.distill_hidden * self._hidden_term(outputs.hidden_states, inputs)
         return (loss, outputs) if return_outputs else loss
+
+    def _hidden_term(self, student, inputs) -> torch.Tensor:
+        """`hidden_distill.hidden_loss` of the student's hidden states against the online teacher's on this batch."""
+        from pruning import hidden_distill
+        if getattr(self, "_online_teacher", None) is None:
+            self._online_teacher = hidden_distill.load_online_teacher(self.pruning.teacher, student[0].device)
+        with torch.no_grad():
+            teacher = self._online_teacher(**{k: v for k, v in inputs.items() if k != "labels"},
+                                           output_hidden_states=True).hidden_states
+        return hidden_distill.hidden_loss(student, teacher, inputs.get("attention_mask"), self.units.live_layers(),
+                                          self.pruning.distill_layer_map)
 
     # --- the gradients the criterion reads ------------------------------------------------------
     def read_gradients(self, observe: bool) -> None:
@@ -487,6 +501,9 @@ def _config_dict(config: PruningConfig) -> dict:
     d.pop("snapshot_path")
     for key in ("mlp_rate", "layer_rate"):  # absent from checkpoints written before whole MLPs / layers
         if not d[key]:
+            d.pop(key)
+    if not d["distill_hidden"]:  # absent from checkpoints written before hidden-state distillation (issue 36)
+        for key in ("distill_hidden", "distill_layer_map", "teacher"):
             d.pop(key)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
