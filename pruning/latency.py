@@ -427,10 +427,11 @@ def select_structure(options: list[list], latency: list[list[float]], loss: list
 
 
 def choose(table: LatencyTable, importance: list[LayerImportance], speedup: float, width_multiple: int,
-           dense_ms: float | None = None, keep_first_layer: bool = False, resolution: int = 2000) -> Selection:
+           dense_ms: float | None = None, protected: list[int] = (), resolution: int = 2000) -> Selection:
     """The structure of least estimated loss whose table latency is at most (dense latency) / `speedup`.
     `importance`: one `LayerImportance` per encoder layer; `dense_ms` defaults to the table's dense model (every
-    head, the full width). `keep_first_layer`: layer 0 is never removed (`Layout.first_layer_stays`). Raises
+    head, the full width). `protected`: positions of layers never removed (`whole_scores.protected_layers`: layer 0
+    of some families, the last layer of a first-token classifier). Raises
     ValueError for speedup < 1 or a budget no structure meets."""
     if not speedup >= 1:
         raise ValueError(f"SPEEDUP must be >= 1, got {speedup}")
@@ -439,7 +440,7 @@ def choose(table: LatencyTable, importance: list[LayerImportance], speedup: floa
     dense = table.latency([(H, I)] * len(importance)) if dense_ms is None else dense_ms
     budget = dense / speedup
     widths = allowed_widths(I, width_multiple)
-    options = [layer_options(H, widths, not (keep_first_layer and l == 0)) for l in range(len(importance))]
+    options = [layer_options(H, widths, l not in protected) for l in range(len(importance))]
     lat = [[0.0 if o is None else table.layer_ms(*o) for o in opts] for opts in options]
     los = [[imp.loss(o) for o in opts] for opts, imp in zip(options, importance)]
     picks = select_structure(options, lat, los, budget - table.fixed, resolution)

