@@ -13,7 +13,8 @@ over the steps since the last Early-Bird check (the gradients are read before th
 they are not model parameters). Whole MLPs score the Fisher information of their own gate, and whole layers that of
 theirs, or (FISHER_LAYER_SCORE="block_influence") the layer's block influence, 1 - cos(input, output) averaged over
 real tokens (ShortGPT), gathered from the same forwards. Either way a score-based pick never removes the layers in
-`pruning.whole_scores.protected_layers` (the last layer of a first-token classifier: see that module).
+`pruning.whole_scores.layer_protection` (the last layer of a first-token classifier: see that module) unless
+the rate leaves no other layer.
 
 Evaluation forwards pass through the gates (x * 1) and are not counted. Under DDP each process sums its own examples
 and the sums are all-reduced before scoring. Gradient accumulation: N is the step's examples over all its
@@ -23,7 +24,7 @@ import torch
 
 from pruning import Criterion, PruningTrainer
 from pruning.fisher import ExampleMasks
-from pruning.whole_scores import WholeGates, protected_layers
+from pruning.whole_scores import WholeGates, layer_protection
 
 LAYER_SCORES = ("fisher", "block_influence")
 
@@ -105,7 +106,7 @@ class FisherCriterion(Criterion):
 
     def whole_scores(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Whole MLPs and layers: their gates' Fisher information (layers: or block influence), in the dense layer
-        order, -inf for removed ones; the protected layers (`protected_layers`) score the largest float32."""
+        order, -inf for removed ones; the protected layers score as `layer_protection` says."""
         if not self.units.whole:
             return {}
         live = self.units.live_layers()
@@ -121,8 +122,8 @@ class FisherCriterion(Criterion):
             removed[g.origin] = False
             dense[removed] = float("-inf")
             if g.kind == "layer":
-                for layer in protected_layers(self.units):
-                    dense[layer] = torch.finfo(torch.float32).max
+                for layer, value in layer_protection(self.units).items():
+                    dense[layer] = value
             out[name] = dense
         return out
 

@@ -225,8 +225,9 @@ class PrunableUnits:
         criterion's units. (For accumulated first-order criteria a unit's score is |dL/dc| of its gate; the
         sum over an MLP's neurons bounds the |dL/dc| of a gate on the whole MLP that Michel et al. 2019 and
         Prasanna et al. 2020 use.) Where the family's layer 0 is built unlike the others
-        (`Layout.first_layer_stays`), and the last live layer of a classifier that reads its first token
-        (`whole_scores.protected_layers`, issue 36), score the largest float32 and are never removed by score. Returns whole group ->
+        (`Layout.first_layer_stays`), it scores the largest float32 and is never removed; the last live layer of a
+        classifier that reads its first token scores half that (`whole_scores.layer_protection`, issue 36): it goes
+        only when the rate leaves no other layer. Returns whole group ->
         float tensor (L,), -inf for removed MLPs / layers."""
         if not self.whole:
             return {}
@@ -251,9 +252,9 @@ class PrunableUnits:
                     total += torch.where(torch.isfinite(sums[kind]), sums[kind], 0) / (mean or 1.0)
                 score = torch.full((dense_layers,), float("-inf"))
                 score[live_layers] = total[live_layers]
-                from pruning.whole_scores import protected_layers  # layer 0 of some families; the classifier's layer
-                for layer in protected_layers(self):  # ranked above every other layer
-                    score[layer] = torch.finfo(torch.float32).max
+                from pruning.whole_scores import layer_protection  # layer 0 of some families; the classifier's layer
+                for layer, value in layer_protection(self).items():  # ranked above every other layer
+                    score[layer] = value
                 out[name] = score
             removed = torch.ones(dense_layers, dtype=torch.bool)
             removed[g.origin] = False

@@ -35,17 +35,23 @@ def reads_first_token(model: nn.Module) -> bool:
     return getattr(model.config, "classifier_pooling", "cls") == "cls"
 
 
-def protected_layers(units: PrunableUnits) -> list[int]:
-    """Dense indices of the live layers a score-based pick never removes: layer 0 where the family builds it unlike
-    the others (`Layout.first_layer_stays`), and the last live layer of a first-token classifier (see the module
-    docstring)."""
+def layer_protection(units: PrunableUnits) -> dict[int, float]:
+    """Dense index -> the score a protected live layer takes in a score-based pick: layer 0 where the family builds it
+    unlike the others (`Layout.first_layer_stays`: the largest float32, never removed), and the last live layer of a
+    first-token classifier (see the module docstring: half the largest float32, ranked above every unprotected layer,
+    so it goes only when the rate leaves nothing else, e.g. 2 of 3 layers with layer 0 kept)."""
     live = units.live_layers()
-    out = []
-    if units.layout.first_layer_stays and 0 in live:
-        out.append(0)
+    out = {}
     if reads_first_token(units.model) and live:
-        out.append(live[-1])
+        out[live[-1]] = torch.finfo(torch.float32).max / 2
+    if units.layout.first_layer_stays and 0 in live:
+        out[0] = torch.finfo(torch.float32).max
     return out
+
+
+def protected_layers(units: PrunableUnits) -> list[int]:
+    """Dense indices of the layers `layer_protection` ranks above the others, in order."""
+    return sorted(layer_protection(units))
 
 
 def _first(output):
