@@ -178,21 +178,27 @@ def four_layers(tmp_path_factory):
     return path
 
 
+# Two MLPs: since the classifier's (last) layer is kept by score (issue 36), the layer that goes may take the lowest
+# MLP with it; the second one then goes from a layer that stays.
+WHOLE_BERT = dict(WHOLE, mlp_rate=0.5)
+
+
 def test_a_run_removing_whole_units_resumes_after_a_kill_in_retraining_exactly(four_layers, sst2_slice, tmp_path):
-    reference = reference_run(four_layers, sst2_slice, tmp_path / "reference", WHOLE)
+    reference = reference_run(four_layers, sst2_slice, tmp_path / "reference", WHOLE_BERT)
     results = reference[0]
     structure = results["pruning"]["structure"]
-    assert len(structure["layers_kept"]) == 3 and len(structure["mlps_kept"]) == 2
+    assert len(structure["layers_kept"]) == 3 and 3 in structure["layers_kept"]
+    assert set(structure["mlps_kept"]) < set(structure["layers_kept"])  # a kept layer without its MLP
     gone = set(range(4)) - set(structure["layers_kept"])
     assert all(structure["heads_kept_per_layer"][i] == 0 and structure["neurons_kept_per_layer"][i] == 0 for i in gone)
-    assert results["pruning"]["mlp_rate"] == 0.25 and "layers" in results["pruning"]["distance_history"]
+    assert results["pruning"]["mlp_rate"] == 0.5 and "layers" in results["pruning"]["distance_history"]
     assert results["pruning"]["prune_step"] == 20
     from transformers import AutoModelForSequenceClassification
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reference" / "ref" / "model",
                                                                trust_remote_code=True)
     assert model.config.num_hidden_layers == 3 and model.config.kept_layers == structure["layers_kept"]
     assert sorted(per_layer_structure(model)["intermediate_size_per_layer"])[0] == 0
-    resumed = kill_and_resume(four_layers, sst2_slice, tmp_path / "killed", WHOLE, 29, 27, "retrain")
+    resumed = kill_and_resume(four_layers, sst2_slice, tmp_path / "killed", WHOLE_BERT, 29, 27, "retrain")
     same_run(reference, resumed)
     assert resumed[0]["pruning"]["structure"] == structure
     assert finished(tmp_path / "killed", "crash")[1].keys() == reference[1].keys()
