@@ -51,7 +51,7 @@ GRADUAL_REWARM = False             # with GRADUAL_UPDATES: at each update the LR
 TEACHER = ""                       # a finished run's directory (its model/) or a checkpoint: distil from it after pruning; "" = none
 DISTILL_TEMPERATURE = 2.0          # softmax temperature of the distillation loss (oBERT: 2)
 DISTILL_HARDNESS = 1.0             # weight of the teacher's soft labels; 1 - hardness goes to the true labels (oBERT: 1)
-DISTILL_HIDDEN = 0.0               # weight of the hidden-state MSE to TEACHER run online, added to the logit term (TinyBERT, CoFi); 0 = off
+DISTILL_HIDDEN = 0.0               # with TEACHER: weight of the hidden-state MSE to the teacher run online, added to the logit term (TinyBERT, CoFi); 0 = off
 DISTILL_LAYER_MAP = "fixed"        # DISTILL_HIDDEN: "fixed" (each kept layer to the teacher layer it was) or "dynamic" (CoFi: each teacher layer to its nearest student layer)
 # --- Early-Bird detector
 EB_CHECK_EVERY = 50                # optimizer steps between mask checks

@@ -40,7 +40,7 @@ class PruningConfig:
     distill: bool = False             # retrain on a teacher's logits (the batches' teacher_logits column)
     distill_temperature: float = 2.0  # softmax temperature of the distillation loss
     distill_hardness: float = 1.0     # weight of the distillation loss; 1 - hardness goes to the labels
-    distill_hidden: float = 0.0       # weight of the hidden-state MSE to the online teacher (pruning.hidden_distill)
+    distill_hidden: float = 0.0       # weight of the hidden-state MSE to the online teacher (with distill; pruning.hidden_distill)
     distill_layer_map: str = "fixed"  # which student layer matches which teacher layer: "fixed" or "dynamic" (CoFi)
     teacher: str = ""                 # with distill_hidden > 0: the dense teacher run online (TEACHER)
     gradual_updates: int = 0          # mask updates after the early bird up to the target rate (0 = one shot)
@@ -84,7 +84,7 @@ class PruningConfig:
         EarlyBirdDetector(self.window, self.epsilon)  # validates window and epsilon
         check_distillation(self.distill_temperature, self.distill_hardness)
         from pruning.hidden_distill import check_settings as check_hidden
-        check_hidden(self.distill_hidden, self.distill_layer_map, self.teacher)
+        check_hidden(self.distill_hidden, self.distill_layer_map)
         if isinstance(self.gradual_updates, bool) or not isinstance(self.gradual_updates, int) or self.gradual_updates < 0:
             raise ValueError(f"GRADUAL_UPDATES must be a whole number >= 0 (0 = prune in one shot), got {self.gradual_updates!r}")
         if self.gradual_updates and not (0 <= self.gradual_start <= 1 and 0 < self.gradual_span <= 1):

@@ -204,7 +204,7 @@ def pruning_config(config: dict) -> PruningConfig:
     defaults). Raises ValueError as PruningConfig does for invalid values."""
     return PruningConfig(**{field: config[key] for key, field in PRUNING_SETTINGS.items() if key in config},
                          distill=bool(config.get("TEACHER")), criterion_options=criterion_options(config),
-                         teacher=config.get("TEACHER", "") if config.get("DISTILL_HIDDEN") else "")
+                         teacher=config.get("TEACHER", "") if config.get("DISTILL_HIDDEN") else "")  # online teacher
 
 
 def rate_text(rate) -> str:

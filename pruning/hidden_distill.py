@@ -19,15 +19,13 @@ import torch
 LAYER_MAPS = ("fixed", "dynamic")
 
 
-def check_settings(weight: float, layer_map: str, teacher: str) -> None:
-    """Raise ValueError unless weight >= 0, layer_map is one of LAYER_MAPS, and a weight > 0 has a teacher."""
+def check_settings(weight: float, layer_map: str) -> None:
+    """Raise ValueError unless weight >= 0 and layer_map is one of LAYER_MAPS. (Like DISTILL_TEMPERATURE, the weight
+    acts only in a run with a TEACHER, so a study may pass it to its plain and distilled runs alike.)"""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
         raise ValueError(f"DISTILL_HIDDEN is the weight of the hidden-state term, >= 0; got {weight!r}")
     if layer_map not in LAYER_MAPS:
         raise ValueError(f"DISTILL_LAYER_MAP must be one of {', '.join(LAYER_MAPS)}, got {layer_map!r}")
-    if weight > 0 and not teacher:
-        raise ValueError("DISTILL_HIDDEN > 0 distils hidden states from the dense model: set TEACHER to it (a finished "
-                         "dense run's directory)")
 
 
 def fixed_map(live_layers: list[int]) -> list[tuple[int, int]]:

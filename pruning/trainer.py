@@ -153,7 +153,7 @@ class PruningTrainer(Trainer):
         teacher = inputs.pop(LOGITS_COLUMN, None)
         if teacher is None or not self.distilling:  # evaluation batches carry no teacher logits
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        hidden = self.pruning.distill_hidden > 0
+        hidden = self.pruning.distill_hidden > 0 and bool(self.pruning.teacher)
         outputs = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
         loss = distillation_loss(outputs.logits, teacher, inputs.get("labels"), self.pruning.distill_temperature,
                                  self.pruning.distill_hardness)
