@@ -182,7 +182,7 @@ def keep_masks(units, fisher, structure) -> dict[str, torch.Tensor]:
 
 def markdown(comparison: dict) -> str:
     head = comparison["headline"]
-    lines = [f"| layer | Fisher of its gate | block influence | drop loss (held out) | dev {head} dropped | "
+    lines = [f"| layer | Fisher of its gate | block influence | drop loss (HELD_OUT other train sentences) | dev {head} dropped | "
              "older score (magnitude, as before issue 36) | protected now |", "|---|---|---|---|---|---|---|"]
     for r in comparison["rows"]:
         older = f"{r['older_score_magnitude']:.3f}"
