@@ -152,3 +152,14 @@ def test_fisher_criterion_runs_an_early_bird_run_with_whole_layers(tiny_bert_con
     results = json.loads((only_run_dir(tmp_path / "runs") / "results.json").read_text())
     assert results["pruning"]["structure"]["layers_kept"][-1] == 2  # the classifier's layer stays
     assert len(results["pruning"]["structure"]["layers_kept"]) == 2
+
+
+def test_a_fisher_run_killed_during_the_search_resumes_exactly(tiny_bert_config, sst2_slice, tmp_path):
+    # the criterion's sums, example count and block-influence sums travel in the checkpoint (kill at step 5:
+    # FIFO of one mask, sums of the steps since the check at step 4)
+    from test_resume import finished, kill_and_resume, same_run
+    settings = dict(trainer="fisher", granularity="heads+neurons", head_rate=0.5, save_every=3)
+    proc = run_script("bert.py", tiny_args(tiny_bert_config, sst2_slice, tmp_path / "ref", run_name="ref", **settings))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    same_run(finished(tmp_path / "ref", "ref"),
+             kill_and_resume(tiny_bert_config, sst2_slice, tmp_path / "killed", settings, 5, 3, "search"))
