@@ -23,6 +23,10 @@ timing noise:
     T1    = T(1 layer with 1 head, MLP removed)
     per-layer cost c = (A(1) - T1) / (L - 1);  fixed = T1 - c
     attention[h] = (A(h) - fixed) / L;  ffn[w] = (F(w) - A(1)) / L
+Where the runtime cannot run a layer without its MLP (ONNX Runtime's int8 quantizer and OpenVINO's converter refuse a
+0-wide FFN: torch 2.13, onnxruntime 1.32, openvino 2026.4), the probes "MLP removed" keep the smallest measured width
+instead, attention[h] includes that FFN, ffn[w] is the cost beyond it, and the selection never removes a whole MLP
+there (whole layers still go).
 The table is cached as JSON (`cached_table`) with its measurement date, the CPU, the runtime and its version and
 the architecture; a cached table is reused only when all of these, the sequence length, batch size, threads and
 width grid are today's, and measured again otherwise (the reason is returned).
@@ -69,10 +73,19 @@ class LatencyTable:
     ffn: dict[int, float]
     meta: dict = field(default_factory=dict)
 
+    @property
+    def mlp_removable(self) -> bool:
+        """Whether the runtime runs a layer without its MLP (a 0-wide FFN); where it does not, `attention` includes
+        an FFN of the smallest measured width and `ffn` is the cost beyond it."""
+        return self.meta.get("mlp_removable", True)
+
     def ffn_ms(self, width: int) -> float:
         """One layer's FFN at `width` neurons (0: MLP removed, 0 ms), linearly interpolated between the measured
-        widths. Raises ValueError outside the measured range."""
+        widths. Raises ValueError outside the measured range, or for width 0 where the MLP is not removable."""
         if width == 0:
+            if not self.mlp_removable:
+                raise ValueError(f"{self.meta.get('target')} cannot run a layer without its MLP "
+                                 f"({self.meta.get('mlp_not_removable_because')})")
             return 0.0
         grid = sorted(self.ffn)
         if width in self.ffn:
@@ -258,17 +271,23 @@ def build_table(model: nn.Module, target: str, seq_len: int, batch_size: int, th
         ms = measure(probe_model(model, layers, heads, width))
         step()
         return ms
-    t1 = t(1, 1, 0)
-    a = {h: t(L, h, 0) for h in range(1, H + 1)}
-    f = {w: t(L, 1, w) for w in widths}
+    base, why = 0, None  # the FFN width of the attention probes: 0 (the MLP removed) where the runtime takes it
+    try:
+        t1 = t(1, 1, 0)
+    except Exception as e:  # e.g. ONNX Runtime's int8 quantizer and OpenVINO's converter refuse a 0-wide FFN
+        base, why = widths[0], f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}" if str(e).strip() else type(e).__name__
+        t1 = t(1, 1, base)
+    a = {h: t(L, h, base) for h in range(1, H + 1)}
+    f = {w: (a[1] if w == base else t(L, 1, w)) for w in widths}
     per_layer = (a[1] - t1) / (L - 1)
     fixed = t1 - per_layer
-    attention = {h: max(0.0, (a[h] - fixed) / L) for h in a}
-    ffn = {w: max(0.0, (f[w] - a[1]) / L) for w in widths}
+    attention = {h: max(0.0, (a[h] - fixed) / L) for h in a}   # with an FFN of width `base`
+    ffn = {w: max(0.0, (f[w] - a[1]) / L) for w in widths}    # beyond width `base`
     meta = {"target": target, "runtime_version": version, "architecture": arch, "seq_len": seq_len,
             "batch_size": batch_size, "threads": threads, "widths": widths, "width_step": width_step,
             "cpu": cpu_name(), "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "probe_layers": L, "probes_ms": {"t1": t1, "attention": a, "ffn": f}}
+            "probe_layers": L, "mlp_removable": base == 0, "mlp_not_removable_because": why, "base_width": base,
+            "probes_ms": {"t1": t1, "attention": a, "ffn": f}}
     return LatencyTable(fixed, attention, ffn, json.loads(json.dumps(meta)))
 
 
@@ -440,6 +459,8 @@ def choose(table: LatencyTable, importance: list[LayerImportance], speedup: floa
     dense = table.latency([(H, I)] * len(importance)) if dense_ms is None else dense_ms
     budget = dense / speedup
     widths = allowed_widths(I, width_multiple)
+    if not table.mlp_removable:  # the runtime cannot run a 0-wide FFN (the table's record says why)
+        widths = [w for w in widths if w >= min(table.ffn)]
     options = [layer_options(H, widths, l not in protected) for l in range(len(importance))]
     lat = [[0.0 if o is None else table.layer_ms(*o) for o in opts] for opts in options]
     los = [[imp.loss(o) for o in opts] for opts, imp in zip(options, importance)]

@@ -211,3 +211,24 @@ def test_speed_prune_refuses_bad_settings_before_any_work(tmp_path):
                          ("--layer_score=bi", "--layer_score")):
         r = run_script("speed_prune.py", ["--model=/nonexistent", arg])
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_runtime_that_cannot_run_a_layer_without_its_mlp_never_gets_one():
+    calls = []
+    inner = fake_measure(calls)
+
+    def measure(model):  # refuses a 0-wide FFN, as ONNX Runtime's int8 quantizer and OpenVINO's converter do
+        if any(layer.intermediate.dense.out_features == 0 for layer in model.bert.encoder.layer):
+            raise ValueError("need at least one array to concatenate")
+        return inner(model)
+    model = tiny("bert", layers=3, heads=4, ffn=16)
+    table = lat.build_table(model, "pytorch-fp32", 8, 2, 1, width_step=4, measure=measure)
+    assert not table.mlp_removable and "concatenate" in table.meta["mlp_not_removable_because"]
+    # attention includes the 4-wide FFN (0.04 ms); the FFN is what lies beyond 4 neurons: the sums stay exact
+    assert table.attention[2] == pytest.approx(1.04) and table.ffn[4] == 0 and table.ffn[16] == pytest.approx(0.12)
+    assert table.latency([(4, 16), None, (1, 4)]) == pytest.approx(1 + 2.16 + 0.54)
+    with pytest.raises(ValueError, match="without its MLP"):
+        table.ffn_ms(0)
+    imp = [lat.LayerImportance(torch.ones(4), torch.ones(16), mlp=0.0, layer=100.0) for _ in range(3)]
+    sel = lat.choose(table, imp, speedup=2.0, width_multiple=4)
+    assert all(o is None or o[1] >= 4 for o in sel.structure)  # a free MLP removal is never offered
