@@ -13,8 +13,8 @@ from conftest import TINY, run_script, tiny_args, write_slice
 from pruning.core.units import PrunableUnits
 from pruning.run import schema
 from pruning.run.checkpoint import read_run_masks
-from pruning.settings import ConfigError, _parse_value
 from pruning.run.pruning_config import PruningConfig
+from pruning.settings import ConfigError, _parse_value
 from pruning.studies import allocation
 from test_whole_units import LAYERS, tiny
 

@@ -21,8 +21,8 @@ from pruning.core.surgery import UnitGates, remove_units
 from pruning.core.units import Slice
 from pruning.run import experiment
 from pruning.run.checks import check_architecture
-from pruning.settings import ConfigError
 from pruning.run.measurements import forward_flops, parameter_split
+from pruning.settings import ConfigError
 
 # "deberta-v2": DeBERTa-v2 with its own relative-position projections (share_att_key=False: pos_key_proj and
 # pos_query_proj, per head too); "deberta-v3": DeBERTa-v3's settings (the key and query projections shared with

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from pruning.settings import TRAINERS, ConfigError, script_trainers, trainer_name
+from pruning.settings import ConfigError, TRAINERS, script_trainers, trainer_name
 
 
 def trainer_class(trainer) -> type:
