@@ -15,6 +15,7 @@ from transformers import Trainer  # noqa: F401  (TRAINER = Trainer is the dense 
 
 from activation_pruning import ActivationPruningTrainer  # noqa: F401
 from gradient_pruning import GradientPruningTrainer  # noqa: F401
+from fisher_pruning import FisherPruningTrainer  # noqa: F401
 from magnitude_pruning import MagnitudePruningTrainer
 from pruning.run import experiment
 from slimming_pruning import SlimmingPruningTrainer  # noqa: F401
@@ -32,7 +33,7 @@ HELD_OUT = 0                       # train examples never trained on (one fixed 
 MAX_LENGTH = 128                   # tokens kept per example (batches are padded only to their own longest); up to the model's positions
 TRUNCATION = "head"                # "head": the first MAX_LENGTH tokens; "head+tail": the first quarter and the last three (Sun et al. 2019, IMDB)
 # --- pruning
-TRAINER = MagnitudePruningTrainer  # GradientPruningTrainer, UndecayedPruningTrainer, SlimmingPruningTrainer, ActivationPruningTrainer, or Trainer (dense)
+TRAINER = MagnitudePruningTrainer  # FisherPruningTrainer, GradientPruningTrainer, UndecayedPruningTrainer, SlimmingPruningTrainer, ActivationPruningTrainer, or Trainer (dense)
 GRANULARITY = "weights"            # "weights": unstructured zeros; "heads+neurons": whole heads and FFN neurons, removed
 PRUNING_RATE = 0.5                 # weights: fraction of prunable weights set to zero, in [0, 1); "r0,r1,..." = per layer
 HEAD_RATE = 1 / 3                  # heads+neurons: fraction of the heads removed in each layer (one always stays)
@@ -42,6 +43,7 @@ LAYER_RATE = 0.0                   # heads+neurons: fraction of the encoder laye
 THRESHOLD = "global"               # "global": one threshold over all weights (neurons); "layerwise": the rate in each tensor (layer)
 UNDECAYED_EPSILON = 0.01           # epsilon of the undecayed score |-w*g + epsilon*w^2| (0.01 = the AdamW decay)
 SLIMMING_L1 = 1e-4                 # L1 penalty on the slimming coefficients (EarlyBERT's value)
+FISHER_LAYER_SCORE = "fisher"        # fisher criterion: a whole layer scores its gate's Fisher information, or "block_influence" (1 - cos in/out, ShortGPT)
 ACTIVATION_STATISTIC = "mean_abs"  # activation criterion's neuron score: "mean_abs" |activation|, or "apoz" (1 - fraction of tokens off)
 MASK_FROM = ""                     # a finished run's directory: train its mask, fixed from step 0, instead of searching
 REWIND_TO = "pretrained"           # with MASK_FROM: start from the "pretrained" weights, or that run's "early_bird" weights
@@ -54,6 +56,8 @@ GRADUAL_REWARM = False             # with GRADUAL_UPDATES: at each update the LR
 TEACHER = ""                       # a finished run's directory (its model/) or a checkpoint: distil from it after pruning; "" = none
 DISTILL_TEMPERATURE = 2.0          # softmax temperature of the distillation loss (oBERT: 2)
 DISTILL_HARDNESS = 1.0             # weight of the teacher's soft labels; 1 - hardness goes to the true labels (oBERT: 1)
+DISTILL_HIDDEN = 0.0               # with TEACHER: weight of the hidden-state MSE to the teacher run online, added to the logit term (TinyBERT, CoFi); 0 = off
+DISTILL_LAYER_MAP = "fixed"        # DISTILL_HIDDEN: "fixed" (each kept layer to the teacher layer it was) or "dynamic" (CoFi: each teacher layer to its nearest student layer)
 # --- Early-Bird detector
 EB_CHECK_EVERY = 50                # optimizer steps between mask checks
 EB_WINDOW = 5                      # masks in the FIFO (the newest is compared with the others)

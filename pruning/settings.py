@@ -31,6 +31,7 @@ def fail(error) -> None:
 TRAINERS = {
     "dense": "transformers:Trainer",
     "activation": "activation_pruning:ActivationPruningTrainer",
+    "fisher": "fisher_pruning:FisherPruningTrainer",
     "gradient": "gradient_pruning:GradientPruningTrainer",
     "magnitude": "magnitude_pruning:MagnitudePruningTrainer",
     "slimming": "slimming_pruning:SlimmingPruningTrainer",

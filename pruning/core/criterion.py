@@ -56,6 +56,12 @@ class Criterion:
         (live neurons,) or the weight's shape. Subclasses implement it; the base raises NotImplementedError."""
         raise NotImplementedError
 
+    def whole_scores(self, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Scores of the whole MLPs and layers (`PrunableUnits.whole`) from the units' original-space `scores`:
+        by default derived from them (`PrunableUnits.whole_scores`); a criterion that measures whole units itself
+        (Fisher pruning's gates) overrides it. Returns whole group -> float tensor (L,), -inf for removed ones."""
+        return self.units.whole_scores(scores)
+
     def reset(self) -> None:
         """Called after each Early-Bird check."""
 

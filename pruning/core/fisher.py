@@ -46,7 +46,7 @@ class ExampleMasks:
 
     def _scale(self, name: str, width: int):
         def hook(module, args):
-            mask = self.masks[name].to(args[0].dtype).repeat_interleave(width, dim=-1)  # (batch, features)
+            mask = self.masks[name].to(args[0].device, args[0].dtype).repeat_interleave(width, dim=-1)  # (batch, features)
             x = args[0]
             return (x * mask.view(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1]), *args[1:])
         return hook

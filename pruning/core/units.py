@@ -225,7 +225,9 @@ class PrunableUnits:
         criterion's units. (For accumulated first-order criteria a unit's score is |dL/dc| of its gate; the
         sum over an MLP's neurons bounds the |dL/dc| of a gate on the whole MLP that Michel et al. 2019 and
         Prasanna et al. 2020 use.) Where the family's layer 0 is built unlike the others
-        (`Layout.first_layer_stays`), it scores the largest float32 and is never removed. Returns whole group ->
+        (`Layout.first_layer_stays`), it scores the largest float32 and is never removed; the last live layer of a
+        classifier that reads its first token scores half that (`layer_protection`, issue 36): it goes
+        only when the rate leaves no other layer. Returns whole group ->
         float tensor (L,), -inf for removed MLPs / layers."""
         if not self.whole:
             return {}
@@ -250,8 +252,8 @@ class PrunableUnits:
                     total += torch.where(torch.isfinite(sums[kind]), sums[kind], 0) / (mean or 1.0)
                 score = torch.full((dense_layers,), float("-inf"))
                 score[live_layers] = total[live_layers]
-                if self.layout.first_layer_stays and 0 in live_layers:  # ranked above every other layer
-                    score[0] = torch.finfo(torch.float32).max
+                for layer, value in layer_protection(self).items():  # layer 0 of some families; the classifier's layer, ranked above every other layer
+                    score[layer] = value
                 out[name] = score
             removed = torch.ones(dense_layers, dtype=torch.bool)
             removed[g.origin] = False
@@ -350,3 +352,28 @@ class PrunableUnits:
         (live units,)."""
         g = self.mask_groups[group]
         return mask if g.origin is None else mask[g.origin.to(mask.device)]
+
+
+def reads_first_token(model: nn.Module) -> bool:
+    """Whether the classifier reads only the last layer's first token (BERT's pooler, RoBERTa's, DistilBERT's and
+    DeBERTa's heads, ModernBERT with classifier_pooling="cls")."""
+    return getattr(model.config, "classifier_pooling", "cls") == "cls"
+
+
+def layer_protection(units: PrunableUnits) -> dict[int, float]:
+    """Dense index -> the score a protected live layer takes in a score-based pick: layer 0 where the family builds it
+    unlike the others (`Layout.first_layer_stays`: the largest float32, never removed), and the last live layer of a
+    first-token classifier (see `pruning.core.whole_scores`' docstring: half the largest float32, ranked above every unprotected layer,
+    so it goes only when the rate leaves nothing else, e.g. 2 of 3 layers with layer 0 kept)."""
+    live = units.live_layers()
+    out = {}
+    if reads_first_token(units.model) and live:
+        out[live[-1]] = torch.finfo(torch.float32).max / 2
+    if units.layout.first_layer_stays and 0 in live:
+        out[0] = torch.finfo(torch.float32).max
+    return out
+
+
+def protected_layers(units: PrunableUnits) -> list[int]:
+    """Dense indices of the layers `layer_protection` ranks above the others, in order."""
+    return sorted(layer_protection(units))

@@ -11,6 +11,7 @@ from earlybird import EarlyBirdDetector
 from pruning.core import masks as mask_ops
 from pruning.core.units import GRANULARITIES, PrunableUnits, WHOLE_KINDS
 from pruning.run.distill import check_settings as check_distillation
+from pruning.run.hidden_distill import check_settings as check_hidden
 from pruning.settings import rate_text
 
 REWIND_POINTS = ("pretrained", "early_bird")
@@ -43,6 +44,9 @@ class PruningConfig:
     distill: bool = False             # retrain on a teacher's logits (the batches' teacher_logits column)
     distill_temperature: float = 2.0  # softmax temperature of the distillation loss
     distill_hardness: float = 1.0     # weight of the distillation loss; 1 - hardness goes to the labels
+    distill_hidden: float = 0.0       # weight of the hidden-state MSE to the online teacher (with distill; pruning.run.hidden_distill)
+    distill_layer_map: str = "fixed"  # which student layer matches which teacher layer: "fixed" or "dynamic" (CoFi)
+    teacher: str = ""                 # with distill_hidden > 0: the dense teacher run online (TEACHER)
     gradual_updates: int = 0          # mask updates after the early bird up to the target rate (0 = one shot)
     gradual_start: float = 0.5        # the share of the target rate pruned at the early bird
     gradual_span: float = 0.5         # the share of the retrain phase the updates spread over
@@ -83,6 +87,7 @@ class PruningConfig:
             raise ValueError(f"unknown rewind point {self.rewind_to!r}; choose one of {REWIND_POINTS}")
         EarlyBirdDetector(self.window, self.epsilon)  # validates window and epsilon
         check_distillation(self.distill_temperature, self.distill_hardness)
+        check_hidden(self.distill_hidden, self.distill_layer_map)
         if isinstance(self.gradual_updates, bool) or not isinstance(self.gradual_updates, int) or self.gradual_updates < 0:
             raise ValueError(f"GRADUAL_UPDATES must be a whole number >= 0 (0 = prune in one shot), got {self.gradual_updates!r}")
         if self.gradual_updates and not (0 <= self.gradual_start <= 1 and 0 < self.gradual_span <= 1):
@@ -193,14 +198,16 @@ PRUNING_SETTINGS = {"GRANULARITY": "granularity", "PRUNING_RATE": "rate", "HEAD_
                     "EB_EPSILON": "epsilon", "EB_SKIP_WARMUP": "skip_warmup", "MASK_FROM": "mask_from",
                     "REWIND_TO": "rewind_to", "DISTILL_TEMPERATURE": "distill_temperature",
                     "DISTILL_HARDNESS": "distill_hardness", "GRADUAL_UPDATES": "gradual_updates",
-                    "GRADUAL_START": "gradual_start", "GRADUAL_SPAN": "gradual_span", "GRADUAL_REWARM": "gradual_rewarm"}
+                    "GRADUAL_START": "gradual_start", "GRADUAL_SPAN": "gradual_span", "GRADUAL_REWARM": "gradual_rewarm",
+                    "DISTILL_HIDDEN": "distill_hidden", "DISTILL_LAYER_MAP": "distill_layer_map"}
 
 
 def pruning_config(config: dict) -> PruningConfig:
     """The PruningConfig the script's constants describe (PRUNING_SETTINGS; missing ones take its
     defaults). Raises ValueError as PruningConfig does for invalid values."""
     return PruningConfig(**{field: config[key] for key, field in PRUNING_SETTINGS.items() if key in config},
-                         distill=bool(config.get("TEACHER")), criterion_options=criterion_options(config))
+                         distill=bool(config.get("TEACHER")), criterion_options=criterion_options(config),
+                         teacher=config.get("TEACHER", "") if config.get("DISTILL_HIDDEN") else "")  # online teacher
 
 
 def describe(pruning: PruningConfig) -> str:

@@ -23,7 +23,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pruning.data.evaluation import evaluate_dev_sets
-from pruning.run import checkpoint as state_io
+from pruning.run import checkpoint as state_io, hidden_distill
 from pruning.run.callbacks import (EarlyBirdSearch, GradualPruning, KeepPrunedWeightsZero, PhaseClock, PruningActions,
                                RetrainBudget, SavePruningState)
 from pruning.core.criterion import Criterion
@@ -153,10 +153,23 @@ class PruningTrainer(Trainer):
         teacher = inputs.pop(LOGITS_COLUMN, None)
         if teacher is None or not self.distilling:  # evaluation batches carry no teacher logits
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        outputs = model(**inputs)
+        hidden = self.pruning.distill_hidden > 0 and bool(self.pruning.teacher)
+        outputs = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
         loss = distillation_loss(outputs.logits, teacher, inputs.get("labels"), self.pruning.distill_temperature,
                                  self.pruning.distill_hardness)
+        if hidden:  # layer-wise distillation from the dense model run online (pruning.run.hidden_distill)
+            loss = loss + self.pruning.distill_hidden * self._hidden_term(outputs.hidden_states, inputs)
         return (loss, outputs) if return_outputs else loss
+
+    def _hidden_term(self, student, inputs) -> torch.Tensor:
+        """`hidden_distill.hidden_loss` of the student's hidden states against the online teacher's on this batch."""
+        if getattr(self, "_online_teacher", None) is None:
+            self._online_teacher = hidden_distill.load_online_teacher(self.pruning.teacher, student[0].device)
+        with torch.no_grad():
+            teacher = self._online_teacher(**{k: v for k, v in inputs.items() if k != "labels"},
+                                           output_hidden_states=True).hidden_states
+        return hidden_distill.hidden_loss(student, teacher, inputs.get("attention_mask"), self.units.live_layers(),
+                                          self.pruning.distill_layer_map)
 
     # --- the gradients the criterion reads ------------------------------------------------------
     def read_gradients(self, observe: bool) -> None:
@@ -180,7 +193,7 @@ class PruningTrainer(Trainer):
         already pruned stay pruned and rank first, so each bucket's count is exact. `scores`: group ->
         float tensor of (live units,) or the weight's shape; returns group -> bool tensor (dense units,)."""
         original = self.units.to_original(scores, fill=float("-inf"))
-        original.update(self.units.whole_scores(original))
+        original.update(self.criterion.whole_scores(original))
         if self.masks is not None and not self.units.structured:
             original = {n: s.masked_fill(~self.masks[n].to(s.device), float("-inf")) for n, s in original.items()}
         config = self.pruning if fraction == 1.0 else self.pruning.scaled(fraction)
@@ -189,7 +202,7 @@ class PruningTrainer(Trainer):
     def keep_scores(self, scores: dict[str, torch.Tensor]) -> None:
         """Keep the scores the pruning mask is selected from (original space; removed units -inf)."""
         original = self.units.to_original(scores, fill=float("-inf"))
-        original.update(self.units.whole_scores(original))
+        original.update(self.criterion.whole_scores(original))
         self.scores_at_prune = {n: s.detach().float().cpu().clone() for n, s in original.items()}
 
     def prune(self, masks, step: int, found: bool, optimizer, control) -> None:
@@ -487,6 +500,9 @@ def _config_dict(config: PruningConfig) -> dict:
     d.pop("snapshot_path")
     for key in ("mlp_rate", "layer_rate"):  # absent from checkpoints written before whole MLPs / layers
         if not d[key]:
+            d.pop(key)
+    if not d["distill_hidden"]:  # absent from checkpoints written before hidden-state distillation (issue 36)
+        for key in ("distill_hidden", "distill_layer_map", "teacher"):
             d.pop(key)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from pruning.core.fisher import ExampleMasks
 from pruning.core.surgery import fold_gates, remove_units
-from pruning.core.units import PrunableUnits
+from pruning.core.units import PrunableUnits, reads_first_token
 from pruning.run.measurements import forward_flops, unit_flops
 
 MAX_SCALE = 10.0  # a tuned mask value beyond this is taken for an ill-posed solve (Kwon et al.'s bound)
@@ -160,12 +160,6 @@ def _tokens(x: torch.Tensor, attention_mask: torch.Tensor, first_only: bool) -> 
     return x[:, 0] if first_only else x[attention_mask.bool()]
 
 
-def _reads_first_token(model: nn.Module) -> bool:
-    """Whether the classifier reads only the last layer's first token (BERT's pooler, RoBERTa's and
-    DistilBERT's heads, DeBERTa's ContextPooler, ModernBERT with classifier_pooling="cls")."""
-    return getattr(model.config, "classifier_pooling", "cls") == "cls"
-
-
 @torch.no_grad()
 def tune_masks(model: nn.Module, units: PrunableUnits, keep: dict[str, torch.Tensor], batches: list[dict],
                damping: float = 1e-3, progress: Callable[[], None] | None = None
@@ -182,7 +176,7 @@ def tune_masks(model: nn.Module, units: PrunableUnits, keep: dict[str, torch.Ten
     layout, was_training = units.layout, model.training
     model.eval()
     layers = layout.layer_list(model)
-    first_only_last = _reads_first_token(model)
+    first_only_last = reads_first_token(model)
     groups = {(g.layer, g.kind): name for name, g in units.groups.items()}
     live = units.live_layers()
     values = {name: keep[name].float().clone() for name in units.groups}
