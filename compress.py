@@ -443,7 +443,7 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
         directory.mkdir()
         extra = make(directory)
         artifact.write_files(directory, tokenizer, labels, inputs, results.config.max_length, pair)
-        print(f"  {name}: {runtimes.model_bytes(directory) / 1e6:.1f} MB")
+        print(f"  {name}: {runtimes.disk_bytes(directory) / 1e6:.1f} MB")
         return extra
 
     record = {"run": str(run), "dense_run": config["DENSE"] or None, "config": config,
@@ -577,7 +577,7 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
             table = models[which].get_input_embeddings().weight
             entry["word_embedding_bytes"] = table.numel() * table.element_size()
         else:
-            entry["bytes"] = runtimes.model_bytes(directory)
+            entry["bytes"] = runtimes.disk_bytes(directory)
             entry["word_embedding_bytes"] = runtimes.word_embedding_bytes(directory)
         entry["bytes_without_word_embeddings"] = entry["bytes"] - entry["word_embedding_bytes"]
         record["variants"][label] = entry

@@ -174,7 +174,7 @@ def test_the_meter_measures_the_pruned_model_smaller_than_dense():
     peak_dense = inference_cost.peak_forward_bytes(model, largest)
     assert peak_dense == inference_cost.peak_forward_bytes(model, largest) > 0
     assert inference_cost.peak_forward_bytes(reward.pruned(b), largest) < peak_dense
-    assert dense["peak_memory_mb"] == pytest.approx((inference_cost.model_bytes(model) + peak_dense) / 2 ** 20)
+    assert dense["peak_memory_mb"] == pytest.approx((inference_cost.memory_bytes(model) + peak_dense) / 2 ** 20)
 
 
 class FakeClock:

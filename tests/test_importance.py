@@ -10,8 +10,9 @@ from transformers import BertConfig, BertForSequenceClassification
 from pruning.core.surgery import remove_units
 from pruning.core.units import PrunableUnits
 from pruning.run import checkpoint as state_io
+from pruning.run.checkpoint import read_masks
 from pruning.run.pruning_config import PruningConfig
-from pruning.run.trainer import read_masks, whole_kinds
+from pruning.run.trainer import whole_kinds
 from pruning.studies import tickets, to_fraction
 
 PREFIX = "bert.encoder.layer"

@@ -57,7 +57,7 @@ def test_openvino_conversion_gives_pytorchs_logits(exported):
     np.testing.assert_allclose(runtimes.runner(root / "ov-fp32", 1)(batch), expected, atol=1e-5)
     np.testing.assert_allclose(runtimes.runner(root / "ov-fp32", 1)(probe_batch()), pytorch_logits(model, probe_batch()),
                                atol=1e-5)  # padded rows too
-    assert runtimes.model_bytes(root / "ov-fp32") == sum((root / "ov-fp32" / f).stat().st_size
+    assert runtimes.disk_bytes(root / "ov-fp32") == sum((root / "ov-fp32" / f).stat().st_size
                                                        for f in ("model.xml", "model.bin"))
 
 
@@ -77,7 +77,7 @@ def test_openvino_int8_evaluates_in_a_fresh_process(exported, tmp_path):
                                  for b in runtimes.dev_batches(tmp_path / "dev.npz", 16)[0]]).argmax(-1)
     assert result["predictions"] == in_process.tolist()
     assert result["accuracy"] == pytest.approx(float((in_process == expected).mean()))
-    assert runtimes.model_bytes(tmp_path / "ov-int8") < runtimes.model_bytes(root / "ov-fp32") / 2.5
+    assert runtimes.disk_bytes(tmp_path / "ov-int8") < runtimes.disk_bytes(root / "ov-fp32") / 2.5
 
 
 def test_openvino_weight_compression_puts_a_ratio_at_4_bits(exported, tmp_path):

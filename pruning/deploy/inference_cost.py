@@ -52,8 +52,8 @@ def structure_key(model: nn.Module) -> str:
     return "|".join(" ".join(layers[i]) for i in sorted(layers))
 
 
-def model_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters and buffers."""
+def memory_bytes(model: nn.Module) -> int:
+    """Bytes the model's parameters and buffers take in memory (on disk: `pruning.deploy.runtimes.disk_bytes`)."""
     return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
@@ -165,7 +165,7 @@ class CostMeter:
             if self.reference is not None:
                 ref = self._round(self.reference)
                 ratios.append((rounds[-1][0] / ref[0], ref[1] / rounds[-1][1]))
-        weights = model_bytes(model)
+        weights = memory_bytes(model)
         out = {"latency_ms": 1000 * statistics.median(r[0] for r in rounds),
                "sentences_per_second": statistics.median(r[1] for r in rounds),
                "peak_memory_mb": (weights + peak_forward_bytes(model, self.largest)) / 2 ** 20,

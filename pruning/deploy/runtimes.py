@@ -92,7 +92,7 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def model_bytes(path: Path) -> int:
+def disk_bytes(path: Path) -> int:
     """Size on disk of a variant's model: the sum of its MODEL_FILES that exist, in bytes (not the
     tokenizer, label names or model card beside them)."""
     return sum((Path(path) / name).stat().st_size for name in MODEL_FILES if (Path(path) / name).is_file())

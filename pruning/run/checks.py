@@ -19,9 +19,9 @@ from transformers import Trainer
 from pruning.data import tasks
 from pruning.data.loading import TRUNCATIONS
 from pruning.run import distill
-from pruning.run.checkpoint import RUN_CONFIG_FILE, run_checkpoints
+from pruning.run.checkpoint import RUN_CONFIG_FILE, check_mask_source, run_checkpoints
 from pruning.run.pruning_config import PruningConfig, pruning_config
-from pruning.run.trainer import SNAPSHOT_FILE, check_mask_source
+from pruning.run.trainer import SNAPSHOT_FILE
 from pruning.run.trainers import trainers
 from pruning.settings import ConfigError, rate_text, text_columns, trainer_name
 

@@ -32,13 +32,13 @@ from pruning.data.tasks import METRIC_TITLES, Task
 from pruning.host import peak_rss_mb
 from pruning.run import checks, distill, measurements, model_card, schema, trainers
 from pruning.run.callbacks import EarlyStopping
-from pruning.run.checkpoint import run_checkpoints
+from pruning.run.checkpoint import run_checkpoints, write_masks
 from pruning.run.checks import RUN_CONFIG_FILE, run_directory, validate
 from pruning.run.pruning_config import PruningConfig, describe
 from pruning.run.schedule import PhasePlan
 from pruning.run.schema import write_json
 from pruning.run.tracking import report_scalars
-from pruning.run.trainer import PruningTrainer, ResumeMismatch, SNAPSHOT_FILE, write_masks
+from pruning.run.trainer import PruningTrainer, ResumeMismatch, SNAPSHOT_FILE
 from pruning.run.training_cost import CostLog, accuracy_timeline, cost_series
 from pruning.settings import ConfigError, fail, text_columns, trainer_name
 

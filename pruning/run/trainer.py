@@ -24,6 +24,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pruning.data.evaluation import evaluate_dev_sets
 from pruning.run import checkpoint as state_io, hidden_distill
+from pruning.run.checkpoint import check_mask_source, read_masks
 from pruning.run.callbacks import (EarlyBirdSearch, GradualPruning, KeepPrunedWeightsZero, PhaseClock, PruningActions,
                                RetrainBudget, SavePruningState)
 from pruning.core.criterion import Criterion
@@ -520,45 +521,3 @@ def whole_kinds(config: PruningConfig) -> tuple[str, ...]:
         return config.whole_kinds
     groups = check_mask_source(config.mask_from, config.granularity)["groups"]
     return tuple(k for k in WHOLE_KINDS if any(n.endswith(f".{k}s") for n in groups))
-
-
-def check_mask_source(run_dir: str, granularity: str) -> dict:
-    """The metadata of MASK_FROM's masks file. Raises FileNotFoundError when `run_dir` holds none, and
-    ValueError when its mask is of another granularity (`read_masks` also checks the model's shapes). A mask with a
-    "<layers>.mlps" / "<layers>.layers" group (MLP_RATE / LAYER_RATE runs, the lottery's to-fraction tickets) gives
-    the run those whole unit kinds (`whole_kinds`)."""
-    path = os.path.join(run_dir, state_io.MASKS_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MASK_FROM={run_dir}: no {state_io.MASKS_FILE} there; point it at the directory "
-                                "of a finished pruning run (runs/NAME)")
-    meta = state_io.read(path)[1]
-    if meta["granularity"] != granularity:
-        raise ValueError(f"MASK_FROM={run_dir} holds a {meta['granularity']!r} mask; this run's granularity is "
-                         f"{granularity!r}: set GRANULARITY to match the source run")
-    return meta
-
-
-def read_masks(run_dir: str, units: PrunableUnits) -> dict[str, torch.Tensor]:
-    """The final keep-masks of a finished run, checked against this model and granularity: group ->
-    bool tensor of the dense group's shape. Raises FileNotFoundError / ValueError (`check_mask_source`),
-    and ValueError when its groups or shapes are not this model's."""
-    check_mask_source(run_dir, units.granularity)
-    masks, _, meta = state_io.read_run_masks(run_dir)
-    groups = {n: list(g.shape) for n, g in units.mask_groups.items()}
-    if meta["groups"] != groups:
-        raise ValueError(f"MASK_FROM={run_dir} holds a mask for another model ({meta.get('model', '?')}: "
-                         f"{len(meta['groups'])} groups); this model has {len(groups)} groups of other shapes")
-    return masks
-
-
-def write_masks(trainer: PruningTrainer, run_dir: str, model_description: str) -> None:
-    """The final keep-masks, and the scores they were selected from (none for a fixed-mask run), to
-    `run_dir`/MASKS_FILE; an unpruned run writes all-True masks."""
-    groups = trainer.units.mask_groups
-    masks = trainer.masks or {n: torch.ones(g.shape, dtype=torch.bool) for n, g in groups.items()}
-    meta = {"granularity": trainer.units.granularity, "criterion": trainer.criterion.name,
-            "model": model_description, "groups": {n: list(g.shape) for n, g in groups.items()}}
-    tensors = state_io.pack_masks(masks, "keep/")
-    if trainer.scores_at_prune is not None:
-        tensors.update({f"score/{n}": s for n, s in trainer.scores_at_prune.items()})
-    state_io.write(os.path.join(run_dir, state_io.MASKS_FILE), tensors, meta)
