@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -368,6 +369,26 @@ def publish(work: Path, out: Path, files: list[str]) -> None:
         os.replace(work / name, out / name)
 
 
+@dataclass
+class Job:
+    """What every phase of a compression reads: the settings, the run, its model and data, and the plan."""
+    config: dict
+    results: schema.RunResults
+    run: Path
+    out: Path
+    variants: list[str]
+    runtime_names: tuple[str, ...]
+    model: object
+    tokenizer: object
+    dense: object
+    task: object
+    datasets: object
+    dev: object
+    trimmed: object = None
+    keep: object = None
+    plan: dict | None = None
+
+
 def main(config: dict) -> None:
     """Export, quantize and pack the run's model into each variant (`pruning.deploy.runtimes`) in each runtime, evaluate
     and time them side by side, write each variant's artifact files and model card (`pruning.deploy.artifact`),
@@ -376,65 +397,66 @@ def main(config: dict) -> None:
     the exported graph (the settings, the data, the mixed-precision plan) is done before anything is
     written; the rest is written into OUT_DIR/.work and moved into place only once every variant is made,
     evaluated and timed, so a failure leaves OUT_DIR as it was."""
-    results = check(config)
+    job = prepare(config, check(config))
+    with staging(job.out) as work:
+        record, rows, dev_file = make_variants(job, work)
+        evaluate_variants(job, record, rows, dev_file, work / "variants")
+        time_side_by_side(job, record, rows, dev_file)
+        compare(job, record)
+        write_cards(job, record, rows)
+        table = write_report(job, record, work)
+        publish(work, job.out, ["table.md", "accuracy_vs_bytes.png", "accuracy_vs_speed.png", "compress.json"])
+    print("\n" + table + f"\nwritten: {job.out}/compress.json, table.md, accuracy_vs_bytes.png, accuracy_vs_speed.png")
+
+
+def prepare(config: dict, results: schema.RunResults) -> Job:
+    """The variants this run gets (sparse is skipped for a heads+neurons model, the ONNX Runtime-only variants without
+    ONNX Runtime), the run's model and tokenizer, the dense reference, the task's data (the dev set tokenized as the
+    run tokenized it), the trimmed model (TRIM_VOCAB) and the mixed-precision plan: everything that can refuse before
+    anything is written. Raises ConfigError as `mixed_plan` and `vocabulary_keep` do."""
     run = Path(config["RUN"])
     out = Path(config["OUT_DIR"]) if config["OUT_DIR"] else run / "compressed"
     variants = [v for v in config["VARIANTS"].split(",") if v]
     runtime_names = runtimes_of(config)
     torch.set_num_threads(config["THREADS"])
-    structured = results.config.granularity != "weights"
-    if structured and "sparse" in variants:
+    if results.config.granularity != "weights" and "sparse" in variants:
         print("sparse: skipped, a heads+neurons model has its pruned units removed, not zeroed")
         variants.remove("sparse")
     if "onnxruntime" not in runtime_names and {"sparse", "mixed+qat"} & set(variants):
         print("sparse, mixed+qat: skipped, they are ONNX Runtime variants")
         variants = [v for v in variants if v not in ("sparse", "mixed+qat")]
-
     model = AutoModelForSequenceClassification.from_pretrained(str(run / "model"), trust_remote_code=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run / "model"), trust_remote_code=True)  # no prompt for our config
     structure = results.pruning.structure if results.pruning else None  # a dense run has no pruning section
     dense = dense_reference(model, config["DENSE"], len(structure.heads_total_per_layer) if structure else None)
     task, datasets, _ = loading.load(**loading.run_task(results.config.settings))
-    trimmed, keep = None, None
+    job = Job(config, results, run, out, variants, runtime_names, model, tokenizer, dense, task, datasets,
+              encode(datasets[task.dev], task, tokenizer, results))
     if config["TRIM_VOCAB"]:
-        keep, unk = vocabulary_keep(encode(datasets["train"], task, tokenizer, results), tokenizer, model)
-        trimmed = vocab.trim_vocabulary(copy.deepcopy(model), keep, unk).eval()
-    dev = encode(datasets[task.dev], task, tokenizer, results)
-    plan = None
+        job.keep, unk = vocabulary_keep(encode(datasets["train"], task, tokenizer, results), tokenizer, model)
+        job.trimmed = vocab.trim_vocabulary(copy.deepcopy(model), job.keep, unk).eval()
     if "onnxruntime" in runtime_names and ("mixed" in variants or "mixed+qat" in variants):
-        plan = mixed_plan(config, results, model, datasets["train"], task, tokenizer)
-        bits = plan["bits"]
+        job.plan = mixed_plan(config, results, model, datasets["train"], task, tokenizer)
+        bits = job.plan["bits"]
         reversed_text = " (reversed)" if config["REVERSE_IMPORTANCE"] else ""
-        print(f"mixed precision: {plan['importance']} importance{reversed_text}; {sum(b == 4 for b in bits.values())} "
-              f"of {len(bits)} matrices at 4 bits ({100 * plan['four_bit_fraction']:.0f}% of their weights)")
-    with staging(out) as work:
-        record = make_and_measure(config, results, variants, runtime_names, plan, model, dense, trimmed, keep, tokenizer,
-                                  task, datasets, dev, work)
-        table = markdown(record, results)
-        (work / "table.md").write_text(table)
-        plots(record, work)
-        schema.write_json(work / "compress.json", record)
-        publish(work, out, ["table.md", "accuracy_vs_bytes.png", "accuracy_vs_speed.png", "compress.json"])
-    print("\n" + table + f"\nwritten: {out}/compress.json, table.md, accuracy_vs_bytes.png, accuracy_vs_speed.png")
+        print(f"mixed precision: {job.plan['importance']} importance{reversed_text}; {sum(b == 4 for b in bits.values())} "
+              f"of {len(bits)} matrices at 4 bits ({100 * job.plan['four_bit_fraction']:.0f}% of their weights)")
+    return job
 
 
-def make_and_measure(config: dict, results: schema.RunResults, variants: list[str], runtime_names: tuple[str, ...],
-                     plan: dict | None, model, dense, trimmed, keep, tokenizer, task, datasets, dev,
-                     work: Path) -> dict:
-    """Write every variant into `work`/variants (the ONNX export that only OpenVINO uses into `work`), each
-    with its artifact files and model card, evaluate each in a fresh process and time them side by side;
-    returns the compress.json record, whose directories are where `publish` will put them:
-    OUT_DIR/NAME. `plan`: `mixed_plan`'s record, or None without ONNX Runtime mixed variants."""
-    run = Path(config["RUN"])
-    out = Path(config["OUT_DIR"]) if config["OUT_DIR"] else run / "compressed"
+def make_variants(job: Job, work: Path) -> tuple[dict, dict, Path]:
+    """Write every variant into `work`/variants (the ONNX export that only OpenVINO uses into `work`), each with its
+    artifact files, and the dev set (`work`/dev.npz). Returns the compress.json record so far, the rows to measure
+    (label -> (directory, runtime, which model, precision), in table order: PyTorch, then the dense deployments,
+    the pruned ones, the trimmed ones; ORT before OpenVINO) and the dev file."""
+    config, results, run, model, tokenizer, task = job.config, job.results, job.run, job.model, job.tokenizer, job.task
+    runtime_names, variants = job.runtime_names, job.variants
     staged = work / "variants"
     staged.mkdir()
     dev_file = work / "dev.npz"
-    inputs = runtimes.model_inputs(model, dev.column_names)
-    runtimes.write_dev(dev_file, dev, inputs, tokenizer.pad_token_id, task.metrics)
-    batches, _ = runtimes.dev_batches(dev_file, config["BATCH_SIZE"])
-    singles = runtimes.dev_batches(dev_file, 1)[0][:config["LATENCY_SENTENCES"]]
-    probe = batches[0]
+    inputs = runtimes.model_inputs(model, job.dev.column_names)
+    runtimes.write_dev(dev_file, job.dev, inputs, tokenizer.pad_token_id, task.metrics)
+    probe = runtimes.dev_batches(dev_file, config["BATCH_SIZE"])[0][0]
     labels = list(task.label_names) if task.label_names is not None else None
     pair = len(task.text_columns) > 1
 
@@ -452,7 +474,6 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
               "date": time.strftime("%Y-%m-%d %H:%M"), "threads": config["THREADS"], "runtimes": list(runtime_names),
               "versions": versions(runtime_names), "cpu": host.cpu_name(), "command": command_line(config),
               "variants": {}}
-    # rows: label -> (directory, runtime, which model, precision); the PyTorch rows first.
     rows = {"dense · PyTorch fp32": ((Path(config["DENSE"]) / "model") if config["DENSE"] else None, "pytorch",
                                      "dense", "fp32"),
             "pruned · PyTorch fp32": (run / "model", "pytorch", "pruned", "fp32")}
@@ -462,21 +483,16 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
 
     # The ONNX export is ONNX Runtime's fp32 variant and OpenVINO's source; without ONNX Runtime it is not published.
     onnx_home = staged if "onnxruntime" in runtime_names else work
-    sources = {"dense": (dense, "dense-"), "pruned": (model, "")}
-    if trimmed is not None:
-        sources["pruned+trim"] = (trimmed, "")
+    sources = {"dense": (job.dense, "dense-"), "pruned": (model, "")}
+    if job.trimmed is not None:
+        sources["pruned+trim"] = (job.trimmed, "")
     print(f"exporting {run / 'model'} and the dense reference to ONNX ...")
     for which, (m, prefix) in sources.items():
         suffix = "+trim" if which.endswith("+trim") else ""
         write_variant(f"{prefix}fp32{suffix}", lambda d, m=m: runtimes.export_onnx(m, d, probe), onnx_home)
     calibration = None
     if "openvino" in runtime_names:
-        rows_cal = encode(loading.subset(datasets["train"], config["CALIBRATION_SENTENCES"], results.config.seed + 3),
-                          task, tokenizer, results)
-        calibration = [{k: np.asarray([r[k]], dtype=np.int64) for k in inputs if k in r} | (
-            {"attention_mask": np.ones((1, len(r["input_ids"])), dtype=np.int64)}) for r in loading.model_rows(rows_cal)]
-        for c in calibration:
-            c.setdefault("token_type_ids", np.zeros_like(c["input_ids"]))
+        calibration = openvino_calibration(job, inputs)
         record["openvino_int8"] = {"calibration_sentences": len(calibration), "preset": "mixed",
                                    "model_type": "transformer", "seed": results.config.seed + 3}
     int8_wanted = "int8" in variants
@@ -504,9 +520,9 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
                 record.setdefault("openvino_mixed", {})[which] = info
                 add(base, "openvino", f"mixed{suffix}", staged / f"ov-mixed{suffix}")
 
-    if plan is not None:
-        record["mixed"] = plan
-        bits = plan["bits"]
+    if job.plan is not None:
+        record["mixed"] = job.plan
+        bits = job.plan["bits"]
         if "mixed" in variants:
             for which, (m, _) in sources.items():
                 if which == "dense":
@@ -518,8 +534,8 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
                     s, d, f4, f8, config["BLOCK_SIZE"]))
                 add("pruned", "onnxruntime", f"mixed{suffix}", staged / f"mixed{suffix}")
         if "mixed+qat" in variants:
-            train = encode(loading.subset(datasets["train"], 32 * config["QAT_STEPS"], results.config.seed + 2), task,
-                           tokenizer, results)
+            train = encode(loading.subset(job.datasets["train"], 32 * config["QAT_STEPS"], results.config.seed + 2),
+                           task, tokenizer, results)
             four_modules = [n for n, b in bits.items() if b == 4]
             student = qat_finetune(model, four_modules, train, config, tokenizer, results.config.seed, work)
             student_fp32 = work / "fp32+qat"  # staging only: the variant is its quantized form
@@ -528,43 +544,58 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
             four_qat, eight_qat = bit_plan(onnx.load(str(student_fp32 / runtimes.ONNX_FILE)), student, bits,
                                            config["EMBEDDING_BITS"])
             write_variant("mixed+qat", lambda d: runtimes.quantize_mixed(student_fp32, d, four_qat, eight_qat,
-                                                                       config["BLOCK_SIZE"]))
+                                                                         config["BLOCK_SIZE"]))
             add("pruned", "onnxruntime", "mixed+qat", staged / "mixed+qat")
     if "sparse" in variants:
         for base in ("fp32", "int8") if "int8" in variants else ("fp32",):
             stats = write_variant(f"{base}+sparse", lambda d, b=base: runtimes.pack_sparse(staged / b, d))
             record.setdefault("sparse", {})[base] = stats
             add("pruned", "onnxruntime", f"{base}+sparse", staged / f"{base}+sparse")
+    return record, dict(sorted(rows.items(), key=_table_position)), dev_file
 
-    # Table order: PyTorch, then the dense deployments, the pruned ones, the trimmed ones; ORT before OpenVINO.
-    precisions = ["fp32", "int8", "mixed", "mixed+qat", "fp32+sparse", "int8+sparse"]
-    order = {"pytorch": 0, "onnxruntime": 1, "openvino": 2}
 
-    def position(item):
-        _, (_, runtime, which, precision) = item
-        trim = precision.endswith("+trim")
-        return (runtime != "pytorch", which != "dense", trim, order[runtime],
-                precisions.index(precision.removesuffix("+trim")))
-    rows = dict(sorted(rows.items(), key=position))
+def openvino_calibration(job: Job, inputs) -> list[dict]:
+    """NNCF's calibration samples for OpenVINO int8: CALIBRATION_SENTENCES training sentences (never dev, seeded),
+    one sentence per sample, each with every input the model takes."""
+    rows = encode(loading.subset(job.datasets["train"], job.config["CALIBRATION_SENTENCES"], job.results.config.seed + 3),
+                  job.task, job.tokenizer, job.results)
+    calibration = [{k: np.asarray([r[k]], dtype=np.int64) for k in inputs if k in r} | (
+        {"attention_mask": np.ones((1, len(r["input_ids"])), dtype=np.int64)}) for r in loading.model_rows(rows)]
+    for c in calibration:
+        c.setdefault("token_type_ids", np.zeros_like(c["input_ids"]))
+    return calibration
 
-    # Accuracy and memory: each variant in a fresh process, from its files alone.
-    dense_trained = bool(config["DENSE"])
-    models = {"dense": dense, "pruned": model}
+
+_PRECISIONS = ["fp32", "int8", "mixed", "mixed+qat", "fp32+sparse", "int8+sparse"]
+_RUNTIME_ORDER = {"pytorch": 0, "onnxruntime": 1, "openvino": 2}
+
+
+def _table_position(item):
+    _, (_, runtime, which, precision) = item
+    return (runtime != "pytorch", which != "dense", precision.endswith("+trim"), _RUNTIME_ORDER[runtime],
+            _PRECISIONS.index(precision.removesuffix("+trim")))
+
+
+def evaluate_variants(job: Job, record: dict, rows: dict, dev_file: Path, staged: Path) -> None:
+    """Accuracy and bytes of every row: each variant evaluated in a fresh process from its files alone (the dense rows
+    only when DENSE names a trained run), its bytes on disk and its word embeddings' share; written into
+    record["variants"], with the directory each variant will have once published."""
+    config, models = job.config, {"dense": job.dense, "pruned": job.model}
     params = {k: parameter_split(m) for k, m in models.items()}
     nonzero = {k: sum(int((p != 0).sum()) for p in m.parameters()) for k, m in models.items()}
-    if trimmed is not None:
-        params["pruned+trim"] = parameter_split(trimmed)
-        nonzero["pruned+trim"] = sum(int((p != 0).sum()) for p in trimmed.parameters())
-        record["trim_vocab"] = {"kept_tokens": len(keep), "vocabulary": model.get_input_embeddings().num_embeddings,
-                                "unk_id": tokenizer.unk_token_id}
+    if job.trimmed is not None:
+        params["pruned+trim"] = parameter_split(job.trimmed)
+        nonzero["pruned+trim"] = sum(int((p != 0).sum()) for p in job.trimmed.parameters())
+        record["trim_vocab"] = {"kept_tokens": len(job.keep), "vocabulary": job.model.get_input_embeddings().num_embeddings,
+                                "unk_id": job.tokenizer.unk_token_id}
     for label, (directory, runtime, which, precision) in rows.items():
         key = "pruned+trim" if precision.endswith("+trim") else which
-        published = out / directory.name if directory is not None and directory.parent == staged else directory
+        published = job.out / directory.name if directory is not None and directory.parent == staged else directory
         entry = {"runtime": {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}[runtime],
                  "model": which, "precision": precision, "trimmed_vocabulary": key == "pruned+trim",
                  "parameters": params[key]["total"], "nonzero_parameters": nonzero[key],
                  "directory": str(published) if published else None}
-        if directory is not None and (which == "pruned" or dense_trained):
+        if directory is not None and (which == "pruned" or config["DENSE"]):
             print(f"evaluating {label} in a fresh process ...")
             entry.update(runtimes.evaluate_in_fresh_process(directory, dev_file, config["THREADS"], config["BATCH_SIZE"]))
         if runtime == "pytorch":
@@ -572,7 +603,7 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
                 entry["bytes"] = (directory / "model.safetensors").stat().st_size
             else:
                 with tempfile.TemporaryDirectory() as t:
-                    dense.save_pretrained(t)
+                    job.dense.save_pretrained(t)
                     entry["bytes"] = os.path.getsize(Path(t) / "model.safetensors")
             table = models[which].get_input_embeddings().weight
             entry["word_embedding_bytes"] = table.numel() * table.element_size()
@@ -582,41 +613,64 @@ def make_and_measure(config: dict, results: schema.RunResults, variants: list[st
         entry["bytes_without_word_embeddings"] = entry["bytes"] - entry["word_embedding_bytes"]
         record["variants"][label] = entry
 
-    # Speed and energy: every variant in this process, taking turns on the same batches.
+
+def time_side_by_side(job: Job, record: dict, rows: dict, dev_file: Path) -> None:
+    """Speed and energy: every row timed in this process, taking turns on the same batches (ROUNDS rounds; batch
+    BATCH_SIZE and batch 1 over LATENCY_SENTENCES), added to record["variants"]."""
+    config, models = job.config, {"dense": job.dense, "pruned": job.model}
+    batches, _ = runtimes.dev_batches(dev_file, config["BATCH_SIZE"])
+    singles = runtimes.dev_batches(dev_file, 1)[0][:config["LATENCY_SENTENCES"]]
     counter, counter_text = energy.find_counter()
     record["energy_counter"] = counter_text
     print(f"timing {len(rows)} variants side by side ({config['ROUNDS']} rounds, {config['THREADS']} threads; "
           f"energy: {counter_text}) ...")
-    runners = {}
-    for label, (directory, runtime, which, _) in rows.items():
-        runners[label] = (runtimes.pytorch_runner(models[which]) if runtime == "pytorch"
-                          else runtimes.runner(directory, config["THREADS"]))
+    runners = {label: (runtimes.pytorch_runner(models[which]) if runtime == "pytorch"
+                       else runtimes.runner(directory, config["THREADS"]))
+               for label, (directory, runtime, which, _) in rows.items()}
     for label, speed in time_variants(runners, batches, singles, config["ROUNDS"], counter).items():
         record["variants"][label].update(speed)
 
+
+def compare(job: Job, record: dict) -> None:
+    """Each row against the references of this sitting: compression against the dense fp32 ONNX file, speed against
+    the fastest dense deployment, the headline against dense PyTorch; with RUNTIME=auto, the faster runtime per
+    (model, precision)."""
     reference = "dense · ORT fp32" if "dense · ORT fp32" in record["variants"] else "dense · OpenVINO fp32"
     reference_bytes = record["variants"][reference]["bytes"]
     record["compression_reference"] = reference
     dense_rows = {k: v for k, v in record["variants"].items() if v["model"] == "dense"}
     fastest = max(dense_rows, key=lambda k: dense_rows[k]["sentences_per_s"])
     record["fastest_dense"] = fastest
-    dense_score = record["variants"]["dense · PyTorch fp32"].get(task.headline)
+    headline = job.task.headline
+    dense_score = record["variants"]["dense · PyTorch fp32"].get(headline)
     for entry in record["variants"].values():
         entry["compression"] = reference_bytes / entry["bytes"]
         entry["bits_per_parameter"] = 8 * entry["bytes"] / entry["parameters"]
         entry["vs_fastest_dense"] = entry["sentences_per_s"] / record["variants"][fastest]["sentences_per_s"]
-        if dense_score is not None and entry.get(task.headline) is not None:
-            entry["headline_vs_dense"] = entry[task.headline] - dense_score
-    if config["RUNTIME"] == "auto":
+        if dense_score is not None and entry.get(headline) is not None:
+            entry["headline_vs_dense"] = entry[headline] - dense_score
+    if job.config["RUNTIME"] == "auto":
         record["runtime_choice"] = runtime_choice(record["variants"])
         for choice in record["runtime_choice"].values():
             record["variants"][choice["label"]]["chosen"] = True
+
+
+def write_cards(job: Job, record: dict, rows: dict) -> None:
+    """Each runtime variant's model card (`pruning.deploy.artifact.write_card`), with the figures measured above."""
     for label, (directory, runtime, _, _) in rows.items():
         if runtime != "pytorch":
-            artifact.write_card(directory, f"{run.name}: {label}", card_facts(record, label, results),
-                                record["command"], record["date"], results=results,
+            artifact.write_card(directory, f"{job.run.name}: {label}", card_facts(record, label, job.results),
+                                record["command"], record["date"], results=job.results,
                                 measured=record["variants"][label])
-    return record
+
+
+def write_report(job: Job, record: dict, work: Path) -> str:
+    """table.md, the two plots and compress.json into `work`; returns the table."""
+    table = markdown(record, job.results)
+    (work / "table.md").write_text(table)
+    plots(record, work)
+    schema.write_json(work / "compress.json", record)
+    return table
 
 
 def versions(runtime_names) -> dict:
