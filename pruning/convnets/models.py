@@ -74,7 +74,7 @@ class TabularMLP(nn.Module):
             width = h
         self.body = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_labels)
-        self.config = {"in_features": in_features, "hidden": list(hidden), "num_labels": num_labels,
+        self.settings = {"in_features": in_features, "hidden": list(hidden), "num_labels": num_labels,
                        "dropout": dropout}
 
     def forward(self, features, labels=None, **kwargs):
