@@ -369,6 +369,10 @@ def main(config: dict) -> None:
     the exported graph (the settings, the data, the mixed-precision plan) is done before anything is
     written; the rest is written into OUT_DIR/.work and moved into place only once every variant is made,
     evaluated and timed, so a failure leaves OUT_DIR as it was."""
+    from pruning.convnets import deploy as convnet_deploy  # resnet.py / mlp.py runs take their own path
+    if config["RUN"] and convnet_deploy.is_convnet_run(config["RUN"]):
+        convnet_deploy.compress(config)
+        return
     results = check(config)
     run = Path(config["RUN"])
     out = Path(config["OUT_DIR"]) if config["OUT_DIR"] else run / "compressed"

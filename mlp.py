@@ -14,6 +14,7 @@ from activation_pruning import ActivationPruningTrainer  # noqa: F401
 from gradient_pruning import GradientPruningTrainer  # noqa: F401
 from magnitude_pruning import MagnitudePruningTrainer  # noqa: F401
 from pruning.convnets import experiment
+from pruning.convnets.experiment import check as validate  # noqa: F401  (sweep.py checks every cell with it)
 from slimming_pruning import SlimmingPruningTrainer
 from undecayed_pruning import UndecayedPruningTrainer  # noqa: F401
 
@@ -50,6 +51,7 @@ OUT_DIR = "runs"                   # each run writes its own sub-directory here
 RUN_NAME = ""                      # "" = a fresh time-stamped name; set it to name (or resume) a run
 RESUME = False                     # continue RUN_NAME from its newest checkpoint
 SAVE_EVERY = 100                   # optimizer steps between checkpoints
+EVAL_EVERY = 0                     # optimizer steps between dev evaluations during training (logged); 0 = none
 LOG_EVERY = 50                     # optimizer steps between loss logs
 MEASURE_SPEED = True               # at the end: CPU speed of the final model against a dense one, side by side
 

@@ -14,6 +14,7 @@ from activation_pruning import ActivationPruningTrainer  # noqa: F401
 from gradient_pruning import GradientPruningTrainer  # noqa: F401
 from magnitude_pruning import MagnitudePruningTrainer  # noqa: F401
 from pruning.convnets import experiment
+from pruning.convnets.experiment import check as validate  # noqa: F401  (sweep.py checks every cell with it)
 from slimming_pruning import SlimmingPruningTrainer
 from undecayed_pruning import UndecayedPruningTrainer  # noqa: F401
 
@@ -32,26 +33,27 @@ THRESHOLD = "global"               # "global": one threshold over every channel 
 SLIMMING_L1 = 1e-4                 # L1 penalty on the BatchNorm scales (You et al.'s 1e-4)
 UNDECAYED_EPSILON = 5e-4           # epsilon of the undecayed score (the weight decay of these runs)
 ACTIVATION_STATISTIC = "mean_abs"  # activation criterion: mean |BatchNorm output| per channel
-EB_CHECK_EVERY = 0                 # optimizer steps between mask checks; 0 = once per epoch (You et al.)
+EB_CHECK_EVERY = 10                # optimizer steps between mask checks; 0 = once per epoch (You et al.'s, over 160 epochs)
 EB_WINDOW = 5                      # masks in the FIFO (You et al.: 5)
 EB_EPSILON = 0.1                   # early bird when every distance to the newest mask is below this (You et al.: 0.1)
 EB_SKIP_WARMUP = True              # start checking when the learning-rate warm-up ends
-SEARCH_EPOCHS = 8.0                # dense search budget; pruned at its end if no early bird appears
-RETRAIN_EPOCHS = 8.0               # training of the pruned network (fresh optimizer and schedule)
+SEARCH_EPOCHS = 6.0                # dense search budget; pruned at its end if no early bird appears
+RETRAIN_EPOCHS = 6.0               # training of the pruned network (fresh optimizer and schedule)
 # --- optimization
 OPTIMIZER = "sgd"                  # "sgd" (momentum 0.9, You et al.) or "adamw"
-LEARNING_RATE = 0.1                # peak learning rate
+LEARNING_RATE = 0.05               # peak learning rate (You et al.: 0.1 at batch 256)
 LR_SCHEDULE = "cosine"             # HF's lr_scheduler_type: linear, cosine, constant, ...
 WEIGHT_DECAY = 5e-4                # decoupled (adamw) or L2 (sgd) weight decay
-WARMUP_RATIO = 0.0                 # fraction of each phase spent warming up
+WARMUP_RATIO = 0.05                # fraction of each phase spent warming up
 MAX_GRAD_NORM = 0.0                # clip the gradient norm to this; 0 = no clipping (You et al.)
-BATCH_SIZE = 64                    # images per optimizer step
+BATCH_SIZE = 32                    # images per optimizer step
 SEED = 42                          # seeds init, data order and augmentation
 # --- output
 OUT_DIR = "runs"                   # each run writes its own sub-directory here
 RUN_NAME = ""                      # "" = a fresh time-stamped name; set it to name (or resume) a run
 RESUME = False                     # continue RUN_NAME from its newest checkpoint
 SAVE_EVERY = 100                   # optimizer steps between checkpoints
+EVAL_EVERY = 0                     # optimizer steps between dev evaluations during training (logged); 0 = none
 LOG_EVERY = 20                     # optimizer steps between loss logs
 MEASURE_SPEED = True               # at the end: CPU speed of the final model against a dense one, side by side
 

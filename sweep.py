@@ -105,7 +105,7 @@ def main():
                       config["GRADUAL"], out))
     try:  # every cell's whole configuration, and every cell already on disk made with it: before any run
         for name, args in plan:
-            experiment.validate(experiment.configure(script, [*args, *passed_on]))
+            script.get("validate", experiment.validate)(experiment.configure(script, [*args, *passed_on]))  # resnet.py, mlp.py: their own
         check_cells(config["SCRIPT"], out, [(n, [*a, *passed_on]) for n, a in plan])
     except experiment.ConfigError as e:
         experiment.fail(e)

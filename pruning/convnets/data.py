@@ -8,7 +8,8 @@ Images (each a train and an evaluation `ImageSet` of uint8 tensors or image file
   batches.meta; pickled dicts with b'data' uint8 (N, 3072) and b'labels'), or "hub" (`uoft-cs/cifar10` through
   `datasets`);
 - "imagefolder": root/train/<class>/*.jpg|png|..., root/val/<class>/... (ImageNet's layout); classes sorted.
-Augmentation is plain torch on tensors: CIFAR and digits: random crop with padding 4 + horizontal flip;
+Augmentation is plain torch on tensors: CIFAR and digits: random crop with padding 4 (at 32 pixels; size/8 for
+other sizes, 1 for 8x8 digits) + horizontal flip (not for digits: they are not mirror-symmetric);
 ImageFolder: random resized crop (scale 0.08-1, ratio 3/4-4/3) + flip, and for evaluation a resize to
 size/0.875 and a center crop. Each example's draw comes from its own generator seeded by (seed, epoch, index),
 so a resumed run augments exactly as an uninterrupted one. Normalisation: per-channel mean and std (CIFAR's,
@@ -46,9 +47,10 @@ class ImageSet(torch.utils.data.Dataset):
     Items: {"pixel_values": float (C, S, S), "labels": int}. `epoch` is set by the trainer each epoch."""
 
     def __init__(self, labels, *, images=None, files=None, train=False, augment="cifar", size=32,
-                 mean=CIFAR_MEAN, std=CIFAR_STD, seed=0):
+                 mean=CIFAR_MEAN, std=CIFAR_STD, seed=0, flip=True):
         self.images, self.files, self.labels = images, files, list(map(int, labels))
         self.train, self.augment, self.size, self.seed, self.epoch = train, augment, size, seed, 0
+        self.flip = flip  # digits are not mirror-symmetric: no flip for them
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
@@ -70,9 +72,9 @@ class ImageSet(torch.utils.data.Dataset):
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF) if self.train else None
         if self.augment == "folder":
             x = random_resized_crop(x, self.size, g) if self.train else center_crop(x, self.size)
-        elif self.train:
-            x = pad_crop(x, 4, g)
-        if self.train and torch.rand((), generator=g) < 0.5:
+        elif self.train:  # padding 4 at 32 pixels (CIFAR's); the same share of smaller images (1 at 8)
+            x = pad_crop(x, max(1, self.size // 8), g)
+        if self.train and self.flip and torch.rand((), generator=g) < 0.5:
             x = x.flip(-1)
         return {"pixel_values": (x - self.mean) / self.std, "labels": self.labels[i]}
 
@@ -144,7 +146,7 @@ def digits(image_size: int, seed: int) -> ImageData:
     tr, dv = train_test_split(np.arange(len(d.target)), test_size=0.2, random_state=SPLIT_SEED, stratify=d.target)
     train_images = images[tr]
     mean, std = (float(train_images.float().div(255).mean()),), (float(train_images.float().div(255).std()),)
-    common = dict(size=image_size, mean=mean, std=std, seed=seed, augment="cifar")
+    common = dict(size=image_size, mean=mean, std=std, seed=seed, augment="cifar", flip=False)
     return ImageData(ImageSet(d.target[tr], images=train_images, train=True, **common),
                      ImageSet(d.target[dv], images=images[dv], **common),
                      [str(i) for i in range(10)], 1, "sklearn.datasets.load_digits (bundled), 80/20 split", "digits")

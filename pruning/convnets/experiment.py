@@ -142,7 +142,8 @@ def training_args(config: dict, output_dir: str, epochs: float, steps_per_epoch:
         lr_scheduler_type=config["LR_SCHEDULE"], warmup_steps=int(config["WARMUP_RATIO"] * total),
         max_grad_norm=config["MAX_GRAD_NORM"], seed=config["SEED"], data_seed=config["SEED"],
         save_strategy="steps", save_steps=config["SAVE_EVERY"], logging_steps=config["LOG_EVERY"],
-        eval_strategy="no", report_to=[], dataloader_num_workers=0, disable_tqdm=True,
+        eval_strategy="steps" if config.get("EVAL_EVERY") else "no", eval_steps=config.get("EVAL_EVERY") or None,
+        report_to=[], dataloader_num_workers=0, disable_tqdm=True,
         use_cpu=not torch.cuda.is_available())
 
 
@@ -393,6 +394,8 @@ def assemble(config, data, script, run_dir, evals, summary, dense_params, final_
         "config": settings_of(config), "world_size": 1, "optimizer_steps": steps,
         "metrics": _section(S.StageMetrics, metrics),
         "total_params": final_params, "nonzero_params": final_params,
+        # A channel run's prunable weights are all the dense model's; what it removed counts as its sparsity.
+        "prunable_params": dense_params, "prunable_nonzero": final_params, "sparsity": 1 - final_params / dense_params,
         "parameters": {"dense": _section(S.ParameterSplit, {"total": dense_params}),
                        "final": _section(S.ParameterSplit, {"total": final_params})},
         "train_seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -407,7 +410,7 @@ def assemble(config, data, script, run_dir, evals, summary, dense_params, final_
                             "label": np.asarray(prediction.label_ids).tolist()},
         "phase_seconds": dict(phase_seconds), "pruning": pruning,
     })
-    results["cost_series"] = [_section(S.CostPoint, p) for p in cost_points(summary, results, dense_flops, final_flops,
+    results["cost_series"] = [_section(S.CostPoint, {**p, "active_params_without_embeddings": p["active_params"]}) for p in cost_points(summary, results, dense_flops, final_flops,
                                                                               config["BATCH_SIZE"], dense_params, final_params)]
     if pruning is None:
         results.pop("pruning")
