@@ -261,7 +261,11 @@ def search_and_prune(config, model, example, common, epoch_cb, per_epoch, run_di
         trainer.train(resume_from_checkpoint=last_checkpoint(ckpts, pruned=True) if config["RESUME"] else None)
     search_seconds = time.time() - start
     found = trainer.eb_step is not None
-    masks = trainer.last_masks if found else trainer.current_masks()
+    history = trainer.detector.history
+    checked_last = bool(history) and history[-1]["step"] == trainer.state.global_step
+    # The early bird's mask; else the mask at the end of the budget (the last check's, if it was at the end: the
+    # accumulated scores were reset there).
+    masks = trainer.last_masks if found or checked_last else trainer.current_masks()
     start = time.time()
     before = _metrics(trainer.evaluate())
     criterion.close()
