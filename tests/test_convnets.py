@@ -215,3 +215,56 @@ def test_digits_and_augmentation():
     d.train.epoch = 1
     d.train.epoch = 0
     assert torch.equal(x, d.train[5]["pixel_values"])          # the same (seed, epoch, index): the same draw
+
+
+# --- runs -----------------------------------------------------------------------------------------------
+TINY_RUN = ["--width=0.0625", "--search_epochs=2", "--retrain_epochs=1", "--eb_check_every=5", "--save_every=10",
+            "--batch_size=64", "--measure_speed=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet18", "resnet50", "mobilenet_v2"])
+def test_resnet_script_end_to_end(tmp_path, monkeypatch, model):
+    from tests.test_tabular import run_script
+    r = run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=r", f"--model={model}", *TINY_RUN], monkeypatch)
+    assert r["pruning"]["granularity"] == "channels" and r["total_params"] < r["parameters"]["dense"]["total"]
+    removed = sum(r["pruning"]["removed_units"].values())
+    assert removed > 0 and r["metrics"]["final"]["accuracy"] is not None
+    model = load_model(str(tmp_path / "r" / "model"))
+    assert sum(p.numel() for p in model.parameters()) == r["total_params"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_a_cnn_is_exact(tmp_path, monkeypatch):
+    from tests.test_tabular import Kill, run_script
+    from pruning.convnets import experiment
+    args = ["--trainer=activation", *TINY_RUN]
+    whole = run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=whole", *args], monkeypatch)
+    kill = Kill("checkpoints", 13)
+    monkeypatch.setattr(experiment.EpochOfData, "on_step_end", lambda self, a, s, c, **k: kill.on_step_end(a, s, c, **k),
+                        raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=killed", *args], monkeypatch)
+    monkeypatch.undo()
+    resumed = run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=killed", "--resume=true", *args], monkeypatch)
+    assert resumed["pruning"]["mask_fingerprint"] == whole["pruning"]["mask_fingerprint"]
+    assert resumed["pruning"]["eb_step"] == whole["pruning"]["eb_step"]
+    assert resumed["dev_predictions"] == whole["dev_predictions"]
+    a, b = load_model(str(tmp_path / "whole" / "model")), load_model(str(tmp_path / "killed" / "model"))
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n
+
+
+def test_compress_a_pruned_cnn(tmp_path, monkeypatch):
+    from tests.test_tabular import run_script
+    run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=r", "--model=mobilenet_v2", "--trainer=magnitude",
+                             "--search_epochs=0.2", "--retrain_epochs=0.2", "--width=0.25", "--batch_size=128",
+                             "--measure_speed=false"], monkeypatch)
+    subprocess.run([sys.executable, str(REPO / "compress.py"), str(tmp_path / "r"), "--threads=1", "--rounds=1",
+                    "--latency_sentences=4", "--calibration_sentences=16"], check=True, cwd=REPO)
+    record = __import__("json").loads((tmp_path / "r" / "compressed" / "compress.json").read_text())
+    v = record["variants"]
+    assert set(v) >= {"pytorch-pruned", "onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-int8"}
+    assert v["onnxruntime-fp32"]["accuracy"] == v["pytorch-pruned"]["accuracy"]  # the same function, exported
+    assert v["onnxruntime-int8"]["bytes"] < v["onnxruntime-fp32"]["bytes"]
+    assert (tmp_path / "r" / "compressed" / "openvino-int8" / "model.xml").exists()
