@@ -268,3 +268,21 @@ def test_compress_a_pruned_cnn(tmp_path, monkeypatch):
     assert v["onnxruntime-fp32"]["accuracy"] == v["pytorch-pruned"]["accuracy"]  # the same function, exported
     assert v["onnxruntime-int8"]["bytes"] < v["onnxruntime-fp32"]["bytes"]
     assert (tmp_path / "r" / "compressed" / "openvino-int8" / "model.xml").exists()
+
+
+def test_cifar_from_the_hub_offline_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(data_io.DataError, match="DATA_DIR=hub: uoft-cs/cifar10 could not be loaded"):
+        data_io.load_images("cifar10", "hub", 32, 0)
+
+
+def test_pretrained_folder(tmp_path):
+    """PRETRAINED: a folder saved with save_pretrained (here a tiny random ResNet) loads, with the run's classes."""
+    source = build_image_model("resnet18", 7, 3, "imagenet", width=1 / 16)
+    source.save_pretrained(tmp_path / "pre")
+    model = build_image_model("resnet18", 4, 3, "imagenet", pretrained=str(tmp_path / "pre"),
+                              id2label={i: str(i) for i in range(4)})
+    assert model.classifier[-1].out_features == 4
+    torch.testing.assert_close(model.resnet.embedder.embedder.convolution.weight,
+                               source.resnet.embedder.embedder.convolution.weight)

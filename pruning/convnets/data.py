@@ -206,7 +206,12 @@ def cifar_from_folder(root: str, image_size: int, seed: int) -> ImageData:
 def cifar_from_hub(image_size: int, seed: int) -> ImageData:  # pragma: no cover - needs the Hub
     """CIFAR-10 from the Hub (`uoft-cs/cifar10`: columns img, label; splits train, test)."""
     import datasets
-    d = datasets.load_dataset("uoft-cs/cifar10")
+    try:
+        d = datasets.load_dataset("uoft-cs/cifar10")
+    except Exception as e:  # offline, no cache, or no such dataset: one clear line, before any work
+        raise DataError(f"DATA_DIR=hub: uoft-cs/cifar10 could not be loaded from the Hub or its cache "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); give the "
+                        "cifar-10-batches-py folder instead") from None
     names = d["train"].features["label"].names
 
     def tensors(split):
