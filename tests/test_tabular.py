@@ -158,3 +158,22 @@ def test_bad_settings_and_data_exit_before_the_run_dir(tmp_path, monkeypatch, ca
             run_script("mlp.py", [f"--out_dir={tmp_path / 'runs'}", *argv], monkeypatch)
         assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_mlp_defaults_in_a_process_and_help(tmp_path):
+    import subprocess
+    out = subprocess.run([sys.executable, "mlp.py", f"--out_dir={tmp_path}", "--run_name=default"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "early bird:" in out.stdout and (tmp_path / "default" / "model" / "model.pt").exists()
+    helped = subprocess.run([sys.executable, "resnet.py", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert "--pruning_rate" in helped.stdout and "--data_dir" in helped.stdout and "--stem" in helped.stdout
+
+
+def test_sweep_runs_the_mlp_script(tmp_path):
+    import subprocess
+    out = subprocess.run([sys.executable, "sweep.py", "--script=mlp.py", "--trainers=dense,magnitude", "--rates=0.3",
+                          "--seeds=1", f"--out_dir={tmp_path}", "--search_epochs=2", "--retrain_epochs=1",
+                          "--hidden=16,8,4", "--measure_speed=false"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "results.md").exists() and "magnitude" in (tmp_path / "results.md").read_text()
