@@ -28,7 +28,8 @@ DATA_DIR = ""                      # cifar10: the python-batches folder or "hub"
 IMAGE_SIZE = 8                     # side of the images the model sees (digits are upsampled to it; CIFAR: 32; ImageNet: 224)
 # --- pruning
 TRAINER = SlimmingPruningTrainer   # the criterion on channels: SlimmingPruningTrainer (You et al.'s), MagnitudePruningTrainer (filter L1), GradientPruningTrainer (Taylor), UndecayedPruningTrainer, ActivationPruningTrainer, or Trainer (dense)
-PRUNING_RATE = 0.5                 # fraction of the channels removed (You et al.: 0.3, 0.5, 0.7)
+PRUNING_RATE = 0.5                 # fraction of the prunable channels removed (You et al.: 0.3, 0.5, 0.7)
+PRUNE_RESIDUAL = False             # also prune the residual streams' channels (a stage's shortcut and block outputs, coupled); False: they stay whole
 THRESHOLD = "global"               # "global": one threshold over every channel group (You et al.); "layerwise": the rate in each group
 SLIMMING_L1 = 1e-4                 # L1 penalty on the BatchNorm scales (You et al.'s 1e-4)
 UNDECAYED_EPSILON = 5e-4           # epsilon of the undecayed score (the weight decay of these runs)

@@ -245,7 +245,7 @@ def run(config: dict, data, kind: str, run_dir: str, script: str) -> dict:
 def search_and_prune(config, model, example, common, epoch_cb, per_epoch, run_dir) -> dict:
     """Phases 1 and 2: the search, the early bird (or the end of the budget), the removal; writes ticket/ (the
     pruned model, masks.safetensors, ticket.json) atomically and returns the ticket (with "model")."""
-    units = ChannelUnits(model, example)
+    units = ChannelUnits(model, example, residual=config.get("PRUNE_RESIDUAL", True))
     criterion = criterion_for(config["TRAINER"], units, criterion_options(config))
     ckpts = os.path.join(run_dir, "checkpoints")
     args = training_args(config, ckpts, config["SEARCH_EPOCHS"], per_epoch)

@@ -44,6 +44,14 @@ class ChannelGroup:
     producers: list[Member] = field(default_factory=list)
     origin: torch.Tensor | None = None
 
+    @property
+    def residual(self) -> bool:
+        """Whether the group is a residual stream: the outputs of more than one ordinary (not depthwise) layer meet
+        in it, at an addition (a ResNet stage's stem or shortcut and every block's last convolution; the reduce
+        1x1 convolutions of a MobileNetV2 stage with skips). A depthwise convolution's channels are its input's,
+        which does not make a stream."""
+        return sum(1 for m in self.producers if getattr(m.module, "groups", 1) == 1) > 1
+
 
 def _index(i) -> int:
     return int(getattr(i, "idx", i))
@@ -64,13 +72,14 @@ def classifier_of(model: nn.Module) -> nn.Module:
 
 class ChannelUnits:
     """The channel groups of a model, traced by `torch_pruning.DependencyGraph` on `example_inputs` (a dict of
-    model inputs, e.g. {"pixel_values": x}). `groups`: name -> ChannelGroup; `params`: the BatchNorm scales by
-    name (what slimming scores). Raises ValueError when the trace finds no prunable group."""
+    model inputs, e.g. {"pixel_values": x}). `groups`: name -> ChannelGroup, the units; with `residual=False` the
+    residual streams (`ChannelGroup.residual`) are not units and stay whole (in `fixed`); `params`: the
+    BatchNorm scales by name (what slimming scores). Raises ValueError when the trace finds no prunable group."""
 
     granularity = "channels"
     structured = True
 
-    def __init__(self, model: nn.Module, example_inputs: dict):
+    def __init__(self, model: nn.Module, example_inputs: dict, residual: bool = True):
         self.model = model
         self.example_inputs = example_inputs
         was_training = model.training
@@ -79,6 +88,7 @@ class ChannelUnits:
         model.train(was_training)
         names = {m: n for n, m in model.named_modules()}
         self.groups: dict[str, ChannelGroup] = {}
+        self.fixed: dict[str, ChannelGroup] = {}   # residual streams kept whole (residual=False)
         for i, group in enumerate(self.graph.get_all_groups(ignored_layers=[classifier_of(model)])):
             root = group[0].dep.target.module
             name = names[root]
@@ -94,7 +104,10 @@ class ChannelUnits:
                 elif isinstance(module, (nn.Conv2d, nn.Conv1d, nn.Linear)):
                     g.producers.append(member)
             g.origin = torch.arange(g.size)
-            self.groups[name] = g
+            if residual or not g.residual:
+                self.groups[name] = g
+            else:
+                self.fixed[name] = g
         if not self.groups:
             raise ValueError(f"{type(model).__name__}: Torch-Pruning found no channel group to prune")
         self.params = {f"{m.name}.weight": m.module.weight for g in self.groups.values() for m in g.norms}
