@@ -408,7 +408,7 @@ def assemble(config, data, script, run_dir, evals, summary, dense_params, final_
         "speed": _section(S.Speed, speed),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-                     "torch_pruning": __import__("torch_pruning").__version__},
+                     "torch_pruning": _version("torch-pruning")},
         "log_history": logs, "accuracy_timeline": [], "cost_series": [],
         "dev_predictions": {"predicted": np.asarray(prediction.predictions).argmax(-1).tolist(),
                             "label": np.asarray(prediction.label_ids).tolist()},
@@ -433,6 +433,12 @@ def cost_points(summary, results, dense_flops, final_flops, batch, dense_params,
     return [{"step": 0, "train_flops": 0.0, "active_params": dense_params},
             {"step": p, "train_flops": at_prune, "active_params": final_params},
             {"step": steps, "train_flops": at_prune + 3 * final_flops * batch * (steps - p), "active_params": final_params}]
+
+
+def _version(distribution: str) -> str:
+    """The installed distribution's version (torch-pruning 1.6.1's module still says 1.6.0)."""
+    from importlib.metadata import version
+    return version(distribution)
 
 
 def print_summary(r: dict) -> None:
