@@ -1,6 +1,7 @@
 """The table of docs/RESULTS.md's CNN / MLP section from a sweep directory of resnet.py or mlp.py runs:
 
     python -m pruning.convnets.summary sweeps/resnet18-digits
+    python -m pruning.convnets.summary sweeps/resnet18-criteria sweeps/resnet18-digits   # dense runs from another sweep
 
 One row per trainer and rate, means ± sample std over seeds: final dev accuracy and its difference to the dense runs
 (paired by seed), the early bird's epoch, the pruning step over the dense run's steps, training FLOPs over the
@@ -25,9 +26,11 @@ def mean_std(values, scale=1.0, digits=2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def table(directory: str) -> str:
+def table(directory: str, dense_directory: str | None = None) -> str:
+    """The table of `directory`'s runs; the dense runs they are paired with are `dense_directory`'s, if given."""
     runs = [schema.read(p) for p in sorted(Path(directory).glob("*/results.json"))]
-    dense = {r.config.seed: r for r in runs if r.trainer == "dense"}
+    pool = [schema.read(p) for p in sorted(Path(dense_directory).glob("*/results.json"))] if dense_directory else runs
+    dense = {r.config.seed: r for r in pool if r.trainer == "dense"}
     cells = defaultdict(list)
     for r in runs:
         rate = None if r.pruning is None else r.pruning.rate
@@ -57,4 +60,4 @@ def table(directory: str) -> str:
 
 
 if __name__ == "__main__":
-    print(table(sys.argv[1]))
+    print(table(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))
