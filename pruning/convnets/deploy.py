@@ -48,7 +48,7 @@ def run_data(settings: dict, script: str):
 def dense_model(settings: dict, script: str, data):
     from pruning.convnets.experiment import build_model
     import runpy
-    namespace = runpy.run_path(script)
+    namespace = runpy.run_path(str(Path(__file__).resolve().parents[2] / script))  # the checkout's script
     config = {**{k: v for k, v in namespace.items() if k.isupper()}, **{k: v for k, v in settings.items() if k != "TRAINER"}}
     return build_model(config, data, "image" if script == "resnet.py" else "tabular").eval()
 
@@ -72,7 +72,8 @@ def compress(config: dict) -> dict:
     dev_y = np.asarray([int(data.dev[i]["labels"]) for i in range(len(data.dev))])
     rng = np.random.RandomState(0)
     calib_idx = rng.choice(len(data.train), min(len(data.train), config["CALIBRATION_SENTENCES"]), replace=False)
-    data.train.train = False if hasattr(data.train, "train") else None  # calibrate on un-augmented examples
+    if isinstance(data.train, data_io.ImageSet):
+        data.train.train = False  # calibrate on un-augmented examples
     calib = [data.train[int(i)][key].numpy()[None] for i in calib_idx]
     out = Path(config["OUT_DIR"]) if config["OUT_DIR"] else run / "compressed"
     work = out.with_name(out.name + ".work")
