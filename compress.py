@@ -52,11 +52,12 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           Trainer, TrainingArguments)
 
 from pruning import host, settings
+from pruning.convnets import deploy as convnet_deploy
 from pruning.core.layouts import layout_of
 from pruning.data import loading
 from pruning.data.tasks import METRIC_TITLES
-from pruning.deploy import artifact, energy, runtimes, vocab
 from pruning.deploy.precision import FakeQuant4, assign_bits, average_bits, matrix_importance, prunable_linears
+from pruning.deploy import artifact, energy, runtimes, vocab
 from pruning.run import experiment, pruning_config, schema, trainers
 from pruning.run.measurements import parameter_split
 
@@ -397,6 +398,9 @@ def main(config: dict) -> None:
     the exported graph (the settings, the data, the mixed-precision plan) is done before anything is
     written; the rest is written into OUT_DIR/.work and moved into place only once every variant is made,
     evaluated and timed, so a failure leaves OUT_DIR as it was."""
+    if config["RUN"] and convnet_deploy.is_convnet_run(config["RUN"]):  # resnet.py / mlp.py runs take their own path
+        convnet_deploy.compress(config)
+        return
     job = prepare(config, check(config))
     with staging(job.out) as work:
         record, rows, dev_file = make_variants(job, work)

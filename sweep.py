@@ -31,8 +31,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pruning import settings
-from pruning.grid import loop
 from pruning.grid.cells import check_cells, run_on_ray
+from pruning.grid import loop
 from pruning.run import checks, experiment, schema
 from pruning.studies import sweep_tables
 
@@ -112,7 +112,7 @@ def main():
                       config["GRADUAL"], out))
     try:  # every cell's whole configuration, and every cell already on disk made with it: before any run
         for name, args in plan:
-            checks.validate(experiment.configure(script, [*args, *passed_on]))
+            script.get("validate", checks.validate)(experiment.configure(script, [*args, *passed_on]))  # resnet.py, mlp.py: their own
         check_cells(config["SCRIPT"], out, [(n, [*a, *passed_on]) for n, a in plan])
     except settings.ConfigError as e:
         settings.fail(e)

@@ -17,7 +17,7 @@ from pruning.core.pruned_model import pruned_class_of
 REPO = Path(__file__).resolve().parent.parent
 STDLIB = set(sys.stdlib_module_names)
 SCRIPTS = ["bert.py", "roberta.py", "sweep.py", "report.py", "lottery.py", "allocate.py", "frontier.py", "compress.py",
-           "prune_finetuned.py", "prune_finetuned_study.py", "speed_prune.py", "bench.py", "bench_structure.py", "bench_gpu.py"]
+           "prune_finetuned.py", "prune_finetuned_study.py", "speed_prune.py", "resnet.py", "mlp.py", "bench.py", "bench_structure.py", "bench_gpu.py"]
 
 
 def imported_modules(path: Path, top_level_only: bool = False) -> set[str]:

@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 from conftest import REPO
 
 MODULES = ("pruning", "earlybird", "magnitude_pruning", "gradient_pruning", "undecayed_pruning", "slimming_pruning",
-           "activation_pruning")
+           "activation_pruning", "fisher_pruning")
 # What a checkout holds besides the sources: never part of what is installed.
 NOT_SOURCES = shutil.ignore_patterns(".git", "runs", "sweeps", "__pycache__", "build", "*.egg-info", ".pytest_cache")
 

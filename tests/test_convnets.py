@@ -1,0 +1,288 @@
+"""Channel early-bird pruning of CNNs (resnet.py): Torch-Pruning's groups on HF ResNet (basic, bottleneck) and
+MobileNetV2, removal equals masking, the slimming penalty, the detector on channel masks, save/load in a fresh
+process, kill and resume, the image data layouts read strictly, compress.py on a pruned CNN."""
+import copy
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pruning.convnets import data as data_io
+from pruning.convnets.criteria import CHANNEL_CRITERIA, MagnitudeChannels, SlimmingChannels
+from pruning.convnets.models import TabularMLP, build_image_model, load_model, save_model
+from pruning.convnets.units import ChannelUnits, mask_by_zeros, remove_channels
+from pruning.core.masks import select
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def tiny(name):
+    torch.manual_seed(0)
+    if name == "basic":
+        model = build_image_model("resnet18", 4, 3, "cifar", width=1 / 16)
+    elif name == "bottleneck":
+        model = build_image_model("resnet50", 4, 3, "cifar", width=1 / 32)
+    elif name == "inverted_residual":
+        model = build_image_model("mobilenet_v2", 4, 3, "cifar", width=0.25)
+    else:
+        return TabularMLP(6, [16, 8, 4], 3), {"features": torch.randn(5, 6)}
+    for m in model.modules():  # BatchNorm statistics and affine terms away from their init, so zeros matter
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model, {"pixel_values": torch.randn(3, 3, 16, 16)}
+
+
+@pytest.mark.parametrize("name", ["basic", "bottleneck", "inverted_residual", "mlp"])
+def test_removal_equals_masking(name):
+    model, x = tiny(name)
+    model.eval()
+    units = ChannelUnits(model, x)
+    if name in ("basic", "bottleneck"):  # a residual stream couples the shortcut's BatchNorm with the blocks'
+        assert any(len(g.norms) > 1 for g in units.groups.values())
+    if name == "inverted_residual":  # a depthwise conv couples its input and output channels
+        assert any(any(m.module.groups > 1 for m in g.producers) for g in units.groups.values())
+    torch.manual_seed(1)
+    masks = select({n: torch.rand(g.size) for n, g in units.groups.items()}, 0.5, "global", min_keep=1,
+                   layers=units.layers())
+    masked = copy.deepcopy(model)
+    mask_by_zeros(ChannelUnits(masked, x), masks)
+    before = sum(p.numel() for p in model.parameters())
+    removed = remove_channels(units, masks)
+    assert sum(removed.values()) == sum(int((~m).sum()) for m in masks.values())
+    assert sum(p.numel() for p in model.parameters()) < before
+    out = model(**x)
+    ref = masked(**x)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_slimming_penalty_gradient():
+    model, x = tiny("basic")
+    units = ChannelUnits(model, x)
+    criterion = SlimmingChannels(units, l1=0.01)
+    model.train()
+    model(**x, labels=torch.tensor([0, 1, 2])).loss.backward()
+    before = {id(w): w.grad.clone() for w in criterion.scales}
+    criterion.on_gradients()
+    for w in criterion.scales:
+        torch.testing.assert_close(w.grad, before[id(w)] + 0.01 * torch.sign(w.detach()))
+    scores = criterion.scores()
+    g = next(iter(units.groups.values()))
+    torch.testing.assert_close(scores[g.name], sum(m.module.weight.detach().abs()[m.idxs] for m in g.norms) / len(g.norms))
+
+
+def test_every_criterion_scores_every_group():
+    model, x = tiny("inverted_residual")
+    units = ChannelUnits(model, x)
+    for name, cls in CHANNEL_CRITERIA.items():
+        c = cls(units)
+        model.train()
+        model(**x, labels=torch.tensor([0, 1, 2])).loss.backward()
+        c.on_gradients()
+        c.observe()
+        scores = c.scores()
+        assert set(scores) == set(units.groups)
+        assert all(scores[n].shape == (g.size,) and torch.isfinite(scores[n]).all() for n, g in units.groups.items())
+        c.close()
+        model.zero_grad()
+
+
+def test_detector_on_channel_masks(tmp_path):
+    """With a learning rate of 0 the magnitude mask never moves: the early bird is found exactly when the FIFO
+    of 5 masks is full, at the 5th check after the warm-up, and the search stops there."""
+    from transformers import TrainingArguments
+    from pruning.convnets.trainer import ChannelSearchTrainer
+    model, x = tiny("mlp")
+    units = ChannelUnits(model, x)
+    data = data_io.TabularSet(np.random.RandomState(0).randn(64, 6), np.arange(64) % 3)
+    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=10, per_device_train_batch_size=8,
+                             learning_rate=0.0, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = ChannelSearchTrainer(model=model, args=args, train_dataset=data, units=units,
+                                   criterion=MagnitudeChannels(units), rate=0.5, scope="layerwise", check_every=3,
+                                   window=5, epsilon=0.1, first_check=4)
+    trainer.train()
+    assert trainer.eb_step == 4 + 4 * 3
+    assert trainer.state.global_step == trainer.eb_step
+    assert [h["step"] for h in trainer.detector.history] == [4, 7, 10, 13, 16]
+    assert trainer.detector.history[-1]["max_distance"] == 0
+    assert all(int(m.sum()) == g.size - round(0.5 * g.size) for m, g in zip(trainer.last_masks.values(),
+                                                                              units.groups.values()))
+
+
+def test_save_and_load_in_a_fresh_process(tmp_path):
+    model, x = tiny("bottleneck")
+    units = ChannelUnits(model, x)
+    masks = select({n: torch.rand(g.size) for n, g in units.groups.items()}, 0.7, "global", min_keep=1,
+                   layers=units.layers())
+    remove_channels(units, masks)
+    save_model(model, str(tmp_path / "model"))
+    torch.save(x["pixel_values"], tmp_path / "x.pt")
+    expected = model.eval()(**x).logits
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[3]); from pruning.convnets.models import load_model; "
+            "m = load_model(sys.argv[1]); torch.save(m(pixel_values=torch.load(sys.argv[2])).logits, sys.argv[1] + '/out.pt')")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "model"), str(tmp_path / "x.pt"), str(REPO)], check=True)
+    torch.testing.assert_close(torch.load(tmp_path / "model" / "out.pt"), expected)
+
+
+# --- data layouts ---------------------------------------------------------------------------------------
+def write_cifar(root, n=4, bad=None):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {b"batch_label": name.encode(), b"data": rng.randint(0, 256, (n, 3072)).astype(np.uint8),
+             b"labels": [int(v) for v in rng.randint(0, 10, n)], b"filenames": [b"x.png"] * n}
+        if bad and bad[0] == name:
+            bad[1](d)
+        with open(root / name, "wb") as f:
+            pickle.dump(d, f)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)], b"num_vis": 3072}, f)
+    return root
+
+
+def test_cifar_batches_layout(tmp_path):
+    root = write_cifar(tmp_path / "cifar-10-batches-py")
+    d = data_io.load_images("cifar10", str(tmp_path), 32, 0)   # the parent folder works too
+    assert (len(d.train), len(d.dev), d.channels, d.label_names[0]) == (20, 4, 3, "c0")
+    item = d.train[0]
+    assert item["pixel_values"].shape == (3, 32, 32) and 0 <= item["labels"] < 10
+    d.train.epoch = 1   # augmentation: a draw per (seed, epoch, index), the same every time it is asked
+    torch.testing.assert_close(d.train[2]["pixel_values"], d.train[2]["pixel_values"])
+    assert torch.equal(d.dev[0]["pixel_values"], data_io.load_images("cifar10", str(root), 32, 0).dev[0]["pixel_values"])
+
+
+@pytest.mark.parametrize("case, message", [
+    (("data_batch_3", lambda d: d[b"labels"].__setitem__(2, 10)), "data_batch_3, row 2: label 10"),
+    (("test_batch", lambda d: d.__setitem__(b"data", d[b"data"].astype(np.float32))), "test_batch: b'data' must be uint8"),
+    (("data_batch_1", lambda d: d.pop(b"labels")), "data_batch_1: a CIFAR-10 batch is a dict"),
+    (("data_batch_2", lambda d: d.__setitem__(b"data", d[b"data"][:, :100])), "data_batch_2: b'data' must be uint8 of shape"),
+])
+def test_cifar_bad_files(tmp_path, case, message):
+    root = write_cifar(tmp_path / "c", bad=case)
+    with pytest.raises(data_io.DataError, match=message.replace("(", r"\(")):
+        data_io.load_images("cifar10", str(root), 32, 0)
+
+
+def test_cifar_missing_file(tmp_path):
+    root = write_cifar(tmp_path / "c")
+    (root / "data_batch_4").unlink()
+    with pytest.raises(data_io.DataError, match="data_batch_4: missing"):
+        data_io.load_images("cifar10", str(root), 32, 0)
+
+
+def write_folder(root, bad_file=False, extra_val_class=False):
+    for split, n in (("train", 3), ("val", 2)):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(np.random.RandomState(i).randint(0, 256, (40, 30, 3)).astype(np.uint8)).save(
+                    root / split / c / f"{i}.jpg")
+    if bad_file:
+        (root / "train" / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    if extra_val_class:
+        (root / "val" / "emu").mkdir()
+        Image.new("RGB", (8, 8)).save(root / "val" / "emu" / "0.png")
+    return root
+
+
+def test_image_folder_layout(tmp_path):
+    d = data_io.load_images("imagefolder", str(write_folder(tmp_path / "f")), 24, 0)
+    assert d.label_names == ["cat", "dog"] and (len(d.train), len(d.dev)) == (6, 4)
+    assert d.train[0]["pixel_values"].shape == (3, 24, 24) and d.dev[3]["pixel_values"].shape == (3, 24, 24)
+
+
+def test_image_folder_bad_files(tmp_path):
+    with pytest.raises(data_io.DataError, match="broken.jpg: not a readable image"):
+        data_io.load_images("imagefolder", str(write_folder(tmp_path / "a", bad_file=True)), 24, 0)
+    with pytest.raises(data_io.DataError, match="class 'emu' has no folder in train/"):
+        data_io.load_images("imagefolder", str(write_folder(tmp_path / "b", extra_val_class=True)), 24, 0)
+    with pytest.raises(data_io.DataError, match="val: missing"):
+        root = tmp_path / "c"
+        (root / "train" / "x").mkdir(parents=True)
+        data_io.load_images("imagefolder", str(root), 24, 0)
+
+
+def test_digits_and_augmentation():
+    d = data_io.load_images("digits", "", 8, 0)
+    assert (len(d.train), len(d.dev), d.channels) == (1437, 360, 1)
+    x = d.train[5]["pixel_values"]
+    d.train.epoch = 1
+    d.train.epoch = 0
+    assert torch.equal(x, d.train[5]["pixel_values"])          # the same (seed, epoch, index): the same draw
+
+
+# --- runs -----------------------------------------------------------------------------------------------
+TINY_RUN = ["--width=0.0625", "--search_epochs=2", "--retrain_epochs=1", "--eb_check_every=5", "--save_every=10",
+            "--batch_size=64", "--measure_speed=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["resnet18", "resnet50", "mobilenet_v2"])
+def test_resnet_script_end_to_end(tmp_path, monkeypatch, model):
+    from tests.test_tabular import run_script
+    r = run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=r", f"--model={model}", *TINY_RUN], monkeypatch)
+    assert r["pruning"]["granularity"] == "channels" and r["total_params"] < r["parameters"]["dense"]["total"]
+    removed = sum(r["pruning"]["removed_units"].values())
+    assert removed > 0 and r["metrics"]["final"]["accuracy"] is not None
+    model = load_model(str(tmp_path / "r" / "model"))
+    assert sum(p.numel() for p in model.parameters()) == r["total_params"]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_a_cnn_is_exact(tmp_path, monkeypatch):
+    from tests.test_tabular import Kill, run_script
+    from pruning.convnets import experiment
+    args = ["--trainer=activation", *TINY_RUN]
+    whole = run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=whole", *args], monkeypatch)
+    kill = Kill("checkpoints", 13)
+    monkeypatch.setattr(experiment.EpochOfData, "on_step_end", lambda self, a, s, c, **k: kill.on_step_end(a, s, c, **k),
+                        raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=killed", *args], monkeypatch)
+    monkeypatch.undo()
+    resumed = run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=killed", "--resume=true", *args], monkeypatch)
+    assert resumed["pruning"]["mask_fingerprint"] == whole["pruning"]["mask_fingerprint"]
+    assert resumed["pruning"]["eb_step"] == whole["pruning"]["eb_step"]
+    assert resumed["dev_predictions"] == whole["dev_predictions"]
+    a, b = load_model(str(tmp_path / "whole" / "model")), load_model(str(tmp_path / "killed" / "model"))
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n
+
+
+def test_compress_a_pruned_cnn(tmp_path, monkeypatch):
+    from tests.test_tabular import run_script
+    run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=r", "--model=mobilenet_v2", "--trainer=magnitude",
+                             "--search_epochs=0.2", "--retrain_epochs=0.2", "--width=0.25", "--batch_size=128",
+                             "--measure_speed=false"], monkeypatch)
+    subprocess.run([sys.executable, str(REPO / "compress.py"), str(tmp_path / "r"), "--threads=1", "--rounds=1",
+                    "--latency_sentences=4", "--calibration_sentences=16"], check=True, cwd=REPO)
+    record = __import__("json").loads((tmp_path / "r" / "compressed" / "compress.json").read_text())
+    v = record["variants"]
+    assert set(v) >= {"pytorch-pruned", "onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-int8"}
+    assert v["onnxruntime-fp32"]["accuracy"] == v["pytorch-pruned"]["accuracy"]  # the same function, exported
+    assert v["onnxruntime-int8"]["bytes"] < v["onnxruntime-fp32"]["bytes"]
+    assert (tmp_path / "r" / "compressed" / "openvino-int8" / "model.xml").exists()
+
+
+def test_cifar_from_the_hub_offline_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(data_io.DataError, match="DATA_DIR=hub: uoft-cs/cifar10 could not be loaded"):
+        data_io.load_images("cifar10", "hub", 32, 0)
+
+
+def test_pretrained_folder(tmp_path):
+    """PRETRAINED: a folder saved with save_pretrained (here a tiny random ResNet) loads, with the run's classes."""
+    source = build_image_model("resnet18", 7, 3, "imagenet", width=1 / 16)
+    source.save_pretrained(tmp_path / "pre")
+    model = build_image_model("resnet18", 4, 3, "imagenet", pretrained=str(tmp_path / "pre"),
+                              id2label={i: str(i) for i in range(4)})
+    assert model.classifier[-1].out_features == 4
+    torch.testing.assert_close(model.resnet.embedder.embedder.convolution.weight,
+                               source.resnet.embedder.embedder.convolution.weight)
