@@ -27,7 +27,7 @@ def run(config):
     ("--eb_window=1", "window must be an integer >= 2"),
     ("--eb_check_every=0", "check_every must be a positive"),
     ("--threshold=per-row", "unknown threshold scope"),
-    ("--trainer=movement", "unknown trainer .movement.; choose one of dense, activation, gradient, magnitude, slimming, undecayed"),
+    ("--trainer=movement", "unknown trainer .movement.; choose one of dense, activation, fisher, gradient, magnitude, slimming, undecayed"),
     ("--pruning_rat=0.5", "unknown setting --pruning_rat"),
     ("--pruning_rate=half", "--pruning_rate='half': expected a rate"),
     ("--eb_window=2.5", "expected int"),
