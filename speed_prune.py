@@ -75,9 +75,9 @@ TABLE_ONLY = False                # step 2 only (and the rounding report), no im
 # --- output
 OUT_DIR = "sweeps/speed"          # allocation.json, masks.safetensors, layer_scores.json/.md
 
-PF_KEYS = ("MODEL", "TOKENIZER", "TASK", "DATA_DIR", "TEXT_COLUMNS", "LABEL_COLUMN", "MAX_LENGTH", "SAMPLE",
+_PF_KEYS = ("MODEL", "TOKENIZER", "TASK", "DATA_DIR", "TEXT_COLUMNS", "LABEL_COLUMN", "MAX_LENGTH", "SAMPLE",
            "BATCH_SIZE", "SEED")
-LAYER_SCORES = ("drop_loss", "fisher")
+_LAYER_SCORES = ("drop_loss", "fisher")
 
 
 def check(config: dict) -> dict:
@@ -87,8 +87,8 @@ def check(config: dict) -> dict:
         raise settings.ConfigError(f"--speedup={config['SPEEDUP']}: the pruned model must be at least as fast, >= 1")
     if config["TARGET"] not in latency.TARGETS:
         raise settings.ConfigError(f"--target={config['TARGET']}: choose one of {', '.join(latency.TARGETS)}")
-    if config["LAYER_SCORE"] not in LAYER_SCORES:
-        raise settings.ConfigError(f"--layer_score={config['LAYER_SCORE']}: choose one of {', '.join(LAYER_SCORES)}")
+    if config["LAYER_SCORE"] not in _LAYER_SCORES:
+        raise settings.ConfigError(f"--layer_score={config['LAYER_SCORE']}: choose one of {', '.join(_LAYER_SCORES)}")
     for key, least in (("LATENCY_BATCH_SIZE", 1), ("THREADS", 1), ("SEQ_LEN", 0), ("WIDTH_MULTIPLE", 1),
                        ("TABLE_WIDTH_STEP", 1), ("HELD_OUT", 1)):
         if config[key] < least:
@@ -99,7 +99,7 @@ def check(config: dict) -> dict:
 def pf_config(config: dict) -> dict:
     """prune_finetuned.py's configuration with this script's shared settings (its own defaults for the rest)."""
     defaults = {k: v for k, v in vars(pf).items() if k.isupper() and not k.startswith("TASK_")}
-    return {**defaults, **{k: config[k] for k in PF_KEYS}, "RETRAIN_EPOCHS": 0.0}
+    return {**defaults, **{k: config[k] for k in _PF_KEYS}, "RETRAIN_EPOCHS": 0.0}
 
 
 def layer_comparison(model, units, task, batches, held_out, dev) -> dict:
