@@ -17,6 +17,8 @@ j's activation), as `surgery.UnitGates` places its gates, so every family in `la
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -96,36 +98,43 @@ class FisherInformation:
         return g.T @ g / self.examples
 
 
+@contextmanager
+def frozen(model: nn.Module):
+    """`model` in eval mode (no dropout) with no parameter requiring a gradient, as a Fisher pass needs it (gradients
+    flow to the mask gates only); both restored on exit."""
+    was_training = model.training
+    requires = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+        model.train(was_training)
+
+
 def fisher_information(model: nn.Module, units: PrunableUnits, batches: Iterable[dict],
                        base: dict[str, torch.Tensor] | None = None, progress=None) -> FisherInformation:
     """The empirical Fisher information of the head and neuron masks of `model` over `batches` (dicts of
     model inputs with "labels"), at mask values `base` (group -> (live units,); default all ones). The
     model runs in eval mode (no dropout) and its weights get no gradient. `progress`: an optional callable
     called with each batch's size (e.g. a tqdm's update). Raises ValueError for a batch without labels."""
-    was_training = model.training
-    model.eval()
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
     grads: dict[str, list[torch.Tensor]] = {}
     examples = 0
-    try:
-        with ExampleMasks(units, base) as masks:
-            for batch in batches:
-                if "labels" not in batch:
-                    raise ValueError("Fisher information needs labelled examples: a batch has no 'labels'")
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                size = batch["labels"].shape[0]
-                variables = masks.set(size)
-                loss = example_losses(model(**inputs).logits, batch["labels"]).sum()
-                for name, g in zip(variables, torch.autograd.grad(loss, list(variables.values()))):
-                    grads.setdefault(name, []).append(g.detach().float())
-                examples += size
-                if progress is not None:
-                    progress(size)
-    finally:
-        for p, r in zip(model.parameters(), requires):
-            p.requires_grad_(r)
-        model.train(was_training)
+    with frozen(model), ExampleMasks(units, base) as masks:
+        for batch in batches:
+            if "labels" not in batch:
+                raise ValueError("Fisher information needs labelled examples: a batch has no 'labels'")
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            size = batch["labels"].shape[0]
+            variables = masks.set(size)
+            loss = example_losses(model(**inputs).logits, batch["labels"]).sum()
+            for name, g in zip(variables, torch.autograd.grad(loss, list(variables.values()))):
+                grads.setdefault(name, []).append(g.detach().float())
+            examples += size
+            if progress is not None:
+                progress(size)
     stacked = {name: torch.cat(parts) for name, parts in grads.items()}
     return FisherInformation(stacked, {n: (g ** 2).mean(0) for n, g in stacked.items()}, examples)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pruning.core.fisher import ExampleMasks, FisherInformation, example_losses
+from pruning.core.fisher import ExampleMasks, FisherInformation, example_losses, frozen
 from pruning.core.units import PrunableUnits
 
 
@@ -143,33 +143,23 @@ def gate_fisher(model: nn.Module, units: PrunableUnits, batches: Iterable[dict],
     the head and neuron groups and the whole groups "<layers>.mlps" / "<layers>.layers": grads (examples, live
     units), diagonal (live units,)), and the mean block influence per dense layer (float32 (L,), when asked; else
     None). Raises ValueError for a batch without labels."""
-    was_training = model.training
-    model.eval()
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
     grads: dict[str, list[torch.Tensor]] = {}
     examples = 0
     unit_kinds = [k for k in kinds if k in ("head", "neuron")]
-    try:
-        with ExampleMasks(units) as masks, WholeGates(units, tuple(k for k in kinds if k in ("mlp", "layer")),
-                                                      block_influence) as whole:
-            for batch in batches:
-                if "labels" not in batch:
-                    raise ValueError("Fisher information needs labelled examples: a batch has no 'labels'")
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                size = batch["labels"].shape[0]
-                variables = {n: m for n, m in masks.set(size).items() if units.groups[n].kind in unit_kinds}
-                variables.update(whole.set(size, inputs.get("attention_mask")))
-                loss = example_losses(model(**inputs).logits, batch["labels"]).sum()
-                for name, g in zip(variables, torch.autograd.grad(loss, list(variables.values()), allow_unused=True)):
-                    grads.setdefault(name, []).append(torch.zeros_like(variables[name]) if g is None else g.detach().float())
-                examples += size
-            bi = whole.block_influence_scores() if block_influence else None
-    finally:
-        for p, r in zip(model.parameters(), requires):
-            p.requires_grad_(r)
-        model.train(was_training)
+    with frozen(model), ExampleMasks(units) as masks, \
+            WholeGates(units, tuple(k for k in kinds if k in ("mlp", "layer")), block_influence) as whole:
+        for batch in batches:
+            if "labels" not in batch:
+                raise ValueError("Fisher information needs labelled examples: a batch has no 'labels'")
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            size = batch["labels"].shape[0]
+            variables = {n: m for n, m in masks.set(size).items() if units.groups[n].kind in unit_kinds}
+            variables.update(whole.set(size, inputs.get("attention_mask")))
+            loss = example_losses(model(**inputs).logits, batch["labels"]).sum()
+            for name, g in zip(variables, torch.autograd.grad(loss, list(variables.values()), allow_unused=True)):
+                grads.setdefault(name, []).append(torch.zeros_like(variables[name]) if g is None else g.detach().float())
+            examples += size
+        bi = whole.block_influence_scores() if block_influence else None
     stacked = {name: torch.cat(parts) for name, parts in grads.items()}
     return FisherInformation(stacked, {n: (g ** 2).mean(0) for n, g in stacked.items()}, examples), bi
 
@@ -179,7 +169,6 @@ def drop_loss(model: nn.Module, units: PrunableUnits, batches: list[dict]) -> to
     """The held-out loss increase of dropping each live layer alone: mean per-example loss over `batches` with the
     layer skipped (its output replaced by its input) minus the full model's. float32 (dense layers,), NaN for
     layers already removed. Model in eval mode during the call."""
-    from pruning.core.fisher import example_losses
     was_training = model.training
     model.eval()
 

@@ -45,7 +45,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -58,6 +57,7 @@ import torch
 from torch import nn
 
 from pruning.core.surgery import remove_units
+from pruning.host import cpu_name
 from pruning.core.units import PrunableUnits, encoder_layers
 from pruning.deploy import runtimes
 TARGETS = ("openvino-int8", "onnxruntime-int8", "pytorch-fp32")
@@ -150,17 +150,6 @@ def runtime_version(target: str) -> str:
         import openvino
         parts += [f"openvino {openvino.__version__}", f"nncf {nncf.__version__}"]
     return ", ".join(parts)
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), or platform.processor() elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def width_grid(intermediate: int, step: int) -> list[int]:
