@@ -129,9 +129,13 @@ def check(config: dict) -> schema.RunResults:
         if not (dense / "results.json").exists() or not (dense / "model" / "config.json").exists():
             raise settings.ConfigError(f"--dense={dense} is not a finished run (no results.json and model/)")
         d = read_run(dense, "--dense")
-        if d.trainer != "dense" or d.model_source != results.model_source:
+        # the same model: the same source, or the dense run's own fine-tuned model/ as this run's starting point
+        same = d.model_source == results.model_source or \
+            Path(results.model_source).resolve() == (dense / "model").resolve()
+        if d.trainer != "dense" or not same:
             raise settings.ConfigError(f"--dense={dense} is a {d.trainer} run of {d.model_source}; it must be "
-                                         f"a dense run of the same model ({results.model_source})")
+                                       f"a dense run of the same model ({results.model_source}), or the dense run "
+                                       "whose model/ this run started from")
     for key in ("THREADS", "BATCH_SIZE", "LATENCY_SENTENCES", "ROUNDS", "CALIBRATION_BATCHES", "CALIBRATION_SENTENCES"):
         if config[key] < 1:
             raise settings.ConfigError(f"--{key.lower()}={config[key]}: must be at least 1")

@@ -1,6 +1,7 @@
 """compress.py: every variant exports, loads in a fresh process and predicts what the PyTorch model does;
 bits follow the importance; the size accounting adds up; bad input stops before anything is overwritten."""
 import json
+import shutil
 import re
 from pathlib import Path
 
@@ -268,6 +269,23 @@ def test_bad_settings_are_named_before_any_work(runs, args, message):
     args = [a.replace("RUN", str(runs["structured"])) for a in args]
     with pytest.raises(settings.ConfigError, match=re.escape(message)):
         compress.check(experiment.configure(vars(compress), [f"--run={runs['weights']}", *args]))
+
+
+def test_a_run_started_from_a_dense_runs_model_takes_that_run_as_its_dense_reference(runs, tmp_path):
+    """A heads+neurons run whose MODEL was a fine-tuned dense run's model/ (speed_prune.py's recipe): that dense run is
+    its reference; a dense run of anything else is still refused."""
+    import compress
+    dense, pruned = tmp_path / "dense", tmp_path / "pruned"
+    shutil.copytree(runs["weights"], dense)
+    raw = json.loads((dense / "results.json").read_text())
+    (dense / "results.json").write_text(json.dumps({**raw, "trainer": "dense"}))
+    shutil.copytree(runs["structured"], pruned)
+    raw = json.loads((pruned / "results.json").read_text())
+    (pruned / "results.json").write_text(json.dumps({**raw, "model_source": str(dense / "model")}))
+    compress.check(experiment.configure(vars(compress), [f"--run={pruned}", f"--dense={dense}"]))
+    (pruned / "results.json").write_text(json.dumps({**raw, "model_source": str(tmp_path / "elsewhere" / "model")}))
+    with pytest.raises(settings.ConfigError, match="or the dense run whose model/ this run started from"):
+        compress.check(experiment.configure(vars(compress), [f"--run={pruned}", f"--dense={dense}"]))
 
 
 def test_unfinished_run_gets_one_clear_message(tmp_path):
