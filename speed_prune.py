@@ -14,11 +14,14 @@ Steps (each one function of the toolkit):
    layer dropped (no retraining) and the toolkit's older whole-layer score (`PrunableUnits.whole_scores` of the
    magnitude criterion's scores). Written to OUT_DIR/layer_scores.json and .md: the comparison of layer rules.
 2. the latency table of MODEL's architecture in TARGET (`pruning.deploy.latency.cached_table`: measured once per machine,
-   runtime version, architecture, sequence length, batch size and thread count, cached in LATENCY_CACHE);
+   runtime version, architecture, sequence length, batch size and thread count, cached in LATENCY_CACHE), at the
+   deployment's length: the dev split served in batches of LATENCY_BATCH_SIZE, each padded to its longest;
 3. the structure of least estimated loss within dense latency / SPEEDUP (`pruning.deploy.latency.choose`: a dynamic
    programme over each layer's options: heads 1..H, FFN width in multiples of WIDTH_MULTIPLE or the MLP removed,
    or the layer removed; a unit's loss is half its Fisher information, Kwon et al.'s estimate; a whole MLP's half
-   its gate's; a layer's its LAYER_SCORE). The last layer of a first-token classifier is never removed.
+   its gate's; a layer's its LAYER_SCORE), on the table made monotone (timing noise removed). The last layer of a
+   first-token classifier is never removed. STRUCTURE=uniform: the same heads and width in every layer instead
+   (EarlyBERT's uniform rates at the same budget: the ablation of the per-layer choice).
 Writes OUT_DIR/allocation.json ("rates": per-layer HEAD_RATE, NEURON_RATE, MLP_RATE, LAYER_RATE, which
 frontier.py's --agent_dir reads as a point; the structure, predicted and dense milliseconds, the table's record)
 and OUT_DIR/masks.safetensors (the keep-masks of that structure by Fisher information, for bert.py's MASK_FROM),
@@ -65,9 +68,12 @@ SPEEDUP = 2.0                     # the pruned model's latency is at most the de
 TARGET = "openvino-int8"          # openvino-int8, onnxruntime-int8 or pytorch-fp32
 LATENCY_BATCH_SIZE = 64           # sentences per timed batch (compress.py's BATCH_SIZE)
 THREADS = 2                       # intra-op threads of the runtime (compress.py's THREADS)
-SEQ_LEN = 0                       # tokens per timed sentence; 0 = the median length of the sample, rounded up to 8
+SEQ_LEN = 0                       # tokens per timed sentence; 0 = the deployment's: the dev split in batches of
+                                  # LATENCY_BATCH_SIZE, each padded to its longest (as compress.py times it), mean, to 8
 WIDTH_MULTIPLE = 32               # FFN widths the selection may choose: multiples of this (and 0, the dense width)
 TABLE_WIDTH_STEP = 64             # FFN widths the table measures (linear in between); 8 or 1 to study rounding
+STRUCTURE = "table"               # "table": per-layer heads, widths and layers (the DP); "uniform": the same heads
+                                  # and width in every layer (EarlyBERT's uniform rates) within the same budget
 LAYER_SCORE = "drop_loss"         # a layer's loss when removed: "drop_loss" (measured) or "fisher" (half its gate's)
 LATENCY_CACHE = "~/.cache/earlybird-pruning/latency"  # where tables are kept (one file per family/target/length/...)
 SELECT = True                     # steps 2-3; False: the layer scores only
@@ -87,6 +93,8 @@ def check(config: dict) -> dict:
         raise settings.ConfigError(f"--speedup={config['SPEEDUP']}: the pruned model must be at least as fast, >= 1")
     if config["TARGET"] not in latency.TARGETS:
         raise settings.ConfigError(f"--target={config['TARGET']}: choose one of {', '.join(latency.TARGETS)}")
+    if config["STRUCTURE"] not in ("table", "uniform"):
+        raise settings.ConfigError(f"--structure={config['STRUCTURE']}: choose table (per layer) or uniform")
     if config["LAYER_SCORE"] not in _LAYER_SCORES:
         raise settings.ConfigError(f"--layer_score={config['LAYER_SCORE']}: choose one of {', '.join(_LAYER_SCORES)}")
     for key, least in (("LATENCY_BATCH_SIZE", 1), ("THREADS", 1), ("SEQ_LEN", 0), ("WIDTH_MULTIPLE", 1),
@@ -206,8 +214,8 @@ def main(config: dict) -> dict:
     task, model, tokenizer, description, encoded, _ = pf.load_inputs(pf_config(config), inputs)
     collate = DataCollatorWithPadding(tokenizer)
     batches = rf.sample_batches(loading.model_rows(encoded["train"]), collate, config["BATCH_SIZE"])
-    lengths = sorted(encoded["train"]["length"])
-    seq_len = config["SEQ_LEN"] or -(-lengths[len(lengths) // 2] // 8) * 8
+    seq_len = config["SEQ_LEN"] or latency.deployment_length(list(encoded[task.dev]["length"]),
+                                                              config["LATENCY_BATCH_SIZE"])
     units = PrunableUnits(model, "heads+neurons", ("mlp", "layer"))
     result = {"model": inputs["source"], "description": description, "settings": {k: config[k] for k in config
                                                                                    if k.isupper()}}
@@ -240,11 +248,12 @@ def main(config: dict) -> dict:
     H, I = len(imp[0].heads), len(imp[0].neurons)
     live = units.live_layers()
     sel = latency.choose(table, imp, config["SPEEDUP"], config["WIDTH_MULTIPLE"],
-                         protected=[live.index(layer) for layer in protected_layers(units)])
+                         protected=[live.index(layer) for layer in protected_layers(units)],
+                         uniform=config["STRUCTURE"] == "uniform")
     rates = latency.structure_rates(sel.structure, H, I)
     keep = keep_masks(units, fisher, sel.structure)
     pf.write_masks(out, keep, {n: s for n, s in fisher.diagonal.items() if n in units.groups}, description)
-    dense_ms = table.latency([(H, I)] * len(imp))
+    dense_ms = table.monotone().latency([(H, I)] * len(imp))  # the table the selection priced (`choose`)
     allocation = {"rates": {"head": rates["HEAD_RATE"], "neuron": rates["NEURON_RATE"], "mlp": rates["MLP_RATE"],
                             "layer": rates["LAYER_RATE"]},
                   "structure": [None if o is None else list(o) for o in sel.structure],

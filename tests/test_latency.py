@@ -152,6 +152,10 @@ def test_choose_meets_the_speedup_on_a_hand_built_table_and_removes_the_least_im
     assert best[0] == pytest.approx(sel.loss)
     rates = lat.structure_rates(sel.structure, 2, 4)
     assert rates == {"HEAD_RATE": (0.0, 0.0), "NEURON_RATE": (0.5, 0.0), "MLP_RATE": (0, 0), "LAYER_RATE": (0, 1)}
+    # uniform rates within the same budget: 1.5 ms a layer buys 1 head and 1 neuron in each (loss: layer 0's head 1.0
+    # and neurons 3 + 0.2 + 0.1, layer 1's head 0.2 and neurons 0.01 + 0.02 + 0.03), no layer removed
+    uni = lat.choose(table, imp, speedup=2.0, width_multiple=1, uniform=True)
+    assert uni.structure == [(1, 1), (1, 1)] and uni.loss == pytest.approx(4.56) and uni.latency_ms == 5.0
 
 
 def test_width_multiples_and_a_first_layer_that_stays():
@@ -170,6 +174,30 @@ def test_rounding_report_compares_multiples_with_their_neighbours():
     report = {r["multiple"]: r for r in lat.rounding_report(lat.LatencyTable(0.0, {1: 1.0}, ffn), (8, 32))}
     assert report[32]["widths_compared"] == 1 and report[32]["mean_ratio_to_neighbours"] == pytest.approx(0.5)
     assert report[8]["widths_compared"] == 7
+
+
+def test_monotone_table_removes_dips_that_timing_noise_puts_in():
+    raw = lat.LatencyTable(1.0, {1: 1.0, 2: 3.0, 3: 2.0, 4: 4.0}, {8: 1.0, 16: 0.5, 24: 2.0}, {"mlp_removable": False})
+    m = raw.monotone()
+    assert m.attention == pytest.approx({1: 1.0, 2: 2.5, 3: 2.5, 4: 4.0})  # the pool of the violating pair
+    assert m.ffn == pytest.approx({8: 0.75, 16: 0.75, 24: 2.0}) and m.fixed == 1.0 and m.meta["monotone"]
+    assert raw.attention[2] == 3.0  # the raw table is left as measured (rounding_report reads it)
+    # dense 1 + 4 + 2 = 7 ms, budget 3.5. On the raw table 3 heads "cost" 2 ms (less than 2 heads) and fit with
+    # 16 neurons; on the monotone one they cost 2.5 and do not: the raw pick would run 4.25 ms, over the budget
+    imp = [lat.LayerImportance(torch.tensor([4.0, 3.0, 2.0, 1.0]), torch.ones(24), layer=100.0)]
+    assert lat.choose(raw, imp, speedup=2.0, width_multiple=8, monotone=False).structure == [(3, 16)]
+    sel = lat.choose(raw, imp, speedup=2.0, width_multiple=8)
+    assert sel.structure == [(1, 16)] and sel.latency_ms == pytest.approx(2.75) and m.latency([(3, 16)]) > 3.5
+
+
+def test_deployment_length_is_the_mean_padded_batch_rounded_to_8():
+    # batches of 2 in serving order: [10, 30] -> 30, 30; [12, 14] -> 14, 14; [50] -> 50: 138 / 5 = 27.6 -> 24
+    assert lat.deployment_length([10, 30, 12, 14, 50], 2) == 24
+    assert lat.deployment_length([10, 30, 12, 14, 50], 1) == 24  # no padding: the mean 23.2
+    assert lat.deployment_length([3, 2], 64) == 8  # at least one multiple
+    assert lat.deployment_length([51] * 10, 4, multiple=1) == 51
+    with pytest.raises(ValueError, match="at least one length"):
+        lat.deployment_length([], 64)
 
 
 # --- the script end to end ----------------------------------------------------------------------------------

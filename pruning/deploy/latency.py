@@ -31,6 +31,12 @@ The table is cached as JSON (`cached_table`) with its measurement date, the CPU,
 the architecture; a cached table is reused only when all of these, the sequence length, batch size, threads and
 width grid are today's, and measured again otherwise (the reason is returned).
 
+Timing noise makes a measured table dip where more work cannot take less time (7 heads below 6); `choose`
+selects on its isotonic fit (`LatencyTable.monotone`: non-decreasing in heads and in width). The length a table is
+measured at matters: attention's share grows with it, so a table is measured at the deployment's length
+(`deployment_length`: batches padded to their longest, as compress.py serves the dev split), not a typical
+sentence's (issue 36's first point, priced at 16 tokens and timed at 51, ran 1.86x where 2.01x was predicted).
+
 The selection (`select_structure`): each layer's options are (h, w) for h in 1..H and w in the allowed widths
 (multiples of `width_multiple`, and 0: the MLP removed), and "layer removed"; each option has its latency from the
 table and its estimated loss (`LayerImportance.loss`: the Fisher information of the units it removes, or the whole
@@ -54,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.isotonic import isotonic_regression
 from torch import nn
 
 from pruning.core.surgery import remove_units
@@ -105,6 +112,17 @@ class LatencyTable:
     def latency(self, structure: Structure) -> float:
         """The predicted milliseconds of a model of this `structure` (per layer (heads, width) or None)."""
         return self.fixed + sum(self.layer_ms(*o) for o in structure if o is not None)
+
+    def monotone(self) -> "LatencyTable":
+        """This table with `attention` non-decreasing in heads and `ffn` non-decreasing in width (isotonic
+        regression, least squares: `sklearn.isotonic.isotonic_regression`), `fixed` and `meta` unchanged. A layer
+        with more heads or neurons does more work on the same shapes, so a measured dip (attention[6] above
+        attention[7]) is timing noise; a selection on the raw table would buy it. The raw table stays what
+        `rounding_report` reads, where a dip at a multiple of 8 is the effect asked about."""
+        def fit(d: dict[int, float]) -> dict[int, float]:
+            keys = sorted(d)
+            return dict(zip(keys, (float(v) for v in isotonic_regression([d[k] for k in keys], increasing=True))))
+        return LatencyTable(self.fixed, fit(self.attention), fit(self.ffn), {**self.meta, "monotone": True})
 
     def to_json(self) -> dict:
         return {"version": TABLE_VERSION, "fixed": self.fixed, "attention": {str(k): v for k, v in self.attention.items()},
@@ -277,6 +295,18 @@ def build_table(model: nn.Module, target: str, seq_len: int, batch_size: int, th
     return LatencyTable(fixed, attention, ffn, json.loads(json.dumps(meta)))
 
 
+def deployment_length(lengths: list[int], batch_size: int, multiple: int = 8) -> int:
+    """The sequence length a batch-`batch_size` deployment computes on: the mean length of consecutive batches of
+    `lengths` (tokens per example, in the order they are served), each padded to its longest example, weighted by
+    batch size, rounded to the nearest multiple of `multiple` (at least `multiple`). compress.py times the dev
+    split this way (`runtimes.dev_batches`: dev order, each batch padded to its own longest). Raises ValueError
+    for no lengths or batch_size < 1."""
+    if not lengths or batch_size < 1:
+        raise ValueError("deployment_length needs at least one length and a batch size >= 1")
+    padded = [max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size]) for i in range(0, len(lengths), batch_size)]
+    return max(multiple, multiple * round(sum(padded) / len(lengths) / multiple))
+
+
 def table_path(cache_dir: Path, target: str, seq_len: int, batch_size: int, threads: int, model_type: str) -> Path:
     """Where a table is cached: one file per family, target, sequence length, batch size and thread count."""
     return Path(cache_dir) / f"latency-{model_type}-{target}-t{seq_len}-b{batch_size}-th{threads}.json"
@@ -432,14 +462,19 @@ def select_structure(options: list[list], latency: list[list[float]], loss: list
 
 
 def choose(table: LatencyTable, importance: list[LayerImportance], speedup: float, width_multiple: int,
-           dense_ms: float | None = None, protected: list[int] = (), resolution: int = 2000) -> Selection:
-    """The structure of least estimated loss whose table latency is at most (dense latency) / `speedup`.
+           dense_ms: float | None = None, protected: list[int] = (), resolution: int = 2000,
+           monotone: bool = True, uniform: bool = False) -> Selection:
+    """The structure of least estimated loss whose table latency is at most (dense latency) / `speedup`, on the
+    table made `monotone` first (the default; see `LatencyTable.monotone`). `uniform`: the same (heads, width) in
+    every layer and no layer removed (EarlyBERT's uniform rates, the baseline the per-layer choice is measured
+    against), the one of least summed loss within the same budget.
     `importance`: one `LayerImportance` per encoder layer; `dense_ms` defaults to the table's dense model (every
     head, the full width). `protected`: positions of layers never removed (`units.protected_layers`: layer 0
     of some families, the last layer of a first-token classifier). Raises
     ValueError for speedup < 1 or a budget no structure meets."""
     if not speedup >= 1:
         raise ValueError(f"SPEEDUP must be >= 1, got {speedup}")
+    table = table.monotone() if monotone else table
     H = len(importance[0].heads)
     I = len(importance[0].neurons)
     dense = table.latency([(H, I)] * len(importance)) if dense_ms is None else dense_ms
@@ -447,6 +482,14 @@ def choose(table: LatencyTable, importance: list[LayerImportance], speedup: floa
     widths = allowed_widths(I, width_multiple)
     if not table.mlp_removable:  # the runtime cannot run a 0-wide FFN (the table's record says why)
         widths = [w for w in widths if w >= min(table.ffn)]
+    if uniform:
+        fits = [(sum(imp.loss(o) for imp in importance), o) for o in layer_options(H, widths, False)
+                if table.latency([o] * len(importance)) <= budget + 1e-9]
+        if not fits:
+            raise ValueError("no uniform structure meets the latency budget: even 1 head and the narrowest FFN in "
+                             "every layer is over it")
+        loss, o = min(fits, key=lambda f: f[0])
+        return Selection([o] * len(importance), table.latency([o] * len(importance)), loss, budget)
     options = [layer_options(H, widths, l not in protected) for l in range(len(importance))]
     lat = [[0.0 if o is None else table.layer_ms(*o) for o in opts] for opts in options]
     los = [[imp.loss(o) for o in opts] for opts, imp in zip(options, importance)]
