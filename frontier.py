@@ -10,7 +10,12 @@ per run through `pruning.grid.loop` / `pruning.grid.cells`: finished runs skippe
 - AGGRESSIVE: (head rate, neuron rate, layer rate) tuples, whole encoder layers through LAYER_RATE;
 - "agent" (AGENT_DIR): the per-layer head and neuron rates of a finished allocate.py search (its allocation.json);
 each plain and (TRAINING "kd") distilled from the dense run of the same seed (bert.py's TEACHER), for every
-seed in SEEDS, beside the dense run of each seed ("dense-sSEED").
+seed in SEEDS, beside the dense run of each seed ("dense-sSEED");
+- "speedX" for each X in SPEEDUPS (issue 36): speed_prune.py on the seed's finished dense run chooses the structure
+  X times faster than dense in TARGET (latency table, Fisher importance; into OUT_DIR/select-speedX-sSEED), and
+  that fine-tuned model is retrained SPEED_EPOCHS with the mask fixed, distilled from it with logits and hidden
+  states (SPEED_DISTILL_HIDDEN): "speedX-kd-sSEED". E.g. the 3-seed frontier of issue 36:
+      python frontier.py --speedups=1.5,2,2.5,3 --aggressive= --training=kd --variants=int8 --tolerance=1
 
 Every finished pruned run is then compressed by compress.py in a process of its own (skipped when its
 compressed/compress.json exists, made with these settings): VARIANTS in RUNTIME, against the seed's dense
@@ -57,9 +62,18 @@ RUNTIME = "auto"                   # compress.py's RUNTIME: auto (both timed), o
 COMPRESS_BATCH_SIZE = 64           # compress.py's BATCH_SIZE: sentences per batch of the throughput (--batch_size goes to the runs)
 THREADS = 2                        # compress.py's THREADS: intra-op threads of every runtime
 TOLERANCE = 1.5                    # points (x100) under the dense model's headline that still count as its accuracy
+SPEEDUPS = ""                       # issue 36's points, e.g. "1.5,2,2.5,3": per seed, speed_prune.py on the dense run (the
+                                   # structure SPEEDUP times faster than dense in TARGET) and that fine-tuned model retrained
+                                   # with the mask fixed, distilled layer-wise from it; "" = none
+TARGET = "openvino-int8"           # speed points: the deployment the latency table is measured in (speed_prune.py's TARGET)
+SPEED_CRITERION = "fisher"         # speed points: the trainer that retrains them (the mask is fixed: it only records scores)
+SPEED_DISTILL_HIDDEN = 1.0         # speed points: weight of the hidden-state MSE beside the logit term (bert.py's DISTILL_HIDDEN)
+SPEED_EPOCHS = 1.0                 # speed points: epochs of retraining with the mask held (the dense run is the starting point)
+LATENCY_CACHE = "~/.cache/earlybird-pruning/latency"  # speed points: where speed_prune.py keeps its latency tables
 OUT_DIR = "sweeps/frontier"        # one sub-directory per run (compressed/ inside), frontier.json, frontier.md, plots
 SETTINGS = ("SCRIPT", "CRITERION", "HEAD_RATE", "NEURON_RATE", "AGGRESSIVE", "AGENT_DIR", "TRAINING", "SEEDS",
-            "VARIANTS", "RUNTIME", "COMPRESS_BATCH_SIZE", "THREADS", "TOLERANCE", "OUT_DIR")
+            "VARIANTS", "RUNTIME", "COMPRESS_BATCH_SIZE", "THREADS", "TOLERANCE", "SPEEDUPS", "TARGET",
+            "SPEED_CRITERION", "SPEED_DISTILL_HIDDEN", "SPEED_EPOCHS", "LATENCY_CACHE", "OUT_DIR")
 TRAININGS = ("plain", "kd")
 PRECISIONS = ("fp32", "int8", "mixed")
 RUNTIMES = ("auto", "onnxruntime", "openvino", "both")
@@ -68,10 +82,29 @@ SIZE_TARGET = 8.0                                                               
 # What the study sets for every run itself.
 # (--head_rate and --neuron_rate are the study's own: the uniform point's rates.)
 STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--granularity": None, "--layer_rate": "--aggressive",
-              "--mlp_rate": None, "--teacher": "--training=kd", "--run_name": None, "--resume": None}
+              "--mlp_rate": None, "--teacher": "--training=kd", "--run_name": None, "--resume": None,
+              "--mask_from": "--speedups", "--distill_hidden": "--speed_distill_hidden"}
 
 
 # --- settings and the plan -------------------------------------------------------------------------
+def parse_speedups(value) -> list[float]:
+    """SPEEDUPS ("1.5,2,3", a number, or "") -> [1.5, 2.0, 3.0]. Raises ConfigError for a value that is not a
+    number >= 1."""
+    if isinstance(value, (int, float)):
+        value = str(value)
+    out = []
+    for part in (p.strip() for p in str(value).split(",") if p.strip()):
+        try:
+            x = float(part)
+        except ValueError:
+            x = 0.0
+        if not x >= 1:
+            raise ConfigError(f"--speedups={value}: each speed-up is a number >= 1 (times faster than dense), "
+                              "comma-separated, e.g. 1.5,2,3")
+        out.append(x)
+    return list(dict.fromkeys(out))
+
+
 def parse_rates(value) -> list[tuple[float, float, float]]:
     """AGGRESSIVE as (head rate, neuron rate, layer rate) tuples: the constant's list, or the command line's
     "h:n:l,h:n:l" (each a number or a fraction such as 1/3; "" = none). Raises ConfigError for anything else
@@ -169,7 +202,49 @@ def plan(config: dict, passed_on: list[str]) -> list[dict]:
                 cells.append({"name": f"{name}{'-kd' if teacher else ''}-s{seed}", "point": name, "training": training,
                               "seed": seed, "settings": {**settings, "distilled": bool(teacher)}, "teacher": teacher,
                               "args": args})
+        cells += [speed_cell(config, passed_on, seed, x) for x in config["SPEEDUPS"]]
     return cells
+
+
+def speed_cell(config: dict, passed_on: list[str], seed: int, speedup: float) -> dict:
+    """The training of one speed point (issue 36) for one seed: the seed's dense run (its model/) retrained for
+    SPEED_EPOCHS with the fixed mask speed_prune.py chose for SPEEDUP in TARGET ("select": its OUT_DIR, made by
+    `select` before the training), distilled from that dense run with logits and hidden states."""
+    out = Path(config["OUT_DIR"])
+    point, dense = f"speed{speedup:g}", out / f"dense-s{seed}"
+    select = out / f"select-{point}-s{seed}"
+    half = config["SPEED_EPOCHS"] / 2  # with MASK_FROM both phases train the fixed mask from step 0
+    args = ["--measure_speed=false", *passed_on, f"--trainer={config['SPEED_CRITERION']}", f"--seed={seed}",
+            "--granularity=heads+neurons", f"--model={dense / 'model'}", f"--mask_from={select}",
+            f"--teacher={dense}", f"--distill_hidden={config['SPEED_DISTILL_HIDDEN']!r}",
+            f"--search_epochs={half!r}", f"--retrain_epochs={half!r}"]
+    return {"name": f"{point}-kd-s{seed}", "point": point, "training": "kd", "seed": seed,
+            "settings": {"allocation": "speed", "speedup": speedup, "target": config["TARGET"], "distilled": True,
+                         "distill_hidden": config["SPEED_DISTILL_HIDDEN"], "epochs": config["SPEED_EPOCHS"]},
+            "teacher": f"dense-s{seed}", "args": args, "select": {"dir": str(select), "speedup": speedup}}
+
+
+def select_args(config: dict, cell: dict) -> list[str]:
+    """speed_prune.py's arguments for a speed cell: the seed's dense run, SPEEDUP, TARGET, timed as compress.py
+    times (COMPRESS_BATCH_SIZE, THREADS), into the cell's selection directory."""
+    dense = Path(config["OUT_DIR"]) / f"dense-s{cell['seed']}"
+    return [f"--model={dense}", f"--speedup={cell['select']['speedup']!r}",
+            f"--target={config['TARGET']}", f"--latency_batch_size={config['COMPRESS_BATCH_SIZE']}",
+            f"--threads={config['THREADS']}", f"--latency_cache={config['LATENCY_CACHE']}",
+            f"--out_dir={cell['select']['dir']}"]
+
+
+def selected_differently(config: dict, cell: dict) -> str | None:
+    """Why the selection on disk for a speed cell was made for another speedup, target or dense run (a
+    sentence), or None when it matches or is not there."""
+    path = Path(cell["select"]["dir"]) / "allocation.json"
+    if not path.exists():
+        return None
+    made = json.loads(path.read_text()).get("settings", {})
+    wanted = {"SPEEDUP": cell["select"]["speedup"], "TARGET": config["TARGET"],
+              "MODEL": str(Path(config["OUT_DIR"]) / f"dense-s{cell['seed']}")}
+    differ = [f"{k}: {made.get(k)!r} there, {v!r} now" for k, v in wanted.items() if made.get(k) != v]
+    return f"{path} was made with other settings ({'; '.join(differ)})" if differ else None
 
 
 def compress_args(config: dict, cell: dict) -> list[str]:
@@ -221,6 +296,17 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], list[dict]
             raise ConfigError(f"--{key.lower()}={config[key]}: must be at least 1")
     if not config["TOLERANCE"] >= 0:
         raise ConfigError(f"--tolerance={config['TOLERANCE']}: points under dense, >= 0")
+    config["SPEEDUPS"] = parse_speedups(config["SPEEDUPS"])
+    if config["SPEEDUPS"]:
+        from pruning.deploy.latency import TARGETS  # torch, numpy: only when speed points are asked for
+        if config["TARGET"] not in TARGETS:
+            raise ConfigError(f"--target={config['TARGET']}: choose one of {', '.join(TARGETS)}")
+        if config["SPEED_CRITERION"] not in trainer_names(script) or config["SPEED_CRITERION"] == "dense":
+            raise ConfigError(f"--speed_criterion={config['SPEED_CRITERION']}: choose a pruning criterion of "
+                              f"{', '.join(n for n in trainer_names(script) if n != 'dense')}")
+        if not config["SPEED_EPOCHS"] > 0 or not config["SPEED_DISTILL_HIDDEN"] >= 0:
+            raise ConfigError(f"--speed_epochs={config['SPEED_EPOCHS']} must be > 0 and --speed_distill_hidden="
+                              f"{config['SPEED_DISTILL_HIDDEN']} >= 0")
     config["AGGRESSIVE"] = parse_rates(config["AGGRESSIVE"])
     for key in ("HEAD_RATE", "NEURON_RATE"):
         if not 0 <= config[key] < 1:
@@ -232,11 +318,17 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str], list[dict]
         raise ConfigError(f"--agent_dir={config['AGENT_DIR']}: the agent allocated the layers of "
                                      f"{searched['MODEL']}, the runs train {model}: pass --model={searched['MODEL']}, "
                                      "or search with allocate.py on this model")
-    for cell in cells:  # a teacher is the dense run of the plan: it is checked once it has finished
-        teacher = Path(config["OUT_DIR"]) / cell["teacher"] if cell["teacher"] else None
-        trained = teacher is not None and (teacher / "results.json").exists()
-        args = [a for a in cell["args"] if teacher is None or trained or not a.startswith("--teacher=")]
+    for cell in cells:  # a teacher (and a speed point's model) is the dense run of the plan: checked once it has
+        teacher = Path(config["OUT_DIR"]) / cell["teacher"] if cell["teacher"] else None  # finished; a speed
+        trained = teacher is not None and (teacher / "results.json").exists()  # point's mask once it is selected
+        later = ("--teacher=", "--model=") if cell.get("select") else ("--teacher=",)
+        args = [a for a in cell["args"] if teacher is None or trained or not a.startswith(later)]
+        if cell.get("select") and not (Path(cell["select"]["dir"]) / "masks.safetensors").exists():
+            args = [a for a in args if not a.startswith("--mask_from=")]
         checks.validate(experiment.configure(script, args))
+        why = selected_differently(config, cell) if cell.get("select") else None
+        if why:
+            raise ConfigError(f"{why}: run the study into another --out_dir, or delete that directory to select again")
     check_cells(config["SCRIPT"], Path(config["OUT_DIR"]), [(c["name"], c["args"]) for c in cells])
     for cell in cells:
         if cell["training"] != "dense":
@@ -254,14 +346,31 @@ def train(config: dict, cells: list[dict]) -> list[str]:
     teachers = {c["name"]: c["teacher"] for c in cells}
     skipped = []
 
+    selections = {c["name"]: c for c in cells if c.get("select")}
+
     def before(name: str, failed: list[str]) -> bool:
         if teachers[name] in failed or teachers[name] in skipped:
+            skipped.append(name)
+            return False
+        if name in selections and not select(config, selections[name]):
             skipped.append(name)
             return False
         return True
     failed = loop.run_cells(config["SCRIPT"], Path(config["OUT_DIR"]), [(c["name"], c["args"]) for c in cells],
                             "frontier", before)
     return failed + skipped
+
+
+def select(config: dict, cell: dict) -> bool:
+    """speed_prune.py for a speed cell, in a process of its own (output appended to OUT_DIR/select-...log), unless
+    its masks are there; returns whether they are."""
+    masks = Path(cell["select"]["dir"]) / "masks.safetensors"
+    if not masks.exists():
+        log = Path(config["OUT_DIR"]) / f"{Path(cell['select']['dir']).name}.log"
+        script = Path(__file__).resolve().parent / "speed_prune.py"
+        if run_python(script, select_args(config, cell), stdout=log) != 0:
+            print(f"selecting the structure of {cell['name']} failed; see {log}", flush=True)
+    return masks.exists()
 
 
 def compress(config: dict, cells: list[dict], failed: list[str]) -> list[str]:

@@ -302,3 +302,56 @@ def test_the_agent_point_is_compared_with_uniform_in_the_report(tmp_path):
     agent_verdict = result["targets"][2]
     assert agent_verdict["verdict"] == "met" and "12.00× vs 10.00×" in agent_verdict["text"]
     assert f"{agent}/allocation.json" in (out / "frontier.md").read_text()
+
+
+# --- speed points (issue 36) ------------------------------------------------------------------------------
+def test_speed_points_select_on_the_dense_run_then_retrain_it_with_the_fixed_mask(tmp_path, monkeypatch):
+    out = tmp_path / "frontier"
+    config, _, cells = frontier.settings(["--seeds=42", "--aggressive=", "--training=kd", "--speedups=2,3",
+                                          f"--out_dir={out}", "--train_subset=16000", "--threads=1"])
+    cells = by_name(cells)
+    assert list(cells) == ["dense-s42", "uniform-kd-s42", "speed2-kd-s42", "speed3-kd-s42"]
+    cell = cells["speed2-kd-s42"]
+    run = experiment.configure(frontier_script_namespace(), cell["args"])
+    assert run["MODEL"] == str(out / "dense-s42" / "model") and run["MASK_FROM"] == str(out / "select-speed2-s42")
+    assert run["TEACHER"] == str(out / "dense-s42") and run["DISTILL_HIDDEN"] == 1.0
+    assert (run["SEARCH_EPOCHS"], run["RETRAIN_EPOCHS"], run["TRAIN_SUBSET"], run["SEED"]) == (0.5, 0.5, 16000, 42)
+    assert cell["teacher"] == "dense-s42" and cell["settings"]["speedup"] == 2.0
+    assert frontier.select_args(config, cell) == [
+        f"--model={out / 'dense-s42'}", "--speedup=2.0", "--target=openvino-int8", "--latency_batch_size=64",
+        "--threads=1", "--latency_cache=~/.cache/earlybird-pruning/latency", f"--out_dir={out / 'select-speed2-s42'}"]
+    # the selection runs speed_prune.py once, before the training; a failed one skips the training
+    calls = []
+
+    def fake_run(script, argv, stdout):
+        calls.append((Path(script).name, argv))
+        if "--speedup=2.0" in argv:
+            Path(cell["select"]["dir"]).mkdir(parents=True)
+            (Path(cell["select"]["dir"]) / "masks.safetensors").write_bytes(b"")
+            return 0
+        return 1
+    monkeypatch.setattr(frontier, "run_python", fake_run)
+    assert frontier.select(config, cell) and calls[0][0] == "speed_prune.py"
+    assert frontier.select(config, cell) and len(calls) == 1                   # there: not selected again
+    assert not frontier.select(config, cells["speed3-kd-s42"]) and len(calls) == 2
+
+
+def test_a_selection_made_for_another_speedup_is_refused(tmp_path):
+    out = tmp_path / "frontier"
+    (out / "select-speed2-s42").mkdir(parents=True)
+    (out / "select-speed2-s42" / "allocation.json").write_text(json.dumps(
+        {"settings": {"SPEEDUP": 2.5, "TARGET": "openvino-int8", "MODEL": str(out / "dense-s42")}}))
+    with pytest.raises(settings.ConfigError, match="SPEEDUP: 2.5 there, 2.0 now"):
+        frontier.settings(["--seeds=42", "--speedups=2", f"--out_dir={out}"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--speedups=0.5"], "number >= 1"), (["--speedups=fast"], "number >= 1"),
+    (["--speedups=2", "--target=tvm"], "openvino-int8"), (["--speedups=2", "--speed_criterion=dense"], "criterion"),
+    (["--speedups=2", "--speed_epochs=0"], "> 0"), (["--mask_from=x"], "--speedups"),
+    (["--distill_hidden=1"], "--speed_distill_hidden"),
+])
+def test_bad_speed_settings_are_named_before_any_work(tmp_path, args, message):
+    with pytest.raises(settings.ConfigError) as e:
+        frontier.settings([f"--out_dir={tmp_path / 'f'}", *args])
+    assert message in str(e.value)

@@ -50,7 +50,7 @@ def test_the_table_is_cached_reused_and_measured_again_when_the_runtime_or_archi
     calls = []
     first, how = lat.cached_table(model, "pytorch-fp32", 8, 2, 1, 4, tmp_path, measure=fake_measure(calls))
     assert how == "measured" and calls
-    path = lat.table_path(tmp_path, "pytorch-fp32", 8, 2, 1, "bert")
+    path = lat.table_path(tmp_path, "pytorch-fp32", 8, 2, 1, lat.architecture(model))
     assert json.loads(path.read_text())["meta"]["cpu"] == lat.cpu_name()
     n = len(calls)
     again, how = lat.cached_table(model, "pytorch-fp32", 8, 2, 1, 4, tmp_path, measure=fake_measure(calls))
@@ -62,10 +62,15 @@ def test_the_table_is_cached_reused_and_measured_again_when_the_runtime_or_archi
     n = len(calls)
     _, how = lat.cached_table(model, "pytorch-fp32", 8, 2, 1, 4, tmp_path, measure=fake_measure(calls))
     assert how == "cached" and len(calls) == n
-    # another architecture of the same family: measured again
+    # another architecture of the same family: a file of its own, the first one's kept
     wider = tiny("bert", layers=2, heads=2, ffn=12)
     table, how = lat.cached_table(wider, "pytorch-fp32", 8, 2, 1, 4, tmp_path, measure=fake_measure(calls))
-    assert how.startswith("measured again: architecture") and max(table.ffn) == 12
+    assert how == "measured" and max(table.ffn) == 12
+    assert lat.cached_table(model, "pytorch-fp32", 8, 2, 1, 4, tmp_path, measure=fake_measure(calls))[1] == "cached"
+    # a file whose record names another architecture (copied by hand): measured again
+    path.write_text(lat.table_path(tmp_path, "pytorch-fp32", 8, 2, 1, lat.architecture(wider)).read_text())
+    _, how = lat.cached_table(model, "pytorch-fp32", 8, 2, 1, 4, tmp_path, measure=fake_measure(calls))
+    assert how.startswith("measured again: architecture")
     # another target or length: another file
     _, how = lat.cached_table(wider, "pytorch-fp32", 16, 2, 1, 4, tmp_path, measure=fake_measure(calls))
     assert how == "measured"

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -307,9 +308,13 @@ def deployment_length(lengths: list[int], batch_size: int, multiple: int = 8) ->
     return max(multiple, multiple * round(sum(padded) / len(lengths) / multiple))
 
 
-def table_path(cache_dir: Path, target: str, seq_len: int, batch_size: int, threads: int, model_type: str) -> Path:
-    """Where a table is cached: one file per family, target, sequence length, batch size and thread count."""
-    return Path(cache_dir) / f"latency-{model_type}-{target}-t{seq_len}-b{batch_size}-th{threads}.json"
+def table_path(cache_dir: Path, target: str, seq_len: int, batch_size: int, threads: int, arch: dict) -> Path:
+    """Where a table is cached: one file per architecture (`architecture`: family, sizes; a short digest of them
+    in the name, so MiniLM's and BERT-base's tables live side by side), target, sequence length, batch size and
+    thread count."""
+    digest = hashlib.sha1(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(cache_dir) / (f"latency-{arch['model_type']}-{arch['layers']}x{arch['hidden_size']}-{digest}-{target}"
+                              f"-t{seq_len}-b{batch_size}-th{threads}.json")
 
 
 def stale_reason(table: LatencyTable, model: nn.Module, target: str, width_step: int) -> str | None:
@@ -329,10 +334,10 @@ def cached_table(model: nn.Module, target: str, seq_len: int, batch_size: int, t
                  cache_dir: Path, measure: Callable[[nn.Module], float] | None = None, progress=None
                  ) -> tuple[LatencyTable, str]:
     """(the table, how it was obtained: "cached", "measured", or "measured again: <reason>"). Read from
-    `cache_dir` when a table of this family, target, length, batch and threads is there and `stale_reason` finds
+    `cache_dir` when a table of this architecture, target, length, batch and threads is there and `stale_reason` finds
     nothing; otherwise measured (`build_table`) and written there atomically."""
     arch = architecture(model)
-    path = table_path(cache_dir, target, seq_len, batch_size, threads, arch["model_type"])
+    path = table_path(cache_dir, target, seq_len, batch_size, threads, arch)
     how = "measured"
     if path.is_file():
         try:
