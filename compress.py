@@ -25,9 +25,10 @@ compressed/compress.json, compressed/table.md and two plots. Settings, data and 
 are checked before anything is written; the rest is made in compressed/.work and moved into place only
 when all of it succeeded.
 
-A resnet.py or mlp.py run takes its own path (`pruning.convnets.deploy`): fp32 and static int8 in both runtimes, and
-with --dense=<a finished dense run of the same script and architecture> that model's int8 deployments in both
-runtimes beside them, with each row's ratio to the faster of the two.
+A resnet.py or mlp.py run takes its own path (`pruning.convnets.deploy`): fp32 and static int8 in both runtimes,
+mixed (ONNX Runtime) for mlp.py runs only (ONNX Runtime has no 4-bit convolution: asked for on a resnet.py run it
+is refused, by default skipped), and with --dense=<a finished dense run of the same script and architecture> that
+model's int8 deployments in both runtimes beside them, with each row's ratio to the faster of the two.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Channel early-bird pruning of CNNs (resnet.py): Torch-Pruning's groups on HF ResNet (basic, bottleneck) and
 MobileNetV2, removal equals masking, the slimming penalty, the detector on channel masks, save/load in a fresh
 process, kill and resume, the image data layouts read strictly, compress.py on a pruned CNN and on a pruned MLP (the
-dense run's deployments beside it with --dense, a dense run of another architecture refused)."""
+dense run's deployments beside it with --dense, mixed 8/4-bit precision, the refusals)."""
 import copy
 import pickle
 import subprocess
@@ -289,7 +289,7 @@ def test_pretrained_folder(tmp_path):
                                source.resnet.embedder.embedder.convolution.weight)
 
 
-# --- compress.py on mlp.py runs: the dense reference (--dense) -----------------------------------------
+# --- compress.py on mlp.py runs: the dense reference (--dense), mixed 8/4-bit --------------------------
 MLP_RUN = ["--hidden=128,128,64", "--search_epochs=3", "--retrain_epochs=5", "--batch_size=64", "--measure_speed=false",
            "--save_every=1000", "--eb_check_every=2"]
 
@@ -314,13 +314,14 @@ def compress_config(*argv):
 FAST_COMPRESS = ["--threads=1", "--rounds=1", "--latency_sentences=4", "--calibration_sentences=16"]
 
 
-def test_compress_an_mlp_with_its_dense_run(mlp_runs, tmp_path):
+def test_compress_an_mlp_with_its_dense_run_and_mixed_precision(mlp_runs, tmp_path):
     import json
+    import onnxruntime as ort
     import compress
     from pruning.run import schema
     out = tmp_path / "c"
     compress.main(compress_config(f"--run={mlp_runs / 'pruned'}", f"--dense={mlp_runs / 'dense'}",
-                                  "--variants=int8", f"--out_dir={out}", *FAST_COMPRESS))
+                                  "--variants=int8,mixed", f"--out_dir={out}", *FAST_COMPRESS))
     record = json.loads((out / "compress.json").read_text())
     v = record["variants"]
     assert list(v)[:3] == ["pytorch-dense", "dense-onnxruntime-int8", "dense-openvino-int8"]  # dense rows first
@@ -331,6 +332,16 @@ def test_compress_an_mlp_with_its_dense_run(mlp_runs, tmp_path):
     assert v[record["fastest_dense"]]["vs_fastest_dense"] == 1.0
     table = (out / "table.md").read_text()
     assert "× fastest dense" in table and "untrained" not in table
+    # mixed: written, loads in ONNX Runtime with 4-bit MatMulNBits, evaluates, and is smaller than int8
+    mixed = out / "onnxruntime-mixed" / "model.onnx"
+    import onnx
+    assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(mixed)).graph.node)
+    session = ort.InferenceSession(str(mixed), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"features": np.zeros((3, 30), np.float32)})[0].shape == (3, 2)
+    assert v["onnxruntime-mixed"]["accuracy"] > 0.8 and v["onnxruntime-mixed"]["bytes"] < v["onnxruntime-int8"]["bytes"]
+    plan = record["mixed"]
+    assert plan["importance"] == "magnitude" and set(plan["bits"]) == {"body.0", "body.4", "body.8"}  # the hidden Linears
+    assert plan["four_bit_fraction"] >= 0.5 and 4 <= plan["average_bits"] < 8
 
 
 def test_compress_without_dense_says_the_dense_row_is_untrained(mlp_runs, tmp_path):
@@ -341,7 +352,7 @@ def test_compress_without_dense_says_the_dense_row_is_untrained(mlp_runs, tmp_pa
     record = json.loads((out / "compress.json").read_text())
     v = record["variants"]
     assert "dense-onnxruntime-int8" not in v and v["pytorch-dense (untrained)"]["accuracy"] is None
-    assert record["fastest_dense"] == "pytorch-dense (untrained)"
+    assert record["fastest_dense"] == "pytorch-dense (untrained)" and "onnxruntime-mixed" not in v
     assert "the dense rows are untrained, for speed only" in (out / "table.md").read_text()
 
 
@@ -393,3 +404,21 @@ def test_a_dense_run_of_another_architecture_is_refused_before_any_work(mlp_runs
     with pytest.raises(ConfigError, match=r"is a magnitude run of mlp.py; it must be a dense run"):
         compress.main(compress_config(f"--run={mlp_runs / 'pruned'}", f"--dense={mlp_runs / 'pruned'}", f"--out_dir={out}"))
     assert not out.exists() and not (tmp_path / "c.work").exists()
+
+
+def test_mixed_on_a_cnn_is_refused_naming_the_missing_4_bit_convolution(mlp_runs, tmp_path):
+    """The refusal reads results.json only: a copy of the MLP run that says it is a resnet.py run stands for one."""
+    import compress
+    from pruning.settings import ConfigError
+    cnn = doctored(mlp_runs / "pruned", tmp_path / "cnn", script="resnet.py")
+    with pytest.raises(ConfigError, match=r"--variants=mixed: ONNX Runtime \S+ has 4-bit weights \(MatMulNBits\) for "
+                                          r"MatMul and embedding lookups only, no 4-bit convolution.*leave mixed out "
+                                          r"of --variants"):
+        compress.main(compress_config(f"--run={cnn}", "--variants=int8,mixed"))
+    from pruning.convnets.deploy import check
+    results, extra, dense = check(compress_config(f"--run={cnn}"), variants_named=False)  # the default: skipped
+    assert extra == [] and dense is None
+    with pytest.raises(ConfigError, match="--block_size=8: ONNX Runtime .* takes blocks of 16, 32, 64, 128, 256"):
+        check(compress_config(f"--run={mlp_runs / 'pruned'}", "--variants=mixed", "--block_size=8"))
+    assert not (cnn / "compressed").exists()
+

@@ -1,7 +1,8 @@
 """compress.py for resnet.py / mlp.py runs: the pruned model exported to ONNX, run by ONNX Runtime (fp32; int8 by
-static quantization, QDQ, per-channel weights, calibrated on training examples) and OpenVINO (fp32; int8 by NNCF
-post-training quantization on the same examples), each evaluated on the run's dev set from its files and timed side
-by side with the run's PyTorch model and a dense reference.
+static quantization, QDQ, per-channel weights, calibrated on training examples; for mlp.py runs also `mixed`, the
+importance-driven 8/4-bit precision of the text path) and OpenVINO (fp32; int8 by NNCF post-training quantization on
+the same examples), each evaluated on the run's dev set from its files and timed side by side with the run's PyTorch
+model and a dense reference.
 
 The dense reference is the model of DENSE, a finished dense run of the same script, architecture and data (`check`),
 exported and quantized to int8 in both runtimes as the pruned model is: what a user would deploy instead, so every
@@ -9,9 +10,17 @@ row's "× fastest dense" is its examples/s over the faster dense int8 deployment
 (`compare`). Without DENSE, the reference is an untrained model of the run's architecture in PyTorch, for speed only
 (its accuracy is not reported). Writes RUN/compressed/<variant>/ (the model files), compress.json and table.md;
 everything is made in RUN/compressed.work and moved into place when all of it succeeded.
+
+Mixed precision (`mixed_plan`): the criterion IMPORTANCE (the run's by default) scores each hidden Linear's live
+neurons (`pruning.convnets.criteria`); a layer's importance is their mean; `pruning.deploy.precision.assign_bits`
+gives the least important layers 4 bits until FOUR_BIT_FRACTION of the hidden weights are at 4 bits (ONNX Runtime
+MatMulNBits, asymmetric blocks of BLOCK_SIZE input columns), the rest and the classifier int8. ONNX Runtime has no
+4-bit convolution, so resnet.py runs are refused `mixed` when it is asked for (`check`).
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import os
 import shutil
@@ -22,11 +31,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from pruning.convnets import data as data_io
+from pruning.convnets.criteria import CHANNEL_CRITERIA
 from pruning.convnets.experiment import build_model
 from pruning.convnets.models import MODEL_FILE, load_model
+from pruning.convnets.units import ChannelUnits
 from pruning.deploy import runtimes
+from pruning.deploy.precision import assign_bits, average_bits
 from pruning.run import schema
 from pruning.settings import ConfigError
 
@@ -66,11 +79,11 @@ def read_run(path: Path, what: str) -> schema.RunResults:
 
 def check(config: dict, variants_named: bool = True) -> tuple[schema.RunResults, list[str], schema.RunResults | None]:
     """Everything that can be wrong with the input of a resnet.py / mlp.py compression, before any data or model
-    is read: RUN, VARIANTS and DENSE (`check_dense`). Returns (the run's results, the extra variants to make beside
-    fp32 and int8, which are always made: none yet, the dense run's results or None). `variants_named`: whether
-    VARIANTS was given on the command line; a default variant that does not apply (sparse: the channels are
-    removed, not zeroed; mixed: not made for these runs yet) is skipped with a printed line, a named one that
-    cannot be made is refused. Raises ConfigError naming the setting and what to use instead."""
+    is read: RUN, VARIANTS, the mixed-precision settings and DENSE (`check_dense`). Returns (the run's results, the
+    extra variants to make beside fp32 and int8, which are always made: [] or ["mixed"], the dense run's results or
+    None). `variants_named`: whether VARIANTS was given on the command line; a default variant that does not apply
+    (sparse: the channels are removed, not zeroed; mixed on a resnet.py run) is skipped with a printed line, a
+    named one that cannot be made is refused. Raises ConfigError naming the setting and what to use instead."""
     run = Path(config["RUN"])
     results = read_run(run, "--run")
     variants = [v for v in config["VARIANTS"].split(",") if v]
@@ -80,17 +93,45 @@ def check(config: dict, variants_named: bool = True) -> tuple[schema.RunResults,
                           f"{', '.join(KNOWN_VARIANTS)} (fp32 is always made)")
     if "mixed+qat" in variants:
         raise ConfigError(f"--variants=mixed+qat: quantization-aware fine-tuning is wired for text runs only; leave "
-                          f"it out of --variants for a {results.script} run (fp32 and int8 are made)")
+                          f"it out of --variants for a {results.script} run (int8, and mixed for mlp.py, are made)")
     extra = []
     if "sparse" in variants:
         print(f"sparse: skipped, a {results.script} model has its pruned channels removed, not zeroed")
     if "mixed" in variants:
-        print(f"mixed: skipped, not made for {results.script} runs")
+        if results.script == "resnet.py":
+            import onnxruntime
+            why = (f"ONNX Runtime {onnxruntime.__version__} has 4-bit weights (MatMulNBits) for MatMul and embedding "
+                   "lookups only, no 4-bit convolution, and a resnet.py model is convolutions")
+            if variants_named:
+                raise ConfigError(f"--variants=mixed: {why}; leave mixed out of --variants (fp32 and int8 are made "
+                                  "in both runtimes), or use it on an mlp.py run (Linear layers)")
+            print(f"mixed: skipped, {why}")
+        else:
+            extra.append("mixed")
+    if extra:
+        check_mixed_settings(config)
     for key in ("THREADS", "BATCH_SIZE", "LATENCY_SENTENCES", "ROUNDS", "CALIBRATION_BATCHES", "CALIBRATION_SENTENCES"):
         if config[key] < 1:
             raise ConfigError(f"--{key.lower()}={config[key]}: must be at least 1")
     dense = check_dense(config["DENSE"], results) if config["DENSE"] else None
     return results, extra, dense
+
+
+def check_mixed_settings(config: dict) -> None:
+    """FOUR_BIT_FRACTION in [0, 1], IMPORTANCE "run" or a channel criterion, and BLOCK_SIZE one that ONNX
+    Runtime's 4-bit quantizer and kernels take (asked of the runtime: `runtimes.four_bit_block_size_taken`;
+    onnxruntime 1.32: 16 to 256). Raises ConfigError."""
+    if not 0 <= config["FOUR_BIT_FRACTION"] <= 1:
+        raise ConfigError(f"--four_bit_fraction={config['FOUR_BIT_FRACTION']}: must be in [0, 1]")
+    if config["IMPORTANCE"] != "run" and config["IMPORTANCE"] not in CHANNEL_CRITERIA:
+        raise ConfigError(f"--importance={config['IMPORTANCE']}: for an mlp.py run choose run or one of "
+                          f"{', '.join(CHANNEL_CRITERIA)} (criteria on neurons)")
+    size = config["BLOCK_SIZE"]
+    if size < 1 or not runtimes.four_bit_block_size_taken(size):
+        import onnxruntime
+        raise ConfigError(f"--block_size={size}: ONNX Runtime {onnxruntime.__version__}'s 4-bit quantizer takes blocks "
+                          f"of {', '.join(map(str, runtimes.four_bit_block_sizes()))} input columns; choose one of "
+                          "those (or leave mixed out of --variants)")
 
 
 def check_dense(dense_dir: str, results: schema.RunResults) -> schema.RunResults:
@@ -168,6 +209,95 @@ def openvino_pair(fp32: Path, calib: list[np.ndarray], fp32_dir: Path | None, in
             ov.save_model(m, str(directory / "model.xml"), compress_to_fp16=False)
 
 
+def calibration_batches(data, key: str, n: int, seed: int) -> list[dict]:
+    """`n` batches of 32 un-augmented training examples (seeded; never the dev set): {key, "labels"} tensors."""
+    rng = np.random.RandomState(seed)
+    idx = rng.choice(len(data.train), min(len(data.train), 32 * n), replace=False)
+    items = [data.train[int(i)] for i in idx]
+    return [{key: torch.stack([x[key] for x in items[i:i + 32]]),
+             "labels": torch.tensor([int(x["labels"]) for x in items[i:i + 32]])} for i in range(0, len(items), 32)]
+
+
+def layer_importance(model: nn.Module, example: dict, name: str, options: dict, batches=(), seed: int = 0) -> dict[str, float]:
+    """Mean score of each hidden Linear's live output neurons under the channel criterion `name`
+    (`pruning.convnets.criteria.CHANNEL_CRITERIA`; its `options` by constructor argument), by module name; the
+    classifier is no unit and is not scored. A copy of `model` is scored, so its weights, BatchNorm statistics
+    and gradients stay as they were. A criterion that ranks what it observes is shown `batches` (training data,
+    {input, "labels"}): gradient and undecayed read each batch's gradient in eval mode, activation its training-
+    mode forward (dropout from a generator seeded with `seed`). Raises what the criterion raises (RuntimeError
+    without batches to observe)."""
+    scored = copy.deepcopy(model)
+    units = ChannelUnits(scored, example)
+    cls = CHANNEL_CRITERIA[name]
+    accepted = inspect.signature(cls.__init__).parameters
+    criterion = cls(units, **{k: v for k, v in options.items() if k in accepted})
+    try:
+        if criterion.observes:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for batch in batches:
+                    scored.zero_grad(set_to_none=True)
+                    if name == "activation":
+                        scored.train()
+                        scored(**batch)
+                    else:
+                        scored.eval()
+                        scored(**batch).loss.backward()
+                    criterion.on_gradients()
+                    criterion.observe()
+                    criterion.after_step()
+        scores = criterion.scores()
+    finally:
+        criterion.close()
+    return {m.name: float(scores[n].float().mean()) for n, g in units.groups.items()
+            for m in g.producers if isinstance(m.module, nn.Linear)}
+
+
+def mixed_plan(config: dict, results: schema.RunResults, model: nn.Module, data, key: str) -> dict:
+    """Which hidden Linears of an mlp.py model get 4 bits in the mixed variant, decided from the PyTorch model before
+    anything is written: `layer_importance` under IMPORTANCE ("run": the run's criterion; a dense run's: gradient),
+    on CALIBRATION_BATCHES batches of the training split when the criterion observes; `assign_bits` gives the least
+    important layers (the most, with REVERSE_IMPORTANCE) 4 bits until FOUR_BIT_FRACTION of their weights are at 4
+    bits. Returns compress.json's "mixed" record (importance, bits, sizes by module name; the fraction and average
+    bits reached; BLOCK_SIZE)."""
+    name = results.trainer if config["IMPORTANCE"] == "run" else config["IMPORTANCE"]
+    if name not in CHANNEL_CRITERIA:  # a dense run has no criterion
+        name = "gradient"
+    settings = results.config.settings
+    options = {p: settings[f"{name}_{p}".upper()] for p in list(inspect.signature(CHANNEL_CRITERIA[name].__init__).parameters)[2:]
+               if f"{name}_{p}".upper() in settings}
+    batches = calibration_batches(data, key, config["CALIBRATION_BATCHES"], results.config.seed + 1) \
+        if CHANNEL_CRITERIA[name].observes else []
+    example = {key: batches[0][key][:2]} if batches else {key: torch.stack([data.dev[i][key] for i in range(2)])}
+    importance = layer_importance(model, example, name, options, batches, seed=results.config.seed)
+    sizes = {n: model.get_submodule(n).weight.numel() for n in importance}
+    ranking = {n: -v for n, v in importance.items()} if config["REVERSE_IMPORTANCE"] else importance
+    bits = assign_bits(ranking, sizes, config["FOUR_BIT_FRACTION"])
+    return {"importance": name, "reversed": config["REVERSE_IMPORTANCE"], "importance_options": options,
+            "calibration_batches": len(batches), "matrix_importance": importance, "bits": bits, "sizes": sizes,
+            "four_bit_fraction": sum(sizes[n] for n in bits if bits[n] == 4) / sum(sizes.values()),
+            "average_bits": average_bits(bits, sizes), "block_size": config["BLOCK_SIZE"]}
+
+
+def write_mixed(fp32: Path, directory: Path, model: nn.Module, plan: dict) -> None:
+    """The mixed variant of the ONNX file `fp32` into `directory`/model.onnx: every Gemm written as MatMul + Add
+    under its own name first (`runtimes.gemm_as_matmul`: the 4-bit quantizer takes MatMul only, and ONNX Runtime's
+    int8 quantizer would rename a Gemm it rewrites itself, so that a list of node names no longer found it), then
+    the plan's 4-bit Linears MatMulNBits and every other MatMul (the 8-bit layers, the classifier) int8
+    (`runtimes.quantize_mixed`, which checks both). Raises DeployError as those do."""
+    import onnx
+    graph = onnx.load(str(fp32))
+    bits = plan["bits"]
+    nodes = runtimes.linear_initializers(graph, {n: model.get_submodule(n).weight.detach().numpy() for n in bits})
+    four = [nodes[n][0] for n, b in bits.items() if b == 4]
+    graph = runtimes.gemm_as_matmul(graph, [n.name for n in graph.graph.node if n.op_type == "Gemm"])
+    eight = [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name not in four]
+    directory.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as t:
+        onnx.save(graph, str(Path(t) / runtimes.ONNX_FILE))
+        runtimes.quantize_mixed(Path(t), directory, four, eight, plan["block_size"])
+
+
 # --- measuring -------------------------------------------------------------------------------------
 def compare(record: dict) -> None:
     """Each row against the fastest dense deployment of this sitting at batch BATCH_SIZE: the faster of the dense
@@ -211,6 +341,12 @@ def markdown(record: dict) -> str:
         lines += ["", f"× fastest dense: examples/s at batch {b} over {f}'s ({record['variants'][f]['examples_per_s']:.0f}"
                       f"; {'the faster dense int8 deployment' if record['variants'][f]['precision'] == 'int8' else 'untrained, speed only'}"
                       " in this sitting)."]
+    mixed = record.get("mixed")
+    if mixed:
+        lines += ["", f"Mixed precision: importance from the {mixed['importance']} criterion"
+                      f"{' REVERSED (the most important layers at 4 bits)' if mixed['reversed'] else ''}; "
+                      f"{100 * mixed['four_bit_fraction']:.0f}% of the hidden layers' weights at 4 bits (average "
+                      f"{mixed['average_bits']:.2f} bits, blocks of {mixed['block_size']}), the rest and the classifier int8."]
     return "\n".join(lines) + "\n"
 
 
@@ -249,7 +385,8 @@ def compress(config: dict, variants_named: bool = True) -> dict:
     threads, batch = config["THREADS"], config["BATCH_SIZE"]
     torch.set_num_threads(threads)
     if isinstance(data.train, data_io.ImageSet):
-        data.train.train = False  # calibrate on un-augmented examples
+        data.train.train = False  # calibrate and score on un-augmented examples
+    plan = mixed_plan(config, results, model, data, key) if "mixed" in extra else None
     dev_x = torch.stack([data.dev[i][key] for i in range(len(data.dev))]).numpy()
     dev_y = np.asarray([int(data.dev[i]["labels"]) for i in range(len(data.dev))])
     rng = np.random.RandomState(0)
@@ -266,6 +403,8 @@ def compress(config: dict, variants_named: bool = True) -> dict:
     export(model, key, dev_x[:2], fp32)
     ort_int8(fp32, work / "onnxruntime-int8" / runtimes.ONNX_FILE, key, calib)
     openvino_pair(fp32, calib, work / "openvino-fp32", work / "openvino-int8")
+    if plan is not None:
+        write_mixed(fp32, work / "onnxruntime-mixed", model, plan)
     if trained_dense:  # the dense model deployed as the pruned one is; its fp32 export only as their source
         with tempfile.TemporaryDirectory() as t:
             dense_fp32 = Path(t) / runtimes.ONNX_FILE
@@ -304,6 +443,8 @@ def compress(config: dict, variants_named: bool = True) -> dict:
     record = {"run": str(run), "script": results.script, "dense_run": config["DENSE"] or None, "threads": threads,
               "rounds": config["ROUNDS"], "batch_size": batch, "date": time.strftime("%Y-%m-%d"),
               "dev_rows": len(dev_y), "variants": {}}
+    if plan is not None:
+        record["mixed"] = plan
     with torch.no_grad():
         for name, r in rows.items():
             logits = np.concatenate([r["run"](dev_x[i:i + batch]) for i in range(0, len(dev_x), batch)])
