@@ -422,3 +422,24 @@ def test_mixed_on_a_cnn_is_refused_naming_the_missing_4_bit_convolution(mlp_runs
         check(compress_config(f"--run={mlp_runs / 'pruned'}", "--variants=mixed", "--block_size=8"))
     assert not (cnn / "compressed").exists()
 
+
+# --- the studies -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["--script=resnet.py"], ["--script=mlp.py", "--train_subset=100"]])
+def test_lottery_refuses_the_channel_scripts_before_any_work(tmp_path, argv):
+    """One clear message, before the passed-on settings are checked against the script or anything is written."""
+    import lottery
+    from pruning.settings import ConfigError
+    with pytest.raises(ConfigError, match=r"--script=(resnet|mlp).py: lottery.py takes text scripts only .* fixed mask "
+                                          r".*--mask_from.*sweep.py --script="):
+        lottery.settings([f"--out_dir={tmp_path / 'study'}", *argv])
+    assert not (tmp_path / "study").exists()
+
+
+def test_lottery_refuses_a_renamed_copy_of_a_channel_script(tmp_path):
+    import shutil
+    import lottery
+    from pruning.settings import ConfigError
+    copy_of = shutil.copy(REPO / "mlp.py", tmp_path / "my_mlp.py")
+    with pytest.raises(ConfigError, match="my_mlp.py: lottery.py takes text scripts only"):
+        lottery.settings([f"--out_dir={tmp_path / 'study'}", f"--script={copy_of}"])
+    assert not (tmp_path / "study").exists()
