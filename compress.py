@@ -24,6 +24,11 @@ torch). Energy per 1,000 sentences where the machine has a readable counter (`pr
 compressed/compress.json, compressed/table.md and two plots. Settings, data and the mixed-precision plan
 are checked before anything is written; the rest is made in compressed/.work and moved into place only
 when all of it succeeded.
+
+A resnet.py or mlp.py run takes its own path (`pruning.convnets.deploy`): fp32 and static int8 in both runtimes,
+mixed (ONNX Runtime) for mlp.py runs only (ONNX Runtime has no 4-bit convolution: asked for on a resnet.py run it
+is refused, by default skipped), and with --dense=<a finished dense run of the same script and architecture> that
+model's int8 deployments in both runtimes beside them, with each row's ratio to the faster of the two.
 """
 from __future__ import annotations
 
@@ -74,7 +79,7 @@ CALIBRATION_BATCHES = 8      # training-set batches (never dev) for gradient-bas
 BLOCK_SIZE = 32              # 4-bit weights: input columns per block (one scale and zero point each)
 QAT_STEPS = 0                # mixed+qat: optimizer steps of quantization-aware fine-tuning (0 = no such variant)
 QAT_LEARNING_RATE = 1e-5     # mixed+qat: AdamW learning rate (constant)
-DENSE = ""                   # a finished dense run: its model is the dense reference; "" = the run's architecture, untrained (speed and bytes only)
+DENSE = ""                   # a finished dense run (of the same script for resnet.py / mlp.py runs): its model is the dense reference; "" = the run's architecture, untrained (speed and bytes only)
 THREADS = 2                  # intra-op threads of every runtime
 BATCH_SIZE = 64              # sentences per batch for throughput and accuracy
 LATENCY_SENTENCES = 100      # batch-1 latency: median over this many dev sentences
@@ -403,7 +408,7 @@ def main(config: dict) -> None:
     written; the rest is written into OUT_DIR/.work and moved into place only once every variant is made,
     evaluated and timed, so a failure leaves OUT_DIR as it was."""
     if config["RUN"] and convnet_deploy.is_convnet_run(config["RUN"]):  # resnet.py / mlp.py runs take their own path
-        convnet_deploy.compress(config)
+        convnet_deploy.compress(config, variants_named=config["VARIANTS"] != _DEFAULTS["VARIANTS"])
         return
     job = prepare(config, check(config))
     with staging(job.out) as work:

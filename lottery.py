@@ -38,6 +38,9 @@ MRPC/QQP F1, ...), named in lottery.md's title, tables and plot axis.
 Each training is one run of SCRIPT in its own process (`pruning.grid.cells`): a finished run is skipped
 and a killed one resumes, so the study can be stopped and re-run at any time. Any --key=value that
 is not a study setting below goes to every run (see `python bert.py --help`).
+
+SCRIPT=resnet.py or mlp.py is refused before anything else (`refuse_channel_script`): those scripts have no fixed
+masks or rewinding, and the study's tickets and report are of heads and neurons.
 """
 from __future__ import annotations
 
@@ -60,6 +63,7 @@ from pruning.run import checks, experiment
 from pruning.settings import ConfigError, fail, grid_settings, trainer_names
 from pruning.studies import heatmaps, patterns, stats, sweep_tables, tickets, to_fraction
 from pruning.grid import loop as study_grid  # (`grid` names the survival arrays below)
+from pruning.convnets.deploy import SCRIPTS as CHANNEL_SCRIPTS
 from pruning.core.units import prunable_parameters
 from pruning.grid.cells import check_cells
 from pruning.run import checkpoint as state_io, schema
@@ -97,9 +101,25 @@ STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--mask_from": "-
               "--save_eb_weights": None, "--run_name": None, "--resume": None}
 
 
+def refuse_channel_script(script: str) -> None:
+    """lottery.py does not take resnet.py / mlp.py (or a copy of either): raises the ConfigError that says why and
+    what to use instead."""
+    raise ConfigError(f"--script={script}: lottery.py takes text scripts only (bert.py, roberta.py): its tickets train "
+                      "with a fixed mask from step 0 (--mask_from) and rewound weights (--rewind_to), which resnet.py "
+                      "and mlp.py do not have, and its tickets, heatmaps and overlaps count heads and neurons, not "
+                      f"channels; compare early-bird channel tickets with dense runs by sweep.py --script={Path(script).name}")
+
+
 def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
-    """The study's settings and the arguments for every run, checked before any training."""
+    """The study's settings and the arguments for every run, checked before any training. Raises ConfigError
+    naming the setting (for SCRIPT=resnet.py / mlp.py: `refuse_channel_script`, before anything else)."""
+    argv = sys.argv[1:] if argv is None else argv
+    named = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("--script=")), SCRIPT)
+    if Path(named).name in CHANNEL_SCRIPTS:
+        refuse_channel_script(named)
     config, passed_on, script = grid_settings(globals(), SETTINGS, argv, owned=STUDY_OWNS)
+    if getattr(script.get("validate"), "__module__", "") == "pruning.convnets.experiment":  # a renamed copy
+        refuse_channel_script(config["SCRIPT"])
     if config["PROCEDURE"] not in PROCEDURES:
         raise ConfigError(f"--procedure={config['PROCEDURE']}: choose one of {', '.join(PROCEDURES)}")
     fraction = config["PROCEDURE"] == "to_fraction"

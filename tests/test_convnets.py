@@ -1,6 +1,7 @@
 """Channel early-bird pruning of CNNs (resnet.py): Torch-Pruning's groups on HF ResNet (basic, bottleneck) and
 MobileNetV2, removal equals masking, the slimming penalty, the detector on channel masks, save/load in a fresh
-process, kill and resume, the image data layouts read strictly, compress.py on a pruned CNN."""
+process, kill and resume, the image data layouts read strictly, compress.py on a pruned CNN and on a pruned MLP (the
+dense run's deployments beside it with --dense, mixed 8/4-bit precision, the refusals)."""
 import copy
 import pickle
 import subprocess
@@ -286,3 +287,159 @@ def test_pretrained_folder(tmp_path):
     assert model.classifier[-1].out_features == 4
     torch.testing.assert_close(model.resnet.embedder.embedder.convolution.weight,
                                source.resnet.embedder.embedder.convolution.weight)
+
+
+# --- compress.py on mlp.py runs: the dense reference (--dense), mixed 8/4-bit --------------------------
+MLP_RUN = ["--hidden=128,128,64", "--search_epochs=3", "--retrain_epochs=5", "--batch_size=64", "--measure_speed=false",
+           "--save_every=1000", "--eb_check_every=2"]
+
+
+@pytest.fixture(scope="module")
+def mlp_runs(tmp_path_factory):
+    """A pruned (magnitude, 50%) and a dense mlp.py run on breast_cancer, each a few seconds, for every compress test."""
+    from tests.test_tabular import run_script
+    out = tmp_path_factory.mktemp("mlp-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        run_script("mlp.py", [f"--out_dir={out}", "--run_name=pruned", "--trainer=magnitude", *MLP_RUN], mp)
+        run_script("mlp.py", [f"--out_dir={out}", "--run_name=dense", "--trainer=dense", *MLP_RUN], mp)
+    return out
+
+
+def compress_config(*argv):
+    import compress
+    from pruning.run.experiment import configure
+    return configure(vars(compress), list(argv))
+
+
+FAST_COMPRESS = ["--threads=1", "--rounds=1", "--latency_sentences=4", "--calibration_sentences=16"]
+
+
+def test_compress_an_mlp_with_its_dense_run_and_mixed_precision(mlp_runs, tmp_path):
+    import json
+    import onnxruntime as ort
+    import compress
+    from pruning.run import schema
+    out = tmp_path / "c"
+    compress.main(compress_config(f"--run={mlp_runs / 'pruned'}", f"--dense={mlp_runs / 'dense'}",
+                                  "--variants=int8,mixed", f"--out_dir={out}", *FAST_COMPRESS))
+    record = json.loads((out / "compress.json").read_text())
+    v = record["variants"]
+    assert list(v)[:3] == ["pytorch-dense", "dense-onnxruntime-int8", "dense-openvino-int8"]  # dense rows first
+    assert {v[k]["model"] for k in list(v)[:3]} == {"dense"} and v["dense-openvino-int8"]["bytes"] > 0
+    dense_acc = schema.read(mlp_runs / "dense").metrics.final.accuracy
+    assert abs(v["pytorch-dense"]["accuracy"] - dense_acc) <= 1 / record["dev_rows"]  # the trained dense model
+    assert record["fastest_dense"] in ("dense-onnxruntime-int8", "dense-openvino-int8")
+    assert v[record["fastest_dense"]]["vs_fastest_dense"] == 1.0
+    table = (out / "table.md").read_text()
+    assert "× fastest dense" in table and "untrained" not in table
+    # mixed: written, loads in ONNX Runtime with 4-bit MatMulNBits, evaluates, and is smaller than int8
+    mixed = out / "onnxruntime-mixed" / "model.onnx"
+    import onnx
+    assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(mixed)).graph.node)
+    session = ort.InferenceSession(str(mixed), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"features": np.zeros((3, 30), np.float32)})[0].shape == (3, 2)
+    assert v["onnxruntime-mixed"]["accuracy"] > 0.8 and v["onnxruntime-mixed"]["bytes"] < v["onnxruntime-int8"]["bytes"]
+    plan = record["mixed"]
+    assert plan["importance"] == "magnitude" and set(plan["bits"]) == {"body.0", "body.4", "body.8"}  # the hidden Linears
+    assert plan["four_bit_fraction"] >= 0.5 and 4 <= plan["average_bits"] < 8
+
+
+def test_compress_without_dense_says_the_dense_row_is_untrained(mlp_runs, tmp_path):
+    import json
+    import compress
+    out = tmp_path / "c"
+    compress.main(compress_config(f"--run={mlp_runs / 'pruned'}", "--variants=int8", f"--out_dir={out}", *FAST_COMPRESS))
+    record = json.loads((out / "compress.json").read_text())
+    v = record["variants"]
+    assert "dense-onnxruntime-int8" not in v and v["pytorch-dense (untrained)"]["accuracy"] is None
+    assert record["fastest_dense"] == "pytorch-dense (untrained)" and "onnxruntime-mixed" not in v
+    assert "the dense rows are untrained, for speed only" in (out / "table.md").read_text()
+
+
+def test_compare_against_the_faster_dense_int8_row():
+    """Hand-built rows whose answers are known: the reference is the faster dense int8 deployment, even when dense
+    PyTorch fp32 is faster still; without dense int8 rows, the fastest dense row."""
+    from pruning.convnets.deploy import compare
+
+    def row(model, precision, speed):
+        return {"model": model, "precision": precision, "examples_per_s": speed}
+    record = {"variants": {"pytorch-dense": row("dense", "fp32", 500.0), "dense-onnxruntime-int8": row("dense", "int8", 40.0),
+                           "dense-openvino-int8": row("dense", "int8", 50.0), "pytorch-pruned": row("pruned", "fp32", 25.0),
+                           "onnxruntime-int8": row("pruned", "int8", 100.0)}}
+    compare(record)
+    assert record["fastest_dense"] == "dense-openvino-int8"
+    assert record["variants"]["onnxruntime-int8"]["vs_fastest_dense"] == 2.0
+    assert record["variants"]["dense-onnxruntime-int8"]["vs_fastest_dense"] == 0.8
+    assert record["variants"]["pytorch-pruned"]["vs_fastest_dense"] == 0.5
+    untrained = {"variants": {"pytorch-dense (untrained)": row("dense", "fp32", 20.0), "onnxruntime-int8": row("pruned", "int8", 30.0)}}
+    compare(untrained)
+    assert untrained["fastest_dense"] == "pytorch-dense (untrained)" and untrained["variants"]["onnxruntime-int8"]["vs_fastest_dense"] == 1.5
+    with pytest.raises(ValueError, match="no dense row"):
+        compare({"variants": {"onnxruntime-int8": row("pruned", "int8", 30.0)}})
+
+
+def doctored(run, to, **changes):
+    """A copy of the finished run `run` at `to` whose results.json has `changes` (config settings by key, or "script")."""
+    import json
+    import shutil
+    shutil.copytree(run, to)
+    r = json.loads((to / "results.json").read_text())
+    for k, value in changes.items():
+        if k == "script":
+            r["script"] = value
+        else:
+            r["config"][k] = value
+    (to / "results.json").write_text(json.dumps(r))
+    return to
+
+
+def test_a_dense_run_of_another_architecture_is_refused_before_any_work(mlp_runs, tmp_path):
+    import compress
+    from pruning.settings import ConfigError
+    other = doctored(mlp_runs / "dense", tmp_path / "other", HIDDEN="64,32")
+    out = tmp_path / "c"
+    with pytest.raises(ConfigError, match=r"--dense=.*other is a dense run of mlp.py, hidden='64,32' \(this run: "
+                                          r"'128,128,64'\); it must be a dense run \(--trainer=dense\) of mlp.py"):
+        compress.main(compress_config(f"--run={mlp_runs / 'pruned'}", f"--dense={other}", f"--out_dir={out}"))
+    with pytest.raises(ConfigError, match=r"is a magnitude run of mlp.py; it must be a dense run"):
+        compress.main(compress_config(f"--run={mlp_runs / 'pruned'}", f"--dense={mlp_runs / 'pruned'}", f"--out_dir={out}"))
+    assert not out.exists() and not (tmp_path / "c.work").exists()
+
+
+def test_mixed_on_a_cnn_is_refused_naming_the_missing_4_bit_convolution(mlp_runs, tmp_path):
+    """The refusal reads results.json only: a copy of the MLP run that says it is a resnet.py run stands for one."""
+    import compress
+    from pruning.settings import ConfigError
+    cnn = doctored(mlp_runs / "pruned", tmp_path / "cnn", script="resnet.py")
+    with pytest.raises(ConfigError, match=r"--variants=mixed: ONNX Runtime \S+ has 4-bit weights \(MatMulNBits\) for "
+                                          r"MatMul and embedding lookups only, no 4-bit convolution.*leave mixed out "
+                                          r"of --variants"):
+        compress.main(compress_config(f"--run={cnn}", "--variants=int8,mixed"))
+    from pruning.convnets.deploy import check
+    results, extra, dense = check(compress_config(f"--run={cnn}"), variants_named=False)  # the default: skipped
+    assert extra == [] and dense is None
+    with pytest.raises(ConfigError, match="--block_size=8: ONNX Runtime .* takes blocks of 16, 32, 64, 128, 256"):
+        check(compress_config(f"--run={mlp_runs / 'pruned'}", "--variants=mixed", "--block_size=8"))
+    assert not (cnn / "compressed").exists()
+
+
+# --- the studies -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["--script=resnet.py"], ["--script=mlp.py", "--train_subset=100"]])
+def test_lottery_refuses_the_channel_scripts_before_any_work(tmp_path, argv):
+    """One clear message, before the passed-on settings are checked against the script or anything is written."""
+    import lottery
+    from pruning.settings import ConfigError
+    with pytest.raises(ConfigError, match=r"--script=(resnet|mlp).py: lottery.py takes text scripts only .* fixed mask "
+                                          r".*--mask_from.*sweep.py --script="):
+        lottery.settings([f"--out_dir={tmp_path / 'study'}", *argv])
+    assert not (tmp_path / "study").exists()
+
+
+def test_lottery_refuses_a_renamed_copy_of_a_channel_script(tmp_path):
+    import shutil
+    import lottery
+    from pruning.settings import ConfigError
+    copy_of = shutil.copy(REPO / "mlp.py", tmp_path / "my_mlp.py")
+    with pytest.raises(ConfigError, match="my_mlp.py: lottery.py takes text scripts only"):
+        lottery.settings([f"--out_dir={tmp_path / 'study'}", f"--script={copy_of}"])
+    assert not (tmp_path / "study").exists()

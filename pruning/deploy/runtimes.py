@@ -6,7 +6,8 @@
 - `quantize_int8`: ONNX Runtime's dynamic quantization (int8 weights, activations quantized on the fly).
 - `quantize_mixed`: per matrix 8 or 4 bits: 4-bit block-quantized weights (MatMulNBits, and
   GatherBlockQuantized for embeddings), int8 dynamic quantization for the rest; `four_bit_block_size_taken`:
-  whether ONNX Runtime's 4-bit path takes a block size, asked of the runtime itself.
+  whether ONNX Runtime's 4-bit path takes a block size, asked of the runtime itself; `gemm_as_matmul`: Gemm nodes
+  (an MLP's Linears) rewritten as MatMul + Add, the form the 4-bit quantizer takes.
 - `pack_sparse` / `load_model`: a bitmap container for weight tensors that are mostly exact zeros, so the bytes
   unstructured pruning saves are counted with their index cost. ONNX Runtime has no sparse CPU kernels for these
   layers: the tensors are unpacked to dense at load, and speed is that of the dense model.
@@ -255,6 +256,46 @@ def quantize_mixed(source: Path, directory: Path, four_bit: list[str], eight_bit
             raise DeployError(f"ONNX Runtime left {len(left)} nodes in fp32 that were to be int8: {sorted(left)[:3]}")
     else:
         os.replace(staged, directory / ONNX_FILE)
+
+
+def gemm_as_matmul(model, names: list[str]):
+    """`model` (an onnx ModelProto, changed in place and returned) with each Gemm node of `names` (alpha = beta = 1,
+    transA = 0, a constant weight B) written as a MatMul that keeps the Gemm's name (B transposed when transB = 1,
+    stored as a new initializer) followed by an Add of its bias C: ONNX Runtime's 4-bit quantizer (MatMulNBits)
+    takes MatMul nodes only, and torch.onnx writes a Linear on 2-D input (an MLP's) as Gemm. Initializers no node
+    reads any more are dropped. Raises DeployError for a name that is no such Gemm."""
+    from onnx import helper, numpy_helper
+    inits = {i.name: i for i in model.graph.initializer}
+    wanted, nodes = set(names), []
+    for node in model.graph.node:
+        if node.name not in wanted:
+            nodes.append(node)
+            continue
+        wanted.discard(node.name)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "Gemm" or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 \
+                or attrs.get("transA", 0) or node.input[1] not in inits:
+            raise DeployError(f"{node.name} is a {node.op_type}, not a Gemm of a constant weight (alpha = beta = 1, "
+                              "transA = 0) that a MatMul can replace")
+        weight = node.input[1]
+        if attrs.get("transB", 0):
+            transposed = numpy_helper.from_array(numpy_helper.to_array(inits[weight]).T.copy(), weight + "_transposed")
+            model.graph.initializer.append(transposed)
+            weight = transposed.name
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = node.output[0] + "_matmul" if bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=node.name + "_bias"))
+    if wanted:
+        raise DeployError(f"no node named {sorted(wanted)[:3]} in the graph")
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    read = {i for n in model.graph.node for i in n.input} | {i.name for i in model.graph.input}
+    kept = [i for i in model.graph.initializer if i.name in read]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model
 
 
 def _four_bit(model, four_bit: list[str], block_size: int):
