@@ -460,6 +460,34 @@ def test_mixed_quantizes_exactly_the_named_nodes_at_their_width(tmp_path):
         runtimes.quantize_mixed(tmp_path / "fp32", tmp_path / "mixed", four_bit=["nope"], eight_bit=[])
 
 
+def test_mixed_quantizes_a_gemm_named_for_int8(tmp_path):
+    """A Linear on 2-D input (BERT's pooler and classifier) exports as Gemm; ONNX Runtime's int8 quantizer rewrites
+    a Gemm as MatMul + Add under new names and then leaves it fp32 (onnxruntime 1.32): it must come out int8."""
+    rng = np.random.default_rng(3)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "wa"], ["h"], name="a"),
+         helper.make_node("Gemm", ["h", "wcls", "bcls"], ["logits"], name="cls", transB=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 32])],
+        [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "wa"),
+         numpy_helper.from_array(rng.standard_normal((32, 64)).astype(np.float32), "wcls"),
+         numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "bcls")])
+    (tmp_path / "fp32").mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "fp32" / runtimes.ONNX_FILE))
+    (tmp_path / "mixed").mkdir()
+    runtimes.quantize_mixed(tmp_path / "fp32", tmp_path / "mixed", four_bit=["a"], eight_bit=["cls"])
+    result = onnx.load(str(tmp_path / "mixed" / runtimes.ONNX_FILE))
+    assert not [n.name for n in result.graph.node if n.op_type in ("MatMul", "Gemm")]  # nothing left in fp32
+    floats = [i.name for i in result.graph.initializer if i.data_type == TensorProto.FLOAT and i.dims == [32, 64]
+              or i.dims == [64, 32] and i.data_type == TensorProto.FLOAT]
+    assert floats == []
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    full = runtimes.session(tmp_path / "fp32", 1).run(None, {"x": x})[0]
+    mixed = runtimes.session(tmp_path / "mixed", 1).run(None, {"x": x})[0]
+    assert np.abs(mixed - full).max() < 0.1 * np.abs(full).max()  # the same function, quantized
+
+
 def test_fake_quantization_uses_onnx_runtimes_4_bit_grid(tmp_path):
     """QAT trains against the rounding ONNX Runtime then applies: the same weights come out of both."""
     rng = np.random.default_rng(1)

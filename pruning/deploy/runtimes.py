@@ -237,6 +237,9 @@ def quantize_mixed(source: Path, directory: Path, four_bit: list[str], eight_bit
         unknown = set(names) - {n.name for n in model.graph.node if n.op_type in ops}
         if unknown:
             raise DeployError(f"no {' or '.join(ops)} node named {sorted(unknown)[:3]} in the graph")
+    gemms = [n.name for n in model.graph.node if n.op_type == "Gemm" and n.name in set(eight_bit)]
+    if gemms:  # the int8 quantizer rewrites a Gemm as MatMul + Add under new names, then leaves it fp32
+        model = gemm_as_matmul(model, gemms)  # (onnxruntime 1.32): hand it MatMuls that keep the names
     if four_bit:
         model = _four_bit(model, four_bit, block_size)
     four_bit_ops = sum(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in model.graph.node)
