@@ -42,6 +42,9 @@ EB_EPSILON = 0.1                   # early bird when every distance to the newes
 EB_SKIP_WARMUP = True              # start checking when the learning-rate warm-up ends
 SEARCH_EPOCHS = 30.0               # dense search budget; pruned at its end if no early bird appears
 RETRAIN_EPOCHS = 30.0              # training of the pruned network
+MASK_FROM = ""                     # a finished run of this script (or a lottery ticket): train its neuron mask, fixed from step 0 (removed at step 0), for SEARCH_EPOCHS + RETRAIN_EPOCHS
+REWIND_TO = "pretrained"           # with MASK_FROM: start from the "pretrained" weights (the seed's init) or that run's "early_bird" weights
+SAVE_EB_WEIGHTS = False            # keep the dense weights at the pruning step (weights_at_prune.safetensors), for REWIND_TO=early_bird
 # --- optimization
 OPTIMIZER = "sgd"                  # "sgd" (momentum 0.9) or "adamw"
 LEARNING_RATE = 0.05               # peak learning rate

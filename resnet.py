@@ -45,6 +45,9 @@ EB_EPSILON = 0.1                   # early bird when every distance to the newes
 EB_SKIP_WARMUP = True              # start checking when the learning-rate warm-up ends
 SEARCH_EPOCHS = 6.0                # dense search budget; pruned at its end if no early bird appears
 RETRAIN_EPOCHS = 6.0               # training of the pruned network (fresh optimizer and schedule)
+MASK_FROM = ""                     # a finished run of this script (or a lottery ticket): train its channel mask, fixed from step 0 (removed at step 0), for SEARCH_EPOCHS + RETRAIN_EPOCHS
+REWIND_TO = "pretrained"           # with MASK_FROM: start from the "pretrained" weights (the seed's init, or PRETRAINED's) or that run's "early_bird" weights
+SAVE_EB_WEIGHTS = False            # keep the dense weights at the pruning step (weights_at_prune.safetensors), for REWIND_TO=early_bird
 # --- optimization
 OPTIMIZER = "sgd"                  # "sgd" (momentum 0.9, You et al.) or "adamw"
 LEARNING_RATE = 0.05               # peak learning rate (You et al.: 0.1 at batch 256)

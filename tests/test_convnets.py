@@ -256,6 +256,31 @@ def test_kill_and_resume_a_cnn_is_exact(tmp_path, monkeypatch):
         assert torch.equal(x, y), n
 
 
+@pytest.mark.slow
+def test_a_cnn_ticket_rewound_to_the_early_bird(tmp_path, monkeypatch, capsys):
+    """MASK_FROM + REWIND_TO=early_bird on resnet.py: the source's channel mask removed at step 0 from its weights at
+    the pruning step (the same dense evaluation, to the bit), every group's convolutions as wide as the mask keeps;
+    an mlp.py run's neuron mask is refused before the run directory."""
+    from tests.test_tabular import run_script
+    from pruning.run import checkpoint as state_io
+    args = ["--trainer=magnitude", "--search_epochs=1", "--retrain_epochs=0.5", *TINY_RUN[:1], *TINY_RUN[3:]]
+    eb = run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=eb", "--save_eb_weights=true", *args], monkeypatch)
+    ticket = run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=ticket", f"--mask_from={tmp_path / 'eb'}",
+                                      "--rewind_to=early_bird", *args], monkeypatch)
+    masks = state_io.read_run_masks(str(tmp_path / "eb"))[0]
+    assert ticket["metrics"]["before_prune"] == eb["metrics"]["before_prune"]
+    assert ticket["pruning"]["prune_step"] == 0 and ticket["total_params"] == eb["total_params"]
+    for stage in ("ticket", "model"):
+        model = load_model(str(tmp_path / "ticket" / stage))
+        assert {n: model.get_submodule(n).out_channels for n in masks} == {n: int(m.sum()) for n, m in masks.items()}
+    run_script("mlp.py", [f"--out_dir={tmp_path}", "--run_name=mlp", "--trainer=magnitude", "--hidden=8,4",
+                          "--search_epochs=1", "--retrain_epochs=0.5", "--measure_speed=false"], monkeypatch)
+    with pytest.raises(SystemExit):
+        run_script("resnet.py", [f"--out_dir={tmp_path / 'no'}", f"--mask_from={tmp_path / 'mlp'}", *args], monkeypatch)
+    assert "holds a 'neurons' mask; this run prunes channels" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+
+
 def test_compress_a_pruned_cnn(tmp_path, monkeypatch):
     from tests.test_tabular import run_script
     run_script("resnet.py", [f"--out_dir={tmp_path}", "--run_name=r", "--model=mobilenet_v2", "--trainer=magnitude",

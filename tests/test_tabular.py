@@ -176,3 +176,98 @@ def test_sweep_runs_the_mlp_script(tmp_path):
                           "--hidden=16,8,4", "--measure_speed=false"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "results.md").exists() and "magnitude" in (tmp_path / "results.md").read_text()
+
+
+# --- MASK_FROM, REWIND_TO, SAVE_EB_WEIGHTS (what lottery.py's tickets train with) -------------------------
+SMALL = ["--hidden=16,8,4", "--search_epochs=2", "--retrain_epochs=1", "--eb_check_every=2", "--save_every=1000",
+         "--batch_size=64", "--measure_speed=false", "--trainer=magnitude"]
+GROUPS = ("body.0", "body.4", "body.8")  # the hidden Linears: one neuron group each
+
+
+@pytest.fixture(scope="module")
+def eb_source(tmp_path_factory):
+    """An early-bird mlp.py run on breast_cancer that kept its weights at the pruning step, and two runs of its mask
+    fixed from step 0: from the initial weights and from those early-bird weights."""
+    out = tmp_path_factory.mktemp("fixed")
+    with pytest.MonkeyPatch.context() as mp:
+        run_script("mlp.py", [f"--out_dir={out}", "--run_name=eb", "--save_eb_weights=true", *SMALL], mp)
+        for rewind in ("pretrained", "early_bird"):
+            run_script("mlp.py", [f"--out_dir={out}", f"--run_name={rewind}", f"--mask_from={out / 'eb'}",
+                                  f"--rewind_to={rewind}", *SMALL], mp)
+    return out
+
+
+def test_a_fixed_mask_trains_from_step_0_and_stays_that_mask(eb_source):
+    from pruning.run import checkpoint as state_io, schema
+    source = state_io.read_run_masks(str(eb_source / "eb"))[0]
+    for rewind in ("pretrained", "early_bird"):
+        run = eb_source / rewind
+        kept, scores, meta = state_io.read_run_masks(str(run))
+        assert kept.keys() == source.keys() == set(GROUPS) and scores is None
+        assert all(torch.equal(kept[n], source[n]) for n in GROUPS)
+        r = schema.read(run)
+        assert r.pruning.prune_step == 0 and r.pruning.fixed_mask_from == str((eb_source / "eb").resolve())
+        assert r.pruning.removed_units == {n: int((~source[n]).sum()) for n in GROUPS}
+        assert r.optimizer_steps == 3 * 8  # SEARCH_EPOCHS + RETRAIN_EPOCHS on 455 rows in batches of 64
+        for stage in ("ticket", "model"):  # at step 0 and after training: the mask's shapes, the classifier's inputs
+            model = load_model(str(run / stage))
+            assert [model.get_submodule(n).out_features for n in GROUPS] == [int(source[n].sum()) for n in GROUPS]
+            assert model.classifier.in_features == int(source["body.8"].sum())
+        assert not (run / "mask_distance.png").exists()
+
+
+def _sliced(state, masks):
+    """The dense `state` of a 3-hidden-layer TabularMLP restricted to the kept neurons of `masks`."""
+    k = [masks[n] for n in GROUPS]
+    out = {}
+    for i, name in enumerate(GROUPS):
+        layer, norm = int(name.split(".")[1]), int(name.split(".")[1]) + 1
+        w = state[f"body.{layer}.weight"][k[i]]
+        out[f"body.{layer}.weight"] = w if i == 0 else w[:, k[i - 1]]
+        out[f"body.{layer}.bias"] = state[f"body.{layer}.bias"][k[i]]
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            out[f"body.{norm}.{key}"] = state[f"body.{norm}.{key}"][k[i]]
+        out[f"body.{norm}.num_batches_tracked"] = state[f"body.{norm}.num_batches_tracked"]
+    out["classifier.weight"] = state["classifier.weight"][:, k[-1]]
+    out["classifier.bias"] = state["classifier.bias"]
+    return out
+
+
+def test_rewinding_restores_the_weights_bit_exactly_at_step_0(eb_source):
+    from safetensors.torch import load_file
+    from pruning.run import checkpoint as state_io, schema
+    masks = state_io.read_run_masks(str(eb_source / "eb"))[0]
+    snapshot = load_file(str(eb_source / "eb" / "weights_at_prune.safetensors"))
+    initial = experiment.build_model({"SEED": 42, "HIDDEN": "16,8,4", "DROPOUT": 0.1},
+                                     data_io.load_tabular("breast_cancer", "", "label"), "tabular").state_dict()
+    for rewind, dense in (("early_bird", snapshot), ("pretrained", initial)):
+        at_step_0 = load_model(str(eb_source / rewind / "ticket")).state_dict()
+        expected = _sliced(dense, masks)
+        assert at_step_0.keys() == expected.keys()
+        for n in expected:
+            assert torch.equal(at_step_0[n], expected[n]), (rewind, n)
+    # the dense weights before removal are the source's at its pruning step: the same dev evaluation, to the bit
+    eb, rewound = schema.read(eb_source / "eb"), schema.read(eb_source / "early_bird")
+    assert rewound.metrics.before_prune == eb.metrics.before_prune
+
+
+def test_bad_fixed_masks_exit_before_the_run_dir(eb_source, tmp_path, monkeypatch, capsys):
+    from pruning.run import checkpoint as state_io
+    foreign = tmp_path / "heads"
+    state_io.write(str(foreign / "masks.safetensors"), {}, {"granularity": "heads+neurons", "groups": {}})
+    masks_only = tmp_path / "masks-only"
+    masks_only.mkdir()
+    (masks_only / "masks.safetensors").write_bytes((eb_source / "eb" / "masks.safetensors").read_bytes())
+    cases = ((["--mask_from=" + str(tmp_path / "nowhere")], "MASK_FROM=.*nowhere: no masks.safetensors there"),
+             ([f"--mask_from={foreign}"], "holds a 'heads\\+neurons' mask; this run prunes neurons"),
+             ([f"--mask_from={eb_source / 'eb'}", "--hidden=16,8,5"], "a mask for another model .* 3 groups, 28 units"),
+             ([f"--mask_from={eb_source / 'eb'}", "--trainer=dense"], "MASK_FROM trains a fixed mask: it needs a pruning"),
+             ([f"--mask_from={masks_only}", "--rewind_to=early_bird"], "REWIND_TO=early_bird needs .*weights_at_prune"),
+             ([f"--mask_from={eb_source / 'eb'}", "--rewind_to=init"], "REWIND_TO='init': choose one of pretrained"),
+             (["--save_eb_weights=true", "--trainer=dense"], "SAVE_EB_WEIGHTS keeps the weights"))
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            run_script("mlp.py", [f"--out_dir={tmp_path / 'runs'}", *SMALL, *argv], monkeypatch)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and __import__("re").search(message, err), (argv, err)
+    assert not (tmp_path / "runs").exists()

@@ -8,6 +8,11 @@ retrain the smaller network with a fresh optimizer and schedule):
 2. prune: evaluate, remove the channels, evaluate; the ticket (the pruned model, the masks, the search record) is
    written to ticket/ before anything else;
 3. retrain for RETRAIN_EPOCHS (checkpoints in retrain_checkpoints/).
+With MASK_FROM (a finished run of the same script, or a lottery ticket of one) there is no search: the run starts
+from the initial weights (REWIND_TO="pretrained": the seed's random init, or PRETRAINED's) or from the source run's
+dense weights at its pruning step (REWIND_TO="early_bird": its SNAPSHOT_FILE, written by SAVE_EB_WEIGHTS), removes
+the mask's channels at step 0 exactly as after an early bird (`fixed_mask_ticket`), and trains the smaller network
+for SEARCH_EPOCHS + RETRAIN_EPOCHS: a removed channel cannot come back, so the mask is held by construction.
 The dense baseline (TRAINER = Trainer) trains SEARCH_EPOCHS + RETRAIN_EPOCHS in one phase. A killed run resumes
 with --resume=true from the newest complete checkpoint of the phase it was in.
 """
@@ -32,15 +37,21 @@ from pruning.convnets import data as data_io
 from pruning.convnets.criteria import CHANNEL_CRITERIA, criterion_for
 from pruning.run import checkpoint as state_io, schema
 from pruning.run.experiment import configure
-from pruning.run.pruning_config import criterion_options
+from pruning.run.pruning_config import REWIND_POINTS, criterion_options
 from pruning.settings import ConfigError, fail, trainer_name
 from pruning.convnets.models import (TabularMLP, build_image_model, count_parameters, forward_flops, load_model,
                                      save_model)
 from pruning.convnets.trainer import ChannelSearchTrainer, EpochOfData
 from pruning.convnets.units import ChannelUnits, remove_channels
-from pruning.run.trainer import PruningTrainer
+from pruning.run.trainer import SNAPSHOT_FILE, PruningTrainer
 
 TICKET = "ticket"
+
+
+def granularity_of(config: dict) -> str:
+    """What a unit of this script's runs is: "neurons" (mlp.py: its settings have HIDDEN) or "channels" (resnet.py);
+    the `granularity` its masks file records."""
+    return "neurons" if "HIDDEN" in config else "channels"
 
 
 # --- settings ---------------------------------------------------------------------------------------
@@ -70,6 +81,86 @@ def check(config: dict) -> None:
         raise ConfigError(f"OPTIMIZER={config['OPTIMIZER']!r}: 'sgd' (momentum 0.9, You et al.) or 'adamw'")
     if config["RESUME"] and not config["RUN_NAME"]:
         raise ConfigError("RESUME=true needs RUN_NAME: the run to continue")
+    check_fixed_mask(config)
+
+
+def check_fixed_mask(config: dict) -> None:
+    """MASK_FROM, REWIND_TO and SAVE_EB_WEIGHTS without the model: the source's masks file exists, is readable and
+    holds this script's unit (`granularity_of`), and REWIND_TO="early_bird" finds the source's SNAPSHOT_FILE (the
+    model's groups and the snapshot's shapes: `read_fixed_masks`, `check_snapshot`). Raises ConfigError naming
+    the setting and the fix."""
+    rewind, source = config.get("REWIND_TO", "pretrained"), config.get("MASK_FROM", "")
+    dense = config["TRAINER"] is Trainer
+    if rewind not in REWIND_POINTS:
+        raise ConfigError(f"REWIND_TO={rewind!r}: choose one of {', '.join(REWIND_POINTS)}")
+    if config.get("SAVE_EB_WEIGHTS") and dense:
+        raise ConfigError("SAVE_EB_WEIGHTS keeps the weights at the pruning step: it needs a pruning Trainer, not "
+                          "the dense Trainer")
+    if not source:
+        return
+    if dense:
+        raise ConfigError("MASK_FROM trains a fixed mask: it needs a pruning Trainer (magnitude, slimming, ...), "
+                          "not the dense Trainer")
+    fixed_mask_meta(config)
+    snapshot = os.path.join(source, SNAPSHOT_FILE)
+    if rewind == "early_bird" and not os.path.isfile(snapshot):
+        raise ConfigError(f"REWIND_TO=early_bird needs {snapshot}: run the source with --save_eb_weights=true")
+
+
+def fixed_mask_meta(config: dict) -> dict:
+    """The metadata of MASK_FROM's masks file (`state_io.MASKS_FILE`). Raises ConfigError when the file is
+    missing or unreadable, or holds another unit than this script's (a text run's heads or weights, an mlp.py
+    run's neurons given to resnet.py)."""
+    source, granularity = config["MASK_FROM"], granularity_of(config)
+    path = os.path.join(source, state_io.MASKS_FILE)
+    if not os.path.isfile(path):
+        raise ConfigError(f"MASK_FROM={source}: no {state_io.MASKS_FILE} there; point it at the directory of a "
+                          "finished pruning run of this script (runs/NAME) or a lottery ticket of one")
+    try:
+        meta = state_io.read(path)[1]
+    except Exception as e:  # a truncated or foreign file: safetensors' own error, named
+        raise ConfigError(f"MASK_FROM={source}: {path} is not a masks file ({type(e).__name__}: {e})") from None
+    if meta.get("granularity") != granularity or not isinstance(meta.get("groups"), dict):
+        raise ConfigError(f"MASK_FROM={source} holds a {meta.get('granularity')!r} mask; this run prunes "
+                          f"{granularity}: give a finished run of the same script (resnet.py: channels, "
+                          "mlp.py: neurons)")
+    return meta
+
+
+def read_fixed_masks(config: dict, units: ChannelUnits) -> dict[str, torch.Tensor]:
+    """MASK_FROM's keep-masks, checked against this model's channel groups: group -> bool (dense channels,).
+    Raises ConfigError (`fixed_mask_meta`'s, and when the groups or their sizes are not this model's: another
+    MODEL, WIDTH, HIDDEN or PRUNE_RESIDUAL)."""
+    meta = fixed_mask_meta(config)
+    groups = {n: [g.size] for n, g in units.groups.items()}
+    if meta["groups"] != groups:
+        raise ConfigError(f"MASK_FROM={config['MASK_FROM']} holds a mask for another model ({meta.get('model', '?')}: "
+                          f"{len(meta['groups'])} groups, {sum(s[0] for s in meta['groups'].values())} units); this "
+                          f"model has {len(groups)} groups, {units.total_channels()} units: use the source run's "
+                          "MODEL, WIDTH, HIDDEN and PRUNE_RESIDUAL")
+    return state_io.read_run_masks(config["MASK_FROM"])[0]
+
+
+def check_snapshot(path: str, model: torch.nn.Module) -> None:
+    """Raises ConfigError unless the weights file at `path` (SNAPSHOT_FILE) holds exactly `model`'s dense
+    state_dict names and shapes."""
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if shapes != mine:
+        wrong = sorted(set(shapes) ^ set(mine)) or sorted(k for k in mine if shapes[k] != mine[k])
+        raise ConfigError(f"REWIND_TO=early_bird: {path} holds the weights of another model ({', '.join(wrong[:3])} "
+                          "differ); use the source run's MODEL, WIDTH and HIDDEN")
+
+
+def check_fixed_mask_against_model(config: dict, data, kind: str) -> None:
+    """MASK_FROM (and REWIND_TO="early_bird"'s weights) against the model this run builds, before its run
+    directory is made. Raises ConfigError."""
+    model = build_model(config, data, kind)
+    read_fixed_masks(config, ChannelUnits(model, example_inputs(data.dev), residual=config.get("PRUNE_RESIDUAL", True)))
+    if config.get("REWIND_TO") == "early_bird":
+        check_snapshot(os.path.join(config["MASK_FROM"], SNAPSHOT_FILE), model)
 
 
 def main(namespace: dict, kind: str) -> dict | None:
@@ -82,6 +173,8 @@ def main(namespace: dict, kind: str) -> dict | None:
             data = data_io.load_images(config["DATA"], config["DATA_DIR"], config["IMAGE_SIZE"], config["SEED"])
         else:
             data = data_io.load_tabular(config["DATA"], config["DATA_FILE"], config["LABEL_COLUMN"])
+        if config.get("MASK_FROM"):
+            check_fixed_mask_against_model(config, data, kind)
         run_dir = prepare_run_dir(config)
     except (ConfigError, data_io.DataError) as e:
         fail(e)
@@ -195,19 +288,25 @@ def run(config: dict, data, kind: str, run_dir: str, script: str) -> dict:
         steps_trained = {"dense": trainer.state.global_step}
     else:
         ticket_dir = os.path.join(run_dir, TICKET)
+        fixed = bool(config.get("MASK_FROM"))
         if os.path.isfile(os.path.join(ticket_dir, "ticket.json")):
             model = load_model(ticket_dir).train()
             ticket = json.load(open(os.path.join(ticket_dir, "ticket.json")))
+        elif fixed:
+            ticket = fixed_mask_ticket(config, model, example, common, per_epoch, run_dir)
+            model = ticket.pop("model")
         else:
             ticket = search_and_prune(config, model, example, common, epoch_cb, per_epoch, run_dir)
             model = ticket.pop("model")
         summary, evals, phase_seconds = ticket["summary"], ticket["evals"], dict(ticket["phase_seconds"])
         logs += ticket["log_history"]
         retrain_dir = os.path.join(run_dir, "retrain_checkpoints")
-        trainer = Trainer(model=model, args=training_args(config, retrain_dir, config["RETRAIN_EPOCHS"], per_epoch),
+        # a fixed mask trains the whole budget on the smaller network (the text runs' MASK_FROM does the same)
+        epochs = config["RETRAIN_EPOCHS"] + (config["SEARCH_EPOCHS"] if fixed else 0)
+        trainer = Trainer(model=model, args=training_args(config, retrain_dir, epochs, per_epoch),
                           callbacks=[epoch_cb], **common)
         start = time.time()
-        if config["RETRAIN_EPOCHS"] > 0:
+        if epochs > 0:
             trainer.train(resume_from_checkpoint=last_checkpoint(retrain_dir, pruned=False) if config["RESUME"] else None)
         phase_seconds["retrain"] = time.time() - start
         logs += trainer.state.log_history
@@ -234,10 +333,11 @@ def run(config: dict, data, kind: str, run_dir: str, script: str) -> dict:
                        final_flops, train_flops, speed, phase_seconds, logs, prediction, time.time() - t0,
                        sum(steps_trained.values()))
     schema.write(run_dir, results)
-    if summary is not None:
+    if summary is not None and summary["fixed_mask_from"] is None:
         plot_distances({"channels": summary["distance_history"]}, config["EB_EPSILON"],
                        os.path.join(run_dir, "mask_distance.png"), title=f"{config.get('MODEL', 'mlp')} {summary['criterion']}",
                        eb_step=summary["eb_step"], prune_step=summary["prune_step"])
+    if summary is not None:
         shutil.copy(os.path.join(run_dir, TICKET, state_io.MASKS_FILE), os.path.join(run_dir, state_io.MASKS_FILE))
     print_summary(results)
     return results
@@ -271,39 +371,97 @@ def search_and_prune(config, model, example, common, epoch_cb, per_epoch, run_di
     before = _metrics(trainer.evaluate())
     criterion.close()
     scores = units.to_original(trainer.last_scores, float("-inf"))
+    if config.get("SAVE_EB_WEIGHTS"):  # the dense weights at the pruning step: what REWIND_TO=early_bird starts from
+        write_weights(model, os.path.join(run_dir, SNAPSHOT_FILE))
     removed = remove_channels(units, masks)
     after = _metrics(trainer.evaluate())
     prune_seconds = time.time() - start
     prune_step = trainer.state.global_step
-    flat = torch.cat([masks[n] for n in units.groups])
     summary = {
-        "criterion": criterion.name, "granularity": "channels" if any(g.kind == "channel" for g in units.groups.values())
-        else "neurons", "scope": config["THRESHOLD"], "rate": config["PRUNING_RATE"], "head_rate": None,
+        "criterion": criterion.name, "granularity": granularity_of(config), "scope": config["THRESHOLD"],
+        "rate": config["PRUNING_RATE"], "head_rate": None,
         "neuron_rate": None, "eb_found": found, "eb_step": trainer.eb_step,
         "eb_epoch": None if not found else trainer.eb_step / per_epoch, "prune_step": prune_step,
         "search_steps_budget": total, "retrain_steps": None, "steps_per_epoch": per_epoch, "fixed_mask_from": None,
         "gradual": None, "detector": {"window": config["EB_WINDOW"], "epsilon": config["EB_EPSILON"],
                                       "check_every": check_every},
-        "distance_history": trainer.detector.history, "mask_fingerprint": mask_fingerprint(pack_mask(flat)),
+        "distance_history": trainer.detector.history, "mask_fingerprint": fingerprint(units, masks),
         "removed_units": removed, "phase_seconds": {"search": search_seconds, "prune": prune_seconds},
         "structure": None}
     ticket = {"summary": summary, "evals": {"before_prune": before, "after_prune": after},
               "phase_seconds": {"search": search_seconds, "prune": prune_seconds},
               "log_history": trainer.state.log_history}
+    write_ticket(config, run_dir, model, units, masks, scores, ticket, criterion.name)
+    model.train()
+    return {**ticket, "model": model}
+
+
+def fixed_mask_ticket(config, model, example, common, per_epoch, run_dir) -> dict:
+    """Phase 2 of a MASK_FROM run, at step 0: the starting weights (`model` as built: REWIND_TO="pretrained"; or the
+    source's SNAPSHOT_FILE: "early_bird"), evaluate, remove the mask's channels (`remove_channels`, as after an early
+    bird), evaluate; writes ticket/ as `search_and_prune` does (its masks file without scores: none selected this
+    mask) and returns the ticket (with "model", the pruned network). Raises ConfigError (`read_fixed_masks`)."""
+    units = ChannelUnits(model, example, residual=config.get("PRUNE_RESIDUAL", True))
+    masks = read_fixed_masks(config, units)
+    source = os.path.abspath(config["MASK_FROM"])
+    if config["REWIND_TO"] == "early_bird":
+        from safetensors.torch import load_file
+        model.load_state_dict(load_file(os.path.join(source, SNAPSHOT_FILE)), strict=True)
+    evaluator = Trainer(model=model, args=training_args(config, os.path.join(run_dir, "retrain_checkpoints"), 1,
+                                                        per_epoch), **common)
+    start = time.time()
+    before = _metrics(evaluator.evaluate())
+    if config.get("SAVE_EB_WEIGHTS"):
+        write_weights(model, os.path.join(run_dir, SNAPSHOT_FILE))
+    removed = remove_channels(units, masks)
+    after = _metrics(evaluator.evaluate())
+    prune_seconds = time.time() - start
+    total = units.total_channels()
+    summary = {
+        "criterion": config["TRAINER"].criterion_class.name, "granularity": granularity_of(config),
+        "scope": config["THRESHOLD"], "rate": sum(removed.values()) / total, "head_rate": None, "neuron_rate": None,
+        "eb_found": False, "eb_step": None, "eb_epoch": None, "prune_step": 0, "search_steps_budget": 0,
+        "retrain_steps": None, "steps_per_epoch": per_epoch, "fixed_mask_from": source, "gradual": None,
+        "detector": {"window": config["EB_WINDOW"], "epsilon": config["EB_EPSILON"],
+                     "check_every": config["EB_CHECK_EVERY"] or per_epoch},
+        "distance_history": [], "mask_fingerprint": fingerprint(units, masks), "removed_units": removed,
+        "phase_seconds": {"search": 0.0, "prune": prune_seconds}, "structure": None}
+    ticket = {"summary": summary, "evals": {"before_prune": before, "after_prune": after},
+              "phase_seconds": {"search": 0.0, "prune": prune_seconds}, "log_history": []}
+    write_ticket(config, run_dir, model, units, masks, None, ticket, summary["criterion"],
+                 fixed_mask_from=source, rewind_to=config["REWIND_TO"])
+    model.train()
+    return {**ticket, "model": model}
+
+
+def fingerprint(units: ChannelUnits, masks: dict[str, torch.Tensor]) -> str:
+    return mask_fingerprint(pack_mask(torch.cat([masks[n] for n in units.groups])))
+
+
+def write_weights(model: torch.nn.Module, path: str) -> None:
+    """`model`'s state_dict (dense: before any removal) to the safetensors file `path`, atomically."""
+    from safetensors.torch import save_file
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def write_ticket(config, run_dir, model, units, masks, scores, ticket, criterion, **extra_meta) -> None:
+    """ticket/ of a run, atomically: the pruned `model` (`save_model`), masks.safetensors (keep/ per group in the
+    dense numbering; score/ per group unless `scores` is None; meta: granularity, criterion, model, groups and
+    `extra_meta`) and ticket.json."""
     tmp = os.path.join(run_dir, TICKET + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     save_model(model, tmp)
-    meta = {"granularity": summary["granularity"], "criterion": criterion.name,
-            "model": config.get("MODEL", "mlp"), "groups": {n: [g.size] for n, g in units.groups.items()}}
+    meta = {"granularity": granularity_of(config), "criterion": criterion, "model": config.get("MODEL", "mlp"),
+            "groups": {n: [g.size] for n, g in units.groups.items()}, **extra_meta}
     tensors = state_io.pack_masks(masks, "keep/")
-    tensors.update({f"score/{n}": s.float() for n, s in scores.items()})
+    if scores is not None:
+        tensors.update({f"score/{n}": s.float() for n, s in scores.items()})
     state_io.write(os.path.join(tmp, state_io.MASKS_FILE), tensors, meta)
     schema.write_json(os.path.join(tmp, "ticket.json"), ticket)
     shutil.rmtree(os.path.join(run_dir, TICKET), ignore_errors=True)
     os.replace(tmp, os.path.join(run_dir, TICKET))
-    model.train()
-    return {**ticket, "model": model}
 
 
 # --- speed ------------------------------------------------------------------------------------------
@@ -452,7 +610,9 @@ def print_summary(r: dict) -> None:
     for row in rows:
         print(f"  {row[0]:<14} {row[1]:>9} {row[2]:>9}")
     p = r.get("pruning")
-    if p:
+    if p and p.get("fixed_mask_from"):
+        print(f"  fixed mask from {p['fixed_mask_from']}: {sum(p['removed_units'].values())} channels removed at step 0")
+    elif p:
         print(f"  early bird: {'step ' + str(p['eb_step']) if p['eb_found'] else 'not found'} "
               f"(pruned at step {p['prune_step']} of a {p['search_steps_budget']}-step search), "
               f"{sum(p['removed_units'].values())} channels removed")
