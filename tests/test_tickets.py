@@ -64,6 +64,29 @@ def test_layer_overlaps_and_head_survival_on_hand_built_masks():
     assert survival.tolist() == [[0.5, 1.0, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0]]
 
 
+def test_channel_tickets_keep_every_layers_count_and_bad_takes_the_lowest_scores():
+    """A resnet.py-style mask (one group per convolution, named by module, no encoder layers): random and bad keep
+    each group's count; bad keeps the lowest scores; overlaps are per group, in the groups' order."""
+    good = {"resnet.embedder.embedder.convolution": torch.tensor([1, 0, 1, 1, 0, 0]).bool(),
+            "resnet.encoder.stages.0.layers.0.layer.0.convolution": torch.tensor([0, 1, 0, 0]).bool(),
+            "body.4": torch.tensor([1, 1, 1, 0, 0, 1, 0, 0]).bool()}
+    scores = {"resnet.embedder.embedder.convolution": torch.tensor([6.0, 0.2, 5.0, 4.0, 0.1, 0.3]),
+              "resnet.encoder.stages.0.layers.0.layer.0.convolution": torch.tensor([0.5, 9.0, 0.4, 0.6]),
+              "body.4": torch.tensor([8.0, 7.0, 6.0, 0.0, 1.0, 5.0, 2.0, 3.0])}
+    bad = tickets.bad_mask(good, scores)
+    assert bad["resnet.embedder.embedder.convolution"].tolist() == [False, True, False, False, True, True]
+    assert bad["resnet.encoder.stages.0.layers.0.layer.0.convolution"].tolist() == [False, False, True, False]
+    assert bad["body.4"].tolist() == [False, False, False, True, True, False, True, True]
+    for seed in range(10):
+        random = tickets.random_mask(good, seed)
+        assert counts(random) == counts(bad) == counts(good) and list(random) == list(good)
+    rows = tickets.pairwise_overlaps({"s1": good, "s2": bad}, unit="channels")
+    assert {(r["kind"], r["layer"]) for r in rows} == {("channels", l) for l in ("all", 0, 1, 2)}
+    assert [r["jaccard"] for r in rows if r["layer"] != "all"] == [0.0, 0.0, 0.0]
+    same = tickets.pairwise_overlaps({"s1": good, "s2": good}, unit="channels")
+    assert [r["jaccard"] for r in same] == [1.0] * 4 and same[1]["chance"] == pytest.approx(1 / 3)  # 3 of 6 twice: 1.5 shared
+
+
 def test_tickets_from_a_masks_file_link_the_early_bird_weights_and_need_scores_for_bad(tmp_path):
     good = {"x.layer.0.heads": torch.tensor([True, False, True, True]), "x.layer.0.neurons": torch.arange(8) < 3}
     meta = {"granularity": "heads+neurons", "criterion": "magnitude", "model": "m",

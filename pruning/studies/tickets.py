@@ -1,8 +1,9 @@
 """Lottery tickets (Prasanna et al. 2020) from a finished pruning run, and how stable kept sets are.
 
-A ticket is a keep-mask in a directory that MASK_FROM accepts: "good" is the run's own early-bird
-mask; "random" keeps as many units of every group (each layer's heads, each layer's neurons, each
-weight tensor) at random places; "bad" keeps the same counts, the lowest-scoring ones by the scores
+A ticket is a keep-mask (group name -> bool tensor) in a directory that MASK_FROM accepts: "good" is the run's own
+early-bird mask; "random" keeps as many units of every group (each layer's heads, each layer's neurons, each
+weight tensor; in a resnet.py / mlp.py mask, each channel group's channels or each hidden layer's neurons) at
+random places; "bad" keeps the same counts, the lowest-scoring ones by the scores
 the good mask was selected from. Each ticket directory links the run's early-bird weights, so
 REWIND_TO=early_bird works on it too.
 """
@@ -125,24 +126,37 @@ def by_layer(masks: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor
     return dict(sorted(layers.items()))
 
 
-def layer_overlaps(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict:
-    """`masks.overlap` of two masks over all groups ("all") and over each encoder layer's groups."""
-    layers_a, layers_b = by_layer(a), by_layer(b)
+def by_position(masks: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]]:
+    """Every group its own layer, numbered in the masks' order (a channel mask: each group is one layer's channels
+    or neurons, in the model's order): position -> {group name -> mask}."""
+    return {i: {name: m} for i, (name, m) in enumerate(masks.items())}
+
+
+def layer_overlaps(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], layers=by_layer) -> dict:
+    """`masks.overlap` of two masks over all groups ("all") and over each layer's groups (`layers`: `by_layer`,
+    encoder layers; `by_position`, one group a layer). Raises ValueError unless both have the same groups."""
+    layers_a, layers_b = layers(a), layers(b)
     return {"all": overlap(a, b), **{layer: overlap(layers_a[layer], layers_b[layer]) for layer in layers_a}}
 
 
-def pairwise_overlaps(masks: dict, kinds: tuple[str, ...] = ("heads", "neurons", "weights")) -> list[dict]:
+def pairwise_overlaps(masks: dict, kinds: tuple[str, ...] = ("heads", "neurons", "weights"),
+                      unit: str | None = None) -> list[dict]:
     """Jaccard index and its chance level for every two of `masks` (key -> masks), per unit kind.
 
     A heads+neurons mask is split into its heads and its neurons (overlaps of the two mean different
-    things); a weights mask is one kind. Rows: {"a", "b", "kind", "layer" ("all" or an index), ...}."""
+    things); a weights mask is one kind. `unit` ("channels", "neurons"): the masks are a resnet.py / mlp.py run's,
+    one kind named so, each group a layer (`by_position`); `kinds` is then not used. Rows: {"a", "b", "kind",
+    "layer" ("all" or an index), "jaccard", "chance"}, Jaccard values fractions in [0, 1]."""
     rows = []
     for key_a, key_b in combinations(sorted(masks), 2):
-        for kind in kinds:
-            a, b = split_kind(masks[key_a], kind), split_kind(masks[key_b], kind)
+        for kind in (unit,) if unit else kinds:
+            if unit:
+                a, b = masks[key_a], masks[key_b]
+            else:
+                a, b = split_kind(masks[key_a], kind), split_kind(masks[key_b], kind)
             if not a:
                 continue
-            for layer, o in layer_overlaps(a, b).items():
+            for layer, o in layer_overlaps(a, b, by_position if unit else by_layer).items():
                 rows.append({"a": key_a, "b": key_b, "kind": kind, "layer": layer,
                              "jaccard": o["jaccard"], "chance": o["chance_jaccard"]})
     return rows
