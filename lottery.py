@@ -39,8 +39,16 @@ Each training is one run of SCRIPT in its own process (`pruning.grid.cells`): a 
 and a killed one resumes, so the study can be stopped and re-run at any time. Any --key=value that
 is not a study setting below goes to every run (see `python bert.py --help`).
 
-SCRIPT=resnet.py or mlp.py is refused before anything else (`refuse_channel_script`): those scripts have no fixed
-masks or rewinding, and the study's tickets and report are of heads and neurons.
+SCRIPT=resnet.py or mlp.py (You et al.'s own setting: conv channels; MLP neurons) runs PROCEDURE="early_bird" the
+same way: the early-bird run keeps its dense weights at the pruning step (SAVE_EB_WEIGHTS), each ticket is a channel
+(neuron) mask that keeps the good mask's count in every channel group (`pruning.studies.tickets`), trained with the
+channels removed at step 0 (MASK_FROM) from the initial weights ("pretrained": the seed's init, or PRETRAINED's) or
+the early-bird weights (REWIND_TO); GRANULARITY is the script's unit ("channels", "neurons") and is not set, and EPOCHS
+is every ticket's and the dense run's whole budget (the early-bird runs keep the script's SEARCH_EPOCHS and
+RETRAIN_EPOCHS unless passed on). lottery.md then has the same score tables and paired tests, and the stability of
+kept channels per channel group (in the model's order) against chance; the head sections are left out.
+PROCEDURE="to_fraction" is refused with a channel script before anything else (`refuse_channel_fraction`): its
+search removes heads and whole MLPs of a transformer.
 """
 from __future__ import annotations
 
@@ -101,28 +109,45 @@ STUDY_OWNS = {"--seed": "--seeds", "--trainer": "--criterion", "--mask_from": "-
               "--save_eb_weights": None, "--run_name": None, "--resume": None}
 
 
-def refuse_channel_script(script: str) -> None:
-    """lottery.py does not take resnet.py / mlp.py (or a copy of either): raises the ConfigError that says why and
-    what to use instead."""
-    raise ConfigError(f"--script={script}: lottery.py takes text scripts only (bert.py, roberta.py): its tickets train "
-                      "with a fixed mask from step 0 (--mask_from) and rewound weights (--rewind_to), which resnet.py "
-                      "and mlp.py do not have, and its tickets, heatmaps and overlaps count heads and neurons, not "
-                      f"channels; compare early-bird channel tickets with dense runs by sweep.py --script={Path(script).name}")
+CHANNEL_UNITS = ("channels", "neurons")  # GRANULARITY of a study of resnet.py / mlp.py (what their masks files say)
+
+
+def refuse_channel_fraction(script: str) -> None:
+    """PROCEDURE="to_fraction" does not take resnet.py / mlp.py (or a copy of either): raises the ConfigError that
+    says why and what to use instead."""
+    raise ConfigError(f"--script={script} with --procedure=to_fraction: Prasanna et al.'s search removes attention "
+                      "heads and whole MLPs of a transformer (bert.py, roberta.py); for channel or neuron tickets "
+                      "use --procedure=early_bird")
+
+
+def channel_script(script: dict) -> bool:
+    """Whether a script's namespace is a resnet.py / mlp.py run (or a renamed copy): its settings check is
+    `pruning.convnets.experiment.check`."""
+    return getattr(script.get("validate"), "__module__", "") == "pruning.convnets.experiment"
 
 
 def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
     """The study's settings and the arguments for every run, checked before any training. Raises ConfigError
-    naming the setting (for SCRIPT=resnet.py / mlp.py: `refuse_channel_script`, before anything else)."""
+    naming the setting (for SCRIPT=resnet.py / mlp.py with PROCEDURE=to_fraction: `refuse_channel_fraction`,
+    before anything else)."""
     argv = sys.argv[1:] if argv is None else argv
-    named = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("--script=")), SCRIPT)
-    if Path(named).name in CHANNEL_SCRIPTS:
-        refuse_channel_script(named)
+
+    def named(key, default):
+        return next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith(f"--{key}=")), default)
+    if Path(named("script", SCRIPT)).name in CHANNEL_SCRIPTS and named("procedure", PROCEDURE) == "to_fraction":
+        refuse_channel_fraction(named("script", SCRIPT))
     config, passed_on, script = grid_settings(globals(), SETTINGS, argv, owned=STUDY_OWNS)
-    if getattr(script.get("validate"), "__module__", "") == "pruning.convnets.experiment":  # a renamed copy
-        refuse_channel_script(config["SCRIPT"])
     if config["PROCEDURE"] not in PROCEDURES:
         raise ConfigError(f"--procedure={config['PROCEDURE']}: choose one of {', '.join(PROCEDURES)}")
     fraction = config["PROCEDURE"] == "to_fraction"
+    channels = channel_script(script)
+    if channels:
+        if fraction:  # a renamed copy
+            refuse_channel_fraction(config["SCRIPT"])
+        if any(a.startswith("--granularity=") for a in argv):
+            raise ConfigError(f"--granularity: {Path(config['SCRIPT']).name} prunes channels (resnet.py) or neurons "
+                              "(mlp.py), nothing else; leave --granularity out")
+        config["GRANULARITY"] = "neurons" if "HIDDEN" in script else "channels"
     if config["REWINDS"] == "auto":
         config["REWINDS"] = "pretrained" if fraction else "pretrained,early_bird"
     split = {k: [t.strip() for t in config[k].split(",") if t.strip()]
@@ -132,7 +157,8 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
         if name not in known or name == "dense":
             raise ConfigError(f"unknown pruning criterion {name!r}; choose from "
                                          f"{', '.join(n for n in known if n != 'dense')}")
-    study_grid.check_granularity(config["GRANULARITY"])
+    if not channels:
+        study_grid.check_granularity(config["GRANULARITY"])
     for key, allowed in (("TICKETS", tickets.KINDS), ("REWINDS", REWIND_POINTS)):
         wrong = [t for t in split[key] if t not in allowed] or ([] if split[key] else ["(none)"])
         if wrong:
@@ -146,7 +172,7 @@ def settings(argv: list[str] | None = None) -> tuple[dict, list[str]]:
     config.update(split, SEEDS=seeds)
     for _, args, ticket in runs(config, passed_on, seeds[:1]):  # each kind of run's whole configuration
         if ticket is None:  # (a ticket's directory only exists once its source run has finished)
-            checks.validate(experiment.configure(script, args))
+            script.get("validate", checks.validate)(experiment.configure(script, args))  # resnet.py, mlp.py: their own
     return config, passed_on
 
 
@@ -178,19 +204,20 @@ def runs(config: dict, passed_on: list[str], seeds: list[int] | None = None):
     searches (PROCEDURE="early_bird" only), the dense reference (for to_fraction also the full model the
     search prunes), then each ticket ((seed, kind); None for the others) from each starting point."""
     budget = [f"--search_epochs={config['EPOCHS']}", "--retrain_epochs=0"]  # a fixed mask trains search + retrain
-    granularity = f"--granularity={config['GRANULARITY']}"
+    # (resnet.py / mlp.py have no GRANULARITY: their unit is their own)
+    granularity = [] if config["GRANULARITY"] in CHANNEL_UNITS else [f"--granularity={config['GRANULARITY']}"]
     searches = [config["CRITERION"], *config["COMPARE_WITH"]] if config["PROCEDURE"] == "early_bird" else []
     for seed in seeds or config["SEEDS"]:
         for trainer in searches:
             yield f"eb-{trainer}-s{seed}", ["--measure_speed=false", *passed_on, f"--trainer={trainer}",
-                                            f"--seed={seed}", granularity, "--save_eb_weights=true"], None
+                                            f"--seed={seed}", *granularity, "--save_eb_weights=true"], None
         yield f"dense-s{seed}", ["--measure_speed=false", *passed_on, "--trainer=dense", f"--seed={seed}",
                                  *budget], None
         for kind in config["TICKETS"]:
             for rewind in config["REWINDS"]:
                 yield f"{kind}-{rewind}-s{seed}", [
                     "--measure_speed=false", *passed_on, f"--trainer={config['CRITERION']}", f"--seed={seed}",
-                    granularity, f"--mask_from={ticket_dir(config, seed, kind)}", f"--rewind_to={rewind}",
+                    *granularity, f"--mask_from={ticket_dir(config, seed, kind)}", f"--rewind_to={rewind}",
                     *budget], (seed, kind)
 
 
@@ -355,9 +382,11 @@ def score_markdown(found: dict, config: dict) -> list[str]:
     dense, label = found["dense"], schema.dev_metric_label(found["task"])
     if config["PROCEDURE"] == "to_fraction":
         return fraction_score_markdown(found, config)
+    channels = config["GRANULARITY"] in CHANNEL_UNITS  # (a channel model has no embeddings: all its parameters)
+    start = "initial (REWIND_TO=pretrained: the seed's init)" if channels else "pretrained"
     lines = [f"{label}, mean ± std over seeds (n). Every ticket and the dense reference trained "
              f"{config['EPOCHS']:g} epoch(s); \"before training\": the masked starting weights, not trained.", "",
-             "| ticket | from the pretrained weights | from the early-bird weights | early-bird weights, before "
+             f"| ticket | from the {start} weights | from the early-bird weights | early-bird weights, before "
              "training |", "|---|---|---|---|"]
     lines.append(f"| dense (no mask) | {_cell([score(r) for r in dense.values()])} | – | – |")
     for kind in tickets.KINDS:
@@ -367,12 +396,13 @@ def score_markdown(found: dict, config: dict) -> list[str]:
                          f"{_cell([score(r) for r in eb.values()])} | "
                          f"{_cell([score(r, 'after_prune') for r in eb.values()])} |")
     lines += ["", "The early-bird pipeline itself (search, prune, retrain with the mask; its own budget):", "",
-              f"| criterion | final {schema.metric_title(found['task'])} | early bird at step | parameters kept "
-              "(without embeddings) |",
+              f"| criterion | final {schema.metric_title(found['task'])} | early bird at step | parameters kept"
+              f"{'' if channels else ' (without embeddings)'} |",
               "|---|---|---|---|"]
     for trainer, by_seed in sorted(found["eb"].items()):
         runs_ = list(by_seed.values())
-        kept = [r.parameters.kept_without_embeddings() for r in runs_]
+        kept = [r.parameters.final.total / r.parameters.dense.total if channels else
+                r.parameters.kept_without_embeddings() for r in runs_]
         steps = ", ".join(str(r.pruning.prune_step) + ("" if r.pruning.eb_found else " (budget)") for r in runs_)
         lines.append(f"| {trainer} | {_cell([score(r) for r in runs_])} | {steps} | {_cell(kept)} |")
     return lines
@@ -416,22 +446,24 @@ def paired_markdown(found: dict) -> list[str]:
 
 
 def stability(found: dict) -> dict:
-    """Overlap of the early-bird masks between seeds (each criterion) and between criteria (each seed)."""
-    masks = {(t, seed): read_run_masks(r.run_dir)[0] for t, by_seed in found["eb"].items()
-             for seed, r in by_seed.items()}
+    """Overlap of the early-bird masks between seeds (each criterion) and between criteria (each seed); a resnet.py /
+    mlp.py study's per channel group (`tickets.pairwise_overlaps`' unit: "channels", "neurons")."""
+    read = {(t, seed): read_run_masks(r.run_dir) for t, by_seed in found["eb"].items() for seed, r in by_seed.items()}
+    masks = {key: m for key, (m, _, _) in read.items()}
+    unit = next((meta["granularity"] for _, _, meta in read.values() if meta.get("granularity") in CHANNEL_UNITS), None)
     seeds_rows, criteria_rows = [], []
     for t in sorted({t for t, _ in masks}):
-        rows = tickets.pairwise_overlaps({s: m for (tt, s), m in masks.items() if tt == t})
+        rows = tickets.pairwise_overlaps({s: m for (tt, s), m in masks.items() if tt == t}, unit=unit)
         seeds_rows += [{**row, "criterion": t} for row in rows]
     for seed in sorted({s for _, s in masks}):
-        rows = tickets.pairwise_overlaps({t: m for (t, s), m in masks.items() if s == seed})
+        rows = tickets.pairwise_overlaps({t: m for (t, s), m in masks.items() if s == seed}, unit=unit)
         criteria_rows += [{**row, "seed": seed} for row in rows]
     survival = {}
     for t in sorted({t for t, _ in masks}):
         structured = [m for (tt, _), m in sorted(masks.items()) if tt == t and tickets.split_kind(m, "heads")]
         if structured:
             survival[t] = tickets.head_survival(structured)
-    return {"seeds": seeds_rows, "criteria": criteria_rows, "survival": survival,
+    return {"seeds": seeds_rows, "criteria": criteria_rows, "survival": survival, "unit": unit,
             "n_seeds": {t: sum(1 for tt, _ in masks if tt == t) for t, _ in masks}}
 
 
@@ -479,7 +511,8 @@ def layer_markdown(stab: dict, criterion: str) -> list[str]:
     layers = sorted({r["layer"] for _, rows in columns for r in rows if r["layer"] != "all"})
     if not layers:
         return []
-    lines = [f"Per layer (mean over pairs; between seeds: {criterion}), Jaccard / chance:", "",
+    where = "; a layer: one channel group (mlp.py: one hidden layer), in the model's order" if stab.get("unit") else ""
+    lines = [f"Per layer (mean over pairs; between seeds: {criterion}{where}), Jaccard / chance:", "",
              "| layer | " + " | ".join(label for label, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for layer in layers:
         cells = []

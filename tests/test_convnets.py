@@ -450,21 +450,61 @@ def test_mixed_on_a_cnn_is_refused_naming_the_missing_4_bit_convolution(mlp_runs
 
 # --- the studies -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv", [["--script=resnet.py"], ["--script=mlp.py", "--train_subset=100"]])
-def test_lottery_refuses_the_channel_scripts_before_any_work(tmp_path, argv):
+def test_lottery_refuses_to_fraction_with_a_channel_script_before_any_work(tmp_path, argv):
     """One clear message, before the passed-on settings are checked against the script or anything is written."""
     import lottery
     from pruning.settings import ConfigError
-    with pytest.raises(ConfigError, match=r"--script=(resnet|mlp).py: lottery.py takes text scripts only .* fixed mask "
-                                          r".*--mask_from.*sweep.py --script="):
-        lottery.settings([f"--out_dir={tmp_path / 'study'}", *argv])
+    with pytest.raises(ConfigError, match=r"--script=(resnet|mlp).py with --procedure=to_fraction: .* heads and whole "
+                                          r"MLPs .* use --procedure=early_bird"):
+        lottery.settings([f"--out_dir={tmp_path / 'study'}", "--procedure=to_fraction", *argv])
     assert not (tmp_path / "study").exists()
 
 
-def test_lottery_refuses_a_renamed_copy_of_a_channel_script(tmp_path):
+def test_lottery_refuses_to_fraction_with_a_renamed_copy_and_a_granularity_with_a_channel_script(tmp_path):
     import shutil
     import lottery
     from pruning.settings import ConfigError
     copy_of = shutil.copy(REPO / "mlp.py", tmp_path / "my_mlp.py")
-    with pytest.raises(ConfigError, match="my_mlp.py: lottery.py takes text scripts only"):
-        lottery.settings([f"--out_dir={tmp_path / 'study'}", f"--script={copy_of}"])
+    with pytest.raises(ConfigError, match="my_mlp.py with --procedure=to_fraction"):
+        lottery.settings([f"--out_dir={tmp_path / 'study'}", f"--script={copy_of}", "--procedure=to_fraction"])
+    with pytest.raises(ConfigError, match="--granularity: mlp.py prunes channels .* or neurons .* leave --granularity out"):
+        lottery.settings([f"--out_dir={tmp_path / 'study'}", "--script=mlp.py", "--granularity=weights"])
+    config, _ = lottery.settings([f"--out_dir={tmp_path / 'study'}", "--script=resnet.py", "--seeds=1"])
+    assert config["GRANULARITY"] == "channels" and config["REWINDS"] == ["pretrained", "early_bird"]
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.slow
+def test_lottery_on_mlp_neurons_end_to_end(tmp_path):
+    """One seed, breast_cancer, a 16-8-4 MLP: the magnitude and gradient early-bird runs, the dense run and the good,
+    random and bad tickets from both starting points; lottery.md has every ticket's row, the neuron stability between
+    criteria per layer, and no head sections."""
+    import lottery
+    from pruning.run import checkpoint as state_io
+    from pruning.studies import tickets
+    out = tmp_path / "study"
+    lottery.main(["--script=mlp.py", "--seeds=1", "--epochs=1", f"--out_dir={out}", "--hidden=16,8,4",
+                  "--search_epochs=2", "--retrain_epochs=1", "--eb_check_every=2", "--batch_size=64",
+                  "--save_every=1000"])
+    names = {p.name for p in out.iterdir() if (p / "results.json").exists()}
+    assert names == {"eb-magnitude-s1", "eb-gradient-s1", "dense-s1", *(f"{k}-{r}-s1" for k in tickets.KINDS
+                                                                      for r in ("pretrained", "early_bird"))}
+    good, scores, _ = state_io.read_run_masks(str(out / "eb-magnitude-s1"))
+    for kind in tickets.KINDS:
+        ticket = state_io.read_run_masks(str(out / "tickets" / "s1" / kind))[0]
+        assert {n: int(m.sum()) for n, m in ticket.items()} == {n: int(m.sum()) for n, m in good.items()}
+        if kind == "bad":
+            assert all(torch.equal(ticket[n], tickets.bad_mask(good, scores)[n]) for n in good)
+        for rewind in ("pretrained", "early_bird"):  # trained with exactly the ticket's neurons
+            kept = state_io.read_run_masks(str(out / f"{kind}-{rewind}-s1"))[0]
+            assert all(torch.equal(kept[n], ticket[n]) for n in ticket)
+    eb, rewound = (__import__("json").loads((out / n / "results.json").read_text())
+                   for n in ("eb-magnitude-s1", "good-early_bird-s1"))
+    assert rewound["metrics"]["before_prune"] == eb["metrics"]["before_prune"]
+    text = (out / "lottery.md").read_text()
+    assert text.startswith("# Lottery tickets: magnitude, neurons, breast_cancer dev accuracy")
+    for row in ("| dense (no mask) |", "| good |", "| random |", "| bad |", "| between criteria | gradient / magnitude "
+                "| neurons | all |", "a layer: one channel group", "| ticket | from the initial"):
+        assert row in text, row
+    assert "Heads kept" not in text and "head" not in text.lower().replace("headline", "")
+    assert (out / "lottery_accuracy.png").exists() and (out / "lottery_stability.png").exists()
