@@ -1,7 +1,8 @@
 """Channel early-bird pruning of CNNs (resnet.py): Torch-Pruning's groups on HF ResNet (basic, bottleneck) and
 MobileNetV2, removal equals masking, the slimming penalty, the detector on channel masks, save/load in a fresh
 process, kill and resume, the image data layouts read strictly, compress.py on a pruned CNN and on a pruned MLP (the
-dense run's deployments beside it with --dense, mixed 8/4-bit precision, the refusals)."""
+dense run's deployments beside it with --dense, mixed 8/4-bit precision, the refusals), a CNN ticket rewound to its
+early-bird weights, and lottery.py on channel scripts (an mlp.py study end to end, the to_fraction refusal)."""
 import copy
 import pickle
 import subprocess
@@ -483,9 +484,9 @@ def test_lottery_on_mlp_neurons_end_to_end(tmp_path):
     from pruning.run import checkpoint as state_io
     from pruning.studies import tickets
     out = tmp_path / "study"
-    lottery.main(["--script=mlp.py", "--seeds=1", "--epochs=1", f"--out_dir={out}", "--hidden=16,8,4",
-                  "--search_epochs=2", "--retrain_epochs=1", "--eb_check_every=2", "--batch_size=64",
-                  "--save_every=1000"])
+    argv = ["--script=mlp.py", "--seeds=1", "--epochs=1", f"--out_dir={out}", "--hidden=16,8,4", "--search_epochs=2",
+            "--retrain_epochs=1", "--eb_check_every=2", "--batch_size=64", "--save_every=1000"]
+    lottery.main(argv)
     names = {p.name for p in out.iterdir() if (p / "results.json").exists()}
     assert names == {"eb-magnitude-s1", "eb-gradient-s1", "dense-s1", *(f"{k}-{r}-s1" for k in tickets.KINDS
                                                                       for r in ("pretrained", "early_bird"))}
@@ -508,3 +509,8 @@ def test_lottery_on_mlp_neurons_end_to_end(tmp_path):
         assert row in text, row
     assert "Heads kept" not in text and "head" not in text.lower().replace("headline", "")
     assert (out / "lottery_accuracy.png").exists() and (out / "lottery_stability.png").exists()
+    # re-run: every finished run is skipped (the channel runs' records compare as the text runs' do), the report rebuilt
+    stamps = {p.name: (p / "results.json").stat().st_mtime_ns for p in out.iterdir() if (p / "results.json").exists()}
+    (out / "lottery.md").unlink()
+    lottery.main(argv)
+    assert stamps == {n: (out / n / "results.json").stat().st_mtime_ns for n in stamps} and (out / "lottery.md").exists()

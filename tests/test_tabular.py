@@ -1,5 +1,6 @@
 """mlp.py: the tabular layouts read strictly (bundled sets, Titanic in Kaggle's layout, any CSV) with bad files the
-tests write, preprocessing fit on the train split only, every criterion end to end, kill and resume."""
+tests write, preprocessing fit on the train split only, every criterion end to end, kill and resume, and a fixed mask
+(MASK_FROM) from the initial or the early-bird weights (REWIND_TO, SAVE_EB_WEIGHTS) with its bad inputs."""
 import csv
 import runpy
 import sys
