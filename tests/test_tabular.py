@@ -272,3 +272,23 @@ def test_bad_fixed_masks_exit_before_the_run_dir(eb_source, tmp_path, monkeypatc
         err = capsys.readouterr().err
         assert e.value.code == 2 and __import__("re").search(message, err), (argv, err)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_fixed_mask_run_resumes_exactly(eb_source, tmp_path, monkeypatch):
+    args = [f"--mask_from={eb_source / 'eb'}", "--rewind_to=early_bird", "--dropout=0.2", *SMALL, "--save_every=5",
+            "--log_every=5"]
+    whole = run_script("mlp.py", [f"--out_dir={tmp_path}", "--run_name=whole", *args], monkeypatch)
+    original = experiment.EpochOfData.on_step_end
+    kill = Kill("retrain_checkpoints", 12)
+    monkeypatch.setattr(experiment.EpochOfData, "on_step_end",
+                        lambda self, a, s, c, **k: kill.on_step_end(a, s, c, **k), raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_script("mlp.py", [f"--out_dir={tmp_path}", "--run_name=killed", *args], monkeypatch)
+    monkeypatch.setattr(experiment.EpochOfData, "on_step_end", original, raising=False)
+    assert (tmp_path / "killed" / "retrain_checkpoints" / "checkpoint-10").is_dir()
+    resumed = run_script("mlp.py", [f"--out_dir={tmp_path}", "--run_name=killed", "--resume=true", *args], monkeypatch)
+    assert resumed["metrics"] == whole["metrics"] and resumed["dev_predictions"] == whole["dev_predictions"]
+    a, b = load_model(str(tmp_path / "whole" / "model")), load_model(str(tmp_path / "killed" / "model"))
+    for (n, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), n

@@ -435,6 +435,8 @@ def fixed_mask_ticket(config, model, example, common, per_epoch, run_dir) -> dic
 
 
 def fingerprint(units: ChannelUnits, masks: dict[str, torch.Tensor]) -> str:
+    """`earlybird.mask_fingerprint` of `masks` (group -> bool (dense channels,)) concatenated in `units.groups`' order:
+    the text runs' fingerprint of one flat mask."""
     return mask_fingerprint(pack_mask(torch.cat([masks[n] for n in units.groups])))
 
 
