@@ -15,7 +15,8 @@ Mixed precision (`mixed_plan`): the criterion IMPORTANCE (the run's by default) 
 neurons (`pruning.convnets.criteria`); a layer's importance is their mean; `pruning.deploy.precision.assign_bits`
 gives the least important layers 4 bits until FOUR_BIT_FRACTION of the hidden weights are at 4 bits (ONNX Runtime
 MatMulNBits, asymmetric blocks of BLOCK_SIZE input columns), the rest and the classifier int8. ONNX Runtime has no
-4-bit convolution, so resnet.py runs are refused `mixed` when it is asked for (`check`).
+4-bit convolution, nor OpenVINO (NNCF 3.4's `compress_weights` INT4 leaves convolutions at int8: checked on a
+two-conv model), so resnet.py runs are refused `mixed` when it is asked for (`check`).
 """
 from __future__ import annotations
 
@@ -101,7 +102,8 @@ def check(config: dict, variants_named: bool = True) -> tuple[schema.RunResults,
         if results.script == "resnet.py":
             import onnxruntime
             why = (f"ONNX Runtime {onnxruntime.__version__} has 4-bit weights (MatMulNBits) for MatMul and embedding "
-                   "lookups only, no 4-bit convolution, and a resnet.py model is convolutions")
+                   "lookups only, no 4-bit convolution (nor has OpenVINO's weight compression, NNCF 3.4: its INT4 "
+                   "takes MatMul and embeddings, convolutions stay int8), and a resnet.py model is convolutions")
             if variants_named:
                 raise ConfigError(f"--variants=mixed: {why}; leave mixed out of --variants (fp32 and int8 are made "
                                   "in both runtimes), or use it on an mlp.py run (Linear layers)")
