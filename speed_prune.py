@@ -19,7 +19,8 @@ Steps (each one function of the toolkit):
 3. the structure of least estimated loss within dense latency / SPEEDUP (`pruning.deploy.latency.choose`: a dynamic
    programme over each layer's options: heads 1..H, FFN width in multiples of WIDTH_MULTIPLE or the MLP removed,
    or the layer removed; a unit's loss is half its Fisher information, Kwon et al.'s estimate; a whole MLP's half
-   its gate's; a layer's its LAYER_SCORE), on the table made monotone (timing noise removed). The last layer of a
+   its gate's; a layer's its LAYER_SCORE), on the table as TABLE_FIT reads it (least-squares lines in heads and
+   width by default: one probe's timing is noisy). The last layer of a
    first-token classifier is never removed. STRUCTURE=uniform: the same heads and width in every layer instead
    (EarlyBERT's uniform rates at the same budget: the ablation of the per-layer choice).
 Writes OUT_DIR/allocation.json ("rates": per-layer HEAD_RATE, NEURON_RATE, MLP_RATE, LAYER_RATE, which
@@ -72,6 +73,8 @@ SEQ_LEN = 0                       # tokens per timed sentence; 0 = the deploymen
                                   # LATENCY_BATCH_SIZE, each padded to its longest (as compress.py times it), mean, to 8
 WIDTH_MULTIPLE = 32               # FFN widths the selection may choose: multiples of this (and 0, the dense width)
 TABLE_WIDTH_STEP = 64             # FFN widths the table measures (linear in between); 8 or 1 to study rounding
+TABLE_FIT = "linear"              # how the selection reads the table: "linear" (least-squares lines in heads and width),
+                                  # "monotone" (isotonic) or "raw" (each probe as timed)
 STRUCTURE = "table"               # "table": per-layer heads, widths and layers (the DP); "uniform": the same heads
                                   # and width in every layer (EarlyBERT's uniform rates) within the same budget
 LAYER_SCORE = "drop_loss"         # a layer's loss when removed: "drop_loss" (measured) or "fisher" (half its gate's)
@@ -93,6 +96,8 @@ def check(config: dict) -> dict:
         raise settings.ConfigError(f"--speedup={config['SPEEDUP']}: the pruned model must be at least as fast, >= 1")
     if config["TARGET"] not in latency.TARGETS:
         raise settings.ConfigError(f"--target={config['TARGET']}: choose one of {', '.join(latency.TARGETS)}")
+    if config["TABLE_FIT"] not in latency.FITS:
+        raise settings.ConfigError(f"--table_fit={config['TABLE_FIT']}: choose one of {', '.join(latency.FITS)}")
     if config["STRUCTURE"] not in ("table", "uniform"):
         raise settings.ConfigError(f"--structure={config['STRUCTURE']}: choose table (per layer) or uniform")
     if config["LAYER_SCORE"] not in _LAYER_SCORES:
@@ -249,11 +254,11 @@ def main(config: dict) -> dict:
     live = units.live_layers()
     sel = latency.choose(table, imp, config["SPEEDUP"], config["WIDTH_MULTIPLE"],
                          protected=[live.index(layer) for layer in protected_layers(units)],
-                         uniform=config["STRUCTURE"] == "uniform")
+                         fit=config["TABLE_FIT"], uniform=config["STRUCTURE"] == "uniform")
     rates = latency.structure_rates(sel.structure, H, I)
     keep = keep_masks(units, fisher, sel.structure)
     pf.write_masks(out, keep, {n: s for n, s in fisher.diagonal.items() if n in units.groups}, description)
-    dense_ms = table.monotone().latency([(H, I)] * len(imp))  # the table the selection priced (`choose`)
+    dense_ms = table.fitted(config["TABLE_FIT"]).latency([(H, I)] * len(imp))  # as the selection priced it
     allocation = {"rates": {"head": rates["HEAD_RATE"], "neuron": rates["NEURON_RATE"], "mlp": rates["MLP_RATE"],
                             "layer": rates["LAYER_RATE"]},
                   "structure": [None if o is None else list(o) for o in sel.structure],

@@ -160,7 +160,7 @@ def test_choose_meets_the_speedup_on_a_hand_built_table_and_removes_the_least_im
     # uniform rates within the same budget: 1.5 ms a layer buys 1 head and 1 neuron in each (loss: layer 0's head 1.0
     # and neurons 3 + 0.2 + 0.1, layer 1's head 0.2 and neurons 0.01 + 0.02 + 0.03), no layer removed
     uni = lat.choose(table, imp, speedup=2.0, width_multiple=1, uniform=True)
-    assert uni.structure == [(1, 1), (1, 1)] and uni.loss == pytest.approx(4.56) and uni.latency_ms == 5.0
+    assert uni.structure == [(1, 1), (1, 1)] and uni.loss == pytest.approx(4.56) and uni.latency_ms == pytest.approx(5.0)
 
 
 def test_width_multiples_and_a_first_layer_that_stays():
@@ -190,9 +190,24 @@ def test_monotone_table_removes_dips_that_timing_noise_puts_in():
     # dense 1 + 4 + 2 = 7 ms, budget 3.5. On the raw table 3 heads "cost" 2 ms (less than 2 heads) and fit with
     # 16 neurons; on the monotone one they cost 2.5 and do not: the raw pick would run 4.25 ms, over the budget
     imp = [lat.LayerImportance(torch.tensor([4.0, 3.0, 2.0, 1.0]), torch.ones(24), layer=100.0)]
-    assert lat.choose(raw, imp, speedup=2.0, width_multiple=8, monotone=False).structure == [(3, 16)]
-    sel = lat.choose(raw, imp, speedup=2.0, width_multiple=8)
+    assert lat.choose(raw, imp, speedup=2.0, width_multiple=8, fit="raw").structure == [(3, 16)]
+    sel = lat.choose(raw, imp, speedup=2.0, width_multiple=8, fit="monotone")
     assert sel.structure == [(1, 16)] and sel.latency_ms == pytest.approx(2.75) and m.latency([(3, 16)]) > 3.5
+
+
+def test_the_linear_fit_is_the_least_squares_line_and_the_default_fit():
+    # attention measured 1, 3, 2, 4 ms at 1..4 heads: the line 0.5 + 0.8 h; ffn 2, 1, 6 at widths 8, 16, 24: -1 + 0.25 w
+    raw = lat.LatencyTable(1.0, {1: 1.0, 2: 3.0, 3: 2.0, 4: 4.0}, {8: 2.0, 16: 1.0, 24: 6.0}, {"mlp_removable": False})
+    line = raw.linear()
+    assert line.attention == pytest.approx({1: 1.3, 2: 2.1, 3: 2.9, 4: 3.7})
+    assert line.ffn == pytest.approx({8: 1.0, 16: 3.0, 24: 5.0}) and line.meta["fit"] == "linear"
+    assert raw.fitted("raw") is raw and raw.fitted("monotone").attention[2] == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="linear, monotone, raw"):
+        raw.fitted("cubic")
+    imp = [lat.LayerImportance(torch.tensor([4.0, 3.0, 2.0, 1.0]), torch.ones(24), layer=100.0)]
+    sel = lat.choose(raw, imp, speedup=1.5, width_multiple=8)  # the default reads the line
+    assert sel.latency_ms == pytest.approx(line.latency(sel.structure))
+    assert sel.budget_ms == pytest.approx(line.latency([(4, 24)]) / 1.5)
 
 
 def test_deployment_length_is_the_mean_padded_batch_rounded_to_8():

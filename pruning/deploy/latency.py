@@ -31,8 +31,9 @@ The table is cached as JSON (`cached_table`) with its measurement date, the CPU,
 the architecture; a cached table is reused only when all of these, the sequence length, batch size, threads and
 width grid are today's, and measured again otherwise (the reason is returned).
 
-Timing noise makes a measured table dip where more work cannot take less time (7 heads below 6); `choose`
-selects on its isotonic fit (`LatencyTable.monotone`: non-decreasing in heads and in width). The length a table is
+Timing noise makes a measured table dip where more work cannot take less time (7 heads below 6, and on MiniLM at
+48 tokens 4 to 11 heads within 3 ms of each other); `choose` prices options on the table's least-squares lines
+(`LatencyTable.linear`, the default) or its isotonic fit (`LatencyTable.monotone`), or on the raw table. The length a table is
 measured at matters: attention's share grows with it, so a table is measured at the deployment's length
 (`deployment_length`: batches padded to their longest, as compress.py serves the dev split), not a typical
 sentence's (issue 36's first point, priced at 16 tokens and timed at 51, ran 1.86x where 2.01x was predicted).
@@ -69,6 +70,7 @@ from pruning.host import cpu_name
 from pruning.core.units import PrunableUnits, encoder_layers
 from pruning.deploy import runtimes
 TARGETS = ("openvino-int8", "onnxruntime-int8", "pytorch-fp32")
+FITS = ("linear", "monotone", "raw")  # how `choose` reads a measured table (`LatencyTable.fitted`)
 TABLE_VERSION = 1
 
 Structure = list  # per encoder layer: (heads kept, FFN width kept) or None (the layer removed)
@@ -124,6 +126,28 @@ class LatencyTable:
             keys = sorted(d)
             return dict(zip(keys, (float(v) for v in isotonic_regression([d[k] for k in keys], increasing=True))))
         return LatencyTable(self.fixed, fit(self.attention), fit(self.ffn), {**self.meta, "monotone": True})
+
+    def linear(self) -> "LatencyTable":
+        """This table with `attention` and `ffn` replaced by their least-squares lines (ms = a + b x heads,
+        ms = c + d x width over the measured points, clamped at 0), `fixed` and `meta` unchanged. An attention
+        block's work (projections, scores, context) and an FFN's are linear in heads and width; each probe's
+        timing is noisy (one probe is one model exported, quantized and timed), and the line pools all of them.
+        On MiniLM in OpenVINO int8 (issue 36) the line ranked three deployed structures as their measured speeds
+        did, where the raw and the isotonic (`monotone`) tables did not. A part of one point is kept as it is."""
+        def fit(d: dict[int, float]) -> dict[int, float]:
+            if len(d) < 2:
+                return dict(d)
+            keys = sorted(d)
+            slope, intercept = np.polyfit(keys, [d[k] for k in keys], 1)
+            return {k: max(0.0, float(intercept + slope * k)) for k in keys}
+        return LatencyTable(self.fixed, fit(self.attention), fit(self.ffn), {**self.meta, "fit": "linear"})
+
+    def fitted(self, fit: str) -> "LatencyTable":
+        """The table the selection prices options on: "linear" (`linear`), "monotone" (`monotone`) or "raw" (as
+        measured). Raises ValueError for another name."""
+        if fit not in FITS:
+            raise ValueError(f"unknown table fit {fit!r}; choose one of {', '.join(FITS)}")
+        return {"linear": self.linear, "monotone": self.monotone, "raw": lambda: self}[fit]()
 
     def to_json(self) -> dict:
         return {"version": TABLE_VERSION, "fixed": self.fixed, "attention": {str(k): v for k, v in self.attention.items()},
@@ -468,9 +492,9 @@ def select_structure(options: list[list], latency: list[list[float]], loss: list
 
 def choose(table: LatencyTable, importance: list[LayerImportance], speedup: float, width_multiple: int,
            dense_ms: float | None = None, protected: list[int] = (), resolution: int = 2000,
-           monotone: bool = True, uniform: bool = False) -> Selection:
+           fit: str = "linear", uniform: bool = False) -> Selection:
     """The structure of least estimated loss whose table latency is at most (dense latency) / `speedup`, on the
-    table made `monotone` first (the default; see `LatencyTable.monotone`). `uniform`: the same (heads, width) in
+    table as `fit` reads it (`LatencyTable.fitted`: its least-squares lines by default). `uniform`: the same (heads, width) in
     every layer and no layer removed (EarlyBERT's uniform rates, the baseline the per-layer choice is measured
     against), the one of least summed loss within the same budget.
     `importance`: one `LayerImportance` per encoder layer; `dense_ms` defaults to the table's dense model (every
@@ -479,7 +503,7 @@ def choose(table: LatencyTable, importance: list[LayerImportance], speedup: floa
     ValueError for speedup < 1 or a budget no structure meets."""
     if not speedup >= 1:
         raise ValueError(f"SPEEDUP must be >= 1, got {speedup}")
-    table = table.monotone() if monotone else table
+    table = table.fitted(fit)
     H = len(importance[0].heads)
     I = len(importance[0].neurons)
     dense = table.latency([(H, I)] * len(importance)) if dense_ms is None else dense_ms
