@@ -2,10 +2,12 @@
 circles among a layer's modules, a torch-free front door), the rules of the files that run outside the package, every
 script's --help without torch, and a model saved before the package was layered still loading with one call."""
 import ast
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -92,11 +94,32 @@ def test_a_misspelt_setting_is_refused_without_importing_torch():
     assert done.stderr.startswith("error: unknown setting --pruning_rte; known settings: --model")
 
 
+OLD_COMMIT = "05c71de"  # the commit before the package was layered
+
+
+@pytest.fixture(scope="module")
+def old_saved_model(tmp_path_factory):
+    """A heads+neurons BERT saved by commit 05c71de's own code (flat package), with its logits: that commit's
+    tree, taken from the repository's history (`git archive`) runs tests/data/make_old_pruned_model.py. No
+    weights are kept in the repository."""
+    tmp = tmp_path_factory.mktemp("old")
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", OLD_COMMIT],
+                             capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"needs commit {OLD_COMMIT} in the repository's history (a full clone, not a shallow one): "
+                    f"{archive.stderr.decode()[-300:]}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tmp / "tree", filter="data")
+    made = subprocess.run([sys.executable, str(REPO / "tests" / "data" / "make_old_pruned_model.py"), str(tmp / "model")],
+                          cwd=tmp / "tree", capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-2000:]
+    return tmp / "model"
+
+
 @pytest.mark.parametrize("how", ["from_pretrained", "toolkit"])
-def test_a_model_saved_before_the_package_was_layered_loads_with_one_call(how, tmp_path):
-    """tests/data/pruned-bert-05c71de: a heads+neurons BERT saved by commit 05c71de (flat package), with its logits
-    (tests/data/make_old_pruned_model.py made it there)."""
-    saved = shutil.copytree(REPO / "tests" / "data" / "pruned-bert-05c71de", tmp_path / "model")
+def test_a_model_saved_before_the_package_was_layered_loads_with_one_call(how, old_saved_model, tmp_path):
+    """A heads+neurons BERT saved by commit 05c71de (flat package) loads with today's code and gives its logits."""
+    saved = shutil.copytree(old_saved_model, tmp_path / "model")
     expected = json.loads((saved / "expected.json").read_text())
     if how == "from_pretrained":
         model = AutoModelForSequenceClassification.from_pretrained(saved, trust_remote_code=True)

@@ -1,5 +1,6 @@
 """Run at commit 05c71de (the commit before the package was layered): a tiny heads+neurons BERT saved as the toolkit
-saves one, with the logits it gives, kept as test data."""
+saves one, with the logits it gives (tests/test_architecture.py runs it in that commit's tree, from git archive:
+python make_old_pruned_model.py OUT, with the old tree as the working directory)."""
 import json, sys
 from pathlib import Path
 import torch
